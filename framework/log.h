@@ -1,0 +1,40 @@
+/* Internal: one line per event to stderr, logfmt. */
+#ifndef CW_FRAMEWORK_LOG_H
+#define CW_FRAMEWORK_LOG_H
+
+#include "compworker/export.h"
+
+typedef enum cw_log_level {
+    CW_LOG_DEBUG = 0,
+    CW_LOG_INFO = 1,
+    CW_LOG_WARN = 2,
+    CW_LOG_ERROR = 3
+} cw_log_level;
+
+/* Parses "debug|info|warn|error". */
+int cw__log_level_parse(const char *s, cw_log_level *out);
+void cw__log_set_level(cw_log_level level);
+void cw__log_set_worker(const char *worker_id);
+
+/* Task fields carried on a line; any may be NULL. */
+typedef struct cw_log_task {
+    const char *message_id;
+    const char *saga_id;
+    const char *type;
+} cw_log_task;
+
+/* Writes `ts=... level=... worker=... msg="<formatted>" message_id=...
+ * saga_id=... type=...` plus `extra` (already logfmt, may be NULL). `fmt` must
+ * be a literal: message content goes in arguments, never in `fmt`. Values are
+ * quoted and escaped; control bytes are written as \xNN. */
+void cw__log(cw_log_level level, const cw_log_task *task, const char *fmt, ...) CW_PRINTF(3, 4);
+
+/* Copies `url` into `out` with any password replaced by "***". */
+void cw__url_mask(const char *url, char *out, unsigned long out_len);
+
+#define cw_log_debug(task, ...) cw__log(CW_LOG_DEBUG, task, __VA_ARGS__)
+#define cw_log_info(task, ...) cw__log(CW_LOG_INFO, task, __VA_ARGS__)
+#define cw_log_warn(task, ...) cw__log(CW_LOG_WARN, task, __VA_ARGS__)
+#define cw_log_error(task, ...) cw__log(CW_LOG_ERROR, task, __VA_ARGS__)
+
+#endif

@@ -1,0 +1,152 @@
+/* Internal: the idempotency store — one interface, several backends.
+ *
+ * Per message ID the store keeps the task's state, who holds it and until
+ * when, how often it was attempted and delivered, and an attempt history.
+ * Writes are made inside a batch (cw_store_begin() .. cw_store_commit()) so a
+ * worker settles a whole prefetch window with one durable commit. */
+#ifndef CW_FRAMEWORK_STORE_H
+#define CW_FRAMEWORK_STORE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "compworker/client.h"
+
+typedef enum cw_task_state {
+    CW_STATE_NONE = 0,        /* no record */
+    CW_STATE_IN_PROGRESS = 1, /* claimed by `owner` until `lease_until_ms` */
+    CW_STATE_DONE = 2,        /* applied: later deliveries are duplicates */
+    CW_STATE_DEAD = 3,        /* dead-lettered */
+    CW_STATE_RETRYING = 4     /* a retry copy is scheduled; claimable */
+} cw_task_state;
+
+const char *cw__state_name(cw_task_state s); /* "none", "in-progress", ... */
+
+typedef enum cw_claim_result {
+    CW_CLAIM_NEW = 0,  /* claimed for this worker: run the handler */
+    CW_CLAIM_DONE = 1, /* already applied: ack without running (a duplicate) */
+    CW_CLAIM_DEAD = 2, /* already dead-lettered: ack without running */
+    CW_CLAIM_BUSY = 3  /* in progress under a live lease of another owner */
+} cw_claim_result;
+
+typedef struct cw_claim_req {
+    const char *message_id;
+    const char *saga_id; /* may be NULL */
+    const char *type;
+} cw_claim_req;
+
+typedef struct cw_claim {
+    cw_claim_result result;
+    unsigned deliveries; /* deliveries since the last settle, this one included
+                            (1 on a first delivery; more after crashes) */
+    unsigned attempts;   /* settled attempts so far */
+    char owner[128];     /* for BUSY: who holds it */
+} cw_claim;
+
+typedef struct cw_settle_req {
+    const char *message_id;
+    cw_task_state state;     /* DONE, DEAD or RETRYING */
+    const char *outcome;     /* "ok", "retry", "fail", "invalid", "poison", ... */
+    const char *error_class; /* NULL for ok */
+    const char *reason;      /* NULL for ok */
+} cw_settle_req;
+
+typedef struct cw_task_record {
+    char message_id[CW_MESSAGE_ID_MAX + 1];
+    cw_task_state state;
+    char owner[128];
+    int64_t lease_until_ms;
+    unsigned attempts;
+    unsigned deliveries;  /* total deliveries ever seen */
+    char saga_id[256];
+    char type[256];
+    int64_t first_seen_ms;
+    int64_t last_seen_ms;
+    char error_class[32];
+    char last_error[1024];
+} cw_task_record;
+
+typedef struct cw_attempt_record {
+    unsigned n;      /* 1-based */
+    int64_t at_ms;
+    char worker[128];
+    char outcome[32];
+    char error_class[32];
+    char reason[1024];
+} cw_attempt_record;
+
+/* Answers whether the owner string of another worker names a live process.
+ * Called for in-progress records under a live lease held by someone else;
+ * returning false lets the claim take the record over at once. */
+typedef bool (*cw_owner_alive_fn)(const char *owner, void *user_data);
+
+typedef struct cw_store_opts {
+    const char *backend;  /* "sqlite" or "memory" */
+    const char *path;     /* sqlite file; ignored by memory */
+    const char *owner;    /* this worker's identity, stored with claims */
+    int64_t lease_ms;     /* lease of a claim */
+    bool sync_full;       /* sqlite: synchronous=FULL (else NORMAL) */
+    cw_owner_alive_fn owner_alive; /* may be NULL: leases then only expire */
+    void *owner_alive_data;
+} cw_store_opts;
+
+typedef struct cw_store cw_store;
+
+typedef struct cw_store_ops {
+    int (*begin)(cw_store *s);
+    int (*commit)(cw_store *s);
+    int (*rollback)(cw_store *s);
+    int (*claim)(cw_store *s, const cw_claim_req *req, int64_t now_ms, cw_claim *out);
+    int (*settle)(cw_store *s, const cw_settle_req *req, int64_t now_ms);
+    int (*get)(cw_store *s, const char *message_id, cw_task_record *out);
+    int (*history)(cw_store *s, const char *message_id,
+                   int (*cb)(const cw_attempt_record *a, void *ud), void *ud);
+    int (*sweep)(cw_store *s, int64_t done_before_ms, unsigned limit, unsigned *removed);
+    void (*free)(cw_store *s);
+} cw_store_ops;
+
+struct cw_store {
+    const cw_store_ops *ops;
+    char *owner;
+    int64_t lease_ms;
+    cw_owner_alive_fn owner_alive;
+    void *owner_alive_data;
+};
+
+/* Opens the backend named in opts. CW_STATUS_CONFIG for an unknown backend,
+ * CW_STATUS_STORE (with the path and SQLite's message) when it cannot open or
+ * migrate. Free with cw_store_free(). */
+int cw_store_open(cw_store **out, const cw_store_opts *opts);
+void cw_store_free(cw_store *s);
+
+/* Batch bracket: every claim and settle happens between begin and commit. */
+int cw_store_begin(cw_store *s);
+int cw_store_commit(cw_store *s);
+int cw_store_rollback(cw_store *s);
+
+/* Claims a message ID for this worker (inside a batch). Creates the record on
+ * first sight; counts a delivery; DONE/DEAD for settled IDs; BUSY for an ID
+ * another live owner holds under an unexpired lease; otherwise takes it over. */
+int cw_store_claim(cw_store *s, const cw_claim_req *req, int64_t now_ms, cw_claim *out);
+
+/* Records the outcome of an attempt (inside a batch): sets the state, counts
+ * the attempt, appends it to the history, releases the lease and resets the
+ * unsettled-delivery count. CW_STATUS_NOT_FOUND if the ID has no record. */
+int cw_store_settle(cw_store *s, const cw_settle_req *req, int64_t now_ms);
+
+/* What the store knows of one ID; CW_STATUS_NOT_FOUND if nothing. */
+int cw_store_get(cw_store *s, const char *message_id, cw_task_record *out);
+
+/* Calls cb for each attempt, oldest first; a non-zero return from cb stops
+ * and is returned. */
+int cw_store_history(cw_store *s, const char *message_id,
+                     int (*cb)(const cw_attempt_record *a, void *ud), void *ud);
+
+/* Deletes at most `limit` DONE records last seen before `done_before_ms`
+ * (with their history), in its own transaction; *removed gets the count. */
+int cw_store_sweep(cw_store *s, int64_t done_before_ms, unsigned limit, unsigned *removed);
+
+/* Backend constructors (used by cw_store_open). */
+int cw__store_sqlite_open(cw_store **out, const cw_store_opts *opts);
+
+#endif

@@ -1,0 +1,152 @@
+/* compworker — the handler plugin API.
+ *
+ * A plugin is a shared object that compworker loads with dlopen(). It contains
+ *
+ *     CW_PLUGIN_DECLARE("refund", "1.2.0");
+ *
+ *     int cw_plugin_init(cw_registry *reg)
+ *     {
+ *         return cw_register_handler(reg, "payment.refund", refund, NULL);
+ *     }
+ *
+ * and its handlers are called once per task, in the worker process, on the
+ * worker's only thread. A handler returns CW_OK when the compensation is
+ * applied, or records why it is not with cw_task_retry() (a transient failure:
+ * the task is tried again later) or cw_task_fail() (a permanent one: the task
+ * goes to the dead-letter queue for an operator).
+ *
+ * compworker calls a handler at most once per message ID for a successful
+ * outcome: a task whose ID is already done is acknowledged without calling it.
+ * A handler must still be safe to run again if the worker is killed between
+ * its effect and compworker's record of it (make the effect idempotent on
+ * cw_task_message_id() where the downstream system allows).
+ *
+ * Everything here may be called only from the thread that runs the handler
+ * or cw_plugin_init(); none of it is safe across fork().
+ */
+#ifndef COMPWORKER_COMPWORKER_H
+#define COMPWORKER_COMPWORKER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "export.h"
+#include "status.h"
+#include "version.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+struct json_object;
+
+/** The set of handlers a worker dispatches to. Owned by compworker; a plugin
+ *  only borrows it during cw_plugin_init(). */
+typedef struct cw_registry cw_registry;
+
+/** One delivery of a compensation task. Owned by compworker; borrowed by the
+ *  handler and valid until the handler returns. */
+typedef struct cw_task cw_task;
+
+/** What a handler did with a task. Not a status code. */
+typedef enum cw_outcome {
+    CW_OK = 0,    /**< applied: the task is marked done and acknowledged */
+    CW_RETRY = 1, /**< transient failure: try again later (or dead-letter as
+                       "exhausted" when no attempts remain) */
+    CW_FAIL = 2   /**< permanent failure: dead-letter with class "permanent" */
+} cw_outcome;
+
+/** A task handler. `task` is borrowed until return; `user_data` is what was
+ *  given to cw_register_handler(). Must return one of cw_outcome's values; any
+ *  other value is treated as CW_FAIL with the reason "handler returned N". */
+typedef cw_outcome (*cw_handler_fn)(cw_task *task, void *user_data);
+
+/** A plugin's teardown, called once when the worker unloads its plugins
+ *  (normal exit), after the last handler call. */
+typedef void (*cw_teardown_fn)(void *user_data);
+
+/** What CW_PLUGIN_DECLARE() exports; read by the loader before anything else. */
+typedef struct cw_plugin_info {
+    unsigned abi_version; /**< CW_ABI_VERSION at the plugin's build */
+    const char *name;     /**< short name, e.g. "refund" */
+    const char *version;  /**< the plugin's own version, e.g. "1.2.0" */
+} cw_plugin_info;
+
+/** Declares the plugin's name and version and the ABI it was built for.
+ *  Use exactly once per plugin, at file scope. Both arguments are string
+ *  literals. */
+#define CW_PLUGIN_DECLARE(name_, version_)                                       \
+    CW_EXTERN const cw_plugin_info cw_plugin_info_v1 = {CW_ABI_VERSION, (name_),   \
+                                                        (version_)}
+
+/** The entry point every plugin exports. Register handlers (and optionally a
+ *  teardown) on `reg`, which is borrowed for the duration of the call. Return
+ *  0 on success; any other value refuses the plugin: the loader logs it, drops
+ *  what the plugin registered, and unloads it. */
+CW_EXTERN int cw_plugin_init(cw_registry *reg);
+
+/** Registers `fn` as the handler of tasks whose `type` is `type`.
+ *
+ *  @param reg        the registry passed to cw_plugin_init() (borrowed)
+ *  @param type       task type, 1–255 bytes of [A-Za-z0-9._:-]; copied
+ *  @param fn         the handler; must stay valid while the plugin is loaded
+ *  @param user_data  passed to every call of `fn`; owned by the plugin
+ *  @return 0; CW_STATUS_EXISTS if a handler for `type` is already registered
+ *          (by this or another plugin); CW_STATUS_INVALID_ARG for a NULL
+ *          argument or a malformed type; CW_STATUS_NOMEM. cw_error_last()
+ *          names the type and, for EXISTS, the plugin that has it. */
+CW_EXTERN int cw_register_handler(cw_registry *reg, const char *type, cw_handler_fn fn,
+                                  void *user_data);
+
+/** Registers a teardown for the calling plugin (at most one per plugin).
+ *  @return 0; CW_STATUS_EXISTS if one is already registered;
+ *          CW_STATUS_INVALID_ARG if `fn` is NULL. */
+CW_EXTERN int cw_register_teardown(cw_registry *reg, cw_teardown_fn fn, void *user_data);
+
+/** A setting from the pool configuration's `[plugin NAME]` section, where NAME
+ *  is the name the plugin declared. Call only from cw_plugin_init().
+ *  @return the value, borrowed until cw_plugin_init() returns (copy it to keep
+ *          it), or `fallback` when the key is not set. */
+CW_EXTERN const char *cw_registry_setting(cw_registry *reg, const char *key,
+                                          const char *fallback);
+
+/** The task's message ID (AMQP `message_id`), its idempotency key. Never NULL;
+ *  borrowed until the handler returns. */
+CW_EXTERN const char *cw_task_message_id(const cw_task *task);
+
+/** The task type (AMQP `type`), e.g. "payment.refund". Never NULL; borrowed. */
+CW_EXTERN const char *cw_task_type(const cw_task *task);
+
+/** The saga ID (AMQP `correlation_id`), or "" when the publisher set none.
+ *  Never NULL; borrowed until the handler returns. */
+CW_EXTERN const char *cw_task_saga_id(const cw_task *task);
+
+/** The parsed JSON body, always a JSON object. Borrowed: do not
+ *  json_object_put() it (json_object_get() it to keep it past the handler). */
+CW_EXTERN struct json_object *cw_task_payload(const cw_task *task);
+
+/** The raw body bytes. `*len` (if `len` is not NULL) receives their number.
+ *  Borrowed until the handler returns; not NUL-terminated. */
+CW_EXTERN const void *cw_task_body(const cw_task *task, size_t *len);
+
+/** Attempts already made before this one: 0 on the first try. */
+CW_EXTERN unsigned cw_task_attempt(const cw_task *task);
+
+/** The value of a string (or byte-array) header, NUL-terminated, or NULL when
+ *  the header is absent, not a string, or contains a NUL byte. Borrowed until
+ *  the handler returns. */
+CW_EXTERN const char *cw_task_header(cw_task *task, const char *name);
+
+/** Records a permanent failure and returns CW_FAIL, for `return
+ *  cw_task_fail(task, "unknown payment %s", id);`. The reason is formatted
+ *  with printf rules, cut at 1023 bytes, and travels into the DLQ record
+ *  (`cw-error`), the store and the logs. Never pass message content as `fmt`. */
+CW_EXTERN cw_outcome cw_task_fail(cw_task *task, const char *fmt, ...) CW_PRINTF(2, 3);
+
+/** Records a transient failure and returns CW_RETRY; as cw_task_fail(). */
+CW_EXTERN cw_outcome cw_task_retry(cw_task *task, const char *fmt, ...) CW_PRINTF(2, 3);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
