@@ -1,0 +1,91 @@
+/* Dead-lettering: the DLQ copy keeps the task and gains why it failed. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "dlq/deadletter.h"
+#include "framework/error.h"
+
+void cw__iso8601(int64_t ms, char *out, size_t cap)
+{
+    time_t s = (time_t)(ms / 1000);
+    struct tm tm;
+    gmtime_r(&s, &tm);
+    snprintf(out, cap, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1,
+             tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)(ms % 1000));
+}
+
+static const char *const cw_failure_headers[] = {
+    "cw-error",  "cw-error-class", "cw-failed-at", "cw-handler", "cw-worker",
+    "cw-queue",  "cw-attempt",
+};
+
+static bool is_failure_header(amqp_bytes_t key)
+{
+    for (size_t i = 0; i < sizeof cw_failure_headers / sizeof *cw_failure_headers; i++) {
+        size_t n = strlen(cw_failure_headers[i]);
+        if (key.len == n && memcmp(key.bytes, cw_failure_headers[i], n) == 0)
+            return true;
+    }
+    return false;
+}
+
+static bool has_header(const amqp_table_t *t, const char *name)
+{
+    size_t n = strlen(name);
+    for (int i = 0; i < t->num_entries; i++) {
+        if (t->entries[i].key.len == n && memcmp(t->entries[i].key.bytes, name, n) == 0)
+            return true;
+    }
+    return false;
+}
+
+static void put_str(amqp_table_entry_t *e, const char *key, amqp_bytes_t value)
+{
+    e->key = amqp_cstring_bytes(key);
+    e->value.kind = AMQP_FIELD_KIND_UTF8;
+    e->value.value.bytes = value;
+}
+
+int cw__dlq_publish(cw_publisher *p, const char *dlq, const amqp_envelope_t *env,
+                    const cw_deadletter_info *info, int64_t now_ms)
+{
+    amqp_basic_properties_t props = env->message.properties;
+    const amqp_table_t *old = (props._flags & AMQP_BASIC_HEADERS_FLAG) ? &props.headers : NULL;
+    int n_old = old ? old->num_entries : 0;
+
+    amqp_table_entry_t *e = malloc(sizeof *e * (size_t)(n_old + 10));
+    if (!e)
+        return cw__error(CW_STATUS_NOMEM, "out of memory dead-lettering");
+    int n = 0;
+    for (int i = 0; i < n_old; i++) {
+        if (!is_failure_header(old->entries[i].key))
+            e[n++] = old->entries[i];
+    }
+    char failed_at[32];
+    cw__iso8601(now_ms, failed_at, sizeof failed_at);
+    put_str(&e[n++], "cw-error", amqp_cstring_bytes(info->reason ? info->reason : ""));
+    put_str(&e[n++], "cw-error-class", amqp_cstring_bytes(info->error_class));
+    put_str(&e[n++], "cw-failed-at", amqp_cstring_bytes(failed_at));
+    put_str(&e[n++], "cw-handler", amqp_cstring_bytes(info->handler ? info->handler : ""));
+    put_str(&e[n++], "cw-worker", amqp_cstring_bytes(info->worker ? info->worker : ""));
+    put_str(&e[n++], "cw-queue", amqp_cstring_bytes(info->queue ? info->queue : ""));
+    if (!old || !has_header(old, "cw-original-exchange"))
+        put_str(&e[n++], "cw-original-exchange", env->exchange);
+    if (!old || !has_header(old, "cw-original-routing-key"))
+        put_str(&e[n++], "cw-original-routing-key", env->routing_key);
+    e[n].key = amqp_cstring_bytes("cw-attempt");
+    e[n].value.kind = AMQP_FIELD_KIND_I32;
+    e[n].value.value.i32 = (int32_t)info->attempts;
+    n++;
+
+    props.headers.num_entries = n;
+    props.headers.entries = e;
+    props._flags |= AMQP_BASIC_HEADERS_FLAG | AMQP_BASIC_DELIVERY_MODE_FLAG;
+    props.delivery_mode = AMQP_DELIVERY_PERSISTENT;
+    int rc = cw__publisher_send(p, CW_DLX_NAME, amqp_cstring_bytes(dlq), true, &props,
+                                env->message.body);
+    free(e);
+    return rc;
+}

@@ -1,0 +1,245 @@
+/* AMQP connections and topology. */
+#include <amqp_tcp_socket.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "framework/broker.h"
+#include "framework/error.h"
+#include "framework/log.h"
+
+#define CW_CONNECT_TIMEOUT_S 5
+#define CW_FRAME_MAX 131072
+
+int64_t cw__now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+int64_t cw__mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+int cw__broker_reply(amqp_rpc_reply_t r, const char *what)
+{
+    switch (r.reply_type) {
+    case AMQP_RESPONSE_NORMAL:
+        return 0;
+    case AMQP_RESPONSE_NONE:
+        return cw__error(CW_STATUS_CONNECTION, "%s: no reply from the broker", what);
+    case AMQP_RESPONSE_LIBRARY_EXCEPTION:
+        return cw__error(CW_STATUS_CONNECTION, "%s: %s", what,
+                         amqp_error_string2(r.library_error));
+    case AMQP_RESPONSE_SERVER_EXCEPTION:
+        if (r.reply.id == AMQP_CONNECTION_CLOSE_METHOD) {
+            const amqp_connection_close_t *m = r.reply.decoded;
+            return cw__error(CW_STATUS_BROKER_REFUSED, "%s: the broker closed the connection: %.*s",
+                             what, (int)m->reply_text.len, (const char *)m->reply_text.bytes);
+        }
+        if (r.reply.id == AMQP_CHANNEL_CLOSE_METHOD) {
+            const amqp_channel_close_t *m = r.reply.decoded;
+            return cw__error(CW_STATUS_BROKER_REFUSED, "%s: the broker closed the channel: %.*s",
+                             what, (int)m->reply_text.len, (const char *)m->reply_text.bytes);
+        }
+        return cw__error(CW_STATUS_BROKER_REFUSED, "%s: unexpected broker method 0x%08x", what,
+                         r.reply.id);
+    }
+    return cw__error(CW_STATUS_CONNECTION, "%s: unknown reply", what);
+}
+
+/* The n-th URL of a list separated by spaces or commas, copied into buf. */
+static bool nth_url(const char *urls, unsigned n, char *buf, size_t cap)
+{
+    const char *p = urls;
+    for (unsigned i = 0;; i++) {
+        p += strspn(p, " \t,");
+        if (!*p)
+            return false;
+        size_t len = strcspn(p, " \t,");
+        if (i == n) {
+            if (len >= cap)
+                len = cap - 1;
+            memcpy(buf, p, len);
+            buf[len] = '\0';
+            return true;
+        }
+        p += len;
+    }
+}
+
+static unsigned count_urls(const char *urls)
+{
+    char tmp[8];
+    unsigned n = 0;
+    while (nth_url(urls, n, tmp, sizeof tmp))
+        n++;
+    return n;
+}
+
+static int connect_one(amqp_connection_state_t *out, const char *url, int heartbeat_s,
+                       const char *name)
+{
+    char masked[1024], buf[1024];
+    cw__url_mask(url, masked, sizeof masked);
+    snprintf(buf, sizeof buf, "%s", url);
+    struct amqp_connection_info ci;
+    if (amqp_parse_url(buf, &ci) != AMQP_STATUS_OK)
+        return cw__error(CW_STATUS_INVALID_ARG,
+                         "broker URL '%s' is malformed (amqp://user:pass@host:port/vhost)", masked);
+    if (ci.ssl)
+        return cw__error(CW_STATUS_INVALID_ARG,
+                         "broker URL '%s': amqps:// (TLS) is not available in this build", masked);
+
+    int rc;
+    amqp_connection_state_t conn = amqp_new_connection();
+    if (!conn)
+        return cw__error(CW_STATUS_NOMEM, "out of memory connecting to %s", masked);
+    amqp_socket_t *sock = amqp_tcp_socket_new(conn);
+    if (!sock) {
+        rc = cw__error(CW_STATUS_NOMEM, "out of memory connecting to %s", masked);
+        goto out_destroy;
+    }
+    struct timeval tv = {.tv_sec = CW_CONNECT_TIMEOUT_S};
+    int st = amqp_socket_open_noblock(sock, ci.host, ci.port, &tv);
+    if (st != AMQP_STATUS_OK) {
+        rc = cw__error(CW_STATUS_CONNECTION, "cannot connect to %s: %s", masked,
+                       amqp_error_string2(st));
+        goto out_destroy;
+    }
+    amqp_set_handshake_timeout(conn, &tv);
+    amqp_set_rpc_timeout(conn, &(struct timeval){.tv_sec = 30});
+
+    amqp_table_entry_t props[2];
+    props[0].key = amqp_cstring_bytes("connection_name");
+    props[0].value.kind = AMQP_FIELD_KIND_UTF8;
+    props[0].value.value.bytes = amqp_cstring_bytes(name);
+    props[1].key = amqp_cstring_bytes("product");
+    props[1].value.kind = AMQP_FIELD_KIND_UTF8;
+    props[1].value.value.bytes = amqp_cstring_bytes("compworker");
+    amqp_table_t client_props = {.num_entries = 2, .entries = props};
+    amqp_rpc_reply_t r = amqp_login_with_properties(conn, ci.vhost, 0, CW_FRAME_MAX, heartbeat_s,
+                                                    &client_props, AMQP_SASL_METHOD_PLAIN,
+                                                    ci.user, ci.password);
+    if (r.reply_type != AMQP_RESPONSE_NORMAL) {
+        char what[1100];
+        snprintf(what, sizeof what, "login to %s", masked);
+        rc = cw__broker_reply(r, what);
+        if (rc == CW_STATUS_BROKER_REFUSED)
+            rc = CW_STATUS_CONNECTION;
+        goto out_destroy;
+    }
+    *out = conn;
+    return 0;
+
+out_destroy:
+    amqp_destroy_connection(conn);
+    return rc;
+}
+
+int cw__broker_connect(amqp_connection_state_t *out, const char *urls, unsigned *next,
+                       int heartbeat_s, const char *name, char *connected_to, size_t cap)
+{
+    unsigned n = count_urls(urls);
+    if (n == 0)
+        return cw__error(CW_STATUS_INVALID_ARG, "no broker URL is configured");
+    int rc = CW_STATUS_CONNECTION;
+    char errors[1024] = "";
+    for (unsigned i = 0; i < n; i++) {
+        unsigned idx = (*next + i) % n;
+        char url[1024];
+        nth_url(urls, idx, url, sizeof url);
+        rc = connect_one(out, url, heartbeat_s, name);
+        if (rc == 0) {
+            *next = idx;
+            if (connected_to)
+                cw__url_mask(url, connected_to, cap);
+            return 0;
+        }
+        if (rc == CW_STATUS_INVALID_ARG || rc == CW_STATUS_NOMEM)
+            return rc;
+        size_t len = strlen(errors);
+        snprintf(errors + len, sizeof errors - len, "%s%s", len ? "; " : "", cw_error_last());
+    }
+    return cw__error(rc, "%s", errors);
+}
+
+void cw__broker_close(amqp_connection_state_t conn)
+{
+    if (!conn)
+        return;
+    amqp_connection_close(conn, AMQP_REPLY_SUCCESS);
+    amqp_destroy_connection(conn);
+}
+
+static amqp_table_entry_t str_entry(const char *key, const char *value)
+{
+    amqp_table_entry_t e;
+    e.key = amqp_cstring_bytes(key);
+    e.value.kind = AMQP_FIELD_KIND_UTF8;
+    e.value.value.bytes = amqp_cstring_bytes(value);
+    return e;
+}
+
+int cw__topology_declare(amqp_connection_state_t conn, amqp_channel_t ch, const cw_config *cfg,
+                         const cw_registry *reg)
+{
+    char what[512];
+    int rc;
+
+    amqp_exchange_declare(conn, ch, amqp_cstring_bytes(cfg->exchange), amqp_cstring_bytes("topic"),
+                          0, 1, 0, 0, amqp_empty_table);
+    snprintf(what, sizeof what, "declaring exchange '%s' (topic, durable)", cfg->exchange);
+    if ((rc = cw__broker_reply(amqp_get_rpc_reply(conn), what)))
+        return rc;
+
+    amqp_exchange_declare(conn, ch, amqp_cstring_bytes(CW_DLX_NAME), amqp_cstring_bytes("direct"),
+                          0, 1, 0, 0, amqp_empty_table);
+    snprintf(what, sizeof what, "declaring dead-letter exchange '%s' (direct, durable)",
+             CW_DLX_NAME);
+    if ((rc = cw__broker_reply(amqp_get_rpc_reply(conn), what)))
+        return rc;
+
+    const char *qtype = cfg->queue_type == CW_QUEUE_QUORUM ? "quorum" : "classic";
+    amqp_table_entry_t dlq_args[] = {str_entry("x-queue-type", qtype)};
+    amqp_table_t dlq_table = {.num_entries = 1, .entries = dlq_args};
+    amqp_queue_declare(conn, ch, amqp_cstring_bytes(cfg->dlq), 0, 1, 0, 0, dlq_table);
+    snprintf(what, sizeof what, "declaring dead-letter queue '%s' (%s)", cfg->dlq, qtype);
+    if ((rc = cw__broker_reply(amqp_get_rpc_reply(conn), what)))
+        return rc;
+    amqp_queue_bind(conn, ch, amqp_cstring_bytes(cfg->dlq), amqp_cstring_bytes(CW_DLX_NAME),
+                    amqp_cstring_bytes(cfg->dlq), amqp_empty_table);
+    snprintf(what, sizeof what, "binding '%s' to '%s'", cfg->dlq, CW_DLX_NAME);
+    if ((rc = cw__broker_reply(amqp_get_rpc_reply(conn), what)))
+        return rc;
+
+    /* What the broker itself dead-letters (a reject, a delivery limit) lands
+     * in the same DLQ as what compworker dead-letters. */
+    amqp_table_entry_t q_args[] = {str_entry("x-queue-type", qtype),
+                                   str_entry("x-dead-letter-exchange", CW_DLX_NAME),
+                                   str_entry("x-dead-letter-routing-key", cfg->dlq)};
+    amqp_table_t q_table = {.num_entries = 3, .entries = q_args};
+    amqp_queue_declare(conn, ch, amqp_cstring_bytes(cfg->queue), 0, 1, 0, 0, q_table);
+    snprintf(what, sizeof what,
+             "declaring queue '%s' (%s, dead-lettering to '%s'); if it exists with other "
+             "arguments, delete it or set [pool] queue to another name",
+             cfg->queue, qtype, cfg->dlq);
+    if ((rc = cw__broker_reply(amqp_get_rpc_reply(conn), what)))
+        return rc;
+
+    for (size_t i = 0; i < reg->n_handlers; i++) {
+        const char *type = reg->handlers[i].type;
+        amqp_queue_bind(conn, ch, amqp_cstring_bytes(cfg->queue), amqp_cstring_bytes(cfg->exchange),
+                        amqp_cstring_bytes(type), amqp_empty_table);
+        snprintf(what, sizeof what, "binding '%s' to '%s' by '%s'", cfg->queue, cfg->exchange,
+                 type);
+        if ((rc = cw__broker_reply(amqp_get_rpc_reply(conn), what)))
+            return rc;
+    }
+    return 0;
+}

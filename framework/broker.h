@@ -1,0 +1,70 @@
+/* Internal: AMQP connections, topology and confirmed publishing. */
+#ifndef CW_FRAMEWORK_BROKER_H
+#define CW_FRAMEWORK_BROKER_H
+
+#include <amqp.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "framework/config.h"
+#include "framework/registry.h"
+
+/* The dead-letter exchange every pool's DLQ is bound to (direct). */
+#define CW_DLX_NAME "cw.dlx"
+
+/* Connects to the first broker of `urls` (separated by spaces or commas) that
+ * answers, starting at index *next and wrapping; on success *next is the
+ * index of the broker connected to, so that the next call after a failure
+ * moves on to the following one. `name` is shown in the management UI.
+ * Errors name the broker with its password masked. */
+int cw__broker_connect(amqp_connection_state_t *out, const char *urls, unsigned *next,
+                       int heartbeat_s, const char *name, char *connected_to, size_t cap);
+
+/* Closes and destroys a connection (NULL-safe). */
+void cw__broker_close(amqp_connection_state_t conn);
+
+/* 0 for a normal RPC reply, else a status with a readable message naming
+ * `what` (the broker's reply code and text, or the library's error). */
+int cw__broker_reply(amqp_rpc_reply_t r, const char *what);
+
+/* Declares the tasks exchange, the pool queue bound by every registered type,
+ * the dead-letter exchange and the pool's DLQ, on channel `ch`. Idempotent;
+ * CW_STATUS_BROKER_REFUSED (with the broker's reason) when an existing
+ * exchange or queue has other arguments. */
+int cw__topology_declare(amqp_connection_state_t conn, amqp_channel_t ch, const cw_config *cfg,
+                         const cw_registry *reg);
+
+/* A channel in confirm mode. */
+typedef struct cw_publisher {
+    amqp_connection_state_t conn;
+    amqp_channel_t ch;
+    uint64_t next_seq;    /* the sequence number of the next publish */
+    uint64_t base;        /* first sequence number not yet known confirmed */
+    uint8_t *pending;     /* pending[seq - base]: 1 while unconfirmed */
+    size_t pending_cap;
+    unsigned nacked, returned;
+    char last_return[256];
+} cw_publisher;
+
+/* Puts channel `ch` of `conn` in confirm mode. */
+int cw__publisher_open(cw_publisher *p, amqp_connection_state_t conn, amqp_channel_t ch);
+void cw__publisher_free(cw_publisher *p);
+
+/* Publishes (persistent is the caller's choice in props). */
+int cw__publisher_send(cw_publisher *p, const char *exchange, amqp_bytes_t routing_key,
+                       bool mandatory, const amqp_basic_properties_t *props, amqp_bytes_t body);
+
+/* Waits until every publish sent so far is confirmed or `timeout_ms` has
+ * passed. 0 when all were acked and none was returned; CW_STATUS_NACKED or
+ * CW_STATUS_UNROUTABLE when at least one was nacked or returned (the counts
+ * are in p->nacked / p->returned, reset by the next wait); CW_STATUS_TIMEOUT;
+ * CW_STATUS_CONNECTION / CW_STATUS_BROKER_REFUSED when the connection or
+ * channel closed. */
+int cw__publisher_wait(cw_publisher *p, int timeout_ms);
+
+/* Milliseconds of CLOCK_REALTIME / CLOCK_MONOTONIC. */
+int64_t cw__now_ms(void);
+int64_t cw__mono_ms(void);
+
+#endif

@@ -1,0 +1,148 @@
+/* The publishing client of include/compworker/client.h. */
+#include <json.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <uuid.h>
+
+#include "compworker/client.h"
+#include "framework/broker.h"
+#include "framework/error.h"
+#include "framework/registry.h"
+
+#define CW_CLIENT_CH 1
+#define CW_CLIENT_CONFIRM_MS 30000
+
+struct cw_client {
+    amqp_connection_state_t conn;
+    cw_publisher pub;
+    char *exchange;
+    char broker[1024]; /* masked URL, for messages */
+    json_tokener *tok;
+};
+
+int cw_client_new(cw_client **out, const char *url, const char *exchange)
+{
+    int rc;
+    if (!out || !url || !exchange || !exchange[0])
+        return cw__error(CW_STATUS_INVALID_ARG, "cw_client_new: NULL or empty argument");
+    cw_client *c = calloc(1, sizeof *c);
+    if (!c || !(c->exchange = strdup(exchange)) || !(c->tok = json_tokener_new_ex(64))) {
+        rc = cw__error(CW_STATUS_NOMEM, "out of memory creating a client");
+        goto out_free;
+    }
+    unsigned next = 0;
+    if ((rc = cw__broker_connect(&c->conn, url, &next, 0, "compworker publisher", c->broker,
+                                 sizeof c->broker)))
+        goto out_free;
+    if ((rc = cw__publisher_open(&c->pub, c->conn, CW_CLIENT_CH)))
+        goto out_close;
+    *out = c;
+    return 0;
+
+out_close:
+    cw__broker_close(c->conn);
+out_free:
+    if (c) {
+        if (c->tok)
+            json_tokener_free(c->tok);
+        free(c->exchange);
+        free(c);
+    }
+    return rc;
+}
+
+void cw_client_free(cw_client *c)
+{
+    if (!c)
+        return;
+    cw__publisher_free(&c->pub);
+    cw__broker_close(c->conn);
+    json_tokener_free(c->tok);
+    free(c->exchange);
+    free(c);
+}
+
+static bool printable(const char *s, size_t max)
+{
+    size_t n = strlen(s);
+    if (n == 0 || n > max)
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        if ((unsigned char)s[i] < 0x21 || (unsigned char)s[i] > 0x7e)
+            return false;
+    }
+    return true;
+}
+
+int cw_client_publish(cw_client *c, const cw_publish_opts *o, char *id_out, size_t out_len)
+{
+    if (!c || !o || o->version != CW_PUBLISH_OPTS_VERSION)
+        return cw__error(CW_STATUS_INVALID_ARG,
+                         "cw_client_publish: NULL client or options not from CW_PUBLISH_OPTS_INIT");
+    if (!o->type || !cw__type_valid(o->type, strlen(o->type)))
+        return cw__error(CW_STATUS_INVALID_ARG,
+                         "cw_client_publish: type must be 1-255 characters of [A-Za-z0-9._:-]");
+    if (!o->body)
+        return cw__error(CW_STATUS_INVALID_ARG, "cw_client_publish: body is required");
+    size_t blen = o->body_len ? o->body_len : strlen(o->body);
+    json_tokener_reset(c->tok);
+    json_object *obj = json_tokener_parse_ex(c->tok, o->body, (int)blen);
+    bool is_obj = obj && json_object_is_type(obj, json_type_object) &&
+                  json_tokener_get_parse_end(c->tok) == blen;
+    json_object_put(obj);
+    if (!is_obj)
+        return cw__error(CW_STATUS_INVALID_ARG, "cw_client_publish: body is not a JSON object");
+
+    char id[CW_MESSAGE_ID_MAX + 1];
+    if (o->message_id) {
+        if (!printable(o->message_id, CW_MESSAGE_ID_MAX))
+            return cw__error(CW_STATUS_INVALID_ARG,
+                             "cw_client_publish: message_id must be 1-%d printable ASCII "
+                             "characters",
+                             CW_MESSAGE_ID_MAX);
+        snprintf(id, sizeof id, "%s", o->message_id);
+    } else {
+        uuid_t u;
+        uuid_generate_random(u);
+        uuid_unparse_lower(u, id);
+    }
+    if (o->saga_id && o->saga_id[0] && !printable(o->saga_id, 255))
+        return cw__error(CW_STATUS_INVALID_ARG,
+                         "cw_client_publish: saga_id must be printable ASCII up to 255 bytes");
+
+    amqp_basic_properties_t p;
+    memset(&p, 0, sizeof p);
+    p._flags = AMQP_BASIC_CONTENT_TYPE_FLAG | AMQP_BASIC_DELIVERY_MODE_FLAG |
+               AMQP_BASIC_MESSAGE_ID_FLAG | AMQP_BASIC_TYPE_FLAG | AMQP_BASIC_TIMESTAMP_FLAG |
+               AMQP_BASIC_APP_ID_FLAG;
+    p.content_type = amqp_cstring_bytes("application/json");
+    p.delivery_mode = AMQP_DELIVERY_PERSISTENT;
+    p.message_id = amqp_cstring_bytes(id);
+    p.type = amqp_cstring_bytes(o->type);
+    p.timestamp = (uint64_t)(cw__now_ms() / 1000);
+    p.app_id = amqp_cstring_bytes("compworker");
+    if (o->saga_id && o->saga_id[0]) {
+        p._flags |= AMQP_BASIC_CORRELATION_ID_FLAG;
+        p.correlation_id = amqp_cstring_bytes(o->saga_id);
+    }
+    const char *rk = o->routing_key ? o->routing_key : o->type;
+    amqp_bytes_t body = {.len = blen, .bytes = (void *)o->body};
+    int rc = cw__publisher_send(&c->pub, c->exchange, amqp_cstring_bytes(rk), true, &p, body);
+    if (rc)
+        return rc;
+    rc = cw__publisher_wait(&c->pub, o->confirm_timeout_ms ? (int)o->confirm_timeout_ms
+                                                          : CW_CLIENT_CONFIRM_MS);
+    if (rc == CW_STATUS_UNROUTABLE)
+        return cw__error(rc,
+                         "no queue is bound to exchange '%s' for routing key '%s': is a worker "
+                         "pool handling type '%s' set up on %s?",
+                         c->exchange, rk, o->type, c->broker);
+    if (rc == CW_STATUS_BROKER_REFUSED)
+        rc = CW_STATUS_CONNECTION;
+    if (rc)
+        return rc;
+    if (id_out && out_len)
+        snprintf(id_out, out_len, "%s", id);
+    return 0;
+}

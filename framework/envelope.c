@@ -1,0 +1,170 @@
+/* Envelope validation: the message contract of DESIGN.md, checked before a
+ * handler is chosen. Every failure is a readable reason, never a crash. */
+#include <ctype.h>
+#include <stdio.h>
+#include <string.h>
+#include <strings.h>
+
+#include "framework/error.h"
+#include "framework/task.h"
+
+/* JSON bodies nested deeper than this are refused (json-c recurses). */
+#define CW_JSON_MAX_DEPTH 64
+/* The highest cw-attempt value accepted from a header. */
+#define CW_ATTEMPT_MAX 1000000
+
+int cw__validator_init(cw_validator *v, const cw_registry *reg, uint64_t max_body_size)
+{
+    v->tok = json_tokener_new_ex(CW_JSON_MAX_DEPTH);
+    if (!v->tok)
+        return cw__error(CW_STATUS_NOMEM, "out of memory creating the JSON parser");
+    json_tokener_set_flags(v->tok, JSON_TOKENER_STRICT | JSON_TOKENER_VALIDATE_UTF8);
+    v->reg = reg;
+    v->max_body_size = max_body_size;
+    return 0;
+}
+
+void cw__validator_free(cw_validator *v)
+{
+    if (v->tok)
+        json_tokener_free(v->tok);
+    v->tok = NULL;
+}
+
+static bool invalid(cw_task *t, const char *fmt, const char *arg)
+{
+    cw__task_set_failure(t, CW_FAIL, "invalid", fmt, arg);
+    return false;
+}
+
+/* Copies a short string property into `out` if it is printable ASCII and
+ * fits; returns false otherwise. */
+static bool copy_printable(char *out, size_t cap, amqp_bytes_t b)
+{
+    if (b.len >= cap)
+        return false;
+    const unsigned char *p = b.bytes;
+    for (size_t i = 0; i < b.len; i++) {
+        if (p[i] < 0x21 || p[i] > 0x7e)
+            return false;
+    }
+    memcpy(out, b.bytes, b.len);
+    out[b.len] = '\0';
+    return true;
+}
+
+static bool attempt_from_header(cw_task *t, const amqp_field_value_t *v)
+{
+    int64_t n;
+    switch (v->kind) {
+    case AMQP_FIELD_KIND_I8: n = v->value.i8; break;
+    case AMQP_FIELD_KIND_U8: n = v->value.u8; break;
+    case AMQP_FIELD_KIND_I16: n = v->value.i16; break;
+    case AMQP_FIELD_KIND_U16: n = v->value.u16; break;
+    case AMQP_FIELD_KIND_I32: n = v->value.i32; break;
+    case AMQP_FIELD_KIND_U32: n = v->value.u32; break;
+    case AMQP_FIELD_KIND_I64: n = v->value.i64; break;
+    case AMQP_FIELD_KIND_U64:
+        n = v->value.u64 > (uint64_t)INT64_MAX ? INT64_MAX : (int64_t)v->value.u64;
+        break;
+    default:
+        return invalid(t, "header cw-attempt is not an integer%s", "");
+    }
+    if (n < 0 || n > CW_ATTEMPT_MAX) {
+        char num[32];
+        snprintf(num, sizeof num, "%lld", (long long)n);
+        return invalid(t, "header cw-attempt %s is out of range", num);
+    }
+    t->attempt = (unsigned)n;
+    return true;
+}
+
+static bool content_type_ok(amqp_bytes_t ct)
+{
+    static const char want[] = "application/json";
+    size_t n = sizeof want - 1;
+    if (ct.len < n || strncasecmp(ct.bytes, want, n) != 0)
+        return false;
+    /* Parameters such as "; charset=utf-8" may follow. */
+    const char *rest = (const char *)ct.bytes + n;
+    size_t left = ct.len - n;
+    while (left && (*rest == ' ' || *rest == '\t')) {
+        rest++;
+        left--;
+    }
+    return left == 0 || *rest == ';';
+}
+
+bool cw__task_validate(cw_validator *v, cw_task *t)
+{
+    const amqp_basic_properties_t *p = &t->env.message.properties;
+    const amqp_bytes_t body = t->env.message.body;
+    char num[64];
+
+    /* Identity first, so that even a refused task is logged by its ID. */
+    if (!(p->_flags & AMQP_BASIC_MESSAGE_ID_FLAG) || p->message_id.len == 0)
+        return invalid(t, "no message_id property (the idempotency key is required)%s", "");
+    if (!copy_printable(t->message_id, sizeof t->message_id, p->message_id)) {
+        snprintf(num, sizeof num, "%zu", p->message_id.len);
+        return invalid(t,
+                       "message_id is not 1-128 printable ASCII characters (got %s bytes)", num);
+    }
+    if (p->_flags & AMQP_BASIC_CORRELATION_ID_FLAG &&
+        !copy_printable(t->saga_id, sizeof t->saga_id, p->correlation_id) &&
+        p->correlation_id.len != 0)
+        return invalid(t, "correlation_id (saga ID) is not printable ASCII up to 255 bytes%s",
+                       "");
+    if (!(p->_flags & AMQP_BASIC_TYPE_FLAG) || p->type.len == 0)
+        return invalid(t, "no type property (the task type selects the handler)%s", "");
+    if (!cw__type_valid(p->type.bytes, p->type.len))
+        return invalid(t, "type is not 1-255 characters of [A-Za-z0-9._:-]%s", "");
+    memcpy(t->type, p->type.bytes, p->type.len);
+    t->type[p->type.len] = '\0';
+
+    t->handler = cw_registry_find(v->reg, t->type, p->type.len);
+    if (!t->handler)
+        return invalid(t, "no handler is registered for type '%s'", t->type);
+
+    if (body.len > v->max_body_size) {
+        snprintf(num, sizeof num, "%zu bytes > max_body_size %llu", body.len,
+                 (unsigned long long)v->max_body_size);
+        return invalid(t, "body too large: %s", num);
+    }
+    if (p->_flags & AMQP_BASIC_CONTENT_TYPE_FLAG && !content_type_ok(p->content_type))
+        return invalid(t, "content_type is not application/json%s", "");
+
+    const amqp_field_value_t *att = cw__task_header_value(p, "cw-attempt");
+    if (att && !attempt_from_header(t, att))
+        return false;
+
+    if (body.len == 0)
+        return invalid(t, "body is empty (a JSON object is required)%s", "");
+    if (memchr(body.bytes, '\0', body.len))
+        return invalid(t, "body is not JSON: it contains a NUL byte%s", "");
+    json_tokener_reset(v->tok);
+    json_object *obj = json_tokener_parse_ex(v->tok, body.bytes, (int)body.len);
+    enum json_tokener_error jerr = json_tokener_get_error(v->tok);
+    if (!obj) {
+        if (jerr == json_tokener_continue)
+            return invalid(t, "body is not JSON: %s", "truncated (unexpected end of input)");
+        char why[160];
+        snprintf(why, sizeof why, "%s at byte %zu", json_tokener_error_desc(jerr),
+                 json_tokener_get_parse_end(v->tok));
+        return invalid(t, "body is not JSON: %s", why);
+    }
+    size_t end = json_tokener_get_parse_end(v->tok);
+    for (const char *c = (const char *)body.bytes + end; end < body.len; c++, end++) {
+        if (!isspace((unsigned char)*c)) {
+            json_object_put(obj);
+            snprintf(num, sizeof num, "%zu", end);
+            return invalid(t, "body is not JSON: unexpected data after the value at byte %s",
+                           num);
+        }
+    }
+    if (!json_object_is_type(obj, json_type_object)) {
+        json_object_put(obj);
+        return invalid(t, "body is JSON but not an object%s", "");
+    }
+    t->payload = obj;
+    return true;
+}

@@ -1,0 +1,153 @@
+/* Publishing with publisher confirms. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "framework/broker.h"
+#include "framework/error.h"
+
+int cw__publisher_open(cw_publisher *p, amqp_connection_state_t conn, amqp_channel_t ch)
+{
+    memset(p, 0, sizeof *p);
+    p->conn = conn;
+    p->ch = ch;
+    p->next_seq = 1;
+    p->base = 1;
+    amqp_channel_open(conn, ch);
+    int rc = cw__broker_reply(amqp_get_rpc_reply(conn), "opening the publish channel");
+    if (rc)
+        return rc;
+    amqp_confirm_select(conn, ch);
+    return cw__broker_reply(amqp_get_rpc_reply(conn), "enabling publisher confirms");
+}
+
+void cw__publisher_free(cw_publisher *p)
+{
+    free(p->pending);
+    p->pending = NULL;
+    p->pending_cap = 0;
+}
+
+int cw__publisher_send(cw_publisher *p, const char *exchange, amqp_bytes_t routing_key,
+                       bool mandatory, const amqp_basic_properties_t *props, amqp_bytes_t body)
+{
+    size_t slot = (size_t)(p->next_seq - p->base);
+    if (slot >= p->pending_cap) {
+        size_t cap = p->pending_cap ? p->pending_cap * 2 : 256;
+        while (cap <= slot)
+            cap *= 2;
+        uint8_t *np = realloc(p->pending, cap);
+        if (!np)
+            return cw__error(CW_STATUS_NOMEM, "out of memory tracking publisher confirms");
+        memset(np + p->pending_cap, 0, cap - p->pending_cap);
+        p->pending = np;
+        p->pending_cap = cap;
+    }
+    int st = amqp_basic_publish(p->conn, p->ch, amqp_cstring_bytes(exchange), routing_key,
+                                mandatory, 0, props, body);
+    if (st != AMQP_STATUS_OK)
+        return cw__error(CW_STATUS_CONNECTION, "publishing to '%s': %s", exchange,
+                         amqp_error_string2(st));
+    p->pending[slot] = 1;
+    p->next_seq++;
+    return 0;
+}
+
+static void confirm(cw_publisher *p, uint64_t tag, bool multiple)
+{
+    if (tag < p->base)
+        return;
+    size_t slot = (size_t)(tag - p->base);
+    if (slot >= p->pending_cap)
+        return;
+    if (multiple)
+        memset(p->pending, 0, slot + 1);
+    else
+        p->pending[slot] = 0;
+}
+
+static bool all_confirmed(const cw_publisher *p)
+{
+    size_t n = (size_t)(p->next_seq - p->base);
+    for (size_t i = 0; i < n; i++) {
+        if (p->pending[i])
+            return false;
+    }
+    return true;
+}
+
+int cw__publisher_wait(cw_publisher *p, int timeout_ms)
+{
+    int64_t deadline = cw__mono_ms() + timeout_ms;
+    while (!all_confirmed(p)) {
+        int64_t left = deadline - cw__mono_ms();
+        if (left <= 0)
+            return cw__error(CW_STATUS_TIMEOUT, "no publisher confirm within %d ms", timeout_ms);
+        struct timeval tv = {.tv_sec = left / 1000, .tv_usec = (left % 1000) * 1000};
+        amqp_frame_t f;
+        int st = amqp_simple_wait_frame_noblock(p->conn, &f, &tv);
+        if (st == AMQP_STATUS_TIMEOUT)
+            continue;
+        if (st != AMQP_STATUS_OK)
+            return cw__error(CW_STATUS_CONNECTION, "waiting for publisher confirms: %s",
+                             amqp_error_string2(st));
+        if (f.frame_type != AMQP_FRAME_METHOD || f.channel != p->ch)
+            continue;
+        switch (f.payload.method.id) {
+        case AMQP_BASIC_ACK_METHOD: {
+            const amqp_basic_ack_t *m = f.payload.method.decoded;
+            confirm(p, m->delivery_tag, m->multiple);
+            break;
+        }
+        case AMQP_BASIC_NACK_METHOD: {
+            const amqp_basic_nack_t *m = f.payload.method.decoded;
+            p->nacked++;
+            confirm(p, m->delivery_tag, m->multiple);
+            break;
+        }
+        case AMQP_BASIC_RETURN_METHOD: {
+            const amqp_basic_return_t *m = f.payload.method.decoded;
+            p->returned++;
+            snprintf(p->last_return, sizeof p->last_return, "%d %.*s (routing key '%.*s')",
+                     m->reply_code, (int)m->reply_text.len, (const char *)m->reply_text.bytes,
+                     (int)m->routing_key.len, (const char *)m->routing_key.bytes);
+            /* The returned message's content follows; read it away. */
+            amqp_message_t msg;
+            amqp_rpc_reply_t r = amqp_read_message(p->conn, p->ch, &msg, 0);
+            if (r.reply_type != AMQP_RESPONSE_NORMAL)
+                return cw__broker_reply(r, "reading a returned message");
+            amqp_destroy_message(&msg);
+            break;
+        }
+        case AMQP_CHANNEL_CLOSE_METHOD: {
+            const amqp_channel_close_t *m = f.payload.method.decoded;
+            int rc = cw__error(CW_STATUS_BROKER_REFUSED,
+                               "the broker closed the publish channel: %.*s",
+                               (int)m->reply_text.len, (const char *)m->reply_text.bytes);
+            amqp_channel_close_ok_t ok = {0};
+            amqp_send_method(p->conn, p->ch, AMQP_CHANNEL_CLOSE_OK_METHOD, &ok);
+            return rc;
+        }
+        case AMQP_CONNECTION_CLOSE_METHOD: {
+            const amqp_connection_close_t *m = f.payload.method.decoded;
+            return cw__error(CW_STATUS_CONNECTION, "the broker closed the connection: %.*s",
+                             (int)m->reply_text.len, (const char *)m->reply_text.bytes);
+        }
+        default:
+            break;
+        }
+    }
+    /* Everything sent is settled: start a fresh window. */
+    p->base = p->next_seq;
+    if (p->pending_cap)
+        memset(p->pending, 0, p->pending_cap);
+    int rc = 0;
+    if (p->returned)
+        rc = cw__error(CW_STATUS_UNROUTABLE, "%u publish(es) returned unroutable: %s", p->returned,
+                       p->last_return);
+    else if (p->nacked)
+        rc = cw__error(CW_STATUS_NACKED, "%u publish(es) nacked by the broker", p->nacked);
+    p->returned = 0;
+    p->nacked = 0;
+    return rc;
+}

@@ -1,0 +1,142 @@
+/* The handler registry: task type -> handler. */
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "framework/error.h"
+#include "framework/registry.h"
+
+int cw_registry_new(cw_registry **out)
+{
+    cw_registry *reg = calloc(1, sizeof *reg);
+    if (!reg)
+        return cw__error(CW_STATUS_NOMEM, "out of memory allocating the registry");
+    *out = reg;
+    return 0;
+}
+
+bool cw__type_valid(const char *type, size_t len)
+{
+    if (len == 0 || len > 255)
+        return false;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)type[i];
+        bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                  c == '.' || c == '_' || c == ':' || c == '-';
+        if (!ok)
+            return false;
+    }
+    return true;
+}
+
+const cw_handler_entry *cw_registry_find(const cw_registry *reg, const char *type, size_t len)
+{
+    /* A pool registers a handful of types: a linear scan beats hashing. */
+    for (size_t i = 0; i < reg->n_handlers; i++) {
+        const cw_handler_entry *h = &reg->handlers[i];
+        if (strncmp(h->type, type, len) == 0 && h->type[len] == '\0')
+            return h;
+    }
+    return NULL;
+}
+
+int cw_register_handler(cw_registry *reg, const char *type, cw_handler_fn fn, void *user_data)
+{
+    if (!reg || !type || !fn)
+        return cw__error(CW_STATUS_INVALID_ARG, "cw_register_handler: NULL argument");
+    size_t len = strlen(type);
+    if (!cw__type_valid(type, len))
+        return cw__error(CW_STATUS_INVALID_ARG,
+                         "cw_register_handler: task type '%.255s' is not 1-255 characters of "
+                         "[A-Za-z0-9._:-]",
+                         type);
+    const cw_handler_entry *have = cw_registry_find(reg, type, len);
+    if (have)
+        return cw__error(CW_STATUS_EXISTS,
+                         "cw_register_handler: a handler for '%s' is already registered by %s",
+                         type, have->plugin ? have->plugin->path : "the program");
+    if (reg->n_handlers == reg->cap_handlers) {
+        size_t cap = reg->cap_handlers ? reg->cap_handlers * 2 : 8;
+        cw_handler_entry *h = realloc(reg->handlers, cap * sizeof *h);
+        if (!h)
+            return cw__error(CW_STATUS_NOMEM, "out of memory registering '%s'", type);
+        reg->handlers = h;
+        reg->cap_handlers = cap;
+    }
+    char *copy = strdup(type);
+    if (!copy)
+        return cw__error(CW_STATUS_NOMEM, "out of memory registering '%s'", type);
+    reg->handlers[reg->n_handlers++] =
+        (cw_handler_entry){.type = copy, .fn = fn, .user_data = user_data, .plugin = reg->loading};
+    return 0;
+}
+
+int cw_register_teardown(cw_registry *reg, cw_teardown_fn fn, void *user_data)
+{
+    if (!reg || !fn)
+        return cw__error(CW_STATUS_INVALID_ARG, "cw_register_teardown: NULL argument");
+    if (!reg->loading)
+        return cw__error(CW_STATUS_INVALID_ARG,
+                         "cw_register_teardown: only a plugin, from cw_plugin_init(), may "
+                         "register a teardown");
+    if (reg->loading->teardown)
+        return cw__error(CW_STATUS_EXISTS, "cw_register_teardown: %s already registered one",
+                         reg->loading->path);
+    reg->loading->teardown = fn;
+    reg->loading->teardown_data = user_data;
+    return 0;
+}
+
+void cw_registry_use_settings(cw_registry *reg, const cw_plugin_setting *s, size_t n)
+{
+    reg->settings = s;
+    reg->n_settings = n;
+}
+
+const char *cw_registry_setting(cw_registry *reg, const char *key, const char *fallback)
+{
+    if (!reg || !key || !reg->loading || !reg->loading->info)
+        return fallback;
+    const char *name = reg->loading->info->name;
+    for (size_t i = 0; i < reg->n_settings; i++) {
+        if (strcmp(reg->settings[i].plugin, name) == 0 && strcmp(reg->settings[i].key, key) == 0)
+            return reg->settings[i].value;
+    }
+    return fallback;
+}
+
+/* Drops the handlers `p` registered (after a refused init). */
+void cw__registry_drop_plugin(cw_registry *reg, const cw_plugin *p)
+{
+    size_t j = 0;
+    for (size_t i = 0; i < reg->n_handlers; i++) {
+        if (reg->handlers[i].plugin == p)
+            free(reg->handlers[i].type);
+        else
+            reg->handlers[j++] = reg->handlers[i];
+    }
+    reg->n_handlers = j;
+}
+
+void cw__plugin_unload(cw_plugin *p);
+
+void cw_registry_free(cw_registry *reg)
+{
+    if (!reg)
+        return;
+    for (cw_plugin *p = reg->plugins; p;) {
+        cw_plugin *next = p->next;
+        if (p->teardown)
+            p->teardown(p->teardown_data);
+        p = next;
+    }
+    for (size_t i = 0; i < reg->n_handlers; i++)
+        free(reg->handlers[i].type);
+    free(reg->handlers);
+    for (cw_plugin *p = reg->plugins; p;) {
+        cw_plugin *next = p->next;
+        cw__plugin_unload(p);
+        p = next;
+    }
+    free(reg);
+}

@@ -1,0 +1,143 @@
+/* The idempotency store's front: picks a backend at open, checks arguments,
+ * and forwards every call to the backend's table of operations. */
+#include <stddef.h>
+#include <string.h>
+
+#include "framework/error.h"
+#include "framework/store.h"
+
+/* The database behind the "memory" backend: SQLite's private in-memory
+ * database. Each store object gets its own, shared with no other object or
+ * process, and gone when the store is freed. Meant for tests. */
+#define CW_STORE_MEMORY_PATH ":memory:"
+
+const char *cw__state_name(cw_task_state s)
+{
+    switch (s) {
+    case CW_STATE_NONE:
+        return "none";
+    case CW_STATE_IN_PROGRESS:
+        return "in-progress";
+    case CW_STATE_DONE:
+        return "done";
+    case CW_STATE_DEAD:
+        return "dead";
+    case CW_STATE_RETRYING:
+        return "retrying";
+    }
+    return "unknown";
+}
+
+int cw_store_open(cw_store **out, const cw_store_opts *opts)
+{
+    if (!out || !opts)
+        return cw__error(CW_STATUS_INVALID_ARG, "store: open: NULL argument");
+    *out = NULL;
+    if (!opts->backend || !*opts->backend)
+        return cw__error(CW_STATUS_CONFIG, "store: no backend given (expected sqlite or memory)");
+    if (strcmp(opts->backend, "sqlite") == 0)
+        return cw__store_sqlite_open(out, opts);
+    if (strcmp(opts->backend, "memory") == 0) {
+        cw_store_opts mem = *opts;
+        mem.path = CW_STORE_MEMORY_PATH;
+        mem.sync_full = false;
+        return cw__store_sqlite_open(out, &mem);
+    }
+    return cw__error(CW_STATUS_CONFIG, "store: unknown backend '%s' (expected sqlite or memory)",
+                     opts->backend);
+}
+
+void cw_store_free(cw_store *s)
+{
+    if (s)
+        s->ops->free(s);
+}
+
+/* A message ID must be non-empty and at most CW_MESSAGE_ID_MAX bytes, so
+ * that it fits cw_task_record.message_id. */
+static int check_id(const char *op, const char *message_id)
+{
+    if (!message_id || !*message_id)
+        return cw__error(CW_STATUS_INVALID_ARG, "store: %s: empty message ID", op);
+    if (strnlen(message_id, CW_MESSAGE_ID_MAX + 1) > CW_MESSAGE_ID_MAX)
+        return cw__error(CW_STATUS_INVALID_ARG, "store: %s: message ID longer than %d bytes", op,
+                         CW_MESSAGE_ID_MAX);
+    return 0;
+}
+
+int cw_store_begin(cw_store *s)
+{
+    if (!s)
+        return cw__error(CW_STATUS_INVALID_ARG, "store: begin: NULL store");
+    return s->ops->begin(s);
+}
+
+int cw_store_commit(cw_store *s)
+{
+    if (!s)
+        return cw__error(CW_STATUS_INVALID_ARG, "store: commit: NULL store");
+    return s->ops->commit(s);
+}
+
+int cw_store_rollback(cw_store *s)
+{
+    if (!s)
+        return cw__error(CW_STATUS_INVALID_ARG, "store: rollback: NULL store");
+    return s->ops->rollback(s);
+}
+
+int cw_store_claim(cw_store *s, const cw_claim_req *req, int64_t now_ms, cw_claim *out)
+{
+    if (!s || !req || !out)
+        return cw__error(CW_STATUS_INVALID_ARG, "store: claim: NULL argument");
+    int rc = check_id("claim", req->message_id);
+    if (rc)
+        return rc;
+    return s->ops->claim(s, req, now_ms, out);
+}
+
+int cw_store_settle(cw_store *s, const cw_settle_req *req, int64_t now_ms)
+{
+    if (!s || !req)
+        return cw__error(CW_STATUS_INVALID_ARG, "store: settle: NULL argument");
+    int rc = check_id("settle", req->message_id);
+    if (rc)
+        return rc;
+    if (req->state != CW_STATE_DONE && req->state != CW_STATE_DEAD &&
+        req->state != CW_STATE_RETRYING)
+        return cw__error(CW_STATUS_INVALID_ARG,
+                         "store: settle %s: state %s is not done, dead or retrying",
+                         req->message_id, cw__state_name(req->state));
+    if (!req->outcome || !*req->outcome)
+        return cw__error(CW_STATUS_INVALID_ARG, "store: settle %s: no outcome", req->message_id);
+    return s->ops->settle(s, req, now_ms);
+}
+
+int cw_store_get(cw_store *s, const char *message_id, cw_task_record *out)
+{
+    if (!s || !out)
+        return cw__error(CW_STATUS_INVALID_ARG, "store: get: NULL argument");
+    int rc = check_id("get", message_id);
+    if (rc)
+        return rc;
+    return s->ops->get(s, message_id, out);
+}
+
+int cw_store_history(cw_store *s, const char *message_id,
+                     int (*cb)(const cw_attempt_record *a, void *ud), void *ud)
+{
+    if (!s || !cb)
+        return cw__error(CW_STATUS_INVALID_ARG, "store: history: NULL argument");
+    int rc = check_id("history", message_id);
+    if (rc)
+        return rc;
+    return s->ops->history(s, message_id, cb, ud);
+}
+
+int cw_store_sweep(cw_store *s, int64_t done_before_ms, unsigned limit, unsigned *removed)
+{
+    unsigned ignored;
+    if (!s)
+        return cw__error(CW_STATUS_INVALID_ARG, "store: sweep: NULL store");
+    return s->ops->sweep(s, done_before_ms, limit, removed ? removed : &ignored);
+}

@@ -1,0 +1,699 @@
+/* The SQLite backend of the idempotency store.
+ *
+ * One database with two tables: `tasks`, one row per message ID, and
+ * `attempts`, the history of settled attempts. A file is shared by all the
+ * workers of a host (WAL mode; BEGIN IMMEDIATE serializes writers, who wait
+ * up to CW_SQ_BUSY_TIMEOUT_MS for each other); ":memory:" is a private
+ * database of this store object.
+ *
+ * Every statement is prepared once at open and reset after each use, so a
+ * claim or a settle parses nothing and allocates nothing. Strings are bound
+ * with SQLITE_STATIC: they only need to live for the call.
+ *
+ * A store object is one connection: use it from one thread at a time, and
+ * open it after fork(), never across one. */
+#include <errno.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+
+#include <sqlite3.h>
+
+#include "framework/error.h"
+#include "framework/log.h"
+#include "framework/store.h"
+
+#define CW_SQ_SCHEMA_VERSION 1
+#define CW_SQ_BUSY_TIMEOUT_MS 10000
+#define CW_SQ_CACHE_KIB 8192
+#define CW_SQ_MEMORY ":memory:"
+
+#define CW_SQ_STR_(x) #x
+#define CW_SQ_STRINGIFY(x) CW_SQ_STR_(x)
+
+/* The SQL below writes states as literals (the partial index must match the
+ * sweep's WHERE clause textually); keep them in step with the enum. */
+_Static_assert(CW_STATE_IN_PROGRESS == 1 && CW_STATE_DONE == 2, "SQL state literals");
+
+static const char cw_sq_schema[] =
+    "CREATE TABLE IF NOT EXISTS tasks ("
+    " message_id TEXT PRIMARY KEY NOT NULL,"
+    " state INTEGER NOT NULL,"
+    " owner TEXT,"
+    " lease_until INTEGER," /* ms */
+    " attempts INTEGER NOT NULL DEFAULT 0,"
+    " deliveries INTEGER NOT NULL DEFAULT 0," /* total ever */
+    " unsettled INTEGER NOT NULL DEFAULT 0,"  /* deliveries since the last settle */
+    " saga_id TEXT,"
+    " type TEXT,"
+    " first_seen INTEGER NOT NULL,"
+    " last_seen INTEGER NOT NULL,"
+    " error_class TEXT,"
+    " last_error TEXT"
+    ") WITHOUT ROWID;"
+    "CREATE INDEX IF NOT EXISTS tasks_done_last_seen ON tasks(last_seen) WHERE state = 2;"
+    "CREATE TABLE IF NOT EXISTS attempts ("
+    " message_id TEXT NOT NULL,"
+    " n INTEGER NOT NULL,"
+    " at INTEGER NOT NULL,"
+    " worker TEXT,"
+    " outcome TEXT,"
+    " error_class TEXT,"
+    " reason TEXT,"
+    " PRIMARY KEY (message_id, n)"
+    ") WITHOUT ROWID;";
+
+enum {
+    CW_SQ_BEGIN,
+    CW_SQ_COMMIT,
+    CW_SQ_ROLLBACK,
+    CW_SQ_CLAIM_INSERT,
+    CW_SQ_CLAIM_SELECT,
+    CW_SQ_CLAIM_TAKE,
+    CW_SQ_CLAIM_BUMP,
+    CW_SQ_SETTLE_UPDATE,
+    CW_SQ_SETTLE_HISTORY,
+    CW_SQ_GET,
+    CW_SQ_HISTORY,
+    CW_SQ_SWEEP_ATTEMPTS,
+    CW_SQ_SWEEP_TASKS,
+    CW_SQ_COUNT
+};
+
+/* The DONE records a sweep removes: the oldest first, a bounded number. */
+#define CW_SQ_SWEEP_VICTIMS                                                    \
+    "SELECT message_id FROM tasks WHERE state = 2 AND last_seen < ?1"        \
+    " ORDER BY last_seen, message_id LIMIT ?2"
+
+static const char *const cw_sq_sql[CW_SQ_COUNT] = {
+    [CW_SQ_BEGIN] = "BEGIN IMMEDIATE",
+    [CW_SQ_COMMIT] = "COMMIT",
+    [CW_SQ_ROLLBACK] = "ROLLBACK",
+    /* ?1 id, ?2 owner, ?3 lease_until, ?4 saga_id, ?5 type, ?6 now */
+    [CW_SQ_CLAIM_INSERT] =
+        "INSERT INTO tasks (message_id, state, owner, lease_until, attempts, deliveries,"
+        " unsettled, saga_id, type, first_seen, last_seen)"
+        " VALUES (?1, 1, ?2, ?3, 0, 1, 1, ?4, ?5, ?6, ?6)"
+        " ON CONFLICT (message_id) DO NOTHING",
+    [CW_SQ_CLAIM_SELECT] =
+        "SELECT state, owner, lease_until, attempts, unsettled FROM tasks WHERE message_id = ?1",
+    /* ?1 id, ?2 owner, ?3 lease_until, ?4 now, ?5 saga_id, ?6 type */
+    [CW_SQ_CLAIM_TAKE] =
+        "UPDATE tasks SET state = 1, owner = ?2, lease_until = ?3,"
+        " deliveries = deliveries + 1, unsettled = unsettled + 1, last_seen = ?4,"
+        " saga_id = coalesce(saga_id, ?5), type = coalesce(type, ?6)"
+        " WHERE message_id = ?1",
+    /* ?1 id, ?2 now, ?3 saga_id, ?4 type */
+    [CW_SQ_CLAIM_BUMP] =
+        "UPDATE tasks SET deliveries = deliveries + 1, unsettled = unsettled + 1,"
+        " last_seen = ?2, saga_id = coalesce(saga_id, ?3), type = coalesce(type, ?4)"
+        " WHERE message_id = ?1",
+    /* ?1 id, ?2 state, ?3 now, ?4 error_class, ?5 reason */
+    [CW_SQ_SETTLE_UPDATE] =
+        "UPDATE tasks SET state = ?2, attempts = attempts + 1, owner = NULL,"
+        " lease_until = NULL, unsettled = 0, last_seen = ?3, error_class = ?4,"
+        " last_error = ?5 WHERE message_id = ?1",
+    /* ?1 id, ?2 now, ?3 worker, ?4 outcome, ?5 error_class, ?6 reason */
+    [CW_SQ_SETTLE_HISTORY] =
+        "INSERT INTO attempts (message_id, n, at, worker, outcome, error_class, reason)"
+        " SELECT message_id, attempts, ?2, ?3, ?4, ?5, ?6 FROM tasks WHERE message_id = ?1",
+    [CW_SQ_GET] =
+        "SELECT state, owner, lease_until, attempts, deliveries, saga_id, type, first_seen,"
+        " last_seen, error_class, last_error FROM tasks WHERE message_id = ?1",
+    [CW_SQ_HISTORY] =
+        "SELECT n, at, worker, outcome, error_class, reason FROM attempts"
+        " WHERE message_id = ?1 ORDER BY n",
+    /* ?1 done_before, ?2 limit; history first, while the victims still exist */
+    [CW_SQ_SWEEP_ATTEMPTS] = "DELETE FROM attempts WHERE message_id IN (" CW_SQ_SWEEP_VICTIMS ")",
+    [CW_SQ_SWEEP_TASKS] = "DELETE FROM tasks WHERE message_id IN (" CW_SQ_SWEEP_VICTIMS ")",
+};
+
+typedef struct cw_sq_store {
+    cw_store base; /* first: what cw_store_open hands out */
+    sqlite3 *db;
+    char *path; /* the file, or ":memory:"; for messages */
+    sqlite3_stmt *st[CW_SQ_COUNT];
+} cw_sq_store;
+
+static cw_sq_store *sq_of(cw_store *s)
+{
+    return (cw_sq_store *)s;
+}
+
+/* Records SQLite's message for `op` and returns CW_STATUS_STORE. Call it
+ * before resetting the failed statement. */
+static int sq_fail(const cw_sq_store *q, const char *op)
+{
+    return cw__error(CW_STATUS_STORE, "%s: %s: %s", q->path, op, sqlite3_errmsg(q->db));
+}
+
+static int sq_fail_reset(const cw_sq_store *q, sqlite3_stmt *st, const char *op)
+{
+    int rc = sq_fail(q, op);
+    sqlite3_reset(st);
+    return rc;
+}
+
+/* Steps a statement that returns no rows, then resets it. */
+static int sq_run(const cw_sq_store *q, sqlite3_stmt *st, const char *op)
+{
+    int rc = sqlite3_step(st) == SQLITE_DONE ? 0 : sq_fail(q, op);
+    sqlite3_reset(st);
+    return rc;
+}
+
+static int sq_bind_text(sqlite3_stmt *st, int i, const char *s)
+{
+    /* A NULL pointer binds SQL NULL. */
+    return sqlite3_bind_text(st, i, s, -1, SQLITE_STATIC);
+}
+
+static unsigned sq_uint(sqlite3_int64 v)
+{
+    return v < 0 ? 0 : v > UINT_MAX ? UINT_MAX : (unsigned)v;
+}
+
+static int64_t sq_add_sat(int64_t a, int64_t b)
+{
+    return (b > 0 && a > INT64_MAX - b) ? INT64_MAX : a + b;
+}
+
+/* Copies text column `col` into dst (NUL-terminated, "" for NULL), cutting
+ * at a UTF-8 character boundary when it does not fit. */
+static void sq_copy_col(char *dst, size_t size, sqlite3_stmt *st, int col)
+{
+    const unsigned char *src = sqlite3_column_text(st, col);
+    size_t n = src ? (size_t)sqlite3_column_bytes(st, col) : 0;
+    if (n >= size) {
+        n = size - 1;
+        while (n > 0 && (src[n] & 0xC0) == 0x80)
+            n--;
+    }
+    if (n)
+        memcpy(dst, src, n);
+    dst[n] = '\0';
+}
+
+/* ---- transactions ------------------------------------------------------ */
+
+static void sq_rollback_quiet(cw_sq_store *q)
+{
+    /* SQLite rolls back by itself after some errors (disk full, I/O). */
+    if (!sqlite3_get_autocommit(q->db)) {
+        sqlite3_step(q->st[CW_SQ_ROLLBACK]);
+        sqlite3_reset(q->st[CW_SQ_ROLLBACK]);
+    }
+}
+
+/* Outside a batch, a claim or a settle runs in a transaction of its own. */
+static int sq_enter(cw_sq_store *q, bool *own)
+{
+    *own = sqlite3_get_autocommit(q->db) != 0;
+    return *own ? sq_run(q, q->st[CW_SQ_BEGIN], "begin") : 0;
+}
+
+static int sq_leave(cw_sq_store *q, bool own, int rc)
+{
+    if (!own)
+        return rc;
+    if (rc == 0) {
+        rc = sq_run(q, q->st[CW_SQ_COMMIT], "commit");
+        if (rc == 0)
+            return 0;
+    }
+    sq_rollback_quiet(q);
+    return rc;
+}
+
+static int sq_begin(cw_store *s)
+{
+    cw_sq_store *q = sq_of(s);
+    return sq_run(q, q->st[CW_SQ_BEGIN], "begin");
+}
+
+static int sq_commit(cw_store *s)
+{
+    cw_sq_store *q = sq_of(s);
+    return sq_run(q, q->st[CW_SQ_COMMIT], "commit");
+}
+
+static int sq_rollback(cw_store *s)
+{
+    cw_sq_store *q = sq_of(s);
+    if (sqlite3_get_autocommit(q->db))
+        return 0; /* nothing to undo, or SQLite already undid it */
+    return sq_run(q, q->st[CW_SQ_ROLLBACK], "rollback");
+}
+
+/* ---- claim and settle -------------------------------------------------- */
+
+/* Whether another live owner holds the row under an unexpired lease. Called
+ * with the select's row current: the owner_alive callback must not call back
+ * into this store's claim. */
+static bool sq_busy(const cw_sq_store *q, sqlite3_stmt *st, int64_t now_ms)
+{
+    const char *owner = (const char *)sqlite3_column_text(st, 1);
+    if (!owner || strcmp(owner, q->base.owner) == 0)
+        return false;
+    if (sqlite3_column_int64(st, 2) <= now_ms)
+        return false;
+    return !q->base.owner_alive || q->base.owner_alive(owner, q->base.owner_alive_data);
+}
+
+static int sq_claim_existing(cw_sq_store *q, const cw_claim_req *req, int64_t now_ms,
+                             int64_t lease_until, cw_claim *out)
+{
+    sqlite3_stmt *st = q->st[CW_SQ_CLAIM_SELECT];
+    if (sq_bind_text(st, 1, req->message_id) != SQLITE_OK)
+        return sq_fail_reset(q, st, "claim");
+    int step = sqlite3_step(st);
+    if (step != SQLITE_ROW) {
+        int rc = step == SQLITE_DONE ? cw__error(CW_STATUS_STORE, "%s: claim: record of %s vanished",
+                                                 q->path, req->message_id)
+                                     : sq_fail(q, "claim");
+        sqlite3_reset(st);
+        return rc;
+    }
+    int state = sqlite3_column_int(st, 0);
+    unsigned unsettled = sq_uint(sqlite3_column_int64(st, 4));
+    out->attempts = sq_uint(sqlite3_column_int64(st, 3));
+    out->deliveries = unsettled < UINT_MAX ? unsettled + 1 : UINT_MAX;
+    if (state == CW_STATE_DONE) {
+        out->result = CW_CLAIM_DONE;
+    } else if (state == CW_STATE_DEAD) {
+        out->result = CW_CLAIM_DEAD;
+    } else if (state == CW_STATE_IN_PROGRESS && sq_busy(q, st, now_ms)) {
+        /* Not recorded: deliveries reports what the store holds. */
+        out->result = CW_CLAIM_BUSY;
+        out->deliveries = unsettled;
+        sq_copy_col(out->owner, sizeof out->owner, st, 1);
+    } else {
+        out->result = CW_CLAIM_NEW; /* retrying, expired, abandoned, or ours */
+    }
+    sqlite3_reset(st);
+
+    if (out->result == CW_CLAIM_BUSY)
+        return 0;
+    if (out->result == CW_CLAIM_NEW) {
+        st = q->st[CW_SQ_CLAIM_TAKE];
+        if (sq_bind_text(st, 1, req->message_id) != SQLITE_OK ||
+            sq_bind_text(st, 2, q->base.owner) != SQLITE_OK ||
+            sqlite3_bind_int64(st, 3, lease_until) != SQLITE_OK ||
+            sqlite3_bind_int64(st, 4, now_ms) != SQLITE_OK ||
+            sq_bind_text(st, 5, req->saga_id) != SQLITE_OK ||
+            sq_bind_text(st, 6, req->type) != SQLITE_OK)
+            return sq_fail_reset(q, st, "claim");
+    } else {
+        st = q->st[CW_SQ_CLAIM_BUMP];
+        if (sq_bind_text(st, 1, req->message_id) != SQLITE_OK ||
+            sqlite3_bind_int64(st, 2, now_ms) != SQLITE_OK ||
+            sq_bind_text(st, 3, req->saga_id) != SQLITE_OK ||
+            sq_bind_text(st, 4, req->type) != SQLITE_OK)
+            return sq_fail_reset(q, st, "claim");
+    }
+    return sq_run(q, st, "claim");
+}
+
+static int sq_claim_in(cw_sq_store *q, const cw_claim_req *req, int64_t now_ms, cw_claim *out)
+{
+    int64_t lease_until = sq_add_sat(now_ms, q->base.lease_ms);
+    sqlite3_stmt *st = q->st[CW_SQ_CLAIM_INSERT];
+
+    out->result = CW_CLAIM_NEW;
+    out->deliveries = 1;
+    out->attempts = 0;
+    out->owner[0] = '\0';
+
+    /* First sight, the common case, costs one statement. */
+    if (sq_bind_text(st, 1, req->message_id) != SQLITE_OK ||
+        sq_bind_text(st, 2, q->base.owner) != SQLITE_OK ||
+        sqlite3_bind_int64(st, 3, lease_until) != SQLITE_OK ||
+        sq_bind_text(st, 4, req->saga_id) != SQLITE_OK ||
+        sq_bind_text(st, 5, req->type) != SQLITE_OK ||
+        sqlite3_bind_int64(st, 6, now_ms) != SQLITE_OK)
+        return sq_fail_reset(q, st, "claim");
+    int rc = sq_run(q, st, "claim");
+    if (rc || sqlite3_changes(q->db) > 0)
+        return rc;
+    return sq_claim_existing(q, req, now_ms, lease_until, out);
+}
+
+static int sq_claim(cw_store *s, const cw_claim_req *req, int64_t now_ms, cw_claim *out)
+{
+    cw_sq_store *q = sq_of(s);
+    bool own;
+    int rc = sq_enter(q, &own);
+    if (rc)
+        return rc;
+    return sq_leave(q, own, sq_claim_in(q, req, now_ms, out));
+}
+
+static int sq_settle_in(cw_sq_store *q, const cw_settle_req *req, int64_t now_ms)
+{
+    sqlite3_stmt *st = q->st[CW_SQ_SETTLE_UPDATE];
+    if (sq_bind_text(st, 1, req->message_id) != SQLITE_OK ||
+        sqlite3_bind_int(st, 2, (int)req->state) != SQLITE_OK ||
+        sqlite3_bind_int64(st, 3, now_ms) != SQLITE_OK ||
+        sq_bind_text(st, 4, req->error_class) != SQLITE_OK ||
+        sq_bind_text(st, 5, req->reason) != SQLITE_OK)
+        return sq_fail_reset(q, st, "settle");
+    int rc = sq_run(q, st, "settle");
+    if (rc)
+        return rc;
+    if (sqlite3_changes(q->db) == 0)
+        return cw__error(CW_STATUS_NOT_FOUND, "%s: settle: no record of message %s", q->path,
+                         req->message_id);
+
+    st = q->st[CW_SQ_SETTLE_HISTORY];
+    if (sq_bind_text(st, 1, req->message_id) != SQLITE_OK ||
+        sqlite3_bind_int64(st, 2, now_ms) != SQLITE_OK ||
+        sq_bind_text(st, 3, q->base.owner) != SQLITE_OK ||
+        sq_bind_text(st, 4, req->outcome) != SQLITE_OK ||
+        sq_bind_text(st, 5, req->error_class) != SQLITE_OK ||
+        sq_bind_text(st, 6, req->reason) != SQLITE_OK)
+        return sq_fail_reset(q, st, "settle");
+    return sq_run(q, st, "settle");
+}
+
+static int sq_settle(cw_store *s, const cw_settle_req *req, int64_t now_ms)
+{
+    cw_sq_store *q = sq_of(s);
+    bool own;
+    int rc = sq_enter(q, &own);
+    if (rc)
+        return rc;
+    return sq_leave(q, own, sq_settle_in(q, req, now_ms));
+}
+
+/* ---- reading ----------------------------------------------------------- */
+
+static int sq_get(cw_store *s, const char *message_id, cw_task_record *out)
+{
+    cw_sq_store *q = sq_of(s);
+    sqlite3_stmt *st = q->st[CW_SQ_GET];
+    if (sq_bind_text(st, 1, message_id) != SQLITE_OK)
+        return sq_fail_reset(q, st, "get");
+    int step = sqlite3_step(st);
+    if (step != SQLITE_ROW) {
+        int rc = step == SQLITE_DONE ? cw__error(CW_STATUS_NOT_FOUND, "%s: no record of message %s",
+                                                 q->path, message_id)
+                                     : sq_fail(q, "get");
+        sqlite3_reset(st);
+        return rc;
+    }
+    size_t id_len = strnlen(message_id, sizeof out->message_id - 1);
+    memcpy(out->message_id, message_id, id_len);
+    out->message_id[id_len] = '\0';
+    out->state = (cw_task_state)sqlite3_column_int(st, 0);
+    sq_copy_col(out->owner, sizeof out->owner, st, 1);
+    out->lease_until_ms = sqlite3_column_int64(st, 2); /* 0 for NULL */
+    out->attempts = sq_uint(sqlite3_column_int64(st, 3));
+    out->deliveries = sq_uint(sqlite3_column_int64(st, 4));
+    sq_copy_col(out->saga_id, sizeof out->saga_id, st, 5);
+    sq_copy_col(out->type, sizeof out->type, st, 6);
+    out->first_seen_ms = sqlite3_column_int64(st, 7);
+    out->last_seen_ms = sqlite3_column_int64(st, 8);
+    sq_copy_col(out->error_class, sizeof out->error_class, st, 9);
+    sq_copy_col(out->last_error, sizeof out->last_error, st, 10);
+    sqlite3_reset(st);
+    return 0;
+}
+
+static int sq_history(cw_store *s, const char *message_id,
+                      int (*cb)(const cw_attempt_record *a, void *ud), void *ud)
+{
+    cw_sq_store *q = sq_of(s);
+    sqlite3_stmt *st = q->st[CW_SQ_HISTORY];
+    /* A callback that lists history again would reset the walk under us. */
+    if (sqlite3_stmt_busy(st))
+        return cw__error(CW_STATUS_INVALID_ARG, "%s: history: called from a history callback",
+                         q->path);
+    if (sq_bind_text(st, 1, message_id) != SQLITE_OK)
+        return sq_fail_reset(q, st, "history");
+    cw_attempt_record a;
+    int step = SQLITE_DONE, rc = 0;
+    while (rc == 0 && (step = sqlite3_step(st)) == SQLITE_ROW) {
+        a.n = sq_uint(sqlite3_column_int64(st, 0));
+        a.at_ms = sqlite3_column_int64(st, 1);
+        sq_copy_col(a.worker, sizeof a.worker, st, 2);
+        sq_copy_col(a.outcome, sizeof a.outcome, st, 3);
+        sq_copy_col(a.error_class, sizeof a.error_class, st, 4);
+        sq_copy_col(a.reason, sizeof a.reason, st, 5);
+        rc = cb(&a, ud);
+    }
+    if (rc == 0 && step != SQLITE_DONE)
+        rc = sq_fail(q, "history");
+    sqlite3_reset(st);
+    return rc;
+}
+
+/* ---- expiry ------------------------------------------------------------ */
+
+/* Runs in a transaction of its own, so never inside a batch: it would commit
+ * the batch's claims half-way. The worker calls it between batches. */
+static int sq_sweep(cw_store *s, int64_t done_before_ms, unsigned limit, unsigned *removed)
+{
+    cw_sq_store *q = sq_of(s);
+    *removed = 0;
+    if (!sqlite3_get_autocommit(q->db))
+        return cw__error(CW_STATUS_INVALID_ARG, "%s: sweep: called inside a batch", q->path);
+    if (limit == 0)
+        return 0;
+
+    int rc = sq_run(q, q->st[CW_SQ_BEGIN], "sweep");
+    if (rc)
+        return rc;
+    unsigned n = 0;
+    for (int i = CW_SQ_SWEEP_ATTEMPTS; i <= CW_SQ_SWEEP_TASKS; i++) {
+        sqlite3_stmt *st = q->st[i];
+        if (sqlite3_bind_int64(st, 1, done_before_ms) != SQLITE_OK ||
+            sqlite3_bind_int64(st, 2, (sqlite3_int64)limit) != SQLITE_OK) {
+            rc = sq_fail_reset(q, st, "sweep");
+            goto out_rollback;
+        }
+        rc = sq_run(q, st, "sweep");
+        if (rc)
+            goto out_rollback;
+        n = sq_uint(sqlite3_changes(q->db)); /* the tasks delete comes last */
+    }
+    rc = sq_run(q, q->st[CW_SQ_COMMIT], "sweep");
+    if (rc)
+        goto out_rollback;
+    *removed = n;
+    return 0;
+
+out_rollback:
+    sq_rollback_quiet(q);
+    return rc;
+}
+
+/* ---- open and free ----------------------------------------------------- */
+
+static void sq_free(cw_store *s)
+{
+    cw_sq_store *q = sq_of(s);
+    for (int i = 0; i < CW_SQ_COUNT; i++)
+        sqlite3_finalize(q->st[i]);
+    sqlite3_close(q->db); /* rolls back an open batch */
+    free(q->path);
+    free(q->base.owner);
+    free(q);
+}
+
+/* mkdir -p of the directory holding `path`. */
+static int sq_mkdir_parent(const char *path)
+{
+    char *dir = strdup(path);
+    if (!dir)
+        return cw__error(CW_STATUS_NOMEM, "%s: out of memory", path);
+    int rc = 0;
+    char *slash = strrchr(dir, '/');
+    if (!slash || slash == dir)
+        goto out_free;
+    *slash = '\0';
+    for (char *p = dir + 1;; p++) {
+        if (*p != '/' && *p != '\0')
+            continue;
+        char c = *p;
+        *p = '\0';
+        if (mkdir(dir, 0750) != 0 && errno != EEXIST) {
+            int err = errno;
+            rc = cw__error(CW_STATUS_STORE, "%s: cannot create directory %s: %s", path, dir,
+                           strerror(err));
+            goto out_free;
+        }
+        *p = c;
+        if (c == '\0')
+            break;
+    }
+out_free:
+    free(dir);
+    return rc;
+}
+
+static int sq_exec(const cw_sq_store *q, const char *sql, const char *op)
+{
+    return sqlite3_exec(q->db, sql, NULL, NULL, NULL) == SQLITE_OK ? 0 : sq_fail(q, op);
+}
+
+/* Reads a one-value pragma as an integer. */
+static int sq_pragma_int(const cw_sq_store *q, const char *sql, int *out)
+{
+    sqlite3_stmt *st;
+    if (sqlite3_prepare_v2(q->db, sql, -1, &st, NULL) != SQLITE_OK)
+        return sq_fail(q, sql);
+    int rc = sqlite3_step(st) == SQLITE_ROW ? 0 : sq_fail(q, sql);
+    if (rc == 0)
+        *out = sqlite3_column_int(st, 0);
+    sqlite3_finalize(st);
+    return rc;
+}
+
+static int sq_configure(const cw_sq_store *q, bool memory, bool sync_full)
+{
+    if (!memory) {
+        sqlite3_stmt *st;
+        if (sqlite3_prepare_v2(q->db, "PRAGMA journal_mode = WAL", -1, &st, NULL) != SQLITE_OK)
+            return sq_fail(q, "journal_mode");
+        int rc = 0;
+        if (sqlite3_step(st) != SQLITE_ROW) {
+            rc = sq_fail(q, "journal_mode");
+        } else {
+            const char *mode = (const char *)sqlite3_column_text(st, 0);
+            if (!mode || strcmp(mode, "wal") != 0)
+                cw_log_warn(NULL, "store %s: journal_mode is %s, not wal: writers will block readers",
+                            q->path, mode ? mode : "unknown");
+        }
+        sqlite3_finalize(st);
+        if (rc)
+            return rc;
+    }
+    const char *const pragmas[] = {
+        sync_full ? "PRAGMA synchronous = FULL" : "PRAGMA synchronous = NORMAL",
+        "PRAGMA foreign_keys = OFF",
+        "PRAGMA temp_store = MEMORY",
+        "PRAGMA cache_size = -" CW_SQ_STRINGIFY(CW_SQ_CACHE_KIB), /* negative: KiB */
+    };
+    for (size_t i = 0; i < sizeof pragmas / sizeof *pragmas; i++) {
+        int rc = sq_exec(q, pragmas[i], pragmas[i]);
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
+/* Creates the schema on a new database; refuses one from a newer version. */
+static int sq_migrate(const cw_sq_store *q)
+{
+    int version;
+    int rc = sq_pragma_int(q, "PRAGMA user_version", &version);
+    if (rc || version == CW_SQ_SCHEMA_VERSION)
+        return rc;
+    /* Under the write lock, since other workers may be starting too. */
+    rc = sq_exec(q, "BEGIN IMMEDIATE", "schema");
+    if (rc)
+        return rc;
+    rc = sq_pragma_int(q, "PRAGMA user_version", &version);
+    if (rc)
+        goto out_rollback;
+    if (version > CW_SQ_SCHEMA_VERSION) {
+        rc = cw__error(CW_STATUS_STORE,
+                       "%s: store schema version %d is newer than this compworker supports (%d)",
+                       q->path, version, CW_SQ_SCHEMA_VERSION);
+        goto out_rollback;
+    }
+    if (version < CW_SQ_SCHEMA_VERSION) {
+        rc = sq_exec(q, cw_sq_schema, "schema");
+        if (rc == 0)
+            rc = sq_exec(q, "PRAGMA user_version = " CW_SQ_STRINGIFY(CW_SQ_SCHEMA_VERSION),
+                         "schema");
+        if (rc)
+            goto out_rollback;
+    }
+    return sq_exec(q, "COMMIT", "schema");
+
+out_rollback:
+    sqlite3_exec(q->db, "ROLLBACK", NULL, NULL, NULL);
+    return rc;
+}
+
+static int sq_prepare(cw_sq_store *q)
+{
+    for (int i = 0; i < CW_SQ_COUNT; i++) {
+        if (sqlite3_prepare_v3(q->db, cw_sq_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &q->st[i],
+                               NULL) != SQLITE_OK)
+            return sq_fail(q, "prepare");
+    }
+    return 0;
+}
+
+static const cw_store_ops cw_sq_ops = {
+    .begin = sq_begin,
+    .commit = sq_commit,
+    .rollback = sq_rollback,
+    .claim = sq_claim,
+    .settle = sq_settle,
+    .get = sq_get,
+    .history = sq_history,
+    .sweep = sq_sweep,
+    .free = sq_free,
+};
+
+int cw__store_sqlite_open(cw_store **out, const cw_store_opts *opts)
+{
+    *out = NULL;
+    if (!opts->path || !*opts->path)
+        return cw__error(CW_STATUS_CONFIG, "store: sqlite: no path given");
+    /* An owner must fit cw_claim.owner and cw_task_record.owner whole. */
+    const size_t owner_max = sizeof ((cw_claim *)NULL)->owner - 1;
+    if (!opts->owner || !*opts->owner || strlen(opts->owner) > owner_max)
+        return cw__error(CW_STATUS_CONFIG, "store: owner must be 1 to %zu bytes", owner_max);
+    if (opts->lease_ms <= 0)
+        return cw__error(CW_STATUS_CONFIG, "store: lease must be positive, not %lld ms",
+                         (long long)opts->lease_ms);
+
+    cw_sq_store *q = calloc(1, sizeof *q);
+    if (!q)
+        return cw__error(CW_STATUS_NOMEM, "%s: out of memory", opts->path);
+    q->base.ops = &cw_sq_ops;
+    q->base.lease_ms = opts->lease_ms;
+    q->base.owner_alive = opts->owner_alive;
+    q->base.owner_alive_data = opts->owner_alive_data;
+    q->base.owner = strdup(opts->owner);
+    q->path = strdup(opts->path);
+    int rc;
+    if (!q->base.owner || !q->path) {
+        rc = cw__error(CW_STATUS_NOMEM, "%s: out of memory", opts->path);
+        goto out_free;
+    }
+
+    bool memory = strcmp(q->path, CW_SQ_MEMORY) == 0;
+    if (!memory) {
+        rc = sq_mkdir_parent(q->path);
+        if (rc)
+            goto out_free;
+    }
+    rc = sqlite3_open_v2(q->path, &q->db,
+                         SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
+    if (rc != SQLITE_OK) {
+        rc = cw__error(CW_STATUS_STORE, "%s: cannot open: %s", q->path,
+                       q->db ? sqlite3_errmsg(q->db) : sqlite3_errstr(rc));
+        goto out_free;
+    }
+    sqlite3_busy_timeout(q->db, CW_SQ_BUSY_TIMEOUT_MS);
+    rc = sq_configure(q, memory, opts->sync_full);
+    if (rc == 0)
+        rc = sq_migrate(q);
+    if (rc == 0)
+        rc = sq_prepare(q);
+    if (rc)
+        goto out_free;
+    *out = &q->base;
+    return 0;
+
+out_free:
+    sq_free(&q->base);
+    return rc;
+}

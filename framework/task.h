@@ -1,0 +1,68 @@
+/* Internal: one delivery as the pipeline sees it. */
+#ifndef CW_FRAMEWORK_TASK_H
+#define CW_FRAMEWORK_TASK_H
+
+#include <amqp.h>
+#include <json.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "compworker/client.h"
+#include "compworker/compworker.h"
+#include "framework/registry.h"
+
+#define CW_REASON_MAX 1024
+
+typedef struct cw_strnode {
+    struct cw_strnode *next;
+    char data[];
+} cw_strnode;
+
+struct cw_task {
+    amqp_envelope_t env;  /* owned when has_env; destroyed by cw__task_reset() */
+    bool has_env;
+    char message_id[CW_MESSAGE_ID_MAX + 1];
+    char type[256];
+    char saga_id[256];
+    json_object *payload; /* owned (json_object_put) */
+    unsigned attempt;
+    const cw_handler_entry *handler;
+
+    cw_outcome outcome;
+    char error_class[32]; /* "" when OK */
+    char reason[CW_REASON_MAX];
+
+    cw_strnode *strings; /* strings handed out by cw_task_header() */
+
+    /* pipeline bookkeeping */
+    int action;     /* what settling does with it (consumer.c) */
+    bool published; /* its replacement (DLQ copy) was confirmed */
+};
+
+/* Frees what the task owns and makes it empty for reuse. */
+void cw__task_reset(cw_task *t);
+
+/* Sets outcome, error class and reason (printf-style). */
+void cw__task_set_failure(cw_task *t, cw_outcome o, const char *error_class, const char *fmt, ...)
+    CW_PRINTF(4, 5);
+
+/* Reusable validation state: a JSON tokener and the limits. */
+typedef struct cw_validator {
+    json_tokener *tok;
+    uint64_t max_body_size;
+    const cw_registry *reg;
+} cw_validator;
+
+int cw__validator_init(cw_validator *v, const cw_registry *reg, uint64_t max_body_size);
+void cw__validator_free(cw_validator *v);
+
+/* Checks the envelope in t->env against the message contract and fills the
+ * task's fields. Returns true for a dispatchable task; false with
+ * error_class "invalid" and a readable reason otherwise. Never fails on
+ * content: every byte sequence is either accepted or given a reason. */
+bool cw__task_validate(cw_validator *v, cw_task *t);
+
+/* Looks up a header of any kind; NULL when absent. */
+const amqp_field_value_t *cw__task_header_value(const amqp_basic_properties_t *p, const char *name);
+
+#endif

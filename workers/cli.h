@@ -1,0 +1,18 @@
+/* The compworker executable: subcommands and exit codes. */
+#ifndef CW_WORKERS_CLI_H
+#define CW_WORKERS_CLI_H
+
+/* Exit codes, one per cause. */
+enum {
+    CW_EXIT_OK = 0,
+    CW_EXIT_FAILURE = 1, /* the operation failed at run time (broker, store) */
+    CW_EXIT_USAGE = 2,   /* bad flags, configuration or plugin */
+};
+
+int cw_cmd_run(int argc, char **argv);
+int cw_cmd_publish(int argc, char **argv);
+
+/* Prints "compworker: <msg>" on stderr and returns `code`. */
+int cw_cli_fail(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+#endif

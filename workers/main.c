@@ -1,0 +1,52 @@
+/* compworker: parse the subcommand and hand over. */
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "compworker/version.h"
+#include "workers/cli.h"
+
+static const char usage[] =
+    "usage: compworker <command> [options]\n"
+    "\n"
+    "commands:\n"
+    "  run -c POOL.INI [--log-level L]      run a worker of the pool until SIGTERM/SIGINT\n"
+    "  publish -c POOL.INI --type T [--saga-id S] [--message-id ID]\n"
+    "          (--data JSON | --data-file F) publish one task, confirmed; prints its ID\n"
+    "  version                              print the version\n"
+    "  help                                 print this help\n"
+    "\n"
+    "CW_AMQP_URL overrides [broker] url. See README.md for the configuration keys.\n";
+
+int cw_cli_fail(int code, const char *fmt, ...)
+{
+    char msg[2048];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "compworker: %s\n", msg);
+    return code;
+}
+
+int main(int argc, char **argv)
+{
+    signal(SIGPIPE, SIG_IGN);
+    if (argc < 2)
+        return fputs(usage, stderr), CW_EXIT_USAGE;
+    const char *cmd = argv[1];
+    if (strcmp(cmd, "run") == 0)
+        return cw_cmd_run(argc - 1, argv + 1);
+    if (strcmp(cmd, "publish") == 0)
+        return cw_cmd_publish(argc - 1, argv + 1);
+    if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {
+        printf("compworker %s (plugin ABI %d)\n", cw_version(), CW_ABI_VERSION);
+        return CW_EXIT_OK;
+    }
+    if (strcmp(cmd, "help") == 0 || strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0) {
+        fputs(usage, stdout);
+        return CW_EXIT_OK;
+    }
+    return cw_cli_fail(CW_EXIT_USAGE, "unknown command '%s' (try 'compworker help')", cmd);
+}
