@@ -92,6 +92,10 @@ static int connect_one(amqp_connection_state_t *out, const char *url, int heartb
     if (amqp_parse_url(buf, &ci) != AMQP_STATUS_OK)
         return cw__error(CW_STATUS_INVALID_ARG,
                          "broker URL '%s' is malformed (amqp://user:pass@host:port/vhost)", masked);
+    /* "amqp://host:5672/" names the empty vhost by the letter of the AMQP URI
+     * spec; everyone who writes it means the default one. */
+    if (!ci.vhost || !ci.vhost[0])
+        ci.vhost = "/";
     if (ci.ssl)
         return cw__error(CW_STATUS_INVALID_ARG,
                          "broker URL '%s': amqps:// (TLS) is not available in this build", masked);

@@ -100,3 +100,34 @@ const char *cw_task_header(cw_task *task, const char *name)
     task->strings = n;
     return n->data;
 }
+
+static cw_outcome record(cw_task *task, cw_outcome o, const char *cls, const char *fmt, va_list ap)
+{
+    if (!task)
+        return o;
+    task->outcome = o;
+    snprintf(task->error_class, sizeof task->error_class, "%s", cls);
+    if (fmt)
+        vsnprintf(task->reason, sizeof task->reason, fmt, ap);
+    else
+        task->reason[0] = '\0';
+    return o;
+}
+
+cw_outcome cw_task_fail(cw_task *task, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    cw_outcome o = record(task, CW_FAIL, "permanent", fmt, ap);
+    va_end(ap);
+    return o;
+}
+
+cw_outcome cw_task_retry(cw_task *task, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    cw_outcome o = record(task, CW_RETRY, "transient", fmt, ap);
+    va_end(ap);
+    return o;
+}

@@ -1,0 +1,826 @@
+/* Unit tests of the idempotency store: the SQLite backend on a file and in
+ * memory, through the cw_store_* front. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <ftw.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <sqlite3.h>
+
+#include "compworker/status.h"
+#include "framework/store.h"
+
+#define LEASE_MS 30000
+#define T0 1700000000000LL /* an arbitrary "now", in ms */
+
+static char tmp_root[] = "/tmp/cw-test-store-XXXXXX";
+static unsigned file_counter;
+
+/* ---- helpers ----------------------------------------------------------- */
+
+typedef struct fixture {
+    const char *backend;
+    char path[512];
+} fixture;
+
+/* A fresh database path for each test (ignored by the memory backend). */
+static void next_path(fixture *f, const char *backend)
+{
+    f->backend = backend;
+    snprintf(f->path, sizeof f->path, "%s/t%u/store.db", tmp_root, ++file_counter);
+}
+
+static cw_store *open_as(const fixture *f, const char *owner, cw_owner_alive_fn alive, void *ud)
+{
+    cw_store_opts o = {
+        .backend = f->backend,
+        .path = f->path,
+        .owner = owner,
+        .lease_ms = LEASE_MS,
+        .sync_full = true,
+        .owner_alive = alive,
+        .owner_alive_data = ud,
+    };
+    cw_store *s = NULL;
+    int rc = cw_store_open(&s, &o);
+    if (rc)
+        fail_msg("cw_store_open(%s, %s): %s: %s", f->backend, f->path, cw_status_name(rc),
+                 cw_error_last());
+    assert_non_null(s);
+    return s;
+}
+
+static cw_claim_result claim(cw_store *s, const char *id, int64_t now, cw_claim *out)
+{
+    cw_claim_req req = {.message_id = id, .saga_id = "saga-1", .type = "order.created"};
+    int rc = cw_store_claim(s, &req, now, out);
+    if (rc)
+        fail_msg("claim %s: %s: %s", id, cw_status_name(rc), cw_error_last());
+    return out->result;
+}
+
+/* Claims one ID in a batch of its own. */
+static cw_claim_result claim1(cw_store *s, const char *id, int64_t now, cw_claim *out)
+{
+    assert_int_equal(cw_store_begin(s), 0);
+    cw_claim_result r = claim(s, id, now, out);
+    assert_int_equal(cw_store_commit(s), 0);
+    return r;
+}
+
+static void settle1(cw_store *s, const char *id, cw_task_state state, const char *outcome,
+                    const char *error_class, const char *reason, int64_t now)
+{
+    cw_settle_req req = {.message_id = id,
+                         .state = state,
+                         .outcome = outcome,
+                         .error_class = error_class,
+                         .reason = reason};
+    assert_int_equal(cw_store_begin(s), 0);
+    int rc = cw_store_settle(s, &req, now);
+    if (rc)
+        fail_msg("settle %s: %s: %s", id, cw_status_name(rc), cw_error_last());
+    assert_int_equal(cw_store_commit(s), 0);
+}
+
+static cw_task_record get(cw_store *s, const char *id)
+{
+    cw_task_record r;
+    memset(&r, 0x5a, sizeof r);
+    int rc = cw_store_get(s, id, &r);
+    if (rc)
+        fail_msg("get %s: %s: %s", id, cw_status_name(rc), cw_error_last());
+    return r;
+}
+
+static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
+{
+    (void)sb;
+    (void)flag;
+    (void)ftw;
+    return remove(path);
+}
+
+static int group_setup(void **state)
+{
+    (void)state;
+    return mkdtemp(tmp_root) ? 0 : -1;
+}
+
+static int group_teardown(void **state)
+{
+    (void)state;
+    return nftw(tmp_root, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+/* Every test that runs on both backends is a function of the fixture. */
+#define BOTH(name)                                                              \
+    static void name##_file(void **state)                                      \
+    {                                                                          \
+        (void)state;                                                           \
+        fixture f;                                                             \
+        next_path(&f, "sqlite");                                               \
+        name(&f);                                                              \
+    }                                                                          \
+    static void name##_memory(void **state)                                    \
+    {                                                                          \
+        (void)state;                                                           \
+        fixture f;                                                             \
+        next_path(&f, "memory");                                               \
+        name(&f);                                                              \
+    }
+
+#define FILE_ONLY(name)                                                         \
+    static void name##_file(void **state)                                      \
+    {                                                                          \
+        (void)state;                                                           \
+        fixture f;                                                             \
+        next_path(&f, "sqlite");                                               \
+        name(&f);                                                              \
+    }
+
+/* ---- claims ------------------------------------------------------------ */
+
+static void first_claim_is_new(const fixture *f)
+{
+    cw_store *s = open_as(f, "w1", NULL, NULL);
+    cw_claim c;
+    assert_int_equal(claim1(s, "m1", T0, &c), CW_CLAIM_NEW);
+    assert_int_equal(c.deliveries, 1);
+    assert_int_equal(c.attempts, 0);
+    assert_string_equal(c.owner, "");
+
+    cw_task_record r = get(s, "m1");
+    assert_string_equal(r.message_id, "m1");
+    assert_int_equal(r.state, CW_STATE_IN_PROGRESS);
+    assert_string_equal(r.owner, "w1");
+    assert_int_equal(r.lease_until_ms, T0 + LEASE_MS);
+    assert_int_equal(r.attempts, 0);
+    assert_int_equal(r.deliveries, 1);
+    assert_string_equal(r.saga_id, "saga-1");
+    assert_string_equal(r.type, "order.created");
+    assert_int_equal(r.first_seen_ms, T0);
+    assert_int_equal(r.last_seen_ms, T0);
+    assert_string_equal(r.error_class, "");
+    assert_string_equal(r.last_error, "");
+    cw_store_free(s);
+}
+BOTH(first_claim_is_new)
+
+static void done_then_duplicate(const fixture *f)
+{
+    cw_store *s = open_as(f, "w1", NULL, NULL);
+    cw_claim c;
+    assert_int_equal(claim1(s, "m1", T0, &c), CW_CLAIM_NEW);
+    settle1(s, "m1", CW_STATE_DONE, "ok", NULL, NULL, T0 + 5);
+
+    assert_int_equal(claim1(s, "m1", T0 + 10, &c), CW_CLAIM_DONE);
+    assert_int_equal(c.attempts, 1);
+    cw_task_record r = get(s, "m1");
+    assert_int_equal(r.state, CW_STATE_DONE);
+    assert_string_equal(r.owner, "");
+    assert_int_equal(r.lease_until_ms, 0);
+    assert_int_equal(r.attempts, 1);
+    assert_int_equal(r.deliveries, 2);
+    assert_int_equal(r.first_seen_ms, T0);
+    assert_int_equal(r.last_seen_ms, T0 + 10);
+    cw_store_free(s);
+}
+BOTH(done_then_duplicate)
+
+static void same_owner_reclaims(const fixture *f)
+{
+    /* A worker that crashed mid-handler gets the message again. */
+    cw_store *s = open_as(f, "w1", NULL, NULL);
+    cw_claim c;
+    assert_int_equal(claim1(s, "m1", T0, &c), CW_CLAIM_NEW);
+    assert_int_equal(claim1(s, "m1", T0 + 1, &c), CW_CLAIM_NEW);
+    assert_int_equal(c.deliveries, 2);
+    assert_int_equal(claim1(s, "m1", T0 + 2, &c), CW_CLAIM_NEW);
+    assert_int_equal(c.deliveries, 3);
+    assert_int_equal(c.attempts, 0);
+    assert_int_equal(get(s, "m1").lease_until_ms, T0 + 2 + LEASE_MS);
+
+    /* A settle resets the deliveries since the last settle, not the total. */
+    settle1(s, "m1", CW_STATE_RETRYING, "retry", "timeout", "upstream slow", T0 + 3);
+    assert_int_equal(claim1(s, "m1", T0 + 4, &c), CW_CLAIM_NEW);
+    assert_int_equal(c.deliveries, 1);
+    assert_int_equal(c.attempts, 1);
+    assert_int_equal(get(s, "m1").deliveries, 4);
+    cw_store_free(s);
+}
+BOTH(same_owner_reclaims)
+
+static void dead_stays_dead(const fixture *f)
+{
+    cw_store *s = open_as(f, "w1", NULL, NULL);
+    cw_claim c;
+    assert_int_equal(claim1(s, "m1", T0, &c), CW_CLAIM_NEW);
+    settle1(s, "m1", CW_STATE_DEAD, "fail", "validation", "amount is negative", T0 + 1);
+    assert_int_equal(claim1(s, "m1", T0 + 2, &c), CW_CLAIM_DEAD);
+    assert_int_equal(claim1(s, "m1", T0 + 3, &c), CW_CLAIM_DEAD);
+
+    cw_task_record r = get(s, "m1");
+    assert_int_equal(r.state, CW_STATE_DEAD);
+    assert_int_equal(r.attempts, 1);
+    assert_int_equal(r.deliveries, 3);
+    assert_string_equal(r.error_class, "validation");
+    assert_string_equal(r.last_error, "amount is negative");
+    cw_store_free(s);
+}
+BOTH(dead_stays_dead)
+
+static void retrying_is_claimable(const fixture *f)
+{
+    cw_store *s = open_as(f, "w1", NULL, NULL);
+    cw_claim c;
+    assert_int_equal(claim1(s, "m1", T0, &c), CW_CLAIM_NEW);
+    settle1(s, "m1", CW_STATE_RETRYING, "retry", "http_503", "service unavailable", T0 + 1);
+    cw_task_record r = get(s, "m1");
+    assert_int_equal(r.state, CW_STATE_RETRYING);
+    assert_string_equal(r.owner, "");
+
+    assert_int_equal(claim1(s, "m1", T0 + 2, &c), CW_CLAIM_NEW);
+    assert_int_equal(c.attempts, 1);
+    assert_int_equal(c.deliveries, 1);
+    r = get(s, "m1");
+    assert_int_equal(r.state, CW_STATE_IN_PROGRESS);
+    assert_string_equal(r.owner, "w1");
+    assert_int_equal(r.deliveries, 2);
+    cw_store_free(s);
+}
+BOTH(retrying_is_claimable)
+
+static void saga_and_type_filled_later(const fixture *f)
+{
+    cw_store *s = open_as(f, "w1", NULL, NULL);
+    cw_claim c;
+    cw_claim_req bare = {.message_id = "m1"};
+    assert_int_equal(cw_store_claim(s, &bare, T0, &c), 0);
+    cw_task_record r = get(s, "m1");
+    assert_string_equal(r.saga_id, "");
+    assert_string_equal(r.type, "");
+    assert_int_equal(claim1(s, "m1", T0 + 1, &c), CW_CLAIM_NEW);
+    r = get(s, "m1");
+    assert_string_equal(r.saga_id, "saga-1");
+    assert_string_equal(r.type, "order.created");
+    cw_store_free(s);
+}
+BOTH(saga_and_type_filled_later)
+
+/* ---- two workers on one file ------------------------------------------- */
+
+typedef struct alive_probe {
+    bool answer;
+    unsigned calls;
+    char last[128];
+} alive_probe;
+
+static bool probe_alive(const char *owner, void *ud)
+{
+    alive_probe *p = ud;
+    p->calls++;
+    snprintf(p->last, sizeof p->last, "%s", owner);
+    return p->answer;
+}
+
+static void busy_until_lease_expires(const fixture *f)
+{
+    alive_probe probe = {.answer = true};
+    cw_store *a = open_as(f, "host:100", NULL, NULL);
+    cw_store *b = open_as(f, "host:200", probe_alive, &probe);
+    cw_claim c;
+    assert_int_equal(claim1(a, "m1", T0, &c), CW_CLAIM_NEW);
+
+    assert_int_equal(claim1(b, "m1", T0 + 1, &c), CW_CLAIM_BUSY);
+    assert_string_equal(c.owner, "host:100");
+    assert_int_equal(c.deliveries, 1);
+    assert_int_equal(probe.calls, 1);
+    assert_string_equal(probe.last, "host:100");
+    /* BUSY writes nothing. */
+    cw_task_record r = get(a, "m1");
+    assert_int_equal(r.deliveries, 1);
+    assert_string_equal(r.owner, "host:100");
+
+    /* Just before and at the expiry. */
+    assert_int_equal(claim1(b, "m1", T0 + LEASE_MS - 1, &c), CW_CLAIM_BUSY);
+    assert_int_equal(claim1(b, "m1", T0 + LEASE_MS, &c), CW_CLAIM_NEW);
+    assert_int_equal(c.deliveries, 2);
+    r = get(a, "m1");
+    assert_string_equal(r.owner, "host:200");
+    assert_int_equal(r.lease_until_ms, T0 + 2 * LEASE_MS);
+
+    /* Now a is the one kept out. */
+    assert_int_equal(claim1(a, "m1", T0 + LEASE_MS + 1, &c), CW_CLAIM_BUSY);
+    assert_string_equal(c.owner, "host:200");
+    cw_store_free(b);
+    cw_store_free(a);
+}
+FILE_ONLY(busy_until_lease_expires)
+
+static void dead_owner_taken_over(const fixture *f)
+{
+    alive_probe probe = {.answer = false};
+    cw_store *a = open_as(f, "host:100", NULL, NULL);
+    cw_store *b = open_as(f, "host:200", probe_alive, &probe);
+    cw_claim c;
+    assert_int_equal(claim1(a, "m1", T0, &c), CW_CLAIM_NEW);
+    assert_int_equal(claim1(b, "m1", T0 + 1, &c), CW_CLAIM_NEW);
+    assert_int_equal(c.deliveries, 2);
+    assert_int_equal(probe.calls, 1);
+    assert_string_equal(probe.last, "host:100");
+    assert_string_equal(get(b, "m1").owner, "host:200");
+
+    /* The prober is not asked about IDs that are not held by others. */
+    assert_int_equal(claim1(b, "m1", T0 + 2, &c), CW_CLAIM_NEW);
+    assert_int_equal(claim1(b, "m2", T0 + 2, &c), CW_CLAIM_NEW);
+    assert_int_equal(probe.calls, 1);
+    cw_store_free(b);
+    cw_store_free(a);
+}
+FILE_ONLY(dead_owner_taken_over)
+
+static void done_by_other_is_duplicate(const fixture *f)
+{
+    cw_store *a = open_as(f, "host:100", NULL, NULL);
+    cw_store *b = open_as(f, "host:200", NULL, NULL);
+    cw_claim c;
+    assert_int_equal(claim1(a, "m1", T0, &c), CW_CLAIM_NEW);
+    settle1(a, "m1", CW_STATE_DONE, "ok", NULL, NULL, T0 + 1);
+    assert_int_equal(claim1(b, "m1", T0 + 2, &c), CW_CLAIM_DONE);
+    cw_store_free(b);
+    cw_store_free(a);
+}
+FILE_ONLY(done_by_other_is_duplicate)
+
+/* ---- history and reading ----------------------------------------------- */
+
+typedef struct history_log {
+    unsigned count;
+    unsigned stop_after; /* 0: never */
+    cw_attempt_record rows[8];
+} history_log;
+
+static int collect(const cw_attempt_record *a, void *ud)
+{
+    history_log *h = ud;
+    if (h->count < 8)
+        h->rows[h->count] = *a;
+    h->count++;
+    return h->stop_after && h->count == h->stop_after ? 42 : 0;
+}
+
+static void history_in_order(const fixture *f)
+{
+    cw_store *s = open_as(f, "w1", NULL, NULL);
+    cw_claim c;
+    claim1(s, "m1", T0, &c);
+    settle1(s, "m1", CW_STATE_RETRYING, "retry", "http_503", "try later", T0 + 10);
+    claim1(s, "m1", T0 + 20, &c);
+    settle1(s, "m1", CW_STATE_RETRYING, "retry", "timeout", "no answer in 5 s", T0 + 30);
+    claim1(s, "m1", T0 + 40, &c);
+    assert_int_equal(c.attempts, 2);
+    settle1(s, "m1", CW_STATE_DONE, "ok", NULL, NULL, T0 + 50);
+
+    history_log h = {0};
+    assert_int_equal(cw_store_history(s, "m1", collect, &h), 0);
+    assert_int_equal(h.count, 3);
+    assert_int_equal(h.rows[0].n, 1);
+    assert_int_equal(h.rows[0].at_ms, T0 + 10);
+    assert_string_equal(h.rows[0].worker, "w1");
+    assert_string_equal(h.rows[0].outcome, "retry");
+    assert_string_equal(h.rows[0].error_class, "http_503");
+    assert_string_equal(h.rows[0].reason, "try later");
+    assert_int_equal(h.rows[1].n, 2);
+    assert_string_equal(h.rows[1].error_class, "timeout");
+    assert_string_equal(h.rows[1].reason, "no answer in 5 s");
+    assert_int_equal(h.rows[2].n, 3);
+    assert_int_equal(h.rows[2].at_ms, T0 + 50);
+    assert_string_equal(h.rows[2].outcome, "ok");
+    assert_string_equal(h.rows[2].error_class, "");
+    assert_string_equal(h.rows[2].reason, "");
+
+    cw_task_record r = get(s, "m1");
+    assert_int_equal(r.attempts, 3);
+    assert_string_equal(r.error_class, "");
+    assert_string_equal(r.last_error, "");
+
+    /* A callback's non-zero return stops the walk and is passed up, and the
+     * statement is reset: a second walk starts over. */
+    history_log stop = {.stop_after = 2};
+    assert_int_equal(cw_store_history(s, "m1", collect, &stop), 42);
+    assert_int_equal(stop.count, 2);
+    history_log again = {0};
+    assert_int_equal(cw_store_history(s, "m1", collect, &again), 0);
+    assert_int_equal(again.count, 3);
+
+    history_log none = {0};
+    assert_int_equal(cw_store_history(s, "unknown", collect, &none), 0);
+    assert_int_equal(none.count, 0);
+    cw_store_free(s);
+}
+BOTH(history_in_order)
+
+static void unknown_ids(const fixture *f)
+{
+    cw_store *s = open_as(f, "w1", NULL, NULL);
+    cw_task_record r;
+    assert_int_equal(cw_store_get(s, "nope", &r), CW_STATUS_NOT_FOUND);
+    assert_non_null(strstr(cw_error_last(), "nope"));
+
+    cw_settle_req req = {.message_id = "nope", .state = CW_STATE_DONE, .outcome = "ok"};
+    assert_int_equal(cw_store_begin(s), 0);
+    assert_int_equal(cw_store_settle(s, &req, T0), CW_STATUS_NOT_FOUND);
+    assert_int_equal(cw_store_commit(s), 0);
+    /* Outside a batch as well. */
+    assert_int_equal(cw_store_settle(s, &req, T0), CW_STATUS_NOT_FOUND);
+    history_log h = {0};
+    assert_int_equal(cw_store_history(s, "nope", collect, &h), 0);
+    assert_int_equal(h.count, 0);
+    cw_store_free(s);
+}
+BOTH(unknown_ids)
+
+static void long_text_truncated(const fixture *f)
+{
+    cw_store *s = open_as(f, "w1", NULL, NULL);
+    cw_claim c;
+    claim1(s, "m1", T0, &c);
+    /* 1022 ASCII bytes then "é" (2 bytes) would cut the character in half. */
+    char reason[2048];
+    memset(reason, 'x', sizeof reason);
+    memcpy(reason + 1022, "\xc3\xa9", 2);
+    reason[sizeof reason - 1] = '\0';
+    char error_class[64];
+    memset(error_class, 'e', sizeof error_class - 1);
+    error_class[sizeof error_class - 1] = '\0';
+    settle1(s, "m1", CW_STATE_DEAD, "fail", error_class, reason, T0 + 1);
+
+    cw_task_record r = get(s, "m1");
+    assert_int_equal(strlen(r.last_error), 1022);
+    assert_int_equal(strlen(r.error_class), sizeof r.error_class - 1);
+    history_log h = {0};
+    assert_int_equal(cw_store_history(s, "m1", collect, &h), 0);
+    assert_int_equal(h.count, 1);
+    assert_int_equal(strlen(h.rows[0].reason), 1022);
+    cw_store_free(s);
+}
+BOTH(long_text_truncated)
+
+/* ---- batches ----------------------------------------------------------- */
+
+static void rollback_undoes_batch(const fixture *f)
+{
+    cw_store *s = open_as(f, "w1", NULL, NULL);
+    cw_claim c;
+    claim1(s, "kept", T0, &c);
+
+    assert_int_equal(cw_store_begin(s), 0);
+    assert_int_equal(claim(s, "m1", T0 + 1, &c), CW_CLAIM_NEW);
+    assert_int_equal(claim(s, "m2", T0 + 1, &c), CW_CLAIM_NEW);
+    assert_int_equal(claim(s, "kept", T0 + 1, &c), CW_CLAIM_NEW);
+    assert_int_equal(c.deliveries, 2);
+    assert_int_equal(cw_store_rollback(s), 0);
+
+    cw_task_record r;
+    assert_int_equal(cw_store_get(s, "m1", &r), CW_STATUS_NOT_FOUND);
+    assert_int_equal(cw_store_get(s, "m2", &r), CW_STATUS_NOT_FOUND);
+    assert_int_equal(get(s, "kept").deliveries, 1);
+    assert_int_equal(claim1(s, "m1", T0 + 2, &c), CW_CLAIM_NEW);
+    assert_int_equal(c.deliveries, 1);
+
+    /* A rollback with no batch open is harmless. */
+    assert_int_equal(cw_store_rollback(s), 0);
+    cw_store_free(s);
+}
+BOTH(rollback_undoes_batch)
+
+static void batch_of_many(const fixture *f)
+{
+    cw_store *s = open_as(f, "w1", NULL, NULL);
+    char id[32];
+    cw_claim c;
+    assert_int_equal(cw_store_begin(s), 0);
+    for (int i = 0; i < 300; i++) {
+        snprintf(id, sizeof id, "m%d", i);
+        assert_int_equal(claim(s, id, T0, &c), CW_CLAIM_NEW);
+        cw_settle_req req = {.message_id = id, .state = CW_STATE_DONE, .outcome = "ok"};
+        assert_int_equal(cw_store_settle(s, &req, T0 + 1), 0);
+    }
+    assert_int_equal(cw_store_commit(s), 0);
+    assert_int_equal(get(s, "m0").state, CW_STATE_DONE);
+    assert_int_equal(get(s, "m299").state, CW_STATE_DONE);
+    /* Claims outside a batch run in a transaction of their own. */
+    assert_int_equal(claim(s, "m299", T0 + 2, &c), CW_CLAIM_DONE);
+    assert_int_equal(claim(s, "m300", T0 + 2, &c), CW_CLAIM_NEW);
+    cw_store_free(s);
+}
+BOTH(batch_of_many)
+
+static void commit_without_begin_fails(const fixture *f)
+{
+    cw_store *s = open_as(f, "w1", NULL, NULL);
+    assert_int_equal(cw_store_commit(s), CW_STATUS_STORE);
+    assert_non_null(strstr(cw_error_last(), "commit"));
+    assert_int_equal(cw_store_begin(s), 0);
+    assert_int_equal(cw_store_begin(s), CW_STATUS_STORE); /* no nesting */
+    assert_int_equal(cw_store_rollback(s), 0);
+    cw_store_free(s);
+}
+BOTH(commit_without_begin_fails)
+
+/* ---- sweep ------------------------------------------------------------- */
+
+static void sweep_removes_old_done(const fixture *f)
+{
+    cw_store *s = open_as(f, "w1", NULL, NULL);
+    cw_claim c;
+    const int64_t old = T0, recent = T0 + 1000000, cut = T0 + 500000;
+    const char *old_done[] = {"old1", "old2", "old3"};
+    for (int i = 0; i < 3; i++) {
+        claim1(s, old_done[i], old + i, &c);
+        settle1(s, old_done[i], CW_STATE_DONE, "ok", NULL, NULL, old + i);
+    }
+    claim1(s, "new-done", recent, &c);
+    settle1(s, "new-done", CW_STATE_DONE, "ok", NULL, NULL, recent);
+    claim1(s, "old-dead", old, &c);
+    settle1(s, "old-dead", CW_STATE_DEAD, "fail", "x", "y", old);
+    claim1(s, "old-retrying", old, &c);
+    settle1(s, "old-retrying", CW_STATE_RETRYING, "retry", "x", "y", old);
+    claim1(s, "old-running", old, &c);
+
+    unsigned removed = 99;
+    assert_int_equal(cw_store_sweep(s, cut, 2, &removed), 0);
+    assert_int_equal(removed, 2);
+    cw_task_record r;
+    /* The oldest go first. */
+    assert_int_equal(cw_store_get(s, "old1", &r), CW_STATUS_NOT_FOUND);
+    assert_int_equal(cw_store_get(s, "old2", &r), CW_STATUS_NOT_FOUND);
+    assert_int_equal(get(s, "old3").state, CW_STATE_DONE);
+
+    assert_int_equal(cw_store_sweep(s, cut, 100, &removed), 0);
+    assert_int_equal(removed, 1);
+    assert_int_equal(cw_store_get(s, "old3", &r), CW_STATUS_NOT_FOUND);
+    history_log h = {0};
+    assert_int_equal(cw_store_history(s, "old3", collect, &h), 0);
+    assert_int_equal(h.count, 0);
+
+    assert_int_equal(get(s, "new-done").state, CW_STATE_DONE);
+    assert_int_equal(get(s, "old-dead").state, CW_STATE_DEAD);
+    assert_int_equal(get(s, "old-retrying").state, CW_STATE_RETRYING);
+    assert_int_equal(get(s, "old-running").state, CW_STATE_IN_PROGRESS);
+    h.count = 0;
+    assert_int_equal(cw_store_history(s, "old-dead", collect, &h), 0);
+    assert_int_equal(h.count, 1);
+
+    assert_int_equal(cw_store_sweep(s, cut, 100, &removed), 0);
+    assert_int_equal(removed, 0);
+    assert_int_equal(cw_store_sweep(s, recent + 1, 0, &removed), 0);
+    assert_int_equal(removed, 0);
+
+    /* A swept ID is unknown again: a late redelivery runs anew. */
+    assert_int_equal(claim1(s, "old1", recent, &c), CW_CLAIM_NEW);
+    assert_int_equal(c.attempts, 0);
+
+    /* Not inside a batch. */
+    assert_int_equal(cw_store_begin(s), 0);
+    assert_int_equal(cw_store_sweep(s, recent + 1, 100, &removed), CW_STATUS_INVALID_ARG);
+    assert_int_equal(cw_store_rollback(s), 0);
+    assert_int_equal(cw_store_sweep(s, recent + 1, 100, NULL), 0);
+    assert_int_equal(cw_store_get(s, "new-done", &r), CW_STATUS_NOT_FOUND);
+    cw_store_free(s);
+}
+BOTH(sweep_removes_old_done)
+
+/* ---- files ------------------------------------------------------------- */
+
+static void reopen_keeps_data(const fixture *f)
+{
+    cw_store *s = open_as(f, "w1", NULL, NULL);
+    cw_claim c;
+    claim1(s, "m1", T0, &c);
+    settle1(s, "m1", CW_STATE_DONE, "ok", NULL, NULL, T0 + 1);
+    claim1(s, "m2", T0, &c);
+    cw_store_free(s);
+
+    s = open_as(f, "w2", NULL, NULL);
+    assert_int_equal(claim1(s, "m1", T0 + 2, &c), CW_CLAIM_DONE);
+    cw_task_record r = get(s, "m2");
+    assert_int_equal(r.state, CW_STATE_IN_PROGRESS);
+    assert_string_equal(r.owner, "w1");
+    cw_store_free(s);
+
+    /* The file is in WAL mode, with the schema version set. */
+    sqlite3 *db;
+    assert_int_equal(sqlite3_open(f->path, &db), SQLITE_OK);
+    sqlite3_stmt *st;
+    assert_int_equal(sqlite3_prepare_v2(db, "PRAGMA journal_mode", -1, &st, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    assert_string_equal((const char *)sqlite3_column_text(st, 0), "wal");
+    sqlite3_finalize(st);
+    assert_int_equal(sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &st, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    assert_int_equal(sqlite3_column_int(st, 0), 1);
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+}
+FILE_ONLY(reopen_keeps_data)
+
+static void memory_is_private(void **state)
+{
+    (void)state;
+    fixture f;
+    next_path(&f, "memory");
+    cw_store *a = open_as(&f, "w1", NULL, NULL);
+    cw_store *b = open_as(&f, "w2", NULL, NULL);
+    cw_claim c;
+    claim1(a, "m1", T0, &c);
+    assert_int_equal(claim1(b, "m1", T0, &c), CW_CLAIM_NEW);
+    cw_store_free(b);
+    cw_store_free(a);
+    /* Nothing was written at the (ignored) path. */
+    assert_int_equal(access(f.path, F_OK), -1);
+}
+
+static void newer_schema_refused(void **state)
+{
+    (void)state;
+    fixture f;
+    next_path(&f, "sqlite");
+    cw_store_free(open_as(&f, "w1", NULL, NULL));
+    sqlite3 *db;
+    assert_int_equal(sqlite3_open(f.path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db, "PRAGMA user_version = 2", NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(db);
+
+    cw_store_opts o = {.backend = "sqlite", .path = f.path, .owner = "w1", .lease_ms = LEASE_MS};
+    cw_store *s = (cw_store *)&o; /* must be reset to NULL */
+    assert_int_equal(cw_store_open(&s, &o), CW_STATUS_STORE);
+    assert_null(s);
+    assert_non_null(strstr(cw_error_last(), f.path));
+    assert_non_null(strstr(cw_error_last(), "newer"));
+}
+
+static void unknown_backend(void **state)
+{
+    (void)state;
+    cw_store_opts o = {.backend = "redis-ish", .path = "/tmp/x", .owner = "w1",
+                       .lease_ms = LEASE_MS};
+    cw_store *s = (cw_store *)&o;
+    assert_int_equal(cw_store_open(&s, &o), CW_STATUS_CONFIG);
+    assert_null(s);
+    assert_non_null(strstr(cw_error_last(), "redis-ish"));
+    o.backend = NULL;
+    assert_int_equal(cw_store_open(&s, &o), CW_STATUS_CONFIG);
+}
+
+static void bad_options(void **state)
+{
+    (void)state;
+    char path[512];
+    snprintf(path, sizeof path, "%s/opts.db", tmp_root);
+    cw_store_opts o = {.backend = "sqlite", .path = path, .owner = "w1", .lease_ms = 0};
+    cw_store *s = NULL;
+    assert_int_equal(cw_store_open(&s, &o), CW_STATUS_CONFIG);
+    o.lease_ms = LEASE_MS;
+    o.owner = "";
+    assert_int_equal(cw_store_open(&s, &o), CW_STATUS_CONFIG);
+    char long_owner[200];
+    memset(long_owner, 'o', sizeof long_owner - 1);
+    long_owner[sizeof long_owner - 1] = '\0';
+    o.owner = long_owner;
+    assert_int_equal(cw_store_open(&s, &o), CW_STATUS_CONFIG);
+    o.owner = "w1";
+    o.path = NULL;
+    assert_int_equal(cw_store_open(&s, &o), CW_STATUS_CONFIG);
+    assert_null(s);
+}
+
+static void unwritable_path(void **state)
+{
+    (void)state;
+    /* A regular file where a directory should be: fails even for root. */
+    char blocker[512], path[600];
+    snprintf(blocker, sizeof blocker, "%s/not-a-dir", tmp_root);
+    FILE *fp = fopen(blocker, "w");
+    assert_non_null(fp);
+    fclose(fp);
+    snprintf(path, sizeof path, "%s/sub/store.db", blocker);
+
+    cw_store_opts o = {.backend = "sqlite", .path = path, .owner = "w1", .lease_ms = LEASE_MS};
+    cw_store *s = NULL;
+    assert_int_equal(cw_store_open(&s, &o), CW_STATUS_STORE);
+    assert_null(s);
+    assert_non_null(strstr(cw_error_last(), path));
+
+    /* A directory where the file should be: SQLite itself refuses. */
+    o.path = tmp_root;
+    assert_int_equal(cw_store_open(&s, &o), CW_STATUS_STORE);
+    assert_null(s);
+    assert_non_null(strstr(cw_error_last(), tmp_root));
+}
+
+static void creates_parent_dirs(void **state)
+{
+    (void)state;
+    fixture f = {.backend = "sqlite"};
+    snprintf(f.path, sizeof f.path, "%s/deep/er/than/that/store.db", tmp_root);
+    cw_store *s = open_as(&f, "w1", NULL, NULL);
+    cw_claim c;
+    assert_int_equal(claim1(s, "m1", T0, &c), CW_CLAIM_NEW);
+    cw_store_free(s);
+    assert_int_equal(access(f.path, R_OK | W_OK), 0);
+}
+
+static void invalid_arguments(void **state)
+{
+    (void)state;
+    fixture f;
+    next_path(&f, "memory");
+    cw_store *s = open_as(&f, "w1", NULL, NULL);
+    cw_claim c;
+    cw_claim_req empty = {.message_id = ""};
+    assert_int_equal(cw_store_claim(s, &empty, T0, &c), CW_STATUS_INVALID_ARG);
+    char long_id[CW_MESSAGE_ID_MAX + 2];
+    memset(long_id, 'i', sizeof long_id - 1);
+    long_id[sizeof long_id - 1] = '\0';
+    cw_claim_req too_long = {.message_id = long_id};
+    assert_int_equal(cw_store_claim(s, &too_long, T0, &c), CW_STATUS_INVALID_ARG);
+    long_id[CW_MESSAGE_ID_MAX] = '\0'; /* exactly the maximum is fine */
+    assert_int_equal(cw_store_claim(s, &too_long, T0, &c), 0);
+    assert_string_equal(get(s, long_id).message_id, long_id);
+
+    claim1(s, "m1", T0, &c);
+    cw_settle_req req = {.message_id = "m1", .state = CW_STATE_IN_PROGRESS, .outcome = "ok"};
+    assert_int_equal(cw_store_settle(s, &req, T0), CW_STATUS_INVALID_ARG);
+    req.state = CW_STATE_DONE;
+    req.outcome = NULL;
+    assert_int_equal(cw_store_settle(s, &req, T0), CW_STATUS_INVALID_ARG);
+    assert_int_equal(get(s, "m1").state, CW_STATE_IN_PROGRESS);
+    assert_int_equal(cw_store_history(s, "m1", NULL, NULL), CW_STATUS_INVALID_ARG);
+    cw_store_free(s);
+    cw_store_free(NULL);
+}
+
+static void state_names(void **state)
+{
+    (void)state;
+    assert_string_equal(cw__state_name(CW_STATE_NONE), "none");
+    assert_string_equal(cw__state_name(CW_STATE_IN_PROGRESS), "in-progress");
+    assert_string_equal(cw__state_name(CW_STATE_DONE), "done");
+    assert_string_equal(cw__state_name(CW_STATE_DEAD), "dead");
+    assert_string_equal(cw__state_name(CW_STATE_RETRYING), "retrying");
+    assert_string_equal(cw__state_name((cw_task_state)99), "unknown");
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(first_claim_is_new_file),
+        cmocka_unit_test(first_claim_is_new_memory),
+        cmocka_unit_test(done_then_duplicate_file),
+        cmocka_unit_test(done_then_duplicate_memory),
+        cmocka_unit_test(same_owner_reclaims_file),
+        cmocka_unit_test(same_owner_reclaims_memory),
+        cmocka_unit_test(dead_stays_dead_file),
+        cmocka_unit_test(dead_stays_dead_memory),
+        cmocka_unit_test(retrying_is_claimable_file),
+        cmocka_unit_test(retrying_is_claimable_memory),
+        cmocka_unit_test(saga_and_type_filled_later_file),
+        cmocka_unit_test(saga_and_type_filled_later_memory),
+        cmocka_unit_test(busy_until_lease_expires_file),
+        cmocka_unit_test(dead_owner_taken_over_file),
+        cmocka_unit_test(done_by_other_is_duplicate_file),
+        cmocka_unit_test(history_in_order_file),
+        cmocka_unit_test(history_in_order_memory),
+        cmocka_unit_test(unknown_ids_file),
+        cmocka_unit_test(unknown_ids_memory),
+        cmocka_unit_test(long_text_truncated_file),
+        cmocka_unit_test(long_text_truncated_memory),
+        cmocka_unit_test(rollback_undoes_batch_file),
+        cmocka_unit_test(rollback_undoes_batch_memory),
+        cmocka_unit_test(batch_of_many_file),
+        cmocka_unit_test(batch_of_many_memory),
+        cmocka_unit_test(commit_without_begin_fails_file),
+        cmocka_unit_test(commit_without_begin_fails_memory),
+        cmocka_unit_test(sweep_removes_old_done_file),
+        cmocka_unit_test(sweep_removes_old_done_memory),
+        cmocka_unit_test(reopen_keeps_data_file),
+        cmocka_unit_test(memory_is_private),
+        cmocka_unit_test(newer_schema_refused),
+        cmocka_unit_test(unknown_backend),
+        cmocka_unit_test(bad_options),
+        cmocka_unit_test(unwritable_path),
+        cmocka_unit_test(creates_parent_dirs),
+        cmocka_unit_test(invalid_arguments),
+        cmocka_unit_test(state_names),
+    };
+    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+}
