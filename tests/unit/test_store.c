@@ -69,7 +69,7 @@ static cw_claim_result claim(cw_store *s, const char *id, int64_t now, cw_claim 
 /* Claims one ID in a batch of its own. */
 static cw_claim_result claim1(cw_store *s, const char *id, int64_t now, cw_claim *out)
 {
-    assert_int_equal(cw_store_begin(s), 0);
+    assert_int_equal(cw_store_begin(s, true), 0);
     cw_claim_result r = claim(s, id, now, out);
     assert_int_equal(cw_store_commit(s), 0);
     return r;
@@ -83,7 +83,7 @@ static void settle1(cw_store *s, const char *id, cw_task_state state, const char
                          .outcome = outcome,
                          .error_class = error_class,
                          .reason = reason};
-    assert_int_equal(cw_store_begin(s), 0);
+    assert_int_equal(cw_store_begin(s, true), 0);
     int rc = cw_store_settle(s, &req, now);
     if (rc)
         fail_msg("settle %s: %s: %s", id, cw_status_name(rc), cw_error_last());
@@ -436,7 +436,7 @@ static void unknown_ids(const fixture *f)
     assert_non_null(strstr(cw_error_last(), "nope"));
 
     cw_settle_req req = {.message_id = "nope", .state = CW_STATE_DONE, .outcome = "ok"};
-    assert_int_equal(cw_store_begin(s), 0);
+    assert_int_equal(cw_store_begin(s, true), 0);
     assert_int_equal(cw_store_settle(s, &req, T0), CW_STATUS_NOT_FOUND);
     assert_int_equal(cw_store_commit(s), 0);
     /* Outside a batch as well. */
@@ -482,7 +482,7 @@ static void rollback_undoes_batch(const fixture *f)
     cw_claim c;
     claim1(s, "kept", T0, &c);
 
-    assert_int_equal(cw_store_begin(s), 0);
+    assert_int_equal(cw_store_begin(s, true), 0);
     assert_int_equal(claim(s, "m1", T0 + 1, &c), CW_CLAIM_NEW);
     assert_int_equal(claim(s, "m2", T0 + 1, &c), CW_CLAIM_NEW);
     assert_int_equal(claim(s, "kept", T0 + 1, &c), CW_CLAIM_NEW);
@@ -507,7 +507,7 @@ static void batch_of_many(const fixture *f)
     cw_store *s = open_as(f, "w1", NULL, NULL);
     char id[32];
     cw_claim c;
-    assert_int_equal(cw_store_begin(s), 0);
+    assert_int_equal(cw_store_begin(s, true), 0);
     for (int i = 0; i < 300; i++) {
         snprintf(id, sizeof id, "m%d", i);
         assert_int_equal(claim(s, id, T0, &c), CW_CLAIM_NEW);
@@ -529,8 +529,8 @@ static void commit_without_begin_fails(const fixture *f)
     cw_store *s = open_as(f, "w1", NULL, NULL);
     assert_int_equal(cw_store_commit(s), CW_STATUS_STORE);
     assert_non_null(strstr(cw_error_last(), "commit"));
-    assert_int_equal(cw_store_begin(s), 0);
-    assert_int_equal(cw_store_begin(s), CW_STATUS_STORE); /* no nesting */
+    assert_int_equal(cw_store_begin(s, true), 0);
+    assert_int_equal(cw_store_begin(s, true), CW_STATUS_STORE); /* no nesting */
     assert_int_equal(cw_store_rollback(s), 0);
     cw_store_free(s);
 }
@@ -590,7 +590,7 @@ static void sweep_removes_old_done(const fixture *f)
     assert_int_equal(c.attempts, 0);
 
     /* Not inside a batch. */
-    assert_int_equal(cw_store_begin(s), 0);
+    assert_int_equal(cw_store_begin(s, true), 0);
     assert_int_equal(cw_store_sweep(s, recent + 1, 100, &removed), CW_STATUS_INVALID_ARG);
     assert_int_equal(cw_store_rollback(s), 0);
     assert_int_equal(cw_store_sweep(s, recent + 1, 100, NULL), 0);

@@ -1,0 +1,196 @@
+/* order-saga example — the shared ledger (see ledger.h). */
+#include "ledger.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+
+#include <json-c/json.h>
+
+static const char ledger_schema[] =
+    "CREATE TABLE IF NOT EXISTS payments ("
+    "  payment_id TEXT PRIMARY KEY,"
+    "  order_id TEXT NOT NULL,"
+    "  amount_cents INTEGER NOT NULL CHECK (amount_cents >= 0),"
+    "  refunded_cents INTEGER NOT NULL DEFAULT 0"
+    "    CHECK (refunded_cents BETWEEN 0 AND amount_cents));"
+    "CREATE TABLE IF NOT EXISTS stock ("
+    "  sku TEXT PRIMARY KEY,"
+    "  on_hand INTEGER NOT NULL);"
+    "CREATE TABLE IF NOT EXISTS shipments ("
+    "  shipment_id TEXT PRIMARY KEY,"
+    "  order_id TEXT NOT NULL,"
+    "  status TEXT NOT NULL CHECK (status IN ('booked', 'cancelled', 'delivered')));"
+    "CREATE TABLE IF NOT EXISTS effects ("
+    "  id INTEGER PRIMARY KEY AUTOINCREMENT,"
+    "  message_id TEXT NOT NULL,"
+    "  kind TEXT NOT NULL,"
+    "  order_id TEXT NOT NULL,"
+    "  detail TEXT NOT NULL,"
+    "  at TEXT NOT NULL);"
+    "CREATE INDEX IF NOT EXISTS effects_message_id ON effects (message_id);";
+
+const char *ledger_path(const char *configured)
+{
+    const char *env;
+
+    if (configured != NULL)
+        return configured;
+    env = getenv(LEDGER_ENV);
+    if (env != NULL && env[0] != '\0')
+        return env;
+    return LEDGER_DEFAULT_PATH;
+}
+
+int ledger_open(sqlite3 **out, const char *path, char *err, size_t err_len)
+{
+    sqlite3 *db = NULL;
+    char *msg = NULL;
+    int rc;
+
+    *out = NULL;
+    rc = sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL);
+    if (rc != SQLITE_OK) {
+        snprintf(err, err_len, "cannot open %s: %s", path,
+                 db != NULL ? sqlite3_errmsg(db) : sqlite3_errstr(rc));
+        goto out_close;
+    }
+    sqlite3_busy_timeout(db, LEDGER_BUSY_TIMEOUT_MS);
+    sqlite3_extended_result_codes(db, 1);
+
+    /* journal_mode answers with a row; only the mode change matters here. */
+    rc = sqlite3_exec(db, "PRAGMA journal_mode = WAL", NULL, NULL, &msg);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_exec(db, "PRAGMA synchronous = FULL", NULL, NULL, &msg);
+    if (rc == SQLITE_OK)
+        rc = ledger_begin(db);
+    if (rc == SQLITE_OK) {
+        rc = sqlite3_exec(db, ledger_schema, NULL, NULL, &msg);
+        if (rc == SQLITE_OK)
+            rc = ledger_commit(db);
+        else
+            ledger_rollback(db);
+    }
+    if (rc != SQLITE_OK) {
+        snprintf(err, err_len, "cannot prepare %s: %s", path,
+                 msg != NULL ? msg : sqlite3_errmsg(db));
+        goto out_free_msg;
+    }
+    *out = db;
+    return SQLITE_OK;
+
+out_free_msg:
+    sqlite3_free(msg);
+out_close:
+    sqlite3_close(db);
+    return rc != SQLITE_OK ? rc : SQLITE_ERROR;
+}
+
+int ledger_open_for_plugin(cw_registry *reg, const char *plugin, sqlite3 **out)
+{
+    const char *path = ledger_path(cw_registry_setting(reg, "ledger", NULL));
+    char err[512];
+
+    if (ledger_open(out, path, err, sizeof err) != SQLITE_OK) {
+        fprintf(stderr, "%s: ledger: %s\n", plugin, err);
+        return -1;
+    }
+    return 0;
+}
+
+void ledger_teardown(void *db)
+{
+    sqlite3_close(db);
+}
+
+int ledger_exec(sqlite3 *db, const char *sql)
+{
+    return sqlite3_exec(db, sql, NULL, NULL, NULL);
+}
+
+int ledger_begin(sqlite3 *db)
+{
+    return ledger_exec(db, "BEGIN IMMEDIATE");
+}
+
+int ledger_commit(sqlite3 *db)
+{
+    int rc = ledger_exec(db, "COMMIT");
+
+    if (rc != SQLITE_OK)
+        ledger_rollback(db);
+    return rc;
+}
+
+void ledger_rollback(sqlite3 *db)
+{
+    if (!sqlite3_get_autocommit(db))
+        (void)ledger_exec(db, "ROLLBACK");
+}
+
+int ledger_add_effect(sqlite3 *db, const char *message_id, const char *kind,
+                      const char *order_id, const char *detail)
+{
+    static const char sql[] =
+        "INSERT INTO effects (message_id, kind, order_id, detail, at)"
+        " VALUES (?1, ?2, ?3, ?4, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))";
+    sqlite3_stmt *st;
+    int rc = sqlite3_prepare_v2(db, sql, -1, &st, NULL);
+
+    if (rc != SQLITE_OK)
+        return rc;
+    sqlite3_bind_text(st, 1, message_id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, kind, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, order_id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 4, detail, -1, SQLITE_STATIC);
+    rc = sqlite3_step(st);
+    sqlite3_finalize(st);
+    return rc == SQLITE_DONE ? SQLITE_OK : rc;
+}
+
+cw_outcome ledger_failure(cw_task *task, sqlite3 *db, int rc, const char *what)
+{
+    const char *why = sqlite3_extended_errcode(db) == rc ? sqlite3_errmsg(db) : sqlite3_errstr(rc);
+
+    if (ledger_transient(rc))
+        return cw_task_retry(task, "ledger %s: %s", what, why);
+    return cw_task_fail(task, "ledger %s: %s", what, why);
+}
+
+bool ledger_transient(int rc)
+{
+    switch (rc & 0xff) {
+    case SQLITE_BUSY:
+    case SQLITE_LOCKED:
+    case SQLITE_FULL:
+    case SQLITE_IOERR:
+    case SQLITE_PROTOCOL:
+        return true;
+    default:
+        return false;
+    }
+}
+
+const char *ledger_field_string(struct json_object *obj, const char *key)
+{
+    struct json_object *v;
+    const char *s;
+
+    if (!json_object_object_get_ex(obj, key, &v) || !json_object_is_type(v, json_type_string))
+        return NULL;
+    s = json_object_get_string(v);
+    return s != NULL && s[0] != '\0' ? s : NULL;
+}
+
+bool ledger_field_count(struct json_object *obj, const char *key, int64_t max, int64_t *out)
+{
+    struct json_object *v;
+    int64_t n;
+
+    if (!json_object_object_get_ex(obj, key, &v) || !json_object_is_type(v, json_type_int))
+        return false;
+    n = json_object_get_int64(v);
+    if (n < 1 || n > max)
+        return false;
+    *out = n;
+    return true;
+}

@@ -1,0 +1,160 @@
+#!/usr/bin/env bash
+# The order-saga demo, end to end, from a fresh checkout:
+#
+#   scripts/demo.sh
+#
+# Installs what is missing, builds, starts a throwaway RabbitMQ node when none
+# answers on 127.0.0.1:5672 (set CW_AMQP_URL to use another broker), runs one
+# compworker with the example plugins, publishes the compensations of 50
+# failed orders (with duplicates and three tasks that must fail) and checks
+# that each was applied exactly once and the failures were dead-lettered.
+# Exits with the report's status: 0 when everything matched. ORDERS=N
+# publishes N orders instead of 50.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+root=$(pwd)
+demo=$root/var/demo
+build=$root/build
+saga=$build/examples/order-saga
+orders=${ORDERS:-50}
+
+say() { printf '\n==> %s\n' "$*"; }
+
+say "installing dependencies (scripts/deps.sh)"
+scripts/deps.sh
+
+say "building in build/"
+cmake -S . -B build -DCW_BUILD_EXAMPLES=ON >/dev/null
+cmake --build build -j2
+
+worker_pid=""
+broker_dir=""
+# shellcheck disable=SC2317  # called by the EXIT trap
+cleanup() {
+    if [ -n "$worker_pid" ] && kill -0 "$worker_pid" 2>/dev/null; then
+        kill -TERM "$worker_pid" 2>/dev/null || true
+        wait "$worker_pid" 2>/dev/null || true
+    fi
+    if [ -n "$broker_dir" ]; then
+        echo "demo: stopping the throwaway RabbitMQ node" >&2
+        tests/harness/rabbitmq.sh stop "$broker_dir" || true
+    fi
+}
+trap cleanup EXIT
+
+amqp_answers() {
+    timeout 2 bash -c 'exec 3<>/dev/tcp/127.0.0.1/5672' 2>/dev/null
+}
+
+if [ -n "${CW_AMQP_URL:-}" ]; then
+    url=$CW_AMQP_URL
+    say "using the broker of CW_AMQP_URL"
+else
+    url=amqp://guest:guest@127.0.0.1:5672/
+    if amqp_answers; then
+        say "using the broker already listening on 127.0.0.1:5672"
+    else
+        say "starting a throwaway RabbitMQ node on 127.0.0.1:5672 (var/demo-broker)"
+        broker_dir=$root/var/demo-broker
+        rm -rf "$broker_dir"
+        tests/harness/rabbitmq.sh start "$broker_dir" 5672
+    fi
+fi
+
+say "preparing var/demo"
+rm -rf "$demo"
+mkdir -p "$demo"
+cat >"$demo/pool.ini" <<INI
+; Written by scripts/demo.sh; see examples/order-saga/pool.ini for every key.
+[broker]
+url = amqp://guest:guest@127.0.0.1:5672/
+exchange = cw.tasks
+prefetch = 32
+heartbeat = 30s
+
+[pool]
+name = orders
+queue = cw.orders
+queue_type = quorum
+plugins = $saga/refund.so $saga/restock.so $saga/cancel_shipment.so
+max_body_size = 64KiB
+
+[store]
+backend = sqlite
+path = $demo/orders.db
+lease = 1m
+retention = 1d
+synchronous = full
+
+[log]
+level = info
+
+[plugin refund]
+ledger = $demo/ledger.db
+
+[plugin restock]
+ledger = $demo/ledger.db
+
+[plugin cancel-shipment]
+ledger = $demo/ledger.db
+INI
+# Tasks left in the queues by an interrupted run must not count in this one.
+"$saga/order-saga-report" --purge --url "$url" --dlq cw.dlq.orders --queue cw.orders
+
+say "starting a worker (log: var/demo/worker.log)"
+# CW_AMQP_URL, when set, overrides the url of the pool file.
+"$build/compworker" run -c "$demo/pool.ini" >"$demo/worker.log" 2>&1 &
+worker_pid=$!
+for _ in $(seq 1 60); do
+    grep -q 'msg="consuming' "$demo/worker.log" && break
+    if ! kill -0 "$worker_pid" 2>/dev/null; then
+        wait "$worker_pid" || true
+        worker_pid=""
+        echo "demo: the worker exited during start:" >&2
+        tail -20 "$demo/worker.log" >&2
+        exit 1
+    fi
+    sleep 0.5
+done
+if ! grep -q 'msg="consuming' "$demo/worker.log"; then
+    echo "demo: the worker is not consuming after 30 s:" >&2
+    tail -20 "$demo/worker.log" >&2
+    exit 1
+fi
+
+say "publishing the compensations of $orders failed orders"
+"$saga/order-saga-publish" --url "$url" --exchange cw.tasks --ledger "$demo/ledger.db" \
+    --orders "$orders"
+
+say "waiting for the pool, then reporting"
+status=0
+"$saga/order-saga-report" --url "$url" --ledger "$demo/ledger.db" --dlq cw.dlq.orders \
+    --queue cw.orders --wait 60 || status=$?
+
+say "stopping the worker"
+worker_status=0
+if kill -TERM "$worker_pid" 2>/dev/null; then
+    wait "$worker_pid" || worker_status=$?
+else
+    wait "$worker_pid" || worker_status=$?
+    echo "demo: the worker had already exited (status $worker_status); the end of its log:" >&2
+    tail -5 "$demo/worker.log" >&2
+    [ "$worker_status" -ne 0 ] || worker_status=1
+fi
+worker_pid=""
+if [ "$worker_status" -ne 0 ]; then
+    echo "demo: the worker exited with status $worker_status" >&2
+    [ "$status" -ne 0 ] || status=1
+fi
+
+cat <<EOF
+
+Logs and state are in var/demo:
+  worker log     var/demo/worker.log
+  ledger         var/demo/ledger.db   (sqlite3 var/demo/ledger.db 'SELECT * FROM effects')
+  expectations   var/demo/ledger.db.expected.json
+  store          var/demo/orders.db
+EOF
+[ -z "$broker_dir" ] || echo "  broker log     var/demo-broker/log"
+exit "$status"

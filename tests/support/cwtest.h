@@ -1,0 +1,226 @@
+/* Helpers shared by the integration tests.
+ *
+ * One cwtest_env per test: a temporary directory, a pool configuration with a
+ * pool name of its own, the compworker executable run as a child process, a
+ * raw AMQP connection (rabbitmq-c) to the test broker, and the SQLite ledger
+ * that tests/plugins/ledger_plugin.so writes.
+ *
+ *     static void test_x(void **state)
+ *     {
+ *         cwtest_env *env = cwtest_begin(state, "x", NULL);
+ *         cwtest_worker_start(env);
+ *         ...
+ *         assert_int_equal(cwtest_worker_stop(env, SIGTERM, 15000), 0);
+ *         cwtest_pass(env);
+ *     }
+ *     ... cmocka_unit_test_teardown(test_x, cwtest_teardown) ...
+ *
+ * Every helper fails the running cmocka test (fail_msg) on an error it cannot
+ * recover from, so a test reads as a list of steps. cwtest_teardown() kills a
+ * worker left running, closes everything the env holds, deletes the pool's
+ * queues and removes the temporary directory, unless the test did not reach
+ * cwtest_pass(): then the directory is kept and its path and the tail of the
+ * worker log are printed.
+ *
+ * The environment gives the broker: CW_TEST_AMQP_URL (required),
+ * CW_TEST_BROKER_DIR and CW_TEST_HARNESS (for cwtest_broker_restart_app()).
+ * None of this is thread-safe; each test runs in one thread. */
+#ifndef CW_TESTS_SUPPORT_CWTEST_H
+#define CW_TESTS_SUPPORT_CWTEST_H
+
+#include <amqp.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "compworker/client.h"
+
+/* The default for every wait. */
+#define CWTEST_TIMEOUT_MS 60000
+
+/* ---- environment -------------------------------------------------------- */
+
+typedef struct cwtest_pool_opts {
+    const char *queue_type; /* "quorum" (NULL) or "classic" */
+    const char *pool_lines; /* extra lines for [pool], e.g. "max_body_size = 1KiB\n" */
+    const char *extra;      /* appended at the end of the file */
+} cwtest_pool_opts;
+
+typedef struct cwtest_env {
+    char test[64];
+    char dir[256];    /* the temporary directory */
+    char name[128];   /* pool name: it-<test>-<pid> */
+    char queue[160];  /* cw.<name> */
+    char dlq[160];    /* cw.dlq.<name> */
+    char ini[320];    /* <dir>/pool.ini */
+    char ledger[320]; /* <dir>/ledger.db */
+    char log[320];    /* <dir>/worker.log: stdout and stderr of every worker */
+    char url[512];    /* CW_TEST_AMQP_URL */
+    char exe[512];    /* CW_TEST_EXE */
+
+    pid_t worker;     /* the running worker, or 0 */
+    int last_exit;    /* exit code (or 128 + signal) of the last worker reaped */
+    long log_offset;  /* size of the log when the last worker started */
+    bool passed;
+
+    amqp_connection_state_t conn; /* channel 1 confirms publishes; 2 queries */
+    bool query_open;
+    uint64_t next_seq;  /* sequence number of the next publish on channel 1 */
+    uint64_t acked;     /* every publish up to this one is confirmed */
+    cw_client *client;  /* from cwtest_client() */
+} cwtest_env;
+
+/* Creates the env of a test into *state (so cwtest_teardown() finds it):
+ * makes the temporary directory, writes the pool configuration and connects
+ * to the broker. `test` names the pool ("it-<test>-<pid>"). */
+#define cwtest_begin(state, test, opts)                                                   \
+    cwtest__begin((state), (test), (opts), CW_TEST_EXE, CW_TEST_PLUGIN_DIR "/ledger_plugin.so")
+cwtest_env *cwtest__begin(void **state, const char *test, const cwtest_pool_opts *opts,
+                          const char *exe, const char *ledger_plugin);
+
+/* Marks the test as passed (call last): teardown then removes its traces. */
+void cwtest_pass(cwtest_env *env);
+
+/* cmocka teardown for tests that called cwtest_begin(). */
+int cwtest_teardown(void **state);
+
+/* Milliseconds of CLOCK_MONOTONIC. */
+int64_t cwtest_now_ms(void);
+
+/* Sleeps `ms` milliseconds (for polling loops). */
+void cwtest_sleep_ms(int ms);
+
+/* ---- the worker process ------------------------------------------------- */
+
+/* Starts `compworker run -c <ini>`, its output appended to env->log, and
+ * waits (30 s) until it logs "consuming from". */
+void cwtest_worker_start(cwtest_env *env);
+
+/* Sends `sig` and waits up to `timeout_ms` for the worker to exit. Returns its
+ * exit code, or 128 + the signal that killed it. Fails the test (after a
+ * SIGKILL) when it does not exit in time. */
+int cwtest_worker_stop(cwtest_env *env, int sig, int timeout_ms);
+
+/* True while the worker process has not exited. */
+bool cwtest_worker_alive(cwtest_env *env);
+
+/* The whole worker log, NUL-terminated; free() it. */
+char *cwtest_log_read(const cwtest_env *env);
+
+/* Occurrences of `needle` in the worker log. */
+unsigned cwtest_log_count(const cwtest_env *env, const char *needle);
+
+/* Waits until `needle` occurs at least `n` times in the worker log. */
+void cwtest_log_wait(cwtest_env *env, const char *needle, unsigned n, int timeout_ms);
+
+/* The worker's final "stopped: ..." statistics, from the last such line. */
+typedef struct cwtest_stats {
+    unsigned long long received, applied, duplicates, dead_lettered, invalid;
+} cwtest_stats;
+void cwtest_log_stats(const cwtest_env *env, cwtest_stats *out);
+
+/* Runs `$CW_TEST_HARNESS restart-app $CW_TEST_BROKER_DIR` (every connection
+ * drops; durable queues and persistent messages survive), then reconnects
+ * the env's own AMQP connection. */
+void cwtest_broker_restart_app(cwtest_env *env);
+
+/* ---- raw AMQP ----------------------------------------------------------- */
+
+/* A header to publish. */
+typedef enum cwtest_kind { CWTEST_STR, CWTEST_I32, CWTEST_I64 } cwtest_kind;
+typedef struct cwtest_header {
+    const char *key;
+    cwtest_kind kind;
+    const char *str;
+    int64_t num;
+} cwtest_header;
+
+/* A message to publish. NULL string properties are absent; "" is present and
+ * empty. The message is persistent. */
+typedef struct cwtest_out {
+    const char *exchange;    /* NULL: "" (the default exchange) */
+    const char *routing_key; /* required */
+    const char *message_id;
+    const char *type;
+    const char *correlation_id;
+    const char *content_type;
+    const void *body;
+    size_t body_len;         /* 0: strlen(body) */
+    const cwtest_header *headers;
+    size_t n_headers;
+} cwtest_out;
+
+/* Publishes (mandatory) without waiting for the confirm. */
+void cwtest_send(cwtest_env *env, const cwtest_out *m);
+
+/* Waits until every message sent is confirmed; fails the test on a nack, a
+ * return (unroutable) or a timeout. */
+void cwtest_confirm_all(cwtest_env *env);
+
+/* cwtest_send() and cwtest_confirm_all(). */
+void cwtest_publish(cwtest_env *env, const cwtest_out *m);
+
+/* Sends a valid task of type it.apply to cw.tasks, unconfirmed. */
+void cwtest_send_task(cwtest_env *env, const char *message_id, const char *saga_id,
+                      const char *body);
+
+/* A cw_client on the test broker and cw.tasks, owned by the env. */
+cw_client *cwtest_client(cwtest_env *env);
+
+/* A queue's ready messages and consumers (passive queue.declare). */
+uint32_t cwtest_queue_count(cwtest_env *env, const char *queue);
+uint32_t cwtest_queue_consumers(cwtest_env *env, const char *queue);
+
+/* Waits until the queue has exactly `n` ready messages. */
+void cwtest_queue_wait(cwtest_env *env, const char *queue, uint32_t n, int timeout_ms);
+
+/* Waits until the queue has no consumer (a stopped worker's unacked
+ * messages are back in the queue by then). */
+void cwtest_queue_wait_idle(cwtest_env *env, const char *queue, int timeout_ms);
+
+/* A header as read: integers as `num`, strings (and byte arrays) as `str`. */
+typedef struct cwtest_hdr {
+    char *key;
+    bool is_int;
+    int64_t num;
+    char *str; /* NULL for integers and kinds not handled */
+} cwtest_hdr;
+
+/* A message as read, every string NUL-terminated, NULL when absent. */
+typedef struct cwtest_msg {
+    char *exchange, *routing_key; /* of the delivery */
+    char *message_id, *correlation_id, *type, *content_type;
+    cwtest_hdr *headers;
+    size_t n_headers;
+    unsigned char *body; /* body_len bytes plus a NUL */
+    size_t body_len;
+} cwtest_msg;
+
+/* Takes every message of `queue` (basic.get and ack) into a new array of
+ * *n; free it with cwtest_msgs_free(). */
+cwtest_msg *cwtest_drain(cwtest_env *env, const char *queue, size_t *n);
+void cwtest_msgs_free(cwtest_msg *m, size_t n);
+
+/* The string value of header `key`, or NULL. */
+const char *cwtest_msg_str(const cwtest_msg *m, const char *key);
+
+/* True and *out when header `key` is an integer. */
+bool cwtest_msg_int(const cwtest_msg *m, const char *key, int64_t *out);
+
+/* ---- the ledger --------------------------------------------------------- */
+
+/* Rows, distinct message IDs, the most rows of one message ID. 0 while the
+ * ledger does not exist yet. */
+long cwtest_ledger_rows(const cwtest_env *env);
+long cwtest_ledger_distinct(const cwtest_env *env);
+long cwtest_ledger_max_per_id(const cwtest_env *env);
+
+/* Rows of one message ID; whether it was applied at all. */
+long cwtest_ledger_count_id(const cwtest_env *env, const char *message_id);
+bool cwtest_ledger_applied(const cwtest_env *env, const char *message_id);
+
+/* Waits until the ledger has at least `n` rows; returns the count seen. */
+long cwtest_ledger_wait(cwtest_env *env, long n, int timeout_ms);
+
+#endif
