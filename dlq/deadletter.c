@@ -7,13 +7,15 @@
 #include "dlq/deadletter.h"
 #include "framework/error.h"
 
-void cw__iso8601(int64_t ms, char *out, size_t cap)
+void cw__iso8601(int64_t ms, char out[CW_ISO8601_LEN])
 {
     time_t s = (time_t)(ms / 1000);
     struct tm tm;
     gmtime_r(&s, &tm);
-    snprintf(out, cap, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1,
-             tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)(ms % 1000));
+    char date[32];
+    strftime(date, sizeof date, "%Y-%m-%dT%H:%M:%S", &tm);
+    unsigned milli = (unsigned)(ms % 1000) % 1000u;
+    snprintf(out, CW_ISO8601_LEN, "%.19s.%03uZ", date, milli);
 }
 
 static const char *const cw_failure_headers[] = {
@@ -63,8 +65,8 @@ int cw__dlq_publish(cw_publisher *p, const char *dlq, const amqp_envelope_t *env
         if (!is_failure_header(old->entries[i].key))
             e[n++] = old->entries[i];
     }
-    char failed_at[32];
-    cw__iso8601(now_ms, failed_at, sizeof failed_at);
+    char failed_at[CW_ISO8601_LEN];
+    cw__iso8601(now_ms, failed_at);
     put_str(&e[n++], "cw-error", amqp_cstring_bytes(info->reason ? info->reason : ""));
     put_str(&e[n++], "cw-error-class", amqp_cstring_bytes(info->error_class));
     put_str(&e[n++], "cw-failed-at", amqp_cstring_bytes(failed_at));

@@ -25,7 +25,9 @@ typedef struct cw_deadletter_info {
 int cw__dlq_publish(cw_publisher *p, const char *dlq, const amqp_envelope_t *env,
                     const cw_deadletter_info *info, int64_t now_ms);
 
-/* Formats ms since the epoch as "2026-11-24T21:50:03.123Z". */
-void cw__iso8601(int64_t ms, char *out, size_t cap);
+#define CW_ISO8601_LEN 32
+
+/* Formats ms since the epoch as "2026-11-24T21:50:03.123Z" (UTC). */
+void cw__iso8601(int64_t ms, char out[CW_ISO8601_LEN]);
 
 #endif

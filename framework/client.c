@@ -3,7 +3,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <uuid.h>
+#include <uuid/uuid.h>
 
 #include "compworker/client.h"
 #include "framework/broker.h"

@@ -144,15 +144,22 @@ bool cw__task_validate(cw_validator *v, cw_task *t)
     json_tokener_reset(v->tok);
     json_object *obj = json_tokener_parse_ex(v->tok, body.bytes, (int)body.len);
     enum json_tokener_error jerr = json_tokener_get_error(v->tok);
-    if (!obj) {
-        if (jerr == json_tokener_continue)
+    size_t end = json_tokener_get_parse_end(v->tok);
+    if (!obj && jerr == json_tokener_continue) {
+        /* json-c finishes a top-level scalar ("null", "12", "true") only on
+         * a terminator: hand it the NUL the body does not have, so that such
+         * a body is refused as "not an object", not as "truncated". */
+        obj = json_tokener_parse_ex(v->tok, "", 1);
+        jerr = json_tokener_get_error(v->tok);
+        end = body.len;
+        if (!obj && jerr != json_tokener_success)
             return invalid(t, "body is not JSON: %s", "truncated (unexpected end of input)");
+    }
+    if (!obj && jerr != json_tokener_success) {
         char why[160];
-        snprintf(why, sizeof why, "%s at byte %zu", json_tokener_error_desc(jerr),
-                 json_tokener_get_parse_end(v->tok));
+        snprintf(why, sizeof why, "%s at byte %zu", json_tokener_error_desc(jerr), end);
         return invalid(t, "body is not JSON: %s", why);
     }
-    size_t end = json_tokener_get_parse_end(v->tok);
     for (const char *c = (const char *)body.bytes + end; end < body.len; c++, end++) {
         if (!isspace((unsigned char)*c)) {
             json_object_put(obj);
@@ -161,7 +168,8 @@ bool cw__task_validate(cw_validator *v, cw_task *t)
                            num);
         }
     }
-    if (!json_object_is_type(obj, json_type_object)) {
+    /* obj is NULL for a body of just "null". */
+    if (!obj || !json_object_is_type(obj, json_type_object)) {
         json_object_put(obj);
         return invalid(t, "body is JSON but not an object%s", "");
     }

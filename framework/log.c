@@ -108,19 +108,20 @@ void cw__url_mask(const char *url, char *out, unsigned long out_len)
 {
     if (!out_len)
         return;
-    snprintf(out, out_len, "%s", url ? url : "");
-    char *scheme = strstr(out, "://");
-    if (!scheme)
+    if (!url)
+        url = "";
+    /* Find the password in `url` itself, not in a copy cut to `out_len`: a
+     * cut copy can lose the '@' and keep the start of the password. The user
+     * information ends at the last '@', so a password with an unencoded '/'
+     * or '@' is still hidden whole; a stray '@' further on masks too much,
+     * never too little. */
+    const char *scheme = strstr(url, "://");
+    const char *user = scheme ? scheme + 3 : NULL;
+    const char *at = user ? strrchr(user, '@') : NULL;
+    const char *colon = at ? memchr(user, ':', (size_t)(at - user)) : NULL;
+    if (!colon) {
+        snprintf(out, out_len, "%s", url);
         return;
-    char *user = scheme + 3;
-    char *at = strchr(user, '@');
-    char *slash = strchr(user, '/');
-    if (!at || (slash && slash < at))
-        return;
-    char *colon = memchr(user, ':', (size_t)(at - user));
-    if (!colon)
-        return;
-    char rest[1024];
-    snprintf(rest, sizeof rest, "%s", at);
-    snprintf(colon, out_len - (size_t)(colon - out), ":***%s", rest);
+    }
+    snprintf(out, out_len, "%.*s:***%s", (int)(colon - url), url, at);
 }

@@ -65,11 +65,11 @@ static int check_id(const char *op, const char *message_id)
     return 0;
 }
 
-int cw_store_begin(cw_store *s)
+int cw_store_begin(cw_store *s, bool durable)
 {
     if (!s)
         return cw__error(CW_STATUS_INVALID_ARG, "store: begin: NULL store");
-    return s->ops->begin(s);
+    return s->ops->begin(s, durable);
 }
 
 int cw_store_commit(cw_store *s)

@@ -41,6 +41,7 @@ typedef struct cw_claim {
                             (1 on a first delivery; more after crashes) */
     unsigned attempts;   /* settled attempts so far */
     char owner[128];     /* for BUSY: who holds it */
+    int64_t ticket;      /* for NEW: pass to cw_settle_req.ticket (0 if none) */
 } cw_claim;
 
 typedef struct cw_settle_req {
@@ -49,6 +50,8 @@ typedef struct cw_settle_req {
     const char *outcome;     /* "ok", "retry", "fail", "invalid", "poison", ... */
     const char *error_class; /* NULL for ok */
     const char *reason;      /* NULL for ok */
+    int64_t ticket;          /* cw_claim.ticket of this task's claim in this
+                                worker, or 0 to find the record by message_id */
 } cw_settle_req;
 
 typedef struct cw_task_record {
@@ -93,7 +96,7 @@ typedef struct cw_store_opts {
 typedef struct cw_store cw_store;
 
 typedef struct cw_store_ops {
-    int (*begin)(cw_store *s);
+    int (*begin)(cw_store *s, bool durable);
     int (*commit)(cw_store *s);
     int (*rollback)(cw_store *s);
     int (*claim)(cw_store *s, const cw_claim_req *req, int64_t now_ms, cw_claim *out);
@@ -119,8 +122,13 @@ struct cw_store {
 int cw_store_open(cw_store **out, const cw_store_opts *opts);
 void cw_store_free(cw_store *s);
 
-/* Batch bracket: every claim and settle happens between begin and commit. */
-int cw_store_begin(cw_store *s);
+/* Batch bracket: every claim and settle happens between begin and commit.
+ * The commit of a `durable` batch survives a power cut once it returns (and
+ * makes every earlier commit durable with it); that of a light one is
+ * visible to other workers and survives a crash of this process, but not
+ * necessarily of the machine. The worker claims in light batches and records
+ * outcomes in durable ones, before any ack. */
+int cw_store_begin(cw_store *s, bool durable);
 int cw_store_commit(cw_store *s);
 int cw_store_rollback(cw_store *s);
 

@@ -37,9 +37,14 @@
  * sweep's WHERE clause textually); keep them in step with the enum. */
 _Static_assert(CW_STATE_IN_PROGRESS == 1 && CW_STATE_DONE == 2, "SQL state literals");
 
+/* Layout for speed: a task row is keyed by an arrival-ordered integer, so the
+ * rows a batch claims and then settles sit together on a few pages; only the
+ * unique index on message_id takes one random page per new task. Attempts
+ * are keyed by that integer too, so they cluster the same way. */
 static const char cw_sq_schema[] =
     "CREATE TABLE IF NOT EXISTS tasks ("
-    " message_id TEXT PRIMARY KEY NOT NULL,"
+    " id INTEGER PRIMARY KEY,"
+    " message_id TEXT NOT NULL UNIQUE,"
     " state INTEGER NOT NULL,"
     " owner TEXT,"
     " lease_until INTEGER," /* ms */
@@ -52,29 +57,33 @@ static const char cw_sq_schema[] =
     " last_seen INTEGER NOT NULL,"
     " error_class TEXT,"
     " last_error TEXT"
-    ") WITHOUT ROWID;"
+    ");"
     "CREATE INDEX IF NOT EXISTS tasks_done_last_seen ON tasks(last_seen) WHERE state = 2;"
     "CREATE TABLE IF NOT EXISTS attempts ("
-    " message_id TEXT NOT NULL,"
+    " task_id INTEGER NOT NULL,"
     " n INTEGER NOT NULL,"
     " at INTEGER NOT NULL,"
     " worker TEXT,"
     " outcome TEXT,"
     " error_class TEXT,"
     " reason TEXT,"
-    " PRIMARY KEY (message_id, n)"
+    " PRIMARY KEY (task_id, n)"
     ") WITHOUT ROWID;";
 
 enum {
     CW_SQ_BEGIN,
     CW_SQ_COMMIT,
     CW_SQ_ROLLBACK,
+    CW_SQ_SYNC_FULL,
+    CW_SQ_SYNC_NORMAL,
     CW_SQ_CLAIM_INSERT,
     CW_SQ_CLAIM_SELECT,
     CW_SQ_CLAIM_TAKE,
     CW_SQ_CLAIM_BUMP,
     CW_SQ_SETTLE_UPDATE,
     CW_SQ_SETTLE_HISTORY,
+    CW_SQ_SETTLE_UPDATE_ID,
+    CW_SQ_SETTLE_HISTORY_ID,
     CW_SQ_GET,
     CW_SQ_HISTORY,
     CW_SQ_SWEEP_ATTEMPTS,
@@ -84,13 +93,15 @@ enum {
 
 /* The DONE records a sweep removes: the oldest first, a bounded number. */
 #define CW_SQ_SWEEP_VICTIMS                                                    \
-    "SELECT message_id FROM tasks WHERE state = 2 AND last_seen < ?1"        \
-    " ORDER BY last_seen, message_id LIMIT ?2"
+    "SELECT id FROM tasks WHERE state = 2 AND last_seen < ?1"                \
+    " ORDER BY last_seen, id LIMIT ?2"
 
 static const char *const cw_sq_sql[CW_SQ_COUNT] = {
     [CW_SQ_BEGIN] = "BEGIN IMMEDIATE",
     [CW_SQ_COMMIT] = "COMMIT",
     [CW_SQ_ROLLBACK] = "ROLLBACK",
+    [CW_SQ_SYNC_FULL] = "PRAGMA synchronous = FULL",
+    [CW_SQ_SYNC_NORMAL] = "PRAGMA synchronous = NORMAL",
     /* ?1 id, ?2 owner, ?3 lease_until, ?4 saga_id, ?5 type, ?6 now */
     [CW_SQ_CLAIM_INSERT] =
         "INSERT INTO tasks (message_id, state, owner, lease_until, attempts, deliveries,"
@@ -98,7 +109,7 @@ static const char *const cw_sq_sql[CW_SQ_COUNT] = {
         " VALUES (?1, 1, ?2, ?3, 0, 1, 1, ?4, ?5, ?6, ?6)"
         " ON CONFLICT (message_id) DO NOTHING",
     [CW_SQ_CLAIM_SELECT] =
-        "SELECT state, owner, lease_until, attempts, unsettled FROM tasks WHERE message_id = ?1",
+        "SELECT state, owner, lease_until, attempts, unsettled, id FROM tasks WHERE message_id = ?1",
     /* ?1 id, ?2 owner, ?3 lease_until, ?4 now, ?5 saga_id, ?6 type */
     [CW_SQ_CLAIM_TAKE] =
         "UPDATE tasks SET state = 1, owner = ?2, lease_until = ?3,"
@@ -117,17 +128,26 @@ static const char *const cw_sq_sql[CW_SQ_COUNT] = {
         " last_error = ?5 WHERE message_id = ?1",
     /* ?1 id, ?2 now, ?3 worker, ?4 outcome, ?5 error_class, ?6 reason */
     [CW_SQ_SETTLE_HISTORY] =
-        "INSERT INTO attempts (message_id, n, at, worker, outcome, error_class, reason)"
-        " SELECT message_id, attempts, ?2, ?3, ?4, ?5, ?6 FROM tasks WHERE message_id = ?1",
+        "INSERT INTO attempts (task_id, n, at, worker, outcome, error_class, reason)"
+        " SELECT id, attempts, ?2, ?3, ?4, ?5, ?6 FROM tasks WHERE message_id = ?1",
+    /* The same two by the ticket a claim handed out (the row id): no index
+     * lookup on the per-message path. */
+    [CW_SQ_SETTLE_UPDATE_ID] =
+        "UPDATE tasks SET state = ?2, attempts = attempts + 1, owner = NULL,"
+        " lease_until = NULL, unsettled = 0, last_seen = ?3, error_class = ?4,"
+        " last_error = ?5 WHERE id = ?1",
+    [CW_SQ_SETTLE_HISTORY_ID] =
+        "INSERT INTO attempts (task_id, n, at, worker, outcome, error_class, reason)"
+        " SELECT id, attempts, ?2, ?3, ?4, ?5, ?6 FROM tasks WHERE id = ?1",
     [CW_SQ_GET] =
         "SELECT state, owner, lease_until, attempts, deliveries, saga_id, type, first_seen,"
         " last_seen, error_class, last_error FROM tasks WHERE message_id = ?1",
     [CW_SQ_HISTORY] =
         "SELECT n, at, worker, outcome, error_class, reason FROM attempts"
-        " WHERE message_id = ?1 ORDER BY n",
+        " WHERE task_id = (SELECT id FROM tasks WHERE message_id = ?1) ORDER BY n",
     /* ?1 done_before, ?2 limit; history first, while the victims still exist */
-    [CW_SQ_SWEEP_ATTEMPTS] = "DELETE FROM attempts WHERE message_id IN (" CW_SQ_SWEEP_VICTIMS ")",
-    [CW_SQ_SWEEP_TASKS] = "DELETE FROM tasks WHERE message_id IN (" CW_SQ_SWEEP_VICTIMS ")",
+    [CW_SQ_SWEEP_ATTEMPTS] = "DELETE FROM attempts WHERE task_id IN (" CW_SQ_SWEEP_VICTIMS ")",
+    [CW_SQ_SWEEP_TASKS] = "DELETE FROM tasks WHERE id IN (" CW_SQ_SWEEP_VICTIMS ")",
 };
 
 typedef struct cw_sq_store {
@@ -135,6 +155,8 @@ typedef struct cw_sq_store {
     sqlite3 *db;
     char *path; /* the file, or ":memory:"; for messages */
     sqlite3_stmt *st[CW_SQ_COUNT];
+    bool sync_full;   /* durable commits fsync the WAL */
+    bool synced_full; /* the connection's current synchronous setting */
 } cw_sq_store;
 
 static cw_sq_store *sq_of(cw_store *s)
@@ -207,11 +229,13 @@ static void sq_rollback_quiet(cw_sq_store *q)
     }
 }
 
+static int sq_begin_as(cw_sq_store *q, bool durable);
+
 /* Outside a batch, a claim or a settle runs in a transaction of its own. */
 static int sq_enter(cw_sq_store *q, bool *own)
 {
     *own = sqlite3_get_autocommit(q->db) != 0;
-    return *own ? sq_run(q, q->st[CW_SQ_BEGIN], "begin") : 0;
+    return *own ? sq_begin_as(q, true) : 0;
 }
 
 static int sq_leave(cw_sq_store *q, bool own, int rc)
@@ -227,10 +251,26 @@ static int sq_leave(cw_sq_store *q, bool own, int rc)
     return rc;
 }
 
-static int sq_begin(cw_store *s)
+/* A transaction that need not survive a power cut (claims: they only keep
+ * other workers off a task, and a lost one costs a re-run of an unacked
+ * task) skips the WAL fsync at commit; a durable one (outcomes, after which
+ * deliveries are acked) does it, and with it makes the earlier light commits
+ * durable too. In WAL mode `synchronous` may change between transactions. */
+static int sq_begin_as(cw_sq_store *q, bool durable)
 {
-    cw_sq_store *q = sq_of(s);
+    bool full = durable && q->sync_full;
+    if (full != q->synced_full) {
+        int rc = sq_run(q, q->st[full ? CW_SQ_SYNC_FULL : CW_SQ_SYNC_NORMAL], "synchronous");
+        if (rc)
+            return rc;
+        q->synced_full = full;
+    }
     return sq_run(q, q->st[CW_SQ_BEGIN], "begin");
+}
+
+static int sq_begin(cw_store *s, bool durable)
+{
+    return sq_begin_as(sq_of(s), durable);
 }
 
 static int sq_commit(cw_store *s)
@@ -279,6 +319,7 @@ static int sq_claim_existing(cw_sq_store *q, const cw_claim_req *req, int64_t no
     int state = sqlite3_column_int(st, 0);
     unsigned unsettled = sq_uint(sqlite3_column_int64(st, 4));
     out->attempts = sq_uint(sqlite3_column_int64(st, 3));
+    out->ticket = sqlite3_column_int64(st, 5);
     out->deliveries = unsettled < UINT_MAX ? unsettled + 1 : UINT_MAX;
     if (state == CW_STATE_DONE) {
         out->result = CW_CLAIM_DONE;
@@ -325,6 +366,7 @@ static int sq_claim_in(cw_sq_store *q, const cw_claim_req *req, int64_t now_ms, 
     out->deliveries = 1;
     out->attempts = 0;
     out->owner[0] = '\0';
+    out->ticket = 0;
 
     /* First sight, the common case, costs one statement. */
     if (sq_bind_text(st, 1, req->message_id) != SQLITE_OK ||
@@ -335,8 +377,12 @@ static int sq_claim_in(cw_sq_store *q, const cw_claim_req *req, int64_t now_ms, 
         sqlite3_bind_int64(st, 6, now_ms) != SQLITE_OK)
         return sq_fail_reset(q, st, "claim");
     int rc = sq_run(q, st, "claim");
-    if (rc || sqlite3_changes(q->db) > 0)
+    if (rc)
         return rc;
+    if (sqlite3_changes(q->db) > 0) {
+        out->ticket = sqlite3_last_insert_rowid(q->db);
+        return 0;
+    }
     return sq_claim_existing(q, req, now_ms, lease_until, out);
 }
 
@@ -352,8 +398,10 @@ static int sq_claim(cw_store *s, const cw_claim_req *req, int64_t now_ms, cw_cla
 
 static int sq_settle_in(cw_sq_store *q, const cw_settle_req *req, int64_t now_ms)
 {
-    sqlite3_stmt *st = q->st[CW_SQ_SETTLE_UPDATE];
-    if (sq_bind_text(st, 1, req->message_id) != SQLITE_OK ||
+    bool by_id = req->ticket > 0;
+    sqlite3_stmt *st = q->st[by_id ? CW_SQ_SETTLE_UPDATE_ID : CW_SQ_SETTLE_UPDATE];
+    if ((by_id ? sqlite3_bind_int64(st, 1, req->ticket)
+               : sq_bind_text(st, 1, req->message_id)) != SQLITE_OK ||
         sqlite3_bind_int(st, 2, (int)req->state) != SQLITE_OK ||
         sqlite3_bind_int64(st, 3, now_ms) != SQLITE_OK ||
         sq_bind_text(st, 4, req->error_class) != SQLITE_OK ||
@@ -366,8 +414,9 @@ static int sq_settle_in(cw_sq_store *q, const cw_settle_req *req, int64_t now_ms
         return cw__error(CW_STATUS_NOT_FOUND, "%s: settle: no record of message %s", q->path,
                          req->message_id);
 
-    st = q->st[CW_SQ_SETTLE_HISTORY];
-    if (sq_bind_text(st, 1, req->message_id) != SQLITE_OK ||
+    st = q->st[by_id ? CW_SQ_SETTLE_HISTORY_ID : CW_SQ_SETTLE_HISTORY];
+    if ((by_id ? sqlite3_bind_int64(st, 1, req->ticket)
+               : sq_bind_text(st, 1, req->message_id)) != SQLITE_OK ||
         sqlite3_bind_int64(st, 2, now_ms) != SQLITE_OK ||
         sq_bind_text(st, 3, q->base.owner) != SQLITE_OK ||
         sq_bind_text(st, 4, req->outcome) != SQLITE_OK ||
@@ -462,7 +511,7 @@ static int sq_sweep(cw_store *s, int64_t done_before_ms, unsigned limit, unsigne
     if (limit == 0)
         return 0;
 
-    int rc = sq_run(q, q->st[CW_SQ_BEGIN], "sweep");
+    int rc = sq_begin_as(q, true);
     if (rc)
         return rc;
     unsigned n = 0;
@@ -574,6 +623,7 @@ static int sq_configure(const cw_sq_store *q, bool memory, bool sync_full)
         sync_full ? "PRAGMA synchronous = FULL" : "PRAGMA synchronous = NORMAL",
         "PRAGMA foreign_keys = OFF",
         "PRAGMA temp_store = MEMORY",
+        "PRAGMA wal_autocheckpoint = 8192",
         "PRAGMA cache_size = -" CW_SQ_STRINGIFY(CW_SQ_CACHE_KIB), /* negative: KiB */
     };
     for (size_t i = 0; i < sizeof pragmas / sizeof *pragmas; i++) {
@@ -663,6 +713,8 @@ int cw__store_sqlite_open(cw_store **out, const cw_store_opts *opts)
     q->base.owner_alive_data = opts->owner_alive_data;
     q->base.owner = strdup(opts->owner);
     q->path = strdup(opts->path);
+    q->sync_full = opts->sync_full;
+    q->synced_full = opts->sync_full;
     int rc;
     if (!q->base.owner || !q->path) {
         rc = cw__error(CW_STATUS_NOMEM, "%s: out of memory", opts->path);

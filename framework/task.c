@@ -94,7 +94,8 @@ const char *cw_task_header(cw_task *task, const char *name)
     cw_strnode *n = malloc(sizeof *n + b.len + 1);
     if (!n)
         return NULL;
-    memcpy(n->data, b.bytes, b.len);
+    if (b.len) /* an empty value may have bytes == NULL (amqp_empty_bytes) */
+        memcpy(n->data, b.bytes, b.len);
     n->data[b.len] = '\0';
     n->next = task->strings;
     task->strings = n;

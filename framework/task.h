@@ -35,7 +35,8 @@ struct cw_task {
     cw_strnode *strings; /* strings handed out by cw_task_header() */
 
     /* pipeline bookkeeping */
-    int action;     /* what settling does with it (consumer.c) */
+    int action;     /* what settling does with it (worker.c) */
+    int64_t ticket; /* the store's handle of its claim */
     bool published; /* its replacement (DLQ copy) was confirmed */
 };
 

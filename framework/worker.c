@@ -386,7 +386,9 @@ static int claim_batch(cw_worker *w, size_t n, int64_t now)
         if (t->action == ACT_DUP)
             continue;
         if (!open) {
-            if ((rc = cw_store_begin(w->store)))
+            /* Claims need not be durable (see cw_store_begin): the outcomes' batch,
+             * committed before the acks, is. */
+            if ((rc = cw_store_begin(w->store, false)))
                 return rc;
             open = true;
         }
@@ -399,6 +401,7 @@ static int claim_batch(cw_worker *w, size_t n, int64_t now)
         switch (c.result) {
         case CW_CLAIM_NEW:
             t->action = ACT_RUN;
+            t->ticket = c.ticket;
             break;
         case CW_CLAIM_DONE:
             t->action = ACT_DUP;
@@ -466,7 +469,7 @@ static int record_batch(cw_worker *w, size_t n, int64_t now)
     bool open = false;
     for (size_t i = 0; i < n; i++) {
         cw_task *t = &w->batch[i];
-        cw_settle_req req = {.message_id = t->message_id};
+        cw_settle_req req = {.message_id = t->message_id, .ticket = t->ticket};
         if (t->outcome == CW_OK && t->action == ACT_NONE && t->payload && t->handler) {
             req.state = CW_STATE_DONE;
             req.outcome = "ok";
@@ -480,7 +483,7 @@ static int record_batch(cw_worker *w, size_t n, int64_t now)
         }
         /* Only tasks that ran were claimed (invalid ones have no payload). */
         if (!open) {
-            if ((rc = cw_store_begin(w->store)))
+            if ((rc = cw_store_begin(w->store, true)))
                 return rc;
             open = true;
         }
