@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# README's second command: installs what is missing, builds, and runs every
+# test (unit tests, then the integration tests against a throwaway RabbitMQ
+# node that the test harness starts on port 5673 and stops afterwards).
+#
+#   scripts/test.sh              plain build in build/
+#   scripts/test.sh --sanitize   AddressSanitizer + UBSan build in build-asan/
+#   scripts/test.sh --valgrind   unit tests under valgrind (build-valgrind/)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+mode=${1:-plain}
+scripts/deps.sh
+
+jobs=$(nproc 2>/dev/null || echo 2)
+case "$mode" in
+plain)
+    dir=build
+    cmake -S . -B "$dir" -DCW_SANITIZE=OFF -DCW_BUILD_TESTS=ON -DCW_BUILD_EXAMPLES=ON >/dev/null
+    ;;
+--sanitize)
+    dir=build-asan
+    cmake -S . -B "$dir" -DCW_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug -DCW_BUILD_TESTS=ON \
+        -DCW_BUILD_EXAMPLES=ON >/dev/null
+    ;;
+--valgrind)
+    dir=build-valgrind
+    cmake -S . -B "$dir" -DCW_SANITIZE=OFF -DCMAKE_BUILD_TYPE=Debug -DCW_BUILD_TESTS=ON \
+        -DCW_BUILD_EXAMPLES=OFF >/dev/null
+    ;;
+*)
+    echo "usage: scripts/test.sh [--sanitize|--valgrind]" >&2
+    exit 2
+    ;;
+esac
+cmake --build "$dir" -j"$jobs"
+
+cd "$dir"
+if [ "$mode" = --valgrind ]; then
+    fail=0
+    for t in tests/test_*; do
+        # Unit tests only: the integration tests need the broker fixture.
+        case "$t" in *.log | *pipeline*) continue ;; esac
+        [ -f "$t" ] && [ -x "$t" ] || continue
+        if ! valgrind -q --leak-check=full --errors-for-leak-kinds=definite,indirect \
+            --error-exitcode=1 "$t" >"$t.valgrind.log" 2>&1; then
+            echo "valgrind: $t failed; see $dir/$t.valgrind.log" >&2
+            tail -30 "$t.valgrind.log" >&2
+            fail=1
+        fi
+    done
+    [ $fail -eq 0 ] && echo "valgrind: all unit tests clean"
+    exit $fail
+fi
+ctest --output-on-failure -j"$jobs"
