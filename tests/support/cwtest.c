@@ -313,9 +313,19 @@ int cwtest_teardown(void **state)
     cw_client_free(env->client);
     env->client = NULL;
     if (!env->passed) {
-        fprintf(stderr, "test '%s' did not pass: kept %s (pool %s)\n", env->test, env->dir,
-                env->name);
+        fprintf(stderr, "test '%s' did not pass: kept %s and the queues of pool %s\n",
+                env->test, env->dir, env->name);
         print_log_tail(env);
+        /* Keep the queue for a look, but stop it collecting the tasks of
+         * later tests (every pool binds it.apply). */
+        if (env->conn && env->query_open) {
+            amqp_queue_unbind(env->conn, CH_QUERY, amqp_cstring_bytes(env->queue),
+                              amqp_cstring_bytes("cw.tasks"), amqp_cstring_bytes("it.apply"),
+                              amqp_empty_table);
+            amqp_rpc_reply_t r = amqp_get_rpc_reply(env->conn);
+            if (r.reply_type != AMQP_RESPONSE_NORMAL)
+                query_channel_reset(env, r);
+        }
     } else if (env->conn) {
         /* Leave nothing behind on the broker. */
         const char *queues[] = {env->queue, env->dlq};
@@ -513,22 +523,51 @@ void cwtest_log_stats(const cwtest_env *env, cwtest_stats *out)
         fail_msg("no complete 'stopped: ...' statistics line in %s", env->log);
 }
 
-void cwtest_broker_restart_app(cwtest_env *env)
+/* Waits until the broker drops the env's connection (stop_app closes every
+ * client connection); false when `harness` exits or the time is up first. */
+static bool wait_connection_drop(cwtest_env *env, pid_t harness, int timeout_ms)
 {
+    int64_t deadline = cwtest_now_ms() + timeout_ms;
+    while (cwtest_now_ms() < deadline) {
+        struct timeval tv = {.tv_sec = 0, .tv_usec = 50000};
+        amqp_frame_t f;
+        int st = amqp_simple_wait_frame_noblock(env->conn, &f, &tv);
+        if (st == AMQP_STATUS_OK && f.frame_type == AMQP_FRAME_METHOD &&
+            f.payload.method.id == AMQP_CONNECTION_CLOSE_METHOD)
+            return true;
+        if (st != AMQP_STATUS_OK && st != AMQP_STATUS_TIMEOUT)
+            return true; /* closed or reset */
+        if (waitpid(harness, NULL, WNOHANG) == harness)
+            return false;
+    }
+    return false;
+}
+
+long cwtest_broker_restart_app(cwtest_env *env, bool hold_worker)
+{
+    long rows = -1;
     const char *harness = getenv("CW_TEST_HARNESS");
     const char *dir = getenv("CW_TEST_BROKER_DIR");
     if (!harness || !dir)
         fail_msg("CW_TEST_HARNESS and CW_TEST_BROKER_DIR must be set to restart the broker");
+    if (!env->conn)
+        fail_msg("no AMQP connection");
+    pid_t held = hold_worker ? env->worker : 0;
+    if (hold_worker && held <= 0)
+        fail_msg("no worker is running to hold during the restart");
     char out[400];
     snprintf(out, sizeof out, "%s/harness.log", env->dir);
     int fd = open(out, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
     if (fd < 0)
         fail_msg("cannot open %s: %s", out, strerror(errno));
+    if (held && kill(held, SIGSTOP) != 0)
+        fail_msg("kill(%ld, SIGSTOP): %s", (long)held, strerror(errno));
     fflush(NULL);
     pid_t pid = fork();
     if (pid < 0)
         fail_msg("fork: %s", strerror(errno));
     if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
         dup2(fd, STDOUT_FILENO);
         dup2(fd, STDERR_FILENO);
         for (int i = 3; i < 1024; i++)
@@ -539,6 +578,17 @@ void cwtest_broker_restart_app(cwtest_env *env)
         _exit(127);
     }
     close(fd);
+
+    if (held) {
+        bool dropped = wait_connection_drop(env, pid, HARNESS_TIMEOUT_MS);
+        rows = cwtest_ledger_rows(env);
+        kill(held, SIGCONT);
+        if (!dropped) {
+            kill(pid, SIGKILL);
+            waitpid(pid, NULL, 0);
+            fail_msg("the broker did not drop the connections during restart-app; see %s", out);
+        }
+    }
     int code = wait_exit(pid, HARNESS_TIMEOUT_MS);
     if (code < 0) {
         kill(pid, SIGKILL);
@@ -559,6 +609,7 @@ void cwtest_broker_restart_app(cwtest_env *env)
             fail_msg("reconnecting after restart-app: %s", why);
         cwtest_sleep_ms(200);
     }
+    return rows >= 0 ? rows : cwtest_ledger_rows(env);
 }
 
 /* ---- publishing --------------------------------------------------------- */

@@ -19,8 +19,9 @@
  * recover from, so a test reads as a list of steps. cwtest_teardown() kills a
  * worker left running, closes everything the env holds, deletes the pool's
  * queues and removes the temporary directory, unless the test did not reach
- * cwtest_pass(): then the directory is kept and its path and the tail of the
- * worker log are printed.
+ * cwtest_pass(): then the directory and the queues are kept (the pool queue
+ * unbound from cw.tasks, so that it does not collect later tests' tasks), and
+ * the directory's path and the tail of the worker log are printed.
  *
  * The environment gives the broker: CW_TEST_AMQP_URL (required),
  * CW_TEST_BROKER_DIR and CW_TEST_HARNESS (for cwtest_broker_restart_app()).
@@ -122,8 +123,17 @@ void cwtest_log_stats(const cwtest_env *env, cwtest_stats *out);
 
 /* Runs `$CW_TEST_HARNESS restart-app $CW_TEST_BROKER_DIR` (every connection
  * drops; durable queues and persistent messages survive), then reconnects
- * the env's own AMQP connection. */
-void cwtest_broker_restart_app(cwtest_env *env);
+ * the env's own AMQP connection.
+ *
+ * With `hold_worker`, the worker is stopped (SIGSTOP) before the restart is
+ * asked for and continued (SIGCONT) as soon as the broker has dropped the
+ * connections, while it is still starting again: however slowly the
+ * broker's CLI starts, the worker meets the outage with the work it held,
+ * and reconnects by itself while the broker comes back.
+ *
+ * Returns the ledger's rows when the broker dropped the connections (with
+ * `hold_worker`; otherwise when restart-app returned). */
+long cwtest_broker_restart_app(cwtest_env *env, bool hold_worker);
 
 /* ---- raw AMQP ----------------------------------------------------------- */
 
