@@ -58,11 +58,11 @@ typedef struct sku_stock {
 } sku_stock;
 
 typedef struct order {
-    char order_id[24];
-    char saga_id[32];
-    char payment_id[24];
-    char refund_payment_id[32]; /* what the refund names: payment_id, or an unknown one */
-    char shipment_id[24];
+    char order_id[32];
+    char saga_id[48];
+    char payment_id[32];
+    char refund_payment_id[48]; /* what the refund names: payment_id, or an unknown one */
+    char shipment_id[32];
     sku_stock *sku;
     int64_t amount_cents;
     int64_t qty;
