@@ -5,6 +5,7 @@
 #include <time.h>
 
 #include "dlq/deadletter.h"
+#include "retry/delay.h"
 #include "framework/error.h"
 
 void cw__iso8601(int64_t ms, char out[CW_ISO8601_LEN])
@@ -20,7 +21,7 @@ void cw__iso8601(int64_t ms, char out[CW_ISO8601_LEN])
 
 static const char *const cw_failure_headers[] = {
     "cw-error",  "cw-error-class", "cw-failed-at", "cw-handler", "cw-worker",
-    "cw-queue",  "cw-attempt",
+    "cw-queue",  "cw-attempt",     "cw-crash-signal", "cw-plugin",
 };
 
 static bool is_failure_header(amqp_bytes_t key)
@@ -53,17 +54,42 @@ static void put_str(amqp_table_entry_t *e, const char *key, amqp_bytes_t value)
 int cw__dlq_publish(cw_publisher *p, const char *dlq, const amqp_envelope_t *env,
                     const cw_deadletter_info *info, int64_t now_ms)
 {
+    return cw__publish_copy(p, CW_DLX_NAME, dlq, env, info, now_ms);
+}
+
+int cw__publish_copy(cw_publisher *p, const char *exchange, const char *routing_key,
+                     const amqp_envelope_t *env, const cw_deadletter_info *info, int64_t now_ms)
+{
     amqp_basic_properties_t props = env->message.properties;
+    props._flags |= AMQP_BASIC_DELIVERY_MODE_FLAG;
+    props.delivery_mode = AMQP_DELIVERY_PERSISTENT;
     const amqp_table_t *old = (props._flags & AMQP_BASIC_HEADERS_FLAG) ? &props.headers : NULL;
+    if (!info && !old)
+        return cw__publisher_send(p, exchange, amqp_cstring_bytes(routing_key), true, &props,
+                                  env->message.body);
     int n_old = old ? old->num_entries : 0;
 
-    amqp_table_entry_t *e = malloc(sizeof *e * (size_t)(n_old + 10));
+    amqp_table_entry_t *e = malloc(sizeof *e * (size_t)(n_old + 12));
     if (!e)
         return cw__error(CW_STATUS_NOMEM, "out of memory dead-lettering");
     int n = 0;
+    /* The broker's own dead-letter headers (x-death...) never travel on:
+     * a copy that carried them would look like a dead-letter cycle to the
+     * broker's next dead-lettering and be held there. */
     for (int i = 0; i < n_old; i++) {
-        if (!is_failure_header(old->entries[i].key))
+        amqp_bytes_t k = old->entries[i].key;
+        if (cw__delay_header_is_broker(k.bytes, k.len))
+            continue;
+        if (!info || !is_failure_header(k))
             e[n++] = old->entries[i];
+    }
+    if (!info) {
+        props.headers.num_entries = n;
+        props.headers.entries = e;
+        int rc0 = cw__publisher_send(p, exchange, amqp_cstring_bytes(routing_key), true, &props,
+                                     env->message.body);
+        free(e);
+        return rc0;
     }
     char failed_at[CW_ISO8601_LEN];
     cw__iso8601(now_ms, failed_at);
@@ -77,6 +103,10 @@ int cw__dlq_publish(cw_publisher *p, const char *dlq, const amqp_envelope_t *env
         put_str(&e[n++], "cw-original-exchange", env->exchange);
     if (!old || !has_header(old, "cw-original-routing-key"))
         put_str(&e[n++], "cw-original-routing-key", env->routing_key);
+    if (info->crash_signal) {
+        put_str(&e[n++], "cw-crash-signal", amqp_cstring_bytes(info->crash_signal));
+        put_str(&e[n++], "cw-plugin", amqp_cstring_bytes(info->handler ? info->handler : ""));
+    }
     e[n].key = amqp_cstring_bytes("cw-attempt");
     e[n].value.kind = AMQP_FIELD_KIND_I32;
     e[n].value.value.i32 = (int32_t)info->attempts;
@@ -84,9 +114,8 @@ int cw__dlq_publish(cw_publisher *p, const char *dlq, const amqp_envelope_t *env
 
     props.headers.num_entries = n;
     props.headers.entries = e;
-    props._flags |= AMQP_BASIC_HEADERS_FLAG | AMQP_BASIC_DELIVERY_MODE_FLAG;
-    props.delivery_mode = AMQP_DELIVERY_PERSISTENT;
-    int rc = cw__publisher_send(p, CW_DLX_NAME, amqp_cstring_bytes(dlq), true, &props,
+    props._flags |= AMQP_BASIC_HEADERS_FLAG;
+    int rc = cw__publisher_send(p, exchange, amqp_cstring_bytes(routing_key), true, &props,
                                 env->message.body);
     free(e);
     return rc;

@@ -8,20 +8,27 @@
 #include "framework/broker.h"
 
 typedef struct cw_deadletter_info {
-    const char *error_class; /* "invalid", "permanent", "exhausted", "poison" */
+    const char *error_class; /* "invalid", "permanent", "exhausted", "poison";
+                                "transient" on a retry copy */
     const char *reason;
     const char *handler;     /* "refund 1.0.0 (payment.refund)" or NULL */
     const char *worker;
     const char *queue;       /* the pool queue the task failed in */
     unsigned attempts;       /* attempts made, this one included */
+    const char *crash_signal; /* poison: "SIGSEGV", "timeout"...; or NULL */
 } cw_deadletter_info;
 
-/* Publishes a copy of `env` (body and properties kept, persistent) to the
- * dead-letter exchange with routing key `dlq`, adding the failure headers
- * cw-error, cw-error-class, cw-failed-at, cw-handler, cw-worker,
- * cw-original-exchange, cw-original-routing-key, cw-queue and cw-attempt.
- * An existing cw-original-* header is kept (the task's first place). The
- * caller waits for the confirm with cw__publisher_wait(). */
+/* Publishes a copy of `env` (body and properties kept, persistent,
+ * mandatory) to `exchange` with `routing_key`. With `info`, the copy gains
+ * the failure headers cw-error, cw-error-class, cw-failed-at, cw-handler,
+ * cw-worker, cw-queue and cw-attempt (= info->attempts), and
+ * cw-original-exchange / cw-original-routing-key unless already set (the
+ * task's first place is kept). Without it, the copy is the original's exact
+ * twin. The caller waits for the confirm with cw__publisher_wait(). */
+int cw__publish_copy(cw_publisher *p, const char *exchange, const char *routing_key,
+                     const amqp_envelope_t *env, const cw_deadletter_info *info, int64_t now_ms);
+
+/* cw__publish_copy() to the dead-letter exchange, routed to `dlq`. */
 int cw__dlq_publish(cw_publisher *p, const char *dlq, const amqp_envelope_t *env,
                     const cw_deadletter_info *info, int64_t now_ms);
 

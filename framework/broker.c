@@ -8,6 +8,7 @@
 #include "framework/broker.h"
 #include "framework/error.h"
 #include "framework/log.h"
+#include "retry/policy.h"
 
 #define CW_CONNECT_TIMEOUT_S 5
 #define CW_FRAME_MAX 131072
@@ -226,8 +227,14 @@ int cw__topology_declare(amqp_connection_state_t conn, amqp_channel_t ch, const 
      * in the same DLQ as what compworker dead-letters. */
     amqp_table_entry_t q_args[] = {str_entry("x-queue-type", qtype),
                                    str_entry("x-dead-letter-exchange", CW_DLX_NAME),
-                                   str_entry("x-dead-letter-routing-key", cfg->dlq)};
-    amqp_table_t q_table = {.num_entries = 3, .entries = q_args};
+                                   str_entry("x-dead-letter-routing-key", cfg->dlq),
+                                   {.key = amqp_cstring_bytes("x-delivery-limit"),
+                                    .value = {.kind = AMQP_FIELD_KIND_I32,
+                                              .value = {.i32 = CW_DELIVERY_LIMIT_BACKSTOP}}}};
+    /* Quorum queues also get a broker-side backstop on redeliveries (see
+     * CW_DELIVERY_LIMIT_BACKSTOP); classic queues have none. */
+    amqp_table_t q_table = {.num_entries = cfg->queue_type == CW_QUEUE_QUORUM ? 4 : 3,
+                            .entries = q_args};
     amqp_queue_declare(conn, ch, amqp_cstring_bytes(cfg->queue), 0, 1, 0, 0, q_table);
     snprintf(what, sizeof what,
              "declaring queue '%s' (%s, dead-lettering to '%s'); if it exists with other "

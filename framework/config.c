@@ -17,12 +17,17 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
 #include <sys/types.h>
+#include <unistd.h>
 
 #include "compworker/status.h"
 #include "framework/config.h"
 #include "framework/error.h"
 #include "framework/parse.h"
+#include "framework/registry.h"
+#include "retry/delay.h"
+#include "retry/policy.h"
 
 #define CW_DEFAULT_URL "amqp://guest:guest@127.0.0.1:5672/"
 #define CW_DEFAULT_EXCHANGE "cw.tasks"
@@ -33,6 +38,11 @@
 #define CW_DEFAULT_LEASE_MS (5 * 60 * 1000)
 #define CW_DEFAULT_RETENTION_MS (INT64_C(7) * 24 * 3600 * 1000)
 #define CW_MAX_HEARTBEAT_MS (INT64_C(65535) * 1000) /* AMQP negotiates a short in seconds */
+#define CW_DEFAULT_HANDLER_TIMEOUT_MS (5 * 60 * 1000)
+#define CW_DEFAULT_ALERT_TIMEOUT_MS (10 * 1000)
+#define CW_DEFAULT_WEBHOOK_RETRIES 3
+#define CW_MAX_WEBHOOK_RETRIES 10
+#define CW_DEFAULT_RATE_LIMIT_MS (60 * 1000)
 
 #define CW_NAME_MAX 100      /* pool and plugin names */
 #define CW_AMQP_NAME_MAX 255 /* exchange and queue names are AMQP short strings */
@@ -52,14 +62,35 @@ typedef enum cw_key_id {
     CW_KEY_QUEUE_TYPE,
     CW_KEY_PLUGINS,
     CW_KEY_MAX_BODY_SIZE,
+    CW_KEY_HANDLER_TIMEOUT,
     CW_KEY_BACKEND,
     CW_KEY_STORE_PATH,
     CW_KEY_LEASE,
     CW_KEY_RETENTION,
     CW_KEY_SYNCHRONOUS,
+    CW_KEY_MAX_ATTEMPTS,
+    CW_KEY_INTERVAL,
+    CW_KEY_BACKOFF_RATE,
+    CW_KEY_MAX_DELAY,
+    CW_KEY_JITTER,
+    CW_KEY_MAX_DELIVERIES,
+    CW_KEY_COMMAND,
+    CW_KEY_WEBHOOK,
+    CW_KEY_ALERT_TIMEOUT,
+    CW_KEY_WEBHOOK_RETRIES,
+    CW_KEY_RATE_LIMIT,
     CW_KEY_LEVEL,
     CW_KEY_COUNT
 } cw_key_id;
+
+/* The keys of a retry policy, in [retry] and in [handler TYPE]. */
+#define CW_RETRY_KEY_COUNT 5
+
+/* Where a [handler TYPE] section and each of its keys were, 0 = not yet. */
+typedef struct cw_handler_lines {
+    unsigned section;
+    unsigned key[CW_RETRY_KEY_COUNT];
+} cw_handler_lines;
 
 /* State of one cw_config_load() of a file. */
 typedef struct cw_config_ctx {
@@ -75,6 +106,8 @@ typedef struct cw_config_ctx {
     size_t plugins_cap;
     size_t settings_cap;
     unsigned *setting_lines; /* where each plugin setting was set */
+    size_t handlers_cap;
+    cw_handler_lines *handler_lines; /* parallel to cfg->handlers */
 } cw_config_ctx;
 
 /* Checks `value` and stores it in ctx->cfg. Returns 0, CW_STATUS_NOMEM, or
@@ -87,7 +120,7 @@ typedef struct cw_key {
     cw_key_setter set;
 } cw_key;
 
-static const char *const cw_sections[] = {"broker", "pool", "store", "log"};
+static const char *const cw_sections[] = {"broker", "pool", "store", "retry", "alert", "log"};
 
 /* ---- small helpers ----------------------------------------------------- */
 
@@ -484,6 +517,316 @@ static int cw_set_log_level(cw_config_ctx *ctx, const char *value, char *why, si
     return 0;
 }
 
+static int cw_set_handler_timeout(cw_config_ctx *ctx, const char *value, char *why,
+                                  size_t why_len)
+{
+    return cw_check_positive_duration(value, &ctx->cfg->handler_timeout_ms, why, why_len);
+}
+
+/* ---- retry policies: [retry] and [handler TYPE] ------------------------ */
+
+/* Checks `value` and stores it in one field of `p`. */
+typedef int (*cw_retry_setter)(cw_retry_policy *p, const char *value, char *why, size_t why_len);
+
+static int cw_retry_set_max_attempts(cw_retry_policy *p, const char *value, char *why,
+                                     size_t why_len)
+{
+    long long v;
+    int rc = cw_check_int(value, 1, CW_RETRY_MAX_ATTEMPTS_LIMIT, &v, why, why_len);
+
+    if (rc == 0)
+        p->max_attempts = (unsigned)v;
+    return rc;
+}
+
+static int cw_retry_set_interval(cw_retry_policy *p, const char *value, char *why, size_t why_len)
+{
+    if (!cw__parse_duration_ms(value, &p->interval_ms)) {
+        snprintf(why, why_len, "'%s' is not a duration (e.g. 250ms, 5s, 2m, 1h; 0 allowed)",
+                 value);
+        return CW_STATUS_CONFIG;
+    }
+    return 0;
+}
+
+/* A decimal number written by a person: digits with at most one '.', so
+ * that strtod() never sees a sign, an exponent, hex, "inf" or "nan". */
+static int cw_retry_set_backoff_rate(cw_retry_policy *p, const char *value, char *why,
+                                     size_t why_len)
+{
+    size_t digits = strspn(value, "0123456789");
+    const char *rest = value + digits;
+    char *end;
+    double v;
+
+    if (*rest == '.') {
+        size_t frac = strspn(rest + 1, "0123456789");
+        digits += frac;
+        rest += 1 + frac;
+    }
+    if (digits == 0 || *rest != '\0') {
+        snprintf(why, why_len, "'%s' is not a decimal number (e.g. 2, 1.5)", value);
+        return CW_STATUS_CONFIG;
+    }
+    /* Out of range (ERANGE) gives inf or a tiny value: refused below. */
+    v = strtod(value, &end);
+    if (*end != '\0' || !(v >= 1.0 && v <= CW_RETRY_BACKOFF_RATE_MAX)) {
+        snprintf(why, why_len, "'%s' is not between 1.0 and %.0f", value,
+                 CW_RETRY_BACKOFF_RATE_MAX);
+        return CW_STATUS_CONFIG;
+    }
+    p->backoff_rate = v;
+    return 0;
+}
+
+static int cw_retry_set_max_delay(cw_retry_policy *p, const char *value, char *why,
+                                  size_t why_len)
+{
+    int64_t ms;
+
+    if (!cw__parse_duration_ms(value, &ms)) {
+        snprintf(why, why_len, "'%s' is not a duration (e.g. 30s, 10m, 1h)", value);
+        return CW_STATUS_CONFIG;
+    }
+    if (ms > CW_DELAY_MAX_MS) {
+        snprintf(why, why_len,
+                 "'%s' is more than the longest delay the broker topology serves "
+                 "(%lldms, about 29h)",
+                 value, (long long)CW_DELAY_MAX_MS);
+        return CW_STATUS_CONFIG;
+    }
+    p->max_delay_ms = ms;
+    return 0;
+}
+
+static int cw_retry_set_jitter(cw_retry_policy *p, const char *value, char *why, size_t why_len)
+{
+    static const char *const kinds[] = {
+        [CW_JITTER_NONE] = "none", [CW_JITTER_FULL] = "full", [CW_JITTER_EQUAL] = "equal"};
+    int i;
+    int rc = cw_check_choice(value, kinds, sizeof kinds / sizeof *kinds, &i, why, why_len);
+
+    if (rc == 0)
+        p->jitter = (cw_jitter)i;
+    return rc;
+}
+
+typedef struct cw_retry_key {
+    const char *name;
+    unsigned flag; /* CW_RETRY_SET_* */
+    cw_retry_setter set;
+} cw_retry_key;
+
+static const cw_retry_key cw_retry_keys[CW_RETRY_KEY_COUNT] = {
+    {"max_attempts", CW_RETRY_SET_MAX_ATTEMPTS, cw_retry_set_max_attempts},
+    {"interval", CW_RETRY_SET_INTERVAL, cw_retry_set_interval},
+    {"backoff_rate", CW_RETRY_SET_BACKOFF_RATE, cw_retry_set_backoff_rate},
+    {"max_delay", CW_RETRY_SET_MAX_DELAY, cw_retry_set_max_delay},
+    {"jitter", CW_RETRY_SET_JITTER, cw_retry_set_jitter},
+};
+
+static int cw_set_max_attempts(cw_config_ctx *ctx, const char *value, char *why, size_t why_len)
+{
+    return cw_retry_set_max_attempts(&ctx->cfg->retry, value, why, why_len);
+}
+
+static int cw_set_interval(cw_config_ctx *ctx, const char *value, char *why, size_t why_len)
+{
+    return cw_retry_set_interval(&ctx->cfg->retry, value, why, why_len);
+}
+
+static int cw_set_backoff_rate(cw_config_ctx *ctx, const char *value, char *why, size_t why_len)
+{
+    return cw_retry_set_backoff_rate(&ctx->cfg->retry, value, why, why_len);
+}
+
+static int cw_set_max_delay(cw_config_ctx *ctx, const char *value, char *why, size_t why_len)
+{
+    return cw_retry_set_max_delay(&ctx->cfg->retry, value, why, why_len);
+}
+
+static int cw_set_jitter(cw_config_ctx *ctx, const char *value, char *why, size_t why_len)
+{
+    return cw_retry_set_jitter(&ctx->cfg->retry, value, why, why_len);
+}
+
+static int cw_set_max_deliveries(cw_config_ctx *ctx, const char *value, char *why,
+                                 size_t why_len)
+{
+    long long v;
+    int rc = cw_check_int(value, 1, CW_RETRY_MAX_DELIVERIES_LIMIT, &v, why, why_len);
+
+    if (rc == 0)
+        ctx->cfg->max_deliveries = (unsigned)v;
+    return rc;
+}
+
+/* ---- [alert] ----------------------------------------------------------- */
+
+static void cw_argv_free(char **argv)
+{
+    if (argv == NULL)
+        return;
+    for (char **a = argv; *a != NULL; a++)
+        free(*a);
+    free(argv);
+}
+
+/* Splits `s` into words at blanks, without a shell: "..." groups words (and
+ * may make an empty one), and inside quotes a backslash takes the next
+ * character as it is. Outside quotes every character but a blank or a quote
+ * is itself, a backslash included. *out is a NULL-terminated argv. */
+static int cw_split_command(const char *s, char ***out, char *why, size_t why_len)
+{
+    size_t n = 0, cap = 4;
+    char **argv = calloc(cap, sizeof *argv);
+    char *word = malloc(strlen(s) + 1);
+    const char *p = s;
+    int rc = 0;
+
+    if (argv == NULL || word == NULL) {
+        rc = CW_STATUS_NOMEM;
+        goto out_free;
+    }
+    for (;;) {
+        size_t len = 0;
+
+        while (isspace((unsigned char)*p))
+            p++;
+        if (*p == '\0')
+            break;
+        while (*p != '\0' && !isspace((unsigned char)*p)) {
+            if (*p != '"') {
+                word[len++] = *p++;
+                continue;
+            }
+            const char *open = p++;
+            while (*p != '"') {
+                if (*p == '\\' && p[1] != '\0') {
+                    p++; /* the next character, as it is */
+                } else if (*p == '\0' || *p == '\\') {
+                    snprintf(why, why_len, "the quote at column %zu is not closed",
+                             (size_t)(open - s) + 1);
+                    rc = CW_STATUS_CONFIG;
+                    goto out_free;
+                }
+                word[len++] = *p++;
+            }
+            p++;
+        }
+        word[len] = '\0';
+        if (n + 2 > cap) {
+            char **grown = realloc(argv, 2 * cap * sizeof *grown);
+            if (grown == NULL) {
+                rc = CW_STATUS_NOMEM;
+                goto out_free;
+            }
+            argv = grown;
+            cap *= 2;
+        }
+        argv[n] = strdup(word);
+        if (argv[n] == NULL) {
+            rc = CW_STATUS_NOMEM;
+            goto out_free;
+        }
+        argv[++n] = NULL;
+    }
+    if (n == 0) {
+        snprintf(why, why_len, "no program given");
+        rc = CW_STATUS_CONFIG;
+        goto out_free;
+    }
+    *out = argv;
+    argv = NULL;
+
+out_free:
+    cw_argv_free(argv);
+    free(word);
+    return rc;
+}
+
+static int cw_set_command(cw_config_ctx *ctx, const char *value, char *why, size_t why_len)
+{
+    char **argv = NULL;
+    struct stat st;
+    int rc = cw_split_command(value, &argv, why, why_len);
+
+    if (rc != 0)
+        return rc;
+    if (argv[0][0] != '/') {
+        snprintf(why, why_len,
+                 "'%s' is not an absolute path (the command is run without a shell or a "
+                 "PATH search)",
+                 argv[0]);
+        rc = CW_STATUS_CONFIG;
+    } else if (stat(argv[0], &st) != 0) {
+        snprintf(why, why_len, "'%s': %s", argv[0], strerror(errno));
+        rc = CW_STATUS_CONFIG;
+    } else if (!S_ISREG(st.st_mode)) {
+        snprintf(why, why_len, "'%s' is not a regular file", argv[0]);
+        rc = CW_STATUS_CONFIG;
+    } else if (access(argv[0], X_OK) != 0) {
+        snprintf(why, why_len, "'%s' is not executable: %s", argv[0], strerror(errno));
+        rc = CW_STATUS_CONFIG;
+    }
+    if (rc != 0) {
+        cw_argv_free(argv);
+        return rc;
+    }
+    cw_argv_free(ctx->cfg->alert.command_argv);
+    ctx->cfg->alert.command_argv = argv;
+    return 0;
+}
+
+static int cw_set_webhook(cw_config_ctx *ctx, const char *value, char *why, size_t why_len)
+{
+    /* Never echo the value: a webhook URL often carries a token. */
+    size_t scheme = strncasecmp(value, "http://", 7) == 0    ? 7
+                    : strncasecmp(value, "https://", 8) == 0 ? 8
+                                                             : 0;
+
+    if (scheme == 0) {
+        snprintf(why, why_len, "the URL does not start with http:// or https://");
+        return CW_STATUS_CONFIG;
+    }
+    if (value[scheme] == '\0' || value[scheme] == '/') {
+        snprintf(why, why_len, "the URL has no host");
+        return CW_STATUS_CONFIG;
+    }
+    for (const char *c = value; *c != '\0'; c++) {
+        if (isspace((unsigned char)*c) || iscntrl((unsigned char)*c)) {
+            snprintf(why, why_len, "the URL contains a blank or a control character");
+            return CW_STATUS_CONFIG;
+        }
+    }
+    return cw_set_string(&ctx->cfg->alert.webhook_url, value);
+}
+
+static int cw_set_alert_timeout(cw_config_ctx *ctx, const char *value, char *why, size_t why_len)
+{
+    return cw_check_positive_duration(value, &ctx->cfg->alert.timeout_ms, why, why_len);
+}
+
+static int cw_set_webhook_retries(cw_config_ctx *ctx, const char *value, char *why,
+                                  size_t why_len)
+{
+    long long v;
+    int rc = cw_check_int(value, 0, CW_MAX_WEBHOOK_RETRIES, &v, why, why_len);
+
+    if (rc == 0)
+        ctx->cfg->alert.webhook_retries = (unsigned)v;
+    return rc;
+}
+
+static int cw_set_rate_limit(cw_config_ctx *ctx, const char *value, char *why, size_t why_len)
+{
+    if (!cw__parse_duration_ms(value, &ctx->cfg->alert.rate_limit_ms)) {
+        snprintf(why, why_len, "'%s' is not a duration (e.g. 30s, 1m, 1h; 0 = no limit)", value);
+        return CW_STATUS_CONFIG;
+    }
+    return 0;
+}
+
 /* Indexed by cw_key_id. */
 static const cw_key cw_keys[CW_KEY_COUNT] = {
     [CW_KEY_URL] = {"broker", "url", cw_set_url},
@@ -496,24 +839,60 @@ static const cw_key cw_keys[CW_KEY_COUNT] = {
     [CW_KEY_QUEUE_TYPE] = {"pool", "queue_type", cw_set_queue_type},
     [CW_KEY_PLUGINS] = {"pool", "plugins", cw_set_plugins},
     [CW_KEY_MAX_BODY_SIZE] = {"pool", "max_body_size", cw_set_max_body_size},
+    [CW_KEY_HANDLER_TIMEOUT] = {"pool", "handler_timeout", cw_set_handler_timeout},
     [CW_KEY_BACKEND] = {"store", "backend", cw_set_backend},
     [CW_KEY_STORE_PATH] = {"store", "path", cw_set_store_path},
     [CW_KEY_LEASE] = {"store", "lease", cw_set_lease},
     [CW_KEY_RETENTION] = {"store", "retention", cw_set_retention},
     [CW_KEY_SYNCHRONOUS] = {"store", "synchronous", cw_set_synchronous},
+    [CW_KEY_MAX_ATTEMPTS] = {"retry", "max_attempts", cw_set_max_attempts},
+    [CW_KEY_INTERVAL] = {"retry", "interval", cw_set_interval},
+    [CW_KEY_BACKOFF_RATE] = {"retry", "backoff_rate", cw_set_backoff_rate},
+    [CW_KEY_MAX_DELAY] = {"retry", "max_delay", cw_set_max_delay},
+    [CW_KEY_JITTER] = {"retry", "jitter", cw_set_jitter},
+    [CW_KEY_MAX_DELIVERIES] = {"retry", "max_deliveries", cw_set_max_deliveries},
+    [CW_KEY_COMMAND] = {"alert", "command", cw_set_command},
+    [CW_KEY_WEBHOOK] = {"alert", "webhook", cw_set_webhook},
+    [CW_KEY_ALERT_TIMEOUT] = {"alert", "timeout", cw_set_alert_timeout},
+    [CW_KEY_WEBHOOK_RETRIES] = {"alert", "webhook_retries", cw_set_webhook_retries},
+    [CW_KEY_RATE_LIMIT] = {"alert", "rate_limit", cw_set_rate_limit},
     [CW_KEY_LEVEL] = {"log", "level", cw_set_log_level},
 };
 
 /* ---- sections ---------------------------------------------------------- */
 
-/* What a section header names, once surrounding blanks are dropped: one of
- * cw_sections (*fixed set), "plugin NAME" (*plugin and *plugin_len set), or
- * nothing known (false). */
-static bool cw_section_parse(const char *s, size_t len, const char **fixed, const char **plugin,
-                             size_t *plugin_len)
+/* What a section header names. */
+typedef struct cw_section {
+    const char *fixed;   /* one of cw_sections, or NULL */
+    const char *name;    /* NAME of "plugin NAME" / TYPE of "handler TYPE", or NULL */
+    size_t name_len;
+    bool handler;        /* "handler TYPE" (else "plugin NAME") */
+} cw_section;
+
+/* If `s` (len bytes) is "<keyword> <blanks> REST", the rest. */
+static const char *cw_section_word(const char *s, size_t len, const char *keyword, size_t *rest_len)
 {
-    *fixed = NULL;
-    *plugin = NULL;
+    size_t klen = strlen(keyword), skip = klen;
+
+    if (len <= klen || strncasecmp(s, keyword, klen) != 0 || !isspace((unsigned char)s[klen]))
+        return NULL;
+    while (skip < len && isspace((unsigned char)s[skip]))
+        skip++;
+    *rest_len = len - skip;
+    return s + skip;
+}
+
+/* Parses a section header once surrounding blanks are dropped: one of
+ * cw_sections, "plugin NAME" or "handler TYPE" (TYPE a valid task type).
+ * False for anything else; *bad_type is then set when it is "handler X" with
+ * X not a task type. */
+static bool cw_section_parse(const char *s, size_t len, cw_section *out, bool *bad_type)
+{
+    const char *rest;
+    size_t rest_len;
+
+    memset(out, 0, sizeof *out);
+    *bad_type = false;
     while (len > 0 && isspace((unsigned char)*s)) {
         s++;
         len--;
@@ -523,19 +902,25 @@ static bool cw_section_parse(const char *s, size_t len, const char **fixed, cons
 
     for (size_t i = 0; i < sizeof cw_sections / sizeof *cw_sections; i++) {
         if (strlen(cw_sections[i]) == len && strncasecmp(s, cw_sections[i], len) == 0) {
-            *fixed = cw_sections[i];
+            out->fixed = cw_sections[i];
             return true;
         }
     }
-    if (len > 6 && strncasecmp(s, "plugin", 6) == 0 && isspace((unsigned char)s[6])) {
-        size_t skip = 6;
-        while (skip < len && isspace((unsigned char)s[skip]))
-            skip++;
-        if (cw_is_name(s + skip, len - skip, CW_NAME_MAX)) {
-            *plugin = s + skip;
-            *plugin_len = len - skip;
-            return true;
+    if ((rest = cw_section_word(s, len, "plugin", &rest_len)) != NULL &&
+        cw_is_name(rest, rest_len, CW_NAME_MAX)) {
+        out->name = rest;
+        out->name_len = rest_len;
+        return true;
+    }
+    if ((rest = cw_section_word(s, len, "handler", &rest_len)) != NULL) {
+        if (!cw__type_valid(rest, rest_len)) {
+            *bad_type = true;
+            return false;
         }
+        out->name = rest;
+        out->name_len = rest_len;
+        out->handler = true;
+        return true;
     }
     return false;
 }
@@ -582,6 +967,96 @@ static int cw_config_unknown_key(cw_config_ctx *ctx, const char *section, const 
                           ctx->file, ctx->lineno, key, section, known);
 }
 
+/* ---- [handler TYPE] ---------------------------------------------------- */
+
+/* The index of the handler section of `type`, or -1. */
+static long cw_config_handler_find(const cw_config *cfg, const char *type, size_t len)
+{
+    for (size_t i = 0; i < cfg->n_handlers; i++) {
+        if (strlen(cfg->handlers[i].type) == len && memcmp(cfg->handlers[i].type, type, len) == 0)
+            return (long)i;
+    }
+    return -1;
+}
+
+/* A [handler TYPE] header: a new entry in cfg->handlers, or an error when
+ * the type has a section already. */
+static int cw_config_handler_open(cw_config_ctx *ctx, const char *type, size_t len)
+{
+    cw_config *cfg = ctx->cfg;
+    long first = cw_config_handler_find(cfg, type, len);
+    cw_handler_config *h;
+
+    if (first >= 0)
+        return cw_config_fail(ctx, CW_STATUS_CONFIG,
+                              "%s:%u: [handler %.*s] appears twice (first on line %u)", ctx->file,
+                              ctx->lineno, (int)len, type, ctx->handler_lines[first].section);
+    if (cfg->n_handlers == ctx->handlers_cap) {
+        size_t cap = ctx->handlers_cap ? 2 * ctx->handlers_cap : 4;
+        cw_handler_config *grown = realloc(cfg->handlers, cap * sizeof *grown);
+        cw_handler_lines *lines;
+        if (grown == NULL)
+            return cw_config_fail_nomem(ctx);
+        cfg->handlers = grown;
+        lines = realloc(ctx->handler_lines, cap * sizeof *lines);
+        if (lines == NULL)
+            return cw_config_fail_nomem(ctx);
+        ctx->handler_lines = lines;
+        ctx->handlers_cap = cap;
+    }
+    h = &cfg->handlers[cfg->n_handlers];
+    memset(h, 0, sizeof *h);
+    memset(&ctx->handler_lines[cfg->n_handlers], 0, sizeof *ctx->handler_lines);
+    ctx->handler_lines[cfg->n_handlers].section = ctx->lineno;
+    h->type = strndup(type, len);
+    if (h->type == NULL)
+        return cw_config_fail_nomem(ctx);
+    cfg->n_handlers++;
+    return 0;
+}
+
+/* One `key = value` of a [handler TYPE] section. */
+static int cw_config_handler_value(cw_config_ctx *ctx, const char *type, size_t len,
+                                   const char *key, const char *value)
+{
+    long i = cw_config_handler_find(ctx->cfg, type, len);
+    cw_handler_config *h;
+    char known[128] = "";
+    char why[CW_WHY_MAX];
+    size_t used = 0;
+    int rc;
+
+    if (i < 0) /* the reader registers every header first; kept in case inih changes */
+        return cw_config_fail(ctx, CW_STATUS_CONFIG, "%s:%u: [handler %.*s] was not seen",
+                              ctx->file, ctx->lineno, (int)len, type);
+    h = &ctx->cfg->handlers[i];
+    for (size_t k = 0; k < CW_RETRY_KEY_COUNT; k++) {
+        const cw_retry_key *rk = &cw_retry_keys[k];
+        unsigned *line = &ctx->handler_lines[i].key[k];
+
+        if (strcasecmp(rk->name, key) != 0)
+            continue;
+        if (*line != 0)
+            return cw_config_fail(ctx, CW_STATUS_CONFIG,
+                                  "%s:%u: [handler %s] %s: set twice (first on line %u)",
+                                  ctx->file, ctx->lineno, h->type, rk->name, *line);
+        *line = ctx->lineno;
+        why[0] = '\0';
+        rc = rk->set(&h->retry, value, why, sizeof why);
+        if (rc != 0)
+            return cw_config_fail(ctx, rc, "%s:%u: [handler %s] %s: %s", ctx->file, ctx->lineno,
+                                  h->type, rk->name, why);
+        h->set |= rk->flag;
+        return 0;
+    }
+    for (size_t k = 0; k < CW_RETRY_KEY_COUNT; k++)
+        used += (size_t)snprintf(known + used, sizeof known - used, "%s%s", k ? ", " : "",
+                                 cw_retry_keys[k].name);
+    return cw_config_fail(ctx, CW_STATUS_CONFIG,
+                          "%s:%u: unknown key '%s' in [handler %s] (expected %s)", ctx->file,
+                          ctx->lineno, key, h->type, known);
+}
+
 /* ---- libinih callbacks ------------------------------------------------- */
 
 /* Checks a "[...]" line as the reader hands it over, so that unknown and
@@ -591,9 +1066,8 @@ static int cw_config_check_section(cw_config_ctx *ctx)
 {
     const char *p = ctx->line;
     const char *end;
-    const char *fixed;
-    const char *plugin;
-    size_t plugin_len;
+    cw_section sec;
+    bool bad_type;
     size_t len;
 
     if (ctx->lineno == 1 && strncmp(p, "\xEF\xBB\xBF", 3) == 0)
@@ -607,11 +1081,19 @@ static int cw_config_check_section(cw_config_ctx *ctx)
         return cw_config_fail(ctx, CW_STATUS_CONFIG,
                               "%s:%u: section name [%.*s] is longer than %d characters", ctx->file,
                               ctx->lineno, (int)len, p + 1, CW_MAX_SECTION);
-    if (!cw_section_parse(p + 1, len, &fixed, &plugin, &plugin_len))
+    if (!cw_section_parse(p + 1, len, &sec, &bad_type)) {
+        if (bad_type)
+            return cw_config_fail(ctx, CW_STATUS_CONFIG,
+                                  "%s:%u: section [%.*s]: the task type is not 1 to 255 of "
+                                  "A-Z a-z 0-9 . _ : -",
+                                  ctx->file, ctx->lineno, (int)len, p + 1);
         return cw_config_fail(ctx, CW_STATUS_CONFIG,
-                              "%s:%u: unknown section [%.*s] (expected broker, pool, store, log "
-                              "or plugin NAME)",
+                              "%s:%u: unknown section [%.*s] (expected broker, pool, store, "
+                              "retry, alert, log, handler TYPE or plugin NAME)",
                               ctx->file, ctx->lineno, (int)len, p + 1);
+    }
+    if (sec.handler)
+        return cw_config_handler_open(ctx, sec.name, sec.name_len);
     return 0;
 }
 
@@ -696,9 +1178,9 @@ static int cw_config_plugin_setting(cw_config_ctx *ctx, const char *plugin, size
 static int cw_config_on_value(void *user, const char *section, const char *key, const char *value)
 {
     cw_config_ctx *ctx = user;
+    cw_section sec;
+    bool bad_type;
     const char *fixed;
-    const char *plugin;
-    size_t plugin_len;
     char why[CW_WHY_MAX];
     int rc;
 
@@ -711,14 +1193,17 @@ static int cw_config_on_value(void *user, const char *section, const char *key, 
                        ctx->lineno, key);
         return 0;
     }
-    if (!cw_section_parse(section, strlen(section), &fixed, &plugin, &plugin_len)) {
+    if (!cw_section_parse(section, strlen(section), &sec, &bad_type)) {
         /* The reader rejects these first; kept in case inih changes. */
         cw_config_fail(ctx, CW_STATUS_CONFIG, "%s:%u: unknown section [%s]", ctx->file, ctx->lineno,
                        section);
         return 0;
     }
-    if (plugin != NULL)
-        return cw_config_plugin_setting(ctx, plugin, plugin_len, key, value) == 0;
+    if (sec.handler)
+        return cw_config_handler_value(ctx, sec.name, sec.name_len, key, value) == 0;
+    if (sec.name != NULL)
+        return cw_config_plugin_setting(ctx, sec.name, sec.name_len, key, value) == 0;
+    fixed = sec.fixed;
 
     for (size_t i = 0; i < CW_KEY_COUNT; i++) {
         const cw_key *k = &cw_keys[i];
@@ -761,6 +1246,12 @@ static int cw_config_defaults(cw_config *cfg)
     cfg->retention_ms = CW_DEFAULT_RETENTION_MS;
     cfg->store_sync_full = true;
     cfg->log_level = CW_LOG_INFO;
+    cfg->handler_timeout_ms = CW_DEFAULT_HANDLER_TIMEOUT_MS;
+    cw_retry_policy_default(&cfg->retry);
+    cfg->max_deliveries = CW_RETRY_DEFAULT_MAX_DELIVERIES;
+    cfg->alert.timeout_ms = CW_DEFAULT_ALERT_TIMEOUT_MS;
+    cfg->alert.webhook_retries = CW_DEFAULT_WEBHOOK_RETRIES;
+    cfg->alert.rate_limit_ms = CW_DEFAULT_RATE_LIMIT_MS;
     return 0;
 }
 
@@ -859,6 +1350,7 @@ static int cw_config_read_file(cw_config *cfg, const char *path)
 
 out_free_dir:
     free(ctx.setting_lines);
+    free(ctx.handler_lines);
     free(ctx.line);
     free(ctx.dir);
     free(dir);
@@ -920,6 +1412,11 @@ void cw_config_free(cw_config *cfg)
         free(cfg->plugin_settings[i].value);
     }
     free(cfg->plugin_settings);
+    for (size_t i = 0; i < cfg->n_handlers; i++)
+        free(cfg->handlers[i].type);
+    free(cfg->handlers);
+    cw_argv_free(cfg->alert.command_argv);
+    free(cfg->alert.webhook_url);
     free(cfg->path);
     free(cfg->url);
     free(cfg->exchange);

@@ -6,10 +6,46 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "compworker/compworker.h" /* cw_jitter */
 #include "log.h"
 
 typedef enum cw_queue_type { CW_QUEUE_QUORUM = 0, CW_QUEUE_CLASSIC = 1 } cw_queue_type;
 typedef enum cw_store_backend { CW_STORE_SQLITE = 0, CW_STORE_MEMORY = 1 } cw_store_backend;
+
+/* A retry policy. The delay before attempt n+1 (after n failed attempts) is
+ * min(max_delay, interval * backoff_rate^(n-1)), then jittered. */
+typedef struct cw_retry_policy {
+    unsigned max_attempts; /* attempts in all, the first included; 1 = never retry */
+    int64_t interval_ms;   /* delay after the first failure */
+    double backoff_rate;   /* >= 1.0 */
+    int64_t max_delay_ms;
+    cw_jitter jitter;
+} cw_retry_policy;
+
+/* Which fields of a cw_retry_policy a layer sets (the rest are inherited). */
+enum {
+    CW_RETRY_SET_MAX_ATTEMPTS = 1u << 0,
+    CW_RETRY_SET_INTERVAL = 1u << 1,
+    CW_RETRY_SET_BACKOFF_RATE = 1u << 2,
+    CW_RETRY_SET_MAX_DELAY = 1u << 3,
+    CW_RETRY_SET_JITTER = 1u << 4
+};
+
+/* A `[handler TYPE]` section: overrides of the pool's retry policy. */
+typedef struct cw_handler_config {
+    char *type;
+    cw_retry_policy retry; /* only the fields in `set` are meaningful */
+    unsigned set;          /* CW_RETRY_SET_* */
+} cw_handler_config;
+
+/* The `[alert]` section. */
+typedef struct cw_alert_config {
+    char **command_argv;      /* NULL, or a NULL-terminated argv; argv[0] an absolute path */
+    char *webhook_url;        /* NULL, or an http(s) URL */
+    int64_t timeout_ms;       /* each command run / HTTP request; default 10s */
+    unsigned webhook_retries; /* further tries of a failed POST; default 3 */
+    int64_t rate_limit_ms;    /* window per (type, error class); 0 = no limit; default 1m */
+} cw_alert_config;
 
 /* One `key = value` of a `[plugin NAME]` section. */
 typedef struct cw_plugin_setting {
@@ -36,6 +72,7 @@ typedef struct cw_config {
     char **plugins;     /* expanded paths (globs resolved), NULL-terminated */
     size_t n_plugins;
     uint64_t max_body_size; /* default 1 MiB */
+    int64_t handler_timeout_ms; /* default 5m; the worker is ended past it */
 
     /* [store] */
     cw_store_backend store_backend; /* default sqlite */
@@ -43,6 +80,20 @@ typedef struct cw_config {
     int64_t lease_ms;   /* default 5m */
     int64_t retention_ms; /* default 7d: done records older than this are swept */
     bool store_sync_full; /* synchronous = full (default) | normal */
+
+    /* [retry]: the pool's default policy (defaults: max_attempts 5,
+     * interval 1s, backoff_rate 2.0, max_delay 1h, jitter full) and
+     * max_deliveries (default 5): deliveries of one message ID without a
+     * settled outcome (crashes, timeouts) before it is dead-lettered as poison */
+    cw_retry_policy retry;
+    unsigned max_deliveries;
+
+    /* [handler TYPE] sections, in file order */
+    cw_handler_config *handlers;
+    size_t n_handlers;
+
+    /* [alert] */
+    cw_alert_config alert;
 
     /* [log] */
     cw_log_level log_level; /* default info */

@@ -17,7 +17,9 @@ void cw__plugin_unload(cw_plugin *p)
     /* Under the sanitizers a plugin stays mapped so that leak reports can
      * still name its functions; the process ends right after anyway. */
 #if !defined(__SANITIZE_ADDRESS__)
-    if (p->dl)
+    /* A plugin with alert hooks stays mapped: a hook that outlived the
+     * alerter's shutdown bound may still be running its code. */
+    if (p->dl && !p->has_alert_hooks)
         dlclose(p->dl);
 #endif
     free(p->path);

@@ -87,6 +87,76 @@ int cw_register_teardown(cw_registry *reg, cw_teardown_fn fn, void *user_data)
     return 0;
 }
 
+int cw_register_retry_policy(cw_registry *reg, const char *type, const cw_retry_opts *o)
+{
+    if (!reg || !type || !o || o->version != CW_RETRY_OPTS_VERSION)
+        return cw__error(CW_STATUS_INVALID_ARG,
+                         "cw_register_retry_policy: NULL argument or options not from "
+                         "CW_RETRY_OPTS_INIT");
+    cw_handler_entry *h = (cw_handler_entry *)cw_registry_find(reg, type, strlen(type));
+    if (!h)
+        return cw__error(CW_STATUS_NOT_FOUND,
+                         "cw_register_retry_policy: no handler is registered for '%s'", type);
+    cw_retry_policy p = h->retry;
+    unsigned set = 0;
+    if (o->max_attempts != -1) {
+        if (o->max_attempts < 1 || o->max_attempts > 1000)
+            return cw__error(CW_STATUS_INVALID_ARG,
+                             "cw_register_retry_policy(%s): max_attempts %d is not 1-1000", type,
+                             o->max_attempts);
+        p.max_attempts = (unsigned)o->max_attempts;
+        set |= CW_RETRY_SET_MAX_ATTEMPTS;
+    }
+    if (o->interval_ms != -1) {
+        if (o->interval_ms < 0)
+            return cw__error(CW_STATUS_INVALID_ARG,
+                             "cw_register_retry_policy(%s): interval_ms is negative", type);
+        p.interval_ms = o->interval_ms;
+        set |= CW_RETRY_SET_INTERVAL;
+    }
+    if (o->backoff_rate >= 0) {
+        if (!(o->backoff_rate >= 1.0 && o->backoff_rate <= 100.0))
+            return cw__error(CW_STATUS_INVALID_ARG,
+                             "cw_register_retry_policy(%s): backoff_rate is not 1.0-100", type);
+        p.backoff_rate = o->backoff_rate;
+        set |= CW_RETRY_SET_BACKOFF_RATE;
+    }
+    if (o->max_delay_ms != -1) {
+        if (o->max_delay_ms < 0)
+            return cw__error(CW_STATUS_INVALID_ARG,
+                             "cw_register_retry_policy(%s): max_delay_ms is negative", type);
+        p.max_delay_ms = o->max_delay_ms;
+        set |= CW_RETRY_SET_MAX_DELAY;
+    }
+    if (o->jitter != -1) {
+        if (o->jitter != CW_JITTER_NONE && o->jitter != CW_JITTER_FULL &&
+            o->jitter != CW_JITTER_EQUAL)
+            return cw__error(CW_STATUS_INVALID_ARG,
+                             "cw_register_retry_policy(%s): jitter %d is not a cw_jitter", type,
+                             o->jitter);
+        p.jitter = (cw_jitter)o->jitter;
+        set |= CW_RETRY_SET_JITTER;
+    }
+    h->retry = p;
+    h->retry_set |= set;
+    return 0;
+}
+
+int cw_register_alert_hook(cw_registry *reg, cw_alert_fn fn, void *user_data)
+{
+    if (!reg || !fn)
+        return cw__error(CW_STATUS_INVALID_ARG, "cw_register_alert_hook: NULL argument");
+    cw_alert_hook *h = realloc(reg->alert_hooks, (reg->n_alert_hooks + 1) * sizeof *h);
+    if (!h)
+        return cw__error(CW_STATUS_NOMEM, "out of memory registering an alert hook");
+    reg->alert_hooks = h;
+    if (reg->loading)
+        reg->loading->has_alert_hooks = true;
+    h[reg->n_alert_hooks++] =
+        (cw_alert_hook){.fn = fn, .user_data = user_data, .plugin = reg->loading};
+    return 0;
+}
+
 void cw_registry_use_settings(cw_registry *reg, const cw_plugin_setting *s, size_t n)
 {
     reg->settings = s;
@@ -108,6 +178,12 @@ const char *cw_registry_setting(cw_registry *reg, const char *key, const char *f
 /* Drops the handlers `p` registered (after a refused init). */
 void cw__registry_drop_plugin(cw_registry *reg, const cw_plugin *p)
 {
+    size_t k = 0;
+    for (size_t i = 0; i < reg->n_alert_hooks; i++) {
+        if (reg->alert_hooks[i].plugin != p)
+            reg->alert_hooks[k++] = reg->alert_hooks[i];
+    }
+    reg->n_alert_hooks = k;
     size_t j = 0;
     for (size_t i = 0; i < reg->n_handlers; i++) {
         if (reg->handlers[i].plugin == p)
@@ -133,6 +209,7 @@ void cw_registry_free(cw_registry *reg)
     for (size_t i = 0; i < reg->n_handlers; i++)
         free(reg->handlers[i].type);
     free(reg->handlers);
+    free(reg->alert_hooks);
     for (cw_plugin *p = reg->plugins; p;) {
         cw_plugin *next = p->next;
         cw__plugin_unload(p);

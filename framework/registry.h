@@ -13,6 +13,7 @@ typedef struct cw_plugin {
     const cw_plugin_info *info;
     cw_teardown_fn teardown;
     void *teardown_data;
+    bool has_alert_hooks; /* its code may still run on the alert thread at exit */
     struct cw_plugin *next;
 } cw_plugin;
 
@@ -21,7 +22,15 @@ typedef struct cw_handler_entry {
     cw_handler_fn fn;
     void *user_data;
     cw_plugin *plugin; /* NULL for handlers registered by the embedding program */
+    cw_retry_policy retry; /* the plugin's layer: fields flagged in retry_set */
+    unsigned retry_set;    /* CW_RETRY_SET_* */
 } cw_handler_entry;
+
+typedef struct cw_alert_hook {
+    cw_alert_fn fn;
+    void *user_data;
+    cw_plugin *plugin;
+} cw_alert_hook;
 
 struct cw_registry {
     cw_handler_entry *handlers;
@@ -30,6 +39,8 @@ struct cw_registry {
     cw_plugin *loading;  /* the plugin whose cw_plugin_init() runs now */
     const cw_plugin_setting *settings;
     size_t n_settings;
+    cw_alert_hook *alert_hooks;
+    size_t n_alert_hooks;
 };
 
 /* An empty registry; free with cw_registry_free(). */

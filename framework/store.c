@@ -113,6 +113,13 @@ int cw_store_settle(cw_store *s, const cw_settle_req *req, int64_t now_ms)
     return s->ops->settle(s, req, now_ms);
 }
 
+int cw_store_note(cw_store *s, const char *message_id, const cw_attempt_record *a)
+{
+    if (!s || !message_id || !a)
+        return cw__error(CW_STATUS_INVALID_ARG, "store: note: NULL argument");
+    return s->ops->note(s, message_id, a);
+}
+
 int cw_store_get(cw_store *s, const char *message_id, cw_task_record *out)
 {
     if (!s || !out)

@@ -101,6 +101,7 @@ typedef struct cw_store_ops {
     int (*rollback)(cw_store *s);
     int (*claim)(cw_store *s, const cw_claim_req *req, int64_t now_ms, cw_claim *out);
     int (*settle)(cw_store *s, const cw_settle_req *req, int64_t now_ms);
+    int (*note)(cw_store *s, const char *message_id, const cw_attempt_record *a);
     int (*get)(cw_store *s, const char *message_id, cw_task_record *out);
     int (*history)(cw_store *s, const char *message_id,
                    int (*cb)(const cw_attempt_record *a, void *ud), void *ud);
@@ -141,6 +142,12 @@ int cw_store_claim(cw_store *s, const cw_claim_req *req, int64_t now_ms, cw_clai
  * the attempt, appends it to the history, releases the lease and resets the
  * unsettled-delivery count. CW_STATUS_NOT_FOUND if the ID has no record. */
 int cw_store_settle(cw_store *s, const cw_settle_req *req, int64_t now_ms);
+
+/* Notes an attempt that did not settle — the worker running it died (a
+ * crash report) — in the history (n = attempts + 1, with a->at_ms, worker,
+ * outcome, error_class and reason) and as the record's last error, keeping
+ * its state. CW_STATUS_NOT_FOUND if the ID has no record. */
+int cw_store_note(cw_store *s, const char *message_id, const cw_attempt_record *a);
 
 /* What the store knows of one ID; CW_STATUS_NOT_FOUND if nothing. */
 int cw_store_get(cw_store *s, const char *message_id, cw_task_record *out);

@@ -59,16 +59,19 @@ static const char cw_sq_schema[] =
     " last_error TEXT"
     ");"
     "CREATE INDEX IF NOT EXISTS tasks_done_last_seen ON tasks(last_seen) WHERE state = 2;"
+    /* One row per settled attempt, and per attempt a worker died in (noted
+     * from its crash report): attempt n may have several rows. */
     "CREATE TABLE IF NOT EXISTS attempts ("
+    " id INTEGER PRIMARY KEY,"
     " task_id INTEGER NOT NULL,"
     " n INTEGER NOT NULL,"
     " at INTEGER NOT NULL,"
     " worker TEXT,"
     " outcome TEXT,"
     " error_class TEXT,"
-    " reason TEXT,"
-    " PRIMARY KEY (task_id, n)"
-    ") WITHOUT ROWID;";
+    " reason TEXT"
+    ");"
+    "CREATE INDEX IF NOT EXISTS attempts_task ON attempts(task_id);";
 
 enum {
     CW_SQ_BEGIN,
@@ -84,6 +87,8 @@ enum {
     CW_SQ_SETTLE_HISTORY,
     CW_SQ_SETTLE_UPDATE_ID,
     CW_SQ_SETTLE_HISTORY_ID,
+    CW_SQ_NOTE_UPDATE,
+    CW_SQ_NOTE_HISTORY,
     CW_SQ_GET,
     CW_SQ_HISTORY,
     CW_SQ_SWEEP_ATTEMPTS,
@@ -139,12 +144,19 @@ static const char *const cw_sq_sql[CW_SQ_COUNT] = {
     [CW_SQ_SETTLE_HISTORY_ID] =
         "INSERT INTO attempts (task_id, n, at, worker, outcome, error_class, reason)"
         " SELECT id, attempts, ?2, ?3, ?4, ?5, ?6 FROM tasks WHERE id = ?1",
+    /* ?1 id, ?2 at, ?3 worker, ?4 outcome, ?5 error_class, ?6 reason: an
+     * attempt that did not settle (its worker died), the record's state kept */
+    [CW_SQ_NOTE_UPDATE] =
+        "UPDATE tasks SET error_class = ?5, last_error = ?6 WHERE message_id = ?1",
+    [CW_SQ_NOTE_HISTORY] =
+        "INSERT INTO attempts (task_id, n, at, worker, outcome, error_class, reason)"
+        " SELECT id, attempts + 1, ?2, ?3, ?4, ?5, ?6 FROM tasks WHERE message_id = ?1",
     [CW_SQ_GET] =
         "SELECT state, owner, lease_until, attempts, deliveries, saga_id, type, first_seen,"
         " last_seen, error_class, last_error FROM tasks WHERE message_id = ?1",
     [CW_SQ_HISTORY] =
         "SELECT n, at, worker, outcome, error_class, reason FROM attempts"
-        " WHERE task_id = (SELECT id FROM tasks WHERE message_id = ?1) ORDER BY n",
+        " WHERE task_id = (SELECT id FROM tasks WHERE message_id = ?1) ORDER BY id",
     /* ?1 done_before, ?2 limit; history first, while the victims still exist */
     [CW_SQ_SWEEP_ATTEMPTS] = "DELETE FROM attempts WHERE task_id IN (" CW_SQ_SWEEP_VICTIMS ")",
     [CW_SQ_SWEEP_TASKS] = "DELETE FROM tasks WHERE id IN (" CW_SQ_SWEEP_VICTIMS ")",
@@ -436,6 +448,32 @@ static int sq_settle(cw_store *s, const cw_settle_req *req, int64_t now_ms)
     return sq_leave(q, own, sq_settle_in(q, req, now_ms));
 }
 
+static int sq_note(cw_store *s, const char *message_id, const cw_attempt_record *a)
+{
+    cw_sq_store *q = sq_of(s);
+    bool own;
+    int rc = sq_enter(q, &own);
+    if (rc)
+        return rc;
+    for (int i = CW_SQ_NOTE_UPDATE; i <= CW_SQ_NOTE_HISTORY && rc == 0; i++) {
+        sqlite3_stmt *st = q->st[i];
+        if (sq_bind_text(st, 1, message_id) != SQLITE_OK ||
+            sqlite3_bind_int64(st, 2, a->at_ms) != SQLITE_OK ||
+            sq_bind_text(st, 3, a->worker) != SQLITE_OK ||
+            sq_bind_text(st, 4, a->outcome) != SQLITE_OK ||
+            sq_bind_text(st, 5, a->error_class) != SQLITE_OK ||
+            sq_bind_text(st, 6, a->reason) != SQLITE_OK) {
+            rc = sq_fail_reset(q, st, "note");
+            break;
+        }
+        rc = sq_run(q, st, "note");
+        if (rc == 0 && i == CW_SQ_NOTE_UPDATE && sqlite3_changes(q->db) == 0)
+            rc = cw__error(CW_STATUS_NOT_FOUND, "%s: note: no record of message %s", q->path,
+                           message_id);
+    }
+    return sq_leave(q, own, rc);
+}
+
 /* ---- reading ----------------------------------------------------------- */
 
 static int sq_get(cw_store *s, const char *message_id, cw_task_record *out)
@@ -685,6 +723,7 @@ static const cw_store_ops cw_sq_ops = {
     .rollback = sq_rollback,
     .claim = sq_claim,
     .settle = sq_settle,
+    .note = sq_note,
     .get = sq_get,
     .history = sq_history,
     .sweep = sq_sweep,

@@ -106,6 +106,7 @@ static cw_outcome record(cw_task *task, cw_outcome o, const char *cls, const cha
 {
     if (!task)
         return o;
+    task->has_retry_after = false;
     task->outcome = o;
     snprintf(task->error_class, sizeof task->error_class, "%s", cls);
     if (fmt)
@@ -130,5 +131,18 @@ cw_outcome cw_task_retry(cw_task *task, const char *fmt, ...)
     va_start(ap, fmt);
     cw_outcome o = record(task, CW_RETRY, "transient", fmt, ap);
     va_end(ap);
+    return o;
+}
+
+cw_outcome cw_task_retry_after(cw_task *task, int64_t delay_ms, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    cw_outcome o = record(task, CW_RETRY, "transient", fmt, ap);
+    va_end(ap);
+    if (task && delay_ms >= 0) {
+        task->has_retry_after = true;
+        task->retry_after_ms = delay_ms;
+    }
     return o;
 }

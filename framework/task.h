@@ -31,13 +31,17 @@ struct cw_task {
     cw_outcome outcome;
     char error_class[32]; /* "" when OK */
     char reason[CW_REASON_MAX];
+    bool has_retry_after;    /* the handler asked for its own delay */
+    int64_t retry_after_ms;
 
     cw_strnode *strings; /* strings handed out by cw_task_header() */
 
     /* pipeline bookkeeping */
     int action;     /* what settling does with it (worker.c) */
     int64_t ticket; /* the store's handle of its claim */
-    bool published; /* its replacement (DLQ copy) was confirmed */
+    bool published; /* its replacement (DLQ copy, retry) was confirmed */
+    bool ran;       /* its handler was called */
+    char crash_signal[32]; /* for a poison task: how its workers died */
 };
 
 /* Frees what the task owns and makes it empty for reuse. */

@@ -8,14 +8,20 @@
  * broker redelivers it; the store makes the redelivery safe) or in its next
  * place. */
 #include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
 
+#include "dlq/alert.h"
 #include "dlq/deadletter.h"
 #include "framework/broker.h"
+#include "framework/crash.h"
+#include "retry/delay.h"
+#include "retry/policy.h"
 #include "framework/error.h"
 #include "framework/log.h"
 #include "framework/owner.h"
@@ -27,7 +33,6 @@
 #define CW_PUBLISH_CH 1
 #define CW_POLL_MS 250
 #define CW_CONFIRM_TIMEOUT_MS 30000
-#define CW_BUSY_RECHECK_MS 1000
 #define CW_SWEEP_EVERY_MS 60000
 #define CW_SWEEP_CHUNK 2000
 #define CW_BACKOFF_MIN_MS 500
@@ -36,18 +41,18 @@
 /* What settling does with a delivery. */
 enum {
     ACT_NONE = 0,
-    ACT_RUN,      /* claimed: run the handler */
-    ACT_DUP,      /* already done, or a second copy in this batch: ack */
-    ACT_DEAD,     /* already dead-lettered: ack */
-    ACT_DLQ,      /* to be dead-lettered, then acked */
-    ACT_PARK,     /* in progress elsewhere: hold and look again later */
-    ACT_HOLD      /* could not be settled: leave unacked for redelivery */
+    ACT_RUN,   /* claimed: run the handler */
+    ACT_ACK,   /* applied: record done, ack */
+    ACT_DUP,   /* already done, or a second copy in this batch: ack */
+    ACT_DEAD,  /* already dead-lettered: ack */
+    ACT_DLQ,   /* dead-letter (invalid, permanent, exhausted, poison), then ack */
+    ACT_RETRY, /* publish the next attempt into the delay topology, then ack */
+    ACT_DEFER, /* in progress in another worker: delay an identical copy, then ack */
+    ACT_HOLD   /* could not be settled: leave unacked for redelivery */
 };
 
-typedef struct cw_parked {
-    cw_task task;
-    int64_t recheck_at;
-} cw_parked;
+/* How long a busy duplicate waits before it is looked at again. */
+#define CW_DEFER_MS 2000
 
 struct cw_worker {
     const cw_config *cfg;
@@ -65,9 +70,22 @@ struct cw_worker {
     cw_task *batch;      /* batch_max slots */
     uint64_t *hash;      /* message_id hash per slot, for in-batch duplicates */
     size_t batch_max;
-    cw_parked *parked;   /* at most prefetch */
-    size_t n_parked, cap_parked;
     int64_t next_sweep;
+    cw_retry_policy *policy; /* effective policy per registry handler index */
+
+    /* What the handler running now is, for the watchdog and crash reports;
+     * written before each handler call, read from other threads/signals. */
+    cw_worker_current current;
+    _Atomic int64_t handler_started_ms; /* 0 while no handler runs */
+
+    cw_alerter *alerter;    /* NULL when no alert hook is configured */
+    char crash_dir[4096];   /* "" for the memory store */
+    int64_t next_crash_import;
+    void (*on_timeout)(const cw_worker_current *cur, int64_t ran_ms, void *ud);
+    void *on_timeout_data;
+    pthread_t watchdog;
+    bool watchdog_running;
+    _Atomic bool watchdog_stop;
 };
 
 static int session_open(cw_worker *w);
@@ -85,16 +103,29 @@ int cw_worker_new(cw_worker **out, const cw_config *cfg, cw_registry *reg)
     w->batch_max = cfg->batch ? cfg->batch : (cfg->prefetch + 1) / 2;
     if (w->batch_max > cfg->prefetch)
         w->batch_max = cfg->prefetch;
-    w->cap_parked = cfg->prefetch;
     w->batch = calloc(w->batch_max, sizeof *w->batch);
     w->hash = calloc(w->batch_max, sizeof *w->hash);
-    w->parked = calloc(w->cap_parked, sizeof *w->parked);
-    if (!w->batch || !w->hash || !w->parked) {
+    w->policy = calloc(reg->n_handlers ? reg->n_handlers : 1, sizeof *w->policy);
+    if (!w->batch || !w->hash || !w->policy) {
         rc = cw__error(CW_STATUS_NOMEM, "out of memory creating the worker");
         goto out_free;
     }
     if ((rc = cw__validator_init(&w->val, reg, cfg->max_body_size)))
         goto out_free;
+    /* Each handler's policy: the pool's [retry], then what its plugin set,
+     * then the pool file's [handler TYPE]. */
+    for (size_t i = 0; i < reg->n_handlers; i++) {
+        const cw_handler_entry *h = &reg->handlers[i];
+        w->policy[i] = cfg->retry;
+        cw_retry_policy_merge(&w->policy[i], &h->retry, h->retry_set);
+        for (size_t j = 0; j < cfg->n_handlers; j++) {
+            if (strcmp(cfg->handlers[j].type, h->type) == 0)
+                cw_retry_policy_merge(&w->policy[i], &cfg->handlers[j].retry,
+                                      cfg->handlers[j].set);
+        }
+        if (w->policy[i].max_delay_ms > CW_DELAY_MAX_MS)
+            w->policy[i].max_delay_ms = CW_DELAY_MAX_MS;
+    }
 
     cw_store_opts so = {
         .backend = cfg->store_backend == CW_STORE_MEMORY ? "memory" : "sqlite",
@@ -106,16 +137,36 @@ int cw_worker_new(cw_worker **out, const cw_config *cfg, cw_registry *reg)
     };
     if ((rc = cw_store_open(&w->store, &so)))
         goto out_validator;
+    if (cfg->store_backend == CW_STORE_SQLITE)
+        cw__crash_dir(cfg->store_path, w->crash_dir, sizeof w->crash_dir);
+
+    /* Alert hooks: the pool's command and webhook, and the plugins'. */
+    if ((rc = cw_alerter_new(&w->alerter, &cfg->alert)))
+        goto out_store;
+    for (size_t i = 0; i < reg->n_alert_hooks; i++) {
+        const cw_alert_hook *h = &reg->alert_hooks[i];
+        if ((rc = cw_alerter_add_callback(w->alerter, h->fn, h->user_data,
+                                          h->plugin ? h->plugin->info->name : "program")))
+            goto out_alerter;
+    }
+    if (!cw_alerter_has_hooks(w->alerter)) {
+        cw_alerter_free(w->alerter);
+        w->alerter = NULL;
+    }
     w->next_sweep = cw__mono_ms() + CW_SWEEP_EVERY_MS;
     *out = w;
     return 0;
 
+out_alerter:
+    cw_alerter_free(w->alerter);
+out_store:
+    cw_store_free(w->store);
 out_validator:
     cw__validator_free(&w->val);
 out_free:
     free(w->batch);
     free(w->hash);
-    free(w->parked);
+    free(w->policy);
     free(w);
     return rc;
 }
@@ -125,12 +176,79 @@ void cw_worker_free(cw_worker *w)
     if (!w)
         return;
     session_close(w);
+    cw_alerter_free(w->alerter);
     cw_store_free(w->store);
     cw__validator_free(&w->val);
     free(w->batch);
     free(w->hash);
-    free(w->parked);
+    free(w->policy);
     free(w);
+}
+
+int cw_worker_enable_crash_reports(cw_worker *w)
+{
+    if (!w->crash_dir[0])
+        return 0;
+    return cw__crash_reporter_install(w->crash_dir, w->id, w);
+}
+
+void cw_worker_on_handler_timeout(cw_worker *w,
+                                  void (*fn)(const cw_worker_current *cur, int64_t ran_ms,
+                                             void *ud),
+                                  void *ud)
+{
+    w->on_timeout = fn;
+    w->on_timeout_data = ud;
+}
+
+/* Notes the crash reports of dead workers in the store; at most once a
+ * second unless `force`. */
+static void import_crashes(cw_worker *w, bool force)
+{
+    int64_t now = cw__mono_ms();
+    if (!w->crash_dir[0] || (!force && now < w->next_crash_import))
+        return;
+    w->next_crash_import = now + 1000;
+    if (cw__crash_import(w->store, w->crash_dir) < 0)
+        cw_log_warn(NULL, "noting crash reports failed: %s", cw_error_last());
+}
+
+/* Ends a handler that runs past [pool] handler_timeout: reports it, then
+ * hands over to the program's action (compworker ends the process; the
+ * broker redelivers the task, the store counts the delivery). */
+static void *watchdog_main(void *arg)
+{
+    cw_worker *w = arg;
+    while (!atomic_load(&w->watchdog_stop)) {
+        struct timespec ts = {.tv_sec = 0, .tv_nsec = 200 * 1000000L};
+        nanosleep(&ts, NULL);
+        int64_t started = atomic_load(&w->handler_started_ms);
+        if (!started)
+            continue;
+        int64_t ran = cw__mono_ms() - started;
+        if (ran <= w->cfg->handler_timeout_ms)
+            continue;
+        char what[64];
+        snprintf(what, sizeof what, "timeout after %lld ms", (long long)ran);
+        cw__crash_report(what);
+        cw_log_task lt = {.message_id = w->current.message_id, .type = w->current.type};
+        cw_log_error(&lt, "handler %s ran for %lld ms, past handler_timeout %lld ms",
+                     w->current.handler, (long long)ran, (long long)w->cfg->handler_timeout_ms);
+        if (w->on_timeout)
+            w->on_timeout(&w->current, ran, w->on_timeout_data);
+        return NULL;
+    }
+    return NULL;
+}
+
+const cw_worker_current *cw_worker_current_task(const cw_worker *w)
+{
+    return &w->current;
+}
+
+int64_t cw_worker_handler_started_ms(const cw_worker *w)
+{
+    return atomic_load(&w->handler_started_ms);
 }
 
 const cw_worker_stats *cw_worker_stats_get(const cw_worker *w)
@@ -156,9 +274,6 @@ static void drop_held(cw_worker *w, size_t n)
 {
     for (size_t i = 0; i < n; i++)
         cw__task_reset(&w->batch[i]);
-    for (size_t i = 0; i < w->n_parked; i++)
-        cw__task_reset(&w->parked[i].task);
-    w->n_parked = 0;
 }
 
 static void session_close(cw_worker *w)
@@ -188,6 +303,9 @@ static int session_open(cw_worker *w)
     if ((rc = cw__broker_reply(amqp_get_rpc_reply(w->cconn), "opening the consume channel")))
         goto out_close;
     if ((rc = cw__topology_declare(w->cconn, CW_CONSUME_CH, w->cfg, w->reg)))
+        goto out_close;
+    if ((rc = cw__delay_declare(w->cconn, CW_CONSUME_CH)) ||
+        (rc = cw__delay_bind_queue(w->cconn, CW_CONSUME_CH, w->cfg->queue)))
         goto out_close;
 
     /* The publishing connection goes to the same broker as the consumer. */
@@ -284,27 +402,12 @@ static uint64_t hash_id(const char *s)
     return h;
 }
 
-/* Fills the batch: parked deliveries that are due, then what the broker has
- * sent, waiting up to CW_POLL_MS for the first. Returns the count, or <0. */
-static long collect(cw_worker *w, int64_t now)
+/* Fills the batch with what the broker has sent, waiting up to CW_POLL_MS
+ * for the first delivery. Returns the count, or <0 on a lost session. */
+static long collect(cw_worker *w)
 {
     size_t n = 0;
-    size_t keep = 0;
-    int64_t next_due = INT64_MAX;
-    for (size_t i = 0; i < w->n_parked; i++) {
-        if (w->parked[i].recheck_at <= now && n < w->batch_max) {
-            w->batch[n++] = w->parked[i].task;
-        } else {
-            if (w->parked[i].recheck_at < next_due)
-                next_due = w->parked[i].recheck_at;
-            w->parked[keep++] = w->parked[i];
-        }
-    }
-    w->n_parked = keep;
-
-    int wait = n ? 0 : CW_POLL_MS;
-    if (next_due != INT64_MAX && next_due - now < wait)
-        wait = next_due - now > 0 ? (int)(next_due - now) : 0;
+    int wait = CW_POLL_MS;
     while (n < w->batch_max) {
         int got = receive_one(w, &w->batch[n], wait);
         if (got < 0) {
@@ -331,35 +434,71 @@ static void describe_handler(const cw_task *t, char *out, size_t cap)
         out[0] = '\0';
 }
 
+static const cw_retry_policy *policy_of(const cw_worker *w, const cw_task *t)
+{
+    return &w->policy[t->handler - w->reg->handlers];
+}
+
+static void mark_current(cw_worker *w, const cw_task *t)
+{
+    cw_worker_current *c = &w->current;
+    memcpy(c->message_id, t->message_id, sizeof c->message_id);
+    memcpy(c->type, t->type, sizeof c->type);
+    if (c->handler_of != t->handler) {
+        describe_handler(t, c->handler, sizeof c->handler);
+        c->handler_of = t->handler;
+    }
+    atomic_store(&w->handler_started_ms, cw__mono_ms());
+}
+
 static void run_handler(cw_worker *w, cw_task *t)
 {
-    (void)w;
+    mark_current(w, t);
+    t->ran = true;
     int out = (int)t->handler->fn(t, t->handler->user_data);
+    atomic_store(&w->handler_started_ms, 0);
+    unsigned made = t->attempt + 1; /* attempts made, this one included */
     switch (out) {
     case CW_OK:
         t->outcome = CW_OK;
         t->error_class[0] = '\0';
-        break;
+        t->action = ACT_ACK;
+        return;
     case CW_FAIL:
         t->outcome = CW_FAIL;
         snprintf(t->error_class, sizeof t->error_class, "permanent");
         if (!t->reason[0])
             snprintf(t->reason, sizeof t->reason, "handler failed without a reason");
-        break;
+        t->action = ACT_DLQ;
+        return;
     case CW_RETRY:
-        /* Retries need the delay topology; until a pool has one, a task
-         * that asks for a retry has no attempts left. */
         t->outcome = CW_RETRY;
-        snprintf(t->error_class, sizeof t->error_class, "exhausted");
         if (!t->reason[0])
             snprintf(t->reason, sizeof t->reason, "handler asked for a retry without a reason");
-        break;
+        if (cw_retry_exhausted(policy_of(w, t), made)) {
+            snprintf(t->error_class, sizeof t->error_class, "exhausted");
+            t->action = ACT_DLQ;
+        } else {
+            snprintf(t->error_class, sizeof t->error_class, "transient");
+            t->action = ACT_RETRY;
+        }
+        return;
     default:
         cw__task_set_failure(t, CW_FAIL, "permanent", "handler returned %d, not a cw_outcome",
                              out);
-        break;
+        t->action = ACT_DLQ;
+        return;
     }
-    t->action = t->outcome == CW_OK ? ACT_NONE : ACT_DLQ;
+}
+
+/* The delay before the next attempt of a task that asked for a retry. */
+static int64_t retry_delay(const cw_worker *w, const cw_task *t)
+{
+    const cw_retry_policy *p = policy_of(w, t);
+    if (t->has_retry_after)
+        return t->retry_after_ms < p->max_delay_ms ? t->retry_after_ms : p->max_delay_ms;
+    int64_t base = cw_retry_base_delay_ms(p, t->attempt + 1);
+    return cw_retry_jitter_ms(p->jitter, base, cw_random64());
 }
 
 /* Validates and claims every delivery of the batch (one transaction). */
@@ -367,6 +506,14 @@ static int claim_batch(cw_worker *w, size_t n, int64_t now)
 {
     int rc;
     bool open = false;
+    /* A redelivery may follow a worker's death: note its report first, so
+     * that the history (and a poison verdict) says how it died. */
+    for (size_t i = 0; i < n; i++) {
+        if (w->batch[i].env.redelivered) {
+            import_crashes(w, false);
+            break;
+        }
+    }
     for (size_t i = 0; i < n; i++) {
         cw_task *t = &w->batch[i];
         if (!cw__task_validate(&w->val, t)) {
@@ -377,8 +524,8 @@ static int claim_batch(cw_worker *w, size_t n, int64_t now)
         w->hash[i] = hash_id(t->message_id);
         t->action = ACT_NONE;
         for (size_t j = 0; j < i; j++) {
-            if (w->hash[j] == w->hash[i] && w->batch[j].action != ACT_DLQ &&
-                w->batch[j].payload && strcmp(w->batch[j].message_id, t->message_id) == 0) {
+            if (w->hash[j] == w->hash[i] && w->batch[j].payload &&
+                strcmp(w->batch[j].message_id, t->message_id) == 0) {
                 t->action = ACT_DUP;
                 break;
             }
@@ -400,8 +547,26 @@ static int claim_batch(cw_worker *w, size_t n, int64_t now)
         }
         switch (c.result) {
         case CW_CLAIM_NEW:
-            t->action = ACT_RUN;
             t->ticket = c.ticket;
+            if (c.deliveries > w->cfg->max_deliveries) {
+                /* Delivered again and again without an outcome: the worker
+                 * running it died or timed out each time. Its crash reports
+                 * say how. */
+                cw_task_record rec;
+                bool crashed = cw_store_get(w->store, t->message_id, &rec) == 0 &&
+                               rec.last_error[0];
+                if (crashed)
+                    snprintf(t->crash_signal, sizeof t->crash_signal, "%s", rec.error_class);
+                cw__task_set_failure(t, CW_FAIL, "poison",
+                                     "delivered %u times without an outcome (max_deliveries "
+                                     "%u): %s",
+                                     c.deliveries - 1, w->cfg->max_deliveries,
+                                     crashed ? rec.last_error
+                                             : "the worker running it died each time");
+                t->action = ACT_DLQ;
+            } else {
+                t->action = ACT_RUN;
+            }
             break;
         case CW_CLAIM_DONE:
             t->action = ACT_DUP;
@@ -410,23 +575,45 @@ static int claim_batch(cw_worker *w, size_t n, int64_t now)
             t->action = ACT_DEAD;
             break;
         case CW_CLAIM_BUSY:
-            t->action = ACT_PARK;
+            t->action = ACT_DEFER;
             break;
         }
     }
     return open ? cw_store_commit(w->store) : 0;
 }
 
-/* Publishes the DLQ copies of the batch and waits for their confirms. On
- * success every ACT_DLQ task is marked published. */
-static int dead_letter_batch(cw_worker *w, size_t n, int64_t now)
+/* Hands a dead-lettered task to the alert hooks (never blocks). */
+static void alert(cw_worker *w, const cw_task *t, int64_t now)
+{
+    if (!w->alerter)
+        return;
+    char handler[300];
+    describe_handler(t, handler, sizeof handler);
+    cw_alert_event ev = {
+        .message_id = t->message_id[0] ? t->message_id : NULL,
+        .saga_id = t->saga_id[0] ? t->saga_id : NULL,
+        .type = t->type[0] ? t->type : NULL,
+        .error_class = t->error_class,
+        .reason = t->reason,
+        .queue = w->cfg->queue,
+        .worker = w->id,
+        .handler = handler[0] ? handler : NULL,
+        .attempts = t->ran ? t->attempt + 1 : t->attempt,
+        .failed_at_ms = now,
+    };
+    cw_alerter_post(w->alerter, &ev);
+}
+
+/* Publishes what replaces each task that is not simply acked — its DLQ
+ * copy, its next attempt, or its deferred twin — and waits for the
+ * confirms. A task whose replacement is not confirmed is held (not acked). */
+static int republish_batch(cw_worker *w, size_t n, int64_t now)
 {
     size_t sent = 0;
     int rc = 0;
-    for (size_t i = 0; i < n; i++) {
+    char rk[512];
+    for (size_t i = 0; i < n && rc == 0; i++) {
         cw_task *t = &w->batch[i];
-        if (t->action != ACT_DLQ)
-            continue;
         char handler[300];
         describe_handler(t, handler, sizeof handler);
         cw_deadletter_info info = {
@@ -435,29 +622,62 @@ static int dead_letter_batch(cw_worker *w, size_t n, int64_t now)
             .handler = handler,
             .worker = w->id,
             .queue = w->cfg->queue,
-            .attempts = t->handler && t->payload ? t->attempt + 1 : t->attempt,
+            .attempts = t->attempt,
+            .crash_signal = t->crash_signal[0] ? t->crash_signal : NULL,
         };
-        if ((rc = cw__dlq_publish(&w->pub, w->cfg->dlq, &t->env, &info, now)))
+        switch (t->action) {
+        case ACT_DLQ:
+            /* A task that ran counts this attempt; poison and invalid did not run. */
+            info.attempts = t->ran ? t->attempt + 1 : t->attempt;
+            rc = cw__dlq_publish(&w->pub, w->cfg->dlq, &t->env, &info, now);
             break;
-        sent++;
+        case ACT_RETRY: {
+            int64_t delay = retry_delay(w, t);
+            info.attempts = t->attempt + 1;
+            if ((rc = cw__delay_routing_key(delay, w->cfg->queue, rk, sizeof rk)) == 0)
+                rc = cw__publish_copy(&w->pub, CW_DELAY_ENTRY_EXCHANGE, rk, &t->env, &info, now);
+            t->retry_after_ms = delay;
+            break;
+        }
+        case ACT_DEFER:
+            if ((rc = cw__delay_routing_key(CW_DEFER_MS, w->cfg->queue, rk, sizeof rk)) == 0)
+                rc = cw__publish_copy(&w->pub, CW_DELAY_ENTRY_EXCHANGE, rk, &t->env, NULL, now);
+            break;
+        default:
+            continue;
+        }
+        if (rc == 0)
+            sent++;
     }
     if (sent && rc == 0)
         rc = cw__publisher_wait(&w->pub, CW_CONFIRM_TIMEOUT_MS);
     for (size_t i = 0; i < n; i++) {
         cw_task *t = &w->batch[i];
-        if (t->action != ACT_DLQ)
+        if (t->action != ACT_DLQ && t->action != ACT_RETRY && t->action != ACT_DEFER)
             continue;
         if (rc) {
             t->action = ACT_HOLD;
             continue;
         }
         t->published = true;
-        w->stats.dead_lettered++;
         cw_log_task lt = log_task(t);
-        cw_log_warn(&lt, "dead-lettered to %s: %s: %s", w->cfg->dlq, t->error_class, t->reason);
+        if (t->action == ACT_DLQ) {
+            w->stats.dead_lettered++;
+            cw_log_warn(&lt, "dead-lettered to %s: %s: %s", w->cfg->dlq, t->error_class,
+                        t->reason);
+            alert(w, t, now);
+        } else if (t->action == ACT_RETRY) {
+            w->stats.retried++;
+            cw_log_info(&lt, "attempt %u failed, retrying in %lld ms: %s", t->attempt + 1,
+                        (long long)t->retry_after_ms, t->reason);
+        } else {
+            w->stats.busy_deferred++;
+            cw_log_info(&lt, "in progress in another worker: looked at again in %d ms",
+                        CW_DEFER_MS);
+        }
     }
     if (rc)
-        cw_log_error(NULL, "dead-lettering failed, %zu task(s) left for redelivery: %s", sent,
+        cw_log_error(NULL, "republishing failed, %zu task(s) left for redelivery: %s", sent,
                      cw_error_last());
     return rc;
 }
@@ -469,19 +689,27 @@ static int record_batch(cw_worker *w, size_t n, int64_t now)
     bool open = false;
     for (size_t i = 0; i < n; i++) {
         cw_task *t = &w->batch[i];
-        cw_settle_req req = {.message_id = t->message_id, .ticket = t->ticket};
-        if (t->outcome == CW_OK && t->action == ACT_NONE && t->payload && t->handler) {
+        cw_settle_req req = {.message_id = t->message_id,
+                             .ticket = t->ticket,
+                             .error_class = t->error_class,
+                             .reason = t->reason};
+        /* Only claimed tasks are recorded (invalid ones have no ticket). */
+        if (!t->ticket)
+            continue;
+        if (t->action == ACT_ACK) {
             req.state = CW_STATE_DONE;
             req.outcome = "ok";
-        } else if (t->action == ACT_DLQ && t->published && t->payload) {
+            req.error_class = NULL;
+            req.reason = NULL;
+        } else if (t->action == ACT_DLQ && t->published) {
             req.state = CW_STATE_DEAD;
-            req.outcome = t->outcome == CW_RETRY ? "retry" : "fail";
-            req.error_class = t->error_class;
-            req.reason = t->reason;
+            req.outcome = t->error_class;
+        } else if (t->action == ACT_RETRY && t->published) {
+            req.state = CW_STATE_RETRYING;
+            req.outcome = "retry";
         } else {
             continue;
         }
-        /* Only tasks that ran were claimed (invalid ones have no payload). */
         if (!open) {
             if ((rc = cw_store_begin(w->store, true)))
                 return rc;
@@ -495,14 +723,14 @@ static int record_batch(cw_worker *w, size_t n, int64_t now)
     return open ? cw_store_commit(w->store) : 0;
 }
 
-/* Acks what is settled; parks the busy; drops (unacked) the held. */
-static int ack_batch(cw_worker *w, size_t n, int64_t now)
+/* Acks what is settled and drops (unacked) what is held. */
+static int ack_batch(cw_worker *w, size_t n)
 {
     uint64_t max_tag = 0;
-    bool all = w->n_parked == 0;
+    bool all = true;
     for (size_t i = 0; i < n; i++) {
         cw_task *t = &w->batch[i];
-        if (t->action == ACT_PARK || t->action == ACT_HOLD)
+        if (t->action == ACT_HOLD)
             all = false;
         if (t->env.delivery_tag > max_tag)
             max_tag = t->env.delivery_tag;
@@ -512,22 +740,12 @@ static int ack_batch(cw_worker *w, size_t n, int64_t now)
         st = amqp_basic_ack(w->cconn, CW_CONSUME_CH, max_tag, 1);
     } else {
         for (size_t i = 0; i < n && st == AMQP_STATUS_OK; i++) {
-            int a = w->batch[i].action;
-            if (a != ACT_PARK && a != ACT_HOLD)
+            if (w->batch[i].action != ACT_HOLD)
                 st = amqp_basic_ack(w->cconn, CW_CONSUME_CH, w->batch[i].env.delivery_tag, 0);
         }
     }
-    for (size_t i = 0; i < n; i++) {
-        cw_task *t = &w->batch[i];
-        if (t->action == ACT_PARK && st == AMQP_STATUS_OK && w->n_parked < w->cap_parked) {
-            w->parked[w->n_parked].task = *t;
-            w->parked[w->n_parked].recheck_at = now + CW_BUSY_RECHECK_MS;
-            w->n_parked++;
-            memset(t, 0, sizeof *t);
-        } else {
-            cw__task_reset(t);
-        }
-    }
+    for (size_t i = 0; i < n; i++)
+        cw__task_reset(&w->batch[i]);
     if (st != AMQP_STATUS_OK)
         return cw__error(CW_STATUS_CONNECTION, "acknowledging deliveries: %s",
                          amqp_error_string2(st));
@@ -550,7 +768,7 @@ static int process_batch(cw_worker *w, size_t n)
         switch (t->action) {
         case ACT_RUN:
             run_handler(w, t);
-            if (t->outcome == CW_OK) {
+            if (t->action == ACT_ACK) {
                 w->stats.succeeded++;
                 cw_log_debug(&lt, "applied");
             }
@@ -563,25 +781,21 @@ static int process_batch(cw_worker *w, size_t n)
             w->stats.duplicates++;
             cw_log_info(&lt, "duplicate skipped: message ID already dead-lettered");
             break;
-        case ACT_PARK:
-            w->stats.busy_deferred++;
-            cw_log_info(&lt, "in progress in another worker: deferred");
-            break;
         default:
             break;
         }
     }
 
     now = cw__now_ms();
-    int dlq_rc = dead_letter_batch(w, n, now);
+    int pub_rc = republish_batch(w, n, now);
     if ((rc = record_batch(w, n, now))) {
         /* Without the record nothing may be acked: leave all for redelivery. */
         for (size_t i = 0; i < n; i++)
             cw__task_reset(&w->batch[i]);
         return rc;
     }
-    rc = ack_batch(w, n, now);
-    return rc ? rc : dlq_rc;
+    rc = ack_batch(w, n);
+    return rc ? rc : pub_rc;
 }
 
 static void sweep(cw_worker *w)
@@ -637,6 +851,19 @@ int cw_worker_run(cw_worker *w, volatile sig_atomic_t *stop)
 {
     int64_t backoff = CW_BACKOFF_MIN_MS;
     srand((unsigned)(getpid() ^ cw__mono_ms()));
+    import_crashes(w, true);
+    if (w->alerter && cw_alerter_start(w->alerter)) {
+        cw_log_warn(NULL, "alert hooks are off: %s", cw_error_last());
+        cw_alerter_free(w->alerter);
+        w->alerter = NULL;
+    }
+    if (w->cfg->handler_timeout_ms > 0 && !w->watchdog_running) {
+        atomic_store(&w->watchdog_stop, false);
+        if (pthread_create(&w->watchdog, NULL, watchdog_main, w) == 0)
+            w->watchdog_running = true;
+        else
+            cw_log_warn(NULL, "cannot start the handler watchdog: handler_timeout is not enforced");
+    }
     while (!*stop) {
         int rc = session_open(w);
         if (rc == CW_STATUS_BROKER_REFUSED || rc == CW_STATUS_INVALID_ARG)
@@ -652,7 +879,7 @@ int cw_worker_run(cw_worker *w, volatile sig_atomic_t *stop)
         backoff = CW_BACKOFF_MIN_MS;
 
         while (!*stop) {
-            long n = collect(w, cw__now_ms());
+            long n = collect(w);
             if (n < 0) {
                 rc = (int)n;
                 break;
@@ -672,11 +899,16 @@ int cw_worker_run(cw_worker *w, volatile sig_atomic_t *stop)
         cw_log_warn(NULL, "broker session lost: %s; reconnecting", cw_error_last());
         sleep_ms(jitter(CW_BACKOFF_MIN_MS), stop);
     }
+    if (w->watchdog_running) {
+        atomic_store(&w->watchdog_stop, true);
+        pthread_join(w->watchdog, NULL);
+        w->watchdog_running = false;
+    }
     cw_log_info(NULL,
                 "stopped: %llu received, %llu applied, %llu duplicates skipped, "
-                "%llu dead-lettered (%llu invalid)",
+                "%llu retried, %llu dead-lettered (%llu invalid)",
                 (unsigned long long)w->stats.received, (unsigned long long)w->stats.succeeded,
-                (unsigned long long)w->stats.duplicates,
+                (unsigned long long)w->stats.duplicates, (unsigned long long)w->stats.retried,
                 (unsigned long long)w->stats.dead_lettered, (unsigned long long)w->stats.invalid);
     return 0;
 }

@@ -12,7 +12,7 @@ typedef struct cw_worker cw_worker;
 
 /* Counters of one worker since it started. */
 typedef struct cw_worker_stats {
-    uint64_t received, succeeded, duplicates, dead_lettered, invalid, busy_deferred;
+    uint64_t received, succeeded, duplicates, retried, dead_lettered, invalid, busy_deferred;
     uint64_t sessions; /* broker sessions opened (1 + reconnects) */
 } cw_worker_stats;
 
@@ -32,7 +32,35 @@ int cw_worker_new(cw_worker **out, const cw_config *cfg, cw_registry *reg);
 int cw_worker_run(cw_worker *w, volatile sig_atomic_t *stop);
 
 const cw_worker_stats *cw_worker_stats_get(const cw_worker *w);
+
+/* What the worker's handler is running now: fixed-size strings, so that a
+ * signal handler or a watchdog thread may read them (they are consistent
+ * whenever cw_worker_handler_started_ms() is non-zero). */
+typedef struct cw_worker_current {
+    char message_id[129];
+    char type[256];
+    char handler[300]; /* "plugin version" */
+    const void *handler_of; /* the registry entry `handler` describes */
+} cw_worker_current;
+
+const cw_worker_current *cw_worker_current_task(const cw_worker *w);
+
+/* CLOCK_MONOTONIC ms when the running handler started, 0 when none runs.
+ * Safe to call from any thread. */
+int64_t cw_worker_handler_started_ms(const cw_worker *w);
 const char *cw_worker_id(const cw_worker *w);
+
+/* Installs the crash reporter (framework/crash.h) for this worker's store.
+ * Call once, before cw_worker_run(), in the process that runs handlers. */
+int cw_worker_enable_crash_reports(cw_worker *w);
+
+/* What to do when a handler runs past [pool] handler_timeout, after its
+ * report is written: called on the watchdog thread. The program decides
+ * (compworker ends the process); without an action the handler goes on. */
+void cw_worker_on_handler_timeout(cw_worker *w,
+                                  void (*fn)(const cw_worker_current *cur, int64_t ran_ms,
+                                             void *ud),
+                                  void *ud);
 
 /* Accepts NULL. */
 void cw_worker_free(cw_worker *w);

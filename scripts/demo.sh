@@ -87,11 +87,21 @@ lease = 1m
 retention = 1d
 synchronous = full
 
+[retry]
+max_attempts = 5
+interval = 500ms
+backoff_rate = 2.0
+max_delay = 30s
+jitter = equal
+
 [log]
 level = info
 
 [plugin refund]
 ledger = $demo/ledger.db
+; The payment gateway times out on the first refund of these payments: a
+; transient failure, retried with backoff ([retry]) until it succeeds.
+gateway_timeouts = pay-0004 pay-0011
 
 [plugin restock]
 ledger = $demo/ledger.db
@@ -131,6 +141,10 @@ say "waiting for the pool, then reporting"
 status=0
 "$saga/order-saga-report" --url "$url" --ledger "$demo/ledger.db" --dlq cw.dlq.orders \
     --queue cw.orders --wait 60 || status=$?
+
+say "transient failures retried (from var/demo/worker.log)"
+grep 'retrying in' "$demo/worker.log" | sed -e 's/^.*msg="//' -e 's/" message_id=/  message_id=/' || \
+    echo "  (none)"
 
 say "stopping the worker"
 worker_status=0

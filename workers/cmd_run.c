@@ -3,6 +3,7 @@
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "framework/config.h"
 #include "framework/log.h"
@@ -16,6 +17,16 @@ static void on_signal(int sig)
 {
     (void)sig;
     cw_stop = 1;
+}
+
+/* A handler past [pool] handler_timeout: its report is written; end this
+ * worker so the broker redelivers the task (and the store counts it). */
+static void on_handler_timeout(const cw_worker_current *cur, int64_t ran_ms, void *ud)
+{
+    (void)cur;
+    (void)ran_ms;
+    (void)ud;
+    _exit(CW_EXIT_HANDLER_TIMEOUT);
 }
 
 int cw_cmd_run(int argc, char **argv)
@@ -75,6 +86,9 @@ int cw_cmd_run(int argc, char **argv)
         goto out_err;
     }
     cw__log_set_worker(cw_worker_id(w));
+    if (cw_worker_enable_crash_reports(w))
+        cw_log_warn(NULL, "crash reports are off: %s", cw_error_last());
+    cw_worker_on_handler_timeout(w, on_handler_timeout, NULL);
 
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);

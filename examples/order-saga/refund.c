@@ -12,8 +12,13 @@
  *
  * Configuration ([plugin refund] in the pool file):
  *     ledger = /path/to/ledger.db    (else $ORDER_SAGA_LEDGER, else var/ledger.db)
+ *     gateway_timeouts = pay-0003 pay-0007
+ *         payments whose first refund attempt meets a payment gateway that
+ *         times out (a transient failure: the task is retried with backoff
+ *         and succeeds) — the demo's stand-in for a flaky downstream service
  */
 #include <inttypes.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -30,6 +35,23 @@ static const char select_payment_sql[] =
     "SELECT order_id, amount_cents, refunded_cents FROM payments WHERE payment_id = ?1";
 static const char update_payment_sql[] =
     "UPDATE payments SET refunded_cents = refunded_cents + ?2 WHERE payment_id = ?1";
+
+/* The [plugin refund] gateway_timeouts setting, copied at init. */
+static char gateway_timeouts[1024];
+
+/* Whether `payment_id` is a whole word of gateway_timeouts. */
+static bool gateway_times_out(const char *payment_id)
+{
+    size_t n = strlen(payment_id);
+    for (const char *p = strstr(gateway_timeouts, payment_id); p;
+         p = strstr(p + 1, payment_id)) {
+        bool starts = p == gateway_timeouts || p[-1] == ' ';
+        bool ends = p[n] == '\0' || p[n] == ' ';
+        if (starts && ends)
+            return true;
+    }
+    return false;
+}
 
 static cw_outcome refund(cw_task *task, void *user_data)
 {
@@ -50,6 +72,9 @@ static cw_outcome refund(cw_task *task, void *user_data)
     if (!ledger_field_count(body, "amount_cents", REFUND_MAX_CENTS, &amount))
         return cw_task_fail(task, "payment.refund: \"amount_cents\" must be an integer"
                                   " between 1 and %" PRId64, REFUND_MAX_CENTS);
+
+    if (cw_task_attempt(task) == 0 && gateway_times_out(payment_id))
+        return cw_task_retry(task, "payment gateway timed out refunding %s", payment_id);
 
     rc = ledger_begin(db);
     if (rc != SQLITE_OK)
@@ -126,6 +151,8 @@ int cw_plugin_init(cw_registry *reg)
 
     if (ledger_open_for_plugin(reg, "refund", &db) < 0)
         return -1;
+    snprintf(gateway_timeouts, sizeof gateway_timeouts, "%s",
+             cw_registry_setting(reg, "gateway_timeouts", ""));
     if (cw_register_handler(reg, "payment.refund", refund, db) < 0 ||
         cw_register_teardown(reg, ledger_teardown, db) < 0) {
         fprintf(stderr, "refund: %s\n", cw_error_last());

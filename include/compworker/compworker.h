@@ -61,6 +61,36 @@ typedef enum cw_outcome {
  *  other value is treated as CW_FAIL with the reason "handler returned N". */
 typedef cw_outcome (*cw_handler_fn)(cw_task *task, void *user_data);
 
+/** How retry delays are spread (AWS Step Functions' `JitterStrategy`). */
+typedef enum cw_jitter {
+    CW_JITTER_NONE = 0, /**< exactly the computed delay */
+    CW_JITTER_FULL = 1, /**< uniform in [0, delay] */
+    CW_JITTER_EQUAL = 2 /**< delay/2 + uniform in [0, delay/2] */
+} cw_jitter;
+
+/** A handler's retry policy, as a plugin may set it. A field left at -1 is
+ *  inherited from the pool's `[retry]` section; a `[handler TYPE]` section of
+ *  the pool file overrides both. The delay before attempt n+1 is
+ *  min(max_delay_ms, interval_ms * backoff_rate^(n-1)), then jittered.
+ *  Start from CW_RETRY_OPTS_INIT: fields may be added at the end. */
+typedef struct cw_retry_opts {
+    unsigned version;     /**< CW_RETRY_OPTS_VERSION */
+    int max_attempts;     /**< attempts in all, the first included (1 = never retry) */
+    int64_t interval_ms;  /**< delay after the first failure, in milliseconds */
+    double backoff_rate;  /**< factor per further failure, >= 1.0 */
+    int64_t max_delay_ms; /**< cap of a delay, in milliseconds (at most ~29 h) */
+    int jitter;           /**< a cw_jitter value */
+} cw_retry_opts;
+
+#define CW_RETRY_OPTS_VERSION 1
+#define CW_RETRY_OPTS_INIT {CW_RETRY_OPTS_VERSION, -1, -1, -1.0, -1, -1}
+
+/** An alert hook: receives the JSON document of every dead-lettered task
+ *  (see README, "Alerts"). Called on the worker's alert thread, never on the
+ *  thread that runs handlers, so it must be thread-safe with respect to the
+ *  plugin's handlers. `json` is borrowed for the call. */
+typedef void (*cw_alert_fn)(const char *json, void *user_data);
+
 /** A plugin's teardown, called once when the worker unloads its plugins
  *  (normal exit), after the last handler call. */
 typedef void (*cw_teardown_fn)(void *user_data);
@@ -97,6 +127,19 @@ CW_EXTERN int cw_plugin_init(cw_registry *reg);
  *          names the type and, for EXISTS, the plugin that has it. */
 CW_EXTERN int cw_register_handler(cw_registry *reg, const char *type, cw_handler_fn fn,
                                   void *user_data);
+
+/** Sets the retry policy of the handler of `type`, which must be registered
+ *  already (by any plugin). Call from cw_plugin_init().
+ *  @return 0; CW_STATUS_NOT_FOUND if no handler has `type`;
+ *          CW_STATUS_INVALID_ARG for NULL arguments, options not from
+ *          CW_RETRY_OPTS_INIT, or an out-of-range value (named in
+ *          cw_error_last()). */
+CW_EXTERN int cw_register_retry_policy(cw_registry *reg, const char *type,
+                                       const cw_retry_opts *opts);
+
+/** Registers an alert hook for the calling plugin (any number per plugin).
+ *  @return 0; CW_STATUS_INVALID_ARG if `fn` is NULL; CW_STATUS_NOMEM. */
+CW_EXTERN int cw_register_alert_hook(cw_registry *reg, cw_alert_fn fn, void *user_data);
 
 /** Registers a teardown for the calling plugin (at most one per plugin).
  *  @return 0; CW_STATUS_EXISTS if one is already registered;
@@ -143,8 +186,17 @@ CW_EXTERN const char *cw_task_header(cw_task *task, const char *name);
  *  (`cw-error`), the store and the logs. Never pass message content as `fmt`. */
 CW_EXTERN cw_outcome cw_task_fail(cw_task *task, const char *fmt, ...) CW_PRINTF(2, 3);
 
-/** Records a transient failure and returns CW_RETRY; as cw_task_fail(). */
+/** Records a transient failure and returns CW_RETRY; as cw_task_fail(). The
+ *  task is tried again after its policy's delay, or dead-lettered with class
+ *  "exhausted" when its attempts are used up. */
 CW_EXTERN cw_outcome cw_task_retry(cw_task *task, const char *fmt, ...) CW_PRINTF(2, 3);
+
+/** As cw_task_retry(), asking for a delay of `delay_ms` milliseconds before
+ *  the next attempt instead of the policy's (e.g. from a `Retry-After`
+ *  answer). The delay is capped at the policy's max_delay and rounded up to
+ *  100 ms; a negative one means the policy's. It still counts an attempt. */
+CW_EXTERN cw_outcome cw_task_retry_after(cw_task *task, int64_t delay_ms, const char *fmt, ...)
+    CW_PRINTF(3, 4);
 
 #ifdef __cplusplus
 }

@@ -355,7 +355,10 @@ static void test_invalid_messages(void **state)
 
 static void test_fail_and_retry(void **state)
 {
-    cwtest_env *env = cwtest_begin(state, "fail", NULL);
+    /* One attempt only: a retry is at once exhausted (test_retry.c covers
+     * retries that are tried again). */
+    cwtest_pool_opts opts = {.extra = "[retry]\nmax_attempts = 1\n"};
+    cwtest_env *env = cwtest_begin(state, "fail", &opts);
     cwtest_worker_start(env);
 
     static const char fail_body[] = "{\"fail\":\"unknown payment p-42\",\"payment_id\":\"p-42\"}";

@@ -2,17 +2,33 @@
  * so that integration tests can count how often each task was applied.
  *
  *     [plugin ledger]
- *     path = /tmp/.../ledger.db     (required: init fails without it)
+ *     path = /tmp/.../ledger.db          (required: init fails without it)
+ *     alerts = /tmp/.../cb-alerts.jsonl  (optional: see below)
  *
- * Type "it.apply". The JSON payload steers the outcome:
- *   {"fail":"why"}   -> cw_task_fail(task, "%s", why)  (nothing recorded)
- *   {"retry":"why"}  -> cw_task_retry(task, "%s", why) (nothing recorded)
- *   {"sleep_ms":N}   -> sleeps N ms, then applies
- *   anything else    -> applies
+ * Type "it.apply". Every call first inserts one row (message_id, attempt,
+ * mono_ms, wall_ms) into table `calls` (mono_ms: CLOCK_MONOTONIC, comparable
+ * with the test's cwtest_now_ms(); wall_ms: CLOCK_REALTIME), then the JSON
+ * payload steers the outcome:
+ *   {"crash":true}    -> raise(SIGSEGV): the worker dies in the handler
+ *   {"fail":"why"}    -> cw_task_fail(task, "%s", why)  (nothing applied)
+ *   {"retry":"why"}   -> cw_task_retry(task, "%s", why) (nothing applied)
+ *   {"fail_times":N}  -> while cw_task_attempt(task) < N:
+ *                        cw_task_retry(task, "gateway timeout %u", attempt),
+ *                        with {"retry_after_ms":M} as well
+ *                        cw_task_retry_after(task, M, ...) instead
+ *   {"hang_ms":N}     -> sleeps N ms (at most 10 min), then goes on
+ *   {"sleep_ms":N}    -> sleeps N ms (at most 60 s), then goes on
+ *   otherwise         -> applies
  * Applying inserts one row (message_id, saga_id, attempt, at) into table
  * `applied`. message_id is deliberately not unique: a task applied twice
- * shows as two rows. */
+ * shows as two rows.
+ *
+ * With `alerts` set, the plugin also registers an alert hook that appends
+ * every JSON document it receives, one per line, to that file. */
 #include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -29,13 +45,21 @@ CW_PLUGIN_DECLARE("ledger", "1.0.0");
 typedef struct ledger {
     sqlite3 *db;
     sqlite3_stmt *insert;
+    sqlite3_stmt *call;
+    char *alerts;           /* the alert hook's file, or NULL */
+    pthread_mutex_t alerts_lock;
 } ledger;
+
+static int64_t clock_ms(clockid_t clock)
+{
+    struct timespec ts;
+    clock_gettime(clock, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
 
 static int64_t now_ms(void)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    return clock_ms(CLOCK_REALTIME);
 }
 
 /* Sleeps the whole of `ms`, even when a signal (SIGTERM) interrupts it: a
@@ -55,22 +79,59 @@ static const char *string_member(json_object *obj, const char *key)
     return json_object_get_string(v);
 }
 
+/* The integer member `key`, or -1 when absent. */
+static int64_t int_member(json_object *obj, const char *key)
+{
+    json_object *v;
+    if (!json_object_object_get_ex(obj, key, &v))
+        return -1;
+    return json_object_get_int64(v);
+}
+
+/* Records the call in table `calls`; false when it could not. */
+static bool record_call(ledger *l, cw_task *task)
+{
+    sqlite3_stmt *st = l->call;
+    sqlite3_reset(st);
+    sqlite3_bind_text(st, 1, cw_task_message_id(task), -1, SQLITE_TRANSIENT);
+    sqlite3_bind_int64(st, 2, (sqlite3_int64)cw_task_attempt(task));
+    sqlite3_bind_int64(st, 3, (sqlite3_int64)clock_ms(CLOCK_MONOTONIC));
+    sqlite3_bind_int64(st, 4, (sqlite3_int64)now_ms());
+    int rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+    return rc == SQLITE_DONE;
+}
+
 static cw_outcome apply(cw_task *task, void *user_data)
 {
     ledger *l = user_data;
     json_object *payload = cw_task_payload(task);
     const char *why;
+    json_object *v;
 
+    if (!record_call(l, task))
+        return cw_task_retry(task, "ledger call insert failed: %s", sqlite3_errmsg(l->db));
+    if (json_object_object_get_ex(payload, "crash", &v) && json_object_get_boolean(v))
+        raise(SIGSEGV);
     if ((why = string_member(payload, "fail")))
         return cw_task_fail(task, "%s", why);
     if ((why = string_member(payload, "retry")))
         return cw_task_retry(task, "%s", why);
-    json_object *v;
-    if (json_object_object_get_ex(payload, "sleep_ms", &v)) {
-        int64_t ms = json_object_get_int64(v);
-        if (ms > 0)
-            sleep_ms(ms > 60000 ? 60000 : ms);
+    int64_t fail_times = int_member(payload, "fail_times");
+    unsigned attempt = cw_task_attempt(task);
+    if (fail_times > 0 && (int64_t)attempt < fail_times) {
+        int64_t after = int_member(payload, "retry_after_ms");
+        if (after >= 0)
+            return cw_task_retry_after(task, after, "gateway timeout %u", attempt);
+        return cw_task_retry(task, "gateway timeout %u", attempt);
     }
+    int64_t hang = int_member(payload, "hang_ms");
+    if (hang > 0)
+        sleep_ms(hang > 600000 ? 600000 : hang);
+    int64_t ms = int_member(payload, "sleep_ms");
+    if (ms > 0)
+        sleep_ms(ms > 60000 ? 60000 : ms);
 
     sqlite3_stmt *st = l->insert;
     sqlite3_reset(st);
@@ -86,12 +147,31 @@ static cw_outcome apply(cw_task *task, void *user_data)
     return CW_OK;
 }
 
+/* The alert hook: appends the document as one line. Runs on the worker's
+ * alert thread; the mutex keeps lines whole should it ever run on two. */
+static void on_alert(const char *json, void *user_data)
+{
+    ledger *l = user_data;
+    pthread_mutex_lock(&l->alerts_lock);
+    FILE *f = fopen(l->alerts, "a");
+    if (f) {
+        fprintf(f, "%s\n", json);
+        fclose(f);
+    } else {
+        fprintf(stderr, "ledger plugin: cannot append to %s: %s\n", l->alerts, strerror(errno));
+    }
+    pthread_mutex_unlock(&l->alerts_lock);
+}
+
 static void ledger_close(ledger *l)
 {
     if (!l)
         return;
     sqlite3_finalize(l->insert);
+    sqlite3_finalize(l->call);
     sqlite3_close(l->db);
+    pthread_mutex_destroy(&l->alerts_lock);
+    free(l->alerts);
     free(l);
 }
 
@@ -110,6 +190,12 @@ int cw_plugin_init(cw_registry *reg)
     ledger *l = calloc(1, sizeof *l);
     if (!l)
         return -1;
+    pthread_mutex_init(&l->alerts_lock, NULL);
+    const char *alerts = cw_registry_setting(reg, "alerts", NULL);
+    if (alerts && alerts[0] && !(l->alerts = strdup(alerts))) {
+        ledger_close(l);
+        return -1;
+    }
     static const char schema[] =
         "PRAGMA journal_mode=WAL;"
         "CREATE TABLE IF NOT EXISTS applied ("
@@ -117,7 +203,13 @@ int cw_plugin_init(cw_registry *reg)
         "  message_id TEXT NOT NULL,"
         "  saga_id TEXT NOT NULL,"
         "  attempt INTEGER NOT NULL,"
-        "  at INTEGER NOT NULL);";
+        "  at INTEGER NOT NULL);"
+        "CREATE TABLE IF NOT EXISTS calls ("
+        "  row INTEGER PRIMARY KEY,"
+        "  message_id TEXT NOT NULL,"
+        "  attempt INTEGER NOT NULL,"
+        "  mono_ms INTEGER NOT NULL,"
+        "  wall_ms INTEGER NOT NULL);";
     if (sqlite3_open_v2(path, &l->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL) !=
             SQLITE_OK ||
         sqlite3_busy_timeout(l->db, 10000) != SQLITE_OK ||
@@ -125,7 +217,11 @@ int cw_plugin_init(cw_registry *reg)
         sqlite3_prepare_v2(l->db,
                            "INSERT INTO applied (message_id, saga_id, attempt, at) "
                            "VALUES (?1, ?2, ?3, ?4)",
-                           -1, &l->insert, NULL) != SQLITE_OK) {
+                           -1, &l->insert, NULL) != SQLITE_OK ||
+        sqlite3_prepare_v2(l->db,
+                           "INSERT INTO calls (message_id, attempt, mono_ms, wall_ms) "
+                           "VALUES (?1, ?2, ?3, ?4)",
+                           -1, &l->call, NULL) != SQLITE_OK) {
         fprintf(stderr, "ledger plugin: %s: %s\n", path,
                 l->db ? sqlite3_errmsg(l->db) : "out of memory");
         ledger_close(l);
@@ -133,6 +229,7 @@ int cw_plugin_init(cw_registry *reg)
     }
     int rc;
     if ((rc = cw_register_handler(reg, "it.apply", apply, l)) < 0 ||
+        (l->alerts && (rc = cw_register_alert_hook(reg, on_alert, l)) < 0) ||
         (rc = cw_register_teardown(reg, teardown, l)) < 0) {
         ledger_close(l);
         return rc;

@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include <amqp_tcp_socket.h>
+#include <json.h>
 #include <sqlite3.h>
 
 #include "cwtest.h"
@@ -240,6 +241,7 @@ cwtest_env *cwtest__begin(void **state, const char *test, const cwtest_pool_opts
     snprintf(env->ini, sizeof env->ini, "%s/pool.ini", env->dir);
     snprintf(env->ledger, sizeof env->ledger, "%s/ledger.db", env->dir);
     snprintf(env->log, sizeof env->log, "%s/worker.log", env->dir);
+    snprintf(env->pids, sizeof env->pids, "%s/pids", env->dir);
 
     char ini[8192];
     int n = snprintf(ini, sizeof ini,
@@ -285,6 +287,20 @@ static int remove_entry(const char *path, const struct stat *sb, int flag, struc
     return remove(path);
 }
 
+/* SIGKILLs every process listed in env->pids (scripts the test started). */
+static void kill_listed(const cwtest_env *env)
+{
+    FILE *f = fopen(env->pids, "r");
+    if (!f)
+        return;
+    long pid;
+    while (fscanf(f, "%ld", &pid) == 1) {
+        if (pid > 1)
+            kill((pid_t)pid, SIGKILL);
+    }
+    fclose(f);
+}
+
 static void print_log_tail(const cwtest_env *env)
 {
     char *log = cwtest_log_read(env);
@@ -312,6 +328,9 @@ int cwtest_teardown(void **state)
     }
     cw_client_free(env->client);
     env->client = NULL;
+    cwtest_http_stop(env->http);
+    env->http = NULL;
+    kill_listed(env);
     if (!env->passed) {
         fprintf(stderr, "test '%s' did not pass: kept %s and the queues of pool %s\n",
                 env->test, env->dir, env->name);
@@ -479,6 +498,18 @@ int cwtest_worker_stop(cwtest_env *env, int sig, int timeout_ms)
     return code;
 }
 
+int cwtest_worker_wait_exit(cwtest_env *env, int timeout_ms)
+{
+    if (env->worker <= 0)
+        fail_msg("no worker is running (the last one exited with code %d)", env->last_exit);
+    int code = wait_exit(env->worker, timeout_ms);
+    if (code >= 0) {
+        env->worker = 0;
+        env->last_exit = code;
+    }
+    return code;
+}
+
 unsigned cwtest_log_count(const cwtest_env *env, const char *needle)
 {
     char *log = cwtest_log_read(env);
@@ -512,14 +543,24 @@ void cwtest_log_stats(const cwtest_env *env, cwtest_stats *out)
     for (const char *p = log; (p = strstr(p, "stopped: ")); p++)
         last = p;
     memset(out, 0, sizeof *out);
+    /* With retries counted, or (older workers) without. */
     int n = last ? sscanf(last,
                           "stopped: %llu received, %llu applied, %llu duplicates skipped, "
-                          "%llu dead-lettered (%llu invalid)",
-                          &out->received, &out->applied, &out->duplicates, &out->dead_lettered,
-                          &out->invalid)
+                          "%llu retried, %llu dead-lettered (%llu invalid)",
+                          &out->received, &out->applied, &out->duplicates, &out->retried,
+                          &out->dead_lettered, &out->invalid)
                  : 0;
+    if (last && n != 6) {
+        memset(out, 0, sizeof *out);
+        n = sscanf(last,
+                   "stopped: %llu received, %llu applied, %llu duplicates skipped, "
+                   "%llu dead-lettered (%llu invalid)",
+                   &out->received, &out->applied, &out->duplicates, &out->dead_lettered,
+                   &out->invalid);
+        n = n == 5 ? 6 : n;
+    }
     free(log);
-    if (n != 5)
+    if (n != 6)
         fail_msg("no complete 'stopped: ...' statistics line in %s", env->log);
 }
 
@@ -1068,4 +1109,198 @@ long cwtest_ledger_wait(cwtest_env *env, long n, int timeout_ms)
                      env->log);
         cwtest_sleep_ms(20);
     }
+}
+
+/* ---- calls -------------------------------------------------------------- */
+
+long cwtest_calls_count(const cwtest_env *env, const char *message_id)
+{
+    return message_id
+               ? ledger_query(env, "SELECT COUNT(*) FROM calls WHERE message_id = ?1", message_id)
+               : ledger_query(env, "SELECT COUNT(*) FROM calls", NULL);
+}
+
+cwtest_call *cwtest_calls_read(const cwtest_env *env, const char *message_id, size_t *n)
+{
+    *n = 0;
+    if (access(env->ledger, F_OK) != 0)
+        return NULL;
+    sqlite3 *db = NULL;
+    sqlite3_stmt *st = NULL;
+    cwtest_call *out = NULL;
+    size_t cap = 0;
+    if (sqlite3_open_v2(env->ledger, &db, SQLITE_OPEN_READWRITE, NULL) != SQLITE_OK)
+        goto fail;
+    sqlite3_busy_timeout(db, 10000);
+    if (sqlite3_prepare_v2(db,
+                           message_id ? "SELECT attempt, mono_ms, wall_ms FROM calls "
+                                        "WHERE message_id = ?1 ORDER BY row"
+                                      : "SELECT attempt, mono_ms, wall_ms FROM calls ORDER BY row",
+                           -1, &st, NULL) != SQLITE_OK)
+        goto fail;
+    if (message_id)
+        sqlite3_bind_text(st, 1, message_id, -1, SQLITE_STATIC);
+    int rc;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        if (*n == cap) {
+            cap = cap ? cap * 2 : 8;
+            cwtest_call *grown = realloc(out, cap * sizeof *out);
+            if (!grown)
+                goto fail;
+            out = grown;
+        }
+        out[*n].attempt = (unsigned)sqlite3_column_int64(st, 0);
+        out[*n].mono_ms = sqlite3_column_int64(st, 1);
+        out[*n].wall_ms = sqlite3_column_int64(st, 2);
+        (*n)++;
+    }
+    if (rc != SQLITE_DONE)
+        goto fail;
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    return out;
+fail: {
+    char err[300];
+    snprintf(err, sizeof err, "%s", db ? sqlite3_errmsg(db) : "out of memory");
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    free(out);
+    *n = 0;
+    fail_msg("ledger %s: reading calls: %s", env->ledger, err);
+    return NULL;
+}
+}
+
+long cwtest_calls_wait(cwtest_env *env, const char *message_id, long n, int timeout_ms)
+{
+    int64_t deadline = cwtest_now_ms() + timeout_ms;
+    for (;;) {
+        long got = cwtest_calls_count(env, message_id);
+        if (got >= n)
+            return got;
+        check_worker(env, "handler calls");
+        if (cwtest_now_ms() >= deadline)
+            fail_msg("the ledger has %ld calls of %s, not %ld, after %d ms; see %s", got,
+                     message_id ? message_id : "any task", n, timeout_ms, env->log);
+        cwtest_sleep_ms(10);
+    }
+}
+
+/* ---- files -------------------------------------------------------------- */
+
+void cwtest_write_file(const char *path, const char *text, unsigned mode)
+{
+    write_file(path, text);
+    if (chmod(path, (mode_t)mode) != 0)
+        fail_msg("chmod %s: %s", path, strerror(errno));
+}
+
+/* Parses the documents of `text`; with `strict`, anything left over fails
+ * the test, otherwise an incomplete last document is not counted. */
+static size_t json_parse_all(const char *path, const char *text, bool strict,
+                             json_object ***docs)
+{
+    size_t n = 0, cap = 0, len = strlen(text), off = 0;
+    json_tokener *tok = json_tokener_new();
+    if (!tok)
+        fail_msg("out of memory");
+    for (;;) {
+        while (off < len && (text[off] == '\n' || text[off] == ' ' || text[off] == '\r' ||
+                             text[off] == '\t'))
+            off++;
+        if (off >= len)
+            break;
+        json_tokener_reset(tok);
+        json_object *o = json_tokener_parse_ex(tok, text + off, (int)(len - off));
+        enum json_tokener_error e = json_tokener_get_error(tok);
+        if (!o) {
+            if (!strict && e == json_tokener_continue)
+                break;
+            json_tokener_free(tok);
+            if (docs) {
+                cwtest_json_free(*docs, n);
+                *docs = NULL;
+            }
+            fail_msg("%s: not JSON at byte %zu: %s", path, off, json_tokener_error_desc(e));
+        }
+        off += json_tokener_get_parse_end(tok);
+        if (docs) {
+            if (n == cap) {
+                cap = cap ? cap * 2 : 8;
+                json_object **grown = realloc(*docs, cap * sizeof *grown);
+                if (!grown)
+                    fail_msg("out of memory");
+                *docs = grown;
+            }
+            (*docs)[n] = o;
+        } else {
+            json_object_put(o);
+        }
+        n++;
+    }
+    json_tokener_free(tok);
+    return n;
+}
+
+json_object **cwtest_json_read(const char *path, size_t *n)
+{
+    *n = 0;
+    if (access(path, F_OK) != 0)
+        return NULL;
+    char *text = read_from(path, 0);
+    json_object **docs = NULL;
+    /* (On failure the text leaks: the test is failing anyway.) */
+    *n = json_parse_all(path, text, true, &docs);
+    free(text);
+    return docs;
+}
+
+void cwtest_json_free(json_object **docs, size_t n)
+{
+    if (!docs)
+        return;
+    for (size_t i = 0; i < n; i++)
+        json_object_put(docs[i]);
+    free(docs);
+}
+
+size_t cwtest_json_count(const char *path)
+{
+    if (access(path, F_OK) != 0)
+        return 0;
+    char *text = read_from(path, 0);
+    size_t n = json_parse_all(path, text, false, NULL);
+    free(text);
+    return n;
+}
+
+size_t cwtest_json_wait(const char *path, size_t n, int timeout_ms)
+{
+    int64_t deadline = cwtest_now_ms() + timeout_ms;
+    for (;;) {
+        size_t got = cwtest_json_count(path);
+        if (got >= n)
+            return got;
+        if (cwtest_now_ms() >= deadline)
+            fail_msg("%s holds %zu JSON documents, not %zu, after %d ms", path, got, n,
+                     timeout_ms);
+        cwtest_sleep_ms(20);
+    }
+}
+
+const char *cwtest_json_str(json_object *obj, const char *key)
+{
+    json_object *v;
+    if (!obj || !json_object_object_get_ex(obj, key, &v) || !json_object_is_type(v, json_type_string))
+        return NULL;
+    return json_object_get_string(v);
+}
+
+bool cwtest_json_int(json_object *obj, const char *key, int64_t *out)
+{
+    json_object *v;
+    if (!obj || !json_object_object_get_ex(obj, key, &v) || !json_object_is_type(v, json_type_int))
+        return false;
+    *out = json_object_get_int64(v);
+    return true;
 }

@@ -57,6 +57,8 @@ typedef struct cwtest_env {
     char ini[320];    /* <dir>/pool.ini */
     char ledger[320]; /* <dir>/ledger.db */
     char log[320];    /* <dir>/worker.log: stdout and stderr of every worker */
+    char pids[320];   /* <dir>/pids: processes a test's scripts started write
+                       * their PIDs here, one a line; teardown SIGKILLs them */
     char url[512];    /* CW_TEST_AMQP_URL */
     char exe[512];    /* CW_TEST_EXE */
 
@@ -70,6 +72,7 @@ typedef struct cwtest_env {
     uint64_t next_seq;  /* sequence number of the next publish on channel 1 */
     uint64_t acked;     /* every publish up to this one is confirmed */
     cw_client *client;  /* from cwtest_client() */
+    struct cwtest_http *http; /* from cwtest_http_start(), stopped by teardown */
 } cwtest_env;
 
 /* Creates the env of a test into *state (so cwtest_teardown() finds it):
@@ -106,6 +109,11 @@ int cwtest_worker_stop(cwtest_env *env, int sig, int timeout_ms);
 /* True while the worker process has not exited. */
 bool cwtest_worker_alive(cwtest_env *env);
 
+/* Waits up to `timeout_ms` for the worker to exit by itself (it is sent
+ * nothing). Returns its exit code (or 128 + the signal that killed it, also
+ * kept in env->last_exit), or -1 when it is still running then. */
+int cwtest_worker_wait_exit(cwtest_env *env, int timeout_ms);
+
 /* The whole worker log, NUL-terminated; free() it. */
 char *cwtest_log_read(const cwtest_env *env);
 
@@ -117,7 +125,7 @@ void cwtest_log_wait(cwtest_env *env, const char *needle, unsigned n, int timeou
 
 /* The worker's final "stopped: ..." statistics, from the last such line. */
 typedef struct cwtest_stats {
-    unsigned long long received, applied, duplicates, dead_lettered, invalid;
+    unsigned long long received, applied, duplicates, retried, dead_lettered, invalid;
 } cwtest_stats;
 void cwtest_log_stats(const cwtest_env *env, cwtest_stats *out);
 
@@ -232,5 +240,75 @@ bool cwtest_ledger_applied(const cwtest_env *env, const char *message_id);
 
 /* Waits until the ledger has at least `n` rows; returns the count seen. */
 long cwtest_ledger_wait(cwtest_env *env, long n, int timeout_ms);
+
+/* One handler call, from the ledger's table `calls` (recorded before the
+ * handler decides anything). mono_ms is CLOCK_MONOTONIC, comparable with
+ * cwtest_now_ms(). */
+typedef struct cwtest_call {
+    unsigned attempt;
+    int64_t mono_ms;
+    int64_t wall_ms;
+} cwtest_call;
+
+/* Calls of one message ID (NULL: of all); 0 while the ledger does not exist. */
+long cwtest_calls_count(const cwtest_env *env, const char *message_id);
+
+/* The calls of one message ID in the order they were made, as a new array
+ * of *n (NULL when none); free() it. */
+cwtest_call *cwtest_calls_read(const cwtest_env *env, const char *message_id, size_t *n);
+
+/* Waits until one message ID (NULL: all) has at least `n` calls, failing the
+ * test if the worker exits first; returns the count seen. */
+long cwtest_calls_wait(cwtest_env *env, const char *message_id, long n, int timeout_ms);
+
+/* ---- files -------------------------------------------------------------- */
+
+/* Writes `text` to `path` with permissions `mode` (e.g. 0755 for a script). */
+void cwtest_write_file(const char *path, const char *text, unsigned mode);
+
+/* The JSON documents in `path`, one after the other (e.g. JSON lines), as a
+ * new array of *n (NULL and 0 when the file does not exist); fails the test
+ * on anything that is not JSON. Free with cwtest_json_free(). */
+struct json_object;
+struct json_object **cwtest_json_read(const char *path, size_t *n);
+void cwtest_json_free(struct json_object **docs, size_t n);
+
+/* Complete JSON documents in `path` so far (a document being written is not
+ * counted). */
+size_t cwtest_json_count(const char *path);
+
+/* Waits until `path` holds at least `n` complete JSON documents; returns the
+ * count seen. */
+size_t cwtest_json_wait(const char *path, size_t n, int timeout_ms);
+
+/* The string member `key` of a JSON object, or NULL. */
+const char *cwtest_json_str(struct json_object *obj, const char *key);
+
+/* True and *out when member `key` of a JSON object is an integer. */
+bool cwtest_json_int(struct json_object *obj, const char *key, int64_t *out);
+
+/* ---- a local HTTP server (libmicrohttpd) ---------------------------------- */
+
+/* A server on 127.0.0.1 (a port of its own choosing) that answers 200 to a
+ * POST to `path` and records its body and when it arrived, and 404 to
+ * anything else (counted). It runs on its own thread; the functions below
+ * may be called while it serves. The env owns it: teardown stops it. */
+typedef struct cwtest_http cwtest_http;
+cwtest_http *cwtest_http_start(cwtest_env *env, const char *path);
+unsigned cwtest_http_port(const cwtest_http *h);
+
+/* POST bodies recorded so far; requests answered 404. */
+size_t cwtest_http_count(cwtest_http *h);
+size_t cwtest_http_others(cwtest_http *h);
+
+/* A copy of the i-th body (free() it) and when it arrived (cwtest_now_ms()). */
+char *cwtest_http_body(cwtest_http *h, size_t i);
+int64_t cwtest_http_at(cwtest_http *h, size_t i);
+
+/* Waits until at least `n` bodies are recorded; returns the count seen. */
+size_t cwtest_http_wait(cwtest_http *h, size_t n, int timeout_ms);
+
+/* Stops the server and frees it (teardown does this for the env's). */
+void cwtest_http_stop(cwtest_http *h);
 
 #endif

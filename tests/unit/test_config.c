@@ -134,6 +134,25 @@ static int restore_cwd(void **state)
 
 /* ---- defaults ---------------------------------------------------------- */
 
+/* The defaults of [pool] handler_timeout, [retry], [handler] and [alert]. */
+static void expect_new_defaults(const cw_config *cfg)
+{
+    assert_int_equal(cfg->handler_timeout_ms, 5 * 60 * 1000);
+    assert_int_equal(cfg->retry.max_attempts, 5);
+    assert_int_equal(cfg->retry.interval_ms, 1000);
+    assert_true(cfg->retry.backoff_rate == 2.0);
+    assert_int_equal(cfg->retry.max_delay_ms, 3600 * 1000);
+    assert_int_equal(cfg->retry.jitter, CW_JITTER_FULL);
+    assert_int_equal(cfg->max_deliveries, 5);
+    assert_null(cfg->handlers);
+    assert_int_equal(cfg->n_handlers, 0);
+    assert_null(cfg->alert.command_argv);
+    assert_null(cfg->alert.webhook_url);
+    assert_int_equal(cfg->alert.timeout_ms, 10 * 1000);
+    assert_int_equal(cfg->alert.webhook_retries, 3);
+    assert_int_equal(cfg->alert.rate_limit_ms, 60 * 1000);
+}
+
 static void test_defaults_without_file(void **state)
 {
     cw_config *cfg = NULL;
@@ -162,6 +181,7 @@ static void test_defaults_without_file(void **state)
     assert_true(cfg->store_sync_full);
     assert_int_equal(cfg->log_level, CW_LOG_INFO);
     assert_int_equal(cfg->n_plugin_settings, 0);
+    expect_new_defaults(cfg);
     cw_config_free(cfg);
 }
 
@@ -186,6 +206,7 @@ static void test_defaults_from_name(void **state)
     assert_int_equal(cfg->store_backend, CW_STORE_SQLITE);
     assert_true(cfg->store_sync_full);
     assert_int_equal(cfg->log_level, CW_LOG_INFO);
+    expect_new_defaults(cfg);
     cw_config_free(cfg);
 }
 
@@ -340,6 +361,323 @@ static void test_plugin_settings(void **state)
     assert_string_equal(s[4].key, "Retries");
     assert_string_equal(s[4].value, "3");
     cw_config_free(cfg);
+}
+
+/* ---- [retry], [handler TYPE], [alert] ---------------------------------- */
+
+static void test_retry_keys(void **state)
+{
+    cw_config *cfg = NULL;
+
+    (void)state;
+    assert_int_equal(load_text("[pool]\nname = p\nhandler_timeout = 90s\n"
+                               "[retry]\n"
+                               "max_attempts = 8\n"
+                               "interval = 250ms\n"
+                               "backoff_rate = 1.5\n"
+                               "max_delay = 10m\n"
+                               "jitter = Equal\n"
+                               "max_deliveries = 3\n",
+                               &cfg),
+                     0);
+    assert_int_equal(cfg->handler_timeout_ms, 90000);
+    assert_int_equal(cfg->retry.max_attempts, 8);
+    assert_int_equal(cfg->retry.interval_ms, 250);
+    assert_true(cfg->retry.backoff_rate == 1.5);
+    assert_int_equal(cfg->retry.max_delay_ms, 600000);
+    assert_int_equal(cfg->retry.jitter, CW_JITTER_EQUAL);
+    assert_int_equal(cfg->max_deliveries, 3);
+    assert_int_equal(cfg->n_handlers, 0);
+    cw_config_free(cfg);
+
+    /* The limits. */
+    assert_int_equal(load_text("[pool]\nname = p\n"
+                               "[retry]\n"
+                               "max_attempts = 1\n"
+                               "interval = 0\n"
+                               "backoff_rate = 1\n"
+                               "max_delay = 104857500ms\n"
+                               "jitter = none\n"
+                               "max_deliveries = 90\n",
+                               &cfg),
+                     0);
+    assert_int_equal(cfg->retry.max_attempts, 1);
+    assert_int_equal(cfg->retry.interval_ms, 0);
+    assert_true(cfg->retry.backoff_rate == 1.0);
+    assert_int_equal(cfg->retry.max_delay_ms, 104857500);
+    assert_int_equal(cfg->retry.jitter, CW_JITTER_NONE);
+    assert_int_equal(cfg->max_deliveries, 90);
+    cw_config_free(cfg);
+
+    assert_int_equal(load_text("[pool]\nname = p\n"
+                               "[retry]\n"
+                               "max_attempts = 1000\n"
+                               "backoff_rate = 100.0\n"
+                               "max_delay = 0\n"
+                               "jitter = FULL\n"
+                               "interval = 1d\n",
+                               &cfg),
+                     0);
+    assert_int_equal(cfg->retry.max_attempts, 1000);
+    assert_true(cfg->retry.backoff_rate == 100.0);
+    assert_int_equal(cfg->retry.max_delay_ms, 0);
+    assert_int_equal(cfg->retry.jitter, CW_JITTER_FULL);
+    assert_int_equal(cfg->retry.interval_ms, 24 * 3600 * 1000);
+    cw_config_free(cfg);
+}
+
+static void test_handler_sections(void **state)
+{
+    cw_config *cfg = NULL;
+    const cw_handler_config *h;
+
+    (void)state;
+    assert_int_equal(load_text("[handler refund.issue]\n"
+                               "max_attempts = 10\n"
+                               "jitter = none\n"
+                               "[retry]\n"
+                               "max_attempts = 4\n"
+                               "[Handler  stock:release-v2_x]\n"
+                               "Interval = 5s\n"
+                               "backoff_rate = 3\n"
+                               "max_delay = 2m\n"
+                               "[handler empty]\n"
+                               "[pool]\n"
+                               "name = p\n",
+                               &cfg),
+                     0);
+    assert_int_equal(cfg->retry.max_attempts, 4);
+    assert_int_equal(cfg->retry.interval_ms, 1000);
+    assert_int_equal(cfg->n_handlers, 3);
+    h = cfg->handlers;
+    assert_string_equal(h[0].type, "refund.issue");
+    assert_int_equal(h[0].set, CW_RETRY_SET_MAX_ATTEMPTS | CW_RETRY_SET_JITTER);
+    assert_int_equal(h[0].retry.max_attempts, 10);
+    assert_int_equal(h[0].retry.jitter, CW_JITTER_NONE);
+    assert_string_equal(h[1].type, "stock:release-v2_x");
+    assert_int_equal(h[1].set,
+                     CW_RETRY_SET_INTERVAL | CW_RETRY_SET_BACKOFF_RATE | CW_RETRY_SET_MAX_DELAY);
+    assert_int_equal(h[1].retry.interval_ms, 5000);
+    assert_true(h[1].retry.backoff_rate == 3.0);
+    assert_int_equal(h[1].retry.max_delay_ms, 120000);
+    /* A section without keys overrides nothing. */
+    assert_string_equal(h[2].type, "empty");
+    assert_int_equal(h[2].set, 0);
+    cw_config_free(cfg);
+}
+
+/* Writes an executable (mode 0755) or plain (0644) file under the scratch
+ * directory. */
+static void write_mode(const char *rel, mode_t mode)
+{
+    char path[PATH_MAX];
+
+    write_file(rel, "#!/bin/sh\nexit 0\n");
+    snprintf(path, sizeof path, "%s/%s", g_tmp, rel);
+    assert_int_equal(chmod(path, mode), 0);
+}
+
+static void test_alert_keys(void **state)
+{
+    cw_config *cfg = NULL;
+    char ini[2 * PATH_MAX];
+    char **argv;
+
+    (void)state;
+    make_dir("alert dir");
+    write_mode("alert dir/notify.sh", 0755);
+    snprintf(ini, sizeof ini,
+             "[pool]\nname = p\n"
+             "[alert]\n"
+             "command = \"%s/alert dir/notify.sh\"  --to  ops\t\"two words\" \"\" 'single' "
+             "back\\slash \"esc\\\"aped\\\\\" a\"b c\"d\n"
+             "webhook = https://hooks.example/T0/B1?token=abc&x=1\n"
+             "timeout = 30s\n"
+             "webhook_retries = 0\n"
+             "rate_limit = 0\n",
+             g_tmp);
+    assert_int_equal(load_text(ini, &cfg), 0);
+    argv = cfg->alert.command_argv;
+    assert_non_null(argv);
+    snprintf(ini, sizeof ini, "%s/alert dir/notify.sh", g_tmp);
+    assert_string_equal(argv[0], ini);
+    assert_string_equal(argv[1], "--to");
+    assert_string_equal(argv[2], "ops");
+    assert_string_equal(argv[3], "two words");
+    assert_string_equal(argv[4], "");
+    assert_string_equal(argv[5], "'single'");
+    assert_string_equal(argv[6], "back\\slash");
+    assert_string_equal(argv[7], "esc\"aped\\");
+    assert_string_equal(argv[8], "ab cd");
+    assert_null(argv[9]);
+    assert_string_equal(cfg->alert.webhook_url, "https://hooks.example/T0/B1?token=abc&x=1");
+    assert_int_equal(cfg->alert.timeout_ms, 30000);
+    assert_int_equal(cfg->alert.webhook_retries, 0);
+    assert_int_equal(cfg->alert.rate_limit_ms, 0);
+    cw_config_free(cfg);
+
+    snprintf(ini, sizeof ini,
+             "[pool]\nname = p\n[alert]\ncommand = %s/alert\\ dir/notify.sh\n"
+             "webhook = HTTP://127.0.0.1:8080/hook\nwebhook_retries = 10\nrate_limit = 5m\n",
+             g_tmp);
+    /* Outside quotes a backslash is itself: this names "<dir>/alert\". */
+    EXPECT_ERROR(ini, "pool.ini:4: [alert] command: ", "alert\\': No such file or directory");
+
+    snprintf(ini, sizeof ini,
+             "[pool]\nname = p\n[alert]\ncommand = \"%s/alert dir/notify.sh\"\n"
+             "webhook = HTTP://127.0.0.1:8080/hook\nwebhook_retries = 10\nrate_limit = 5m\n",
+             g_tmp);
+    assert_int_equal(load_text(ini, &cfg), 0);
+    assert_null(cfg->alert.command_argv[1]);
+    assert_string_equal(cfg->alert.webhook_url, "HTTP://127.0.0.1:8080/hook");
+    assert_int_equal(cfg->alert.webhook_retries, 10);
+    assert_int_equal(cfg->alert.rate_limit_ms, 300000);
+    assert_int_equal(cfg->alert.timeout_ms, 10000);
+    cw_config_free(cfg);
+}
+
+static void test_error_retry_values(void **state)
+{
+    (void)state;
+    EXPECT_ERROR("[pool]\nname = p\nhandler_timeout = 0\n",
+                 "pool.ini:3: [pool] handler_timeout: '0' must be more than 0");
+    EXPECT_ERROR("[pool]\nname = p\nhandler_timeout = soon\n",
+                 "pool.ini:3: [pool] handler_timeout: 'soon' is not a duration");
+    EXPECT_ERROR("[retry]\nmax_attempts = 0\n",
+                 "pool.ini:2: [retry] max_attempts: '0' is not between 1 and 1000");
+    EXPECT_ERROR("[retry]\nmax_attempts = 1001\n",
+                 "pool.ini:2: [retry] max_attempts: '1001' is not between 1 and 1000");
+    EXPECT_ERROR("[retry]\nmax_attempts = five\n",
+                 "pool.ini:2: [retry] max_attempts: 'five' is not an integer");
+    EXPECT_ERROR("[retry]\ninterval = -1s\n", "pool.ini:2: [retry] interval: '-1s' is not a duration");
+    EXPECT_ERROR("[retry]\ninterval = 1.5s\n",
+                 "pool.ini:2: [retry] interval: '1.5s' is not a duration");
+    EXPECT_ERROR("[retry]\nbackoff_rate = 0.5\n",
+                 "pool.ini:2: [retry] backoff_rate: '0.5' is not between 1.0 and 100");
+    EXPECT_ERROR("[retry]\nbackoff_rate = 100.01\n",
+                 "pool.ini:2: [retry] backoff_rate: '100.01' is not between 1.0 and 100");
+    EXPECT_ERROR("[retry]\nbackoff_rate = 0.0000000000000000000000000000000000000000000000000000000000"
+                 "0000000000000000000000000000000000000000000000000000000000000000000000000000000"
+                 "00000000000000000000000000000000000000000000000000000000000000000000000000000000"
+                 "00000000000000000000000000000000000000000000000000000000000000000000000000000000"
+                 "000000000000001\n",
+                 "pool.ini:2: [retry] backoff_rate: ", "is not between 1.0 and 100");
+    static const char *const junk[] = {"2x", "1e1", "nan", "inf", "-2", "+2", "0x2", "2..0",
+                                       ".", "", "1,5", "2 .5"};
+    for (size_t i = 0; i < sizeof junk / sizeof *junk; i++) {
+        char ini[128], want[128];
+        snprintf(ini, sizeof ini, "[retry]\nbackoff_rate = %s\n", junk[i]);
+        snprintf(want, sizeof want, "pool.ini:2: [retry] backoff_rate: '%s' is not a decimal number",
+                 junk[i]);
+        EXPECT_ERROR(ini, want);
+    }
+    EXPECT_ERROR("[retry]\nmax_delay = 2d\n", "pool.ini:2: [retry] max_delay: '2d' is more than",
+                 "104857500ms");
+    EXPECT_ERROR("[retry]\nmax_delay = 104857501ms\n",
+                 "pool.ini:2: [retry] max_delay: '104857501ms' is more than");
+    EXPECT_ERROR("[retry]\nmax_delay = 1 week\n",
+                 "pool.ini:2: [retry] max_delay: '1 week' is not a duration");
+    EXPECT_ERROR("[retry]\njitter = random\n",
+                 "pool.ini:2: [retry] jitter: 'random' is not one of none, full, equal");
+    EXPECT_ERROR("[retry]\nmax_deliveries = 0\n",
+                 "pool.ini:2: [retry] max_deliveries: '0' is not between 1 and 90");
+    EXPECT_ERROR("[retry]\n\nmax_deliveries = 91\n",
+                 "pool.ini:3: [retry] max_deliveries: '91' is not between 1 and 90");
+    EXPECT_ERROR("[retry]\nmax_retries = 3\n", "pool.ini:2: unknown key 'max_retries' in [retry]",
+                 "(expected max_attempts, interval, backoff_rate, max_delay, jitter, "
+                 "max_deliveries)");
+    EXPECT_ERROR("[retry]\ninterval = 1s\n[pool]\nname = p\n[retry]\ninterval = 2s\n",
+                 "pool.ini:6: [retry] interval: set twice (first on line 2)");
+}
+
+static void test_error_handler_sections(void **state)
+{
+    (void)state;
+    EXPECT_ERROR("[pool]\nname = p\n[handler refund]\nmax_attempts = 0\n",
+                 "pool.ini:4: [handler refund] max_attempts: '0' is not between 1 and 1000");
+    EXPECT_ERROR("[handler refund]\ninterval = x\n",
+                 "pool.ini:2: [handler refund] interval: 'x' is not a duration");
+    EXPECT_ERROR("[handler refund]\nbackoff_rate = 1e3\n",
+                 "pool.ini:2: [handler refund] backoff_rate: '1e3' is not a decimal number");
+    EXPECT_ERROR("[handler refund]\nmax_delay = 30h\n",
+                 "pool.ini:2: [handler refund] max_delay: '30h' is more than");
+    EXPECT_ERROR("[handler refund]\njitter = some\n",
+                 "pool.ini:2: [handler refund] jitter: 'some' is not one of none, full, equal");
+    EXPECT_ERROR("[handler refund]\nmax_deliveries = 3\n",
+                 "pool.ini:2: unknown key 'max_deliveries' in [handler refund] (expected "
+                 "max_attempts, interval, backoff_rate, max_delay, jitter)");
+    EXPECT_ERROR("[handler refund]\njitter = full\nJitter = none\n",
+                 "pool.ini:3: [handler refund] jitter: set twice (first on line 2)");
+    /* Two sections of one type: an error, even when the second is empty. */
+    EXPECT_ERROR("[handler refund]\njitter = full\n[pool]\nname = p\n[handler refund]\n",
+                 "pool.ini:5: [handler refund] appears twice (first on line 1)");
+    EXPECT_ERROR("[handler a]\n[handler  a ]\n", "pool.ini:2: [handler a] appears twice");
+    /* Types are case-sensitive: these are two. */
+    cw_config *cfg = NULL;
+    assert_int_equal(load_text("[pool]\nname = p\n[handler a]\n[handler A]\n", &cfg), 0);
+    assert_int_equal(cfg->n_handlers, 2);
+    cw_config_free(cfg);
+
+    EXPECT_ERROR("[pool]\nname = p\n[handler a/b]\n",
+                 "pool.ini:3: section [handler a/b]: the task type is not 1 to 255 of");
+    EXPECT_ERROR("[pool]\nname = p\n[handler a b]\n",
+                 "pool.ini:3: section [handler a b]: the task type is not");
+    EXPECT_ERROR("[pool]\nname = p\n[handler]\n", "pool.ini:3: unknown section [handler]",
+                 "handler TYPE");
+    EXPECT_ERROR("[pool]\nname = p\n[handlerx y]\n", "pool.ini:3: unknown section [handlerx y]");
+    /* inih's limit on section names bounds the types a section can name. */
+    EXPECT_ERROR("[pool]\nname = p\n[handler aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa]\n",
+                 "pool.ini:3: section name", "is longer than 49 characters");
+}
+
+static void test_error_alert_values(void **state)
+{
+    char ini[PATH_MAX + 200];
+
+    (void)state;
+    make_dir("alert-errors");
+    write_mode("alert-errors/plain.sh", 0644);
+    write_mode("alert-errors/ok.sh", 0755);
+
+    EXPECT_ERROR("[alert]\ncommand = notify.sh --x\n",
+                 "pool.ini:2: [alert] command: 'notify.sh' is not an absolute path");
+    EXPECT_ERROR("[alert]\ncommand = /nonexistent/cw/notify arg\n",
+                 "pool.ini:2: [alert] command: '/nonexistent/cw/notify': No such file or directory");
+    snprintf(ini, sizeof ini, "[alert]\ncommand = %s/alert-errors\n", g_tmp);
+    EXPECT_ERROR(ini, "pool.ini:2: [alert] command: '", "alert-errors' is not a regular file");
+    snprintf(ini, sizeof ini, "[alert]\ncommand = %s/alert-errors/plain.sh\n", g_tmp);
+    /* Even for root: access(X_OK) wants an execute bit. */
+    EXPECT_ERROR(ini, "pool.ini:2: [alert] command: '", "plain.sh' is not executable");
+    snprintf(ini, sizeof ini, "[alert]\ncommand = %s/alert-errors/ok.sh \"unclosed arg\n", g_tmp);
+    EXPECT_ERROR(ini, "pool.ini:2: [alert] command: the quote at column", "is not closed");
+    snprintf(ini, sizeof ini, "[alert]\ncommand = %s/alert-errors/ok.sh \"ends in \\\n", g_tmp);
+    EXPECT_ERROR(ini, "pool.ini:2: [alert] command: the quote at column", "is not closed");
+    EXPECT_ERROR("[alert]\ncommand =\n", "pool.ini:2: [alert] command: no program given");
+    EXPECT_ERROR("[alert]\ncommand = \"\"\n",
+                 "pool.ini:2: [alert] command: '' is not an absolute path");
+
+    EXPECT_ERROR("[alert]\nwebhook = ftp://host/x?token=SECRET\n",
+                 "pool.ini:2: [alert] webhook: the URL does not start with http:// or https://");
+    assert_null(strstr(cw_error_last(), "SECRET"));
+    EXPECT_ERROR("[alert]\nwebhook = host/hook\n", "pool.ini:2: [alert] webhook: the URL does not");
+    EXPECT_ERROR("[alert]\nwebhook = https://\n", "pool.ini:2: [alert] webhook: the URL has no host");
+    EXPECT_ERROR("[alert]\nwebhook = http:///path\n", "pool.ini:2: [alert] webhook: the URL has no host");
+    EXPECT_ERROR("[alert]\nwebhook = http://a b/SECRET\n",
+                 "pool.ini:2: [alert] webhook: the URL contains a blank");
+    assert_null(strstr(cw_error_last(), "SECRET"));
+    EXPECT_ERROR("[alert]\ntimeout = 0\n", "pool.ini:2: [alert] timeout: '0' must be more than 0");
+    EXPECT_ERROR("[alert]\ntimeout = 1x\n", "pool.ini:2: [alert] timeout: '1x' is not a duration");
+    EXPECT_ERROR("[alert]\nwebhook_retries = 11\n",
+                 "pool.ini:2: [alert] webhook_retries: '11' is not between 0 and 10");
+    EXPECT_ERROR("[alert]\nwebhook_retries = -1\n",
+                 "pool.ini:2: [alert] webhook_retries: '-1' is not between 0 and 10");
+    EXPECT_ERROR("[alert]\nrate_limit = often\n",
+                 "pool.ini:2: [alert] rate_limit: 'often' is not a duration");
+    EXPECT_ERROR("[alert]\nemail = ops@example.com\n", "pool.ini:2: unknown key 'email' in [alert]",
+                 "(expected command, webhook, timeout, webhook_retries, rate_limit)");
+    snprintf(ini, sizeof ini, "[alert]\ncommand = %s/alert-errors/ok.sh\ncommand = %s/alert-errors/ok.sh\n",
+             g_tmp, g_tmp);
+    EXPECT_ERROR(ini, "pool.ini:3: [alert] command: set twice (first on line 2)");
 }
 
 /* ---- environment ------------------------------------------------------- */
@@ -597,6 +935,12 @@ int main(void)
         cmocka_unit_test(test_limits_accepted),
         cmocka_unit_test(test_lenient_syntax),
         cmocka_unit_test(test_plugin_settings),
+        cmocka_unit_test(test_retry_keys),
+        cmocka_unit_test(test_handler_sections),
+        cmocka_unit_test(test_alert_keys),
+        cmocka_unit_test(test_error_retry_values),
+        cmocka_unit_test(test_error_handler_sections),
+        cmocka_unit_test(test_error_alert_values),
         cmocka_unit_test_teardown(test_env_overrides_url, restore_cwd),
         cmocka_unit_test(test_plugins_glob),
         cmocka_unit_test_teardown(test_plugins_relative_to_file, restore_cwd),

@@ -1,0 +1,36 @@
+/* Internal: crash reports of workers that die in a handler.
+ *
+ * A worker that dies in a handler (a fatal signal, or the watchdog ending it
+ * past [pool] handler_timeout) first writes a report — which message, which
+ * plugin, which signal, a backtrace — to <store path>.crash/<worker>.crash,
+ * with async-signal-safe calls only. The next worker that sees a redelivery
+ * notes the reports of dead workers in the store's attempt history (where
+ * `compworker status` and a poison dead-letter find them) and removes them. */
+#ifndef CW_FRAMEWORK_CRASH_H
+#define CW_FRAMEWORK_CRASH_H
+
+#include <stddef.h>
+
+#include "framework/store.h"
+#include "framework/worker.h"
+
+/* The report directory of a store file: "<path>.crash". */
+void cw__crash_dir(const char *store_path, char *out, size_t cap);
+
+/* Prepares the report file of this process and installs handlers for
+ * SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT and SIGSYS on an alternate stack.
+ * They write a report when a handler is running, then let the signal take
+ * its default course (the process dies of it). `w` must outlive the process's
+ * handlers. Not thread-safe; call once, before the worker runs. */
+int cw__crash_reporter_install(const char *dir, const char *owner, const cw_worker *w);
+
+/* Writes a report for the running handler with `what` as its cause (e.g.
+ * "timeout after 300 s"). Async-signal-safe. Does nothing when no handler
+ * runs or no reporter is installed. */
+void cw__crash_report(const char *what);
+
+/* Notes in `store` every report in `dir` whose worker is no longer alive,
+ * then deletes it. Returns the number noted, or <0 on a store error. */
+int cw__crash_import(cw_store *store, const char *dir);
+
+#endif
