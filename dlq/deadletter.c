@@ -24,7 +24,7 @@ static const char *const cw_failure_headers[] = {
     "cw-queue",  "cw-attempt",     "cw-crash-signal", "cw-plugin",
 };
 
-static bool is_failure_header(amqp_bytes_t key)
+bool cw__is_failure_header(amqp_bytes_t key)
 {
     for (size_t i = 0; i < sizeof cw_failure_headers / sizeof *cw_failure_headers; i++) {
         size_t n = strlen(cw_failure_headers[i]);
@@ -80,7 +80,7 @@ int cw__publish_copy(cw_publisher *p, const char *exchange, const char *routing_
         amqp_bytes_t k = old->entries[i].key;
         if (cw__delay_header_is_broker(k.bytes, k.len))
             continue;
-        if (!info || !is_failure_header(k))
+        if (!info || !cw__is_failure_header(k))
             e[n++] = old->entries[i];
     }
     if (!info) {

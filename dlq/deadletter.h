@@ -3,6 +3,7 @@
 #define CW_DLQ_DEADLETTER_H
 
 #include <amqp.h>
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "framework/broker.h"
@@ -31,6 +32,12 @@ int cw__publish_copy(cw_publisher *p, const char *exchange, const char *routing_
 /* cw__publish_copy() to the dead-letter exchange, routed to `dlq`. */
 int cw__dlq_publish(cw_publisher *p, const char *dlq, const amqp_envelope_t *env,
                     const cw_deadletter_info *info, int64_t now_ms);
+
+/* True for a header a failure adds and a new attempt must not carry:
+ * cw-error, cw-error-class, cw-failed-at, cw-handler, cw-worker, cw-queue,
+ * cw-attempt, cw-crash-signal, cw-plugin. (cw-original-exchange and
+ * cw-original-routing-key are kept: they name the task's first place.) */
+bool cw__is_failure_header(amqp_bytes_t key);
 
 #define CW_ISO8601_LEN 32
 

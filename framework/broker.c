@@ -1,5 +1,8 @@
 /* AMQP connections and topology. */
+#include <amqp_ssl_socket.h>
 #include <amqp_tcp_socket.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -83,8 +86,61 @@ static unsigned count_urls(const char *urls)
     return n;
 }
 
-static int connect_one(amqp_connection_state_t *out, const char *url, int heartbeat_s,
-                       const char *name)
+/* A TLS socket for `conn` set up from `tls` (NULL: the system's CAs, both
+ * verifications on). */
+static int tls_socket(amqp_connection_state_t conn, const cw_tls_config *tls, const char *masked,
+                      amqp_socket_t **out)
+{
+    static const cw_tls_config defaults = {.verify_peer = true, .verify_hostname = true};
+    if (!tls)
+        tls = &defaults;
+    amqp_socket_t *sock = amqp_ssl_socket_new(conn);
+    if (!sock)
+        return cw__error(CW_STATUS_NOMEM, "cannot create a TLS socket for %s", masked);
+    if (tls->ca_file) {
+        if (amqp_ssl_socket_set_cacert(sock, tls->ca_file) != AMQP_STATUS_OK)
+            return cw__error(CW_STATUS_INVALID_ARG,
+                             "[broker] tls_ca_file '%s' holds no PEM certificate OpenSSL can use",
+                             tls->ca_file);
+    } else if (SSL_CTX_set_default_verify_paths(amqp_ssl_socket_get_context(sock)) != 1) {
+        return cw__error(CW_STATUS_INVALID_ARG,
+                         "cannot load the system's trusted CAs for %s: set [broker] tls_ca_file",
+                         masked);
+    }
+    if (tls->cert_file && tls->key_file &&
+        amqp_ssl_socket_set_key(sock, tls->cert_file, tls->key_file) != AMQP_STATUS_OK)
+        return cw__error(CW_STATUS_INVALID_ARG,
+                         "[broker] tls_cert_file '%s' and tls_key_file '%s' are not a PEM "
+                         "certificate and its unencrypted private key",
+                         tls->cert_file, tls->key_file);
+    amqp_ssl_socket_set_verify_peer(sock, tls->verify_peer);
+    amqp_ssl_socket_set_verify_hostname(sock, tls->verify_hostname);
+    if (amqp_ssl_socket_set_ssl_versions(sock, AMQP_TLSv1_2, AMQP_TLSvLATEST) != AMQP_STATUS_OK)
+        return cw__error(CW_STATUS_INVALID_ARG, "this OpenSSL cannot do TLS 1.2 (%s)", masked);
+    *out = sock;
+    return 0;
+}
+
+/* OpenSSL's reason for the last failure on this thread, or "". */
+static const char *tls_reason(char *buf, size_t cap)
+{
+    unsigned long e = ERR_peek_last_error();
+    buf[0] = '\0';
+    if (e) {
+        snprintf(buf, cap, " (");
+        ERR_error_string_n(e, buf + 2, cap - 3);
+        size_t n = strlen(buf);
+        if (n + 1 < cap) {
+            buf[n] = ')';
+            buf[n + 1] = '\0';
+        }
+    }
+    ERR_clear_error();
+    return buf;
+}
+
+static int connect_one(amqp_connection_state_t *out, const char *url, const cw_tls_config *tls,
+                       int heartbeat_s, const char *name)
 {
     char masked[1024], buf[1024];
     cw__url_mask(url, masked, sizeof masked);
@@ -97,24 +153,25 @@ static int connect_one(amqp_connection_state_t *out, const char *url, int heartb
      * spec; everyone who writes it means the default one. */
     if (!ci.vhost || !ci.vhost[0])
         ci.vhost = "/";
-    if (ci.ssl)
-        return cw__error(CW_STATUS_INVALID_ARG,
-                         "broker URL '%s': amqps:// (TLS) is not available in this build", masked);
 
     int rc;
     amqp_connection_state_t conn = amqp_new_connection();
     if (!conn)
         return cw__error(CW_STATUS_NOMEM, "out of memory connecting to %s", masked);
-    amqp_socket_t *sock = amqp_tcp_socket_new(conn);
-    if (!sock) {
+    amqp_socket_t *sock = NULL;
+    if (ci.ssl) {
+        if ((rc = tls_socket(conn, tls, masked, &sock)))
+            goto out_destroy;
+    } else if (!(sock = amqp_tcp_socket_new(conn))) {
         rc = cw__error(CW_STATUS_NOMEM, "out of memory connecting to %s", masked);
         goto out_destroy;
     }
     struct timeval tv = {.tv_sec = CW_CONNECT_TIMEOUT_S};
     int st = amqp_socket_open_noblock(sock, ci.host, ci.port, &tv);
     if (st != AMQP_STATUS_OK) {
-        rc = cw__error(CW_STATUS_CONNECTION, "cannot connect to %s: %s", masked,
-                       amqp_error_string2(st));
+        char why[256];
+        rc = cw__error(CW_STATUS_CONNECTION, "cannot connect to %s: %s%s", masked,
+                       amqp_error_string2(st), ci.ssl ? tls_reason(why, sizeof why) : "");
         goto out_destroy;
     }
     amqp_set_handshake_timeout(conn, &tv);
@@ -150,6 +207,13 @@ out_destroy:
 int cw__broker_connect(amqp_connection_state_t *out, const char *urls, unsigned *next,
                        int heartbeat_s, const char *name, char *connected_to, size_t cap)
 {
+    return cw__broker_connect_tls(out, urls, NULL, next, heartbeat_s, name, connected_to, cap);
+}
+
+int cw__broker_connect_tls(amqp_connection_state_t *out, const char *urls,
+                           const cw_tls_config *tls, unsigned *next, int heartbeat_s,
+                           const char *name, char *connected_to, size_t cap)
+{
     unsigned n = count_urls(urls);
     if (n == 0)
         return cw__error(CW_STATUS_INVALID_ARG, "no broker URL is configured");
@@ -159,7 +223,7 @@ int cw__broker_connect(amqp_connection_state_t *out, const char *urls, unsigned 
         unsigned idx = (*next + i) % n;
         char url[1024];
         nth_url(urls, idx, url, sizeof url);
-        rc = connect_one(out, url, heartbeat_s, name);
+        rc = connect_one(out, url, tls, heartbeat_s, name);
         if (rc == 0) {
             *next = idx;
             if (connected_to)

@@ -14,12 +14,26 @@
 #define CW_DLX_NAME "cw.dlx"
 
 /* Connects to the first broker of `urls` (separated by spaces or commas) that
- * answers, starting at index *next and wrapping; on success *next is the
+ * answers (amqps:// ones with the defaults of cw__broker_connect_tls()), starting at index *next and wrapping; on success *next is the
  * index of the broker connected to, so that the next call after a failure
  * moves on to the following one. `name` is shown in the management UI.
  * Errors name the broker with its password masked. */
 int cw__broker_connect(amqp_connection_state_t *out, const char *urls, unsigned *next,
                        int heartbeat_s, const char *name, char *connected_to, size_t cap);
+
+/* The same, with TLS for amqps:// URLs set up from `tls` (NULL: the
+ * system's trusted CAs, peer and host name verified). A URL of the list may
+ * be amqp:// or amqps://; TLS 1.2 at least. Errors say why the handshake
+ * failed (OpenSSL's reason when it gives one). */
+int cw__broker_connect_tls(amqp_connection_state_t *out, const char *urls,
+                           const cw_tls_config *tls, unsigned *next, int heartbeat_s,
+                           const char *name, char *connected_to, size_t cap);
+
+/* cw_client_new() (include/compworker/client.h) with the TLS settings of a
+ * pool file for amqps:// URLs (NULL: the defaults above). */
+struct cw_client;
+int cw__client_new_tls(struct cw_client **out, const char *url, const cw_tls_config *tls,
+                       const char *exchange);
 
 /* Closes and destroys a connection (NULL-safe). */
 void cw__broker_close(amqp_connection_state_t conn);

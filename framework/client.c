@@ -23,6 +23,12 @@ struct cw_client {
 
 int cw_client_new(cw_client **out, const char *url, const char *exchange)
 {
+    return cw__client_new_tls(out, url, NULL, exchange);
+}
+
+int cw__client_new_tls(cw_client **out, const char *url, const cw_tls_config *tls,
+                       const char *exchange)
+{
     int rc;
     if (!out || !url || !exchange || !exchange[0])
         return cw__error(CW_STATUS_INVALID_ARG, "cw_client_new: NULL or empty argument");
@@ -32,8 +38,8 @@ int cw_client_new(cw_client **out, const char *url, const char *exchange)
         goto out_free;
     }
     unsigned next = 0;
-    if ((rc = cw__broker_connect(&c->conn, url, &next, 0, "compworker publisher", c->broker,
-                                 sizeof c->broker)))
+    if ((rc = cw__broker_connect_tls(&c->conn, url, tls, &next, 0, "compworker publisher",
+                                     c->broker, sizeof c->broker)))
         goto out_free;
     if ((rc = cw__publisher_open(&c->pub, c->conn, CW_CLIENT_CH)))
         goto out_close;

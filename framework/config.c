@@ -43,6 +43,8 @@
 #define CW_DEFAULT_WEBHOOK_RETRIES 3
 #define CW_MAX_WEBHOOK_RETRIES 10
 #define CW_DEFAULT_RATE_LIMIT_MS (60 * 1000)
+#define CW_DEFAULT_WORKERS 1
+#define CW_DEFAULT_SHUTDOWN_TIMEOUT_MS (30 * 1000)
 
 #define CW_NAME_MAX 100      /* pool and plugin names */
 #define CW_AMQP_NAME_MAX 255 /* exchange and queue names are AMQP short strings */
@@ -57,12 +59,20 @@ typedef enum cw_key_id {
     CW_KEY_PREFETCH,
     CW_KEY_BATCH,
     CW_KEY_HEARTBEAT,
+    CW_KEY_TLS_CA_FILE,
+    CW_KEY_TLS_CERT_FILE,
+    CW_KEY_TLS_KEY_FILE,
+    CW_KEY_TLS_VERIFY_PEER,
+    CW_KEY_TLS_VERIFY_HOSTNAME,
     CW_KEY_NAME,
     CW_KEY_QUEUE,
     CW_KEY_QUEUE_TYPE,
     CW_KEY_PLUGINS,
     CW_KEY_MAX_BODY_SIZE,
     CW_KEY_HANDLER_TIMEOUT,
+    CW_KEY_WORKERS,
+    CW_KEY_SHUTDOWN_TIMEOUT,
+    CW_KEY_METRICS_LISTEN,
     CW_KEY_BACKEND,
     CW_KEY_STORE_PATH,
     CW_KEY_LEASE,
@@ -80,8 +90,11 @@ typedef enum cw_key_id {
     CW_KEY_WEBHOOK_RETRIES,
     CW_KEY_RATE_LIMIT,
     CW_KEY_LEVEL,
+    CW_KEY_LOG_FORMAT,
     CW_KEY_COUNT
 } cw_key_id;
+
+_Static_assert(CW_KEY_COUNT <= CW_CONFIG_MAX_KEYS, "raise CW_CONFIG_MAX_KEYS");
 
 /* The keys of a retry policy, in [retry] and in [handler TYPE]. */
 #define CW_RETRY_KEY_COUNT 5
@@ -102,7 +115,7 @@ typedef struct cw_config_ctx {
     size_t line_cap;
     unsigned lineno;                 /* line being parsed, from 1 */
     int status;                      /* first error, 0 while there is none */
-    unsigned key_line[CW_KEY_COUNT]; /* where each key was set, 0 = not yet */
+    unsigned key_line[CW_KEY_COUNT]; /* where each key was set in the file, 0 = not yet */
     size_t plugins_cap;
     size_t settings_cap;
     unsigned *setting_lines; /* where each plugin setting was set */
@@ -523,6 +536,157 @@ static int cw_set_handler_timeout(cw_config_ctx *ctx, const char *value, char *w
     return cw_check_positive_duration(value, &ctx->cfg->handler_timeout_ms, why, why_len);
 }
 
+/* true/false, yes/no, on/off, 1/0 */
+static int cw_check_bool(const char *value, bool *out, char *why, size_t why_len)
+{
+    static const char *const yes[] = {"true", "yes", "on", "1"};
+    static const char *const no[] = {"false", "no", "off", "0"};
+
+    for (size_t i = 0; i < sizeof yes / sizeof *yes; i++) {
+        if (strcasecmp(value, yes[i]) == 0) {
+            *out = true;
+            return 0;
+        }
+        if (strcasecmp(value, no[i]) == 0) {
+            *out = false;
+            return 0;
+        }
+    }
+    snprintf(why, why_len, "'%s' is not true or false", value);
+    return CW_STATUS_CONFIG;
+}
+
+/* A file that must be readable now (TLS material): stored as an absolute
+ * path, relative ones taken from the directory of the config file. */
+static int cw_set_readable_file(cw_config_ctx *ctx, char **dst, const char *value, char *why,
+                                size_t why_len)
+{
+    char *path;
+
+    if (*value == '\0') {
+        snprintf(why, why_len, "value is empty");
+        return CW_STATUS_CONFIG;
+    }
+    path = cw_path_resolve(ctx->dir, value);
+    if (path == NULL)
+        return CW_STATUS_NOMEM;
+    if (access(path, R_OK) != 0) {
+        snprintf(why, why_len, "'%s' cannot be read: %s", path, strerror(errno));
+        free(path);
+        return CW_STATUS_CONFIG;
+    }
+    free(*dst);
+    *dst = path;
+    return 0;
+}
+
+static int cw_set_tls_ca_file(cw_config_ctx *ctx, const char *value, char *why, size_t why_len)
+{
+    return cw_set_readable_file(ctx, &ctx->cfg->tls.ca_file, value, why, why_len);
+}
+
+static int cw_set_tls_cert_file(cw_config_ctx *ctx, const char *value, char *why, size_t why_len)
+{
+    return cw_set_readable_file(ctx, &ctx->cfg->tls.cert_file, value, why, why_len);
+}
+
+static int cw_set_tls_key_file(cw_config_ctx *ctx, const char *value, char *why, size_t why_len)
+{
+    return cw_set_readable_file(ctx, &ctx->cfg->tls.key_file, value, why, why_len);
+}
+
+static int cw_set_tls_verify_peer(cw_config_ctx *ctx, const char *value, char *why,
+                                  size_t why_len)
+{
+    return cw_check_bool(value, &ctx->cfg->tls.verify_peer, why, why_len);
+}
+
+static int cw_set_tls_verify_hostname(cw_config_ctx *ctx, const char *value, char *why,
+                                      size_t why_len)
+{
+    return cw_check_bool(value, &ctx->cfg->tls.verify_hostname, why, why_len);
+}
+
+static int cw_set_workers(cw_config_ctx *ctx, const char *value, char *why, size_t why_len)
+{
+    long long v;
+    int rc = cw_check_int(value, 1, CW_POOL_MAX_WORKERS, &v, why, why_len);
+
+    if (rc == 0)
+        ctx->cfg->workers = (unsigned)v;
+    return rc;
+}
+
+static int cw_set_shutdown_timeout(cw_config_ctx *ctx, const char *value, char *why,
+                                   size_t why_len)
+{
+    return cw_check_positive_duration(value, &ctx->cfg->shutdown_timeout_ms, why, why_len);
+}
+
+int cw__listen_parse(const char *value, char *host, size_t host_cap, unsigned *port)
+{
+    const char *colon;
+    const char *h = value;
+    size_t hlen;
+    long long p;
+
+    if (value[0] == '[') {
+        const char *close = strchr(value, ']');
+        if (close == NULL || close[1] != ':')
+            return CW_STATUS_INVALID_ARG;
+        h = value + 1;
+        hlen = (size_t)(close - h);
+        colon = close + 1;
+    } else {
+        colon = strrchr(value, ':');
+        if (colon == NULL || memchr(value, ':', (size_t)(colon - value)) != NULL)
+            return CW_STATUS_INVALID_ARG;
+        hlen = (size_t)(colon - value);
+    }
+    if (hlen == 0 || hlen >= host_cap || !cw__parse_int(colon + 1, 0, 65535, &p))
+        return CW_STATUS_INVALID_ARG;
+    for (size_t i = 0; i < hlen; i++) {
+        unsigned char c = (unsigned char)h[i];
+        if (!isalnum(c) && c != '.' && c != '-' && c != ':' && c != '_')
+            return CW_STATUS_INVALID_ARG;
+    }
+    memcpy(host, h, hlen);
+    host[hlen] = '\0';
+    *port = (unsigned)p;
+    return 0;
+}
+
+static int cw_set_metrics_listen(cw_config_ctx *ctx, const char *value, char *why,
+                                 size_t why_len)
+{
+    char host[256];
+    unsigned port;
+
+    if (*value == '\0' || strcasecmp(value, "off") == 0) {
+        free(ctx->cfg->metrics_listen);
+        ctx->cfg->metrics_listen = NULL;
+        return 0;
+    }
+    if (cw__listen_parse(value, host, sizeof host, &port) != 0) {
+        snprintf(why, why_len,
+                 "'%s' is not HOST:PORT (e.g. 127.0.0.1:9464, [::1]:9464, 0.0.0.0:9464; off)",
+                 value);
+        return CW_STATUS_CONFIG;
+    }
+    return cw_set_string(&ctx->cfg->metrics_listen, value);
+}
+
+static int cw_set_log_format(cw_config_ctx *ctx, const char *value, char *why, size_t why_len)
+{
+    static const char *const formats[] = {[CW_LOG_LOGFMT] = "logfmt", [CW_LOG_JSON] = "json"};
+    int i;
+    int rc = cw_check_choice(value, formats, sizeof formats / sizeof *formats, &i, why, why_len);
+
+    if (rc == 0)
+        ctx->cfg->log_format = (cw_log_format)i;
+    return rc;
+}
+
 /* ---- retry policies: [retry] and [handler TYPE] ------------------------ */
 
 /* Checks `value` and stores it in one field of `p`. */
@@ -834,12 +998,20 @@ static const cw_key cw_keys[CW_KEY_COUNT] = {
     [CW_KEY_PREFETCH] = {"broker", "prefetch", cw_set_prefetch},
     [CW_KEY_BATCH] = {"broker", "batch", cw_set_batch},
     [CW_KEY_HEARTBEAT] = {"broker", "heartbeat", cw_set_heartbeat},
+    [CW_KEY_TLS_CA_FILE] = {"broker", "tls_ca_file", cw_set_tls_ca_file},
+    [CW_KEY_TLS_CERT_FILE] = {"broker", "tls_cert_file", cw_set_tls_cert_file},
+    [CW_KEY_TLS_KEY_FILE] = {"broker", "tls_key_file", cw_set_tls_key_file},
+    [CW_KEY_TLS_VERIFY_PEER] = {"broker", "tls_verify_peer", cw_set_tls_verify_peer},
+    [CW_KEY_TLS_VERIFY_HOSTNAME] = {"broker", "tls_verify_hostname", cw_set_tls_verify_hostname},
     [CW_KEY_NAME] = {"pool", "name", cw_set_name},
     [CW_KEY_QUEUE] = {"pool", "queue", cw_set_queue},
     [CW_KEY_QUEUE_TYPE] = {"pool", "queue_type", cw_set_queue_type},
     [CW_KEY_PLUGINS] = {"pool", "plugins", cw_set_plugins},
     [CW_KEY_MAX_BODY_SIZE] = {"pool", "max_body_size", cw_set_max_body_size},
     [CW_KEY_HANDLER_TIMEOUT] = {"pool", "handler_timeout", cw_set_handler_timeout},
+    [CW_KEY_WORKERS] = {"pool", "workers", cw_set_workers},
+    [CW_KEY_SHUTDOWN_TIMEOUT] = {"pool", "shutdown_timeout", cw_set_shutdown_timeout},
+    [CW_KEY_METRICS_LISTEN] = {"pool", "metrics_listen", cw_set_metrics_listen},
     [CW_KEY_BACKEND] = {"store", "backend", cw_set_backend},
     [CW_KEY_STORE_PATH] = {"store", "path", cw_set_store_path},
     [CW_KEY_LEASE] = {"store", "lease", cw_set_lease},
@@ -857,6 +1029,7 @@ static const cw_key cw_keys[CW_KEY_COUNT] = {
     [CW_KEY_WEBHOOK_RETRIES] = {"alert", "webhook_retries", cw_set_webhook_retries},
     [CW_KEY_RATE_LIMIT] = {"alert", "rate_limit", cw_set_rate_limit},
     [CW_KEY_LEVEL] = {"log", "level", cw_set_log_level},
+    [CW_KEY_LOG_FORMAT] = {"log", "format", cw_set_log_format},
 };
 
 /* ---- sections ---------------------------------------------------------- */
@@ -1215,6 +1388,8 @@ static int cw_config_on_value(void *user, const char *section, const char *key, 
             return 0;
         }
         ctx->key_line[i] = ctx->lineno;
+        ctx->cfg->origin[i] = CW_ORIGIN_FILE;
+        ctx->cfg->line[i] = ctx->lineno;
         why[0] = '\0';
         rc = k->set(ctx, value, why, sizeof why);
         if (rc != 0)
@@ -1252,6 +1427,11 @@ static int cw_config_defaults(cw_config *cfg)
     cfg->alert.timeout_ms = CW_DEFAULT_ALERT_TIMEOUT_MS;
     cfg->alert.webhook_retries = CW_DEFAULT_WEBHOOK_RETRIES;
     cfg->alert.rate_limit_ms = CW_DEFAULT_RATE_LIMIT_MS;
+    cfg->tls.verify_peer = true;
+    cfg->tls.verify_hostname = true;
+    cfg->workers = CW_DEFAULT_WORKERS;
+    cfg->shutdown_timeout_ms = CW_DEFAULT_SHUTDOWN_TIMEOUT_MS;
+    cfg->log_format = CW_LOG_LOGFMT;
     return 0;
 }
 
@@ -1267,6 +1447,16 @@ static int cw_config_finish(cw_config_ctx *ctx)
         return cw_config_fail(ctx, CW_STATUS_CONFIG,
                               "%s:%u: [broker] batch: %u is more than prefetch (%u)", ctx->file,
                               ctx->key_line[CW_KEY_BATCH], cfg->batch, cfg->prefetch);
+    if ((cfg->tls.cert_file == NULL) != (cfg->tls.key_file == NULL)) {
+        cw_key_id set = cfg->tls.cert_file ? CW_KEY_TLS_CERT_FILE : CW_KEY_TLS_KEY_FILE;
+        char where[64] = "";
+        if (cfg->origin[set] == CW_ORIGIN_FILE)
+            snprintf(where, sizeof where, ":%u", cfg->line[set]);
+        return cw_config_fail(ctx, CW_STATUS_CONFIG,
+                              "%s%s: [broker] tls_cert_file and tls_key_file go together: "
+                              "set both for a client certificate, or neither",
+                              ctx->file, where);
+    }
     if (cfg->queue == NULL && asprintf(&cfg->queue, "cw.%s", cfg->name) < 0) {
         cfg->queue = NULL;
         return cw_config_fail_nomem(ctx);
@@ -1297,6 +1487,101 @@ static void cw_config_set_inih_options(void)
     ini_stop_on_first_error = true;
     ini_use_stack = true;
     ini_max_line = CW_MAX_LINE;
+}
+
+/* Sets key `i` from outside the file (environment, flag); `label` names the
+ * source in the message of an invalid value. */
+static int cw_config_apply_one(cw_config_ctx *ctx, cw_key_id i, const char *value,
+                               cw_config_origin origin, const char *label,
+                               const char *static_label)
+{
+    const cw_key *k = &cw_keys[i];
+    cw_config *cfg = ctx->cfg;
+    char why[CW_WHY_MAX] = "";
+    int rc;
+
+    if (i == CW_KEY_PLUGINS) { /* the file's list is replaced, not extended */
+        for (size_t j = 0; j < cfg->n_plugins; j++)
+            free(cfg->plugins[j]);
+        cfg->n_plugins = 0;
+        cfg->plugins[0] = NULL;
+    }
+    rc = k->set(ctx, value, why, sizeof why);
+    if (rc == CW_STATUS_NOMEM)
+        return cw_config_nomem(label);
+    if (rc != 0)
+        return cw__error(rc, "%s: [%s] %s: %s", label, k->section, k->name, why);
+    cfg->origin[i] = (unsigned char)origin;
+    cfg->line[i] = 0;
+    cfg->origin_label[i] = static_label;
+    return 0;
+}
+
+/* CW_<SECTION>_<KEY> of key `i`. */
+static void cw_config_env_name(cw_key_id i, char *out, size_t cap)
+{
+    size_t n = (size_t)snprintf(out, cap, "CW_%s_%s", cw_keys[i].section, cw_keys[i].name);
+    for (size_t j = 0; j < n && j < cap; j++)
+        out[j] = (char)toupper((unsigned char)out[j]);
+}
+
+/* The environment overrides the file: CW_<SECTION>_<KEY> for every key of
+ * the fixed sections, then CW_AMQP_URL. Empty variables are ignored. */
+static int cw_config_apply_env(cw_config_ctx *ctx)
+{
+    char name[96];
+    const char *v;
+    int rc;
+
+    for (int i = 0; i < CW_KEY_COUNT; i++) {
+        cw_config_env_name((cw_key_id)i, name, sizeof name);
+        v = getenv(name);
+        if (v == NULL || *v == '\0')
+            continue;
+        if ((rc = cw_config_apply_one(ctx, (cw_key_id)i, v, CW_ORIGIN_ENV, name, NULL)) != 0)
+            return ctx->status = rc;
+    }
+    v = getenv("CW_AMQP_URL");
+    if (v != NULL && *v != '\0' &&
+        (rc = cw_config_apply_one(ctx, CW_KEY_URL, v, CW_ORIGIN_ENV, "CW_AMQP_URL",
+                                  "CW_AMQP_URL")) != 0)
+        return ctx->status = rc;
+    return 0;
+}
+
+/* Defaults and the environment, without a file. */
+static int cw_config_env_only(cw_config *cfg)
+{
+    cw_config_ctx ctx = {.cfg = cfg, .file = "environment"};
+    int rc;
+
+    ctx.dir = getcwd(NULL, 0);
+    if (ctx.dir == NULL)
+        return cw__error(CW_STATUS_CONFIG, "cannot get the working directory: %s",
+                         strerror(errno));
+    rc = cw_config_apply_env(&ctx);
+    free(ctx.dir);
+    return rc;
+}
+
+int cw_config_override(cw_config *cfg, const char *section, const char *key, const char *value,
+                       cw_config_origin origin, const char *label)
+{
+    cw_config_ctx ctx = {.cfg = cfg, .file = label};
+    const char *slash = cfg->path ? strrchr(cfg->path, '/') : NULL;
+    int rc;
+
+    for (int i = 0; i < CW_KEY_COUNT; i++) {
+        if (strcmp(cw_keys[i].section, section) != 0 || strcmp(cw_keys[i].name, key) != 0)
+            continue;
+        ctx.dir = slash ? strndup(cfg->path, (size_t)(slash - cfg->path) + 1) : getcwd(NULL, 0);
+        if (ctx.dir == NULL)
+            return cw_config_nomem(label);
+        rc = cw_config_apply_one(&ctx, (cw_key_id)i, value, origin, label, label);
+        free(ctx.dir);
+        return rc;
+    }
+    return cw__error(CW_STATUS_INVALID_ARG, "%s: no key [%s] %s", label, section, key);
 }
 
 /* Reads the file at `path` into `cfg`. */
@@ -1345,7 +1630,7 @@ static int cw_config_read_file(cw_config *cfg, const char *path)
                        rc);
     else if (rc < 0)
         rc = cw_config_nomem(path);
-    else
+    else if ((rc = cw_config_apply_env(&ctx)) == 0)
         rc = cw_config_finish(&ctx);
 
 out_free_dir:
@@ -1357,16 +1642,6 @@ out_free_dir:
 out_close:
     fclose(ctx.fp);
     return rc;
-}
-
-/* The environment overrides the file. */
-static int cw_config_apply_env(cw_config *cfg)
-{
-    const char *url = getenv("CW_AMQP_URL");
-
-    if (url != NULL && *url != '\0' && cw_set_string(&cfg->url, url) != 0)
-        return cw_config_nomem("CW_AMQP_URL");
-    return 0;
 }
 
 int cw_config_load(cw_config **out, const char *path)
@@ -1383,12 +1658,7 @@ int cw_config_load(cw_config **out, const char *path)
         rc = cw_config_nomem(path);
         goto out_free_cfg;
     }
-    if (path != NULL) {
-        rc = cw_config_read_file(cfg, path);
-        if (rc != 0)
-            goto out_free_cfg;
-    }
-    rc = cw_config_apply_env(cfg);
+    rc = path != NULL ? cw_config_read_file(cfg, path) : cw_config_env_only(cfg);
     if (rc != 0)
         goto out_free_cfg;
     *out = cfg;
@@ -1417,6 +1687,10 @@ void cw_config_free(cw_config *cfg)
     free(cfg->handlers);
     cw_argv_free(cfg->alert.command_argv);
     free(cfg->alert.webhook_url);
+    free(cfg->tls.ca_file);
+    free(cfg->tls.cert_file);
+    free(cfg->tls.key_file);
+    free(cfg->metrics_listen);
     free(cfg->path);
     free(cfg->url);
     free(cfg->exchange);
@@ -1425,4 +1699,263 @@ void cw_config_free(cw_config *cfg)
     free(cfg->dlq);
     free(cfg->store_path);
     free(cfg);
+}
+
+/* ---- describing the effective values ------------------------------------ */
+
+/* A duration as the file would write it: the largest unit that is exact. */
+static void cw_fmt_duration(int64_t ms, char *out, size_t cap)
+{
+    static const struct {
+        int64_t ms;
+        const char *unit;
+    } units[] = {{86400000, "d"}, {3600000, "h"}, {60000, "m"}, {1000, "s"}};
+
+    if (ms == 0) {
+        snprintf(out, cap, "0");
+        return;
+    }
+    for (size_t i = 0; i < sizeof units / sizeof *units; i++) {
+        if (ms % units[i].ms == 0) {
+            snprintf(out, cap, "%lld%s", (long long)(ms / units[i].ms), units[i].unit);
+            return;
+        }
+    }
+    snprintf(out, cap, "%lldms", (long long)ms);
+}
+
+static void cw_fmt_size(uint64_t bytes, char *out, size_t cap)
+{
+    if (bytes >= (1u << 20) && bytes % (1u << 20) == 0)
+        snprintf(out, cap, "%lluMiB", (unsigned long long)(bytes >> 20));
+    else if (bytes >= 1024 && bytes % 1024 == 0)
+        snprintf(out, cap, "%lluKiB", (unsigned long long)(bytes >> 10));
+    else
+        snprintf(out, cap, "%llu", (unsigned long long)bytes);
+}
+
+/* Appends `s` to out (len used of cap), quoted when it holds a blank. */
+static size_t cw_fmt_word(char *out, size_t len, size_t cap, const char *s, bool first)
+{
+    bool quote = *s == '\0' || strpbrk(s, " \t\"") != NULL;
+
+    if (len >= cap)
+        return len;
+    len += (size_t)snprintf(out + len, cap - len, "%s%s", first ? "" : " ", quote ? "\"" : "");
+    for (; *s != '\0' && len + 3 < cap; s++) {
+        if (quote && (*s == '"' || *s == '\\'))
+            out[len++] = '\\';
+        out[len++] = *s;
+    }
+    out[len] = '\0';
+    if (quote && len + 1 < cap) {
+        out[len++] = '"';
+        out[len] = '\0';
+    }
+    return len;
+}
+
+/* Every URL of a list with its password masked, separated by spaces. */
+static void cw_fmt_urls(const char *urls, char *out, size_t cap)
+{
+    const char *p = urls;
+    size_t len = 0;
+
+    out[0] = '\0';
+    for (;;) {
+        char one[1024], masked[1024];
+        size_t n;
+
+        p += strspn(p, " \t,");
+        if (*p == '\0' || len >= cap)
+            return;
+        n = strcspn(p, " \t,");
+        snprintf(one, sizeof one, "%.*s", (int)n, p);
+        cw__url_mask(one, masked, sizeof masked);
+        len += (size_t)snprintf(out + len, cap - len, "%s%s", len ? " " : "", masked);
+        p += n;
+    }
+}
+
+/* scheme://host[:port] of a webhook, then "/..." (masked) when it has a
+ * path or query: they often hold a token. */
+static void cw_fmt_webhook(const char *url, char *out, size_t cap)
+{
+    const char *sep = strstr(url, "://");
+    const char *host = sep ? sep + 3 : url;
+    const char *end = host + strcspn(host, "/?#");
+    const char *at = memchr(host, '@', (size_t)(end - host));
+    int scheme_len = (int)(host - url);
+
+    if (at != NULL)
+        host = at + 1;
+    snprintf(out, cap, "%.*s%.*s%s", scheme_len, url, (int)(end - host), host,
+             *end != '\0' ? "/***" : "");
+}
+
+/* A plugin setting whose name says it is a secret. */
+static bool cw_is_secret_key(const char *key)
+{
+    static const char *const words[] = {"password", "passwd", "secret", "token",
+                                        "credential", "apikey", "api_key", "private"};
+
+    for (size_t i = 0; i < sizeof words / sizeof *words; i++) {
+        if (strcasestr(key, words[i]) != NULL)
+            return true;
+    }
+    return false;
+}
+
+static const char *cw_jitter_name(cw_jitter j)
+{
+    return j == CW_JITTER_NONE ? "none" : j == CW_JITTER_EQUAL ? "equal" : "full";
+}
+
+/* The value of key `i` as the file would write it, and a note on what a
+ * default amounts to. */
+static void cw_fmt_key(const cw_config *cfg, cw_key_id i, char *out, size_t cap, char *note,
+                       size_t note_cap)
+{
+    const cw_retry_policy *r = &cfg->retry;
+    size_t len = 0;
+
+    out[0] = '\0';
+    note[0] = '\0';
+    switch (i) {
+    case CW_KEY_URL: cw_fmt_urls(cfg->url, out, cap); break;
+    case CW_KEY_EXCHANGE: snprintf(out, cap, "%s", cfg->exchange); break;
+    case CW_KEY_PREFETCH: snprintf(out, cap, "%u", cfg->prefetch); break;
+    case CW_KEY_BATCH:
+        snprintf(out, cap, "%u", cfg->batch);
+        if (cfg->batch == 0)
+            snprintf(note, note_cap, "prefetch/2 = %u", (cfg->prefetch + 1) / 2);
+        break;
+    case CW_KEY_HEARTBEAT: cw_fmt_duration(cfg->heartbeat_ms, out, cap); break;
+    case CW_KEY_TLS_CA_FILE:
+        snprintf(out, cap, "%s", cfg->tls.ca_file ? cfg->tls.ca_file : "");
+        if (!cfg->tls.ca_file)
+            snprintf(note, note_cap, "the system's trusted CAs");
+        break;
+    case CW_KEY_TLS_CERT_FILE:
+        snprintf(out, cap, "%s", cfg->tls.cert_file ? cfg->tls.cert_file : "");
+        if (!cfg->tls.cert_file)
+            snprintf(note, note_cap, "no client certificate");
+        break;
+    case CW_KEY_TLS_KEY_FILE:
+        snprintf(out, cap, "%s", cfg->tls.key_file ? cfg->tls.key_file : "");
+        break;
+    case CW_KEY_TLS_VERIFY_PEER:
+        snprintf(out, cap, "%s", cfg->tls.verify_peer ? "true" : "false");
+        break;
+    case CW_KEY_TLS_VERIFY_HOSTNAME:
+        snprintf(out, cap, "%s", cfg->tls.verify_hostname ? "true" : "false");
+        break;
+    case CW_KEY_NAME: snprintf(out, cap, "%s", cfg->name ? cfg->name : ""); break;
+    case CW_KEY_QUEUE: snprintf(out, cap, "%s", cfg->queue ? cfg->queue : ""); break;
+    case CW_KEY_QUEUE_TYPE:
+        snprintf(out, cap, "%s", cfg->queue_type == CW_QUEUE_QUORUM ? "quorum" : "classic");
+        break;
+    case CW_KEY_PLUGINS:
+        for (size_t j = 0; j < cfg->n_plugins; j++)
+            len = cw_fmt_word(out, len, cap, cfg->plugins[j], j == 0);
+        break;
+    case CW_KEY_MAX_BODY_SIZE: cw_fmt_size(cfg->max_body_size, out, cap); break;
+    case CW_KEY_HANDLER_TIMEOUT: cw_fmt_duration(cfg->handler_timeout_ms, out, cap); break;
+    case CW_KEY_WORKERS: snprintf(out, cap, "%u", cfg->workers); break;
+    case CW_KEY_SHUTDOWN_TIMEOUT: cw_fmt_duration(cfg->shutdown_timeout_ms, out, cap); break;
+    case CW_KEY_METRICS_LISTEN:
+        snprintf(out, cap, "%s", cfg->metrics_listen ? cfg->metrics_listen : "off");
+        break;
+    case CW_KEY_BACKEND:
+        snprintf(out, cap, "%s", cfg->store_backend == CW_STORE_MEMORY ? "memory" : "sqlite");
+        break;
+    case CW_KEY_STORE_PATH: snprintf(out, cap, "%s", cfg->store_path ? cfg->store_path : ""); break;
+    case CW_KEY_LEASE: cw_fmt_duration(cfg->lease_ms, out, cap); break;
+    case CW_KEY_RETENTION: cw_fmt_duration(cfg->retention_ms, out, cap); break;
+    case CW_KEY_SYNCHRONOUS: snprintf(out, cap, "%s", cfg->store_sync_full ? "full" : "normal"); break;
+    case CW_KEY_MAX_ATTEMPTS: snprintf(out, cap, "%u", r->max_attempts); break;
+    case CW_KEY_INTERVAL: cw_fmt_duration(r->interval_ms, out, cap); break;
+    case CW_KEY_BACKOFF_RATE: snprintf(out, cap, "%g", r->backoff_rate); break;
+    case CW_KEY_MAX_DELAY: cw_fmt_duration(r->max_delay_ms, out, cap); break;
+    case CW_KEY_JITTER: snprintf(out, cap, "%s", cw_jitter_name(r->jitter)); break;
+    case CW_KEY_MAX_DELIVERIES: snprintf(out, cap, "%u", cfg->max_deliveries); break;
+    case CW_KEY_COMMAND:
+        for (size_t j = 0; cfg->alert.command_argv && cfg->alert.command_argv[j]; j++)
+            len = cw_fmt_word(out, len, cap, cfg->alert.command_argv[j], j == 0);
+        if (!cfg->alert.command_argv)
+            snprintf(note, note_cap, "none");
+        break;
+    case CW_KEY_WEBHOOK:
+        if (cfg->alert.webhook_url)
+            cw_fmt_webhook(cfg->alert.webhook_url, out, cap);
+        else
+            snprintf(note, note_cap, "none");
+        break;
+    case CW_KEY_ALERT_TIMEOUT: cw_fmt_duration(cfg->alert.timeout_ms, out, cap); break;
+    case CW_KEY_WEBHOOK_RETRIES: snprintf(out, cap, "%u", cfg->alert.webhook_retries); break;
+    case CW_KEY_RATE_LIMIT: cw_fmt_duration(cfg->alert.rate_limit_ms, out, cap); break;
+    case CW_KEY_LEVEL: {
+        static const char *const levels[] = {"debug", "info", "warn", "error"};
+        snprintf(out, cap, "%s", levels[cfg->log_level]);
+        break;
+    }
+    case CW_KEY_LOG_FORMAT:
+        snprintf(out, cap, "%s", cfg->log_format == CW_LOG_JSON ? "json" : "logfmt");
+        break;
+    case CW_KEY_COUNT: break;
+    }
+}
+
+/* The value of one retry key of a [handler TYPE] section. */
+static void cw_fmt_retry_key(const cw_retry_policy *p, size_t k, char *out, size_t cap)
+{
+    switch (k) {
+    case 0: snprintf(out, cap, "%u", p->max_attempts); break;
+    case 1: cw_fmt_duration(p->interval_ms, out, cap); break;
+    case 2: snprintf(out, cap, "%g", p->backoff_rate); break;
+    case 3: cw_fmt_duration(p->max_delay_ms, out, cap); break;
+    default: snprintf(out, cap, "%s", cw_jitter_name(p->jitter)); break;
+    }
+}
+
+void cw_config_describe(const cw_config *cfg, void (*fn)(const cw_config_entry *e, void *ud),
+                        void *ud)
+{
+    char value[8192], note[256], env[96], section[300];
+
+    for (int i = 0; i < CW_KEY_COUNT; i++) {
+        cw_config_entry e = {.section = cw_keys[i].section, .key = cw_keys[i].name};
+        cw_fmt_key(cfg, (cw_key_id)i, value, sizeof value, note, sizeof note);
+        e.value = value;
+        e.origin = (cw_config_origin)cfg->origin[i];
+        e.line = cfg->line[i];
+        if (e.origin == CW_ORIGIN_ENV && cfg->origin_label[i] == NULL) {
+            cw_config_env_name((cw_key_id)i, env, sizeof env);
+            e.source = env;
+        } else {
+            e.source = cfg->origin_label[i];
+        }
+        e.note = note[0] ? note : NULL;
+        fn(&e, ud);
+    }
+    for (size_t h = 0; h < cfg->n_handlers; h++) {
+        const cw_handler_config *hc = &cfg->handlers[h];
+        snprintf(section, sizeof section, "handler %s", hc->type);
+        for (size_t k = 0; k < CW_RETRY_KEY_COUNT; k++) {
+            if (!(hc->set & cw_retry_keys[k].flag))
+                continue;
+            cw_fmt_retry_key(&hc->retry, k, value, sizeof value);
+            cw_config_entry e = {.section = section, .key = cw_retry_keys[k].name,
+                                 .value = value, .origin = CW_ORIGIN_FILE};
+            fn(&e, ud);
+        }
+    }
+    for (size_t j = 0; j < cfg->n_plugin_settings; j++) {
+        const cw_plugin_setting *ps = &cfg->plugin_settings[j];
+        snprintf(section, sizeof section, "plugin %s", ps->plugin);
+        cw_config_entry e = {.section = section, .key = ps->key,
+                             .value = cw_is_secret_key(ps->key) ? "***" : ps->value,
+                             .origin = CW_ORIGIN_FILE};
+        fn(&e, ud);
+    }
 }

@@ -47,6 +47,26 @@ typedef struct cw_alert_config {
     int64_t rate_limit_ms;    /* window per (type, error class); 0 = no limit; default 1m */
 } cw_alert_config;
 
+/* TLS to the broker, for amqps:// URLs ([broker] tls_*). */
+typedef struct cw_tls_config {
+    char *ca_file;        /* NULL: the system's trusted CAs */
+    char *cert_file;      /* client certificate (PEM), NULL for none; set with key_file */
+    char *key_file;       /* its private key (PEM, not encrypted) */
+    bool verify_peer;     /* default true: the broker's certificate must chain to a trusted CA */
+    bool verify_hostname; /* default true: and name the host of the URL */
+} cw_tls_config;
+
+/* Where the effective value of a key came from. */
+typedef enum cw_config_origin {
+    CW_ORIGIN_DEFAULT = 0,
+    CW_ORIGIN_FILE,
+    CW_ORIGIN_ENV,
+    CW_ORIGIN_FLAG
+} cw_config_origin;
+
+/* Room for the keys of the fixed sections (config.c checks it is enough). */
+#define CW_CONFIG_MAX_KEYS 64
+
 /* One `key = value` of a `[plugin NAME]` section. */
 typedef struct cw_plugin_setting {
     char *plugin; /* NAME */
@@ -63,6 +83,7 @@ typedef struct cw_config {
     unsigned prefetch;  /* default 256, 1..65535 */
     unsigned batch;     /* deliveries settled together; default 0 = prefetch / 2 (at least 1) */
     int64_t heartbeat_ms; /* default 60s; 0 disables */
+    cw_tls_config tls;  /* for amqps:// URLs */
 
     /* [pool] */
     char *name;         /* required: [A-Za-z0-9_.-]{1,100} */
@@ -73,6 +94,9 @@ typedef struct cw_config {
     size_t n_plugins;
     uint64_t max_body_size; /* default 1 MiB */
     int64_t handler_timeout_ms; /* default 5m; the worker is ended past it */
+    unsigned workers;   /* worker processes the supervisor keeps; default 1, 1..CW_POOL_MAX_WORKERS */
+    int64_t shutdown_timeout_ms; /* default 30s: in-flight tasks settle within it */
+    char *metrics_listen; /* "host:port" of /metrics and /healthz, NULL = off */
 
     /* [store] */
     cw_store_backend store_backend; /* default sqlite */
@@ -97,15 +121,29 @@ typedef struct cw_config {
 
     /* [log] */
     cw_log_level log_level; /* default info */
+    cw_log_format log_format; /* default logfmt */
 
     /* [plugin NAME] sections, in file order */
     cw_plugin_setting *plugin_settings;
     size_t n_plugin_settings;
+
+    /* Where each key of the fixed sections got its value (see
+     * cw_config_describe()): origin, file line, environment variable. */
+    unsigned char origin[CW_CONFIG_MAX_KEYS]; /* cw_config_origin */
+    unsigned line[CW_CONFIG_MAX_KEYS];
+    const char *origin_label[CW_CONFIG_MAX_KEYS]; /* static: "CW_AMQP_URL", "--workers";
+                                                   * NULL for CW_<SECTION>_<KEY> */
 } cw_config;
 
+/* The most worker processes of one pool. */
+#define CW_POOL_MAX_WORKERS 64
+
 /* Reads `path` (INI). Relative paths inside it (plugins, store path) are taken
- * relative to the directory of `path`. Then applies the environment
- * (CW_AMQP_URL overrides [broker] url). Every error is one line naming the
+ * relative to the directory of `path`. Then applies the environment: every
+ * key of the fixed sections can be set with CW_<SECTION>_<KEY> (upper case,
+ * e.g. CW_POOL_WORKERS=4, CW_LOG_FORMAT=json), and CW_AMQP_URL sets
+ * [broker] url (and wins over CW_BROKER_URL); an empty variable is ignored.
+ * An invalid value in the environment is an error naming the variable. Every error is one line naming the
  * file, the line, the key and what is wrong, e.g.
  *   "pool.ini:4: [broker] prefetch: '0' is not between 1 and 65535"
  * and is returned as CW_STATUS_CONFIG with that text in cw_error_last().
@@ -114,7 +152,37 @@ typedef struct cw_config {
  * the caller). Free with cw_config_free(). */
 int cw_config_load(cw_config **out, const char *path);
 
+/* Sets one key of a fixed section from a command-line flag (or any
+ * `origin`), with the checks of the file; `label` (e.g. "--workers") names it
+ * in errors and in cw_config_describe(). Only for keys no default derives
+ * from (not name, prefetch, store path). CW_STATUS_CONFIG with the reason,
+ * CW_STATUS_INVALID_ARG for an unknown key. */
+int cw_config_override(cw_config *cfg, const char *section, const char *key, const char *value,
+                       cw_config_origin origin, const char *label);
+
+/* One effective value, for `compworker config check`. */
+typedef struct cw_config_entry {
+    const char *section; /* "broker", ... or "handler TYPE" / "plugin NAME" */
+    const char *key;
+    const char *value;   /* as it would be written in the file; passwords masked */
+    cw_config_origin origin;
+    unsigned line;       /* CW_ORIGIN_FILE: the line */
+    const char *source;  /* CW_ORIGIN_ENV / FLAG: the variable or flag */
+    const char *note;    /* NULL, or what a default amounts to ("= prefetch/2 = 128") */
+} cw_config_entry;
+
+/* Calls `fn` for every key of the fixed sections in file order, then for
+ * every [handler TYPE] and [plugin NAME] key (origin file). Values are
+ * borrowed for the call only. */
+void cw_config_describe(const cw_config *cfg, void (*fn)(const cw_config_entry *e, void *ud),
+                        void *ud);
+
 /* Accepts NULL. */
 void cw_config_free(cw_config *cfg);
+
+/* Splits "host:port" ("[v6]:port" for IPv6 literals) into host (up to
+ * host_cap - 1 bytes) and port (0..65535). CW_STATUS_INVALID_ARG when it
+ * is not one. */
+int cw__listen_parse(const char *value, char *host, size_t host_cap, unsigned *port);
 
 #endif

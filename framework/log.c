@@ -1,5 +1,8 @@
-/* One line per event on stderr, in logfmt. */
+/* One line per event on stderr, in logfmt or JSON lines. */
+#include <json.h>
 #include <stdarg.h>
+#include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
@@ -11,7 +14,9 @@
 #include "framework/log.h"
 
 static cw_log_level cw_level = CW_LOG_INFO;
+static cw_log_format cw_format = CW_LOG_LOGFMT;
 static char cw_worker[128];
+static char cw_role[32];
 
 static const char *const cw_level_names[] = {"debug", "info", "warn", "error"};
 
@@ -38,6 +43,94 @@ void cw__log_set_level(cw_log_level level)
 void cw__log_set_worker(const char *worker_id)
 {
     snprintf(cw_worker, sizeof cw_worker, "%s", worker_id ? worker_id : "");
+}
+
+void cw__log_set_format(cw_log_format format)
+{
+    cw_format = format;
+}
+
+void cw__log_set_role(const char *role)
+{
+    snprintf(cw_role, sizeof cw_role, "%s", role ? role : "");
+}
+
+/* Copies `in` into `out` with every byte that does not start or continue a
+ * valid UTF-8 sequence (overlong forms, surrogates and values past U+10FFFF
+ * included) replaced by U+FFFD. */
+static void utf8_clean(const char *in, char *out, size_t cap)
+{
+    const unsigned char *p = (const unsigned char *)in;
+    size_t o = 0;
+    while (*p && o + 4 < cap) {
+        unsigned char c = *p;
+        size_t n = c < 0x80 ? 1 : (c & 0xe0) == 0xc0 ? 2 : (c & 0xf0) == 0xe0 ? 3
+                                 : (c & 0xf8) == 0xf0 ? 4 : 0;
+        bool ok = n > 0;
+        uint32_t cp = n == 1 ? c : n == 2 ? (c & 0x1fu) : n == 3 ? (c & 0x0fu) : (c & 0x07u);
+        for (size_t i = 1; ok && i < n; i++) {
+            if ((p[i] & 0xc0) != 0x80)
+                ok = false;
+            else
+                cp = (cp << 6) | (p[i] & 0x3fu);
+        }
+        if (ok && ((n == 2 && cp < 0x80) || (n == 3 && cp < 0x800) || (n == 4 && cp < 0x10000) ||
+                   cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)))
+            ok = false;
+        if (!ok) {
+            memcpy(out + o, "\xef\xbf\xbd", 3);
+            o += 3;
+            p++;
+            continue;
+        }
+        memcpy(out + o, p, n);
+        o += n;
+        p += n;
+    }
+    out[o] = '\0';
+}
+
+static void json_put(json_object *obj, const char *key, const char *val)
+{
+    char clean[2048 * 3];
+    if (!val)
+        return;
+    utf8_clean(val, clean, sizeof clean);
+    json_object_object_add(obj, key, json_object_new_string(clean));
+}
+
+/* The JSON line of one event into `line`; its length. */
+static size_t format_json(char *line, size_t cap, const char *ts, cw_log_level level,
+                          const cw_log_task *task, const char *msg)
+{
+    json_object *o = json_object_new_object();
+    if (!o)
+        return (size_t)snprintf(line, cap, "{\"ts\":\"%s\",\"level\":\"error\","
+                                           "\"msg\":\"out of memory formatting a log line\"}",
+                                ts);
+    json_put(o, "ts", ts);
+    json_put(o, "level", cw_level_names[level]);
+    if (cw_role[0])
+        json_put(o, "role", cw_role);
+    if (cw_worker[0])
+        json_put(o, "worker", cw_worker);
+    json_put(o, "msg", msg);
+    if (task) {
+        json_put(o, "message_id", task->message_id);
+        json_put(o, "saga_id", task->saga_id);
+        json_put(o, "type", task->type);
+    }
+    const char *s =
+        json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE);
+    size_t len = s ? strlen(s) : 0;
+    if (len >= cap) /* cut: keep it one valid object, without the message */
+        len = (size_t)snprintf(line, cap, "{\"ts\":\"%s\",\"level\":\"%s\","
+                                          "\"msg\":\"(log line too long)\"}",
+                               ts, cw_level_names[level]);
+    else
+        memcpy(line, s, len);
+    json_object_put(o);
+    return len;
 }
 
 /* Appends ` key="value"` with quotes, backslashes and control bytes escaped. */
@@ -82,12 +175,21 @@ void cw__log(cw_log_level level, const cw_log_task *task, const char *fmt, ...)
     clock_gettime(CLOCK_REALTIME, &ts);
     struct tm tm;
     gmtime_r(&ts.tv_sec, &tm);
-    char line[4096];
-    size_t len = (size_t)snprintf(line, sizeof line,
-                                  "ts=%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ level=%s",
-                                  tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour,
-                                  tm.tm_min, tm.tm_sec, ts.tv_nsec / 1000000,
-                                  cw_level_names[level]);
+    char line[8192];
+    char when[80];
+    snprintf(when, sizeof when, "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ", tm.tm_year + 1900,
+             tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, ts.tv_nsec / 1000000);
+    size_t len;
+    if (cw_format == CW_LOG_JSON) {
+        len = format_json(line, sizeof line - 1, when, level, task, msg);
+        line[len++] = '\n';
+        ssize_t w = write(STDERR_FILENO, line, len);
+        (void)w;
+        return;
+    }
+    len = (size_t)snprintf(line, sizeof line, "ts=%s level=%s", when, cw_level_names[level]);
+    if (cw_role[0])
+        len = put_field(line, len, sizeof line - 2, "role", cw_role);
     if (cw_worker[0])
         len = put_field(line, len, sizeof line - 2, "worker", cw_worker);
     len = put_field(line, len, sizeof line - 2, "msg", msg);

@@ -1,4 +1,4 @@
-/* Internal: one line per event to stderr, logfmt. */
+/* Internal: one line per event to stderr, logfmt or JSON lines. */
 #ifndef CW_FRAMEWORK_LOG_H
 #define CW_FRAMEWORK_LOG_H
 
@@ -11,10 +11,17 @@ typedef enum cw_log_level {
     CW_LOG_ERROR = 3
 } cw_log_level;
 
+typedef enum cw_log_format { CW_LOG_LOGFMT = 0, CW_LOG_JSON = 1 } cw_log_format;
+
 /* Parses "debug|info|warn|error". */
 int cw__log_level_parse(const char *s, cw_log_level *out);
 void cw__log_set_level(cw_log_level level);
 void cw__log_set_worker(const char *worker_id);
+void cw__log_set_format(cw_log_format format);
+
+/* The process's part in a pool ("supervisor", "monitor"), written as
+ * role=... on every line; NULL (the default, and a worker's) writes none. */
+void cw__log_set_role(const char *role);
 
 /* Task fields carried on a line; any may be NULL. */
 typedef struct cw_log_task {
@@ -23,10 +30,13 @@ typedef struct cw_log_task {
     const char *type;
 } cw_log_task;
 
-/* Writes `ts=... level=... worker=... msg="<formatted>" message_id=...
- * saga_id=... type=...` plus `extra` (already logfmt, may be NULL). `fmt` must
+/* Writes `ts=... level=... role=... worker=... msg="<formatted>"
+ * message_id=... saga_id=... type=...` (absent fields left out). `fmt` must
  * be a literal: message content goes in arguments, never in `fmt`. Values are
- * quoted and escaped; control bytes are written as \xNN. */
+ * quoted and escaped; control bytes are written as \xNN. In the JSON format
+ * the same fields make one object per line, {"ts":...,"level":...,"msg":...},
+ * every string valid UTF-8 (an invalid byte becomes U+FFFD). One write(2)
+ * per line, so lines of the processes of a pool never interleave. */
 void cw__log(cw_log_level level, const cw_log_task *task, const char *fmt, ...) CW_PRINTF(3, 4);
 
 /* Copies `url` into `out` with any password replaced by "***". */

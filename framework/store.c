@@ -24,6 +24,8 @@ const char *cw__state_name(cw_task_state s)
         return "dead";
     case CW_STATE_RETRYING:
         return "retrying";
+    case CW_STATE_REPLAYED:
+        return "replayed";
     }
     return "unknown";
 }
@@ -139,6 +141,17 @@ int cw_store_history(cw_store *s, const char *message_id,
     if (rc)
         return rc;
     return s->ops->history(s, message_id, cb, ud);
+}
+
+int cw_store_reopen(cw_store *s, const cw_reopen_req *req, int64_t now_ms, cw_task_state *was)
+{
+    cw_task_state ignored;
+    if (!s || !req)
+        return cw__error(CW_STATUS_INVALID_ARG, "store: reopen: NULL argument");
+    int rc = check_id("reopen", req->message_id);
+    if (rc)
+        return rc;
+    return s->ops->reopen(s, req, now_ms, was ? was : &ignored);
 }
 
 int cw_store_sweep(cw_store *s, int64_t done_before_ms, unsigned limit, unsigned *removed)

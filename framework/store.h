@@ -17,7 +17,9 @@ typedef enum cw_task_state {
     CW_STATE_IN_PROGRESS = 1, /* claimed by `owner` until `lease_until_ms` */
     CW_STATE_DONE = 2,        /* applied: later deliveries are duplicates */
     CW_STATE_DEAD = 3,        /* dead-lettered */
-    CW_STATE_RETRYING = 4     /* a retry copy is scheduled; claimable */
+    CW_STATE_RETRYING = 4,    /* a retry copy is scheduled; claimable */
+    CW_STATE_REPLAYED = 5     /* republished from the DLQ by an operator
+                                 (cw_store_reopen); claimable */
 } cw_task_state;
 
 const char *cw__state_name(cw_task_state s); /* "none", "in-progress", ... */
@@ -57,8 +59,8 @@ typedef struct cw_settle_req {
 typedef struct cw_task_record {
     char message_id[CW_MESSAGE_ID_MAX + 1];
     cw_task_state state;
-    char owner[128];
-    int64_t lease_until_ms;
+    char owner[128];        /* in progress: the lease holder; settled: who settled it */
+    int64_t lease_until_ms; /* 0 unless in progress */
     unsigned attempts;
     unsigned deliveries;  /* total deliveries ever seen */
     char saga_id[256];
@@ -95,6 +97,15 @@ typedef struct cw_store_opts {
 
 typedef struct cw_store cw_store;
 
+/* A replay from the dead-letter queue, for cw_store_reopen(). */
+typedef struct cw_reopen_req {
+    const char *message_id;
+    const char *saga_id; /* for a record created by the reopen; may be NULL */
+    const char *type;    /* likewise */
+    const char *reason;  /* the history row's reason, e.g. "replayed by ... to ..." */
+    bool force;          /* reopen a DONE record too */
+} cw_reopen_req;
+
 typedef struct cw_store_ops {
     int (*begin)(cw_store *s, bool durable);
     int (*commit)(cw_store *s);
@@ -106,6 +117,7 @@ typedef struct cw_store_ops {
     int (*history)(cw_store *s, const char *message_id,
                    int (*cb)(const cw_attempt_record *a, void *ud), void *ud);
     int (*sweep)(cw_store *s, int64_t done_before_ms, unsigned limit, unsigned *removed);
+    int (*reopen)(cw_store *s, const cw_reopen_req *req, int64_t now_ms, cw_task_state *was);
     void (*free)(cw_store *s);
 } cw_store_ops;
 
@@ -160,6 +172,24 @@ int cw_store_history(cw_store *s, const char *message_id,
 /* Deletes at most `limit` DONE records last seen before `done_before_ms`
  * (with their history), in its own transaction; *removed gets the count. */
 int cw_store_sweep(cw_store *s, int64_t done_before_ms, unsigned limit, unsigned *removed);
+
+/* Makes a message ID claimable again before its dead-lettered copy is
+ * republished (a replay): a dead, retrying or already replayed record, or
+ * one in progress whose lease expired or whose owner died, becomes REPLAYED
+ * -- claimable by the next worker that receives it, lease released, its
+ * count of deliveries without an outcome reset to 0 -- and the replay is
+ * appended to its history (n = the attempts so far, outcome "replayed",
+ * worker = this store's owner, req->reason). Attempts, deliveries, first
+ * seen and the last error are kept. An ID without a record gets one, in
+ * state REPLAYED. *was (may be NULL) receives the state before the call
+ * (CW_STATE_NONE for no record).
+ *
+ * Refused, changing nothing, with CW_STATUS_EXISTS: a DONE record (the task
+ * was applied: replaying it would apply it twice) unless req->force, and a
+ * record in progress under another live owner's unexpired lease (a copy of
+ * the task is running now); *was tells which. Inside a batch, or in a
+ * durable transaction of its own. */
+int cw_store_reopen(cw_store *s, const cw_reopen_req *req, int64_t now_ms, cw_task_state *was);
 
 /* Backend constructors (used by cw_store_open). */
 int cw__store_sqlite_open(cw_store **out, const cw_store_opts *opts);

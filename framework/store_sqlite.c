@@ -14,6 +14,7 @@
  * open it after fork(), never across one. */
 #include <errno.h>
 #include <limits.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -35,7 +36,8 @@
 
 /* The SQL below writes states as literals (the partial index must match the
  * sweep's WHERE clause textually); keep them in step with the enum. */
-_Static_assert(CW_STATE_IN_PROGRESS == 1 && CW_STATE_DONE == 2, "SQL state literals");
+_Static_assert(CW_STATE_IN_PROGRESS == 1 && CW_STATE_DONE == 2 && CW_STATE_REPLAYED == 5,
+               "SQL state literals");
 
 /* Layout for speed: a task row is keyed by an arrival-ordered integer, so the
  * rows a batch claims and then settles sit together on a few pages; only the
@@ -56,7 +58,8 @@ static const char cw_sq_schema[] =
     " first_seen INTEGER NOT NULL,"
     " last_seen INTEGER NOT NULL,"
     " error_class TEXT,"
-    " last_error TEXT"
+    " last_error TEXT,"
+    " settled_at INTEGER" /* ms; with owner, who settled it last */
     ");"
     "CREATE INDEX IF NOT EXISTS tasks_done_last_seen ON tasks(last_seen) WHERE state = 2;"
     /* One row per settled attempt, and per attempt a worker died in (noted
@@ -89,10 +92,15 @@ enum {
     CW_SQ_SETTLE_HISTORY_ID,
     CW_SQ_NOTE_UPDATE,
     CW_SQ_NOTE_HISTORY,
+    CW_SQ_HISTORY_DONE,
     CW_SQ_GET,
     CW_SQ_HISTORY,
     CW_SQ_SWEEP_ATTEMPTS,
     CW_SQ_SWEEP_TASKS,
+    CW_SQ_REOPEN_INSERT,
+    CW_SQ_REOPEN_UPDATE,
+    CW_SQ_REOPEN_HISTORY,
+    CW_SQ_REOPEN_KEEP_DONE,
     CW_SQ_COUNT
 };
 
@@ -109,10 +117,12 @@ static const char *const cw_sq_sql[CW_SQ_COUNT] = {
     [CW_SQ_SYNC_NORMAL] = "PRAGMA synchronous = NORMAL",
     /* ?1 id, ?2 owner, ?3 lease_until, ?4 saga_id, ?5 type, ?6 now */
     [CW_SQ_CLAIM_INSERT] =
-        "INSERT INTO tasks (message_id, state, owner, lease_until, attempts, deliveries,"
-        " unsettled, saga_id, type, first_seen, last_seen)"
-        " VALUES (?1, 1, ?2, ?3, 0, 1, 1, ?4, ?5, ?6, ?6)"
-        " ON CONFLICT (message_id) DO NOTHING",
+        /* OR IGNORE (not an upsert, not ABORT): a statement that cannot
+         * abort half-way needs no statement journal, which is most of the
+         * cost of a one-row write inside a batch. */
+        "INSERT OR IGNORE INTO tasks (message_id, state, owner, lease_until, attempts,"
+        " deliveries, unsettled, saga_id, type, first_seen, last_seen)"
+        " VALUES (?1, 1, ?2, ?3, 0, 1, 1, ?4, ?5, ?6, ?6)",
     [CW_SQ_CLAIM_SELECT] =
         "SELECT state, owner, lease_until, attempts, unsettled, id FROM tasks WHERE message_id = ?1",
     /* ?1 id, ?2 owner, ?3 lease_until, ?4 now, ?5 saga_id, ?6 type */
@@ -128,7 +138,8 @@ static const char *const cw_sq_sql[CW_SQ_COUNT] = {
         " WHERE message_id = ?1",
     /* ?1 id, ?2 state, ?3 now, ?4 error_class, ?5 reason */
     [CW_SQ_SETTLE_UPDATE] =
-        "UPDATE tasks SET state = ?2, attempts = attempts + 1, owner = NULL,"
+        "UPDATE OR IGNORE tasks SET state = ?2, attempts = attempts + 1, owner = ?6,"
+        " settled_at = ?3,"
         " lease_until = NULL, unsettled = 0, last_seen = ?3, error_class = ?4,"
         " last_error = ?5 WHERE message_id = ?1",
     /* ?1 id, ?2 now, ?3 worker, ?4 outcome, ?5 error_class, ?6 reason */
@@ -138,7 +149,8 @@ static const char *const cw_sq_sql[CW_SQ_COUNT] = {
     /* The same two by the ticket a claim handed out (the row id): no index
      * lookup on the per-message path. */
     [CW_SQ_SETTLE_UPDATE_ID] =
-        "UPDATE tasks SET state = ?2, attempts = attempts + 1, owner = NULL,"
+        "UPDATE OR IGNORE tasks SET state = ?2, attempts = attempts + 1, owner = ?6,"
+        " settled_at = ?3,"
         " lease_until = NULL, unsettled = 0, last_seen = ?3, error_class = ?4,"
         " last_error = ?5 WHERE id = ?1",
     [CW_SQ_SETTLE_HISTORY_ID] =
@@ -151,6 +163,8 @@ static const char *const cw_sq_sql[CW_SQ_COUNT] = {
     [CW_SQ_NOTE_HISTORY] =
         "INSERT INTO attempts (task_id, n, at, worker, outcome, error_class, reason)"
         " SELECT id, attempts + 1, ?2, ?3, ?4, ?5, ?6 FROM tasks WHERE message_id = ?1",
+    [CW_SQ_HISTORY_DONE] =
+        "SELECT attempts, settled_at, owner FROM tasks WHERE message_id = ?1 AND state = 2",
     [CW_SQ_GET] =
         "SELECT state, owner, lease_until, attempts, deliveries, saga_id, type, first_seen,"
         " last_seen, error_class, last_error FROM tasks WHERE message_id = ?1",
@@ -160,6 +174,26 @@ static const char *const cw_sq_sql[CW_SQ_COUNT] = {
     /* ?1 done_before, ?2 limit; history first, while the victims still exist */
     [CW_SQ_SWEEP_ATTEMPTS] = "DELETE FROM attempts WHERE task_id IN (" CW_SQ_SWEEP_VICTIMS ")",
     [CW_SQ_SWEEP_TASKS] = "DELETE FROM tasks WHERE id IN (" CW_SQ_SWEEP_VICTIMS ")",
+    /* ?1 id, ?2 saga_id, ?3 type, ?4 now: a replay of an ID never seen */
+    [CW_SQ_REOPEN_INSERT] =
+        "INSERT INTO tasks (message_id, state, attempts, deliveries, unsettled, saga_id, type,"
+        " first_seen, last_seen) VALUES (?1, 5, 0, 0, 0, ?2, ?3, ?4, ?4)",
+    /* ?1 row id, ?2 now, ?3 saga_id, ?4 type */
+    [CW_SQ_REOPEN_UPDATE] =
+        "UPDATE tasks SET state = 5, owner = NULL, lease_until = NULL, unsettled = 0,"
+        " last_seen = ?2, saga_id = coalesce(saga_id, ?3), type = coalesce(type, ?4)"
+        " WHERE id = ?1",
+    /* ?1 row id, ?2 now, ?3 worker, ?4 reason */
+    [CW_SQ_REOPEN_HISTORY] =
+        "INSERT INTO attempts (task_id, n, at, worker, outcome, error_class, reason)"
+        " SELECT id, attempts, ?2, ?3, 'replayed', NULL, ?4 FROM tasks WHERE id = ?1",
+    /* ?1 row id: before a done task is reopened (--force), the attempt that
+     * applied it -- kept in the record itself (see sq_settle_in) -- becomes a
+     * history row of its own, or reopening would drop it from the history. */
+    [CW_SQ_REOPEN_KEEP_DONE] =
+        "INSERT INTO attempts (task_id, n, at, worker, outcome, error_class, reason)"
+        " SELECT id, attempts, coalesce(settled_at, last_seen), owner, 'ok', NULL, NULL"
+        " FROM tasks WHERE id = ?1 AND state = 2",
 };
 
 typedef struct cw_sq_store {
@@ -417,7 +451,8 @@ static int sq_settle_in(cw_sq_store *q, const cw_settle_req *req, int64_t now_ms
         sqlite3_bind_int(st, 2, (int)req->state) != SQLITE_OK ||
         sqlite3_bind_int64(st, 3, now_ms) != SQLITE_OK ||
         sq_bind_text(st, 4, req->error_class) != SQLITE_OK ||
-        sq_bind_text(st, 5, req->reason) != SQLITE_OK)
+        sq_bind_text(st, 5, req->reason) != SQLITE_OK ||
+        sq_bind_text(st, 6, q->base.owner) != SQLITE_OK)
         return sq_fail_reset(q, st, "settle");
     int rc = sq_run(q, st, "settle");
     if (rc)
@@ -425,6 +460,11 @@ static int sq_settle_in(cw_sq_store *q, const cw_settle_req *req, int64_t now_ms
     if (sqlite3_changes(q->db) == 0)
         return cw__error(CW_STATUS_NOT_FOUND, "%s: settle: no record of message %s", q->path,
                          req->message_id);
+    /* The attempt that applied a task is the record itself (state done,
+     * settled_at, owner): history() shows it without a row of its own, which
+     * keeps the per-message path to one statement. */
+    if (req->state == CW_STATE_DONE)
+        return 0;
 
     st = q->st[by_id ? CW_SQ_SETTLE_HISTORY_ID : CW_SQ_SETTLE_HISTORY];
     if ((by_id ? sqlite3_bind_int64(st, 1, req->ticket)
@@ -472,6 +512,82 @@ static int sq_note(cw_store *s, const char *message_id, const cw_attempt_record 
                            message_id);
     }
     return sq_leave(q, own, rc);
+}
+
+/* ---- replay ------------------------------------------------------------ */
+
+static int sq_reopen_in(cw_sq_store *q, const cw_reopen_req *req, int64_t now_ms,
+                        cw_task_state *was)
+{
+    sqlite3_stmt *st = q->st[CW_SQ_CLAIM_SELECT];
+    *was = CW_STATE_NONE;
+    if (sq_bind_text(st, 1, req->message_id) != SQLITE_OK)
+        return sq_fail_reset(q, st, "reopen");
+    int step = sqlite3_step(st);
+    if (step != SQLITE_ROW && step != SQLITE_DONE)
+        return sq_fail_reset(q, st, "reopen");
+    int64_t row = 0;
+    if (step == SQLITE_ROW) {
+        *was = (cw_task_state)sqlite3_column_int(st, 0);
+        row = sqlite3_column_int64(st, 5);
+        bool busy = *was == CW_STATE_IN_PROGRESS && sq_busy(q, st, now_ms);
+        char owner[128];
+        sq_copy_col(owner, sizeof owner, st, 1);
+        sqlite3_reset(st);
+        if (*was == CW_STATE_DONE && !req->force)
+            return cw__error(CW_STATUS_EXISTS,
+                             "message %s was already applied (done in the store): replaying it "
+                             "would apply it twice",
+                             req->message_id);
+        if (busy)
+            return cw__error(CW_STATUS_EXISTS, "message %s is being handled by %s right now",
+                             req->message_id, owner);
+        if (*was == CW_STATE_DONE) {
+            st = q->st[CW_SQ_REOPEN_KEEP_DONE];
+            if (sqlite3_bind_int64(st, 1, row) != SQLITE_OK)
+                return sq_fail_reset(q, st, "reopen");
+            int rc = sq_run(q, st, "reopen");
+            if (rc)
+                return rc;
+        }
+        st = q->st[CW_SQ_REOPEN_UPDATE];
+        if (sqlite3_bind_int64(st, 1, row) != SQLITE_OK ||
+            sqlite3_bind_int64(st, 2, now_ms) != SQLITE_OK ||
+            sq_bind_text(st, 3, req->saga_id) != SQLITE_OK ||
+            sq_bind_text(st, 4, req->type) != SQLITE_OK)
+            return sq_fail_reset(q, st, "reopen");
+    } else {
+        sqlite3_reset(st);
+        st = q->st[CW_SQ_REOPEN_INSERT];
+        if (sq_bind_text(st, 1, req->message_id) != SQLITE_OK ||
+            sq_bind_text(st, 2, req->saga_id) != SQLITE_OK ||
+            sq_bind_text(st, 3, req->type) != SQLITE_OK ||
+            sqlite3_bind_int64(st, 4, now_ms) != SQLITE_OK)
+            return sq_fail_reset(q, st, "reopen");
+    }
+    int rc = sq_run(q, st, "reopen");
+    if (rc)
+        return rc;
+    if (row == 0)
+        row = sqlite3_last_insert_rowid(q->db);
+
+    st = q->st[CW_SQ_REOPEN_HISTORY];
+    if (sqlite3_bind_int64(st, 1, row) != SQLITE_OK ||
+        sqlite3_bind_int64(st, 2, now_ms) != SQLITE_OK ||
+        sq_bind_text(st, 3, q->base.owner) != SQLITE_OK ||
+        sq_bind_text(st, 4, req->reason) != SQLITE_OK)
+        return sq_fail_reset(q, st, "reopen");
+    return sq_run(q, st, "reopen");
+}
+
+static int sq_reopen(cw_store *s, const cw_reopen_req *req, int64_t now_ms, cw_task_state *was)
+{
+    cw_sq_store *q = sq_of(s);
+    bool own;
+    int rc = sq_enter(q, &own);
+    if (rc)
+        return rc;
+    return sq_leave(q, own, sq_reopen_in(q, req, now_ms, was));
 }
 
 /* ---- reading ----------------------------------------------------------- */
@@ -532,6 +648,25 @@ static int sq_history(cw_store *s, const char *message_id,
     }
     if (rc == 0 && step != SQLITE_DONE)
         rc = sq_fail(q, "history");
+    sqlite3_reset(st);
+    if (rc)
+        return rc;
+
+    /* The applying attempt of a done task (see sq_settle_in). */
+    st = q->st[CW_SQ_HISTORY_DONE];
+    if (sq_bind_text(st, 1, message_id) != SQLITE_OK)
+        return sq_fail_reset(q, st, "history");
+    step = sqlite3_step(st);
+    if (step == SQLITE_ROW) {
+        memset(&a, 0, sizeof a);
+        a.n = sq_uint(sqlite3_column_int64(st, 0));
+        a.at_ms = sqlite3_column_int64(st, 1);
+        sq_copy_col(a.worker, sizeof a.worker, st, 2);
+        snprintf(a.outcome, sizeof a.outcome, "ok");
+        sqlite3_reset(st);
+        return cb(&a, ud);
+    }
+    rc = step == SQLITE_DONE ? 0 : sq_fail(q, "history");
     sqlite3_reset(st);
     return rc;
 }
@@ -727,6 +862,7 @@ static const cw_store_ops cw_sq_ops = {
     .get = sq_get,
     .history = sq_history,
     .sweep = sq_sweep,
+    .reopen = sq_reopen,
     .free = sq_free,
 };
 

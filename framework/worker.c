@@ -24,6 +24,7 @@
 #include "retry/policy.h"
 #include "framework/error.h"
 #include "framework/log.h"
+#include "framework/metrics.h"
 #include "framework/owner.h"
 #include "framework/store.h"
 #include "framework/task.h"
@@ -86,7 +87,14 @@ struct cw_worker {
     pthread_t watchdog;
     bool watchdog_running;
     _Atomic bool watchdog_stop;
+    cw_metrics_worker *metrics; /* the pool's shared counters, or NULL */
 };
+
+/* The shared-memory row of a task's type (only with metrics on). */
+static cw_metrics_row *mrow(const cw_worker *w, const cw_task *t)
+{
+    return cw_metrics_row_of(w->metrics, w->reg, t->handler);
+}
 
 static int session_open(cw_worker *w);
 static void session_close(cw_worker *w);
@@ -201,6 +209,11 @@ void cw_worker_on_handler_timeout(cw_worker *w,
     w->on_timeout_data = ud;
 }
 
+void cw_worker_use_metrics(cw_worker *w, cw_metrics_worker *mw)
+{
+    w->metrics = mw;
+}
+
 /* Notes the crash reports of dead workers in the store; at most once a
  * second unless `force`. */
 static void import_crashes(cw_worker *w, bool force)
@@ -278,6 +291,8 @@ static void drop_held(cw_worker *w, size_t n)
 
 static void session_close(cw_worker *w)
 {
+    if (w->metrics && (w->cconn || w->pconn))
+        cw_metrics_connected(w->metrics, false);
     if (w->cconn) {
         cw__broker_close(w->cconn);
         w->cconn = NULL;
@@ -296,8 +311,8 @@ static int session_open(cw_worker *w)
     int hb = (int)(w->cfg->heartbeat_ms / 1000);
 
     snprintf(name, sizeof name, "compworker %s consumer %s", w->cfg->name, w->id);
-    if ((rc = cw__broker_connect(&w->cconn, w->cfg->url, &w->url_next, hb, name, where,
-                                 sizeof where)))
+    if ((rc = cw__broker_connect_tls(&w->cconn, w->cfg->url, &w->cfg->tls, &w->url_next, hb,
+                                     name, where, sizeof where)))
         return rc;
     amqp_channel_open(w->cconn, CW_CONSUME_CH);
     if ((rc = cw__broker_reply(amqp_get_rpc_reply(w->cconn), "opening the consume channel")))
@@ -311,7 +326,8 @@ static int session_open(cw_worker *w)
     /* The publishing connection goes to the same broker as the consumer. */
     unsigned same = w->url_next;
     snprintf(name, sizeof name, "compworker %s publisher %s", w->cfg->name, w->id);
-    if ((rc = cw__broker_connect(&w->pconn, w->cfg->url, &same, hb, name, NULL, 0)))
+    if ((rc = cw__broker_connect_tls(&w->pconn, w->cfg->url, &w->cfg->tls, &same, hb, name,
+                                     NULL, 0)))
         goto out_close;
     if ((rc = cw__publisher_open(&w->pub, w->pconn, CW_PUBLISH_CH)))
         goto out_close;
@@ -326,6 +342,8 @@ static int session_open(cw_worker *w)
     if ((rc = cw__broker_reply(amqp_get_rpc_reply(w->cconn), what)))
         goto out_close;
     w->stats.sessions++;
+    if (w->metrics)
+        cw_metrics_connected(w->metrics, true);
     cw_log_info(NULL, "consuming from %s at %s (prefetch %u, batch %zu, %zu task types)",
                 w->cfg->queue, where, w->cfg->prefetch, w->batch_max, w->reg->n_handlers);
     return 0;
@@ -453,10 +471,18 @@ static void mark_current(cw_worker *w, const cw_task *t)
 
 static void run_handler(cw_worker *w, cw_task *t)
 {
+    struct timespec t0, t1;
     mark_current(w, t);
     t->ran = true;
+    if (w->metrics)
+        clock_gettime(CLOCK_MONOTONIC, &t0);
     int out = (int)t->handler->fn(t, t->handler->user_data);
     atomic_store(&w->handler_started_ms, 0);
+    if (w->metrics) {
+        clock_gettime(CLOCK_MONOTONIC, &t1);
+        cw_metrics_observe(mrow(w, t), (uint64_t)((t1.tv_sec - t0.tv_sec) * 1000000000LL +
+                                                  (t1.tv_nsec - t0.tv_nsec)));
+    }
     unsigned made = t->attempt + 1; /* attempts made, this one included */
     switch (out) {
     case CW_OK:
@@ -661,6 +687,12 @@ static int republish_batch(cw_worker *w, size_t n, int64_t now)
         }
         t->published = true;
         cw_log_task lt = log_task(t);
+        if (w->metrics) {
+            if (t->action == ACT_DLQ)
+                cw_metrics_dead(mrow(w, t), t->error_class);
+            else
+                cw_metrics_add(mrow(w, t), t->action == ACT_RETRY ? CW_M_RETRIED : CW_M_DEFERRED);
+        }
         if (t->action == ACT_DLQ) {
             w->stats.dead_lettered++;
             cw_log_warn(&lt, "dead-lettered to %s: %s: %s", w->cfg->dlq, t->error_class,
@@ -765,11 +797,18 @@ static int process_batch(cw_worker *w, size_t n)
     for (size_t i = 0; i < n; i++) {
         cw_task *t = &w->batch[i];
         cw_log_task lt = log_task(t);
+        if (w->metrics) {
+            cw_metrics_add(mrow(w, t), CW_M_RECEIVED);
+            if (t->action == ACT_DUP || t->action == ACT_DEAD)
+                cw_metrics_add(mrow(w, t), CW_M_DUPLICATES);
+        }
         switch (t->action) {
         case ACT_RUN:
             run_handler(w, t);
             if (t->action == ACT_ACK) {
                 w->stats.succeeded++;
+                if (w->metrics)
+                    cw_metrics_add(mrow(w, t), CW_M_SUCCEEDED);
                 cw_log_debug(&lt, "applied");
             }
             break;
@@ -897,6 +936,7 @@ int cw_worker_run(cw_worker *w, volatile sig_atomic_t *stop)
         if (rc == CW_STATUS_STORE)
             return rc;
         cw_log_warn(NULL, "broker session lost: %s; reconnecting", cw_error_last());
+        w->url_next++; /* to the next broker of the list first (it wraps) */
         sleep_ms(jitter(CW_BACKOFF_MIN_MS), stop);
     }
     if (w->watchdog_running) {

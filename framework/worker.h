@@ -62,6 +62,14 @@ void cw_worker_on_handler_timeout(cw_worker *w,
                                              void *ud),
                                   void *ud);
 
+/* Counts into the pool's shared metrics (framework/metrics.h): received,
+ * succeeded, retried, dead-lettered by class, duplicates, deferred, handler
+ * durations, and whether a broker session is open. `mw` is borrowed and
+ * must outlive the worker; NULL (the default) counts nothing. Call before
+ * cw_worker_run(). */
+struct cw_metrics_worker;
+void cw_worker_use_metrics(cw_worker *w, struct cw_metrics_worker *mw);
+
 /* Accepts NULL. */
 void cw_worker_free(cw_worker *w);
 

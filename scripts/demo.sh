@@ -4,8 +4,9 @@
 #   scripts/demo.sh
 #
 # Installs what is missing, builds, starts a throwaway RabbitMQ node when none
-# answers on 127.0.0.1:5672 (set CW_AMQP_URL to use another broker), runs one
-# compworker with the example plugins, publishes the compensations of 50
+# answers on 127.0.0.1:5672 (set CW_AMQP_URL to use another broker), runs a
+# pool of 2 worker processes with the example plugins (their supervisor
+# serves /metrics), publishes the compensations of 50
 # failed orders (with duplicates and three tasks that must fail) and checks
 # that each was applied exactly once and the failures were dead-lettered.
 # Exits with the report's status: 0 when everything matched. ORDERS=N
@@ -79,6 +80,9 @@ queue = cw.orders
 queue_type = quorum
 plugins = $saga/refund.so $saga/restock.so $saga/cancel_shipment.so
 max_body_size = 64KiB
+workers = 2
+shutdown_timeout = 30s
+metrics_listen = 127.0.0.1:0
 
 [store]
 backend = sqlite
@@ -112,23 +116,24 @@ INI
 # Tasks left in the queues by an interrupted run must not count in this one.
 "$saga/order-saga-report" --purge --url "$url" --dlq cw.dlq.orders --queue cw.orders
 
-say "starting a worker (log: var/demo/worker.log)"
+say "starting a pool of 2 workers (log: var/demo/worker.log)"
 # CW_AMQP_URL, when set, overrides the url of the pool file.
 "$build/compworker" run -c "$demo/pool.ini" >"$demo/worker.log" 2>&1 &
 worker_pid=$!
+consuming() { grep -c 'msg="consuming' "$demo/worker.log" || true; }
 for _ in $(seq 1 60); do
-    grep -q 'msg="consuming' "$demo/worker.log" && break
+    [ "$(consuming)" -ge 2 ] && break
     if ! kill -0 "$worker_pid" 2>/dev/null; then
         wait "$worker_pid" || true
         worker_pid=""
-        echo "demo: the worker exited during start:" >&2
+        echo "demo: the pool exited during start:" >&2
         tail -20 "$demo/worker.log" >&2
         exit 1
     fi
     sleep 0.5
 done
-if ! grep -q 'msg="consuming' "$demo/worker.log"; then
-    echo "demo: the worker is not consuming after 30 s:" >&2
+if [ "$(consuming)" -lt 2 ]; then
+    echo "demo: the pool's 2 workers are not consuming after 30 s:" >&2
     tail -20 "$demo/worker.log" >&2
     exit 1
 fi
@@ -146,19 +151,29 @@ say "transient failures retried (from var/demo/worker.log)"
 grep 'retrying in' "$demo/worker.log" | sed -e 's/^.*msg="//' -e 's/" message_id=/  message_id=/' || \
     echo "  (none)"
 
-say "stopping the worker"
+metrics=$(grep -o 'serving metrics at http://[^ "]*' "$demo/worker.log" | head -1 | sed 's/^serving metrics at //')
+if [ -n "$metrics" ]; then
+    say "the pool's counters, from $metrics"
+    if command -v curl >/dev/null; then
+        curl -s "$metrics" | grep -E '^compworker_(tasks_(succeeded|duplicates_skipped|retried)_total|workers|worker_restarts_total)[{]|^compworker_tasks_dead_lettered_total[{].*permanent' || true
+    else
+        echo "  (curl is not installed)"
+    fi
+fi
+
+say "stopping the pool (SIGTERM: in-flight tasks settle, then exit 0)"
 worker_status=0
 if kill -TERM "$worker_pid" 2>/dev/null; then
     wait "$worker_pid" || worker_status=$?
 else
     wait "$worker_pid" || worker_status=$?
-    echo "demo: the worker had already exited (status $worker_status); the end of its log:" >&2
+    echo "demo: the pool had already exited (status $worker_status); the end of its log:" >&2
     tail -5 "$demo/worker.log" >&2
     [ "$worker_status" -ne 0 ] || worker_status=1
 fi
 worker_pid=""
 if [ "$worker_status" -ne 0 ]; then
-    echo "demo: the worker exited with status $worker_status" >&2
+    echo "demo: the pool exited with status $worker_status" >&2
     [ "$status" -ne 0 ] || status=1
 fi
 

@@ -5,7 +5,7 @@ set -euo pipefail
 
 pkgs=(build-essential cmake pkg-config
       librabbitmq-dev libjson-c-dev uuid-dev libsqlite3-dev libinih-dev libcmocka-dev
-      libcurl4-openssl-dev libmicrohttpd-dev libhiredis-dev
+      libcurl4-openssl-dev libmicrohttpd-dev libhiredis-dev libssl-dev libsystemd-dev openssl
       rabbitmq-server sqlite3 valgrind clang)
 
 missing=()

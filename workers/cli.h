@@ -12,6 +12,9 @@ enum {
 
 int cw_cmd_run(int argc, char **argv);
 int cw_cmd_publish(int argc, char **argv);
+int cw_cmd_dlq(int argc, char **argv);
+int cw_cmd_status(int argc, char **argv);
+int cw_cmd_config(int argc, char **argv);
 
 /* Prints "compworker: <msg>" on stderr and returns `code`. */
 int cw_cli_fail(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

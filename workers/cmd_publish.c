@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "compworker/client.h"
+#include "framework/broker.h"
 #include "framework/config.h"
 #include "workers/cli.h"
 
@@ -109,7 +110,7 @@ int cw_cmd_publish(int argc, char **argv)
         code = cw_cli_fail(CW_EXIT_USAGE, "publish: the body is empty (a JSON object is needed)");
         goto out;
     }
-    if (cw_client_new(&cl, cfg->url, cfg->exchange)) {
+    if (cw__client_new_tls(&cl, cfg->url, &cfg->tls, cfg->exchange)) {
         code = cw_cli_fail(CW_EXIT_FAILURE, "%s", cw_error_last());
         goto out;
     }

@@ -11,13 +11,22 @@ static const char usage[] =
     "usage: compworker <command> [options]\n"
     "\n"
     "commands:\n"
-    "  run -c POOL.INI [--log-level L]      run a worker of the pool until SIGTERM/SIGINT\n"
+    "  run -c POOL.INI [--workers N] [--log-level L]\n"
+    "                                       run the pool (a supervisor and N worker processes)\n"
+    "                                       until SIGTERM/SIGINT; SIGHUP rolls the workers\n"
+    "  config check -c POOL.INI             validate a configuration and print every\n"
+    "                                       effective value with its source\n"
     "  publish -c POOL.INI --type T [--saga-id S] [--message-id ID]\n"
     "          (--data JSON | --data-file F) publish one task, confirmed; prints its ID\n"
+    "  dlq <list|show|stats|replay|delete|export|import> -c POOL.INI ...\n"
+    "                                       inspect and replay the dead-letter queue\n"
+    "                                       ('compworker dlq help' for more)\n"
+    "  status -c POOL.INI MESSAGE_ID        what became of a task: state, attempts, history\n"
     "  version                              print the version\n"
     "  help                                 print this help\n"
     "\n"
-    "CW_AMQP_URL overrides [broker] url. See README.md for the configuration keys.\n";
+    "CW_AMQP_URL overrides [broker] url, CW_<SECTION>_<KEY> any key (CW_POOL_WORKERS=4).\n"
+    "See README.md for the configuration keys.\n";
 
 int cw_cli_fail(int code, const char *fmt, ...)
 {
@@ -40,6 +49,12 @@ int main(int argc, char **argv)
         return cw_cmd_run(argc - 1, argv + 1);
     if (strcmp(cmd, "publish") == 0)
         return cw_cmd_publish(argc - 1, argv + 1);
+    if (strcmp(cmd, "config") == 0)
+        return cw_cmd_config(argc - 1, argv + 1);
+    if (strcmp(cmd, "dlq") == 0)
+        return cw_cmd_dlq(argc - 1, argv + 1);
+    if (strcmp(cmd, "status") == 0)
+        return cw_cmd_status(argc - 1, argv + 1);
     if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {
         printf("compworker %s (plugin ABI %d)\n", cw_version(), CW_ABI_VERSION);
         return CW_EXIT_OK;

@@ -1,12 +1,22 @@
 #!/usr/bin/env bash
 # Start or stop a throwaway RabbitMQ node on its own port and data directory.
 #
-#   tests/harness/rabbitmq.sh start DIR [PORT]   # prints nothing; returns when the node accepts AMQP
+#   tests/harness/rabbitmq.sh start DIR [PORT [TLS_PORT]]   # returns when the node accepts AMQP
 #   tests/harness/rabbitmq.sh stop DIR
 #   tests/harness/rabbitmq.sh restart-app DIR    # stop_app/start_app: drops every connection
+#   tests/harness/rabbitmq.sh stop-app DIR       # stop_app: connections dropped, ports closed
+#   tests/harness/rabbitmq.sh start-app DIR      # start_app, returns when the node is back
 #
 # The node is named cw-test-PORT@localhost, keeps everything under DIR and listens on
 # 127.0.0.1:PORT (default 5673) only, with its distribution port at PORT+20000.
+#
+# With TLS_PORT it also listens for AMQP over TLS on 127.0.0.1:TLS_PORT, with
+# certificates made by openssl under DIR/tls: ca.pem (the CA that signed
+# them), server.pem/server.key (for "localhost" only), client.pem/
+# client.key (a client certificate, verified when one is sent), and
+# other-ca.pem (a CA that signed nothing here, to see verification fail).
+# An existing DIR/erlang.cookie is used as the node's cookie (a cluster
+# shares one).
 set -euo pipefail
 
 cmd=${1:?usage: rabbitmq.sh start|stop|restart-app DIR [PORT]}
@@ -19,6 +29,7 @@ bin=/usr/lib/rabbitmq/bin
 
 if [ "$cmd" = start ]; then
     port=${3:-5673}
+    tls_port=${4:-}
     echo "$port" > "$dir/port"
 else
     port=$(cat "$dir/port" 2>/dev/null || echo 5673)
@@ -42,6 +53,9 @@ ctl() { "$bin/rabbitmqctl" -n "$RABBITMQ_NODENAME" "$@"; }
 case "$cmd" in
 start)
     mkdir -p "$HOME" "$RABBITMQ_LOG_BASE" "$RABBITMQ_MNESIA_BASE"
+    if [ -f "$dir/erlang.cookie" ] && [ ! -f "$HOME/.erlang.cookie" ]; then
+        cp "$dir/erlang.cookie" "$HOME/.erlang.cookie"; chmod 400 "$HOME/.erlang.cookie"
+    fi
     [ -f "$HOME/.erlang.cookie" ] || { head -c 24 /dev/urandom | base64 | tr -dc 'A-Za-z' > "$HOME/.erlang.cookie"; chmod 400 "$HOME/.erlang.cookie"; }
     echo '[].' > "$RABBITMQ_ENABLED_PLUGINS_FILE"
     echo '[].' > "$RABBITMQ_ADVANCED_CONFIG_FILE"
@@ -53,6 +67,40 @@ log.file.level = warning
 disk_free_limit.absolute = 50MB
 vm_memory_high_watermark.relative = 0.6
 CONF
+    if [ -n "$tls_port" ]; then
+        command -v openssl >/dev/null || { echo "rabbitmq.sh: openssl is not installed" >&2; exit 1; }
+        tls="$dir/tls"
+        if [ ! -f "$tls/client.pem" ]; then
+            mkdir -p "$tls"
+            (
+                cd "$tls"
+                ec="-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes"
+                # shellcheck disable=SC2086
+                openssl req -x509 $ec -keyout ca.key -out ca.pem -days 30 -subj "/CN=compworker test CA"
+                # shellcheck disable=SC2086
+                openssl req -x509 $ec -keyout other-ca.key -out other-ca.pem -days 30 -subj "/CN=another CA"
+                for who in server client; do
+                    # shellcheck disable=SC2086
+                    openssl req $ec -keyout "$who.key" -out "$who.csr" -subj "/CN=$who"
+                done
+                printf 'subjectAltName=DNS:localhost\nextendedKeyUsage=serverAuth\n' > server.ext
+                printf 'extendedKeyUsage=clientAuth\n' > client.ext
+                for who in server client; do
+                    openssl x509 -req -in "$who.csr" -CA ca.pem -CAkey ca.key -CAcreateserial \
+                        -out "$who.pem" -days 30 -extfile "$who.ext"
+                done
+                chmod 644 ./*.key
+            ) >"$dir/tls.out" 2>&1 || { echo "rabbitmq.sh: making certificates failed; see $dir/tls.out" >&2; exit 1; }
+        fi
+        cat >> "$RABBITMQ_CONFIG_FILE.conf" <<CONF
+listeners.ssl.1 = 127.0.0.1:$tls_port
+ssl_options.cacertfile = $tls/ca.pem
+ssl_options.certfile = $tls/server.pem
+ssl_options.keyfile = $tls/server.key
+ssl_options.verify = verify_peer
+ssl_options.fail_if_no_peer_cert = false
+CONF
+    fi
     "$bin/rabbitmq-server" > "$dir/server.out" 2>&1 &
     echo $! > "$dir/server.shellpid"
     for _ in $(seq 1 120); do
@@ -80,8 +128,15 @@ restart-app)
     ctl start_app >/dev/null
     ctl await_startup --timeout 60 >/dev/null
     ;;
+stop-app)
+    ctl stop_app >/dev/null
+    ;;
+start-app)
+    ctl start_app >/dev/null
+    ctl await_startup --timeout 60 >/dev/null
+    ;;
 *)
-    echo "rabbitmq.sh: unknown command '$cmd' (start, stop, restart-app)" >&2
+    echo "rabbitmq.sh: unknown command '$cmd' (start, stop, restart-app, stop-app, start-app)" >&2
     exit 2
     ;;
 esac

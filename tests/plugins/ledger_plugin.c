@@ -11,6 +11,10 @@
  * payload steers the outcome:
  *   {"crash":true}    -> raise(SIGSEGV): the worker dies in the handler
  *   {"fail":"why"}    -> cw_task_fail(task, "%s", why)  (nothing applied)
+ *   {"fail_unless_file":"/path"}
+ *                     -> cw_task_fail(task, "missing /path") while that file does
+ *                        not exist: a permanent failure whose cause a test fixes
+ *                        by creating the file (then a replay applies it)
  *   {"retry":"why"}   -> cw_task_retry(task, "%s", why) (nothing applied)
  *   {"fail_times":N}  -> while cw_task_attempt(task) < N:
  *                        cw_task_retry(task, "gateway timeout %u", attempt),
@@ -34,6 +38,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <json.h>
 #include <sqlite3.h>
@@ -116,6 +121,8 @@ static cw_outcome apply(cw_task *task, void *user_data)
         raise(SIGSEGV);
     if ((why = string_member(payload, "fail")))
         return cw_task_fail(task, "%s", why);
+    if ((why = string_member(payload, "fail_unless_file")) && access(why, F_OK) != 0)
+        return cw_task_fail(task, "missing %s", why);
     if ((why = string_member(payload, "retry")))
         return cw_task_retry(task, "%s", why);
     int64_t fail_times = int_member(payload, "fail_times");

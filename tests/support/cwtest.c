@@ -425,6 +425,31 @@ static void check_worker(cwtest_env *env, const char *waiting_for)
 
 void cwtest_worker_start(cwtest_env *env)
 {
+    cwtest_worker_start_nowait(env);
+    pid_t pid = env->worker;
+    int64_t deadline = cwtest_now_ms() + START_TIMEOUT_MS;
+    for (;;) {
+        char *out = read_from(env->log, env->log_offset);
+        bool up = strstr(out, "consuming from") != NULL;
+        free(out);
+        if (up)
+            return;
+        if (!cwtest_worker_alive(env))
+            fail_msg("the worker exited (code %d) before consuming; see %s", env->last_exit,
+                     env->log);
+        if (cwtest_now_ms() >= deadline) {
+            kill(pid, SIGKILL);
+            waitpid(pid, NULL, 0);
+            env->worker = 0;
+            fail_msg("the worker did not log 'consuming from' within %d ms; see %s",
+                     START_TIMEOUT_MS, env->log);
+        }
+        cwtest_sleep_ms(20);
+    }
+}
+
+void cwtest_worker_start_nowait(cwtest_env *env)
+{
     if (env->worker > 0)
         fail_msg("a worker is already running (pid %ld)", (long)env->worker);
     env->log_offset = file_size(env->log);
@@ -449,33 +474,15 @@ void cwtest_worker_start(cwtest_env *env)
             close(i);
         /* The configuration names the broker, not the test's environment. */
         unsetenv("CW_AMQP_URL");
-        char *argv[] = {env->exe, "run", "-c", env->ini, NULL};
+        char *argv[16] = {env->exe, "run", "-c", env->ini};
+        for (size_t i = 0; i < 8 && env->run_args[i]; i++)
+            argv[4 + i] = (char *)env->run_args[i];
         execv(env->exe, argv);
         dprintf(STDERR_FILENO, "cwtest: execv %s: %s\n", env->exe, strerror(errno));
         _exit(127);
     }
     close(fd);
     env->worker = pid;
-
-    int64_t deadline = cwtest_now_ms() + START_TIMEOUT_MS;
-    for (;;) {
-        char *out = read_from(env->log, env->log_offset);
-        bool up = strstr(out, "consuming from") != NULL;
-        free(out);
-        if (up)
-            return;
-        if (!cwtest_worker_alive(env))
-            fail_msg("the worker exited (code %d) before consuming; see %s", env->last_exit,
-                     env->log);
-        if (cwtest_now_ms() >= deadline) {
-            kill(pid, SIGKILL);
-            waitpid(pid, NULL, 0);
-            env->worker = 0;
-            fail_msg("the worker did not log 'consuming from' within %d ms; see %s",
-                     START_TIMEOUT_MS, env->log);
-        }
-        cwtest_sleep_ms(20);
-    }
 }
 
 int cwtest_worker_stop(cwtest_env *env, int sig, int timeout_ms)
@@ -651,6 +658,55 @@ long cwtest_broker_restart_app(cwtest_env *env, bool hold_worker)
         cwtest_sleep_ms(200);
     }
     return rows >= 0 ? rows : cwtest_ledger_rows(env);
+}
+
+void cwtest_harness(cwtest_env *env, const char *cmd)
+{
+    const char *harness = getenv("CW_TEST_HARNESS");
+    const char *dir = getenv("CW_TEST_BROKER_DIR");
+    if (!harness || !dir)
+        fail_msg("CW_TEST_HARNESS and CW_TEST_BROKER_DIR must be set to run %s", cmd);
+    char out[400];
+    snprintf(out, sizeof out, "%s/harness.log", env->dir);
+    int fd = open(out, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    if (fd < 0)
+        fail_msg("cannot open %s: %s", out, strerror(errno));
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid < 0)
+        fail_msg("fork: %s", strerror(errno));
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        dup2(fd, STDOUT_FILENO);
+        dup2(fd, STDERR_FILENO);
+        for (int i = 3; i < 1024; i++)
+            close(i);
+        char *argv[] = {(char *)harness, (char *)cmd, (char *)dir, NULL};
+        execv(harness, argv);
+        dprintf(STDERR_FILENO, "cwtest: execv %s: %s\n", harness, strerror(errno));
+        _exit(127);
+    }
+    close(fd);
+    int code = wait_exit(pid, HARNESS_TIMEOUT_MS);
+    if (code < 0) {
+        kill(pid, SIGKILL);
+        waitpid(pid, NULL, 0);
+        fail_msg("%s %s did not finish within %d ms", harness, cmd, HARNESS_TIMEOUT_MS);
+    }
+    if (code != 0)
+        fail_msg("%s %s %s exited with %d; see %s", harness, cmd, dir, code, out);
+    if (strcmp(cmd, "start-app") == 0) {
+        cw_client_free(env->client);
+        env->client = NULL;
+        amqp_drop(env);
+        char why[512] = "";
+        int64_t deadline = cwtest_now_ms() + 30000;
+        while (!amqp_connect(env, why, sizeof why)) {
+            if (cwtest_now_ms() >= deadline)
+                fail_msg("reconnecting after %s: %s", cmd, why);
+            cwtest_sleep_ms(200);
+        }
+    }
 }
 
 /* ---- publishing --------------------------------------------------------- */

@@ -62,7 +62,8 @@ typedef struct cwtest_env {
     char url[512];    /* CW_TEST_AMQP_URL */
     char exe[512];    /* CW_TEST_EXE */
 
-    pid_t worker;     /* the running worker, or 0 */
+    pid_t worker;     /* the running `compworker run` (the pool's supervisor), or 0 */
+    const char *run_args[8]; /* more arguments after "run -c <ini>", NULL-terminated */
     int last_exit;    /* exit code (or 128 + signal) of the last worker reaped */
     long log_offset;  /* size of the log when the last worker started */
     bool passed;
@@ -97,9 +98,12 @@ void cwtest_sleep_ms(int ms);
 
 /* ---- the worker process ------------------------------------------------- */
 
-/* Starts `compworker run -c <ini>`, its output appended to env->log, and
- * waits (30 s) until it logs "consuming from". */
+/* Starts `compworker run -c <ini>` (and env->run_args), its output
+ * appended to env->log, and waits (30 s) until it logs "consuming from". */
 void cwtest_worker_start(cwtest_env *env);
+
+/* Starts it the same way without waiting for anything. */
+void cwtest_worker_start_nowait(cwtest_env *env);
 
 /* Sends `sig` and waits up to `timeout_ms` for the worker to exit. Returns its
  * exit code, or 128 + the signal that killed it. Fails the test (after a
@@ -142,6 +146,11 @@ void cwtest_log_stats(const cwtest_env *env, cwtest_stats *out);
  * Returns the ledger's rows when the broker dropped the connections (with
  * `hold_worker`; otherwise when restart-app returned). */
 long cwtest_broker_restart_app(cwtest_env *env, bool hold_worker);
+
+/* Runs `$CW_TEST_HARNESS <cmd> $CW_TEST_BROKER_DIR` ("stop-app",
+ * "start-app") and waits for it; after "start-app" the env's own AMQP
+ * connection is made again. */
+void cwtest_harness(cwtest_env *env, const char *cmd);
 
 /* ---- raw AMQP ----------------------------------------------------------- */
 

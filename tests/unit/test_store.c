@@ -185,7 +185,7 @@ static void done_then_duplicate(const fixture *f)
     assert_int_equal(c.attempts, 1);
     cw_task_record r = get(s, "m1");
     assert_int_equal(r.state, CW_STATE_DONE);
-    assert_string_equal(r.owner, "");
+    assert_string_equal(r.owner, "w1"); /* who settled it; no lease */
     assert_int_equal(r.lease_until_ms, 0);
     assert_int_equal(r.attempts, 1);
     assert_int_equal(r.deliveries, 2);
@@ -245,7 +245,7 @@ static void retrying_is_claimable(const fixture *f)
     settle1(s, "m1", CW_STATE_RETRYING, "retry", "http_503", "service unavailable", T0 + 1);
     cw_task_record r = get(s, "m1");
     assert_int_equal(r.state, CW_STATE_RETRYING);
-    assert_string_equal(r.owner, "");
+    assert_string_equal(r.owner, "w1"); /* who settled it; no lease */
 
     assert_int_equal(claim1(s, "m1", T0 + 2, &c), CW_CLAIM_NEW);
     assert_int_equal(c.attempts, 1);

@@ -1,0 +1,383 @@
+/* What `compworker dlq` and `compworker status` share (see dlq_cli.h). */
+#include <errno.h>
+#include <inttypes.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <json.h>
+
+#include "dlq/deadletter.h"
+#include "framework/broker.h"
+#include "framework/error.h"
+#include "framework/owner.h"
+#include "workers/dlq_cli.h"
+
+volatile sig_atomic_t cw_cli_stop;
+
+static void on_signal(int sig)
+{
+    cw_cli_stop = 1;
+    /* A second signal is not caught: it ends the process, which is safe. */
+    signal(sig, SIG_DFL);
+}
+
+void cw_cli_catch_signals(void)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = 0; /* no SA_RESTART: a wait returns to look at the flag */
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+}
+
+int cw_cli_store_open(const cw_config *cfg, bool must_exist, cw_store **out)
+{
+    *out = NULL;
+    if (cfg->store_backend == CW_STORE_MEMORY)
+        return cw__error(CW_STATUS_CONFIG,
+                         "%s: [store] backend = memory: each worker keeps its records to "
+                         "itself, so they cannot be read or reopened from here (use sqlite)",
+                         cfg->path && cfg->path[0] ? cfg->path : "the configuration");
+    struct stat sb;
+    if (must_exist && stat(cfg->store_path, &sb) != 0)
+        return cw__error(CW_STATUS_NOT_FOUND,
+                         "the store %s does not exist (no worker of pool '%s' ran on this host)",
+                         cfg->store_path, cfg->name);
+    char owner[128];
+    cw__owner_self(owner, sizeof owner);
+    cw_store_opts so = {
+        .backend = "sqlite",
+        .path = cfg->store_path,
+        .owner = owner,
+        .lease_ms = cfg->lease_ms,
+        .sync_full = cfg->store_sync_full,
+        .owner_alive = cw__owner_alive,
+    };
+    return cw_store_open(out, &so);
+}
+
+/* ---- progress ------------------------------------------------------------ */
+
+static struct {
+    bool on;          /* stderr is a terminal and output is not quiet */
+    bool shown;       /* a progress line is on the screen */
+    int64_t started;  /* first report (monotonic ms) */
+} progress_state;
+
+static void group_digits(uint64_t n, char *out, size_t cap)
+{
+    char raw[32];
+    snprintf(raw, sizeof raw, "%" PRIu64, n);
+    size_t len = strlen(raw), o = 0;
+    for (size_t i = 0; i < len && o + 2 < cap; i++) {
+        if (i && (len - i) % 3 == 0)
+            out[o++] = ',';
+        out[o++] = raw[i];
+    }
+    out[o] = '\0';
+}
+
+static void show_progress(const cw_dlq_progress *p, void *ud)
+{
+    (void)ud;
+    if (!progress_state.on)
+        return;
+    int64_t now = cw__mono_ms();
+    if (!progress_state.started)
+        progress_state.started = now;
+    if (now - progress_state.started < 1000)
+        return; /* short operations show no progress */
+    char read[32], total[32], done[32];
+    group_digits(p->read, read, sizeof read);
+    group_digits(p->total, total, sizeof total);
+    group_digits(p->done, done, sizeof done);
+    unsigned pct = p->total ? (unsigned)(p->read * 100 / p->total) : 100;
+    fprintf(stderr, "\r\033[K%s %s of %s (%u%%)", p->what, read, total, pct);
+    if (p->done)
+        fprintf(stderr, ", %s done", done);
+    fflush(stderr);
+    progress_state.shown = true;
+}
+
+cw_dlq_ctl cw_cli_ctl(bool quiet)
+{
+    progress_state.on = !quiet && isatty(STDERR_FILENO);
+    progress_state.shown = false;
+    progress_state.started = 0;
+    cw_dlq_ctl c = {.stop = &cw_cli_stop, .progress = show_progress};
+    return c;
+}
+
+void cw_cli_progress_done(void)
+{
+    if (progress_state.shown) {
+        fputs("\r\033[K", stderr);
+        fflush(stderr);
+        progress_state.shown = false;
+    }
+}
+
+/* ---- times --------------------------------------------------------------- */
+
+void cw_cli_local_time(int64_t ms, char *out, size_t cap)
+{
+    if (!ms) {
+        snprintf(out, cap, "-");
+        return;
+    }
+    time_t t = (time_t)(ms / 1000);
+    struct tm tm;
+    localtime_r(&t, &tm);
+    if (!strftime(out, cap, "%Y-%m-%d %H:%M:%S", &tm))
+        snprintf(out, cap, "-");
+}
+
+void cw_cli_age(int64_t ms, int64_t now_ms, char *out, size_t cap)
+{
+    if (!ms) {
+        snprintf(out, cap, "-");
+        return;
+    }
+    int64_t d = now_ms - ms;
+    bool ahead = d < 0;
+    if (ahead)
+        d = -d;
+    d /= 1000;
+    const char *unit = "s";
+    if (d >= 2 * 86400) {
+        d /= 86400;
+        unit = "d";
+    } else if (d >= 2 * 3600) {
+        d /= 3600;
+        unit = "h";
+    } else if (d >= 120) {
+        d /= 60;
+        unit = "m";
+    }
+    if (ahead)
+        snprintf(out, cap, "in %lld%s", (long long)d, unit);
+    else
+        snprintf(out, cap, "%lld%s ago", (long long)d, unit);
+}
+
+void cw_cli_when(int64_t ms, int64_t now_ms, char *out, size_t cap)
+{
+    if (!ms) {
+        snprintf(out, cap, "-");
+        return;
+    }
+    char t[40], a[24];
+    cw_cli_local_time(ms, t, sizeof t);
+    cw_cli_age(ms, now_ms, a, sizeof a);
+    snprintf(out, cap, "%s (%s)", t, a);
+}
+
+/* ---- text ---------------------------------------------------------------- */
+
+void cw_cli_fit(const char *s, size_t width, bool pad, char *out, size_t cap)
+{
+    size_t o = 0, cols = 0;
+    if (!s)
+        s = "";
+    const unsigned char *p = (const unsigned char *)s;
+    while (*p) {
+        size_t len = 1, w = 1;
+        char piece[8];
+        if (*p < 0x20 || *p == 0x7f) {
+            snprintf(piece, sizeof piece, "\\x%02x", *p);
+            w = 4;
+        } else {
+            if (*p >= 0x80) {
+                len = (*p & 0xE0) == 0xC0 ? 2 : (*p & 0xF0) == 0xE0 ? 3
+                                                : (*p & 0xF8) == 0xF0 ? 4 : 1;
+                for (size_t k = 1; k < len; k++) {
+                    if ((p[k] & 0xC0) != 0x80) {
+                        len = 1;
+                        break;
+                    }
+                }
+            }
+            memcpy(piece, p, len);
+            piece[len] = '\0';
+        }
+        size_t bytes = strlen(piece);
+        /* It must fit the width, leaving a column for "…" unless it is the
+         * last character, and the buffer, leaving room for "…" and the NUL. */
+        bool last = p[len] == '\0';
+        if (cols + w > width || (!last && cols + w == width) || o + bytes + 4 > cap) {
+            if (cols < width && o + 4 <= cap) {
+                memcpy(out + o, "\xe2\x80\xa6", 3);
+                o += 3;
+                cols++;
+            }
+            break;
+        }
+        memcpy(out + o, piece, bytes);
+        o += bytes;
+        cols += w;
+        p += len;
+    }
+    while (pad && cols < width && o + 1 < cap) {
+        out[o++] = ' ';
+        cols++;
+    }
+    out[o] = '\0';
+}
+
+void cw_cli_put_safe(FILE *f, const char *s)
+{
+    for (const unsigned char *p = (const unsigned char *)(s ? s : ""); *p; p++) {
+        if (*p < 0x20 || *p == 0x7f)
+            fprintf(f, "\\x%02x", *p);
+        else
+            fputc(*p, f);
+    }
+}
+
+/* ---- JSON ---------------------------------------------------------------- */
+
+json_object *cw_cli_json_time(int64_t ms)
+{
+    if (!ms)
+        return NULL;
+    char iso[CW_ISO8601_LEN];
+    cw__iso8601(ms, iso);
+    return json_object_new_string(iso);
+}
+
+void cw_cli_json_line(json_object *o)
+{
+    if (!o)
+        return;
+    puts(json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN |
+                                                JSON_C_TO_STRING_NOSLASHESCAPE));
+    json_object_put(o);
+}
+
+static json_object *str_or_null(const char *s)
+{
+    return s && *s ? json_object_new_string(s) : NULL;
+}
+
+static int history_json(const cw_attempt_record *a, void *ud)
+{
+    json_object *arr = ud, *o = json_object_new_object();
+    if (!o)
+        return CW_STATUS_NOMEM;
+    json_object_object_add(o, "n", json_object_new_int64(a->n));
+    json_object_object_add(o, "at", cw_cli_json_time(a->at_ms));
+    json_object_object_add(o, "worker", str_or_null(a->worker));
+    json_object_object_add(o, "outcome", str_or_null(a->outcome));
+    json_object_object_add(o, "error_class", str_or_null(a->error_class));
+    json_object_object_add(o, "reason", str_or_null(a->reason));
+    json_object_array_add(arr, o);
+    return 0;
+}
+
+json_object *cw_cli_record_json(cw_store *store, const cw_task_record *rec)
+{
+    json_object *o = json_object_new_object();
+    if (!o)
+        return NULL;
+    json_object_object_add(o, "state", json_object_new_string(cw__state_name(rec->state)));
+    json_object_object_add(o, "attempts", json_object_new_int64(rec->attempts));
+    json_object_object_add(o, "deliveries", json_object_new_int64(rec->deliveries));
+    json_object_object_add(o, "saga_id", str_or_null(rec->saga_id));
+    json_object_object_add(o, "type", str_or_null(rec->type));
+    json_object_object_add(o, "first_seen", cw_cli_json_time(rec->first_seen_ms));
+    json_object_object_add(o, "last_seen", cw_cli_json_time(rec->last_seen_ms));
+    json_object_object_add(o, "owner", str_or_null(rec->owner));
+    if (rec->state == CW_STATE_IN_PROGRESS)
+        json_object_object_add(o, "lease_until", cw_cli_json_time(rec->lease_until_ms));
+    json_object_object_add(o, "error_class", str_or_null(rec->error_class));
+    json_object_object_add(o, "last_error", str_or_null(rec->last_error));
+    json_object *h = json_object_new_array();
+    if (h)
+        cw_store_history(store, rec->message_id, history_json, h);
+    json_object_object_add(o, "history", h);
+    return o;
+}
+
+typedef struct hist_print {
+    const char *indent;
+    int64_t now;
+    int rows;
+} hist_print;
+
+/* Prints `text` from column `col` to CW_CLI_WIDTH, wrapped at spaces, the
+ * lines after the first indented to `col`. */
+static void print_wrapped(const char *text, size_t col)
+{
+    size_t width = col + 20 < CW_CLI_WIDTH ? CW_CLI_WIDTH - col : 20;
+    const char *p = text;
+    bool first = true;
+    while (*p) {
+        size_t n = strlen(p), cut = n;
+        if (n > width) {
+            cut = width;
+            while (cut > 0 && p[cut] != ' ')
+                cut--;
+            if (cut == 0)
+                cut = width;
+            while (cut > 0 && ((unsigned char)p[cut] & 0xC0) == 0x80)
+                cut--; /* not inside a character */
+        }
+        if (!first)
+            printf("%*s", (int)col, "");
+        fwrite(p, 1, cut, stdout);
+        putchar('\n');
+        first = false;
+        p += cut;
+        while (*p == ' ')
+            p++;
+    }
+    if (first)
+        putchar('\n');
+}
+
+static int history_row(const cw_attempt_record *a, void *ud)
+{
+    hist_print *hp = ud;
+    char n[16], when[40], worker[64], outcome[40];
+    if (strcmp(a->outcome, "replayed") == 0)
+        snprintf(n, sizeof n, "-");
+    else
+        snprintf(n, sizeof n, "%u", a->n);
+    time_t t = (time_t)(a->at_ms / 1000);
+    struct tm tm;
+    localtime_r(&t, &tm);
+    if (!strftime(when, sizeof when, "%m-%d %H:%M:%S", &tm))
+        snprintf(when, sizeof when, "-");
+    cw_cli_fit(a->worker[0] ? a->worker : "-", 18, true, worker, sizeof worker);
+    cw_cli_fit(a->outcome, 10, true, outcome, sizeof outcome);
+    char text[1200];
+    bool cls = a->error_class[0] && strcmp(a->error_class, a->outcome) != 0;
+    snprintf(text, sizeof text, "%s%s%s", cls ? a->error_class : "",
+             cls && a->reason[0] ? ": " : "", a->reason);
+    /* No control bytes on the terminal. */
+    for (char *c = text; *c; c++) {
+        if ((unsigned char)*c < 0x20 || *c == 0x7f)
+            *c = '?';
+    }
+    if (hp->rows == 0)
+        printf("%s%3s  %-14s  %-18s  %-10s  %s\n", hp->indent, "#", "TIME", "WORKER", "OUTCOME",
+               "REASON");
+    printf("%s%3s  %-14s  %s  %s  ", hp->indent, n, when, worker, outcome);
+    print_wrapped(text[0] ? text : "-", strlen(hp->indent) + 3 + 2 + 14 + 2 + 18 + 2 + 10 + 2);
+    hp->rows++;
+    return 0;
+}
+
+int cw_cli_print_history(cw_store *store, const char *message_id, const char *indent)
+{
+    hist_print hp = {.indent = indent, .now = cw__now_ms()};
+    cw_store_history(store, message_id, history_row, &hp);
+    return hp.rows;
+}

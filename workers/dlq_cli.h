@@ -1,0 +1,69 @@
+/* What `compworker dlq` and `compworker status` share: the pool's store
+ * opened for an operator, interruption by a signal, progress on a
+ * terminal, and human output (local times, ages, columns of a width). */
+#ifndef CW_WORKERS_DLQ_CLI_H
+#define CW_WORKERS_DLQ_CLI_H
+
+#include <signal.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "dlq/dlq.h"
+#include "framework/config.h"
+#include "framework/store.h"
+
+/* Human output fits this many columns. */
+#define CW_CLI_WIDTH 100
+
+/* Set by SIGINT / SIGTERM once cw_cli_catch_signals() ran; a second one
+ * kills the process (which is safe: see dlq/dlq.h). */
+extern volatile sig_atomic_t cw_cli_stop;
+void cw_cli_catch_signals(void);
+
+/* Opens the pool's store as this operator's process. CW_STATUS_CONFIG (a
+ * readable reason in cw_error_last()) for an in-memory store, which lives
+ * in one worker and cannot be reached; with `must_exist`, CW_STATUS_NOT_FOUND
+ * when the file does not exist yet (no worker of the pool ran on this host). */
+int cw_cli_store_open(const cw_config *cfg, bool must_exist, cw_store **out);
+
+/* A cw_dlq_ctl that watches cw_cli_stop and, when stderr is a terminal and
+ * `quiet` is false, shows the progress of operations that last over a
+ * second on one line of stderr. Call cw_cli_progress_done() before printing
+ * anything else to stderr. */
+cw_dlq_ctl cw_cli_ctl(bool quiet);
+void cw_cli_progress_done(void);
+
+/* "2026-11-24 22:51:30" in local time ("-" for 0). */
+void cw_cli_local_time(int64_t ms, char *out, size_t cap);
+
+/* "12s ago", "3m ago", "5h ago", "2d ago" ("-" for 0; "in 3s" ahead). */
+void cw_cli_age(int64_t ms, int64_t now_ms, char *out, size_t cap);
+
+/* "2026-11-24 22:51:30 (3m ago)". */
+void cw_cli_when(int64_t ms, int64_t now_ms, char *out, size_t cap);
+
+/* Copies text for a column of `width` characters (UTF-8 characters, not
+ * bytes): control bytes escaped as \xNN, cut with "…" when longer, padded
+ * with spaces when `pad`. */
+void cw_cli_fit(const char *s, size_t width, bool pad, char *out, size_t cap);
+
+/* Prints text that came from a message, control bytes escaped. */
+void cw_cli_put_safe(FILE *f, const char *s);
+
+/* The ISO 8601 UTC form of a time, or JSON null for 0, as a json-c object
+ * (json_object_put() it). */
+struct json_object *cw_cli_json_time(int64_t ms);
+
+/* Prints a json-c object as one line on stdout and frees it. */
+void cw_cli_json_line(struct json_object *o);
+
+/* The store's record of a message as a JSON object (with its history). */
+struct json_object *cw_cli_record_json(cw_store *store, const cw_task_record *rec);
+
+/* Prints the store's attempt history of a message as aligned columns,
+ * each line starting with `indent`; returns the rows printed. */
+int cw_cli_print_history(cw_store *store, const char *message_id, const char *indent);
+
+#endif

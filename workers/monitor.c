@@ -1,0 +1,355 @@
+/* The pool's monitor process: /metrics and /healthz (libmicrohttpd), the
+ * depth of the pool queue and its DLQ (a passive declare every few seconds
+ * on a connection of its own), and the alert of a crash loop the supervisor
+ * detected. See pool.h for why this is a process of its own. */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <microhttpd.h>
+#include <netdb.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "dlq/alert.h"
+#include "framework/broker.h"
+#include "framework/error.h"
+#include "framework/log.h"
+#include "framework/owner.h"
+#include "workers/cli.h"
+#include "workers/pool.h"
+
+#define DEPTH_EVERY_MS 5000
+#define BEAT_STALE_MS 5000 /* a supervisor silent this long is not running */
+#define CONTENT_TYPE_METRICS "text/plain; version=0.0.4; charset=utf-8"
+
+static volatile sig_atomic_t cw_stop;
+
+static void on_stop(int sig)
+{
+    (void)sig;
+    cw_stop = 1;
+}
+
+typedef struct monitor {
+    const cw_config *cfg;
+    cw_metrics *m;
+    pid_t supervisor;
+    _Atomic int64_t queue_ready, queue_consumers, dlq_ready; /* -1: unknown */
+} monitor;
+
+/* ---- HTTP ----------------------------------------------------------------- */
+
+static enum MHD_Result respond(struct MHD_Connection *c, unsigned code, const char *type,
+                               char *body, size_t len, bool owned)
+{
+    struct MHD_Response *r = MHD_create_response_from_buffer(
+        len, body, owned ? MHD_RESPMEM_MUST_FREE : MHD_RESPMEM_PERSISTENT);
+    if (!r) {
+        if (owned)
+            free(body);
+        return MHD_NO;
+    }
+    MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, type);
+    MHD_add_response_header(r, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
+    enum MHD_Result ret = MHD_queue_response(c, code, r);
+    MHD_destroy_response(r);
+    return ret;
+}
+
+static enum MHD_Result respond_text(struct MHD_Connection *c, unsigned code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static enum MHD_Result respond_text(struct MHD_Connection *c, unsigned code, const char *fmt, ...)
+{
+    char *body = NULL;
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vasprintf(&body, fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        return MHD_NO;
+    return respond(c, code, "text/plain; charset=utf-8", body, (size_t)n, true);
+}
+
+static enum MHD_Result serve_metrics(monitor *mon, struct MHD_Connection *c)
+{
+    cw_metrics_snapshot *s = malloc(sizeof *s);
+    if (!s)
+        return respond_text(c, MHD_HTTP_INTERNAL_SERVER_ERROR, "out of memory\n");
+    cw_metrics_snapshot_take(mon->m, s);
+    cw_metrics_info info = {
+        .pool = mon->cfg->name,
+        .queue = mon->cfg->queue,
+        .dlq = mon->cfg->dlq,
+        .queue_ready = atomic_load(&mon->queue_ready),
+        .queue_consumers = atomic_load(&mon->queue_consumers),
+        .dlq_ready = atomic_load(&mon->dlq_ready),
+    };
+    char *body;
+    size_t len;
+    int rc = cw_metrics_render(s, &info, &body, &len);
+    free(s);
+    if (rc)
+        return respond_text(c, MHD_HTTP_INTERNAL_SERVER_ERROR, "%s\n", cw_error_last());
+    return respond(c, MHD_HTTP_OK, CONTENT_TYPE_METRICS, body, len, true);
+}
+
+/* 200 when the supervisor runs and at least one worker has a broker
+ * session; 503 with the reason otherwise. */
+static enum MHD_Result serve_health(monitor *mon, struct MHD_Connection *c)
+{
+    cw_metrics *m = mon->m;
+    int64_t beat = atomic_load(&m->supervisor_beat_ms);
+    unsigned desired = atomic_load(&m->workers_desired);
+    unsigned alive = atomic_load(&m->workers_alive);
+    unsigned connected = 0;
+    for (int i = 0; i < CW_METRICS_SLOTS; i++) {
+        if (atomic_load(&m->slots[i].state) != CW_SLOT_FREE && atomic_load(&m->slots[i].connected))
+            connected++;
+    }
+    if (getppid() != mon->supervisor)
+        return respond_text(c, MHD_HTTP_SERVICE_UNAVAILABLE, "unavailable: the supervisor is gone\n");
+    if (cw__mono_ms() - beat > BEAT_STALE_MS)
+        return respond_text(c, MHD_HTTP_SERVICE_UNAVAILABLE,
+                            "unavailable: the supervisor has not run its loop for %lld ms\n",
+                            (long long)(cw__mono_ms() - beat));
+    if (desired == 0)
+        return respond_text(c, MHD_HTTP_SERVICE_UNAVAILABLE, "unavailable: the pool is stopping\n");
+    if (connected == 0)
+        return respond_text(c, MHD_HTTP_SERVICE_UNAVAILABLE,
+                            "unavailable: no worker is connected to a broker (%u of %u running)\n",
+                            alive, desired);
+    return respond_text(c, MHD_HTTP_OK, "ok: %u of %u workers connected\n", connected, desired);
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
+                                  const char *method, const char *version,
+                                  const char *upload_data, size_t *upload_data_size,
+                                  void **con_cls)
+{
+    (void)version;
+    (void)upload_data;
+    (void)upload_data_size;
+    (void)con_cls;
+    monitor *mon = cls;
+    if (strcmp(method, "GET") != 0 && strcmp(method, "HEAD") != 0)
+        return respond_text(c, MHD_HTTP_METHOD_NOT_ALLOWED, "GET only\n");
+    if (strcmp(url, "/metrics") == 0)
+        return serve_metrics(mon, c);
+    if (strcmp(url, "/healthz") == 0)
+        return serve_health(mon, c);
+    if (strcmp(url, "/") == 0)
+        return respond_text(c, MHD_HTTP_OK,
+                            "compworker pool %s: /metrics (Prometheus), /healthz\n",
+                            mon->cfg->name);
+    return respond_text(c, MHD_HTTP_NOT_FOUND, "not found: /metrics, /healthz\n");
+}
+
+/* Starts the server on [pool] metrics_listen; NULL (logged) on failure. */
+static struct MHD_Daemon *http_start(monitor *mon)
+{
+    char host[256];
+    unsigned port;
+    if (cw__listen_parse(mon->cfg->metrics_listen, host, sizeof host, &port)) {
+        cw_log_error(NULL, "[pool] metrics_listen '%s' is not HOST:PORT", mon->cfg->metrics_listen);
+        return NULL;
+    }
+    struct addrinfo hints, *ai = NULL;
+    memset(&hints, 0, sizeof hints);
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_PASSIVE;
+    int gai = getaddrinfo(host, NULL, &hints, &ai);
+    if (gai != 0 || !ai) {
+        cw_log_error(NULL, "[pool] metrics_listen '%s': cannot resolve '%s': %s",
+                     mon->cfg->metrics_listen, host, gai_strerror(gai));
+        return NULL;
+    }
+    struct sockaddr_storage sa;
+    memset(&sa, 0, sizeof sa);
+    memcpy(&sa, ai->ai_addr, ai->ai_addrlen);
+    bool v6 = ai->ai_family == AF_INET6;
+    freeaddrinfo(ai);
+    if (v6)
+        ((struct sockaddr_in6 *)&sa)->sin6_port = htons((uint16_t)port);
+    else
+        ((struct sockaddr_in *)&sa)->sin_port = htons((uint16_t)port);
+
+    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_AUTO | (v6 ? MHD_USE_IPv6 : 0);
+    struct MHD_Daemon *d = MHD_start_daemon(
+        flags, (uint16_t)port, NULL, NULL, on_request, mon, MHD_OPTION_SOCK_ADDR,
+        (struct sockaddr *)&sa, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)10,
+        MHD_OPTION_CONNECTION_LIMIT, (unsigned)64, MHD_OPTION_END);
+    if (!d) {
+        cw_log_error(NULL, "[pool] metrics_listen %s: cannot listen (%s)", mon->cfg->metrics_listen,
+                     errno ? strerror(errno) : "address in use or not available");
+        return NULL;
+    }
+    /* The port actually bound (metrics_listen may say port 0). */
+    const union MHD_DaemonInfo *li = MHD_get_daemon_info(d, MHD_DAEMON_INFO_LISTEN_FD);
+    struct sockaddr_storage bound;
+    socklen_t blen = sizeof bound;
+    unsigned actual = port;
+    if (li && getsockname(li->listen_fd, (struct sockaddr *)&bound, &blen) == 0)
+        actual = ntohs(bound.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&bound)->sin6_port
+                                                   : ((struct sockaddr_in *)&bound)->sin_port);
+    cw_log_info(NULL, "serving metrics at http://%s%s%s:%u/metrics and health at /healthz",
+                v6 ? "[" : "", host, v6 ? "]" : "", actual);
+    return d;
+}
+
+/* ---- queue depths --------------------------------------------------------- */
+
+typedef struct depth_conn {
+    amqp_connection_state_t conn;
+    unsigned next;
+    bool failing; /* the last poll failed (logged once per episode) */
+} depth_conn;
+
+static int passive_count(amqp_connection_state_t conn, const char *queue, int64_t *ready,
+                         int64_t *consumers)
+{
+    amqp_queue_declare_ok_t *ok =
+        amqp_queue_declare(conn, 1, amqp_cstring_bytes(queue), 1, 0, 0, 0, amqp_empty_table);
+    char what[400];
+    snprintf(what, sizeof what, "passive declare of '%s'", queue);
+    int rc = cw__broker_reply(amqp_get_rpc_reply(conn), what);
+    if (rc)
+        return rc;
+    *ready = ok->message_count;
+    if (consumers)
+        *consumers = ok->consumer_count;
+    return 0;
+}
+
+static void depth_poll(monitor *mon, depth_conn *dc)
+{
+    int rc = 0;
+    if (!dc->conn) {
+        rc = cw__broker_connect_tls(&dc->conn, mon->cfg->url, &mon->cfg->tls, &dc->next, 0,
+                                    "compworker monitor", NULL, 0);
+        if (rc == 0) {
+            amqp_channel_open(dc->conn, 1);
+            rc = cw__broker_reply(amqp_get_rpc_reply(dc->conn), "opening the monitor's channel");
+        }
+    }
+    int64_t q = -1, qc = -1, d = -1;
+    if (rc == 0)
+        rc = passive_count(dc->conn, mon->cfg->queue, &q, &qc);
+    if (rc == 0)
+        rc = passive_count(dc->conn, mon->cfg->dlq, &d, NULL);
+    if (rc) {
+        if (!dc->failing)
+            cw_log_warn(NULL, "queue depths unknown for now (asked every %d s): %s",
+                        DEPTH_EVERY_MS / 1000, cw_error_last());
+        dc->failing = true;
+        if (dc->conn) {
+            cw__broker_close(dc->conn);
+            dc->conn = NULL;
+        }
+        dc->next++; /* try the next broker of the list */
+        q = qc = d = -1;
+    } else if (dc->failing) {
+        dc->failing = false;
+        cw_log_info(NULL, "queue depths known again");
+    }
+    atomic_store(&mon->queue_ready, q);
+    atomic_store(&mon->queue_consumers, qc);
+    atomic_store(&mon->dlq_ready, d);
+}
+
+/* ---- crash-loop alerts ---------------------------------------------------- */
+
+static void post_crash_loop(monitor *mon, cw_alerter *alerter)
+{
+    char reason[sizeof mon->m->alert_reason];
+    memcpy(reason, mon->m->alert_reason, sizeof reason);
+    reason[sizeof reason - 1] = '\0';
+    char who[300], host[256] = "";
+    gethostname(host, sizeof host - 1);
+    snprintf(who, sizeof who, "%s:%ld (supervisor)", host, (long)mon->supervisor);
+    cw_alert_event ev = {
+        .error_class = "crash-loop",
+        .reason = reason,
+        .queue = mon->cfg->queue,
+        .worker = who,
+    };
+    cw_alerter_post(alerter, &ev);
+}
+
+/* ---- main ----------------------------------------------------------------- */
+
+int cw_pool_monitor_main(const cw_config *cfg, cw_metrics *m, pid_t supervisor)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_stop;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    sa.sa_handler = SIG_IGN;
+    sigaction(SIGHUP, &sa, NULL);
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+
+    char id[128];
+    cw__owner_self(id, sizeof id);
+    cw__log_set_worker(id);
+    cw__log_set_role("monitor");
+
+    monitor mon = {.cfg = cfg, .m = m, .supervisor = supervisor};
+    atomic_store(&mon.queue_ready, -1);
+    atomic_store(&mon.queue_consumers, -1);
+    atomic_store(&mon.dlq_ready, -1);
+
+    int code = CW_EXIT_OK;
+    cw_alerter *alerter = NULL;
+    struct MHD_Daemon *http = NULL;
+    depth_conn dc = {0};
+
+    /* The alerter first: it initialises libcurl before any other thread. */
+    if (cfg->alert.command_argv || cfg->alert.webhook_url) {
+        if (cw_alerter_new(&alerter, &cfg->alert) || cw_alerter_start(alerter)) {
+            cw_log_warn(NULL, "crash-loop alerts are off: %s", cw_error_last());
+            cw_alerter_free(alerter);
+            alerter = NULL;
+        }
+    }
+    if (cfg->metrics_listen && !(http = http_start(&mon))) {
+        code = CW_EXIT_USAGE;
+        goto out;
+    }
+    uint64_t alert_seen = atomic_load(&m->alert_seq);
+    /* The first poll waits for the workers to declare the queues. */
+    int64_t next_depth = cw__mono_ms() + 2000;
+    while (!cw_stop && getppid() == supervisor) {
+        int64_t t = cw__mono_ms();
+        uint64_t seq = atomic_load(&m->alert_seq);
+        if (seq != alert_seen) {
+            alert_seen = seq;
+            if (alerter)
+                post_crash_loop(&mon, alerter);
+        }
+        if (http && t >= next_depth) {
+            depth_poll(&mon, &dc);
+            next_depth = cw__mono_ms() + DEPTH_EVERY_MS;
+        }
+        struct timespec ts = {0, 200 * 1000000L};
+        nanosleep(&ts, NULL);
+    }
+
+out:
+    if (http)
+        MHD_stop_daemon(http);
+    if (dc.conn)
+        cw__broker_close(dc.conn);
+    cw_alerter_free(alerter);
+    return code;
+}
