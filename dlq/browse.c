@@ -26,6 +26,7 @@
  * Then it waits until the broker shows the messages ready again, so that an
  * operation started right after this one sees the whole queue. (Classic
  * queues put a requeued message back in its place anyway.) */
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -46,6 +47,8 @@
 #define PROGRESS_MS 250
 #define CONSUMER_CREDIT_MAX UINT16_MAX
 #define CONSUMERS_MAX 32000
+/* Putting back: how long to wait for a message still to come. */
+#define HOLD_IDLE_MS 5000
 /* How long closing waits for the broker to show the requeued messages. */
 #define REQUEUE_WAIT_MS 60000
 
@@ -61,6 +64,7 @@ struct cw_dlq_browser {
     uint32_t others;
     const cw_dlq_ctl *ctl;
     int64_t last_delivery;
+    int64_t last_check; /* of the queue, while waiting */
     bool ended;
     bool consuming;   /* CONSUME_CH is open */
     uint64_t credit;  /* the prefetch of every consumer started, summed */
@@ -71,6 +75,8 @@ struct cw_dlq_browser {
     unsigned consumers;
     char (*ctags)[256]; /* the consumers' tags */
 };
+
+static void notice(const cw_dlq_browser *b, const char *fmt, ...) CW_PRINTF(2, 3);
 
 static int declare_passive(cw_dlq_browser *b, amqp_queue_declare_ok_t *ok)
 {
@@ -186,6 +192,10 @@ int cw_dlq_browser_open(cw_dlq_browser **out, const cw_config *cfg, const char *
     }
     b->total = ok.message_count;
     b->others = ok.consumer_count;
+    if (b->others)
+        notice(b, "'%s' has %u other consumer%s: the messages %s holds unacknowledged are not "
+                  "seen", b->queue, b->others, b->others == 1 ? "" : "s",
+               b->others == 1 ? "it" : "they");
     if (b->total == 0) {
         b->ended = true;
         *out = b;
@@ -311,22 +321,26 @@ int cw_dlq_browser_next(cw_dlq_browser *b, cw_dlq_msg *m)
             return cw__broker_reply(r, what);
         }
         int64_t idle = cw__mono_ms() - b->last_delivery;
-        if (idle < IDLE_CHECK_MS)
+        if (idle < IDLE_CHECK_MS || cw__mono_ms() - b->last_check < IDLE_CHECK_MS)
             continue;
         amqp_queue_declare_ok_t ok;
         int rc = declare_passive(b, &ok);
         if (rc)
             return rc;
-        if (ok.message_count == 0) {
+        if (ok.message_count == 0 && ok.consumer_count > b->consumers) {
             /* What is left of the snapshot is unacked in another consumer. */
             b->missing = b->total - b->read;
             b->ended = true;
             return 0;
         }
+        /* Otherwise it is on its way: a busy broker may take a while. */
         if (idle >= STALL_MS)
             return cw__error(CW_STATUS_TIMEOUT,
-                             "'%s' holds %u ready messages but delivered none for %d s",
-                             b->queue, ok.message_count, STALL_MS / 1000);
+                             "'%s' sent none of the %llu messages still expected for %d s "
+                             "(%u ready, %u consumers)",
+                             b->queue, (unsigned long long)(b->total - b->read), STALL_MS / 1000,
+                             ok.message_count, ok.consumer_count);
+        b->last_check = cw__mono_ms();
     }
 }
 
@@ -341,7 +355,7 @@ int cw_dlq_browser_remove(cw_dlq_browser *b, uint64_t delivery_tag)
 }
 
 /* Reads and holds deliveries, without looking at them, until `n` more came
- * or none came for IDLE_CHECK_MS; credit is added while it is all held and
+ * or none came for HOLD_IDLE_MS; credit is added while it is all held and
  * fewer than `credit_to` were granted. */
 static void hold_more(cw_dlq_browser *b, uint64_t n, uint64_t credit_to)
 {
@@ -369,7 +383,7 @@ static void hold_more(cw_dlq_browser *b, uint64_t n, uint64_t credit_to)
             continue;
         }
         if (r.reply_type != AMQP_RESPONSE_LIBRARY_EXCEPTION ||
-            r.library_error != AMQP_STATUS_TIMEOUT || cw__mono_ms() - last >= IDLE_CHECK_MS)
+            r.library_error != AMQP_STATUS_TIMEOUT || cw__mono_ms() - last >= HOLD_IDLE_MS)
             return;
     }
 }
@@ -422,16 +436,36 @@ static uint64_t put_back(cw_dlq_browser *b)
     return held;
 }
 
+static void notice(const cw_dlq_browser *b, const char *fmt, ...) CW_PRINTF(2, 3);
+static void notice(const cw_dlq_browser *b, const char *fmt, ...)
+{
+    if (!b->ctl || !b->ctl->notice)
+        return;
+    char text[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(text, sizeof text, fmt, ap);
+    va_end(ap);
+    b->ctl->notice(text, b->ctl->notice_data);
+}
+
 /* Waits until the queue shows at least `n` ready messages again: the
  * broker requeues asynchronously, a quorum queue in seconds for a hundred
- * thousand. */
+ * thousand -- and a busy quorum queue answers a queue.declare with 0. */
 static void await_requeue(cw_dlq_browser *b, uint64_t n)
 {
     int64_t deadline = cw__mono_ms() + REQUEUE_WAIT_MS;
     for (;;) {
         amqp_queue_declare_ok_t ok;
-        if (declare_passive(b, &ok) != 0 || ok.message_count >= n || cw__mono_ms() >= deadline)
+        if (declare_passive(b, &ok) != 0 || ok.message_count >= n)
             return;
+        if (cw__mono_ms() >= deadline) {
+            notice(b, "the broker still shows only %u of the %llu messages put back in '%s' as "
+                      "ready after %d s: they are safe in the queue, but an operation started "
+                      "before it catches up sees fewer",
+                   ok.message_count, (unsigned long long)n, b->queue, REQUEUE_WAIT_MS / 1000);
+            return;
+        }
         struct timespec ts = {.tv_sec = 0, .tv_nsec = 50 * 1000000L};
         nanosleep(&ts, NULL);
     }

@@ -155,6 +155,11 @@ typedef struct cw_dlq_ctl {
     /* Called at most every few hundred ms; may be NULL. */
     void (*progress)(const cw_dlq_progress *p, void *ud);
     void *progress_data;
+    /* Told what an operator should know that is not an error (another
+     * consumer holds messages of the queue; the broker is slow to show the
+     * requeued messages); may be NULL. */
+    void (*notice)(const char *text, void *ud);
+    void *notice_data;
 } cw_dlq_ctl;
 
 /* ---- browsing ----------------------------------------------------------- */

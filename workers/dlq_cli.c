@@ -106,12 +106,19 @@ static void show_progress(const cw_dlq_progress *p, void *ud)
     progress_state.shown = true;
 }
 
+static void show_notice(const char *text, void *ud)
+{
+    (void)ud;
+    cw_cli_progress_done();
+    fprintf(stderr, "compworker: note: %s\n", text);
+}
+
 cw_dlq_ctl cw_cli_ctl(bool quiet)
 {
     progress_state.on = !quiet && isatty(STDERR_FILENO);
     progress_state.shown = false;
     progress_state.started = 0;
-    cw_dlq_ctl c = {.stop = &cw_cli_stop, .progress = show_progress};
+    cw_dlq_ctl c = {.stop = &cw_cli_stop, .progress = show_progress, .notice = show_notice};
     return c;
 }
 

@@ -308,7 +308,9 @@ static void wait_state(cwtest_env *env, const char *id, const char *state)
 
 /* ---- 1. list and show leave the DLQ as it was ----------------------------- */
 
-#define LIST_N 30
+/* Over 32: a quorum queue requeues more than 32 messages in no set order
+ * unless the browser puts them back itself, in order. */
+#define LIST_N 100
 
 static void test_list_leaves_dlq_unchanged(void **state)
 {
@@ -344,14 +346,14 @@ static void test_list_leaves_dlq_unchanged(void **state)
     assert_non_null(strstr(r.out, "lst-0007"));
     assert_non_null(strstr(r.out, "gateway said no"));
     assert_non_null(strstr(r.out, "s ago"));
-    assert_non_null(strstr(r.out, "30 tasks in"));
+    assert_non_null(strstr(r.out, "100 tasks in"));
     cli_free(&r);
 
     /* Filters and --limit. */
     r = CLI(env, "dlq", "list", "-c", env->ini, "--json", "--saga-id", "saga-1");
     size_t n;
     json_object **v = json_lines(&r, &n);
-    assert_int_equal(n, LIST_N / 3);
+    assert_int_equal(n, 33); /* 1, 4, ... 97 */
     for (size_t i = 0; i < n; i++)
         assert_string_equal(jstr(v[i], "saga_id"), "saga-1");
     json_lines_free(v, n);
@@ -367,6 +369,10 @@ static void test_list_leaves_dlq_unchanged(void **state)
     assert_int_equal(n, 0);
     json_lines_free(v, n);
     cli_free(&r);
+    /* A list stopped early (--limit) leaves the order as it was too. */
+    char *ids3 = list_ids(env, &n);
+    assert_string_equal(ids3, expect);
+    free(ids3);
 
     /* show: every property and header, the body, the history. */
     r = CLI(env, "dlq", "show", "-c", env->ini, "lst-0005");
@@ -717,7 +723,8 @@ static void put(char **buf, size_t *len, const void *p, size_t n)
 {
     *buf = realloc(*buf, *len + n + 8);
     memcpy(*buf + *len, &n, sizeof n);
-    memcpy(*buf + *len + sizeof n, p, n);
+    if (n)
+        memcpy(*buf + *len + sizeof n, p, n);
     *len += sizeof n + n;
 }
 
