@@ -483,8 +483,13 @@ void cw_dlq_browser_free(cw_dlq_browser *b)
     if (b->consuming) {
         uint64_t held = put_back(b);
         amqp_rpc_reply_t r = amqp_channel_close(b->conn, CONSUME_CH, AMQP_REPLY_SUCCESS);
-        if (r.reply_type == AMQP_RESPONSE_NORMAL && held)
+        if (r.reply_type == AMQP_RESPONSE_NORMAL && held) {
+            if (b->ctl && b->ctl->progress) {
+                cw_dlq_progress p = {.what = "putting back", .read = held, .total = held};
+                b->ctl->progress(&p, b->ctl->progress_data);
+            }
             await_requeue(b, held);
+        }
     }
     cw__broker_close(b->conn);
     free(b->tags);

@@ -383,7 +383,9 @@ static int bad(const dec *d, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    return cw__error(CW_STATUS_INVALID_MESSAGE, "%s: %s", d->path[0] ? d->path : "line", msg);
+    if (!d->path[0])
+        return cw__error(CW_STATUS_INVALID_MESSAGE, "%s", msg);
+    return cw__error(CW_STATUS_INVALID_MESSAGE, "%s: %s", d->path, msg);
 }
 
 /* Appends ".key" or "[i]" to the path; returns the old length to restore. */

@@ -242,6 +242,10 @@ void cw__broker_close(amqp_connection_state_t conn)
 {
     if (!conn)
         return;
+    /* Close the channel first and wait for close-ok: the broker may drop
+     * acks sent just before a connection.close. (A dead connection makes
+     * this return at once.) */
+    amqp_channel_close(conn, 1, AMQP_REPLY_SUCCESS);
     amqp_connection_close(conn, AMQP_REPLY_SUCCESS);
     amqp_destroy_connection(conn);
 }

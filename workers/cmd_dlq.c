@@ -1313,6 +1313,11 @@ static int cmd_import(dlq_cmd *c)
                            bad, bad == 1 ? "" : "s", name);
     }
 
+    if (ls.n == 0) {
+        lines_free(&ls);
+        printf("Nothing to import: %s holds no task.\n", name);
+        return CW_EXIT_OK;
+    }
     amqp_connection_state_t conn = NULL;
     cw_registry *reg = NULL;
     cw_mover mv;
