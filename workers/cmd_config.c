@@ -1,6 +1,5 @@
 /* compworker config check: validates a pool file and prints every effective
  * value with where it came from. */
-#include <getopt.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -62,43 +61,10 @@ int cw_cmd_config(int argc, char **argv)
         return CW_EXIT_USAGE;
     }
     cw_pool_opts po = {0};
-    static const struct option opts[] = {{"config", required_argument, NULL, 'c'},
-                                         {"workers", required_argument, NULL, 'w'},
-                                         {"log-level", required_argument, NULL, 'l'},
-                                         {"help", no_argument, NULL, 'h'},
-                                         {NULL, 0, NULL, 0}};
-    int c;
-    optind = 1;
-    opterr = 0;
-    argc--;
-    argv++;
-    while ((c = getopt_long(argc, argv, "c:w:l:h", opts, NULL)) != -1) {
-        switch (c) {
-        case 'c': po.config_path = optarg; break;
-        case 'w': po.workers_flag = optarg; break;
-        case 'l': po.level_flag = optarg; break;
-        case 'h':
-            fputs(config_usage, stdout);
-            return CW_EXIT_OK;
-        default:
-            return cw_cli_fail(CW_EXIT_USAGE, "config check: unknown or incomplete option '%s'",
-                               argv[optind - 1]);
-        }
-    }
-    if (optind < argc)
-        return cw_cli_fail(CW_EXIT_USAGE, "config check: unexpected argument '%s'", argv[optind]);
-    if (!po.config_path)
-        return cw_cli_fail(CW_EXIT_USAGE, "config check: -c POOL.INI is required");
-
     cw_config *cfg = NULL;
-    if (cw_pool_config_load(&cfg, &po))
-        return cw_cli_fail(CW_EXIT_USAGE, "%s", cw_error_last());
-    if (cfg->n_plugins == 0) {
-        int rc = cw_cli_fail(CW_EXIT_USAGE, "%s: [pool] plugins is empty: a worker needs handlers",
-                             cfg->path);
-        cw_config_free(cfg);
+    int rc = cw_pool_cli_load(argc - 1, argv + 1, "config check", config_usage, &po, &cfg);
+    if (rc >= 0)
         return rc;
-    }
     printf("; %s: valid (sd_notify: %s)\n", cfg->path, cw_notify_available() ? "yes" : "no");
     printer pr = {.file = cfg->path};
     cw_config_describe(cfg, print_entry, &pr);
