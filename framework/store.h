@@ -44,6 +44,9 @@ typedef struct cw_claim {
     unsigned attempts;   /* settled attempts so far */
     char owner[128];     /* for BUSY: who holds it */
     int64_t ticket;      /* for NEW: pass to cw_settle_req.ticket (0 if none) */
+    bool fresh;          /* this claim created the record: the message ID was
+                            never seen before (so it cannot repeat one earlier
+                            in the same batch) */
 } cw_claim;
 
 typedef struct cw_settle_req {

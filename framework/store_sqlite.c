@@ -34,8 +34,7 @@
 #define CW_SQ_STR_(x) #x
 #define CW_SQ_STRINGIFY(x) CW_SQ_STR_(x)
 
-/* The SQL below writes states as literals (the partial index must match the
- * sweep's WHERE clause textually); keep them in step with the enum. */
+/* The SQL below writes states as literals; keep them in step with the enum. */
 _Static_assert(CW_STATE_IN_PROGRESS == 1 && CW_STATE_DONE == 2 && CW_STATE_REPLAYED == 5,
                "SQL state literals");
 
@@ -61,7 +60,9 @@ static const char cw_sq_schema[] =
     " last_error TEXT,"
     " settled_at INTEGER" /* ms; with owner, who settled it last */
     ");"
-    "CREATE INDEX IF NOT EXISTS tasks_done_last_seen ON tasks(last_seen) WHERE state = 2;"
+    /* Development builds had an index for the sweep; it cost every settle an
+     * index insert. The sweep walks the rows in arrival order instead. */
+    "DROP INDEX IF EXISTS tasks_done_last_seen;"
     /* One row per settled attempt, and per attempt a worker died in (noted
      * from its crash report): attempt n may have several rows. */
     "CREATE TABLE IF NOT EXISTS attempts ("
@@ -95,6 +96,7 @@ enum {
     CW_SQ_HISTORY_DONE,
     CW_SQ_GET,
     CW_SQ_HISTORY,
+    CW_SQ_SWEEP_SCAN,
     CW_SQ_SWEEP_ATTEMPTS,
     CW_SQ_SWEEP_TASKS,
     CW_SQ_REOPEN_INSERT,
@@ -103,11 +105,6 @@ enum {
     CW_SQ_REOPEN_KEEP_DONE,
     CW_SQ_COUNT
 };
-
-/* The DONE records a sweep removes: the oldest first, a bounded number. */
-#define CW_SQ_SWEEP_VICTIMS                                                    \
-    "SELECT id FROM tasks WHERE state = 2 AND last_seen < ?1"                \
-    " ORDER BY last_seen, id LIMIT ?2"
 
 static const char *const cw_sq_sql[CW_SQ_COUNT] = {
     [CW_SQ_BEGIN] = "BEGIN IMMEDIATE",
@@ -172,8 +169,12 @@ static const char *const cw_sq_sql[CW_SQ_COUNT] = {
         "SELECT n, at, worker, outcome, error_class, reason FROM attempts"
         " WHERE task_id = (SELECT id FROM tasks WHERE message_id = ?1) ORDER BY id",
     /* ?1 done_before, ?2 limit; history first, while the victims still exist */
-    [CW_SQ_SWEEP_ATTEMPTS] = "DELETE FROM attempts WHERE task_id IN (" CW_SQ_SWEEP_VICTIMS ")",
-    [CW_SQ_SWEEP_TASKS] = "DELETE FROM tasks WHERE id IN (" CW_SQ_SWEEP_VICTIMS ")",
+    /* ?1 after row id, ?2 limit: the next rows in arrival order */
+    [CW_SQ_SWEEP_SCAN] =
+        "SELECT id, state, first_seen, last_seen FROM tasks WHERE id > ?1 ORDER BY id LIMIT ?2",
+    /* ?1 row id; history first, while the task still exists */
+    [CW_SQ_SWEEP_ATTEMPTS] = "DELETE FROM attempts WHERE task_id = ?1",
+    [CW_SQ_SWEEP_TASKS] = "DELETE FROM tasks WHERE id = ?1",
     /* ?1 id, ?2 saga_id, ?3 type, ?4 now: a replay of an ID never seen */
     [CW_SQ_REOPEN_INSERT] =
         "INSERT INTO tasks (message_id, state, attempts, deliveries, unsettled, saga_id, type,"
@@ -203,6 +204,7 @@ typedef struct cw_sq_store {
     sqlite3_stmt *st[CW_SQ_COUNT];
     bool sync_full;   /* durable commits fsync the WAL */
     bool synced_full; /* the connection's current synchronous setting */
+    int64_t sweep_after; /* the sweep's next pass starts after this row id */
 } cw_sq_store;
 
 static cw_sq_store *sq_of(cw_store *s)
@@ -413,6 +415,7 @@ static int sq_claim_in(cw_sq_store *q, const cw_claim_req *req, int64_t now_ms, 
     out->attempts = 0;
     out->owner[0] = '\0';
     out->ticket = 0;
+    out->fresh = false;
 
     /* First sight, the common case, costs one statement. */
     if (sq_bind_text(st, 1, req->message_id) != SQLITE_OK ||
@@ -427,6 +430,7 @@ static int sq_claim_in(cw_sq_store *q, const cw_claim_req *req, int64_t now_ms, 
         return rc;
     if (sqlite3_changes(q->db) > 0) {
         out->ticket = sqlite3_last_insert_rowid(q->db);
+        out->fresh = true;
         return 0;
     }
     return sq_claim_existing(q, req, now_ms, lease_until, out);
@@ -673,6 +677,55 @@ static int sq_history(cw_store *s, const char *message_id,
 
 /* ---- expiry ------------------------------------------------------------ */
 
+/* Rows a sweep examines per record it may remove: the old records that stay
+ * (dead-lettered, retrying, abandoned) are walked over, a bounded number. */
+#define CW_SQ_SWEEP_EXAMINE 8
+
+/* Collects into ids[] the DONE records older than done_before_ms among the
+ * next rows in arrival order (at most `limit` of them, at most
+ * limit * CW_SQ_SWEEP_EXAMINE rows examined), and moves the cursor.
+ *
+ * Rows arrive in the order of their first_seen (a claim stamps it when it
+ * creates the row), so the first row first seen at or after the cut ends the
+ * old part of the table: the pass ends there and the next one starts again
+ * from the oldest row, where old records that settled since (a retry that
+ * succeeded, a replay) are found. A pass costs the rows that stay, never the
+ * whole table, and no index has to be kept up on the per-message path. */
+static int sq_sweep_scan(cw_sq_store *q, int64_t done_before_ms, unsigned limit, int64_t *ids,
+                         unsigned *nids)
+{
+    sqlite3_stmt *st = q->st[CW_SQ_SWEEP_SCAN];
+    *nids = 0;
+    if (sqlite3_bind_int64(st, 1, q->sweep_after) != SQLITE_OK ||
+        sqlite3_bind_int64(st, 2, (sqlite3_int64)limit * CW_SQ_SWEEP_EXAMINE) != SQLITE_OK)
+        return sq_fail_reset(q, st, "sweep");
+    int step;
+    bool young = false;
+    unsigned examined = 0;
+    while ((step = sqlite3_step(st)) == SQLITE_ROW) {
+        examined++;
+        int64_t id = sqlite3_column_int64(st, 0);
+        if (sqlite3_column_int64(st, 2) >= done_before_ms) {
+            young = true;
+            break;
+        }
+        q->sweep_after = id;
+        if (sqlite3_column_int(st, 1) == CW_STATE_DONE &&
+            sqlite3_column_int64(st, 3) < done_before_ms) {
+            ids[(*nids)++] = id;
+            if (*nids == limit)
+                break;
+        }
+    }
+    if (step != SQLITE_ROW && step != SQLITE_DONE)
+        return sq_fail_reset(q, st, "sweep");
+    sqlite3_reset(st);
+    /* The pass ended at the young rows or at the table's end. */
+    if (young || (step == SQLITE_DONE && examined < limit * CW_SQ_SWEEP_EXAMINE))
+        q->sweep_after = 0;
+    return 0;
+}
+
 /* Runs in a transaction of its own, so never inside a batch: it would commit
  * the batch's claims half-way. The worker calls it between batches. */
 static int sq_sweep(cw_store *s, int64_t done_before_ms, unsigned limit, unsigned *removed)
@@ -683,31 +736,38 @@ static int sq_sweep(cw_store *s, int64_t done_before_ms, unsigned limit, unsigne
         return cw__error(CW_STATUS_INVALID_ARG, "%s: sweep: called inside a batch", q->path);
     if (limit == 0)
         return 0;
+    int64_t *ids = malloc((size_t)limit * sizeof *ids);
+    if (!ids)
+        return cw__error(CW_STATUS_NOMEM, "%s: sweep: out of memory", q->path);
 
+    int64_t cursor = q->sweep_after;
+    unsigned n = 0;
     int rc = sq_begin_as(q, true);
     if (rc)
-        return rc;
-    unsigned n = 0;
-    for (int i = CW_SQ_SWEEP_ATTEMPTS; i <= CW_SQ_SWEEP_TASKS; i++) {
-        sqlite3_stmt *st = q->st[i];
-        if (sqlite3_bind_int64(st, 1, done_before_ms) != SQLITE_OK ||
-            sqlite3_bind_int64(st, 2, (sqlite3_int64)limit) != SQLITE_OK) {
-            rc = sq_fail_reset(q, st, "sweep");
-            goto out_rollback;
+        goto out;
+    if ((rc = sq_sweep_scan(q, done_before_ms, limit, ids, &n)))
+        goto out_rollback;
+    for (unsigned i = 0; i < n; i++) {
+        for (int k = CW_SQ_SWEEP_ATTEMPTS; k <= CW_SQ_SWEEP_TASKS; k++) {
+            sqlite3_stmt *st = q->st[k];
+            if (sqlite3_bind_int64(st, 1, ids[i]) != SQLITE_OK) {
+                rc = sq_fail_reset(q, st, "sweep");
+                goto out_rollback;
+            }
+            if ((rc = sq_run(q, st, "sweep")))
+                goto out_rollback;
         }
-        rc = sq_run(q, st, "sweep");
-        if (rc)
-            goto out_rollback;
-        n = sq_uint(sqlite3_changes(q->db)); /* the tasks delete comes last */
     }
-    rc = sq_run(q, q->st[CW_SQ_COMMIT], "sweep");
-    if (rc)
+    if ((rc = sq_run(q, q->st[CW_SQ_COMMIT], "sweep")))
         goto out_rollback;
     *removed = n;
-    return 0;
+    goto out;
 
 out_rollback:
     sq_rollback_quiet(q);
+    q->sweep_after = cursor; /* nothing was removed: walk those rows again */
+out:
+    free(ids);
     return rc;
 }
 

@@ -34,7 +34,8 @@
 #define CW_PUBLISH_CH 1
 #define CW_POLL_MS 250
 #define CW_CONFIRM_TIMEOUT_MS 30000
-#define CW_SWEEP_EVERY_MS 60000
+#define CW_SWEEP_EVERY_MS 1000
+#define CW_SWEEP_BUDGET_MS 100
 #define CW_SWEEP_CHUNK 2000
 #define CW_BACKOFF_MIN_MS 500
 #define CW_BACKOFF_MAX_MS 30000
@@ -69,7 +70,6 @@ struct cw_worker {
     unsigned url_next;
 
     cw_task *batch;      /* batch_max slots */
-    uint64_t *hash;      /* message_id hash per slot, for in-batch duplicates */
     size_t batch_max;
     int64_t next_sweep;
     cw_retry_policy *policy; /* effective policy per registry handler index */
@@ -112,9 +112,8 @@ int cw_worker_new(cw_worker **out, const cw_config *cfg, cw_registry *reg)
     if (w->batch_max > cfg->prefetch)
         w->batch_max = cfg->prefetch;
     w->batch = calloc(w->batch_max, sizeof *w->batch);
-    w->hash = calloc(w->batch_max, sizeof *w->hash);
     w->policy = calloc(reg->n_handlers ? reg->n_handlers : 1, sizeof *w->policy);
-    if (!w->batch || !w->hash || !w->policy) {
+    if (!w->batch || !w->policy) {
         rc = cw__error(CW_STATUS_NOMEM, "out of memory creating the worker");
         goto out_free;
     }
@@ -173,7 +172,6 @@ out_validator:
     cw__validator_free(&w->val);
 out_free:
     free(w->batch);
-    free(w->hash);
     free(w->policy);
     free(w);
     return rc;
@@ -188,7 +186,6 @@ void cw_worker_free(cw_worker *w)
     cw_store_free(w->store);
     cw__validator_free(&w->val);
     free(w->batch);
-    free(w->hash);
     free(w->policy);
     free(w);
 }
@@ -410,16 +407,6 @@ static int receive_one(cw_worker *w, cw_task *t, int timeout_ms)
     }
 }
 
-static uint64_t hash_id(const char *s)
-{
-    uint64_t h = 1469598103934665603ULL; /* FNV-1a */
-    for (; *s; s++) {
-        h ^= (unsigned char)*s;
-        h *= 1099511628211ULL;
-    }
-    return h;
-}
-
 /* Fills the batch with what the broker has sent, waiting up to CW_POLL_MS
  * for the first delivery. Returns the count, or <0 on a lost session. */
 static long collect(cw_worker *w)
@@ -527,6 +514,16 @@ static int64_t retry_delay(const cw_worker *w, const cw_task *t)
     return cw_retry_jitter_ms(p->jitter, base, cw_random64());
 }
 
+/* Whether the task in slot i has the message ID of a valid task before it. */
+static bool repeats_earlier(const cw_worker *w, size_t i)
+{
+    for (size_t j = 0; j < i; j++) {
+        if (w->batch[j].payload && strcmp(w->batch[j].message_id, w->batch[i].message_id) == 0)
+            return true;
+    }
+    return false;
+}
+
 /* Validates and claims every delivery of the batch (one transaction). */
 static int claim_batch(cw_worker *w, size_t n, int64_t now)
 {
@@ -547,17 +544,7 @@ static int claim_batch(cw_worker *w, size_t n, int64_t now)
             t->action = ACT_DLQ;
             continue;
         }
-        w->hash[i] = hash_id(t->message_id);
         t->action = ACT_NONE;
-        for (size_t j = 0; j < i; j++) {
-            if (w->hash[j] == w->hash[i] && w->batch[j].payload &&
-                strcmp(w->batch[j].message_id, t->message_id) == 0) {
-                t->action = ACT_DUP;
-                break;
-            }
-        }
-        if (t->action == ACT_DUP)
-            continue;
         if (!open) {
             /* Claims need not be durable (see cw_store_begin): the outcomes' batch,
              * committed before the acks, is. */
@@ -570,6 +557,14 @@ static int claim_batch(cw_worker *w, size_t n, int64_t now)
         if ((rc = cw_store_claim(w->store, &req, now, &c))) {
             cw_store_rollback(w->store);
             return rc;
+        }
+        /* The same message ID twice in one batch: the second claim finds the
+         * first one's record, ours and in progress. Only a record that
+         * existed before can repeat an earlier one, so the common case (first
+         * sight) costs no search. */
+        if (!c.fresh && repeats_earlier(w, i)) {
+            t->action = ACT_DUP;
+            continue;
         }
         switch (c.result) {
         case CW_CLAIM_NEW:
@@ -837,19 +832,28 @@ static int process_batch(cw_worker *w, size_t n)
     return rc ? rc : pub_rc;
 }
 
+/* Removes DONE records past the retention period. It runs between batches
+ * every CW_SWEEP_EVERY_MS, chunk after chunk while there is more to remove,
+ * for at most CW_SWEEP_BUDGET_MS, so that it keeps up with a pool that
+ * settles tens of thousands of tasks a second without stalling consumption. */
 static void sweep(cw_worker *w)
 {
     int64_t mono = cw__mono_ms();
     if (mono < w->next_sweep)
         return;
     w->next_sweep = mono + CW_SWEEP_EVERY_MS;
-    unsigned removed = 0;
-    int rc = cw_store_sweep(w->store, cw__now_ms() - w->cfg->retention_ms, CW_SWEEP_CHUNK,
-                            &removed);
+    int64_t cut = cw__now_ms() - w->cfg->retention_ms, until = mono + CW_SWEEP_BUDGET_MS;
+    unsigned removed, total = 0;
+    int rc;
+    do {
+        removed = 0;
+        rc = cw_store_sweep(w->store, cut, CW_SWEEP_CHUNK, &removed);
+        total += removed;
+    } while (rc == 0 && removed == CW_SWEEP_CHUNK && cw__mono_ms() < until);
     if (rc)
         cw_log_warn(NULL, "store sweep failed: %s", cw_error_last());
-    else if (removed)
-        cw_log_debug(NULL, "store sweep removed %u done records", removed);
+    else if (total)
+        cw_log_debug(NULL, "store sweep removed %u done records", total);
 }
 
 /* Keeps the idle publishing connection's heartbeats flowing. */

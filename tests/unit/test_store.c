@@ -599,6 +599,67 @@ static void sweep_removes_old_done(const fixture *f)
 }
 BOTH(sweep_removes_old_done)
 
+/* The sweep walks the table in arrival order a bounded number of rows at a
+ * time: old records that stay (dead, retrying) are walked over, a pass ends at
+ * the first young row, and a record that settles late is found by a later pass. */
+static void sweep_walks_in_chunks(const fixture *f)
+{
+    cw_store *s = open_as(f, "w1", NULL, NULL);
+    cw_claim c;
+    const int64_t old = T0, cut = T0 + 500000, recent = T0 + 1000000;
+    char id[32];
+    unsigned done = 0;
+    for (int i = 0; i < 60; i++) {
+        snprintf(id, sizeof id, "old%d", i);
+        claim1(s, id, old + i, &c);
+        if (i % 3 == 1) {
+            settle1(s, id, CW_STATE_DEAD, "fail", "x", "y", old + i);
+        } else if (i % 3 == 2) {
+            settle1(s, id, CW_STATE_RETRYING, "retry", "x", "y", old + i);
+        } else {
+            settle1(s, id, CW_STATE_DONE, "ok", NULL, NULL, old + i);
+            done++;
+        }
+    }
+    for (int i = 0; i < 5; i++) {
+        snprintf(id, sizeof id, "young%d", i);
+        claim1(s, id, recent + i, &c);
+        settle1(s, id, CW_STATE_DONE, "ok", NULL, NULL, recent + i);
+    }
+
+    /* Two at a time, sixteen rows examined at most: many calls, each bounded. */
+    unsigned total = 0, calls = 0, removed;
+    while (total < done && calls < 100) {
+        assert_int_equal(cw_store_sweep(s, cut, 2, &removed), 0);
+        assert_true(removed <= 2);
+        total += removed;
+        calls++;
+    }
+    assert_int_equal(total, done);
+    assert_true(calls >= done / 2);
+    for (int i = 0; i < 5; i++) {
+        snprintf(id, sizeof id, "young%d", i);
+        assert_int_equal(get(s, id).state, CW_STATE_DONE);
+    }
+    assert_int_equal(get(s, "old1").state, CW_STATE_DEAD);
+
+    /* A retrying record that succeeds (long ago, for the test) is removed by
+     * the next pass, which starts again from the oldest row. */
+    claim1(s, "old2", old + 100, &c);
+    settle1(s, "old2", CW_STATE_DONE, "ok", NULL, NULL, old + 100);
+    total = 0;
+    for (int i = 0; i < 20; i++) {
+        assert_int_equal(cw_store_sweep(s, cut, 2, &removed), 0);
+        total += removed;
+    }
+    assert_int_equal(total, 1);
+    cw_task_record r;
+    assert_int_equal(cw_store_get(s, "old2", &r), CW_STATUS_NOT_FOUND);
+    assert_int_equal(get(s, "old5").state, CW_STATE_RETRYING);
+    cw_store_free(s);
+}
+BOTH(sweep_walks_in_chunks)
+
 /* ---- files ------------------------------------------------------------- */
 
 static void reopen_keeps_data(const fixture *f)
@@ -812,6 +873,8 @@ int main(void)
         cmocka_unit_test(commit_without_begin_fails_memory),
         cmocka_unit_test(sweep_removes_old_done_file),
         cmocka_unit_test(sweep_removes_old_done_memory),
+        cmocka_unit_test(sweep_walks_in_chunks_file),
+        cmocka_unit_test(sweep_walks_in_chunks_memory),
         cmocka_unit_test(reopen_keeps_data_file),
         cmocka_unit_test(memory_is_private),
         cmocka_unit_test(newer_schema_refused),
