@@ -10,13 +10,27 @@
 
 void cw__iso8601(int64_t ms, char out[CW_ISO8601_LEN])
 {
+    /* Floored: a time before 1970 is a second earlier plus a positive
+     * fraction (-1 ms is 23:59:59.999 of the day before). */
+    int64_t milli = ms % 1000;
     time_t s = (time_t)(ms / 1000);
+    if (milli < 0) {
+        milli += 1000;
+        s--;
+    }
     struct tm tm;
-    gmtime_r(&s, &tm);
-    char date[32];
-    strftime(date, sizeof date, "%Y-%m-%dT%H:%M:%S", &tm);
-    unsigned milli = (unsigned)(ms % 1000) % 1000u;
-    snprintf(out, CW_ISO8601_LEN, "%.19s.%03uZ", date, milli);
+    if (!gmtime_r(&s, &tm)) { /* a year past what an int holds */
+        snprintf(out, CW_ISO8601_LEN, "?");
+        return;
+    }
+    /* Four-digit years, as ISO 8601 wants (strftime's %Y writes "226"). */
+    char buf[96];
+    int n = snprintf(buf, sizeof buf, "%04lld-%02d-%02dT%02d:%02d:%02d.%03uZ",
+                     (long long)tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour,
+                     tm.tm_min, tm.tm_sec, (unsigned)milli);
+    size_t len = n < 0 ? 0 : (size_t)n < CW_ISO8601_LEN ? (size_t)n : CW_ISO8601_LEN - 1;
+    memcpy(out, buf, len);
+    out[len] = '\0';
 }
 
 static const char *const cw_failure_headers[] = {

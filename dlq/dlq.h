@@ -362,16 +362,22 @@ int cw_dlq_delete(const cw_config *cfg, const cw_dlq_filter *f, const cw_dlq_ctl
 #define CW_DLQ_EXPORT_FORMAT "compworker-dlq"
 #define CW_DLQ_EXPORT_VERSION 1
 
+/* The deepest headers an export holds: tables and arrays nested inside a
+ * header value, CW_DLQ_MAX_DEPTH levels below it at most. */
+#define CW_DLQ_MAX_DEPTH 256
+
 /* Encodes a message as one line of JSON (no newline), lossless: the body
  * as base64, every property present, every header with its AMQP field type
  * (nested tables and arrays included) so that cw_dlq_import_line() builds
  * the same properties again. The broker's per-delivery x-delivery-count
  * header is left out. *out is malloc'd; free() it. CW_STATUS_NOMEM,
- * CW_STATUS_TOO_LARGE (a body over 1.5 GiB). */
+ * CW_STATUS_TOO_LARGE (a body over 1.5 GiB, or headers nested deeper than
+ * CW_DLQ_MAX_DEPTH, which an import would refuse). */
 int cw_dlq_export_line(const amqp_envelope_t *env, char **out, size_t *len);
 
 /* Encodes a message as a json-c object (what cw_dlq_export_line() prints);
- * json_object_put() it. NULL when out of memory. */
+ * json_object_put() it. NULL when out of memory or when the headers nest
+ * deeper than CW_DLQ_MAX_DEPTH. */
 struct json_object *cw_dlq_export_object(const amqp_envelope_t *env);
 
 /* A message decoded from an export line: properties and body, allocated in

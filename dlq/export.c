@@ -36,7 +36,7 @@
 #include "dlq/dlq.h"
 #include "framework/error.h"
 
-#define IMPORT_DEPTH 256
+#define IMPORT_DEPTH CW_DLQ_MAX_DEPTH
 #define PATH_MAX_LEN 256
 
 /* ---- base64 ------------------------------------------------------------- */
@@ -291,9 +291,45 @@ static json_object *entries_json(const amqp_table_t *t, bool top)
     return a;
 }
 
+static bool table_within(const amqp_table_t *t, int depth);
+
+/* True when `v`, at `depth`, and what it holds nest at most
+ * CW_DLQ_MAX_DEPTH deep: what an import accepts. Stops at the limit, so a
+ * hostile message costs no deeper recursion than a valid one. */
+static bool value_within(const amqp_field_value_t *v, int depth)
+{
+    if (depth > CW_DLQ_MAX_DEPTH)
+        return false;
+    if (v->kind == AMQP_FIELD_KIND_TABLE)
+        return table_within(&v->value.table, depth + 1);
+    if (v->kind == AMQP_FIELD_KIND_ARRAY) {
+        for (int i = 0; i < v->value.array.num_entries; i++) {
+            if (!value_within(&v->value.array.entries[i], depth + 1))
+                return false;
+        }
+    }
+    return true;
+}
+
+static bool table_within(const amqp_table_t *t, int depth)
+{
+    for (int i = 0; i < t->num_entries; i++) {
+        if (!value_within(&t->entries[i].value, depth))
+            return false;
+    }
+    return true;
+}
+
+static bool headers_exportable(const amqp_basic_properties_t *p)
+{
+    return !(p->_flags & AMQP_BASIC_HEADERS_FLAG) || table_within(&p->headers, 0);
+}
+
 json_object *cw_dlq_export_object(const amqp_envelope_t *env)
 {
     const amqp_basic_properties_t *p = &env->message.properties;
+    if (!headers_exportable(p))
+        return NULL;
     json_object *root = json_object_new_object();
     json_object *props = json_object_new_object();
     if (!root || !props)
@@ -352,6 +388,11 @@ int cw_dlq_export_line(const amqp_envelope_t *env, char **out, size_t *len)
     if (env->message.body.len > (size_t)INT_MAX / 4 * 3 - 3)
         return cw__error(CW_STATUS_TOO_LARGE, "a message body of %zu bytes is too large to export",
                          env->message.body.len);
+    if (!headers_exportable(&env->message.properties))
+        return cw__error(CW_STATUS_TOO_LARGE,
+                         "the message's headers nest more than %d tables or arrays deep: too "
+                         "deep to export",
+                         CW_DLQ_MAX_DEPTH);
     json_object *o = cw_dlq_export_object(env);
     if (!o)
         return cw__error(CW_STATUS_NOMEM, "out of memory exporting a message");

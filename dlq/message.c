@@ -164,8 +164,10 @@ static void decode_x_death(cw_dlq_msg *m, const amqp_basic_properties_t *p)
                 cw__dlq_field_str(table_get(t, "queue"), queue, sizeof queue);
         }
         int64_t at;
+        /* Seconds; a time too far out to be one in ms is no time. */
         if (!m->failed_at_ms && last->kind == AMQP_FIELD_KIND_TABLE &&
-            cw__dlq_field_int(table_get(&last->value.table, "time"), &at))
+            cw__dlq_field_int(table_get(&last->value.table, "time"), &at) && at > 0 &&
+            at <= INT64_MAX / 1000)
             m->failed_at_ms = at * 1000;
     }
     if (!m->has_orig && got_ex && got_rk) {
