@@ -4,9 +4,14 @@
  *     [plugin ledger]
  *     path = /tmp/.../ledger.db          (required: init fails without it)
  *     alerts = /tmp/.../cb-alerts.jsonl  (optional: see below)
+ *     synchronous = normal               (optional: the ledger's own SQLite
+ *                                         `synchronous`, full by default;
+ *                                         normal still survives a SIGKILL of
+ *                                         the worker, which is all a chaos run
+ *                                         needs, at a fraction of the fsyncs)
  *
  * Type "it.apply". Every call first inserts one row (message_id, attempt,
- * mono_ms, wall_ms) into table `calls` (mono_ms: CLOCK_MONOTONIC, comparable
+ * mono_ms, wall_ms, pid) into table `calls` (mono_ms: CLOCK_MONOTONIC, comparable
  * with the test's cwtest_now_ms(); wall_ms: CLOCK_REALTIME), then the JSON
  * payload steers the outcome:
  *   {"crash":true}    -> raise(SIGSEGV): the worker dies in the handler
@@ -23,9 +28,12 @@
  *   {"hang_ms":N}     -> sleeps N ms (at most 10 min), then goes on
  *   {"sleep_ms":N}    -> sleeps N ms (at most 60 s), then goes on
  *   otherwise         -> applies
- * Applying inserts one row (message_id, saga_id, attempt, at) into table
+ * Applying inserts one row (message_id, saga_id, attempt, at, pid) into table
  * `applied`. message_id is deliberately not unique: a task applied twice
- * shows as two rows.
+ * shows as two rows. `pid` is the worker process's getpid(), so that a test
+ * that kills workers can tell which process made each application (and
+ * match a second application of a task to the kill of the first's worker);
+ * `at` is CLOCK_REALTIME ms, committed before the handler returns.
  *
  * With `alerts` set, the plugin also registers an alert hook that appends
  * every JSON document it receives, one per line, to that file. */
@@ -102,6 +110,7 @@ static bool record_call(ledger *l, cw_task *task)
     sqlite3_bind_int64(st, 2, (sqlite3_int64)cw_task_attempt(task));
     sqlite3_bind_int64(st, 3, (sqlite3_int64)clock_ms(CLOCK_MONOTONIC));
     sqlite3_bind_int64(st, 4, (sqlite3_int64)now_ms());
+    sqlite3_bind_int64(st, 5, (sqlite3_int64)getpid());
     int rc = sqlite3_step(st);
     sqlite3_reset(st);
     sqlite3_clear_bindings(st);
@@ -146,6 +155,7 @@ static cw_outcome apply(cw_task *task, void *user_data)
     sqlite3_bind_text(st, 2, cw_task_saga_id(task), -1, SQLITE_TRANSIENT);
     sqlite3_bind_int64(st, 3, (sqlite3_int64)cw_task_attempt(task));
     sqlite3_bind_int64(st, 4, (sqlite3_int64)now_ms());
+    sqlite3_bind_int64(st, 5, (sqlite3_int64)getpid());
     int rc = sqlite3_step(st);
     sqlite3_reset(st);
     sqlite3_clear_bindings(st);
@@ -203,6 +213,15 @@ int cw_plugin_init(cw_registry *reg)
         ledger_close(l);
         return -1;
     }
+    const char *sync = cw_registry_setting(reg, "synchronous", "full");
+    if (strcmp(sync, "full") != 0 && strcmp(sync, "normal") != 0) {
+        fprintf(stderr,
+                "ledger plugin: [plugin ledger] synchronous must be full or normal, not '%s'\n",
+                sync);
+        ledger_close(l);
+        return -1;
+    }
+    bool sync_normal = strcmp(sync, "normal") == 0;
     static const char schema[] =
         "PRAGMA journal_mode=WAL;"
         "CREATE TABLE IF NOT EXISTS applied ("
@@ -210,24 +229,28 @@ int cw_plugin_init(cw_registry *reg)
         "  message_id TEXT NOT NULL,"
         "  saga_id TEXT NOT NULL,"
         "  attempt INTEGER NOT NULL,"
-        "  at INTEGER NOT NULL);"
+        "  at INTEGER NOT NULL,"
+        "  pid INTEGER NOT NULL);"
         "CREATE TABLE IF NOT EXISTS calls ("
         "  row INTEGER PRIMARY KEY,"
         "  message_id TEXT NOT NULL,"
         "  attempt INTEGER NOT NULL,"
         "  mono_ms INTEGER NOT NULL,"
-        "  wall_ms INTEGER NOT NULL);";
+        "  wall_ms INTEGER NOT NULL,"
+        "  pid INTEGER NOT NULL);";
     if (sqlite3_open_v2(path, &l->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL) !=
             SQLITE_OK ||
         sqlite3_busy_timeout(l->db, 10000) != SQLITE_OK ||
         sqlite3_exec(l->db, schema, NULL, NULL, NULL) != SQLITE_OK ||
+        (sync_normal &&
+         sqlite3_exec(l->db, "PRAGMA synchronous=NORMAL", NULL, NULL, NULL) != SQLITE_OK) ||
         sqlite3_prepare_v2(l->db,
-                           "INSERT INTO applied (message_id, saga_id, attempt, at) "
-                           "VALUES (?1, ?2, ?3, ?4)",
+                           "INSERT INTO applied (message_id, saga_id, attempt, at, pid) "
+                           "VALUES (?1, ?2, ?3, ?4, ?5)",
                            -1, &l->insert, NULL) != SQLITE_OK ||
         sqlite3_prepare_v2(l->db,
-                           "INSERT INTO calls (message_id, attempt, mono_ms, wall_ms) "
-                           "VALUES (?1, ?2, ?3, ?4)",
+                           "INSERT INTO calls (message_id, attempt, mono_ms, wall_ms, pid) "
+                           "VALUES (?1, ?2, ?3, ?4, ?5)",
                            -1, &l->call, NULL) != SQLITE_OK) {
         fprintf(stderr, "ledger plugin: %s: %s\n", path,
                 l->db ? sqlite3_errmsg(l->db) : "out of memory");

@@ -735,6 +735,10 @@ void cwtest_send(cwtest_env *env, const cwtest_out *m)
         p._flags |= AMQP_BASIC_CONTENT_TYPE_FLAG;
         p.content_type = amqp_cstring_bytes(m->content_type);
     }
+    if (m->timestamp) {
+        p._flags |= AMQP_BASIC_TIMESTAMP_FLAG;
+        p.timestamp = m->timestamp;
+    }
     amqp_table_entry_t entries[16];
     if (m->n_headers > sizeof entries / sizeof *entries)
         fail_msg("too many headers");
@@ -992,7 +996,9 @@ static char *prop(const amqp_basic_properties_t *p, amqp_flags_t flag, amqp_byte
     return (p->_flags & flag) ? bytes_dup(b) : NULL;
 }
 
-cwtest_msg *cwtest_drain(cwtest_env *env, const char *queue, size_t *n)
+/* Takes every ready message of `queue` with basic.get; acks each when
+ * `ack`, else leaves them unacked on the query channel. */
+static cwtest_msg *get_all(cwtest_env *env, const char *queue, bool ack, size_t *n)
 {
     size_t cap = 16, count = 0;
     cwtest_msg *out = calloc(cap, sizeof *out);
@@ -1031,19 +1037,47 @@ cwtest_msg *cwtest_drain(cwtest_env *env, const char *queue, size_t *n)
         m->correlation_id = prop(p, AMQP_BASIC_CORRELATION_ID_FLAG, p->correlation_id);
         m->type = prop(p, AMQP_BASIC_TYPE_FLAG, p->type);
         m->content_type = prop(p, AMQP_BASIC_CONTENT_TYPE_FLAG, p->content_type);
+        m->has_timestamp = (p->_flags & AMQP_BASIC_TIMESTAMP_FLAG) != 0;
+        m->timestamp = m->has_timestamp ? p->timestamp : 0;
         copy_headers(m, p);
         m->body_len = msg.body.len;
         m->body = (unsigned char *)xstrndup(msg.body.bytes, msg.body.len);
         amqp_destroy_message(&msg);
 
-        int st = amqp_basic_ack(env->conn, CH_QUERY, tag, 0);
-        if (st != AMQP_STATUS_OK)
-            fail_msg("basic.ack: %s", amqp_error_string2(st));
+        if (ack) {
+            int st = amqp_basic_ack(env->conn, CH_QUERY, tag, 0);
+            if (st != AMQP_STATUS_OK)
+                fail_msg("basic.ack: %s", amqp_error_string2(st));
+        }
         amqp_maybe_release_buffers(env->conn);
     }
     amqp_maybe_release_buffers(env->conn);
     *n = count;
     return out;
+}
+
+cwtest_msg *cwtest_drain(cwtest_env *env, const char *queue, size_t *n)
+{
+    return get_all(env, queue, true, n);
+}
+
+cwtest_msg *cwtest_peek(cwtest_env *env, const char *queue, size_t *n)
+{
+    cwtest_msg *out = get_all(env, queue, false, n);
+    /* Closing the channel hands back what it holds. */
+    amqp_rpc_reply_t r = amqp_channel_close(env->conn, CH_QUERY, AMQP_REPLY_SUCCESS);
+    env->query_open = false;
+    amqp_check(r, "closing the query channel to put messages back");
+    int64_t deadline = cwtest_now_ms() + CWTEST_TIMEOUT_MS;
+    for (;;) {
+        uint32_t got = cwtest_queue_count(env, queue);
+        if (got >= *n)
+            return out;
+        if (cwtest_now_ms() >= deadline)
+            fail_msg("queue '%s' shows %u ready messages, not the %zu put back, after %d ms",
+                     queue, got, *n, CWTEST_TIMEOUT_MS);
+        cwtest_sleep_ms(50);
+    }
 }
 
 void cwtest_msgs_free(cwtest_msg *m, size_t n)

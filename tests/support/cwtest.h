@@ -176,6 +176,7 @@ typedef struct cwtest_out {
     size_t body_len;         /* 0: strlen(body) */
     const cwtest_header *headers;
     size_t n_headers;
+    uint64_t timestamp;      /* the timestamp property (seconds); 0: absent */
 } cwtest_out;
 
 /* Publishes (mandatory) without waiting for the confirm. */
@@ -222,12 +223,22 @@ typedef struct cwtest_msg {
     size_t n_headers;
     unsigned char *body; /* body_len bytes plus a NUL */
     size_t body_len;
+    bool has_timestamp;
+    uint64_t timestamp;  /* the timestamp property, when has_timestamp */
 } cwtest_msg;
 
 /* Takes every message of `queue` (basic.get and ack) into a new array of
  * *n; free it with cwtest_msgs_free(). */
 cwtest_msg *cwtest_drain(cwtest_env *env, const char *queue, size_t *n);
 void cwtest_msgs_free(cwtest_msg *m, size_t n);
+
+/* Reads every ready message of `queue` without removing any (basic.get
+ * without acks, then the channel is closed so that the broker puts them
+ * all back; a quorum queue may put them back in another order), into a new
+ * array of *n; free it with cwtest_msgs_free(). Returns once the queue
+ * shows at least *n ready messages again. Nothing may consume the queue
+ * meanwhile. */
+cwtest_msg *cwtest_peek(cwtest_env *env, const char *queue, size_t *n);
 
 /* The string value of header `key`, or NULL. */
 const char *cwtest_msg_str(const cwtest_msg *m, const char *key);

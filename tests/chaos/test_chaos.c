@@ -1,0 +1,1153 @@
+/* Chaos run (issue 6): at least 20,000 tasks through a pool of 2 workers
+ * (`compworker run --workers 2`) running tests/plugins/ledger_plugin.so,
+ * which records every application in its own SQLite ledger with the pid of
+ * the worker that made it, while the test
+ *
+ *   - publishes the tasks at a steady pace, 5% more as duplicates (the same
+ *     message ID again: right after the original, a little later, or much
+ *     later), with a `timestamp` property;
+ *   - makes 10% of them fail transiently (once or twice, `cw_task_retry`,
+ *     through the delay topology) and 1% permanently (`cw_task_fail` while
+ *     a file does not exist: the fault an operator removes later);
+ *   - SIGKILLs a random worker process (never the supervisor, which starts
+ *     it again) every few seconds, and restarts the broker once
+ *     (stop_app/start_app: every connection drops, the workers reconnect).
+ *
+ * Once the pool queue, the store and the short delay levels are drained, it
+ * asserts:
+ *   - every task was applied or dead-lettered, not both:
+ *     published = applied + dead-lettered (distinct message IDs), and the
+ *     store says done or dead for each;
+ *   - no task was applied twice except where a kill fell between the
+ *     handler's effect and the store's record: every application but the
+ *     last of a task was made by a worker the test killed, after that
+ *     application and before the next one, and the store's record names the
+ *     last application's worker as the one that settled it. These are the
+ *     "windows"; they are counted and printed. (The same window after a
+ *     DLQ publish leaves a second DLQ copy of a task: counted as well.)
+ *   - the attempt that applied a transient task is the one its failures
+ *     called for (the retries went through the delay topology);
+ *   - every DLQ entry carries its metadata: cw-error-class, cw-error,
+ *     cw-attempt, cw-failed-at, cw-handler, cw-worker, cw-queue,
+ *     cw-original-exchange/-routing-key, and keeps the task's message ID,
+ *     type, saga ID, content type, timestamp and body;
+ * then removes the fault, replays the DLQ with the real `compworker dlq
+ * replay --all`, and asserts that every task is now applied (the replayed
+ * ones exactly once), the DLQ is empty, and no sanitizer spoke.
+ *
+ * Knobs (environment): CW_CHAOS_SEED (the task mix and the kill choices;
+ * printed at the start), CW_CHAOS_TASKS (default 20000), CW_CHAOS_SECONDS
+ * (how long publishing takes, default 25), CW_CHAOS_KEEP=1 (keep the run's
+ * directory: logs, ledger, store). */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <sqlite3.h>
+
+#include "cwtest.h"
+
+#define DEFAULT_TASKS 20000
+#define DEFAULT_PUBLISH_S 25
+#define CHUNK 100               /* tasks published (and confirmed) at a time */
+#define KILL_MIN_MS 2500        /* between two kills: uniform in [min, max] */
+#define KILL_MAX_MS 5000
+#define WORKER_UP_MS 1500       /* a worker is killed only after this long up */
+#define RESTART_AT 0.4          /* the broker restarts when this share is published */
+#define STALL_MS 90000          /* no task settled for this long: the pool is stuck */
+#define DRAIN_MS 300000         /* the whole drain, at most */
+#define DELAY_LEVELS 6          /* cw.delay.00..05 hold the chaos run's delays (< 6.4 s) */
+#define MAX_WORKERS 256         /* worker processes the run may see */
+#define MAX_KILLS 256
+#define MAX_APPS 8              /* applications of one task the test keeps */
+#define EXAMPLES 10             /* unexplained cases printed before failing */
+#define CLI_TIMEOUT_MS 120000
+
+/* ---- the run's state ------------------------------------------------------ */
+
+typedef enum kind { K_PLAIN, K_TRANSIENT1, K_TRANSIENT2, K_PERMANENT } kind;
+
+typedef struct app {
+    long pid;
+    int64_t at; /* CLOCK_REALTIME ms */
+    unsigned attempt;
+} app;
+
+typedef struct task {
+    uint8_t kind;
+    uint8_t state;        /* the store's, read at a check */
+    uint16_t dups;        /* duplicate publishes */
+    uint16_t n_apps;      /* ledger rows */
+    uint16_t dlq_copies;  /* DLQ entries (before the replay) */
+    uint32_t timestamp;   /* the timestamp property published */
+    uint16_t attempts;    /* settled attempts, the store's */
+    long settled_by;      /* pid of the store record's owner */
+    app apps[MAX_APPS];
+} task;
+
+typedef struct worker_seen {
+    unsigned index;
+    long pid;
+    int64_t seen_ms; /* when the test read its start line (monotonic) */
+} worker_seen;
+
+typedef struct kill_rec {
+    long pid;
+    unsigned index;
+    int64_t wall_ms;
+} kill_rec;
+
+/* The killer: a thread of its own, so that kills fall at moments that have
+ * nothing to do with the publisher's rhythm. It reads the supervisor's
+ * "worker N started (pid P)" lines, and every KILL_MIN_MS..KILL_MAX_MS
+ * SIGKILLs one of the live workers, chosen at random. It calls nothing of
+ * cmocka's or cwtest's: a problem is left in `error` for the test thread. */
+typedef struct killer {
+    pthread_t thread;
+    bool running;
+    atomic_bool stop;
+    pthread_mutex_t lock; /* guards what follows while the thread runs */
+    pid_t supervisor;
+    char log[320];
+    long log_off;
+    uint64_t rng;
+    worker_seen workers[MAX_WORKERS];
+    size_t n_workers;
+    kill_rec kills[MAX_KILLS];
+    size_t n_kills;
+    char error[512];
+} killer;
+
+typedef struct chaos {
+    cwtest_env *env;
+    uint64_t seed, rng;
+    unsigned n;             /* distinct tasks */
+    task *t;
+    char faults_file[400];  /* exists: the permanent fault is removed */
+    char store[400];
+    char host[128];
+    killer k;
+
+    /* counts for the summary */
+    unsigned published, dups_sent, transient1, transient2, permanent;
+    unsigned restarts, reconnects;
+    int64_t restart_ms;
+    long applied_rows, applied_distinct, windows, dlq_entries, dlq_distinct, dlq_windows;
+    long replayed, calls, retried_calls;
+    int64_t t_start, t_published, t_drained, t_replayed;
+} chaos;
+
+static uint64_t splitmix64(uint64_t *state)
+{
+    uint64_t z = (*state += 0x9E3779B97F4A7C15ULL);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    return z ^ (z >> 31);
+}
+
+static unsigned rng_below(chaos *c, unsigned n)
+{
+    return n ? (unsigned)(splitmix64(&c->rng) % n) : 0;
+}
+
+static int64_t wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static unsigned env_uint(const char *name, unsigned fallback)
+{
+    const char *v = getenv(name);
+    if (!v || !*v)
+        return fallback;
+    char *end;
+    unsigned long x = strtoul(v, &end, 0);
+    if (*end || x == 0 || x > 10000000)
+        fail_msg("%s='%s' is not a positive number", name, v);
+    return (unsigned)x;
+}
+
+static void task_id(const chaos *c, unsigned i, char *out, size_t cap)
+{
+    snprintf(out, cap, "cx-%08x-%06u", (unsigned)(c->seed & 0xffffffffu), i);
+}
+
+/* The index of a message ID of this run, or -1. */
+static long task_index(const chaos *c, const char *id)
+{
+    unsigned seed, i;
+    char tail;
+    if (!id || sscanf(id, "cx-%8x-%6u%c", &seed, &i, &tail) != 2 ||
+        seed != (unsigned)(c->seed & 0xffffffffu) || i >= c->n)
+        return -1;
+    return (long)i;
+}
+
+static void task_saga(unsigned i, char *out, size_t cap)
+{
+    snprintf(out, cap, "saga-%05u", i / 3);
+}
+
+/* Every task takes two milliseconds to apply (a call to a payment gateway
+ * would take longer), so that the workers are busy most of the run and
+ * kills land in the middle of batches. */
+static void task_body(const chaos *c, unsigned i, char *out, size_t cap)
+{
+    switch ((kind)c->t[i].kind) {
+    case K_TRANSIENT1:
+    case K_TRANSIENT2:
+        snprintf(out, cap, "{\"n\":%u,\"sleep_ms\":2,\"fail_times\":%d}", i,
+                 c->t[i].kind == K_TRANSIENT1 ? 1 : 2);
+        break;
+    case K_PERMANENT:
+        snprintf(out, cap, "{\"n\":%u,\"sleep_ms\":2,\"fail_unless_file\":\"%s\"}", i,
+                 c->faults_file);
+        break;
+    default:
+        snprintf(out, cap, "{\"n\":%u,\"sleep_ms\":2}", i);
+        break;
+    }
+}
+
+/* Which attempt applies a task: the one after its transient failures. */
+static unsigned applying_attempt(const task *t)
+{
+    return t->kind == K_TRANSIENT1 ? 1 : t->kind == K_TRANSIENT2 ? 2 : 0;
+}
+
+/* ---- worker processes ------------------------------------------------------ */
+
+/* The pid's state letter and parent from /proc; false when it is gone. */
+static bool proc_info(long pid, char *state, long *ppid)
+{
+    char path[64], buf[512];
+    snprintf(path, sizeof path, "/proc/%ld/stat", pid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return false;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    const char *p = strrchr(buf, ')');
+    return p && sscanf(p + 1, " %c %ld", state, ppid) == 2;
+}
+
+/* Reads the supervisor's new "worker N started (pid P)" lines. */
+static void workers_refresh(killer *k)
+{
+    FILE *f = fopen(k->log, "r");
+    if (!f)
+        return;
+    if (fseek(f, k->log_off, SEEK_SET) != 0) {
+        fclose(f);
+        return;
+    }
+    char line[4096];
+    while (fgets(line, sizeof line, f)) {
+        size_t len = strlen(line);
+        if (len == 0 || line[len - 1] != '\n')
+            break; /* a line being written: read it next time */
+        k->log_off += (long)len;
+        const char *p = strstr(line, "msg=\"worker ");
+        unsigned index;
+        long pid;
+        if (!p || sscanf(p, "msg=\"worker %u started (pid %ld)", &index, &pid) != 2)
+            continue;
+        if (k->n_workers == MAX_WORKERS) {
+            snprintf(k->error, sizeof k->error, "more than %d worker processes started",
+                     MAX_WORKERS);
+            break;
+        }
+        k->workers[k->n_workers++] = (worker_seen){index, pid, cwtest_now_ms()};
+    }
+    fclose(f);
+}
+
+static bool pid_is_worker(const chaos *c, long pid)
+{
+    for (size_t i = 0; i < c->k.n_workers; i++) {
+        if (c->k.workers[i].pid == pid)
+            return true;
+    }
+    return false;
+}
+
+static const kill_rec *kill_of(const chaos *c, long pid)
+{
+    for (size_t i = 0; i < c->k.n_kills; i++) {
+        if (c->k.kills[i].pid == pid)
+            return &c->k.kills[i];
+    }
+    return NULL;
+}
+
+/* SIGKILLs one of the live workers that have been up a while, chosen at
+ * random; false when there is none to kill now. Called with the lock. */
+static bool kill_one(killer *k)
+{
+    const worker_seen *cand[MAX_WORKERS];
+    size_t n = 0;
+    int64_t now = cwtest_now_ms();
+    /* The last start line of each index is its current process. */
+    for (size_t i = 0; i < k->n_workers; i++) {
+        const worker_seen *w = &k->workers[i];
+        bool latest = true, killed = false;
+        for (size_t j = i + 1; j < k->n_workers; j++) {
+            if (k->workers[j].index == w->index)
+                latest = false;
+        }
+        for (size_t j = 0; j < k->n_kills; j++) {
+            if (k->kills[j].pid == w->pid)
+                killed = true;
+        }
+        char st;
+        long ppid;
+        if (!latest || killed || now - w->seen_ms < WORKER_UP_MS ||
+            !proc_info(w->pid, &st, &ppid) || st == 'Z' || ppid != (long)k->supervisor)
+            continue;
+        cand[n++] = w;
+    }
+    if (n == 0)
+        return false;
+    if (k->n_kills == MAX_KILLS) {
+        snprintf(k->error, sizeof k->error, "more than %d kills", MAX_KILLS);
+        return false;
+    }
+    const worker_seen *v = cand[splitmix64(&k->rng) % n];
+    kill_rec *r = &k->kills[k->n_kills];
+    r->pid = v->pid;
+    r->index = v->index;
+    r->wall_ms = wall_ms();
+    if (kill((pid_t)v->pid, SIGKILL) != 0) {
+        snprintf(k->error, sizeof k->error, "kill(%ld, SIGKILL): %s", v->pid, strerror(errno));
+        return false;
+    }
+    k->n_kills++;
+    return true;
+}
+
+static int64_t kill_interval(killer *k)
+{
+    return KILL_MIN_MS + (int64_t)(splitmix64(&k->rng) % (KILL_MAX_MS - KILL_MIN_MS + 1));
+}
+
+static void *killer_main(void *arg)
+{
+    killer *k = arg;
+    pthread_mutex_lock(&k->lock);
+    int64_t next = cwtest_now_ms() + kill_interval(k);
+    pthread_mutex_unlock(&k->lock);
+    while (!atomic_load(&k->stop)) {
+        cwtest_sleep_ms(10);
+        pthread_mutex_lock(&k->lock);
+        workers_refresh(k);
+        if (!k->error[0] && cwtest_now_ms() >= next)
+            next = cwtest_now_ms() + (kill_one(k) ? kill_interval(k) : 100);
+        pthread_mutex_unlock(&k->lock);
+    }
+    return NULL;
+}
+
+static void killer_start(chaos *c)
+{
+    killer *k = &c->k;
+    pthread_mutex_init(&k->lock, NULL);
+    k->supervisor = c->env->worker;
+    snprintf(k->log, sizeof k->log, "%s", c->env->log);
+    k->rng = c->seed ^ 0x6b696c6c6572ULL;
+    atomic_store(&k->stop, false);
+    if (pthread_create(&k->thread, NULL, killer_main, k) != 0)
+        fail_msg("cannot start the killer thread");
+    k->running = true;
+}
+
+static void killer_stop(chaos *c)
+{
+    killer *k = &c->k;
+    if (!k->running)
+        return;
+    atomic_store(&k->stop, true);
+    pthread_join(k->thread, NULL);
+    k->running = false;
+    workers_refresh(k);
+    pthread_mutex_destroy(&k->lock);
+}
+
+static size_t kills_so_far(chaos *c)
+{
+    if (!c->k.running)
+        return c->k.n_kills;
+    pthread_mutex_lock(&c->k.lock);
+    size_t n = c->k.n_kills;
+    pthread_mutex_unlock(&c->k.lock);
+    return n;
+}
+
+/* Checks the supervisor is still there and the killer has no complaint. */
+static void chaos_tick(chaos *c)
+{
+    if (!cwtest_worker_alive(c->env))
+        fail_msg("the pool's supervisor exited (code %d); see %s", c->env->last_exit,
+                 c->env->log);
+    char err[sizeof c->k.error] = "";
+    if (c->k.running) {
+        pthread_mutex_lock(&c->k.lock);
+        memcpy(err, c->k.error, sizeof err);
+        pthread_mutex_unlock(&c->k.lock);
+    }
+    if (err[0])
+        fail_msg("killer: %s", err);
+}
+
+/* Sleeps `ms`, checking on the pool meanwhile. */
+static void chaos_sleep(chaos *c, int64_t ms)
+{
+    int64_t until = cwtest_now_ms() + ms;
+    for (;;) {
+        chaos_tick(c);
+        int64_t left = until - cwtest_now_ms();
+        if (left <= 0)
+            return;
+        cwtest_sleep_ms(left < 100 ? (int)left : 100);
+    }
+}
+
+/* ---- publishing ------------------------------------------------------------ */
+
+static void send_task(chaos *c, unsigned i)
+{
+    char id[64], saga[32], body[512];
+    task_id(c, i, id, sizeof id);
+    task_saga(i, saga, sizeof saga);
+    task_body(c, i, body, sizeof body);
+    cwtest_out m = {
+        .exchange = "cw.tasks",
+        .routing_key = "it.apply",
+        .message_id = id,
+        .type = "it.apply",
+        .correlation_id = saga,
+        .content_type = "application/json",
+        .body = body,
+        .timestamp = c->t[i].timestamp,
+    };
+    cwtest_send(c->env, &m);
+}
+
+/* Assigns exact shares of kinds (1% permanent, 5% + 5% failing once or
+ * twice), shuffled, and marks where the duplicates go. */
+static void plan(chaos *c, uint8_t *dup_after)
+{
+    unsigned perm = c->n / 100, t1 = c->n / 20, t2 = c->n / 10 - c->n / 20;
+    for (unsigned i = 0; i < c->n; i++)
+        c->t[i].kind = i < perm ? K_PERMANENT
+                     : i < perm + t1 ? K_TRANSIENT1
+                     : i < perm + t1 + t2 ? K_TRANSIENT2
+                                          : K_PLAIN;
+    for (unsigned i = c->n - 1; i > 0; i--) {
+        unsigned j = rng_below(c, i + 1);
+        uint8_t k = c->t[i].kind;
+        c->t[i].kind = c->t[j].kind;
+        c->t[j].kind = k;
+    }
+    c->permanent = perm;
+    c->transient1 = t1;
+    c->transient2 = t2;
+    for (unsigned d = 0; d < c->n / 20; d++) {
+        unsigned at = rng_below(c, c->n);
+        if (dup_after[at] < 255)
+            dup_after[at]++;
+        else
+            d--;
+    }
+}
+
+/* A duplicate of a task published at or before `i`: the same one (likely
+ * in the same batch), a recent one (maybe in its retry delay), or any. */
+static void send_dup(chaos *c, unsigned i)
+{
+    unsigned mode = rng_below(c, 10), target;
+    if (mode < 4)
+        target = i;
+    else if (mode < 7)
+        target = i - rng_below(c, i < 300 ? i + 1 : 301);
+    else
+        target = rng_below(c, i + 1);
+    send_task(c, target);
+    c->t[target].dups++;
+    c->dups_sent++;
+}
+
+/* ---- the store and the ledger ---------------------------------------------- */
+
+static sqlite3 *db_open(const char *path)
+{
+    sqlite3 *db = NULL;
+    if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE, NULL) != SQLITE_OK) {
+        char err[300];
+        snprintf(err, sizeof err, "%s", db ? sqlite3_errmsg(db) : "out of memory");
+        sqlite3_close(db);
+        fail_msg("cannot open %s: %s", path, err);
+    }
+    sqlite3_busy_timeout(db, 10000);
+    return db;
+}
+
+static sqlite3_stmt *db_prepare(sqlite3 *db, const char *sql)
+{
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK)
+        fail_msg("%s: %s", sql, sqlite3_errmsg(db));
+    return st;
+}
+
+/* The store's records by state: [0] none ... [5] replayed, [6] others. */
+static void store_states(const chaos *c, long counts[7])
+{
+    memset(counts, 0, 7 * sizeof *counts);
+    if (access(c->store, F_OK) != 0)
+        return;
+    sqlite3 *db = db_open(c->store);
+    sqlite3_stmt *st = db_prepare(db, "SELECT state, COUNT(*) FROM tasks GROUP BY state");
+    int rc;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        int s = sqlite3_column_int(st, 0);
+        counts[s >= 0 && s <= 5 ? s : 6] += sqlite3_column_int64(st, 1);
+    }
+    if (rc != SQLITE_DONE)
+        fail_msg("%s: reading states: %s", c->store, sqlite3_errmsg(db));
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+}
+
+/* The pid in an owner string "host:pid:start" of this host, or -1. */
+static long owner_pid(const chaos *c, const char *owner)
+{
+    size_t hl = strlen(c->host);
+    if (!owner || strncmp(owner, c->host, hl) != 0 || owner[hl] != ':')
+        return -1;
+    char *end;
+    long pid = strtol(owner + hl + 1, &end, 10);
+    return *end == ':' && pid > 0 ? pid : -1;
+}
+
+/* Reads every task's store state and settler. */
+static void store_read(chaos *c)
+{
+    for (unsigned i = 0; i < c->n; i++) {
+        c->t[i].state = 0;
+        c->t[i].settled_by = -1;
+    }
+    sqlite3 *db = db_open(c->store);
+    sqlite3_stmt *st = db_prepare(db, "SELECT message_id, state, owner, attempts FROM tasks");
+    int rc;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        const char *id = (const char *)sqlite3_column_text(st, 0);
+        long i = task_index(c, id);
+        if (i < 0)
+            fail_msg("the store has a record of '%s', which the test never published", id);
+        c->t[i].state = (uint8_t)sqlite3_column_int(st, 1);
+        c->t[i].settled_by = owner_pid(c, (const char *)sqlite3_column_text(st, 2));
+        int64_t a = sqlite3_column_int64(st, 3);
+        c->t[i].attempts = (uint16_t)(a < 0 ? 0 : a > UINT16_MAX ? UINT16_MAX : a);
+    }
+    if (rc != SQLITE_DONE)
+        fail_msg("%s: reading tasks: %s", c->store, sqlite3_errmsg(db));
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+}
+
+/* Reads the ledger: every application, and the handler calls' counts. */
+static void ledger_read(chaos *c)
+{
+    for (unsigned i = 0; i < c->n; i++)
+        c->t[i].n_apps = 0;
+    sqlite3 *db = db_open(c->env->ledger);
+    sqlite3_stmt *st =
+        db_prepare(db, "SELECT message_id, pid, at, attempt FROM applied ORDER BY row");
+    int rc;
+    c->applied_rows = 0;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        const char *id = (const char *)sqlite3_column_text(st, 0);
+        long i = task_index(c, id);
+        if (i < 0)
+            fail_msg("the ledger has an application of '%s', which the test never published", id);
+        task *t = &c->t[i];
+        if (t->n_apps < MAX_APPS)
+            t->apps[t->n_apps] = (app){.pid = (long)sqlite3_column_int64(st, 1),
+                                       .at = sqlite3_column_int64(st, 2),
+                                       .attempt = (unsigned)sqlite3_column_int(st, 3)};
+        if (t->n_apps < UINT16_MAX)
+            t->n_apps++;
+        c->applied_rows++;
+    }
+    if (rc != SQLITE_DONE)
+        fail_msg("%s: reading applications: %s", c->env->ledger, sqlite3_errmsg(db));
+    sqlite3_finalize(st);
+    st = db_prepare(db, "SELECT COUNT(*), COALESCE(SUM(attempt > 0), 0) FROM calls");
+    if (sqlite3_step(st) != SQLITE_ROW)
+        fail_msg("%s: counting calls: %s", c->env->ledger, sqlite3_errmsg(db));
+    c->calls = (long)sqlite3_column_int64(st, 0);
+    c->retried_calls = (long)sqlite3_column_int64(st, 1);
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+}
+
+/* ---- waiting for the pool to finish ------------------------------------------ */
+
+static uint32_t delay_depth(chaos *c)
+{
+    uint32_t sum = 0;
+    for (int l = 0; l < DELAY_LEVELS; l++) {
+        char q[32];
+        snprintf(q, sizeof q, "cw.delay.%02d", l);
+        sum += cwtest_queue_count(c->env, q);
+    }
+    return sum;
+}
+
+/* Waits until every task is done (or, with `dead_ok`, dead) in the store,
+ * the pool queue is empty and the short delay levels too, ticking the chaos
+ * meanwhile; fails when nothing settles for STALL_MS. */
+static void drain(chaos *c, bool dead_ok, const char *phase)
+{
+    int64_t start = cwtest_now_ms(), last_change = start;
+    long last_settled = -1;
+    unsigned quiet = 0;
+    for (;;) {
+        long s[7];
+        store_states(c, s);
+        long settled = s[2] + (dead_ok ? s[3] : 0);
+        uint32_t ready = cwtest_queue_count(c->env, c->env->queue);
+        bool done = settled == (long)c->n && ready == 0 && (dead_ok || s[3] == 0);
+        /* Settled, the queue empty, and the delay levels empty twice in a
+         * row: no copy is still on its way back. */
+        if (done && delay_depth(c) == 0) {
+            if (++quiet >= 2)
+                return;
+        } else {
+            quiet = 0;
+        }
+        int64_t now = cwtest_now_ms();
+        if (settled != last_settled) {
+            last_settled = settled;
+            last_change = now;
+        }
+        if (now - last_change > STALL_MS || now - start > DRAIN_MS)
+            fail_msg("%s: stuck: %ld of %u tasks settled (store: %ld in progress, %ld done, "
+                     "%ld dead, %ld retrying, %ld replayed), %u ready in %s, %u in the short "
+                     "delay levels, after %lld s; see %s",
+                     phase, settled, c->n, s[1], s[2], s[3], s[4], s[5], ready, c->env->queue,
+                     delay_depth(c), (long long)(now - start) / 1000, c->env->log);
+        chaos_sleep(c, 250);
+    }
+}
+
+/* ---- checks ---------------------------------------------------------------- */
+
+static void expect_iso8601(const char *id, const char *got)
+{
+    if (!got || strlen(got) != 24 || got[4] != '-' || got[10] != 'T' || got[19] != '.' ||
+        got[23] != 'Z')
+        fail_msg("DLQ entry %s: cw-failed-at is '%s', not an ISO 8601 UTC time", id,
+                 got ? got : "(missing)");
+}
+
+static const char *need_str(const cwtest_msg *m, const char *key)
+{
+    const char *v = cwtest_msg_str(m, key);
+    if (!v || !*v)
+        fail_msg("DLQ entry %s: header %s is missing or empty", m->message_id, key);
+    return v;
+}
+
+static void expect_str(const cwtest_msg *m, const char *key, const char *want)
+{
+    const char *got = need_str(m, key);
+    if (strcmp(got, want) != 0)
+        fail_msg("DLQ entry %s: header %s is '%s', want '%s'", m->message_id, key, got, want);
+}
+
+/* Every DLQ entry: a permanent task of this run, with all its metadata and
+ * the task as published; every permanent task has one. Read without
+ * consuming: the replay finds them all. */
+static void check_dlq(chaos *c)
+{
+    size_t n = 0;
+    cwtest_msg *m = cwtest_peek(c->env, c->env->dlq, &n);
+    workers_refresh(&c->k);
+    for (unsigned i = 0; i < c->n; i++)
+        c->t[i].dlq_copies = 0;
+    long extra_unexplained = 0;
+    char first_bad[256] = "";
+    /* Copies of one task: all but one were published by a worker killed
+     * before it recorded the outcome. */
+    long *first_pid = calloc(c->n, sizeof *first_pid);
+    if (!first_pid)
+        fail_msg("out of memory");
+    for (size_t k = 0; k < n; k++) {
+        const cwtest_msg *e = &m[k];
+        long i = task_index(c, e->message_id);
+        if (i < 0) {
+            const char *cls = cwtest_msg_str(e, "cw-error-class");
+            const char *why = cwtest_msg_str(e, "cw-error");
+            fail_msg("the DLQ holds '%s', not a task of this run (class %s: %s)",
+                     e->message_id ? e->message_id : "(no message ID)", cls ? cls : "?",
+                     why ? why : "?");
+        }
+        task *t = &c->t[i];
+        if (t->kind != K_PERMANENT)
+            fail_msg("DLQ entry %s is not a permanently failing task (kind %d): %s: %s",
+                     e->message_id, t->kind, cwtest_msg_str(e, "cw-error-class"),
+                     cwtest_msg_str(e, "cw-error"));
+        /* The task as published. */
+        char saga[32], body[512], want[512];
+        task_saga((unsigned)i, saga, sizeof saga);
+        task_body(c, (unsigned)i, body, sizeof body);
+        if (!e->type || strcmp(e->type, "it.apply") != 0)
+            fail_msg("DLQ entry %s: type '%s'", e->message_id, e->type ? e->type : "(none)");
+        if (!e->correlation_id || strcmp(e->correlation_id, saga) != 0)
+            fail_msg("DLQ entry %s: saga ID '%s', want '%s'", e->message_id,
+                     e->correlation_id ? e->correlation_id : "(none)", saga);
+        if (!e->content_type || strcmp(e->content_type, "application/json") != 0)
+            fail_msg("DLQ entry %s: content type '%s'", e->message_id,
+                     e->content_type ? e->content_type : "(none)");
+        if (!e->has_timestamp || e->timestamp != t->timestamp)
+            fail_msg("DLQ entry %s: timestamp %s%llu, want %u", e->message_id,
+                     e->has_timestamp ? "" : "(absent) ", (unsigned long long)e->timestamp,
+                     t->timestamp);
+        if (e->body_len != strlen(body) || memcmp(e->body, body, e->body_len) != 0)
+            fail_msg("DLQ entry %s: body '%s', want '%s'", e->message_id, e->body, body);
+        /* What compworker added (dlq/deadletter.c). */
+        expect_str(e, "cw-error-class", "permanent");
+        snprintf(want, sizeof want, "missing %s", c->faults_file);
+        expect_str(e, "cw-error", want);
+        int64_t attempt;
+        if (!cwtest_msg_int(e, "cw-attempt", &attempt) || attempt != 1)
+            fail_msg("DLQ entry %s: cw-attempt is missing or not 1", e->message_id);
+        expect_iso8601(e->message_id, cwtest_msg_str(e, "cw-failed-at"));
+        expect_str(e, "cw-handler", "ledger 1.0.0");
+        expect_str(e, "cw-queue", c->env->queue);
+        expect_str(e, "cw-original-exchange", "cw.tasks");
+        expect_str(e, "cw-original-routing-key", "it.apply");
+        long pid = owner_pid(c, need_str(e, "cw-worker"));
+        if (pid < 0 || !pid_is_worker(c, pid))
+            fail_msg("DLQ entry %s: cw-worker '%s' is not a worker of the pool", e->message_id,
+                     cwtest_msg_str(e, "cw-worker"));
+        if (t->dlq_copies++ == 0) {
+            first_pid[i] = pid;
+        } else {
+            /* An earlier copy's worker must have died before the record. */
+            c->dlq_windows++;
+            if (!kill_of(c, first_pid[i])) {
+                if (!extra_unexplained++)
+                    snprintf(first_bad, sizeof first_bad, "%s (copies by pids %ld and %ld)",
+                             e->message_id, first_pid[i], pid);
+            }
+            first_pid[i] = pid;
+        }
+    }
+    free(first_pid);
+    c->dlq_entries = (long)n;
+    cwtest_msgs_free(m, n);
+    c->dlq_distinct = 0;
+    for (unsigned i = 0; i < c->n; i++) {
+        if (c->t[i].kind == K_PERMANENT && c->t[i].dlq_copies == 0) {
+            char id[64];
+            task_id(c, i, id, sizeof id);
+            fail_msg("permanently failing task %s is not in the DLQ", id);
+        }
+        c->dlq_distinct += c->t[i].dlq_copies > 0;
+    }
+    if (extra_unexplained)
+        fail_msg("%ld DLQ entries are second copies of a task no kill explains, e.g. %s",
+                 extra_unexplained, first_bad);
+}
+
+/* Every task applied (or, with `dead_ok`, dead-lettered: permanent ones),
+ * each double application explained by a kill in the window; counts them. */
+static void check_applied(chaos *c, bool dead_ok, const char *phase)
+{
+    workers_refresh(&c->k); /* workers started since the killer stopped */
+    store_read(c);
+    ledger_read(c);
+    long unexplained = 0, bad = 0, windows = 0, distinct = 0;
+    for (unsigned i = 0; i < c->n; i++) {
+        task *t = &c->t[i];
+        char id[64];
+        task_id(c, i, id, sizeof id);
+        distinct += t->n_apps > 0;
+        if (t->kind == K_PERMANENT && dead_ok) {
+            if (t->n_apps || t->state != 3) {
+                if (bad++ < EXAMPLES)
+                    print_error("%s: permanently failing %s: %u applications, store state %u "
+                                "(want 0 and dead)\n", phase, id, t->n_apps, t->state);
+            }
+            continue;
+        }
+        if (t->n_apps == 0 || t->state != 2) {
+            if (bad++ < EXAMPLES)
+                print_error("%s: %s (kind %d): %u applications, store state %u (want >= 1 "
+                            "and done)\n", phase, id, t->kind, t->n_apps, t->state);
+            continue;
+        }
+        if (t->n_apps > MAX_APPS) {
+            if (bad++ < EXAMPLES)
+                print_error("%s: %s applied %u times\n", phase, id, t->n_apps);
+            continue;
+        }
+        const app *last = &t->apps[t->n_apps - 1];
+        unsigned want_attempt = applying_attempt(t);
+        for (unsigned k = 0; k < t->n_apps; k++) {
+            if (t->apps[k].attempt != want_attempt && bad++ < EXAMPLES)
+                print_error("%s: %s (kind %d) applied at attempt %u, want %u\n", phase, id,
+                            t->kind, t->apps[k].attempt, want_attempt);
+            if (!pid_is_worker(c, t->apps[k].pid) && bad++ < EXAMPLES)
+                print_error("%s: %s applied by pid %ld, not a worker of the pool\n", phase, id,
+                            t->apps[k].pid);
+        }
+        /* Every settled attempt is counted: a task that never fails is
+         * settled once, however often it ran (a second settle of an applied
+         * task would mean its record did not stop the second run); one that
+         * fails transiently at least once per failure, and once more. */
+        if (t->kind == K_PLAIN ? t->attempts != 1 : t->attempts < want_attempt + 1) {
+            if (bad++ < EXAMPLES)
+                print_error("%s: %s (kind %d): the store counts %u settled attempts, want %s%u\n",
+                            phase, id, t->kind, t->attempts, t->kind == K_PLAIN ? "" : ">= ",
+                            want_attempt + 1);
+        }
+        /* The store's record was settled by the worker of the last
+         * application: no earlier one recorded it. */
+        if (t->settled_by != last->pid) {
+            if (unexplained++ < EXAMPLES)
+                print_error("%s: %s: the store's record was settled by pid %ld, its last "
+                            "application was made by pid %ld\n", phase, id, t->settled_by,
+                            last->pid);
+        }
+        for (unsigned k = 0; k + 1 < t->n_apps; k++) {
+            const app *a = &t->apps[k], *next = &t->apps[k + 1];
+            const kill_rec *kr = kill_of(c, a->pid);
+            windows++;
+            if (!kr || kr->wall_ms < a->at || next->at < kr->wall_ms) {
+                if (unexplained++ < EXAMPLES) {
+                    if (kr)
+                        print_error("%s: %s applied by pid %ld at %lld and again by pid %ld at "
+                                    "%lld; pid %ld was killed at %lld, outside that window\n",
+                                    phase, id, a->pid, (long long)a->at, next->pid,
+                                    (long long)next->at, a->pid, (long long)kr->wall_ms);
+                    else
+                        print_error("%s: %s applied by pid %ld at %lld and again by pid %ld at "
+                                    "%lld; pid %ld was never killed\n", phase, id, a->pid,
+                                    (long long)a->at, next->pid, (long long)next->at, a->pid);
+                }
+            }
+        }
+    }
+    c->windows = windows;
+    c->applied_distinct = distinct;
+    if (bad)
+        fail_msg("%s: %ld tasks not as they should be (above)", phase, bad);
+    if (unexplained)
+        fail_msg("%s: %ld double applications not explained by a kill between the effect and "
+                 "the store's record (above)", phase, unexplained);
+}
+
+/* No sanitizer report in a file. */
+static void expect_no_sanitizer(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return;
+    char line[4096];
+    while (fgets(line, sizeof line, f)) {
+        if (strstr(line, "AddressSanitizer") || strstr(line, "LeakSanitizer") ||
+            strstr(line, "runtime error:") || strstr(line, "UndefinedBehaviorSanitizer")) {
+            fclose(f);
+            fail_msg("a sanitizer reported in %s: %s", path, line);
+        }
+    }
+    fclose(f);
+}
+
+/* ---- the CLI ----------------------------------------------------------------- */
+
+/* Runs `compworker ARGS` (NULL-terminated), its output in <dir>/NAME.out
+ * and .err; returns the exit code. */
+static int cli(chaos *c, const char *name, char *const *args)
+{
+    cwtest_env *env = c->env;
+    char out[400], err[400];
+    snprintf(out, sizeof out, "%s/%s.out", env->dir, name);
+    snprintf(err, sizeof err, "%s/%s.err", env->dir, name);
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid < 0)
+        fail_msg("fork: %s", strerror(errno));
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        int fo = open(out, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        int fe = open(err, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        int fi = open("/dev/null", O_RDONLY);
+        if (fo < 0 || fe < 0 || fi < 0)
+            _exit(126);
+        dup2(fo, STDOUT_FILENO);
+        dup2(fe, STDERR_FILENO);
+        dup2(fi, STDIN_FILENO);
+        for (int i = 3; i < 1024; i++)
+            close(i);
+        unsetenv("CW_AMQP_URL");
+        char *argv[32];
+        int n = 0;
+        argv[n++] = env->exe;
+        for (char *const *a = args; *a && n < 31; a++)
+            argv[n++] = *a;
+        argv[n] = NULL;
+        execv(env->exe, argv);
+        _exit(127);
+    }
+    int64_t deadline = cwtest_now_ms() + CLI_TIMEOUT_MS;
+    int status;
+    for (;;) {
+        pid_t w = waitpid(pid, &status, WNOHANG);
+        if (w == pid)
+            break;
+        if (cwtest_now_ms() > deadline) {
+            kill(pid, SIGKILL);
+            waitpid(pid, &status, 0);
+            fail_msg("compworker %s did not finish within %d ms", name, CLI_TIMEOUT_MS);
+        }
+        cwtest_sleep_ms(20);
+    }
+    expect_no_sanitizer(err);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+static char *slurp(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return strdup("");
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *buf = malloc((size_t)n + 1);
+    if (!buf)
+        fail_msg("out of memory");
+    size_t got = fread(buf, 1, (size_t)n, f);
+    buf[got] = '\0';
+    fclose(f);
+    return buf;
+}
+
+/* ---- the run ----------------------------------------------------------------- */
+
+static void print_summary(const chaos *c)
+{
+    long s[7];
+    store_states(c, s);
+    printf("\n"
+           "chaos run, seed %llu (CW_CHAOS_SEED=%llu reproduces the task mix and kill choices)\n"
+           "  published          %6u distinct tasks (+%u duplicate message IDs sent)\n"
+           "  transient          %6u fail once, %u fail twice (handler calls retried: %ld)\n"
+           "  permanent          %6u fail until the fault is removed\n"
+           "  workers killed     %6zu (SIGKILL; %zu worker processes started in all)\n"
+           "  broker restarts    %6u (restart-app took %lld ms; %u worker sessions lost)\n"
+           "  applied            %6ld distinct before the replay, %ld ledger rows in all\n"
+           "  dead-lettered      %6ld distinct (%ld DLQ entries)\n"
+           "  replayed           %6ld from the DLQ, all applied after the fault was removed\n"
+           "  windows            %6ld double applications, each a kill between the handler's\n"
+           "                            effect and the store's record (+%ld second DLQ copies)\n"
+           "  handler calls      %6ld\n"
+           "  store              %6ld done, %ld dead, %ld other\n"
+           "  time               publish %.1f s, drain %.1f s, replay %.1f s, total %.1f s\n\n",
+           (unsigned long long)c->seed, (unsigned long long)c->seed, c->n, c->dups_sent,
+           c->transient1, c->transient2, c->retried_calls, c->permanent, c->k.n_kills,
+           c->k.n_workers, c->restarts, (long long)c->restart_ms, c->reconnects,
+           c->applied_distinct, c->applied_rows, c->dlq_distinct, c->dlq_entries, c->replayed,
+           c->windows, c->dlq_windows, c->calls, s[2], s[3], s[1] + s[4] + s[5] + s[6],
+           (c->t_published - c->t_start) / 1000.0, (c->t_drained - c->t_published) / 1000.0,
+           (c->t_replayed - c->t_drained) / 1000.0, (c->t_replayed - c->t_start) / 1000.0);
+    fflush(stdout);
+}
+
+static void test_chaos(void **state)
+{
+    chaos *c = calloc(1, sizeof *c);
+    if (!c)
+        fail_msg("out of memory");
+    c->n = env_uint("CW_CHAOS_TASKS", DEFAULT_TASKS);
+    if (c->n < 1000)
+        fail_msg("CW_CHAOS_TASKS must be at least 1000");
+    unsigned publish_s = env_uint("CW_CHAOS_SECONDS", DEFAULT_PUBLISH_S);
+    const char *seed = getenv("CW_CHAOS_SEED");
+    c->seed = seed && *seed ? strtoull(seed, NULL, 0)
+                            : ((uint64_t)wall_ms() ^ ((uint64_t)getpid() << 32));
+    c->rng = c->seed;
+    printf("chaos: seed %llu, %u tasks published over %u s\n", (unsigned long long)c->seed, c->n,
+           publish_s);
+    fflush(stdout);
+    if (gethostname(c->host, sizeof c->host) != 0)
+        snprintf(c->host, sizeof c->host, "localhost");
+    c->host[sizeof c->host - 1] = '\0';
+
+    /* A steady pool: batches of 32 (prefetch 64), retries after 100 ms to
+     * 1.6 s, up to 4 attempts, so a task failing twice never runs out.
+     * max_deliveries is raised from 5: a task held in the batches of five
+     * killed workers in a row would otherwise be called poison, which is
+     * right but not what this run looks for. */
+    char extra[1024];
+    cwtest_pool_opts po = {
+        .pool_lines = "shutdown_timeout = 20s\n",
+        .extra = extra,
+    };
+    snprintf(extra, sizeof extra,
+             "synchronous = normal\n"
+             "\n[broker]\nprefetch = 64\n"
+             "\n[retry]\nmax_attempts = 4\ninterval = 100ms\nbackoff_rate = 2.0\n"
+             "max_delay = 1600ms\njitter = full\nmax_deliveries = 10\n");
+    cwtest_env *env = cwtest_begin(state, "chaos", &po);
+    c->env = env;
+    snprintf(c->faults_file, sizeof c->faults_file, "%s/faults-removed", env->dir);
+    snprintf(c->store, sizeof c->store, "%s/store.db", env->dir);
+    c->t = calloc(c->n, sizeof *c->t);
+    uint8_t *dup_after = calloc(c->n, 1);
+    if (!c->t || !dup_after)
+        fail_msg("out of memory");
+    plan(c, dup_after);
+
+    env->run_args[0] = "--workers";
+    env->run_args[1] = "2";
+    cwtest_worker_start(env);
+    cwtest_log_wait(env, "consuming from", 2, CWTEST_TIMEOUT_MS);
+
+    /* ---- chaos: publish at a steady pace while killing and restarting ---- */
+    c->t_start = cwtest_now_ms();
+    killer_start(c);
+    int64_t publish_ms = (int64_t)publish_s * 1000;
+    int64_t paused_ms = 0; /* the broker restart does not count against the pace */
+    for (unsigned i = 0; i < c->n;) {
+        unsigned end = i + CHUNK < c->n ? i + CHUNK : c->n;
+        uint32_t now_s = (uint32_t)(wall_ms() / 1000);
+        for (; i < end; i++) {
+            c->t[i].timestamp = now_s;
+            send_task(c, i);
+            c->published++;
+            for (unsigned d = 0; d < dup_after[i]; d++)
+                send_dup(c, i);
+        }
+        cwtest_confirm_all(env);
+        if (!c->restarts && i >= (unsigned)(c->n * RESTART_AT)) {
+            int64_t t0 = cwtest_now_ms();
+            printf("chaos: restarting the broker after %u tasks, %zu kills\n", i,
+                   kills_so_far(c));
+            fflush(stdout);
+            cwtest_broker_restart_app(env, false);
+            c->restart_ms = cwtest_now_ms() - t0;
+            paused_ms += c->restart_ms;
+            c->restarts++;
+        }
+        int64_t due = c->t_start + paused_ms + publish_ms * i / c->n;
+        chaos_sleep(c, due - cwtest_now_ms());
+    }
+    c->t_published = cwtest_now_ms();
+    printf("chaos: %u tasks and %u duplicates published in %.1f s, %zu kills so far\n", c->n,
+           c->dups_sent, (c->t_published - c->t_start) / 1000.0, kills_so_far(c));
+    fflush(stdout);
+
+    /* Keep killing until every task is settled. */
+    drain(c, true, "after the chaos");
+    killer_stop(c);
+    c->t_drained = cwtest_now_ms();
+    if (c->k.n_kills < 3)
+        fail_msg("only %zu workers were killed during the run: the chaos was too short",
+                 c->k.n_kills);
+    /* The workers met the restart (the tasks published after it were
+     * applied, so they reconnected). */
+    c->reconnects = cwtest_log_count(env, "broker session lost");
+    if (c->reconnects + cwtest_log_count(env, "no broker session") == 0)
+        fail_msg("no worker noticed the broker restart; see %s", env->log);
+
+    check_applied(c, true, "after the chaos");
+    check_dlq(c);
+    if (c->applied_distinct + c->dlq_distinct != (long)c->n)
+        fail_msg("published %u distinct tasks, but %ld applied + %ld dead-lettered", c->n,
+                 c->applied_distinct, c->dlq_distinct);
+    long windows_before = c->windows;
+    printf("chaos: drained after %.1f s: %ld applied, %ld dead-lettered, %ld windows\n",
+           (c->t_drained - c->t_published) / 1000.0, c->applied_distinct, c->dlq_distinct,
+           c->windows);
+    fflush(stdout);
+
+    /* ---- the fault removed: replay the DLQ with the real CLI ---- */
+    cwtest_write_file(c->faults_file, "fixed\n", 0644);
+    char *args[] = {"dlq", "replay", "-c", env->ini, "--all", "--json", NULL};
+    int code = cli(c, "replay", args);
+    char path[400];
+    snprintf(path, sizeof path, "%s/replay.out", env->dir);
+    char *out = slurp(path);
+    const char *sum = strstr(out, "\"replayed\":");
+    c->replayed = sum ? strtol(sum + strlen("\"replayed\":"), NULL, 10) : -1;
+    if (code != 0 || c->replayed != c->dlq_entries) {
+        snprintf(path, sizeof path, "%s/replay.err", env->dir);
+        char *err = slurp(path);
+        fail_msg("dlq replay --all: exit code %d, %ld replayed of %ld DLQ entries\n"
+                 "--- stdout (last 2000 bytes) ---\n%s\n--- stderr ---\n%s",
+                 code, c->replayed, c->dlq_entries,
+                 strlen(out) > 2000 ? out + strlen(out) - 2000 : out, err);
+    }
+    free(out);
+    drain(c, false, "after the replay");
+    c->t_replayed = cwtest_now_ms();
+    cwtest_queue_wait(env, env->dlq, 0, CWTEST_TIMEOUT_MS);
+    check_applied(c, false, "after the replay");
+    if (c->windows != windows_before)
+        fail_msg("after the replay: %ld double applications, %ld before it (no kill since)",
+                 c->windows, windows_before);
+    for (unsigned i = 0; i < c->n; i++) {
+        if (c->t[i].kind == K_PERMANENT && c->t[i].n_apps != 1) {
+            char id[64];
+            task_id(c, i, id, sizeof id);
+            fail_msg("replayed task %s applied %u times, want once", id, c->t[i].n_apps);
+        }
+    }
+    if (c->applied_distinct != (long)c->n)
+        fail_msg("after the replay %ld of %u tasks are applied", c->applied_distinct, c->n);
+
+    int stop = cwtest_worker_stop(env, SIGTERM, 30000);
+    if (stop != 0)
+        fail_msg("the pool exited with code %d after SIGTERM, not 0; see %s", stop, env->log);
+    expect_no_sanitizer(env->log);
+    print_summary(c);
+    free(dup_after);
+    free(c->t);
+    free(c);
+    if (getenv("CW_CHAOS_KEEP") && *getenv("CW_CHAOS_KEEP"))
+        printf("chaos: CW_CHAOS_KEEP is set: keeping %s\n", env->dir); /* teardown keeps it */
+    else
+        cwtest_pass(env);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_teardown(test_chaos, cwtest_teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
