@@ -22,6 +22,7 @@
  * The broker's x-delivery-count (how often this queue delivered the
  * message, browses included) is not part of the message and is left out. */
 #include <errno.h>
+#include <float.h>
 #include <inttypes.h>
 #include <limits.h>
 #include <math.h>
@@ -480,7 +481,9 @@ static int dec_bytes(dec *d, json_object *j, amqp_bytes_t *out)
     return bad(d, "expected a string or {\"base64\": \"...\"}");
 }
 
-/* An integer in [lo, hi], checked on its text so that nothing is clamped. */
+/* An integer in [lo, hi], checked on its text so that nothing is clamped
+ * (one past 64 bits, which json-c clamps, is refused before: see
+ * int_out_of_range()). */
 static int dec_int(dec *d, json_object *j, int64_t lo, int64_t hi, int64_t *out)
 {
     if (!json_object_is_type(j, json_type_int))
@@ -535,6 +538,10 @@ static int dec_float(dec *d, json_object *j, bool f32, amqp_field_value_t *out)
     if (!json_object_is_type(j, json_type_double) && !json_object_is_type(j, json_type_int))
         return bad(d, "expected a number");
     double v = json_object_get_double(j);
+    /* json-c reads 1e400 as infinity: out of range, not clamped. */
+    if (!isfinite(v) || (f32 && fabs(v) > FLT_MAX))
+        return bad(d, "%s is out of range for %s (write infinities and NaN as {\"bits\": ...})",
+                   json_object_to_json_string(j), f32 ? "f32" : "f64");
     if (f32)
         out->value.f32 = (float)v;
     else
@@ -793,6 +800,51 @@ static int dec_props(dec *d, json_object *j, amqp_basic_properties_t *p)
     return 0;
 }
 
+/* json-c reads an integer too large for 64 bits as the largest one
+ * (-99999999999999999999 as INT64_MIN, 99999999999999999999 as UINT64_MAX),
+ * and keeps no text of it to tell. The offset of the first integer literal
+ * of `s` (a text json-c parsed) that no AMQP field holds, or `len`. */
+static size_t int_out_of_range(const char *s, size_t len)
+{
+    bool in_string = false;
+    for (size_t i = 0; i < len; i++) {
+        char c = s[i];
+        if (in_string) {
+            if (c == '\\')
+                i++;
+            else if (c == '"')
+                in_string = false;
+            continue;
+        }
+        if (c == '"') {
+            in_string = true;
+            continue;
+        }
+        if (c != '-' && (c < '0' || c > '9'))
+            continue;
+        size_t start = i, digits;
+        bool neg = c == '-';
+        if (neg)
+            i++;
+        digits = i;
+        while (i < len && s[i] >= '0' && s[i] <= '9')
+            i++;
+        size_t n = i - digits;
+        bool integer = !(i < len && (s[i] == '.' || s[i] == 'e' || s[i] == 'E'));
+        while (i < len && ((s[i] >= '0' && s[i] <= '9') || s[i] == '.' || s[i] == 'e' ||
+                           s[i] == 'E' || s[i] == '+' || s[i] == '-'))
+            i++;
+        i--; /* the loop's i++ goes on after the number */
+        if (!integer)
+            continue;
+        const char *max = neg ? "9223372036854775808" : "18446744073709551615";
+        size_t m = strlen(max);
+        if (n > m || (n == m && memcmp(s + digits, max, m) > 0))
+            return start;
+    }
+    return len;
+}
+
 int cw_dlq_import_line(const char *line, size_t len, cw_dlq_record *out)
 {
     memset(out, 0, sizeof *out);
@@ -824,6 +876,13 @@ int cw_dlq_import_line(const char *line, size_t len, cw_dlq_record *out)
     }
     if (!json_object_is_type(root, json_type_object)) {
         rc = bad(&d, "not a JSON object");
+        goto out_put;
+    }
+    size_t big = int_out_of_range(line, end);
+    if (big < end) {
+        int n = (int)strspn(line + big, "-0123456789");
+        rc = bad(&d, "the integer %.*s%s at byte %zu is too large for any AMQP field",
+                 n > 24 ? 24 : n, line + big, n > 24 ? "..." : "", big + 1);
         goto out_put;
     }
     json_object *fmt = NULL, *ver = NULL, *props = NULL, *body = NULL;

@@ -7,6 +7,7 @@
  * they go by. Values are checked as they arrive; what depends on several keys
  * (defaults derived from the pool name, batch against prefetch) is settled
  * once the whole file has been read. The first error stops the parse. */
+#include <amqp.h>
 #include <ctype.h>
 #include <errno.h>
 #include <glob.h>
@@ -279,10 +280,42 @@ static int cw_check_positive_duration(const char *value, int64_t *out, char *why
     return 0;
 }
 
+/* The longest broker URL (the connection copies each into a buffer this big). */
+#define CW_URL_MAX 1023
+
 static int cw_set_url(cw_config_ctx *ctx, const char *value, char *why, size_t why_len)
 {
     /* Never echo the value: it may hold a password. */
-    if (*value == '\0') {
+    const char *p = value;
+    unsigned n = 0;
+
+    /* Each URL of the list (separated by blanks or commas) is read now by
+     * the parser the connection uses, so that a malformed one is a config
+     * error, not a failure at the first connect. */
+    for (;; n++) {
+        char buf[CW_URL_MAX + 1];
+        struct amqp_connection_info ci;
+        size_t len;
+
+        p += strspn(p, " \t,");
+        if (*p == '\0')
+            break;
+        len = strcspn(p, " \t,");
+        if (len > CW_URL_MAX) {
+            snprintf(why, why_len, "URL %u of the list is longer than %d bytes", n + 1, CW_URL_MAX);
+            return CW_STATUS_CONFIG;
+        }
+        memcpy(buf, p, len);
+        buf[len] = '\0';
+        if (amqp_parse_url(buf, &ci) != AMQP_STATUS_OK) {
+            snprintf(why, why_len,
+                     "URL %u of the list is not amqp[s]://[user[:password]@]host[:port][/vhost]",
+                     n + 1);
+            return CW_STATUS_CONFIG;
+        }
+        p += len;
+    }
+    if (n == 0) {
         snprintf(why, why_len, "value is empty");
         return CW_STATUS_CONFIG;
     }
