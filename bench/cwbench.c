@@ -6,6 +6,11 @@
  *                                           consumer (manual acks, multiple-ack every
  *                                           PREFETCH/2, no work); prints messages/s
  *   cwbench depth URL QUEUE                 prints the ready-message count
+ *   cwbench pace URL QUEUE RATE SECONDS [RETRY_MS]
+ *                                           publish RATE tasks a second for SECONDS,
+ *                                           each body carrying its publish time
+ *                                           ("sent_ns", CLOCK_REALTIME) and, with
+ *                                           RETRY_MS, "retry_ms" (see noop_plugin.c)
  */
 #include <amqp.h>
 #include <amqp_tcp_socket.h>
@@ -62,6 +67,105 @@ static uint32_t depth(amqp_connection_state_t c, const char *queue)
         amqp_queue_declare(c, 1, amqp_cstring_bytes(queue), 1, 0, 0, 0, amqp_empty_table);
     die_reply(amqp_get_rpc_reply(c), "queue.declare passive");
     return ok->message_count;
+}
+
+static int64_t realtime_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static void sleep_until(double t)
+{
+    double d = t - now_s();
+    if (d <= 0)
+        return;
+    struct timespec ts = {.tv_sec = (time_t)d, .tv_nsec = (long)((d - (double)(time_t)d) * 1e9)};
+    nanosleep(&ts, NULL);
+}
+
+/* Reads the confirms that have arrived, without blocking; exits on a nack. */
+static void read_confirms(amqp_connection_state_t c, uint64_t *confirmed, int block)
+{
+    for (;;) {
+        amqp_frame_t f;
+        struct timeval tv = {0, 0};
+        int st = amqp_simple_wait_frame_noblock(c, &f, block ? NULL : &tv);
+        if (st == AMQP_STATUS_TIMEOUT)
+            return;
+        if (st != AMQP_STATUS_OK) {
+            fprintf(stderr, "cwbench: reading confirms: %s\n", amqp_error_string2(st));
+            exit(1);
+        }
+        if (f.frame_type != AMQP_FRAME_METHOD)
+            continue;
+        if (f.payload.method.id == AMQP_BASIC_ACK_METHOD) {
+            amqp_basic_ack_t *a = f.payload.method.decoded;
+            if (a->delivery_tag > *confirmed)
+                *confirmed = a->delivery_tag;
+            if (block)
+                return;
+        } else {
+            fprintf(stderr, "cwbench: unexpected method 0x%08x\n", f.payload.method.id);
+            exit(1);
+        }
+    }
+}
+
+/* A steady load: RATE tasks a second, in ticks of 1 ms, confirmed. */
+static int pace(const char *url, const char *queue, double rate, double seconds, long retry_ms)
+{
+    amqp_connection_state_t c = open_conn(url);
+    amqp_confirm_select(c, 1);
+    die_reply(amqp_get_rpc_reply(c), "confirm.select");
+    amqp_basic_properties_t p;
+    memset(&p, 0, sizeof p);
+    p._flags = AMQP_BASIC_CONTENT_TYPE_FLAG | AMQP_BASIC_DELIVERY_MODE_FLAG |
+               AMQP_BASIC_MESSAGE_ID_FLAG | AMQP_BASIC_TYPE_FLAG | AMQP_BASIC_CORRELATION_ID_FLAG;
+    p.content_type = amqp_cstring_bytes("application/json");
+    p.delivery_mode = 2;
+    p.type = amqp_cstring_bytes("bench.noop");
+    p.correlation_id = amqp_cstring_bytes("saga-bench");
+    char id[40], body[256];
+    p.message_id = amqp_cstring_bytes(id);
+    long total = (long)(rate * seconds), sent = 0;
+    uint64_t confirmed = 0;
+    double t0 = now_s();
+    while (sent < total) {
+        /* Publish what is due by now: a steady rate, not bursts of a second. */
+        long due = (long)((now_s() - t0) * rate) + 1;
+        if (due > total)
+            due = total;
+        for (; sent < due; sent++) {
+            uuid_t u;
+            uuid_generate_random(u);
+            uuid_unparse_lower(u, id);
+            p.message_id.len = strlen(id);
+            int len = retry_ms >= 0
+                          ? snprintf(body, sizeof body, "{\"sent_ns\":%lld,\"retry_ms\":%ld}",
+                                     (long long)realtime_ns(), retry_ms)
+                          : snprintf(body, sizeof body, "{\"sent_ns\":%lld,\"pad\":\"%s\"}",
+                                     (long long)realtime_ns(),
+                                     "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
+                                     "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
+                                     "xxxxxxxxxxxxxxxxxxxxxxxxxxxxx");
+            amqp_bytes_t b = {.len = (size_t)len, .bytes = body};
+            if (amqp_basic_publish(c, 1, amqp_empty_bytes, amqp_cstring_bytes(queue), 0, 0, &p,
+                                   b)) {
+                fprintf(stderr, "cwbench: publish failed\n");
+                return 1;
+            }
+        }
+        read_confirms(c, &confirmed, 0);
+        sleep_until(t0 + (double)(sent + 1) / rate);
+    }
+    while (confirmed < (uint64_t)total)
+        read_confirms(c, &confirmed, 1);
+    printf("%ld\n", total);
+    amqp_connection_close(c, AMQP_REPLY_SUCCESS);
+    amqp_destroy_connection(c);
+    return 0;
 }
 
 static int fill(const char *url, const char *queue, long n, long body_bytes)
@@ -163,12 +267,15 @@ int main(int argc, char **argv)
         return fill(argv[2], argv[3], atol(argv[4]), argc > 5 ? atol(argv[5]) : 200);
     if (argc == 6 && strcmp(argv[1], "drain") == 0)
         return drain(argv[2], argv[3], atol(argv[4]), atoi(argv[5]));
+    if ((argc == 6 || argc == 7) && strcmp(argv[1], "pace") == 0)
+        return pace(argv[2], argv[3], atof(argv[4]), atof(argv[5]),
+                    argc == 7 ? atol(argv[6]) : -1);
     if (argc == 4 && strcmp(argv[1], "depth") == 0) {
         amqp_connection_state_t c = open_conn(argv[2]);
         printf("%" PRIu32 "\n", depth(c, argv[3]));
         return 0;
     }
     fprintf(stderr, "usage: cwbench fill URL QUEUE N [BODY_BYTES] | drain URL QUEUE N PREFETCH | "
-                    "depth URL QUEUE\n");
+                    "depth URL QUEUE | pace URL QUEUE RATE SECONDS [RETRY_MS]\n");
     return 2;
 }

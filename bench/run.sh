@@ -1,13 +1,21 @@
 #!/usr/bin/env bash
-# Throughput of compworker as a ratio to the broker's own limit, measured in
-# the same run: the baseline is bench/cwbench.c's bare rabbitmq-c consumer
-# (manual acks, the same prefetch, the same persistent messages, no work).
+# compworker's benchmark (`make bench`): throughput as a ratio to the broker's
+# own limit measured in the same run, latency, retry-delay accuracy, memory,
+# and the store under a large history. Never a timed test.
 #
-#   bench/run.sh BUILD_DIR                 (make bench runs it)
-#   N=100000 RUNS=3 PREFETCH=1000 QUEUE_TYPES="classic quorum" bench/run.sh build
+#   bench/run.sh BUILD_DIR
+#   N=100000 RUNS=3 PREFETCH=1000 QUEUE_TYPES="classic quorum" WORKERS="1 2" \
+#     SECTIONS="throughput latency retry rss store" STORE_RECORDS=10000000 bench/run.sh build
 #
-# Starts a throwaway RabbitMQ node on port ${BENCH_PORT:-5690}; prints a table
-# and writes BUILD_DIR/bench.json.
+# The baseline, the denominator of every ratio, is bench/cwbench.c's bare
+# rabbitmq-c consumer: manual acks, the same prefetch, the same persistent
+# messages on the same queue, no work. compworker runs the no-op handler of
+# bench/noop_plugin.c with its SQLite store on and durable (synchronous=full).
+# Both rates are (messages - 1) / (last delivery or handler start - first).
+#
+# Starts a throwaway RabbitMQ node on port ${BENCH_PORT:-5690}; prints tables
+# and writes BUILD_DIR/bench.json. The 10-million-record store is built once
+# (a minute or two) and kept as BUILD_DIR/bench-store-<N>.db.
 set -euo pipefail
 build=$(cd "${1:?usage: bench/run.sh BUILD_DIR}" && pwd)
 src=$(cd "$(dirname "$0")/.." && pwd)
@@ -15,32 +23,51 @@ N=${N:-100000}
 RUNS=${RUNS:-3}
 PREFETCH=${PREFETCH:-1000}
 QUEUE_TYPES=${QUEUE_TYPES:-classic quorum}
+WORKERS=${WORKERS:-1 2}
+SECTIONS=${SECTIONS:-throughput latency retry rss store}
+STORE_RECORDS=${STORE_RECORDS:-10000000}
 port=${BENCH_PORT:-5690}
 url=amqp://guest:guest@127.0.0.1:$port/
 work=$(mktemp -d /tmp/cw-bench.XXXXXX)
 bench=$build/bench/cwbench
 exe=$build/compworker
-worker=""
+pool=""
+json=()
 
+die() { echo "bench: $*" >&2; exit 1; }
 cleanup() {
-    [ -n "$worker" ] && kill -TERM "$worker" 2>/dev/null && wait "$worker" 2>/dev/null
+    [ -n "$pool" ] && kill -TERM "$pool" 2>/dev/null && wait "$pool" 2>/dev/null
     "$src/tests/harness/rabbitmq.sh" stop "$work/broker" || true
     rm -rf "$work"
 }
 trap cleanup EXIT
+for tool in bc sqlite3; do command -v $tool >/dev/null || die "needs $tool (scripts/deps.sh installs it)"; done
 "$src/tests/harness/rabbitmq.sh" start "$work/broker" "$port"
 
-now() { date +%s.%N; }
+median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+# percentile P of the numbers on stdin (nearest rank)
+pct() { sort -g | awk -v p="$1" '{a[NR]=$1} END {i=int(NR*p/100+0.999); if(i<1)i=1; print a[i]}'; }
 wait_empty() { # queue
     while [ "$("$bench" depth "$url" "$1")" != 0 ]; do sleep 0.02; done
 }
+# wait_done STORE BASE N DIR: until the store holds N done records after row BASE
+# (the queue's ready count reaches 0 while the last prefetch window still runs).
+wait_done() {
+    local i n=0
+    for i in $(seq 6000); do
+        n=$(sqlite3 "$1" ".timeout 5000" "SELECT count(*) FROM tasks WHERE id > $2 AND state = 2")
+        [ "$n" -ge "$3" ] && return 0
+        sleep 0.05
+    done
+    die "only $n of $3 tasks done after 5 minutes; see $4/worker.log"
+}
+workers_of() { pgrep -P "$pool" | tr '\n' ' '; }
 
-# One compworker run over N tasks already in the queue: start it, let it
-# declare the topology and connect, pause it, fill the queue, release it and
-# time until the queue is empty.
-compworker_rate() { # qtype run
-    local qtype=$1 i=$2 dir=$work/cw-$1-$2
-    mkdir -p "$dir"
+# start_pool DIR QTYPE WORKERS [STORE_FILE]: starts `compworker run` on
+# queue cw.bench-QTYPE and waits until all its workers consume.
+start_pool() {
+    local dir=$1 qtype=$2 nw=$3 store=${4:-$1/store.db}
+    mkdir -p "$dir/stats"
     cat >"$dir/pool.ini" <<INI
 [broker]
 url = $url
@@ -48,63 +75,225 @@ prefetch = $PREFETCH
 [pool]
 name = bench-$qtype
 queue_type = $qtype
+workers = $nw
 plugins = $build/bench/bench_noop.so
 [store]
 backend = sqlite
-path = $dir/store.db
+path = $store
 synchronous = full
 [log]
 level = info
+[plugin bench-noop]
+stats = $dir/stats
 INI
     "$exe" run -c "$dir/pool.ini" 2>"$dir/worker.log" &
-    worker=$!
-    # The topology exists once the worker consumes: its queue then answers.
-    for _ in $(seq 200); do "$bench" depth "$url" "cw.bench-$qtype" >/dev/null 2>&1 && break; sleep 0.05; done
-    sleep 0.3
-    kill -STOP "$worker"
-    "$bench" fill "$url" "cw.bench-$qtype" "$N" >/dev/null
-    local t0 t1
-    t0=$(now)
-    kill -CONT "$worker"
-    wait_empty "cw.bench-$qtype"
-    t1=$(now)
-    kill -TERM "$worker"; wait "$worker" || true; worker=""
-    # Every task went through the pipeline: the worker says how many it applied.
-    local applied
-    applied=$(sed -n 's/.*stopped: [0-9]* received, \([0-9]*\) applied.*/\1/p' "$dir/worker.log")
-    if [ "$applied" != "$N" ]; then
-        echo "bench: the worker applied ${applied:-?} tasks, not $N; see $dir/worker.log" >&2
-        cp "$dir/worker.log" "$build/bench-worker.log"
-        exit 1
-    fi
-    echo "$N / ($t1 - $t0)" | bc -l
+    pool=$!
+    local i
+    for i in $(seq 600); do
+        [ "$(grep -c 'consuming from' "$dir/worker.log" 2>/dev/null || true)" -ge "$nw" ] && break
+        kill -0 "$pool" 2>/dev/null || die "compworker did not start; see $dir/worker.log"
+        sleep 0.05
+    done
+    [ "$(grep -c 'consuming from' "$dir/worker.log")" -ge "$nw" ] || die "workers did not start"
 }
 
-# The baseline on the same queue (its arguments are compworker's: it exists).
-baseline_rate() { # qtype
+stop_pool() { # DIR
+    kill -TERM "$pool"
+    wait "$pool" || true
+    pool=""
+}
+
+# The handler-start rate over every worker of a stopped pool: (calls - 1) /
+# (last start - first start). Prints "RATE CALLS".
+pool_rate() { # DIR
+    cat "$1"/stats/*.txt | awk '$1 == "calls" && $4 > 0 {
+        if (!f || $2 < f) f = $2; if ($3 > l) l = $3; n += $4 }
+        END { if (n < 2 || l <= f) print 0, n; else printf "%.1f %d\n", (n - 1) / ((l - f) / 1e9), n }'
+}
+
+# One compworker run over N tasks already in the queue: the workers start,
+# pause, the queue fills, they go on until it is drained.
+compworker_rate() { # QTYPE WORKERS TAG [STORE_FILE]
+    local qtype=$1 nw=$2 dir=$work/cw-$1-$2w-$3
+    local base=0
+    [ -n "${4:-}" ] && base=$(sqlite3 "$4" 'SELECT coalesce(max(id), 0) FROM tasks')
+    start_pool "$dir" "$qtype" "$nw" "${4:-}"
+    local ws
+    ws=$(workers_of)
+    # shellcheck disable=SC2086
+    kill -STOP $ws
+    "$bench" fill "$url" "cw.bench-$qtype" "$N" >/dev/null
+    # shellcheck disable=SC2086
+    kill -CONT $ws
+    wait_done "${4:-$dir/store.db}" "$base" "$N" "$dir"
+    stop_pool
+    local rate calls
+    read -r rate calls < <(pool_rate "$dir")
+    if [ "$calls" != "$N" ]; then
+        cp "$dir/worker.log" "$build/bench-worker.log"
+        die "compworker applied $calls tasks, not $N; see $build/bench-worker.log"
+    fi
+    echo "$rate"
+}
+
+baseline_rate() { # QTYPE (the queue exists: compworker declared it)
     "$bench" fill "$url" "cw.bench-$1" "$N" >/dev/null
     "$bench" drain "$url" "cw.bench-$1" "$N" "$PREFETCH"
 }
 
-median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-
-results=()
-printf '%-8s %-4s %12s %12s %8s\n' queue run baseline/s compworker/s ratio
-for qtype in $QUEUE_TYPES; do
-    ratios=()
-    for i in $(seq "$RUNS"); do
-        c=$(compworker_rate "$qtype" "$i")
-        b=$(baseline_rate "$qtype")
-        r=$(echo "$c / $b" | bc -l)
-        ratios+=("$r")
-        printf '%-8s %-4s %12.0f %12.0f %8.2f\n' "$qtype" "$i" "$b" "$c" "$r"
-        results+=("{\"queue_type\":\"$qtype\",\"run\":$i,\"baseline\":$b,\"compworker\":$c,\"ratio\":$r}")
+# ---- throughput ------------------------------------------------------------
+cap_rate=""
+throughput() {
+    echo "== throughput: tasks/s, ratio to the bare rabbitmq-c consumer of the same run"
+    printf '%-8s %-7s %-4s %12s %12s %8s\n' queue workers run baseline/s compworker/s ratio
+    local qtype nw i b c r
+    for qtype in $QUEUE_TYPES; do
+        declare -A ratios=()
+        for i in $(seq "$RUNS"); do
+            for nw in $WORKERS; do
+                c=$(compworker_rate "$qtype" "$nw" "$i")
+                b=$(baseline_rate "$qtype")
+                r=$(echo "$c / $b" | bc -l)
+                ratios[$nw]+="$r "
+                printf '%-8s %-7s %-4s %12.0f %12.0f %8.2f\n' "$qtype" "$nw" "$i" "$b" "$c" "$r"
+                json+=("{\"section\":\"throughput\",\"queue_type\":\"$qtype\",\"workers\":$nw,\"run\":$i,\"baseline\":$b,\"compworker\":$c,\"ratio\":$r}")
+                if [ "$qtype" = classic ] && [ "$nw" = 1 ]; then cap_rate+="$c "; fi
+            done
+        done
+        for nw in $WORKERS; do
+            # shellcheck disable=SC2086
+            local min max med
+            min=$(printf '%s\n' ${ratios[$nw]} | sort -g | head -1)
+            max=$(printf '%s\n' ${ratios[$nw]} | sort -g | tail -1)
+            med=$(printf '%s\n' ${ratios[$nw]} | median)
+            printf '%-8s %-7s ratio min %.2f  median %.2f  max %.2f\n' "$qtype" "$nw" "$min" "$med" "$max"
+            json+=("{\"section\":\"throughput_summary\",\"queue_type\":\"$qtype\",\"workers\":$nw,\"min\":$min,\"median\":$med,\"max\":$max}")
+        done
+        unset ratios
     done
-    min=$(printf '%s\n' "${ratios[@]}" | sort -g | head -1)
-    max=$(printf '%s\n' "${ratios[@]}" | sort -g | tail -1)
-    med=$(printf '%s\n' "${ratios[@]}" | median)
-    printf '%-8s ratio min %.2f  median %.2f  max %.2f   (N=%d, prefetch %d, store sqlite synchronous=full, 1 worker)\n' \
-        "$qtype" "$min" "$med" "$max" "$N" "$PREFETCH"
+    echo "(N=$N per run, prefetch $PREFETCH, SQLite store synchronous=full, no-op handler)"
+}
+
+# ---- latency at half the capacity -----------------------------------------
+latency() {
+    local cap rate dir=$work/latency secs=${LATENCY_SECONDS:-10}
+    if [ -n "$cap_rate" ]; then
+        # shellcheck disable=SC2086
+        cap=$(printf '%s\n' $cap_rate | median)
+    else
+        cap=$(compworker_rate classic 1 cap)
+    fi
+    rate=$(echo "$cap / 2" | bc)
+    echo "== latency: publish to handler start at $rate tasks/s (half of $cap/s), ${secs} s, 1 worker, classic"
+    start_pool "$dir" classic 1
+    "$bench" pace "$url" cw.bench-classic "$rate" "$secs" >/dev/null
+    wait_empty cw.bench-classic
+    sleep 1
+    stop_pool
+    local p50 p99 n
+    n=$(cat "$dir"/stats/*.txt | grep -c '^latency_us ' || true)
+    [ "$n" -gt 0 ] || die "no latency samples; see $dir/worker.log"
+    p50=$(awk '$1 == "latency_us" {print $2 / 1000}' "$dir"/stats/*.txt | pct 50)
+    p99=$(awk '$1 == "latency_us" {print $2 / 1000}' "$dir"/stats/*.txt | pct 99)
+    printf 'samples %d   p50 %.2f ms   p99 %.2f ms\n' "$n" "$p50" "$p99"
+    json+=("{\"section\":\"latency\",\"rate\":$rate,\"samples\":$n,\"p50_ms\":$p50,\"p99_ms\":$p99}")
+}
+
+# ---- retry delay accuracy --------------------------------------------------
+retry() {
+    local dir=$work/retry delay n
+    echo "== retry delay: asked vs actual (from the failure to the next attempt's start)"
+    start_pool "$dir" classic 1
+    for delay in 1000 10000; do
+        "$bench" pace "$url" cw.bench-classic 20 5 "$delay" >/dev/null
+    done
+    sleep 13 # the last 10 s retries come back
+    wait_empty cw.bench-classic
+    sleep 1
+    stop_pool
+    printf '%-10s %8s %14s %14s\n' asked_ms samples actual_p50_ms actual_p99_ms
+    for delay in 1000 10000; do
+        n=$(awk -v d=$delay '$1 == "retry" && $2 == d' "$dir"/stats/*.txt | wc -l)
+        [ "$n" = 100 ] || die "$n of 100 retries after $delay ms came back; see $dir/worker.log"
+        local p50 p99
+        p50=$(awk -v d=$delay '$1 == "retry" && $2 == d {print $3}' "$dir"/stats/*.txt | pct 50)
+        p99=$(awk -v d=$delay '$1 == "retry" && $2 == d {print $3}' "$dir"/stats/*.txt | pct 99)
+        printf '%-10s %8d %14d %14d\n' "$delay" "$n" "$p50" "$p99"
+        json+=("{\"section\":\"retry\",\"asked_ms\":$delay,\"samples\":$n,\"p50_ms\":$p50,\"p99_ms\":$p99}")
+    done
+}
+
+# ---- memory ----------------------------------------------------------------
+rss() {
+    local dir=$work/rss rounds=${RSS_ROUNDS:-5} per=$((N / 5)) i w kb first="" series=()
+    echo "== worker memory: RSS after each round of $per tasks (1 worker, classic)"
+    start_pool "$dir" classic 1
+    w=$(workers_of)
+    for i in $(seq "$rounds"); do
+        "$bench" fill "$url" cw.bench-classic "$per" >/dev/null
+        wait_empty cw.bench-classic
+        sleep 0.5
+        kb=$(awk '/^VmRSS/ {print $2}' "/proc/${w// /}/status")
+        [ -n "$first" ] || first=$kb
+        series+=("$kb")
+        printf 'after %7d tasks: %6d KiB\n' $((i * per)) "$kb"
+    done
+    stop_pool
+    local growth=$((series[-1] - series[0]))
+    printf 'growth from the first round to the last: %d KiB\n' "$growth"
+    json+=("{\"section\":\"rss\",\"tasks_per_round\":$per,\"rss_kib\":[$(IFS=,; echo "${series[*]}")],\"growth_kib\":$growth}")
+}
+
+# ---- the store under a large history --------------------------------------
+store() {
+    local big=$build/bench-store-$STORE_RECORDS.db dir=$work/store
+    if [ ! -s "$big" ]; then
+        echo "== building a store with $STORE_RECORDS done records (once: $big)"
+        # compworker creates the schema; the records are written in bulk.
+        mkdir -p "$dir"
+        start_pool "$dir/init" classic 1 "$big.tmp"
+        stop_pool
+        local now
+        now=$(($(date +%s) * 1000))
+        sqlite3 "$big.tmp" >/dev/null <<SQL
+PRAGMA cache_size = -2000000;
+PRAGMA synchronous = OFF;
+BEGIN;
+WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < $STORE_RECORDS)
+INSERT INTO tasks (message_id, state, owner, attempts, deliveries, unsettled, saga_id, type,
+                   first_seen, last_seen, settled_at)
+SELECT lower(hex(randomblob(16))), 2, 'bench', 1, 1, 0, 'saga-bench', 'bench.noop',
+       $now, $now, $now FROM c;
+COMMIT;
+PRAGMA wal_checkpoint(TRUNCATE);
+SQL
+        [ "$(sqlite3 "$big.tmp" 'SELECT count(*) FROM tasks')" = "$STORE_RECORDS" ] ||
+            die "building $big failed"
+        mv "$big.tmp" "$big"
+        rm -f "$big.tmp-wal" "$big.tmp-shm"
+    fi
+    echo "== the store under a large history: tasks/s with $STORE_RECORDS done records vs an empty store (1 worker, classic)"
+    printf '%-4s %14s %14s %8s\n' run empty/s large/s ratio
+    local i e l r
+    for i in $(seq "$RUNS"); do
+        e=$(compworker_rate classic 1 "empty$i")
+        mkdir -p "$dir"
+        cp "$big" "$dir/large.db"
+        l=$(compworker_rate classic 1 "large$i" "$dir/large.db")
+        rm -rf "$dir"/large.db*
+        r=$(echo "$l / $e" | bc -l)
+        printf '%-4s %14.0f %14.0f %8.2f\n' "$i" "$e" "$l" "$r"
+        json+=("{\"section\":\"store\",\"records\":$STORE_RECORDS,\"run\":$i,\"empty\":$e,\"large\":$l,\"ratio\":$r}")
+    done
+}
+
+echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo)," \
+     "$(uname -r); RabbitMQ $(dpkg-query -W -f='${Version}' rabbitmq-server 2>/dev/null || echo '?')"
+for s in $SECTIONS; do
+    case $s in
+    throughput | latency | retry | rss | store) $s ;;
+    *) die "unknown section '$s' (throughput latency retry rss store)" ;;
+    esac
 done
-( IFS=,; echo "{\"n\":$N,\"prefetch\":$PREFETCH,\"runs\":[${results[*]}]}" ) >"$build/bench.json"
+( IFS=,; echo "{\"n\":$N,\"prefetch\":$PREFETCH,\"results\":[${json[*]}]}" ) >"$build/bench.json"
 echo "JSON: $build/bench.json"

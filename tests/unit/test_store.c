@@ -7,9 +7,11 @@
 #include <cmocka.h>
 
 #include <ftw.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <sqlite3.h>
@@ -24,6 +26,13 @@ static char tmp_root[] = "/tmp/cw-test-store-XXXXXX";
 static unsigned file_counter;
 
 /* ---- helpers ----------------------------------------------------------- */
+
+static int64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
 
 typedef struct fixture {
     const char *backend;
@@ -324,6 +333,50 @@ static void busy_until_lease_expires(const fixture *f)
     cw_store_free(a);
 }
 FILE_ONLY(busy_until_lease_expires)
+
+/* Two workers of a host share the file: while one holds the write lock, the
+ * other's batch waits for it and then goes through. */
+typedef struct lock_holder {
+    cw_store *s;
+    int hold_ms;
+} lock_holder;
+
+static void *hold_write_lock(void *arg)
+{
+    lock_holder *h = arg;
+    cw_claim c;
+    if (cw_store_begin(h->s, true) != 0)
+        return (void *)1;
+    claim(h->s, "held", T0, &c);
+    struct timespec ts = {0, (long)h->hold_ms * 1000000L};
+    nanosleep(&ts, NULL);
+    return (void *)(intptr_t)(cw_store_commit(h->s) != 0);
+}
+
+static void waits_for_write_lock(const fixture *f)
+{
+    cw_store *a = open_as(f, "host:100", NULL, NULL);
+    cw_store *b = open_as(f, "host:200", NULL, NULL);
+    cw_claim c;
+    claim1(a, "warm", T0, &c); /* the schema exists before the threads race */
+    lock_holder h = {.s = a, .hold_ms = 300};
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, hold_write_lock, &h), 0);
+    struct timespec ts = {0, 50000000L}; /* a has the lock by now */
+    nanosleep(&ts, NULL);
+    int64_t t0 = mono_ms();
+    assert_int_equal(claim1(b, "m1", T0, &c), CW_CLAIM_NEW);
+    int64_t waited = mono_ms() - t0;
+    void *res;
+    assert_int_equal(pthread_join(t, &res), 0);
+    assert_null(res);
+    /* b waited for a's commit (about 250 ms), not failed, not skipped it. */
+    assert_true(waited >= 150);
+    assert_int_equal(get(b, "held").state, CW_STATE_IN_PROGRESS);
+    cw_store_free(b);
+    cw_store_free(a);
+}
+FILE_ONLY(waits_for_write_lock)
 
 static void dead_owner_taken_over(const fixture *f)
 {
@@ -857,6 +910,7 @@ int main(void)
         cmocka_unit_test(saga_and_type_filled_later_file),
         cmocka_unit_test(saga_and_type_filled_later_memory),
         cmocka_unit_test(busy_until_lease_expires_file),
+        cmocka_unit_test(waits_for_write_lock_file),
         cmocka_unit_test(dead_owner_taken_over_file),
         cmocka_unit_test(done_by_other_is_duplicate_file),
         cmocka_unit_test(history_in_order_file),
