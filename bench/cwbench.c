@@ -5,6 +5,7 @@
  *   cwbench drain URL QUEUE N PREFETCH      the baseline: the fastest honest rabbitmq-c
  *                                           consumer (manual acks, multiple-ack every
  *                                           PREFETCH/2, no work); prints messages/s
+ *                                           and its CPU time per message (us)
  *   cwbench depth URL QUEUE                 prints the ready-message count
  *   cwbench pace URL QUEUE RATE SECONDS [RETRY_MS]
  *                                           publish RATE tasks a second for SECONDS,
@@ -18,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 #include <uuid/uuid.h>
 
@@ -255,7 +257,12 @@ static int drain(const char *url, const char *queue, long n, int prefetch)
         amqp_destroy_envelope(&env);
     }
     double dt = now_s() - t0;
-    printf("%.0f\n", (double)(got - 1) / dt);
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    double cpu = (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
+                 (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
+    /* messages/s, then the consumer's CPU time per message in us */
+    printf("%.0f %.2f\n", (double)(got - 1) / dt, cpu * 1e6 / (double)got);
     amqp_connection_close(c, AMQP_REPLY_SUCCESS);
     amqp_destroy_connection(c);
     return 0;

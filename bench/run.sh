@@ -61,6 +61,11 @@ wait_done() {
     done
     die "only $n of $3 tasks done after 5 minutes; see $4/worker.log"
 }
+# CPU time (clock ticks, user + system) of processes; of the bench's broker node.
+ticks() { local t=0 p; for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo $t; }
+broker_pid() { pgrep -f "beam.smp.*$work/broker" | head -1; }
+hz=$(getconf CLK_TCK)
+us_per_msg() { echo "$1 * 1000000 / $hz / $2" | bc -l; } # TICKS MESSAGES
 workers_of() { pgrep -P "$pool" | tr '\n' ' '; }
 
 # start_pool DIR QTYPE WORKERS [STORE_FILE]: starts `compworker run` on
@@ -112,20 +117,26 @@ pool_rate() { # DIR
 }
 
 # One compworker run over N tasks already in the queue: the workers start,
-# pause, the queue fills, they go on until it is drained.
+# pause, the queue fills, they go on until the store holds every task done.
+# Prints "RATE WORKER_CPU_US BROKER_CPU_US" (CPU time per task).
 compworker_rate() { # QTYPE WORKERS TAG [STORE_FILE]
-    local qtype=$1 nw=$2 dir=$work/cw-$1-$2w-$3
-    local base=0
+    local qtype=$1 nw=$2 dir=$work/cw-$1-$2w-$3 base=0
     [ -n "${4:-}" ] && base=$(sqlite3 "$4" 'SELECT coalesce(max(id), 0) FROM tasks')
     start_pool "$dir" "$qtype" "$nw" "${4:-}"
-    local ws
+    local ws b0 b1 w0 w1
     ws=$(workers_of)
     # shellcheck disable=SC2086
     kill -STOP $ws
     "$bench" fill "$url" "cw.bench-$qtype" "$N" >/dev/null
     # shellcheck disable=SC2086
+    w0=$(ticks $ws)
+    b0=$(ticks "$(broker_pid)")
+    # shellcheck disable=SC2086
     kill -CONT $ws
     wait_done "${4:-$dir/store.db}" "$base" "$N" "$dir"
+    b1=$(ticks "$(broker_pid)")
+    # shellcheck disable=SC2086
+    w1=$(ticks $ws)
     stop_pool
     local rate calls
     read -r rate calls < <(pool_rate "$dir")
@@ -133,38 +144,48 @@ compworker_rate() { # QTYPE WORKERS TAG [STORE_FILE]
         cp "$dir/worker.log" "$build/bench-worker.log"
         die "compworker applied $calls tasks, not $N; see $build/bench-worker.log"
     fi
-    echo "$rate"
+    echo "$rate $(us_per_msg $((w1 - w0)) "$N") $(us_per_msg $((b1 - b0)) "$N")"
 }
 
+# Prints "RATE CONSUMER_CPU_US BROKER_CPU_US".
 baseline_rate() { # QTYPE (the queue exists: compworker declared it)
     "$bench" fill "$url" "cw.bench-$1" "$N" >/dev/null
-    "$bench" drain "$url" "cw.bench-$1" "$N" "$PREFETCH"
+    local b0 b1 out
+    b0=$(ticks "$(broker_pid)")
+    out=$("$bench" drain "$url" "cw.bench-$1" "$N" "$PREFETCH")
+    b1=$(ticks "$(broker_pid)")
+    echo "$out $(us_per_msg $((b1 - b0)) "$N")"
 }
 
 # ---- throughput ------------------------------------------------------------
 cap_rate=""
 throughput() {
-    echo "== throughput: tasks/s, ratio to the bare rabbitmq-c consumer of the same run"
-    printf '%-8s %-7s %-4s %12s %12s %8s\n' queue workers run baseline/s compworker/s ratio
-    local qtype nw i b c r
+    echo "== throughput: tasks/s, ratio to the bare rabbitmq-c consumer of the same run;"
+    echo "   CPU time per task (us) of the consumer (compworker's workers, or the bare one) and of the broker"
+    printf '%-8s %-7s %-4s %11s %11s %7s %9s %9s %9s %9s\n' queue workers run baseline/s \
+        compworker/s ratio base_cpu base_brk cw_cpu cw_brk
+    local qtype nw i b bc bb c cc cb r
     for qtype in $QUEUE_TYPES; do
         declare -A ratios=()
         for i in $(seq "$RUNS"); do
             for nw in $WORKERS; do
-                c=$(compworker_rate "$qtype" "$nw" "$i")
-                b=$(baseline_rate "$qtype")
+                read -r c cc cb < <(compworker_rate "$qtype" "$nw" "$i")
+                read -r b bc bb < <(baseline_rate "$qtype")
                 r=$(echo "$c / $b" | bc -l)
                 ratios[$nw]+="$r "
-                printf '%-8s %-7s %-4s %12.0f %12.0f %8.2f\n' "$qtype" "$nw" "$i" "$b" "$c" "$r"
-                json+=("{\"section\":\"throughput\",\"queue_type\":\"$qtype\",\"workers\":$nw,\"run\":$i,\"baseline\":$b,\"compworker\":$c,\"ratio\":$r}")
+                printf '%-8s %-7s %-4s %11.0f %11.0f %7.2f %9.1f %9.1f %9.1f %9.1f\n' "$qtype" "$nw" "$i" \
+                    "$b" "$c" "$r" "$bc" "$bb" "$cc" "$cb"
+                json+=("{\"section\":\"throughput\",\"queue_type\":\"$qtype\",\"workers\":$nw,\"run\":$i,\"baseline\":$b,\"compworker\":$c,\"ratio\":$r,\"baseline_cpu_us\":$bc,\"baseline_broker_cpu_us\":$bb,\"compworker_cpu_us\":$cc,\"compworker_broker_cpu_us\":$cb}")
                 if [ "$qtype" = classic ] && [ "$nw" = 1 ]; then cap_rate+="$c "; fi
             done
         done
         for nw in $WORKERS; do
-            # shellcheck disable=SC2086
             local min max med
+            # shellcheck disable=SC2086
             min=$(printf '%s\n' ${ratios[$nw]} | sort -g | head -1)
+            # shellcheck disable=SC2086
             max=$(printf '%s\n' ${ratios[$nw]} | sort -g | tail -1)
+            # shellcheck disable=SC2086
             med=$(printf '%s\n' ${ratios[$nw]} | median)
             printf '%-8s %-7s ratio min %.2f  median %.2f  max %.2f\n' "$qtype" "$nw" "$min" "$med" "$max"
             json+=("{\"section\":\"throughput_summary\",\"queue_type\":\"$qtype\",\"workers\":$nw,\"min\":$min,\"median\":$med,\"max\":$max}")
@@ -181,7 +202,7 @@ latency() {
         # shellcheck disable=SC2086
         cap=$(printf '%s\n' $cap_rate | median)
     else
-        cap=$(compworker_rate classic 1 cap)
+        read -r cap _ < <(compworker_rate classic 1 cap)
     fi
     rate=$(echo "$cap / 2" | bc)
     echo "== latency: publish to handler start at $rate tasks/s (half of $cap/s), ${secs} s, 1 worker, classic"
@@ -276,10 +297,10 @@ SQL
     printf '%-4s %14s %14s %8s\n' run empty/s large/s ratio
     local i e l r
     for i in $(seq "$RUNS"); do
-        e=$(compworker_rate classic 1 "empty$i")
+        read -r e _ < <(compworker_rate classic 1 "empty$i")
         mkdir -p "$dir"
         cp "$big" "$dir/large.db"
-        l=$(compworker_rate classic 1 "large$i" "$dir/large.db")
+        read -r l _ < <(compworker_rate classic 1 "large$i" "$dir/large.db")
         rm -rf "$dir"/large.db*
         r=$(echo "$l / $e" | bc -l)
         printf '%-4s %14.0f %14.0f %8.2f\n' "$i" "$e" "$l" "$r"

@@ -993,6 +993,10 @@ int cw__store_sqlite_open(cw_store **out, const cw_store_opts *opts)
         goto out_free;
     }
     sqlite3_busy_handler(q->db, sq_busy_wait, q);
+    /* The prepared statements keep lookaside slots for good; a larger pool
+     * (SQLite allocates it) leaves room for what a step allocates, which
+     * would otherwise go to malloc() several times a message. */
+    sqlite3_db_config(q->db, SQLITE_DBCONFIG_LOOKASIDE, NULL, 512, 1024);
     rc = sq_configure(q, memory, opts->sync_full);
     if (rc == 0)
         rc = sq_migrate(q);
