@@ -49,6 +49,20 @@ int cw__broker_reply(amqp_rpc_reply_t r, const char *what);
 int cw__topology_declare(amqp_connection_state_t conn, amqp_channel_t ch, const cw_config *cfg,
                          const cw_registry *reg);
 
+/* amqp_consume_message() with memory bounded by the delivery it reads:
+ * what it keeps is copied out of rabbitmq-c's frame buffers, which are
+ * recycled after every frame (framework/consume.c says why), and what
+ * earlier deliveries left there is released first. Waits up to `timeout`
+ * (NULL: for ever) for the next frame. Returns a normal reply with *env
+ * filled (free it with amqp_destroy_envelope()), or a library exception:
+ * AMQP_STATUS_TIMEOUT when nothing came; AMQP_STATUS_UNEXPECTED_STATE when
+ * the next frame is not a delivery, that frame then in *other (its decoded
+ * payload valid until the next call on `conn`); or what failed. A channel
+ * or connection close in the middle of a delivery's content is a server
+ * exception, as from amqp_read_message(). */
+amqp_rpc_reply_t cw__broker_consume(amqp_connection_state_t conn, amqp_envelope_t *env,
+                                    const struct timeval *timeout, amqp_frame_t *other);
+
 /* A channel in confirm mode. */
 typedef struct cw_publisher {
     amqp_connection_state_t conn;

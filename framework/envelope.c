@@ -6,6 +6,7 @@
 #include <strings.h>
 
 #include "framework/error.h"
+#include "framework/json_text.h"
 #include "framework/task.h"
 
 /* JSON bodies nested deeper than this are refused (json-c recurses). */
@@ -15,7 +16,9 @@
 
 int cw__validator_init(cw_validator *v, const cw_registry *reg, uint64_t max_body_size)
 {
-    v->tok = json_tokener_new_ex(CW_JSON_MAX_DEPTH);
+    /* json-c's depth counts one more than the levels of nesting it lets
+     * through: the outermost object is level 1 of CW_JSON_MAX_DEPTH. */
+    v->tok = json_tokener_new_ex(CW_JSON_MAX_DEPTH + 1);
     if (!v->tok)
         return cw__error(CW_STATUS_NOMEM, "out of memory creating the JSON parser");
     json_tokener_set_flags(v->tok, JSON_TOKENER_STRICT | JSON_TOKENER_VALIDATE_UTF8);
@@ -141,6 +144,9 @@ bool cw__task_validate(cw_validator *v, cw_task *t)
         return invalid(t, "body is empty (a JSON object is required)%s", "");
     if (memchr(body.bytes, '\0', body.len))
         return invalid(t, "body is not JSON: it contains a NUL byte%s", "");
+    char why[160];
+    if (!cw__json_text_check(body.bytes, body.len, why, sizeof why))
+        return invalid(t, "body is not JSON: %s", why);
     json_tokener_reset(v->tok);
     json_object *obj = json_tokener_parse_ex(v->tok, body.bytes, (int)body.len);
     enum json_tokener_error jerr = json_tokener_get_error(v->tok);
@@ -156,7 +162,6 @@ bool cw__task_validate(cw_validator *v, cw_task *t)
             return invalid(t, "body is not JSON: %s", "truncated (unexpected end of input)");
     }
     if (!obj && jerr != json_tokener_success) {
-        char why[160];
         snprintf(why, sizeof why, "%s at byte %zu", json_tokener_error_desc(jerr), end);
         return invalid(t, "body is not JSON: %s", why);
     }

@@ -137,7 +137,10 @@ int cw__publisher_wait(cw_publisher *p, int timeout_ms)
             break;
         }
     }
-    /* Everything sent is settled: start a fresh window. */
+    /* Everything sent is settled: start a fresh window, and let rabbitmq-c
+     * recycle the frames the confirms were decoded into (it keeps them
+     * until asked). */
+    amqp_maybe_release_buffers(p->conn);
     p->base = p->next_seq;
     if (p->pending_cap)
         memset(p->pending, 0, p->pending_cap);

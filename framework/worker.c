@@ -39,6 +39,7 @@
 #define CW_SWEEP_CHUNK 2000
 #define CW_BACKOFF_MIN_MS 500
 #define CW_BACKOFF_MAX_MS 30000
+#define CW_BATCH_BYTES (16u << 20) /* bodies one batch holds at least, see collect() */
 
 /* What settling does with a delivery. */
 enum {
@@ -350,15 +351,11 @@ out_close:
     return rc;
 }
 
-/* Reads a frame that is not a delivery (after AMQP_STATUS_UNEXPECTED_STATE)
- * and decides whether the session can go on. */
-static int consume_other_frame(cw_worker *w)
+/* A frame that is not a delivery (after AMQP_STATUS_UNEXPECTED_STATE):
+ * decides whether the session can go on. */
+static int consume_other_frame(cw_worker *w, const amqp_frame_t *fp)
 {
-    amqp_frame_t f;
-    int st = amqp_simple_wait_frame(w->cconn, &f);
-    if (st != AMQP_STATUS_OK)
-        return cw__error(CW_STATUS_CONNECTION, "reading from the broker: %s",
-                         amqp_error_string2(st));
+    const amqp_frame_t f = *fp;
     if (f.frame_type != AMQP_FRAME_METHOD)
         return 0;
     switch (f.payload.method.id) {
@@ -388,7 +385,8 @@ static int receive_one(cw_worker *w, cw_task *t, int timeout_ms)
 {
     for (;;) {
         struct timeval tv = {.tv_sec = timeout_ms / 1000, .tv_usec = (timeout_ms % 1000) * 1000};
-        amqp_rpc_reply_t r = amqp_consume_message(w->cconn, &t->env, &tv, 0);
+        amqp_frame_t other;
+        amqp_rpc_reply_t r = cw__broker_consume(w->cconn, &t->env, &tv, &other);
         if (r.reply_type == AMQP_RESPONSE_NORMAL) {
             t->has_env = true;
             return 1;
@@ -397,7 +395,7 @@ static int receive_one(cw_worker *w, cw_task *t, int timeout_ms)
             if (r.library_error == AMQP_STATUS_TIMEOUT)
                 return 0;
             if (r.library_error == AMQP_STATUS_UNEXPECTED_STATE) {
-                int rc = consume_other_frame(w);
+                int rc = consume_other_frame(w, &other);
                 if (rc)
                     return rc;
                 continue;
@@ -411,9 +409,15 @@ static int receive_one(cw_worker *w, cw_task *t, int timeout_ms)
  * for the first delivery. Returns the count, or <0 on a lost session. */
 static long collect(cw_worker *w)
 {
-    size_t n = 0;
+    size_t n = 0, held = 0;
     int wait = CW_POLL_MS;
-    while (n < w->batch_max) {
+    /* Bodies held are bounded too, not only their count: a batch ends once
+     * it holds CW_BATCH_BYTES or max_body_size, so that deliveries larger
+     * than the contract allows (up to the broker's own limit, 128 MiB) are
+     * taken one at a time. */
+    size_t budget = w->cfg->max_body_size > CW_BATCH_BYTES ? (size_t)w->cfg->max_body_size
+                                                           : CW_BATCH_BYTES;
+    while (n < w->batch_max && held < budget) {
         int got = receive_one(w, &w->batch[n], wait);
         if (got < 0) {
             drop_held(w, n);
@@ -422,6 +426,7 @@ static long collect(cw_worker *w)
         if (got == 0)
             break;
         w->stats.received++;
+        held += w->batch[n].env.message.body.len;
         n++;
         wait = 0;
     }

@@ -1,5 +1,6 @@
 /* One worker process of the pool, after the supervisor forked it: see
  * pool.h. */
+#include <malloc.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <string.h>
@@ -14,6 +15,10 @@
 #include "workers/pool.h"
 
 static volatile sig_atomic_t cw_stop;
+
+/* Allocations from this size up are mapped on their own and unmapped when
+ * freed (see cw_pool_worker_main). */
+#define CW_WORKER_MMAP_THRESHOLD (256 * 1024)
 
 static void on_stop(int sig)
 {
@@ -46,6 +51,15 @@ int cw_pool_worker_main(const cw_config *cfg, cw_metrics *m, int slot)
     sigset_t none;
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
+
+    /* A delivery's body is one allocation of its whole size (up to the
+     * broker's limit, 128 MiB by default). glibc raises its mmap threshold
+     * each time it frees such a block, and from then on serves large
+     * bodies from the heap, which fragments and grows round after round of
+     * big deliveries. A fixed threshold gives every large body back to the
+     * system when it is freed, so that the worker's memory stays where its
+     * steady state puts it. */
+    mallopt(M_MMAP_THRESHOLD, CW_WORKER_MMAP_THRESHOLD);
 
     char id[128];
     cw__owner_self(id, sizeof id); /* what cw_worker_id() will say */
