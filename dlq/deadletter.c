@@ -78,9 +78,6 @@ int cw__publish_copy(cw_publisher *p, const char *exchange, const char *routing_
     props._flags |= AMQP_BASIC_DELIVERY_MODE_FLAG;
     props.delivery_mode = AMQP_DELIVERY_PERSISTENT;
     const amqp_table_t *old = (props._flags & AMQP_BASIC_HEADERS_FLAG) ? &props.headers : NULL;
-    if (!info && !old)
-        return cw__publisher_send(p, exchange, amqp_cstring_bytes(routing_key), true, &props,
-                                  env->message.body);
     int n_old = old ? old->num_entries : 0;
 
     amqp_table_entry_t *e = malloc(sizeof *e * (size_t)(n_old + 12));
@@ -98,10 +95,19 @@ int cw__publish_copy(cw_publisher *p, const char *exchange, const char *routing_
             e[n++] = old->entries[i];
     }
     if (!info) {
+        /* A twin (a busy duplicate deferred through the delay topology)
+         * comes back with the delay topology's exchange and routing key:
+         * it takes its first place along, or its retry or dead-letter
+         * copy would name the delay topology as where it came from. */
+        if (!old || !has_header(old, "cw-original-exchange"))
+            put_str(&e[n++], "cw-original-exchange", env->exchange);
+        if (!old || !has_header(old, "cw-original-routing-key"))
+            put_str(&e[n++], "cw-original-routing-key", env->routing_key);
         props.headers.num_entries = n;
+        props._flags |= AMQP_BASIC_HEADERS_FLAG;
         props.headers.entries = e;
-        int rc0 = cw__publisher_send(p, exchange, amqp_cstring_bytes(routing_key), true, &props,
-                                     env->message.body);
+        int rc0 = cw__publisher_send_copy(p, exchange, amqp_cstring_bytes(routing_key), &props,
+                                          env->message.body);
         free(e);
         return rc0;
     }
@@ -129,8 +135,8 @@ int cw__publish_copy(cw_publisher *p, const char *exchange, const char *routing_
     props.headers.num_entries = n;
     props.headers.entries = e;
     props._flags |= AMQP_BASIC_HEADERS_FLAG;
-    int rc = cw__publisher_send(p, exchange, amqp_cstring_bytes(routing_key), true, &props,
-                                env->message.body);
+    int rc = cw__publisher_send_copy(p, exchange, amqp_cstring_bytes(routing_key), &props,
+                                     env->message.body);
     free(e);
     return rc;
 }

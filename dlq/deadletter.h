@@ -24,8 +24,13 @@ typedef struct cw_deadletter_info {
  * the failure headers cw-error, cw-error-class, cw-failed-at, cw-handler,
  * cw-worker, cw-queue and cw-attempt (= info->attempts), and
  * cw-original-exchange / cw-original-routing-key unless already set (the
- * task's first place is kept). Without it, the copy is the original's exact
- * twin. The caller waits for the confirm with cw__publisher_wait(). */
+ * task's first place is kept). Without it, the copy is the original's twin
+ * (its failure headers kept), with cw-original-exchange /
+ * cw-original-routing-key added the same way: a twin deferred through the
+ * delay topology comes back with the topology's exchange and routing key,
+ * and a later retry or dead-letter must still name the task's first place.
+ * The broker's x-death headers are never copied. The caller waits for the
+ * confirm with cw__publisher_wait(). */
 int cw__publish_copy(cw_publisher *p, const char *exchange, const char *routing_key,
                      const amqp_envelope_t *env, const cw_deadletter_info *info, int64_t now_ms);
 

@@ -37,7 +37,9 @@
  *
  * Knobs (environment): CW_CHAOS_SEED (the task mix and the kill choices;
  * printed at the start), CW_CHAOS_TASKS (default 20000), CW_CHAOS_SECONDS
- * (how long publishing takes, default 25), CW_CHAOS_KEEP=1 (keep the run's
+ * (how long publishing takes, default 25), CW_CHAOS_KILL_MS=MIN-MAX (the
+ * time between two kills, default 2500-5000), CW_CHAOS_ONLY=NAME (run one
+ * test of this file), CW_CHAOS_KEEP=1 (keep the run's
  * directory: logs, ledger, store). */
 #include <stdarg.h>
 #include <stddef.h>
@@ -47,6 +49,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -67,7 +70,7 @@
 #define DEFAULT_PUBLISH_S 25
 #define CHUNK 100               /* tasks published (and confirmed) at a time */
 #define KILL_MIN_MS 2500        /* between two kills: uniform in [min, max] */
-#define KILL_MAX_MS 5000
+#define KILL_MAX_MS 5000        /* (CW_CHAOS_KILL_MS=MIN-MAX overrides them) */
 #define WORKER_UP_MS 1500       /* a worker is killed only after this long up */
 #define RESTART_AT 0.4          /* the broker restarts when this share is published */
 #define STALL_MS 90000          /* no task settled for this long: the pool is stuck */
@@ -124,6 +127,7 @@ typedef struct killer {
     atomic_bool stop;
     pthread_mutex_t lock; /* guards what follows while the thread runs */
     pid_t supervisor;
+    int64_t min_ms, max_ms; /* between two kills */
     char log[320];
     long log_off;
     uint64_t rng;
@@ -346,7 +350,7 @@ static bool kill_one(killer *k)
 
 static int64_t kill_interval(killer *k)
 {
-    return KILL_MIN_MS + (int64_t)(splitmix64(&k->rng) % (KILL_MAX_MS - KILL_MIN_MS + 1));
+    return k->min_ms + (int64_t)(splitmix64(&k->rng) % (uint64_t)(k->max_ms - k->min_ms + 1));
 }
 
 static void *killer_main(void *arg)
@@ -371,6 +375,12 @@ static void killer_start(chaos *c)
     killer *k = &c->k;
     pthread_mutex_init(&k->lock, NULL);
     k->supervisor = c->env->worker;
+    k->min_ms = KILL_MIN_MS;
+    k->max_ms = KILL_MAX_MS;
+    const char *v = getenv("CW_CHAOS_KILL_MS");
+    if (v && *v && (sscanf(v, "%" SCNd64 "-%" SCNd64, &k->min_ms, &k->max_ms) != 2 ||
+                    k->min_ms < 100 || k->max_ms < k->min_ms))
+        fail_msg("CW_CHAOS_KILL_MS='%s' is not MIN-MAX milliseconds (MIN >= 100)", v);
     snprintf(k->log, sizeof k->log, "%s", c->env->log);
     k->rng = c->seed ^ 0x6b696c6c6572ULL;
     atomic_store(&k->stop, false);
@@ -869,6 +879,46 @@ static void check_applied(chaos *c, bool dead_ok, const char *phase)
                  "the store's record (above)", phase, unexplained);
 }
 
+/* Every worker that died was killed by the test: the supervisor's log has
+ * one "killed by SIGKILL" line per kill, of a pid the test killed, and no
+ * other exit of a worker (a crash, an exit code, a stop that needed a
+ * SIGKILL) or of the monitor. */
+static void check_exits(chaos *c)
+{
+    FILE *f = fopen(c->env->log, "r");
+    if (!f)
+        fail_msg("cannot read %s", c->env->log);
+    char line[4096];
+    size_t killed = 0;
+    while (fgets(line, sizeof line, f)) {
+        if (!strstr(line, "role=\"supervisor\""))
+            continue;
+        const char *p = strstr(line, "msg=\"worker ");
+        unsigned index;
+        long pid;
+        int off = 0;
+        if (p && sscanf(p, "msg=\"worker %u (pid %ld) %n", &index, &pid, &off) == 2 && off > 0) {
+            const char *what = p + off;
+            if (strncmp(what, "has stopped (exited with code 0)", 32) == 0)
+                continue; /* the SIGTERM at the end */
+            if (strncmp(what, "killed by SIGKILL after", 23) == 0 && kill_of(c, pid)) {
+                killed++;
+                continue;
+            }
+            fclose(f);
+            fail_msg("a worker the test did not kill died: %s", line);
+        }
+        if (strstr(line, "msg=\"the monitor ")) {
+            fclose(f);
+            fail_msg("the monitor died: %s", line);
+        }
+    }
+    fclose(f);
+    if (killed != c->k.n_kills)
+        fail_msg("the test killed %zu workers; the supervisor saw %zu of them die", c->k.n_kills,
+                 killed);
+}
+
 /* No sanitizer report in a file. */
 static void expect_no_sanitizer(const char *path)
 {
@@ -1134,6 +1184,7 @@ static void test_chaos(void **state)
     if (stop != 0)
         fail_msg("the pool exited with code %d after SIGTERM, not 0; see %s", stop, env->log);
     expect_no_sanitizer(env->log);
+    check_exits(c);
     print_summary(c);
     free(dup_after);
     free(c->t);
@@ -1144,10 +1195,59 @@ static void test_chaos(void **state)
         cwtest_pass(env);
 }
 
+/* ---- what the chaos run found ------------------------------------------------ */
+
+/* A busy duplicate is deferred through the delay topology as a twin of the
+ * delivery. The twin came back with the delay topology's exchange and
+ * routing key (cw.delay.NN, "0.0...cw.<queue>") and no cw-original-*
+ * headers, so when it then failed, its DLQ copy named the delay topology as
+ * where the task was first published, and a replay sent it there. */
+static void test_deferred_twin_keeps_origin(void **state)
+{
+    cwtest_pool_opts po = {.pool_lines = "workers = 2\n", .extra = "\n[broker]\nprefetch = 1\n"};
+    cwtest_env *env = cwtest_begin(state, "twin", &po);
+    cwtest_worker_start(env);
+    cwtest_log_wait(env, "consuming from", 2, CWTEST_TIMEOUT_MS);
+
+    /* Copy 1 is in progress in one worker for 1.5 s, then fails
+     * transiently: its retry comes back in 8 s. */
+    cwtest_send_task(env, "twin-1", "saga-twin",
+                     "{\"pause_ms\":1500,\"fail_times\":9,\"retry_after_ms\":8000}");
+    cwtest_confirm_all(env);
+    cwtest_calls_wait(env, "twin-1", 1, CWTEST_TIMEOUT_MS);
+    /* Copy 2, the same message ID, reaches the other worker meanwhile: in
+     * progress elsewhere, so it is deferred (2 s). When it comes back the
+     * task is retrying, so the twin runs, and fails permanently. */
+    cwtest_send_task(env, "twin-1", "saga-twin", "{\"fail\":\"declined\"}");
+    cwtest_confirm_all(env);
+    cwtest_log_wait(env, "in progress in another worker", 1, CWTEST_TIMEOUT_MS);
+    cwtest_queue_wait(env, env->dlq, 1, CWTEST_TIMEOUT_MS);
+
+    size_t n = 0;
+    cwtest_msg *m = cwtest_drain(env, env->dlq, &n);
+    assert_int_equal(n, 1);
+    expect_str(&m[0], "cw-error-class", "permanent");
+    expect_str(&m[0], "cw-error", "declined");
+    expect_str(&m[0], "cw-original-exchange", "cw.tasks");
+    expect_str(&m[0], "cw-original-routing-key", "it.apply");
+    cwtest_msgs_free(m, n);
+    /* Copy 1's retry comes back to a dead-lettered task: a duplicate. */
+    cwtest_log_wait(env, "duplicate skipped: message ID already dead-lettered", 1,
+                    CWTEST_TIMEOUT_MS);
+    assert_int_equal(cwtest_ledger_rows(env), 0);
+    assert_int_equal(cwtest_worker_stop(env, SIGTERM, 30000), 0);
+    expect_no_sanitizer(env->log);
+    cwtest_pass(env);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test_teardown(test_deferred_twin_keeps_origin, cwtest_teardown),
         cmocka_unit_test_teardown(test_chaos, cwtest_teardown),
     };
+    const char *only = getenv("CW_CHAOS_ONLY"); /* e.g. test_chaos */
+    if (only && *only)
+        cmocka_set_test_filter(only);
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -14,6 +14,8 @@
  * mono_ms, wall_ms, pid) into table `calls` (mono_ms: CLOCK_MONOTONIC, comparable
  * with the test's cwtest_now_ms(); wall_ms: CLOCK_REALTIME), then the JSON
  * payload steers the outcome:
+ *   {"pause_ms":N}    -> first sleeps N ms (at most 60 s), then goes on below:
+ *                        the call is in progress that long whatever it decides
  *   {"crash":true}    -> raise(SIGSEGV): the worker dies in the handler
  *   {"fail":"why"}    -> cw_task_fail(task, "%s", why)  (nothing applied)
  *   {"fail_unless_file":"/path"}
@@ -126,6 +128,9 @@ static cw_outcome apply(cw_task *task, void *user_data)
 
     if (!record_call(l, task))
         return cw_task_retry(task, "ledger call insert failed: %s", sqlite3_errmsg(l->db));
+    int64_t pause = int_member(payload, "pause_ms");
+    if (pause > 0)
+        sleep_ms(pause > 60000 ? 60000 : pause);
     if (json_object_object_get_ex(payload, "crash", &v) && json_object_get_boolean(v))
         raise(SIGSEGV);
     if ((why = string_member(payload, "fail")))
