@@ -36,6 +36,7 @@
 
 #include "dlq/dlq.h"
 #include "framework/error.h"
+#include "framework/json_text.h"
 
 #define IMPORT_DEPTH CW_DLQ_MAX_DEPTH
 #define PATH_MAX_LEN 256
@@ -482,8 +483,8 @@ static int dec_bytes(dec *d, json_object *j, amqp_bytes_t *out)
 }
 
 /* An integer in [lo, hi], checked on its text so that nothing is clamped
- * (one past 64 bits, which json-c clamps, is refused before: see
- * int_out_of_range()). */
+ * (one past 64 bits, which json-c clamps, is refused before it parses, by
+ * cw__json_text_check()). */
 static int dec_int(dec *d, json_object *j, int64_t lo, int64_t hi, int64_t *out)
 {
     if (!json_object_is_type(j, json_type_int))
@@ -538,7 +539,7 @@ static int dec_float(dec *d, json_object *j, bool f32, amqp_field_value_t *out)
     if (!json_object_is_type(j, json_type_double) && !json_object_is_type(j, json_type_int))
         return bad(d, "expected a number");
     double v = json_object_get_double(j);
-    /* json-c reads 1e400 as infinity: out of range, not clamped. */
+    /* Out of range, not clamped to infinity (or past f32's range). */
     if (!isfinite(v) || (f32 && fabs(v) > FLT_MAX))
         return bad(d, "%s is out of range for %s (write infinities and NaN as {\"bits\": ...})",
                    json_object_to_json_string(j), f32 ? "f32" : "f64");
@@ -800,51 +801,6 @@ static int dec_props(dec *d, json_object *j, amqp_basic_properties_t *p)
     return 0;
 }
 
-/* json-c reads an integer too large for 64 bits as the largest one
- * (-99999999999999999999 as INT64_MIN, 99999999999999999999 as UINT64_MAX),
- * and keeps no text of it to tell. The offset of the first integer literal
- * of `s` (a text json-c parsed) that no AMQP field holds, or `len`. */
-static size_t int_out_of_range(const char *s, size_t len)
-{
-    bool in_string = false;
-    for (size_t i = 0; i < len; i++) {
-        char c = s[i];
-        if (in_string) {
-            if (c == '\\')
-                i++;
-            else if (c == '"')
-                in_string = false;
-            continue;
-        }
-        if (c == '"') {
-            in_string = true;
-            continue;
-        }
-        if (c != '-' && (c < '0' || c > '9'))
-            continue;
-        size_t start = i, digits;
-        bool neg = c == '-';
-        if (neg)
-            i++;
-        digits = i;
-        while (i < len && s[i] >= '0' && s[i] <= '9')
-            i++;
-        size_t n = i - digits;
-        bool integer = !(i < len && (s[i] == '.' || s[i] == 'e' || s[i] == 'E'));
-        while (i < len && ((s[i] >= '0' && s[i] <= '9') || s[i] == '.' || s[i] == 'e' ||
-                           s[i] == 'E' || s[i] == '+' || s[i] == '-'))
-            i++;
-        i--; /* the loop's i++ goes on after the number */
-        if (!integer)
-            continue;
-        const char *max = neg ? "9223372036854775808" : "18446744073709551615";
-        size_t m = strlen(max);
-        if (n > m || (n == m && memcmp(s + digits, max, m) > 0))
-            return start;
-    }
-    return len;
-}
-
 int cw_dlq_import_line(const char *line, size_t len, cw_dlq_record *out)
 {
     memset(out, 0, sizeof *out);
@@ -874,15 +830,15 @@ int cw_dlq_import_line(const char *line, size_t len, cw_dlq_record *out)
             goto out_put;
         }
     }
-    if (!json_object_is_type(root, json_type_object)) {
-        rc = bad(&d, "not a JSON object");
+    /* What json-c lets through but changes: an integer past 64 bits (it
+     * clamps it), 1e400 (infinity), invalid UTF-8. */
+    char why[160];
+    if (!cw__json_text_check(line, end, why, sizeof why)) {
+        rc = bad(&d, "not JSON: %s", why);
         goto out_put;
     }
-    size_t big = int_out_of_range(line, end);
-    if (big < end) {
-        int n = (int)strspn(line + big, "-0123456789");
-        rc = bad(&d, "the integer %.*s%s at byte %zu is too large for any AMQP field",
-                 n > 24 ? 24 : n, line + big, n > 24 ? "..." : "", big + 1);
+    if (!json_object_is_type(root, json_type_object)) {
+        rc = bad(&d, "not a JSON object");
         goto out_put;
     }
     json_object *fmt = NULL, *ver = NULL, *props = NULL, *body = NULL;

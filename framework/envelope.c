@@ -51,7 +51,8 @@ static bool copy_printable(char *out, size_t cap, amqp_bytes_t b)
         if (p[i] < 0x21 || p[i] > 0x7e)
             return false;
     }
-    memcpy(out, b.bytes, b.len);
+    if (b.len) /* an empty one may have bytes == NULL (amqp_empty_bytes) */
+        memcpy(out, b.bytes, b.len);
     out[b.len] = '\0';
     return true;
 }
