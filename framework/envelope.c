@@ -14,14 +14,36 @@
 /* The highest cw-attempt value accepted from a header. */
 #define CW_ATTEMPT_MAX 1000000
 
-int cw__validator_init(cw_validator *v, const cw_registry *reg, uint64_t max_body_size)
+/* json-c's parser with the contract's limits; NULL when out of memory. */
+static json_tokener *new_tokener(void)
 {
     /* json-c's depth counts one more than the levels of nesting it lets
      * through: the outermost object is level 1 of CW_JSON_MAX_DEPTH. */
-    v->tok = json_tokener_new_ex(CW_JSON_MAX_DEPTH + 1);
+    json_tokener *tok = json_tokener_new_ex(CW_JSON_MAX_DEPTH + 1);
+    if (tok)
+        json_tokener_set_flags(tok, JSON_TOKENER_STRICT | JSON_TOKENER_VALIDATE_UTF8);
+    return tok;
+}
+
+/* json_tokener_reset() does not clear all that an unfinished parse leaves
+ * (json-c 0.16 keeps the high surrogate of a body cut after "\ud83d"), and
+ * the next body parsed would read differently ("\u0041" as U+FFFD "A"):
+ * after a parse that failed, the validator takes a new tokener (and keeps
+ * the old one only when no memory can be had). Found by fuzz_envelope. */
+static void renew_tokener(cw_validator *v)
+{
+    json_tokener *fresh = new_tokener();
+    if (!fresh)
+        return;
+    json_tokener_free(v->tok);
+    v->tok = fresh;
+}
+
+int cw__validator_init(cw_validator *v, const cw_registry *reg, uint64_t max_body_size)
+{
+    v->tok = new_tokener();
     if (!v->tok)
         return cw__error(CW_STATUS_NOMEM, "out of memory creating the JSON parser");
-    json_tokener_set_flags(v->tok, JSON_TOKENER_STRICT | JSON_TOKENER_VALIDATE_UTF8);
     v->reg = reg;
     v->max_body_size = max_body_size;
     return 0;
@@ -159,10 +181,13 @@ bool cw__task_validate(cw_validator *v, cw_task *t)
         obj = json_tokener_parse_ex(v->tok, "", 1);
         jerr = json_tokener_get_error(v->tok);
         end = body.len;
-        if (!obj && jerr != json_tokener_success)
+        if (!obj && jerr != json_tokener_success) {
+            renew_tokener(v);
             return invalid(t, "body is not JSON: %s", "truncated (unexpected end of input)");
+        }
     }
     if (!obj && jerr != json_tokener_success) {
+        renew_tokener(v);
         snprintf(why, sizeof why, "%s at byte %zu", json_tokener_error_desc(jerr), end);
         return invalid(t, "body is not JSON: %s", why);
     }

@@ -236,8 +236,18 @@ DLQ_IMPORT = {
 }
 
 
-def write(target, seeds):
-    d = os.path.join(HERE, "corpus", target)
+# Inputs of bugs found, kept under regressions/ (the others there are the
+# fuzzers' own files).
+ENVELOPE_REGRESSIONS = {
+    # Its first half ends inside the escape after a high surrogate: json-c
+    # 0.16 kept that past json_tokener_reset(), and the reused validator then
+    # read the whole body's first \u escape wrong.
+    "stale-surrogate": envelope(0x03, ID, "a", body='{"k":"\\ud83d\\u0041xxxxxxxxxx"}'),
+}
+
+
+def write(target, seeds, where="corpus"):
+    d = os.path.join(HERE, where, target)
     os.makedirs(d, exist_ok=True)
     for name, data in seeds.items():
         with open(os.path.join(d, name), "wb") as f:
@@ -246,5 +256,6 @@ def write(target, seeds):
 
 if __name__ == "__main__":
     write("envelope", ENVELOPE)
+    write("envelope", ENVELOPE_REGRESSIONS, "regressions")
     write("headers", HEADERS)
     write("dlq_import", DLQ_IMPORT)
