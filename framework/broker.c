@@ -15,6 +15,9 @@
 
 #define CW_CONNECT_TIMEOUT_S 5
 #define CW_FRAME_MAX 131072
+/* How much larger than negotiated a frame a consuming connection reads
+ * (see cw__broker_accept_large_frames). */
+#define CW_INBOUND_FRAME_FACTOR 2
 
 int64_t cw__now_ms(void)
 {
@@ -236,6 +239,23 @@ int cw__broker_connect_tls(amqp_connection_state_t *out, const char *urls,
         snprintf(errors + len, sizeof errors - len, "%s%s", len ? "; " : "", cw_error_last());
     }
     return cw__error(rc, "%s", errors);
+}
+
+void cw__broker_abort(amqp_connection_state_t conn)
+{
+    if (conn)
+        amqp_destroy_connection(conn);
+}
+
+int cw__broker_accept_large_frames(amqp_connection_state_t conn)
+{
+    int frame_max = amqp_get_frame_max(conn);
+    int st = amqp_tune_connection(conn, amqp_get_channel_max(conn),
+                                  frame_max * CW_INBOUND_FRAME_FACTOR, amqp_get_heartbeat(conn));
+    if (st != AMQP_STATUS_OK)
+        return cw__error(CW_STATUS_NOMEM, "accepting frames of %d bytes: %s",
+                         frame_max * CW_INBOUND_FRAME_FACTOR, amqp_error_string2(st));
+    return 0;
 }
 
 void cw__broker_close(amqp_connection_state_t conn)

@@ -38,6 +38,23 @@ int cw__client_new_tls(struct cw_client **out, const char *url, const cw_tls_con
 /* Closes and destroys a connection (NULL-safe). */
 void cw__broker_close(amqp_connection_state_t conn);
 
+/* Destroys a connection without the closing handshake (NULL-safe): for a
+ * connection a library error ended. rabbitmq-c leaves its reader in a state
+ * it must not read on after some errors (a frame larger than frame_max
+ * overflows a buffer on the next read), and a session that failed gains
+ * nothing from a polite close: what it held unacked is redelivered. */
+void cw__broker_abort(amqp_connection_state_t conn);
+
+/* Lets a connection that only consumes (and acks) read frames up to twice
+ * the negotiated frame_max, before its first channel is opened. The broker
+ * sends a content header as one frame however large: a producer may fill
+ * one to the limit, and a quorum queue adds x-delivery-count when it
+ * redelivers it, so that the redelivery no longer fits and rabbitmq-c
+ * would refuse it, again and again, at the head of the queue. Nothing may
+ * be published on the connection afterwards (its body frames would be cut
+ * to the larger size). */
+int cw__broker_accept_large_frames(amqp_connection_state_t conn);
+
 /* 0 for a normal RPC reply, else a status with a readable message naming
  * `what` (the broker's reply code and text, or the library's error). */
 int cw__broker_reply(amqp_rpc_reply_t r, const char *what);
@@ -82,6 +99,16 @@ void cw__publisher_free(cw_publisher *p);
 /* Publishes (persistent is the caller's choice in props). */
 int cw__publisher_send(cw_publisher *p, const char *exchange, amqp_bytes_t routing_key,
                        bool mandatory, const amqp_basic_properties_t *props, amqp_bytes_t body);
+
+/* cw__publisher_send() (mandatory) of a copy of a delivered message (a
+ * dead-letter, a retry): the properties of a message travel in one frame,
+ * and the failure headers a copy gains may no longer fit with what its
+ * producer put there. Then the largest headers not named cw-* are left out
+ * of the copy, largest first, until it fits, and a string header
+ * cw-dropped-headers says which ("x-fill (130007 bytes)"): the task and its
+ * failure reach their next place instead of failing there for ever. */
+int cw__publisher_send_copy(cw_publisher *p, const char *exchange, amqp_bytes_t routing_key,
+                            const amqp_basic_properties_t *props, amqp_bytes_t body);
 
 /* Waits until every publish sent so far is confirmed or `timeout_ms` has
  * passed. 0 when all were acked and none was returned; CW_STATUS_NACKED or

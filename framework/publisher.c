@@ -1,10 +1,17 @@
 /* Publishing with publisher confirms. */
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include <amqp.h>
+#include <amqp_framing.h>
+
 #include "framework/broker.h"
 #include "framework/error.h"
+
+/* The most of cw-dropped-headers (names and sizes of the headers dropped). */
+#define CW_DROPPED_MAX 1024
 
 int cw__publisher_open(cw_publisher *p, amqp_connection_state_t conn, amqp_channel_t ch)
 {
@@ -51,6 +58,103 @@ int cw__publisher_send(cw_publisher *p, const char *exchange, amqp_bytes_t routi
     p->pending[slot] = 1;
     p->next_seq++;
     return 0;
+}
+
+/* The room for a message's properties in one content header frame: the
+ * frame less its own 8 bytes and the header's 12 (class, weight, body size),
+ * as rabbitmq-c encodes it. */
+static size_t props_room(const cw_publisher *p)
+{
+    int frame_max = amqp_get_frame_max(p->conn);
+    return frame_max > 20 ? (size_t)frame_max - 20 : 0;
+}
+
+/* Whether `props` encode into `buf` (its len is the room). */
+static bool props_fit(const amqp_basic_properties_t *props, amqp_bytes_t buf)
+{
+    amqp_basic_properties_t copy = *props;
+    return amqp_encode_properties(AMQP_BASIC_CLASS, &copy, buf) >= 0;
+}
+
+/* The encoded size of one header, or SIZE_MAX when it does not fit `buf`. */
+static size_t entry_size(const amqp_table_entry_t *e, amqp_bytes_t buf)
+{
+    amqp_table_t one = {.num_entries = 1, .entries = (amqp_table_entry_t *)e};
+    size_t offset = 0;
+    return amqp_encode_table(buf, &one, &offset) == AMQP_STATUS_OK ? offset : SIZE_MAX;
+}
+
+static bool is_cw_header(amqp_bytes_t key)
+{
+    return key.len >= 3 && memcmp(key.bytes, "cw-", 3) == 0;
+}
+
+int cw__publisher_send_copy(cw_publisher *p, const char *exchange, amqp_bytes_t routing_key,
+                            const amqp_basic_properties_t *props, amqp_bytes_t body)
+{
+    size_t room = props_room(p);
+    amqp_bytes_t buf = {.len = room, .bytes = malloc(room ? room : 1)};
+    if (!buf.bytes)
+        return cw__error(CW_STATUS_NOMEM, "out of memory encoding a copy's properties");
+    if (props_fit(props, buf)) {
+        free(buf.bytes);
+        return cw__publisher_send(p, exchange, routing_key, true, props, body);
+    }
+
+    /* Too big: drop the largest headers that are not compworker's own until
+     * it fits, and say which in cw-dropped-headers. */
+    int n = (props->_flags & AMQP_BASIC_HEADERS_FLAG) ? props->headers.num_entries : 0;
+    amqp_table_entry_t *e = malloc(sizeof *e * (size_t)(n + 1));
+    size_t *size = malloc(sizeof *size * (size_t)(n ? n : 1));
+    char *dropped = malloc(CW_DROPPED_MAX);
+    int rc = 0;
+    if (!e || !size || !dropped) {
+        rc = cw__error(CW_STATUS_NOMEM, "out of memory fitting a copy's properties");
+        goto out;
+    }
+    memcpy(e, props->headers.entries, sizeof *e * (size_t)n);
+    for (int i = 0; i < n; i++)
+        size[i] = is_cw_header(e[i].key) ? 0 : entry_size(&e[i], buf);
+    dropped[0] = '\0';
+    size_t used = 0;
+    amqp_basic_properties_t fitted = *props;
+    fitted._flags |= AMQP_BASIC_HEADERS_FLAG;
+    fitted.headers.entries = e;
+    for (;;) {
+        int largest = -1;
+        for (int i = 0; i < n; i++) {
+            if (size[i] && (largest < 0 || size[i] > size[largest]))
+                largest = i;
+        }
+        if (largest < 0) {
+            rc = cw__error(CW_STATUS_INVALID_ARG,
+                           "the properties of a copy to '%s' do not fit in one frame (%zu "
+                           "bytes), even without the task's own headers",
+                           exchange, room);
+            goto out;
+        }
+        used += (size_t)snprintf(dropped + used, used < CW_DROPPED_MAX ? CW_DROPPED_MAX - used : 0,
+                                 "%s%.*s (%zu bytes)", used ? ", " : "",
+                                 (int)e[largest].key.len, (const char *)e[largest].key.bytes,
+                                 size[largest] == SIZE_MAX ? room : size[largest]);
+        if (used >= CW_DROPPED_MAX)
+            used = CW_DROPPED_MAX - 1;
+        e[largest] = e[--n];
+        size[largest] = size[n];
+        e[n].key = amqp_cstring_bytes("cw-dropped-headers");
+        e[n].value.kind = AMQP_FIELD_KIND_UTF8;
+        e[n].value.value.bytes = amqp_cstring_bytes(dropped);
+        fitted.headers.num_entries = n + 1;
+        if (props_fit(&fitted, buf))
+            break;
+    }
+    rc = cw__publisher_send(p, exchange, routing_key, true, &fitted, body);
+out:
+    free(buf.bytes);
+    free(e);
+    free(size);
+    free(dropped);
+    return rc;
 }
 
 static void confirm(cw_publisher *p, uint64_t tag, bool multiple)

@@ -98,7 +98,7 @@ static cw_metrics_row *mrow(const cw_worker *w, const cw_task *t)
 }
 
 static int session_open(cw_worker *w);
-static void session_close(cw_worker *w);
+static void session_close(cw_worker *w, bool graceful);
 
 int cw_worker_new(cw_worker **out, const cw_config *cfg, cw_registry *reg)
 {
@@ -182,7 +182,7 @@ void cw_worker_free(cw_worker *w)
 {
     if (!w)
         return;
-    session_close(w);
+    session_close(w, true);
     cw_alerter_free(w->alerter);
     cw_store_free(w->store);
     cw__validator_free(&w->val);
@@ -287,17 +287,21 @@ static void drop_held(cw_worker *w, size_t n)
         cw__task_reset(&w->batch[i]);
 }
 
-static void session_close(cw_worker *w)
+/* Ends the session: with the closing handshake when `graceful` (a stop:
+ * the last acks must not be dropped), else without (an error ended it, and
+ * rabbitmq-c may not be able to read on; see cw__broker_abort). */
+static void session_close(cw_worker *w, bool graceful)
 {
+    void (*end)(amqp_connection_state_t) = graceful ? cw__broker_close : cw__broker_abort;
     if (w->metrics && (w->cconn || w->pconn))
         cw_metrics_connected(w->metrics, false);
     if (w->cconn) {
-        cw__broker_close(w->cconn);
+        end(w->cconn);
         w->cconn = NULL;
     }
     if (w->pconn) {
         cw__publisher_free(&w->pub);
-        cw__broker_close(w->pconn);
+        end(w->pconn);
         w->pconn = NULL;
     }
 }
@@ -312,6 +316,8 @@ static int session_open(cw_worker *w)
     if ((rc = cw__broker_connect_tls(&w->cconn, w->cfg->url, &w->cfg->tls, &w->url_next, hb,
                                      name, where, sizeof where)))
         return rc;
+    if ((rc = cw__broker_accept_large_frames(w->cconn)))
+        goto out_close;
     amqp_channel_open(w->cconn, CW_CONSUME_CH);
     if ((rc = cw__broker_reply(amqp_get_rpc_reply(w->cconn), "opening the consume channel")))
         goto out_close;
@@ -347,7 +353,7 @@ static int session_open(cw_worker *w)
     return 0;
 
 out_close:
-    session_close(w);
+    session_close(w, false);
     return rc;
 }
 
@@ -939,7 +945,7 @@ int cw_worker_run(cw_worker *w, volatile sig_atomic_t *stop)
             sweep(w);
         }
         drop_held(w, 0);
-        session_close(w);
+        session_close(w, rc == 0);
         if (*stop)
             break;
         if (rc == CW_STATUS_STORE)
