@@ -321,6 +321,8 @@ typedef struct cw_dlq_replay_result {
     bool canary_failed;
     bool interrupted;
     char stopped[CW_DLQ_ERROR_MAX]; /* why the replay stopped early; "" if it did not */
+    uint64_t duplicates;   /* of `replayed`: further copies of a task this replay
+                              republished, removed without publishing them again */
 } cw_dlq_replay_result;
 
 /* Replays the selected messages of the pool's DLQ to their original
@@ -330,7 +332,10 @@ typedef struct cw_dlq_replay_result {
  * body, cw-attempt and the failure headers and the broker's x-death headers
  * removed, cw-replayed incremented; once the broker confirmed it, the DLQ
  * copy is acked. Messages not selected, refused or not confirmed stay in
- * the DLQ, in their place.
+ * the DLQ, in their place. A further copy of a message ID this replay has
+ * republished already is removed without being published (counted in
+ * replayed and in duplicates, reported as REPLAYED with a detail): the
+ * store would not run it again anyway.
  *
  * Returns 0 when the replay ran to its end (res says what moved, which may
  * be less than was selected), or a status for a failure that stopped it

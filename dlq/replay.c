@@ -12,6 +12,15 @@
  * at its destination too; a later replay of the leftover copy is refused
  * once the first one was applied (done in the store).
  *
+ * The DLQ may hold two copies of one task: a worker killed after its DLQ
+ * copy was confirmed and before the store recorded it runs the task again
+ * on redelivery, and dead-letters it again. Once this replay has
+ * republished one copy of a message ID, it removes the others it selects
+ * without publishing them: the store would never run a second copy of that
+ * ID (it would be acked as a duplicate, or, were the first copy being
+ * handled or applied by then, refused and left behind), and with --force
+ * would apply the task once more.
+ *
  * Deleting is here too: it holds what it selects the same way, and acks it
  * once the operator confirmed. */
 #include <errno.h>
@@ -45,7 +54,8 @@ typedef struct pending {
     char routing_key[256];
     char *body; /* an edited body (malloc'd), or NULL for the message's own */
     size_t body_len;
-    bool skip;  /* refused by the store at reopen time */
+    bool skip;  /* refused by the store at reopen time, or a duplicate */
+    bool dup;   /* a copy of a task this replay republished already */
 } pending;
 
 typedef struct canary {
@@ -238,6 +248,38 @@ static int add_canary(replay *r, const cw_dlq_msg *m)
     return 0;
 }
 
+static int find_own_replay(const cw_attempt_record *a, void *ud)
+{
+    const replay *r = ud;
+    return strcmp(a->outcome, "replayed") == 0 && strcmp(a->worker, r->store->owner) == 0;
+}
+
+/* Whether this replay reopened (and so published) a copy of the message
+ * ID before: its history has a "replayed" row of this process. 1 yes, 0
+ * no, or a status. */
+static int replayed_here(replay *r, const char *message_id)
+{
+    int rc = cw_store_history(r->store, message_id, find_own_replay, r);
+    return rc == CW_STATUS_NOT_FOUND ? 0 : rc;
+}
+
+/* Removes a copy of a task this replay republished already (see the top
+ * of the file), counted as replayed to where the first copy went. */
+static int drop_duplicate(replay *r, const cw_dlq_msg *m, const char *ex, const char *rk)
+{
+    int rc = cw_dlq_browser_remove(r->br, m->env.delivery_tag);
+    if (rc)
+        return rc;
+    r->res->replayed++;
+    r->res->duplicates++;
+    if (cw_dlq_groups_add(&r->res->groups, m))
+        return cw__error(CW_STATUS_NOMEM, "out of memory");
+    emit(r, CW_DLQ_EV_REPLAYED, m,
+         "another copy of this task, replayed already: removed from the DLQ without "
+         "publishing it again", ex, rk);
+    return 0;
+}
+
 /* Reopens, publishes and settles the batch. A failure that leaves the
  * connection unusable is returned; what was not confirmed stays in the DLQ. */
 static int flush(replay *r)
@@ -254,6 +296,17 @@ static int flush(replay *r)
         goto out_clear;
     for (size_t i = 0; i < r->n; i++) {
         pending *p = &r->batch[i];
+        /* A copy in an earlier batch of this replay was republished. */
+        int dup = replayed_here(r, p->msg.message_id);
+        if (dup < 0) {
+            rc = dup;
+            cw_store_rollback(r->store);
+            goto out_clear;
+        }
+        if (dup) {
+            p->skip = p->dup = true;
+            continue;
+        }
         snprintf(reason, sizeof reason, "replayed by %s from %s to %s / %s%s%s", r->user,
                  r->cfg->dlq, p->exchange[0] ? p->exchange : "(default exchange)",
                  p->routing_key, p->body ? " with an edited body" : "",
@@ -318,9 +371,16 @@ static int flush(replay *r)
     if (rc == 0)
         rc = wrc;
 
-    /* 3. remove from the DLQ what is confirmed at its destination */
+    /* 3. remove from the DLQ what is confirmed at its destination, and the
+     * duplicates */
     for (size_t i = 0; i < r->n; i++) {
         pending *p = &r->batch[i];
+        if (p->dup) {
+            int drc = drop_duplicate(r, &p->msg, p->exchange, p->routing_key);
+            if (drc && rc == 0)
+                rc = drc;
+            continue;
+        }
         if (p->skip)
             continue;
         cw_move_state st = slot_of[i] == SIZE_MAX ? CW_MOVE_PENDING : r->mv.slots[slot_of[i]].state;
@@ -480,6 +540,17 @@ static int take(replay *r, cw_dlq_msg *m)
         emit(r, CW_DLQ_EV_FAILED, m, "it has no message ID (an invalid task): fix it and "
                                      "publish it anew instead", NULL, NULL);
         return 0;
+    }
+    if (!r->o->dry_run) {
+        int dup = replayed_here(r, m->message_id);
+        if (dup < 0)
+            return dup;
+        if (dup) {
+            if (!destination(r, m, ex, rk, sizeof ex))
+                ex[0] = rk[0] = '\0';
+            int rc = drop_duplicate(r, m, ex[0] ? ex : NULL, rk[0] ? rk : NULL);
+            return rc ? rc : 0;
+        }
     }
     if (refused(r, m))
         return 0;

@@ -1151,9 +1151,15 @@ static void test_chaos(void **state)
     int code = cli(c, "replay", args);
     char path[400];
     snprintf(path, sizeof path, "%s/replay.out", env->dir);
+    /* One JSON object per task replayed, then the summary. */
+    size_t n_docs = 0;
+    struct json_object **docs = cwtest_json_read(path, &n_docs);
+    int64_t replayed = -1;
+    if (n_docs == 0 || !cwtest_json_int(docs[n_docs - 1], "replayed", &replayed))
+        replayed = -1;
+    cwtest_json_free(docs, n_docs);
+    c->replayed = (long)replayed;
     char *out = slurp(path);
-    const char *sum = strstr(out, "\"replayed\":");
-    c->replayed = sum ? strtol(sum + strlen("\"replayed\":"), NULL, 10) : -1;
     if (code != 0 || c->replayed != c->dlq_entries) {
         snprintf(path, sizeof path, "%s/replay.err", env->dir);
         char *err = slurp(path);
@@ -1240,10 +1246,68 @@ static void test_deferred_twin_keeps_origin(void **state)
     cwtest_pass(env);
 }
 
+/* The DLQ may hold two copies of one task (a kill between a worker's DLQ
+ * copy and its record: the chaos run counts them). `dlq replay --all`
+ * republished the first copy, and then refused the second as "being handled
+ * right now" (or, a moment later, as already applied): it stayed in the
+ * DLQ and the replay exited 1. It is now removed as a copy of a task the
+ * replay republished already. */
+static void test_replay_duplicate_copies(void **state)
+{
+    cwtest_pool_opts po = {.extra = "\n[broker]\nprefetch = 1\n"};
+    cwtest_env *env = cwtest_begin(state, "dlqdup", &po);
+    chaos c = {.env = env};
+    cwtest_worker_start(env);
+
+    cwtest_header h[] = {
+        {.key = "cw-error-class", .kind = CWTEST_STR, .str = "permanent"},
+        {.key = "cw-error", .kind = CWTEST_STR, .str = "missing /tmp/fixed-since"},
+        {.key = "cw-failed-at", .kind = CWTEST_STR, .str = "2026-11-24T21:50:03.123Z"},
+        {.key = "cw-original-exchange", .kind = CWTEST_STR, .str = "cw.tasks"},
+        {.key = "cw-original-routing-key", .kind = CWTEST_STR, .str = "it.apply"},
+        {.key = "cw-attempt", .kind = CWTEST_I32, .num = 1},
+    };
+    cwtest_out m = {.exchange = "cw.dlx", .routing_key = env->dlq, .message_id = "dup-1",
+                    .type = "it.apply", .correlation_id = "saga-dup",
+                    .content_type = "application/json", .body = "{\"pause_ms\":1000}",
+                    .headers = h, .n_headers = sizeof h / sizeof *h};
+    cwtest_send(env, &m);
+    cwtest_send(env, &m);
+    cwtest_confirm_all(env);
+    cwtest_queue_wait(env, env->dlq, 2, CWTEST_TIMEOUT_MS);
+
+    /* --rate 5: the second copy is looked at 200 ms after the first was
+     * republished, while the worker is running it. */
+    char *args[] = {"dlq", "replay", "-c", env->ini, "--all", "--rate", "5", "--json", NULL};
+    int code = cli(&c, "replay", args);
+    char path[400];
+    snprintf(path, sizeof path, "%s/replay.out", env->dir);
+    char *out = slurp(path);
+    if (code != 0 || !strstr(out, "replayed already"))
+        fail_msg("dlq replay --all of two copies: exit code %d\n%s", code, out);
+    free(out);
+    size_t n = 0;
+    struct json_object **docs = cwtest_json_read(path, &n);
+    int64_t replayed = -1;
+    assert_true(n == 3 && cwtest_json_int(docs[2], "replayed", &replayed));
+    assert_int_equal(replayed, 2);
+    cwtest_json_free(docs, n);
+
+    cwtest_queue_wait(env, env->dlq, 0, CWTEST_TIMEOUT_MS);
+    cwtest_ledger_wait(env, 1, CWTEST_TIMEOUT_MS);
+    cwtest_queue_wait(env, env->queue, 0, CWTEST_TIMEOUT_MS);
+    cwtest_sleep_ms(500);
+    assert_int_equal(cwtest_ledger_count_id(env, "dup-1"), 1);
+    assert_int_equal(cwtest_worker_stop(env, SIGTERM, 30000), 0);
+    expect_no_sanitizer(env->log);
+    cwtest_pass(env);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_teardown(test_deferred_twin_keeps_origin, cwtest_teardown),
+        cmocka_unit_test_teardown(test_replay_duplicate_copies, cwtest_teardown),
         cmocka_unit_test_teardown(test_chaos, cwtest_teardown),
     };
     const char *only = getenv("CW_CHAOS_ONLY"); /* e.g. test_chaos */
