@@ -77,6 +77,10 @@ int cw__publish_copy(cw_publisher *p, const char *exchange, const char *routing_
     amqp_basic_properties_t props = env->message.properties;
     props._flags |= AMQP_BASIC_DELIVERY_MODE_FLAG;
     props.delivery_mode = AMQP_DELIVERY_PERSISTENT;
+    /* A producer's expiration bounded the wait in the pool queue (which
+     * dead-letters what expires). Carried on, it would make the broker drop
+     * a DLQ copy, which nothing dead-letters, and cut a delay short. */
+    props._flags &= ~AMQP_BASIC_EXPIRATION_FLAG;
     const amqp_table_t *old = (props._flags & AMQP_BASIC_HEADERS_FLAG) ? &props.headers : NULL;
     int n_old = old ? old->num_entries : 0;
 

@@ -19,8 +19,8 @@ typedef struct cw_deadletter_info {
     const char *crash_signal; /* poison: "SIGSEGV", "timeout"...; or NULL */
 } cw_deadletter_info;
 
-/* Publishes a copy of `env` (body and properties kept, persistent,
- * mandatory) to `exchange` with `routing_key`. With `info`, the copy gains
+/* Publishes a copy of `env` (body and properties kept, persistent, without
+ * the producer's expiration, mandatory) to `exchange` with `routing_key`. With `info`, the copy gains
  * the failure headers cw-error, cw-error-class, cw-failed-at, cw-handler,
  * cw-worker, cw-queue and cw-attempt (= info->attempts), and
  * cw-original-exchange / cw-original-routing-key unless already set (the

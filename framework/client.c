@@ -1,5 +1,4 @@
 /* The publishing client of include/compworker/client.h. */
-#include <json.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -8,6 +7,7 @@
 #include "compworker/client.h"
 #include "framework/broker.h"
 #include "framework/error.h"
+#include "framework/json_text.h"
 #include "framework/registry.h"
 
 #define CW_CLIENT_CH 1
@@ -18,7 +18,6 @@ struct cw_client {
     cw_publisher pub;
     char *exchange;
     char broker[1024]; /* masked URL, for messages */
-    json_tokener *tok;
 };
 
 int cw_client_new(cw_client **out, const char *url, const char *exchange)
@@ -33,7 +32,7 @@ int cw__client_new_tls(cw_client **out, const char *url, const cw_tls_config *tl
     if (!out || !url || !exchange || !exchange[0])
         return cw__error(CW_STATUS_INVALID_ARG, "cw_client_new: NULL or empty argument");
     cw_client *c = calloc(1, sizeof *c);
-    if (!c || !(c->exchange = strdup(exchange)) || !(c->tok = json_tokener_new_ex(64))) {
+    if (!c || !(c->exchange = strdup(exchange))) {
         rc = cw__error(CW_STATUS_NOMEM, "out of memory creating a client");
         goto out_free;
     }
@@ -50,8 +49,6 @@ out_close:
     cw__broker_close(c->conn);
 out_free:
     if (c) {
-        if (c->tok)
-            json_tokener_free(c->tok);
         free(c->exchange);
         free(c);
     }
@@ -64,7 +61,6 @@ void cw_client_free(cw_client *c)
         return;
     cw__publisher_free(&c->pub);
     cw__broker_close(c->conn);
-    json_tokener_free(c->tok);
     free(c->exchange);
     free(c);
 }
@@ -92,13 +88,11 @@ int cw_client_publish(cw_client *c, const cw_publish_opts *o, char *id_out, size
     if (!o->body)
         return cw__error(CW_STATUS_INVALID_ARG, "cw_client_publish: body is required");
     size_t blen = o->body_len ? o->body_len : strlen(o->body);
-    json_tokener_reset(c->tok);
-    json_object *obj = json_tokener_parse_ex(c->tok, o->body, (int)blen);
-    bool is_obj = obj && json_object_is_type(obj, json_type_object) &&
-                  json_tokener_get_parse_end(c->tok) == blen;
-    json_object_put(obj);
-    if (!is_obj)
-        return cw__error(CW_STATUS_INVALID_ARG, "cw_client_publish: body is not a JSON object");
+    /* What a worker would dead-letter as invalid is refused here. */
+    char why[256];
+    if (cw__json_object_check(o->body, blen, why, sizeof why))
+        return cw__error(CW_STATUS_INVALID_ARG,
+                         "cw_client_publish: body is not a JSON object: %s", why);
 
     char id[CW_MESSAGE_ID_MAX + 1];
     if (o->message_id) {

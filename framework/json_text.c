@@ -1,4 +1,7 @@
 /* The checks of a JSON text that json-c does not make: see json_text.h. */
+#include <ctype.h>
+#include <json.h>
+#include <limits.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -82,8 +85,10 @@ static bool lex_string(lexer *lx)
             return true;
         }
         if (c == '\\') {
-            if (lx->i + 1 >= lx->len)
+            if (lx->i + 1 >= lx->len) {
+                lx->i = lx->len; /* cut short */
                 break;
+            }
             unsigned char e = lx->p[lx->i + 1];
             if (e == 'u') {
                 for (size_t k = 2; k < 6; k++) {
@@ -287,4 +292,58 @@ bool cw__json_text_check(const void *text, size_t len, char *why, size_t cap)
         }
     }
     return true;
+}
+
+static int not_a_body(char *why, size_t cap, const char *what, const char *detail)
+{
+    snprintf(why, cap, "%s%s", what, detail ? detail : "");
+    return -1;
+}
+
+int cw__json_object_check(const void *text, size_t len, char *why, size_t cap)
+{
+    char lex[160];
+    if (len == 0)
+        return not_a_body(why, cap, "empty (a JSON object is needed)", NULL);
+    if (len > INT_MAX)
+        return not_a_body(why, cap, "too large for the JSON parser", NULL);
+    if (memchr(text, '\0', len))
+        return not_a_body(why, cap, "not JSON: it contains a NUL byte", NULL);
+    if (!cw__json_text_check(text, len, lex, sizeof lex))
+        return not_a_body(why, cap, "not JSON: ", lex);
+    json_tokener *tok = json_tokener_new_ex(CW_JSON_MAX_DEPTH + 1);
+    if (!tok)
+        return not_a_body(why, cap, "out of memory", NULL);
+    json_tokener_set_flags(tok, JSON_TOKENER_STRICT | JSON_TOKENER_VALIDATE_UTF8);
+    json_object *obj = json_tokener_parse_ex(tok, text, (int)len);
+    enum json_tokener_error err = json_tokener_get_error(tok);
+    size_t end = json_tokener_get_parse_end(tok);
+    bool cut = false;
+    if (!obj && err == json_tokener_continue) {
+        /* A top-level scalar ends only on a terminator: give it one. What
+         * still fails then was cut short. */
+        obj = json_tokener_parse_ex(tok, "", 1);
+        err = json_tokener_get_error(tok);
+        end = len;
+        cut = !obj && err != json_tokener_success;
+    }
+    int rc = -1;
+    if (cut)
+        snprintf(why, cap, "not JSON: truncated (unexpected end of input)");
+    else if (err != json_tokener_success)
+        snprintf(why, cap, "not JSON: %s at byte %zu", json_tokener_error_desc(err), end);
+    else if (!obj || !json_object_is_type(obj, json_type_object))
+        snprintf(why, cap, "JSON but not an object");
+    else
+        rc = 0;
+    for (const unsigned char *c = (const unsigned char *)text + end; rc == 0 && end < len;
+         c++, end++) {
+        if (!isspace(*c)) {
+            snprintf(why, cap, "not JSON: unexpected data after the object at byte %zu", end);
+            rc = -1;
+        }
+    }
+    json_object_put(obj);
+    json_tokener_free(tok);
+    return rc;
 }

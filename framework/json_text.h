@@ -27,4 +27,17 @@
  * (`cap` bytes). Allocates nothing; safe from any thread. */
 bool cw__json_text_check(const void *text, size_t len, char *why, size_t cap);
 
+/* The most levels of nesting a body may have (the outermost object is
+ * level 1). */
+#define CW_JSON_MAX_DEPTH 64
+
+/* Whether `text` (`len` bytes) is what the message contract calls a body: a
+ * JSON object of at most CW_JSON_MAX_DEPTH levels that passes
+ * cw__json_text_check(), with nothing but blanks after it. Returns 0, or -1
+ * with the reason ("not JSON: invalid UTF-8 at byte 12", "JSON but not an
+ * object") in `why`. For publishers, so that they refuse what a worker
+ * would dead-letter; the worker's own validator (framework/envelope.c) says
+ * the same things. Allocates a parser for the call; thread-safe. */
+int cw__json_object_check(const void *text, size_t len, char *why, size_t cap);
+
 #endif

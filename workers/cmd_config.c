@@ -52,14 +52,16 @@ static void print_entry(const cw_config_entry *e, void *ud)
 
 int cw_cmd_config(int argc, char **argv)
 {
-    if (argc < 2 || strcmp(argv[1], "check") != 0) {
-        if (argc >= 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)) {
-            fputs(config_usage, stdout);
-            return CW_EXIT_OK;
-        }
-        fputs(config_usage, stderr);
-        return CW_EXIT_USAGE;
+    if (argc < 2)
+        return cw_cli_fail(CW_EXIT_USAGE, "config: no command given: check (try 'compworker "
+                                          "config --help')");
+    if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
+        fputs(config_usage, stdout);
+        return CW_EXIT_OK;
     }
+    if (strcmp(argv[1], "check") != 0)
+        return cw_cli_fail(CW_EXIT_USAGE, "config: unknown command '%s' (expected check)",
+                           argv[1]);
     cw_pool_opts po = {0};
     cw_config *cfg = NULL;
     int rc = cw_pool_cli_load(argc - 1, argv + 1, "config check", config_usage, &po, &cfg);

@@ -1421,10 +1421,13 @@ static bool opt_allowed(int opt, unsigned bit)
 
 int cw_cmd_dlq(int argc, char **argv)
 {
-    if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 ||
+    if (argc < 2)
+        return cw_cli_fail(CW_EXIT_USAGE, "dlq: no command given: list, show, stats, replay, "
+                                          "delete, export or import (try 'compworker dlq help')");
+    if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 ||
         strcmp(argv[1], "help") == 0) {
-        fputs(dlq_usage, argc < 2 ? stderr : stdout);
-        return argc < 2 ? CW_EXIT_USAGE : CW_EXIT_OK;
+        fputs(dlq_usage, stdout);
+        return CW_EXIT_OK;
     }
     dlq_cmd c = {.name = argv[1], .canary_timeout_ms = DEFAULT_CANARY_TIMEOUT_MS};
     int (*run)(dlq_cmd *) = NULL;
@@ -1465,7 +1468,9 @@ int cw_cmd_dlq(int argc, char **argv)
     optind = 1;
     opterr = 0;
     /* getopt_long on argv + 1: the command name is argv[0] there. */
-    while ((o = getopt_long(argc - 1, argv + 1, "c:t:s:e:g:n:yh", opts, NULL)) != -1) {
+    char what[32];
+    snprintf(what, sizeof what, "dlq %s", c.name);
+    while ((o = getopt_long(argc - 1, argv + 1, ":c:t:s:e:g:n:yh", opts, NULL)) != -1) {
         if (o != '?' && o != ':' && !opt_allowed(o, c.bit))
             return cw_cli_fail(CW_EXIT_USAGE, "dlq %s: %s does not apply to this command",
                                c.name, opt_name(o));
@@ -1532,8 +1537,7 @@ int cw_cmd_dlq(int argc, char **argv)
         case 'y': c.yes = true; break;
         case 'h': fputs(dlq_usage, stdout); return CW_EXIT_OK;
         default:
-            return cw_cli_fail(CW_EXIT_USAGE, "dlq %s: unknown or incomplete option '%s'",
-                               c.name, argv[optind]);
+            return cw_cli_bad_option(what, o, argv + 1);
         }
     }
     c.args = argv + 1 + optind;
@@ -1547,10 +1551,11 @@ int cw_cmd_dlq(int argc, char **argv)
             return cw_cli_fail(CW_EXIT_USAGE, "dlq %s: unexpected argument '%s'", c.name,
                                c.args[0]);
         for (int i = 0; i < c.n_args; i++) {
-            size_t n = strlen(c.args[i]);
-            if (n == 0 || n > CW_MESSAGE_ID_MAX)
-                return cw_cli_fail(CW_EXIT_USAGE, "dlq %s: '%s' is not a message ID", c.name,
-                                   c.args[i]);
+            if (!cw_cli_is_message_id(c.args[i]))
+                return cw_cli_fail(CW_EXIT_USAGE,
+                                   "dlq %s: argument %d is not a message ID (1 to %d printable "
+                                   "ASCII characters)",
+                                   c.name, i + 1, CW_MESSAGE_ID_MAX);
         }
         c.filter.ids = c.args;
         c.filter.n_ids = (size_t)c.n_args;

@@ -8,7 +8,25 @@
 #include "compworker/client.h"
 #include "framework/broker.h"
 #include "framework/config.h"
+#include "framework/json_text.h"
+#include "framework/registry.h"
 #include "workers/cli.h"
+
+/* The longest saga ID (a correlation_id property: an AMQP short string). */
+#define CW_SAGA_ID_MAX 255
+
+/* 1 to `max` printable ASCII characters. */
+static bool printable(const char *s, size_t max)
+{
+    size_t n = strlen(s);
+    if (n == 0 || n > max)
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        if ((unsigned char)s[i] < 0x21 || (unsigned char)s[i] > 0x7e)
+            return false;
+    }
+    return true;
+}
 
 /* Reads a whole file of at most `max` bytes. */
 static char *slurp(const char *path, size_t max, size_t *len)
@@ -62,7 +80,7 @@ int cw_cmd_publish(int argc, char **argv)
     int c;
     optind = 1;
     opterr = 0;
-    while ((c = getopt_long(argc, argv, "c:t:s:m:d:f:h", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":c:t:s:m:d:f:h", opts, NULL)) != -1) {
         switch (c) {
         case 'c': config = optarg; break;
         case 't': type = optarg; break;
@@ -75,14 +93,26 @@ int cw_cmd_publish(int argc, char **argv)
                  "[--message-id ID] (--data JSON | --data-file F|-)");
             return CW_EXIT_OK;
         default:
-            return cw_cli_fail(CW_EXIT_USAGE, "publish: unknown or incomplete option '%s'",
-                               argv[optind - 1]);
+            return cw_cli_bad_option("publish", c, argv);
         }
     }
     if (optind < argc)
         return cw_cli_fail(CW_EXIT_USAGE, "publish: unexpected argument '%s'", argv[optind]);
     if (!type)
         return cw_cli_fail(CW_EXIT_USAGE, "publish: --type is required");
+    /* Everything the client would refuse is refused before connecting, by
+     * the flag that is wrong. */
+    if (!cw__type_valid(type, strlen(type)))
+        return cw_cli_fail(CW_EXIT_USAGE,
+                           "publish: --type is not 1 to 255 characters of A-Z a-z 0-9 . _ : -");
+    if (id && !cw_cli_is_message_id(id))
+        return cw_cli_fail(CW_EXIT_USAGE,
+                           "publish: --message-id is not 1 to %d printable ASCII characters",
+                           CW_MESSAGE_ID_MAX);
+    if (saga && !printable(saga, CW_SAGA_ID_MAX))
+        return cw_cli_fail(CW_EXIT_USAGE,
+                           "publish: --saga-id is not 1 to %d printable ASCII characters",
+                           CW_SAGA_ID_MAX);
     if (!data == !file)
         return cw_cli_fail(CW_EXIT_USAGE, "publish: give exactly one of --data and --data-file");
 
@@ -108,6 +138,12 @@ int cw_cmd_publish(int argc, char **argv)
     }
     if (len == 0) {
         code = cw_cli_fail(CW_EXIT_USAGE, "publish: the body is empty (a JSON object is needed)");
+        goto out;
+    }
+    char why[256];
+    if (cw__json_object_check(data, len, why, sizeof why)) {
+        code = cw_cli_fail(CW_EXIT_USAGE, "publish: %s%s: %s", file ? "--data-file " : "--data",
+                           file ? file : "", why);
         goto out;
     }
     if (cw__client_new_tls(&cl, cfg->url, &cfg->tls, cfg->exchange)) {

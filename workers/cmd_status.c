@@ -69,23 +69,24 @@ int cw_cmd_status(int argc, char **argv)
     int o;
     optind = 1;
     opterr = 0;
-    while ((o = getopt_long(argc, argv, "c:jh", opts, NULL)) != -1) {
+    while ((o = getopt_long(argc, argv, ":c:jh", opts, NULL)) != -1) {
         switch (o) {
         case 'c': config = optarg; break;
         case 'j': json = true; break;
         case 'N': no_dlq = true; break;
         case 'h': fputs(status_usage, stdout); return CW_EXIT_OK;
         default:
-            return cw_cli_fail(CW_EXIT_USAGE, "status: unknown or incomplete option '%s'",
-                               argv[optind - 1]);
+            return cw_cli_bad_option("status", o, argv);
         }
     }
     if (optind != argc - 1)
         return cw_cli_fail(CW_EXIT_USAGE, "status: give one MESSAGE_ID (try 'compworker status "
                                           "--help')");
     const char *id = argv[optind];
-    if (!*id || strlen(id) > CW_MESSAGE_ID_MAX)
-        return cw_cli_fail(CW_EXIT_USAGE, "status: '%s' is not a message ID", id);
+    if (!cw_cli_is_message_id(id))
+        return cw_cli_fail(CW_EXIT_USAGE,
+                           "status: MESSAGE_ID is not 1 to %d printable ASCII characters",
+                           CW_MESSAGE_ID_MAX);
     if (!config)
         return cw_cli_fail(CW_EXIT_USAGE, "status: -c POOL.INI is required");
     cw_config *cfg = NULL;

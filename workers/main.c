@@ -1,8 +1,11 @@
 /* compworker: parse the subcommand and hand over. */
+#include <getopt.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+
+#include "compworker/client.h" /* CW_MESSAGE_ID_MAX */
 
 #include "compworker/version.h"
 #include "workers/cli.h"
@@ -39,11 +42,35 @@ int cw_cli_fail(int code, const char *fmt, ...)
     return code;
 }
 
+int cw_cli_bad_option(const char *cmd, int c, char **argv)
+{
+    const char *arg = optind > 0 ? argv[optind - 1] : "";
+    if (c == ':')
+        return cw_cli_fail(CW_EXIT_USAGE, "%s: option '%s' needs a value", cmd, arg);
+    if (optopt) /* a short option, maybe one of several in one argument ("-zq") */
+        return cw_cli_fail(CW_EXIT_USAGE, "%s: unknown option '-%c' (try 'compworker %s --help')",
+                           cmd, optopt, cmd);
+    return cw_cli_fail(CW_EXIT_USAGE, "%s: unknown option '%.*s' (try 'compworker %s --help')",
+                       cmd, (int)strcspn(arg, "="), arg, cmd);
+}
+
+bool cw_cli_is_message_id(const char *s)
+{
+    size_t n = strlen(s);
+    if (n == 0 || n > CW_MESSAGE_ID_MAX)
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        if ((unsigned char)s[i] < 0x21 || (unsigned char)s[i] > 0x7e)
+            return false;
+    }
+    return true;
+}
+
 int main(int argc, char **argv)
 {
     signal(SIGPIPE, SIG_IGN);
     if (argc < 2)
-        return fputs(usage, stderr), CW_EXIT_USAGE;
+        return cw_cli_fail(CW_EXIT_USAGE, "no command given (try 'compworker help')");
     const char *cmd = argv[1];
     if (strcmp(cmd, "run") == 0)
         return cw_cmd_run(argc - 1, argv + 1);
@@ -56,6 +83,8 @@ int main(int argc, char **argv)
     if (strcmp(cmd, "status") == 0)
         return cw_cmd_status(argc - 1, argv + 1);
     if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {
+        if (argc > 2)
+            return cw_cli_fail(CW_EXIT_USAGE, "version: unexpected argument '%s'", argv[2]);
         printf("compworker %s (plugin ABI %d)\n", cw_version(), CW_ABI_VERSION);
         return CW_EXIT_OK;
     }

@@ -746,7 +746,7 @@ int cw_pool_cli_load(int argc, char **argv, const char *cmd, const char *usage,
     int c;
     optind = 1;
     opterr = 0;
-    while ((c = getopt_long(argc, argv, "c:w:l:h", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":c:w:l:h", opts, NULL)) != -1) {
         switch (c) {
         case 'c': po->config_path = optarg; break;
         case 'w': po->workers_flag = optarg; break;
@@ -755,8 +755,7 @@ int cw_pool_cli_load(int argc, char **argv, const char *cmd, const char *usage,
             fputs(usage, stdout);
             return CW_EXIT_OK;
         default:
-            return cw_cli_fail(CW_EXIT_USAGE, "%s: unknown or incomplete option '%s'", cmd,
-                               argv[optind - 1]);
+            return cw_cli_bad_option(cmd, c, argv);
         }
     }
     if (optind < argc)

@@ -595,6 +595,13 @@ static void build_corpus(corpus *c, const char *queue)
         memset(s, 's', sizeof s);
         h->props.correlation_id = pbytes(c, s, sizeof s);
     }
+    /* A producer's expiration keeps the task from waiting for ever in the
+     * pool queue; its DLQ copy must not vanish from the DLQ with it. */
+    h = add(c, "expiration-on-invalid", TO_DLQ, "no handler");
+    to_queue(h);
+    h->props.type = amqp_cstring_bytes("it.unknown");
+    h->props._flags |= AMQP_BASIC_EXPIRATION_FLAG;
+    h->props.expiration = amqp_cstring_bytes("30000");
     h = add(c, "every-property", TO_APPLY, NULL);
     {
         amqp_basic_properties_t *p = &h->props;
@@ -957,6 +964,10 @@ static void check_dead_copy(cwtest_env *env, const hostile *h, const amqp_messag
     free(queue);
     free(at);
 
+    if (p->_flags & AMQP_BASIC_EXPIRATION_FLAG)
+        problem("case %s: the DLQ copy expires (expiration '%.*s'): the broker would drop it "
+                "from the DLQ",
+                h->name, (int)p->expiration.len, (const char *)p->expiration.bytes);
     expect_prop(h, p, AMQP_BASIC_MESSAGE_ID_FLAG, h->props.message_id, p->message_id,
                 "message_id");
     expect_prop(h, p, AMQP_BASIC_TYPE_FLAG, h->props.type, p->type, "type");
