@@ -22,7 +22,7 @@
 static struct {
     char path[4096];
     char owner[128];
-    const cw_worker *worker;
+    _Atomic(const cw_worker *) worker;
     _Atomic int written;
 } cw_reporter;
 
@@ -69,7 +69,7 @@ static const char *signal_name(int sig)
 
 void cw__crash_report(const char *what)
 {
-    const cw_worker *w = cw_reporter.worker;
+    const cw_worker *w = atomic_load(&cw_reporter.worker);
     if (!w || !cw_reporter.path[0] || cw_worker_handler_started_ms(w) == 0)
         return;
     if (atomic_exchange(&cw_reporter.written, 1))
@@ -107,6 +107,12 @@ void cw__crash_report(const char *what)
     close(fd);
 }
 
+void cw__crash_reporter_forget(const cw_worker *w)
+{
+    const cw_worker *expected = w;
+    atomic_compare_exchange_strong(&cw_reporter.worker, &expected, NULL);
+}
+
 static void on_fatal(int sig)
 {
     cw__crash_report(signal_name(sig));
@@ -121,7 +127,7 @@ int cw__crash_reporter_install(const char *dir, const char *owner, const cw_work
                          strerror(errno));
     snprintf(cw_reporter.path, sizeof cw_reporter.path, "%s/%s.crash", dir, owner);
     snprintf(cw_reporter.owner, sizeof cw_reporter.owner, "%s", owner);
-    cw_reporter.worker = w;
+    atomic_store(&cw_reporter.worker, w);
     atomic_store(&cw_reporter.written, 0);
 
     /* backtrace() loads libgcc on first use: do it now, not in a signal. */

@@ -20,9 +20,16 @@ void cw__crash_dir(const char *store_path, char *out, size_t cap);
 /* Prepares the report file of this process and installs handlers for
  * SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT and SIGSYS on an alternate stack.
  * They write a report when a handler is running, then let the signal take
- * its default course (the process dies of it). `w` must outlive the process's
- * handlers. Not thread-safe; call once, before the worker runs. */
+ * its default course (the process dies of it). `w` must stay valid until
+ * cw__crash_reporter_forget(w). Not thread-safe; call once, before the
+ * worker runs. */
 int cw__crash_reporter_install(const char *dir, const char *owner, const cw_worker *w);
+
+/* Detaches the reporter from `w` (if it is the one installed), before `w`
+ * is freed: a fatal signal later (a plugin's teardown, a leak check that
+ * aborts) then writes no report instead of reading a freed worker.
+ * Async-signal-safe. */
+void cw__crash_reporter_forget(const cw_worker *w);
 
 /* Writes a report for the running handler with `what` as its cause (e.g.
  * "timeout after 300 s"). Async-signal-safe. Does nothing when no handler

@@ -182,6 +182,7 @@ void cw_worker_free(cw_worker *w)
 {
     if (!w)
         return;
+    cw__crash_reporter_forget(w);
     session_close(w, true);
     cw_alerter_free(w->alerter);
     cw_store_free(w->store);

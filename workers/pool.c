@@ -7,6 +7,9 @@
  * children are reaped by PID (never waitpid(-1): the alert command of a
  * worker or of the monitor is theirs to reap, not ours). */
 #include <errno.h>
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/lsan_interface.h>
+#endif
 #include <getopt.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -201,7 +204,11 @@ static member *spawn(pool *p, unsigned index, const cw_config *cfg, unsigned gen
     }
     if (pid == 0) {
         child_begin(p->self);
-        _exit(cw_pool_worker_main(cfg, p->m, slot));
+        int code = cw_pool_worker_main(cfg, p->m, slot);
+#if defined(__SANITIZE_ADDRESS__)
+        __lsan_do_leak_check();
+#endif
+        _exit(code);
     }
     atomic_store(&p->m->slots[slot].pid, pid);
     memset(mb, 0, sizeof *mb);
