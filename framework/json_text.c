@@ -74,11 +74,22 @@ static size_t utf8_len(const unsigned char *p, size_t left)
     return n;
 }
 
+/* The bytes a string holds as they are and that need no closer look:
+ * printable ASCII but the quote and the backslash. Most of a body is these. */
+static inline bool is_plain(unsigned char c)
+{
+    return c >= 0x20 && c < 0x7f && c != '"' && c != '\\';
+}
+
 /* A string, from its opening quote. */
 static bool lex_string(lexer *lx)
 {
     lx->i++;
     while (lx->i < lx->len) {
+        while (lx->i < lx->len && is_plain(lx->p[lx->i]))
+            lx->i++;
+        if (lx->i >= lx->len)
+            break;
         unsigned char c = lx->p[lx->i];
         if (c == '"') {
             lx->i++;
