@@ -10,8 +10,10 @@
  *     through the delay topology) and 1% permanently (`cw_task_fail` while
  *     a file does not exist: the fault an operator removes later);
  *   - SIGKILLs a random worker process (never the supervisor, which starts
- *     it again) every few seconds, and restarts the broker once
- *     (stop_app/start_app: every connection drops, the workers reconnect).
+ *     it again) every 2.5 to 5 s, from a thread of its own, while it
+ *     publishes and for 10 s after; and restarts the broker once, 40% into
+ *     the run (stop_app/start_app: every connection drops, the workers
+ *     reconnect).
  *
  * Once the pool queue, the store and the short delay levels are drained, it
  * asserts:
@@ -33,14 +35,18 @@
  *     type, saga ID, content type, timestamp and body;
  * then removes the fault, replays the DLQ with the real `compworker dlq
  * replay --all`, and asserts that every task is now applied (the replayed
- * ones exactly once), the DLQ is empty, and no sanitizer spoke.
+ * ones exactly once), the DLQ is empty, every worker that died was one the
+ * test killed, the pool stops cleanly, and no sanitizer spoke.
+ *
+ * The file also holds regression tests for what the chaos run found (at
+ * the end).
  *
  * Knobs (environment): CW_CHAOS_SEED (the task mix and the kill choices;
  * printed at the start), CW_CHAOS_TASKS (default 20000), CW_CHAOS_SECONDS
  * (how long publishing takes, default 25), CW_CHAOS_KILL_MS=MIN-MAX (the
  * time between two kills, default 2500-5000), CW_CHAOS_ONLY=NAME (run one
- * test of this file), CW_CHAOS_KEEP=1 (keep the run's
- * directory: logs, ledger, store). */
+ * test of this file), CW_CHAOS_KEEP=1 (keep the run's directory: logs,
+ * ledger, store). */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -72,6 +78,9 @@
 #define KILL_MIN_MS 2500        /* between two kills: uniform in [min, max] */
 #define KILL_MAX_MS 5000        /* (CW_CHAOS_KILL_MS=MIN-MAX overrides them) */
 #define WORKER_UP_MS 1500       /* a worker is killed only after this long up */
+#define DRAIN_KILLS_MS 10000    /* kills go on this long once all is published: the
+                                 * supervisor's restart backoff doubles with each
+                                 * quick death, and the drain must stay short */
 #define RESTART_AT 0.4          /* the broker restarts when this share is published */
 #define STALL_MS 90000          /* no task settled for this long: the pool is stuck */
 #define DRAIN_MS 300000         /* the whole drain, at most */
@@ -128,6 +137,7 @@ typedef struct killer {
     pthread_mutex_t lock; /* guards what follows while the thread runs */
     pid_t supervisor;
     int64_t min_ms, max_ms; /* between two kills */
+    int64_t until_ms;       /* no kill from then on (monotonic; 0: none) */
     char log[320];
     long log_off;
     uint64_t rng;
@@ -363,7 +373,8 @@ static void *killer_main(void *arg)
         cwtest_sleep_ms(10);
         pthread_mutex_lock(&k->lock);
         workers_refresh(k);
-        if (!k->error[0] && cwtest_now_ms() >= next)
+        if (!k->error[0] && cwtest_now_ms() >= next &&
+            (!k->until_ms || cwtest_now_ms() < k->until_ms))
             next = cwtest_now_ms() + (kill_one(k) ? kill_interval(k) : 100);
         pthread_mutex_unlock(&k->lock);
     }
@@ -1121,7 +1132,10 @@ static void test_chaos(void **state)
            c->dups_sent, (c->t_published - c->t_start) / 1000.0, kills_so_far(c));
     fflush(stdout);
 
-    /* Keep killing until every task is settled. */
+    /* Keep killing a little longer, then until every task is settled. */
+    pthread_mutex_lock(&c->k.lock);
+    c->k.until_ms = cwtest_now_ms() + DRAIN_KILLS_MS;
+    pthread_mutex_unlock(&c->k.lock);
     drain(c, true, "after the chaos");
     killer_stop(c);
     c->t_drained = cwtest_now_ms();
