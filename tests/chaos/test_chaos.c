@@ -162,7 +162,8 @@ typedef struct chaos {
     unsigned published, dups_sent, transient1, transient2, permanent;
     unsigned restarts, reconnects;
     int64_t restart_ms;
-    long applied_rows, applied_distinct, windows, dlq_entries, dlq_distinct, dlq_windows;
+    long applied_rows, applied_distinct, applied_before, windows, dlq_entries, dlq_distinct,
+        dlq_windows;
     long replayed, calls, retried_calls;
     int64_t t_start, t_published, t_drained, t_replayed;
 } chaos;
@@ -1030,7 +1031,7 @@ static void print_summary(const chaos *c)
            "  permanent          %6u fail until the fault is removed\n"
            "  workers killed     %6zu (SIGKILL; %zu worker processes started in all)\n"
            "  broker restarts    %6u (restart-app took %lld ms; %u worker sessions lost)\n"
-           "  applied            %6ld distinct before the replay, %ld ledger rows in all\n"
+           "  applied            %6ld distinct before the replay, %ld after (%ld ledger rows)\n"
            "  dead-lettered      %6ld distinct (%ld DLQ entries)\n"
            "  replayed           %6ld from the DLQ, all applied after the fault was removed\n"
            "  windows            %6ld double applications, each a kill between the handler's\n"
@@ -1041,7 +1042,7 @@ static void print_summary(const chaos *c)
            (unsigned long long)c->seed, (unsigned long long)c->seed, c->n, c->dups_sent,
            c->transient1, c->transient2, c->retried_calls, c->permanent, c->k.n_kills,
            c->k.n_workers, c->restarts, (long long)c->restart_ms, c->reconnects,
-           c->applied_distinct, c->applied_rows, c->dlq_distinct, c->dlq_entries, c->replayed,
+           c->applied_before, c->applied_distinct, c->applied_rows, c->dlq_distinct, c->dlq_entries, c->replayed,
            c->windows, c->dlq_windows, c->calls, s[2], s[3], s[1] + s[4] + s[5] + s[6],
            (c->t_published - c->t_start) / 1000.0, (c->t_drained - c->t_published) / 1000.0,
            (c->t_replayed - c->t_drained) / 1000.0, (c->t_replayed - c->t_start) / 1000.0);
@@ -1155,6 +1156,7 @@ static void test_chaos(void **state)
         fail_msg("published %u distinct tasks, but %ld applied + %ld dead-lettered", c->n,
                  c->applied_distinct, c->dlq_distinct);
     long windows_before = c->windows;
+    c->applied_before = c->applied_distinct;
     printf("chaos: drained after %.1f s: %ld applied, %ld dead-lettered, %ld windows\n",
            (c->t_drained - c->t_published) / 1000.0, c->applied_distinct, c->dlq_distinct,
            c->windows);
