@@ -68,6 +68,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <curl/curl.h>
 #include <sqlite3.h>
 
 #include "cwtest.h"
@@ -164,7 +165,7 @@ typedef struct chaos {
     int64_t restart_ms;
     long applied_rows, applied_distinct, applied_before, windows, dlq_entries, dlq_distinct,
         dlq_windows;
-    long replayed, calls, retried_calls;
+    long replayed, calls, retried_calls, metric_ok;
     int64_t t_start, t_published, t_drained, t_replayed;
 } chaos;
 
@@ -1018,6 +1019,115 @@ static char *slurp(const char *path)
     return buf;
 }
 
+/* ---- the pool's metrics ------------------------------------------------------- */
+
+typedef struct buf {
+    char *data;
+    size_t len;
+} buf;
+
+static size_t on_body(char *p, size_t size, size_t n, void *ud)
+{
+    buf *b = ud;
+    char *grown = realloc(b->data, b->len + size * n + 1);
+    if (!grown)
+        return 0;
+    memcpy(grown + b->len, p, size * n);
+    b->len += size * n;
+    grown[b->len] = '\0';
+    b->data = grown;
+    return size * n;
+}
+
+/* The pool's /metrics (the address from the monitor's log); free() it. */
+static char *metrics_get(chaos *c)
+{
+    char *log = cwtest_log_read(c->env);
+    const char *needle = "serving metrics at ", *last = NULL;
+    for (const char *p = log; (p = strstr(p, needle)); p++)
+        last = p + strlen(needle);
+    if (!last) {
+        free(log);
+        fail_msg("the monitor did not log where it serves metrics; see %s", c->env->log);
+    }
+    char url[256];
+    snprintf(url, sizeof url, "%.*s", (int)strcspn(last, " \""), last);
+    free(log);
+    CURL *h = curl_easy_init();
+    if (!h)
+        fail_msg("curl_easy_init failed");
+    buf b = {calloc(1, 1), 0};
+    curl_easy_setopt(h, CURLOPT_URL, url);
+    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(h, CURLOPT_WRITEDATA, &b);
+    curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, 10000L);
+    curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+    CURLcode rc = curl_easy_perform(h);
+    long code = 0;
+    curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &code);
+    curl_easy_cleanup(h);
+    if (rc != CURLE_OK || code != 200)
+        fail_msg("GET %s: %s (HTTP %ld)", url, curl_easy_strerror(rc), code);
+    return b.data;
+}
+
+/* The sum of the samples of metric `name` whose labels contain `has`. */
+static double metric_sum(const char *body, const char *name, const char *has)
+{
+    double sum = 0;
+    size_t n = strlen(name);
+    for (const char *p = body; p && *p; p = strchr(p, '\n'), p = p ? p + 1 : NULL) {
+        if (strncmp(p, name, n) != 0 || p[n] != '{')
+            continue;
+        const char *close = strstr(p, "} ");
+        const char *end = strchr(p, '\n');
+        if (!close || (end && close > end))
+            continue;
+        char labels[512];
+        snprintf(labels, sizeof labels, "%.*s", (int)(close - p), p);
+        if (!has || strstr(labels, has))
+            sum += strtod(close + 2, NULL);
+    }
+    return sum;
+}
+
+/* The pool's counters (shared memory, a killed worker's folded into the
+ * pool's) agree with what the ledger and the DLQ saw: a counter is bumped
+ * after what it counts, so a kill may leave one thing uncounted, never one
+ * counted twice. */
+static void check_metrics(chaos *c)
+{
+    char pool[200];
+    snprintf(pool, sizeof pool, "pool=\"%s\"", c->env->name);
+    double kills = (double)c->k.n_kills, restarts;
+    char *body;
+    /* A restart is counted when it happens: the last one may still be in
+     * its backoff (30 s at most). */
+    int64_t deadline = cwtest_now_ms() + 45000;
+    for (;;) {
+        body = metrics_get(c);
+        restarts = metric_sum(body, "compworker_worker_restarts_total", pool);
+        if (restarts >= kills || cwtest_now_ms() >= deadline)
+            break;
+        free(body);
+        chaos_sleep(c, 250);
+    }
+    double ok = metric_sum(body, "compworker_tasks_succeeded_total", pool);
+    double dead = metric_sum(body, "compworker_tasks_dead_lettered_total",
+                             "error_class=\"permanent\"");
+    free(body);
+    if (restarts != kills)
+        fail_msg("metrics: %g worker restarts, but the test killed %zu workers", restarts,
+                 c->k.n_kills);
+    if (ok > (double)c->applied_rows || ok < (double)c->applied_rows - kills)
+        fail_msg("metrics: %g tasks succeeded, the ledger has %ld applications (%zu kills)", ok,
+                 c->applied_rows, c->k.n_kills);
+    if (dead > (double)c->dlq_entries || dead < (double)c->dlq_entries - kills)
+        fail_msg("metrics: %g tasks dead-lettered as permanent, the DLQ held %ld (%zu kills)",
+                 dead, c->dlq_entries, c->k.n_kills);
+    c->metric_ok = (long)ok;
+}
+
 /* ---- the run ----------------------------------------------------------------- */
 
 static void print_summary(const chaos *c)
@@ -1036,14 +1146,15 @@ static void print_summary(const chaos *c)
            "  replayed           %6ld from the DLQ, all applied after the fault was removed\n"
            "  windows            %6ld double applications, each a kill between the handler's\n"
            "                            effect and the store's record (+%ld second DLQ copies)\n"
-           "  handler calls      %6ld\n"
+           "  handler calls      %6ld (/metrics: %ld succeeded)\n"
            "  store              %6ld done, %ld dead, %ld other\n"
            "  time               publish %.1f s, drain %.1f s, replay %.1f s, total %.1f s\n\n",
            (unsigned long long)c->seed, (unsigned long long)c->seed, c->n, c->dups_sent,
            c->transient1, c->transient2, c->retried_calls, c->permanent, c->k.n_kills,
            c->k.n_workers, c->restarts, (long long)c->restart_ms, c->reconnects,
-           c->applied_before, c->applied_distinct, c->applied_rows, c->dlq_distinct, c->dlq_entries, c->replayed,
-           c->windows, c->dlq_windows, c->calls, s[2], s[3], s[1] + s[4] + s[5] + s[6],
+           c->applied_before, c->applied_distinct, c->applied_rows, c->dlq_distinct,
+           c->dlq_entries, c->replayed, c->windows, c->dlq_windows, c->calls, c->metric_ok, s[2],
+           s[3], s[1] + s[4] + s[5] + s[6],
            (c->t_published - c->t_start) / 1000.0, (c->t_drained - c->t_published) / 1000.0,
            (c->t_replayed - c->t_drained) / 1000.0, (c->t_replayed - c->t_start) / 1000.0);
     fflush(stdout);
@@ -1077,7 +1188,7 @@ static void test_chaos(void **state)
      * right but not what this run looks for. */
     char extra[1024];
     cwtest_pool_opts po = {
-        .pool_lines = "shutdown_timeout = 20s\n",
+        .pool_lines = "shutdown_timeout = 20s\nmetrics_listen = 127.0.0.1:0\n",
         .extra = extra,
     };
     snprintf(extra, sizeof extra,
@@ -1203,6 +1314,7 @@ static void test_chaos(void **state)
     if (c->applied_distinct != (long)c->n)
         fail_msg("after the replay %ld of %u tasks are applied", c->applied_distinct, c->n);
 
+    check_metrics(c);
     int stop = cwtest_worker_stop(env, SIGTERM, 30000);
     if (stop != 0)
         fail_msg("the pool exited with code %d after SIGTERM, not 0; see %s", stop, env->log);
@@ -1330,5 +1442,8 @@ int main(void)
     const char *only = getenv("CW_CHAOS_ONLY"); /* e.g. test_chaos */
     if (only && *only)
         cmocka_set_test_filter(only);
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    curl_global_init(CURL_GLOBAL_DEFAULT);
+    int rc = cmocka_run_group_tests(tests, NULL, NULL);
+    curl_global_cleanup();
+    return rc;
 }
