@@ -1767,10 +1767,14 @@ static void cw_fmt_size(uint64_t bytes, char *out, size_t cap)
         snprintf(out, cap, "%llu", (unsigned long long)bytes);
 }
 
-/* Appends `s` to out (len used of cap), quoted when it holds a blank. */
+/* Appends `s` to out (len used of cap), quoted when it is empty or holds a
+ * quote or anything cw_split_command() splits at (isspace(): \r, \v and \f
+ * too), so that the command reads back as the same words. */
 static size_t cw_fmt_word(char *out, size_t len, size_t cap, const char *s, bool first)
 {
-    bool quote = *s == '\0' || strpbrk(s, " \t\"") != NULL;
+    bool quote = *s == '\0';
+    for (const char *c = s; *c != '\0' && !quote; c++)
+        quote = isspace((unsigned char)*c) || *c == '"';
 
     if (len >= cap)
         return len;

@@ -229,9 +229,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 cw_error_last(), d1.file.s ? d1.file.s : "");
     FZ_CHECK(rc == 0);
     cw_config_describe(again, on_entry, &d2);
-    if (strcmp(d1.shown.s, d2.shown.s) != 0)
-        fprintf(stderr, "described differently once reloaded:\n%s---\n%s---\n", d1.shown.s,
-                d2.shown.s);
+    if (strcmp(d1.shown.s, d2.shown.s) != 0) {
+        fprintf(stderr, "described differently once reloaded:\n%s---\n%s--- from:\n%s---\n",
+                d1.shown.s, d2.shown.s, d1.file.s ? d1.file.s : "");
+    }
     FZ_CHECK(strcmp(d1.shown.s, d2.shown.s) == 0);
 
     cw_config_free(again);
