@@ -1767,12 +1767,15 @@ static void cw_fmt_size(uint64_t bytes, char *out, size_t cap)
         snprintf(out, cap, "%llu", (unsigned long long)bytes);
 }
 
-/* Appends `s` to out (len used of cap), quoted when it is empty or holds a
- * quote or anything cw_split_command() splits at (isspace(): \r, \v and \f
- * too), so that the command reads back as the same words. */
+/* Appends `s` to out (len used of cap) so that the file reads it back as
+ * the same word: quoted when it is empty, holds a quote or anything
+ * cw_split_command() splits at (isspace(): \r, \v and \f too), or starts
+ * with ';' (after a blank, libinih takes ';' for a comment). Inside quotes
+ * '"', '\\' and ';' are escaped with a backslash, the last for the same
+ * reason. */
 static size_t cw_fmt_word(char *out, size_t len, size_t cap, const char *s, bool first)
 {
-    bool quote = *s == '\0';
+    bool quote = *s == '\0' || *s == ';';
     for (const char *c = s; *c != '\0' && !quote; c++)
         quote = isspace((unsigned char)*c) || *c == '"';
 
@@ -1780,7 +1783,7 @@ static size_t cw_fmt_word(char *out, size_t len, size_t cap, const char *s, bool
         return len;
     len += (size_t)snprintf(out + len, cap - len, "%s%s", first ? "" : " ", quote ? "\"" : "");
     for (; *s != '\0' && len + 3 < cap; s++) {
-        if (quote && (*s == '"' || *s == '\\'))
+        if (quote && (*s == '"' || *s == '\\' || *s == ';'))
             out[len++] = '\\';
         out[len++] = *s;
     }
