@@ -291,7 +291,7 @@ SQL
         [ "$(sqlite3 "$big.tmp" 'SELECT count(*) FROM tasks')" = "$STORE_RECORDS" ] ||
             die "building $big failed"
         mv "$big.tmp" "$big"
-        rm -f "$big.tmp-wal" "$big.tmp-shm"
+        rm -rf "$big.tmp-wal" "$big.tmp-shm" "$big.tmp.crash"
     fi
     echo "== the store under a large history: tasks/s with $STORE_RECORDS done records vs an empty store (1 worker, classic)"
     printf '%-4s %14s %14s %8s\n' run empty/s large/s ratio
