@@ -1772,26 +1772,39 @@ static void cw_fmt_size(uint64_t bytes, char *out, size_t cap)
  * cw_split_command() splits at (isspace(): \r, \v and \f too), or starts
  * with ';' (after a blank, libinih takes ';' for a comment). Inside quotes
  * '"', '\\' and ';' are escaped with a backslash, the last for the same
- * reason. */
+ * reason. A word is written whole or not at all: when it does not fit, " ..."
+ * ends the value and cap is returned, so that no later word is added. */
 static size_t cw_fmt_word(char *out, size_t len, size_t cap, const char *s, bool first)
 {
+    static const char more[] = " ...";
     bool quote = *s == '\0' || *s == ';';
-    for (const char *c = s; *c != '\0' && !quote; c++)
-        quote = isspace((unsigned char)*c) || *c == '"';
+    size_t need;
 
     if (len >= cap)
         return len;
-    len += (size_t)snprintf(out + len, cap - len, "%s%s", first ? "" : " ", quote ? "\"" : "");
-    for (; *s != '\0' && len + 3 < cap; s++) {
+    for (const char *c = s; *c != '\0' && !quote; c++)
+        quote = isspace((unsigned char)*c) || *c == '"';
+    need = (first ? 0 : 1) + (quote ? 2 : 0);
+    for (const char *c = s; *c != '\0'; c++)
+        need += quote && (*c == '"' || *c == '\\' || *c == ';') ? 2 : 1;
+    /* Room for the word and, after it, for " ..." if a later one is cut. */
+    if (len + need + sizeof more > cap) {
+        if (len + sizeof more <= cap)
+            memcpy(out + len, more, sizeof more);
+        return cap;
+    }
+    if (!first)
+        out[len++] = ' ';
+    if (quote)
+        out[len++] = '"';
+    for (; *s != '\0'; s++) {
         if (quote && (*s == '"' || *s == '\\' || *s == ';'))
             out[len++] = '\\';
         out[len++] = *s;
     }
-    out[len] = '\0';
-    if (quote && len + 1 < cap) {
+    if (quote)
         out[len++] = '"';
-        out[len] = '\0';
-    }
+    out[len] = '\0';
     return len;
 }
 

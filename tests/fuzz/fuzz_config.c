@@ -168,6 +168,17 @@ static size_t longest_line(const char *s)
     return longest;
 }
 
+/* True when a list of words may not fit in the 8 KiB `config check`
+ * writes a value into (each word escaped, quoted, after a blank), so that
+ * it ends in " ..." instead. */
+static bool may_be_cut(char *const *words)
+{
+    size_t n = 0;
+    for (; words && *words; words++)
+        n += 2 * strlen(*words) + 3;
+    return n + sizeof " ..." > 8192;
+}
+
 static bool is_name(const char *s)
 {
     size_t n = strlen(s);
@@ -232,9 +243,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     described d1 = {0}, d2 = {0};
     cw_config_describe(cfg, on_entry, &d1);
-    if (longest_line(d1.file.s) > 8190) {
+    if (longest_line(d1.file.s) > 8190 || may_be_cut(cfg->alert.command_argv) ||
+        may_be_cut(cfg->plugins)) {
         /* Longer than a line of the file may be (escaping can lengthen a
-         * value that fitted): nothing to read back. */
+         * value that fitted), or words `config check` may have cut: nothing
+         * to read back. */
         free(d1.shown.s);
         free(d1.file.s);
         cw_config_free(cfg);
