@@ -846,15 +846,16 @@ static void check_applied(chaos *c, bool dead_ok, const char *phase)
                 print_error("%s: %s applied by pid %ld, not a worker of the pool\n", phase, id,
                             t->apps[k].pid);
         }
-        /* Every settled attempt is counted: a task that never fails is
-         * settled once, however often it ran (a second settle of an applied
-         * task would mean its record did not stop the second run); one that
-         * fails transiently at least once per failure, and once more. */
-        if (t->kind == K_PLAIN ? t->attempts != 1 : t->attempts < want_attempt + 1) {
+        /* A task that never fails is settled once, however often it ran: a
+         * second settle of an applied task would mean its record did not
+         * stop the second run. (One that fails may have fewer settles than
+         * failures: a retry copy the broker took just as the connection
+         * dropped goes on, unrecorded, while the original is redelivered.) */
+        if (t->kind == K_PLAIN ? t->attempts != 1 : t->attempts < 1) {
             if (bad++ < EXAMPLES)
-                print_error("%s: %s (kind %d): the store counts %u settled attempts, want %s%u\n",
-                            phase, id, t->kind, t->attempts, t->kind == K_PLAIN ? "" : ">= ",
-                            want_attempt + 1);
+                print_error("%s: %s (kind %d): the store counts %u settled attempts, want %s\n",
+                            phase, id, t->kind, t->attempts,
+                            t->kind == K_PLAIN ? "1" : "at least 1");
         }
         /* The store's record was settled by the worker of the last
          * application: no earlier one recorded it. */

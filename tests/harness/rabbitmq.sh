@@ -58,7 +58,14 @@ start)
     fi
     [ -f "$HOME/.erlang.cookie" ] || { head -c 24 /dev/urandom | base64 | tr -dc 'A-Za-z' > "$HOME/.erlang.cookie"; chmod 400 "$HOME/.erlang.cookie"; }
     echo '[].' > "$RABBITMQ_ENABLED_PLUGINS_FILE"
-    echo '[].' > "$RABBITMQ_ADVANCED_CONFIG_FILE"
+    # A quorum queue's at-least-once dead-letter worker that finds its
+    # dead-letter exchange missing holds the message and tries again only
+    # after dead_letter_worker_publisher_confirm_timeout (180 s by default).
+    # After a restart a level of the delay topology can start before the
+    # exchange below it is recovered: a retry expiring then would wait 3
+    # minutes (the chaos run restarts the node under load). 5 s here.
+    echo '[{rabbit, [{dead_letter_worker_publisher_confirm_timeout, 5000}]}].' \
+        > "$RABBITMQ_ADVANCED_CONFIG_FILE"
     cat > "$RABBITMQ_CONFIG_FILE.conf" <<CONF
 listeners.tcp.1 = 127.0.0.1:$port
 loopback_users = none
