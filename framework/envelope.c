@@ -28,8 +28,9 @@ static json_tokener *new_tokener(void)
 }
 
 /* json_tokener_reset() does not clear all that an unfinished parse leaves
- * (json-c 0.16 keeps the high surrogate of a body cut after "\ud83d"), and
- * the next body parsed would read differently ("\u0041" as U+FFFD "A"):
+ * (json-c 0.16 keeps the high surrogate of a body cut inside the escape
+ * after "\ud83d", as in "\ud83d\u0"), and the next body parsed would read
+ * differently ("\u0041" as U+FFFD "A"):
  * after a parse that failed, the validator takes a new tokener (and keeps
  * the old one only when no memory can be had). Found by fuzz_envelope. */
 static void renew_tokener(cw_validator *v)
