@@ -95,7 +95,7 @@ INI
     pool=$!
     local i
     for i in $(seq 600); do
-        [ "$(grep -c 'consuming from' "$dir/worker.log" 2>/dev/null || true)" -ge "$nw" ] && break
+        [ "$(cat "$dir/worker.log" 2>/dev/null | grep -c 'consuming from')" -ge "$nw" ] && break
         kill -0 "$pool" 2>/dev/null || die "compworker did not start; see $dir/worker.log"
         sleep 0.05
     done
