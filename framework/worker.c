@@ -684,12 +684,14 @@ static int republish_batch(cw_worker *w, size_t n, int64_t now)
     }
     if (sent && rc == 0)
         rc = cw__publisher_wait(&w->pub, CW_CONFIRM_TIMEOUT_MS);
+    size_t held = 0;
     for (size_t i = 0; i < n; i++) {
         cw_task *t = &w->batch[i];
         if (t->action != ACT_DLQ && t->action != ACT_RETRY && t->action != ACT_DEFER)
             continue;
         if (rc) {
             t->action = ACT_HOLD;
+            held++;
             continue;
         }
         t->published = true;
@@ -716,7 +718,7 @@ static int republish_batch(cw_worker *w, size_t n, int64_t now)
         }
     }
     if (rc)
-        cw_log_error(NULL, "republishing failed, %zu task(s) left for redelivery: %s", sent,
+        cw_log_error(NULL, "republishing failed, %zu task(s) left for redelivery: %s", held,
                      cw_error_last());
     return rc;
 }
