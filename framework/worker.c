@@ -34,6 +34,7 @@
 #define CW_PUBLISH_CH 1
 #define CW_POLL_MS 250
 #define CW_CONFIRM_TIMEOUT_MS 30000
+#define CW_SETTLE_EVERY_MS 50 /* see process_batch() */
 #define CW_SWEEP_EVERY_MS 1000
 #define CW_SWEEP_BUDGET_MS 100
 #define CW_SWEEP_CHUNK 2000
@@ -640,12 +641,12 @@ static void alert(cw_worker *w, const cw_task *t, int64_t now)
 /* Publishes what replaces each task that is not simply acked — its DLQ
  * copy, its next attempt, or its deferred twin — and waits for the
  * confirms. A task whose replacement is not confirmed is held (not acked). */
-static int republish_batch(cw_worker *w, size_t n, int64_t now)
+static int republish_range(cw_worker *w, size_t from, size_t to, int64_t now)
 {
     size_t sent = 0;
     int rc = 0;
     char rk[512];
-    for (size_t i = 0; i < n && rc == 0; i++) {
+    for (size_t i = from; i < to && rc == 0; i++) {
         cw_task *t = &w->batch[i];
         char handler[300];
         describe_handler(t, handler, sizeof handler);
@@ -685,7 +686,7 @@ static int republish_batch(cw_worker *w, size_t n, int64_t now)
     if (sent && rc == 0)
         rc = cw__publisher_wait(&w->pub, CW_CONFIRM_TIMEOUT_MS);
     size_t held = 0;
-    for (size_t i = 0; i < n; i++) {
+    for (size_t i = from; i < to; i++) {
         cw_task *t = &w->batch[i];
         if (t->action != ACT_DLQ && t->action != ACT_RETRY && t->action != ACT_DEFER)
             continue;
@@ -723,12 +724,12 @@ static int republish_batch(cw_worker *w, size_t n, int64_t now)
     return rc;
 }
 
-/* Records outcomes in the store (one transaction). */
-static int record_batch(cw_worker *w, size_t n, int64_t now)
+/* Records the outcomes of batch[from, to) in the store (one transaction). */
+static int record_range(cw_worker *w, size_t from, size_t to, int64_t now)
 {
     int rc;
     bool open = false;
-    for (size_t i = 0; i < n; i++) {
+    for (size_t i = from; i < to; i++) {
         cw_task *t = &w->batch[i];
         cw_settle_req req = {.message_id = t->message_id,
                              .ticket = t->ticket,
@@ -764,12 +765,12 @@ static int record_batch(cw_worker *w, size_t n, int64_t now)
     return open ? cw_store_commit(w->store) : 0;
 }
 
-/* Acks what is settled and drops (unacked) what is held. */
-static int ack_batch(cw_worker *w, size_t n)
+/* Acks what is settled in batch[from, to) and drops (unacked) what is held. */
+static int ack_range(cw_worker *w, size_t from, size_t to)
 {
     uint64_t max_tag = 0;
     bool all = true;
-    for (size_t i = 0; i < n; i++) {
+    for (size_t i = from; i < to; i++) {
         cw_task *t = &w->batch[i];
         if (t->action == ACT_HOLD)
             all = false;
@@ -777,15 +778,15 @@ static int ack_batch(cw_worker *w, size_t n)
             max_tag = t->env.delivery_tag;
     }
     int st = AMQP_STATUS_OK;
-    if (all && n) {
+    if (all && to > from) {
         st = amqp_basic_ack(w->cconn, CW_CONSUME_CH, max_tag, 1);
     } else {
-        for (size_t i = 0; i < n && st == AMQP_STATUS_OK; i++) {
+        for (size_t i = from; i < to && st == AMQP_STATUS_OK; i++) {
             if (w->batch[i].action != ACT_HOLD)
                 st = amqp_basic_ack(w->cconn, CW_CONSUME_CH, w->batch[i].env.delivery_tag, 0);
         }
     }
-    for (size_t i = 0; i < n; i++)
+    for (size_t i = from; i < to; i++)
         cw__task_reset(&w->batch[i]);
     if (st != AMQP_STATUS_OK)
         return cw__error(CW_STATUS_CONNECTION, "acknowledging deliveries: %s",
@@ -793,16 +794,47 @@ static int ack_batch(cw_worker *w, size_t n)
     return 0;
 }
 
-static int process_batch(cw_worker *w, size_t n)
+/* Settles batch[from, to): publishes and confirms what replaces the tasks
+ * that are not simply acked, records every outcome (one durable commit),
+ * acks. */
+static int settle_range(cw_worker *w, size_t from, size_t to)
 {
     int64_t now = cw__now_ms();
-    int rc = claim_batch(w, n, now);
+    int pub_rc = republish_range(w, from, to, now);
+    int rc = record_range(w, from, to, now);
     if (rc) {
-        for (size_t i = 0; i < n; i++)
+        /* Without the record nothing may be acked: leave all for redelivery. */
+        for (size_t i = from; i < to; i++)
             cw__task_reset(&w->batch[i]);
         return rc;
     }
+    rc = ack_range(w, from, to);
+    return rc ? rc : pub_rc;
+}
 
+static void reset_range(cw_worker *w, size_t from, size_t to)
+{
+    for (size_t i = from; i < to; i++)
+        cw__task_reset(&w->batch[i]);
+}
+
+/* Claims the batch, runs its handlers in order and settles their outcomes.
+ * Fast handlers settle as one batch (one claim commit, one durable commit,
+ * one multiple-ack for hundreds of tasks). When handlers take time, what has
+ * run is settled every CW_SETTLE_EVERY_MS before the rest runs: a worker
+ * killed between a handler's effect and the store's record leaves that
+ * effect to be applied again on redelivery, and this bounds how many such
+ * effects one kill can leave to the tasks of those milliseconds. */
+static int process_batch(cw_worker *w, size_t n)
+{
+    int rc = claim_batch(w, n, cw__now_ms());
+    if (rc) {
+        reset_range(w, 0, n);
+        return rc;
+    }
+
+    size_t settled = 0;
+    int64_t since = cw__mono_ms();
     for (size_t i = 0; i < n; i++) {
         cw_task *t = &w->batch[i];
         cw_log_task lt = log_task(t);
@@ -832,18 +864,16 @@ static int process_batch(cw_worker *w, size_t n)
         default:
             break;
         }
+        if (i + 1 < n && cw__mono_ms() - since >= CW_SETTLE_EVERY_MS) {
+            if ((rc = settle_range(w, settled, i + 1))) {
+                reset_range(w, i + 1, n); /* claimed, not run: redelivered */
+                return rc;
+            }
+            settled = i + 1;
+            since = cw__mono_ms();
+        }
     }
-
-    now = cw__now_ms();
-    int pub_rc = republish_batch(w, n, now);
-    if ((rc = record_batch(w, n, now))) {
-        /* Without the record nothing may be acked: leave all for redelivery. */
-        for (size_t i = 0; i < n; i++)
-            cw__task_reset(&w->batch[i]);
-        return rc;
-    }
-    rc = ack_batch(w, n);
-    return rc ? rc : pub_rc;
+    return settle_range(w, settled, n);
 }
 
 /* Removes DONE records past the retention period. It runs between batches
