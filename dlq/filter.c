@@ -143,8 +143,16 @@ static int groups_rehash(cw_dlq_groups *gs, size_t n_slots)
 
 static void count_reason(cw_dlq_group *g, const char *reason)
 {
+    /* A long reason is kept cut at a character boundary, and compared as
+     * cut: the same reason is one reason however often it comes. */
+    size_t n = strlen(reason), cap = sizeof g->reasons[0].text;
+    if (n >= cap) {
+        n = cap - 1;
+        while (n > 0 && ((unsigned char)reason[n] & 0xC0) == 0x80)
+            n--;
+    }
     for (size_t i = 0; i < g->n_reasons; i++) {
-        if (strncmp(g->reasons[i].text, reason, sizeof g->reasons[i].text - 1) == 0) {
+        if (strlen(g->reasons[i].text) == n && memcmp(g->reasons[i].text, reason, n) == 0) {
             g->reasons[i].count++;
             return;
         }
@@ -154,12 +162,6 @@ static void count_reason(cw_dlq_group *g, const char *reason)
         return;
     }
     char *dst = g->reasons[g->n_reasons].text;
-    size_t n = strlen(reason), cap = sizeof g->reasons[0].text;
-    if (n >= cap) {
-        n = cap - 1;
-        while (n > 0 && ((unsigned char)reason[n] & 0xC0) == 0x80)
-            n--; /* cut at a character boundary */
-    }
     memcpy(dst, reason, n);
     dst[n] = '\0';
     g->reasons[g->n_reasons++].count = 1;
