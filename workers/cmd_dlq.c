@@ -967,6 +967,7 @@ static int cmd_replay(dlq_cmd *c)
         json_object_object_add(s, c->dry_run ? "would_replay" : "replayed",
                                json_object_new_int64((int64_t)(c->dry_run ? would
                                                                           : res.replayed)));
+        json_object_object_add(s, "duplicates", json_object_new_int64((int64_t)res.duplicates));
         json_object_object_add(s, "refused_done", json_object_new_int64((int64_t)res.refused_done));
         json_object_object_add(s, "refused_busy", json_object_new_int64((int64_t)res.refused_busy));
         json_object_object_add(s, "failed", json_object_new_int64((int64_t)res.failed));
@@ -1006,6 +1007,10 @@ static int cmd_replay(dlq_cmd *c)
         printf("%s\n", res.replayed ? ":" : ".");
         if (res.replayed)
             print_groups(&res.groups, "  ", false);
+        if (res.duplicates)
+            printf("Of these, %" PRIu64 " %s a further copy of a task already republished by "
+                   "this replay: removed, not published again.\n",
+                   res.duplicates, res.duplicates == 1 ? "was" : "were");
         if (res.selected > res.replayed) {
             printf("Kept in %s:", c->cfg->dlq);
             const char *sep = " ";
@@ -1164,6 +1169,7 @@ typedef struct lines {
     char *text;
     size_t len;
     size_t *start; /* offsets of the non-empty lines */
+    size_t *length; /* their lengths: a NUL inside a line is the import's to refuse */
     size_t *number; /* their line numbers */
     size_t n;
 } lines;
@@ -1201,14 +1207,18 @@ static int read_lines(FILE *f, lines *ls)
             if (ls->n == n_cap) {
                 n_cap = n_cap ? n_cap * 2 : 1024;
                 size_t *ns = realloc(ls->start, n_cap * sizeof *ns);
-                size_t *nn = ns ? realloc(ls->number, n_cap * sizeof *nn) : NULL;
                 if (ns)
                     ls->start = ns;
+                size_t *nl2 = ns ? realloc(ls->length, n_cap * sizeof *nl2) : NULL;
+                if (nl2)
+                    ls->length = nl2;
+                size_t *nn = nl2 ? realloc(ls->number, n_cap * sizeof *nn) : NULL;
                 if (!nn)
                     return cw__error(CW_STATUS_NOMEM, "out of memory reading the import");
                 ls->number = nn;
             }
             ls->start[ls->n] = at;
+            ls->length[ls->n] = end - at;
             ls->number[ls->n] = lineno;
             ls->n++;
         }
@@ -1221,6 +1231,7 @@ static void lines_free(lines *ls)
 {
     free(ls->text);
     free(ls->start);
+    free(ls->length);
     free(ls->number);
 }
 
@@ -1240,7 +1251,7 @@ static int import_batch(dlq_cmd *c, cw_mover *mv, const lines *ls, size_t from, 
     cw_mover_reset(mv);
     for (; n < cap && rc == 0; n++) {
         const char *line = ls->text + ls->start[from + n];
-        if ((rc = cw_dlq_import_line(line, strlen(line), &recs[n])))
+        if ((rc = cw_dlq_import_line(line, ls->length[from + n], &recs[n])))
             break;
         if (cw_mover_has(mv, recs[n].message_id))
             break; /* the next batch starts with it */
@@ -1296,7 +1307,7 @@ static int cmd_import(dlq_cmd *c)
     for (size_t i = 0; i < ls.n; i++) {
         cw_dlq_record r;
         const char *line = ls.text + ls.start[i];
-        if (cw_dlq_import_line(line, strlen(line), &r)) {
+        if (cw_dlq_import_line(line, ls.length[i], &r)) {
             if (bad < MAX_BAD_LINES_SHOWN)
                 fprintf(stderr, "compworker: dlq import: %s:%zu: %s\n", name, ls.number[i],
                         cw_error_last());

@@ -1418,9 +1418,12 @@ static void test_replay_duplicate_copies(void **state)
     free(out);
     size_t n = 0;
     struct json_object **docs = cwtest_json_read(path, &n);
-    int64_t replayed = -1;
+    int64_t replayed = -1, duplicates = -1;
     assert_true(n == 3 && cwtest_json_int(docs[2], "replayed", &replayed));
     assert_int_equal(replayed, 2);
+    /* The summary says which of them was a further copy, removed unpublished. */
+    assert_true(cwtest_json_int(docs[2], "duplicates", &duplicates));
+    assert_int_equal(duplicates, 1);
     cwtest_json_free(docs, n);
 
     cwtest_queue_wait(env, env->dlq, 0, CWTEST_TIMEOUT_MS);

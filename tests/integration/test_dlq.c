@@ -966,6 +966,21 @@ static void test_export_import_roundtrip(void **state)
     cli_free(&r);
     assert_int_equal(cwtest_queue_count(env, env->dlq), 0);
 
+    /* A NUL inside a line is part of the line, not its end: what follows it
+     * is not dropped unread. */
+    f = fopen(bad, "w");
+    fwrite(text, 1, (size_t)(second - text), f);
+    fwrite(text, 1, (size_t)(second - text) - 1, f);
+    fputc('\0', f);
+    fputs("{\"more\":1}\n", f);
+    fclose(f);
+    r = cli_env(env, bad, NULL, "dlq", "import", "-c", env->ini, (char *)NULL);
+    expect_code(&r, 2, "dlq import of a line holding a NUL byte");
+    assert_non_null(strstr(r.err, ":2:"));
+    assert_non_null(strstr(r.err, "nothing was imported"));
+    cli_free(&r);
+    assert_int_equal(cwtest_queue_count(env, env->dlq), 0);
+
     r = cli_env(env, exported, NULL, "dlq", "import", "-c", env->ini, (char *)NULL);
     expect_code(&r, 0, "dlq import");
     assert_non_null(strstr(r.out, "Imported 7"));
