@@ -48,7 +48,21 @@ if [ "$mode" = --valgrind ]; then
             fail=1
         fi
     done
-    [ $fail -eq 0 ] && echo "valgrind: all unit tests clean"
+    # The fuzz targets' replays of their seed corpus and past crash inputs:
+    # valgrind sees the uninitialised reads the sanitizers do not.
+    for src in ../tests/fuzz/fuzz_*.c; do
+        name=$(basename "$src" .c)
+        t=tests/fuzz/$name
+        inputs=(../tests/fuzz/corpus/"${name#fuzz_}")
+        [ -d ../tests/fuzz/regressions/"${name#fuzz_}" ] && inputs+=(../tests/fuzz/regressions/"${name#fuzz_}")
+        if ! valgrind -q --leak-check=full --errors-for-leak-kinds=definite,indirect \
+            --error-exitcode=1 "$t" "${inputs[@]}" >"$t.valgrind.log" 2>&1; then
+            echo "valgrind: $t failed; see $dir/$t.valgrind.log" >&2
+            tail -30 "$t.valgrind.log" >&2
+            fail=1
+        fi
+    done
+    [ $fail -eq 0 ] && echo "valgrind: all unit tests and fuzz replays clean"
     exit $fail
 fi
 ctest --output-on-failure -j"$jobs"
