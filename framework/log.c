@@ -217,8 +217,10 @@ void cw__url_mask(const char *url, char *out, unsigned long out_len)
      * information ends at the last '@', so a password with an unencoded '/'
      * or '@' is still hidden whole; a stray '@' further on masks too much,
      * never too little. */
+    /* Without a scheme ("user:secret@host", a URL mistyped), the user
+     * information starts the string: hidden all the same. */
     const char *scheme = strstr(url, "://");
-    const char *user = scheme ? scheme + 3 : NULL;
+    const char *user = scheme ? scheme + 3 : url;
     const char *at = user ? strrchr(user, '@') : NULL;
     const char *colon = at ? memchr(user, ':', (size_t)(at - user)) : NULL;
     if (!colon) {

@@ -175,6 +175,10 @@ static void test_url_mask(void **state)
     assert_null(strstr(out, "pw1"));
     assert_null(strstr(out, "pw2"));
 
+    /* No scheme: a mistyped URL's password is hidden too. */
+    mask_eq("user:secret@host:5672/v", "user:***@host:5672/v");
+    mask_eq("guest:guest@127.0.0.1", "guest:***@127.0.0.1");
+
     /* Nothing to hide: unchanged. */
     mask_eq("amqp://user@h:5672/v", "amqp://user@h:5672/v");
     mask_eq("amqp://h:5672/v", "amqp://h:5672/v");
