@@ -169,11 +169,12 @@ static void check_url_mask(const char *s)
         FZ_CHECK(strlen(out) < caps[i]);
     }
     /* The password runs from the first ':' of the user information (after
-     * "://", up to the last '@') to that '@': the masked URL is the URL with
-     * exactly that replaced by ":***". */
+     * "://", or from the start without a scheme, up to the last '@') to that
+     * '@': the masked URL is the URL with exactly that replaced by ":***". */
     const char *scheme = strstr(s, "://");
-    const char *at = scheme ? strrchr(scheme + 3, '@') : NULL;
-    const char *colon = at ? memchr(scheme + 3, ':', (size_t)(at - (scheme + 3))) : NULL;
+    const char *user = scheme ? scheme + 3 : s;
+    const char *at = strrchr(user, '@');
+    const char *colon = at ? memchr(user, ':', (size_t)(at - user)) : NULL;
     size_t len = strlen(s);
     if (!colon) {
         FZ_CHECK(len >= sizeof out || strcmp(out, s) == 0);
