@@ -986,7 +986,14 @@ static int cw_set_webhook(cw_config_ctx *ctx, const char *value, char *why, size
         snprintf(why, why_len, "the URL does not start with http:// or https://");
         return CW_STATUS_CONFIG;
     }
-    if (value[scheme] == '\0' || value[scheme] == '/') {
+    /* The host runs to the path, query or fragment, after any user
+     * information: "https://?x", "https://#x" and "https://user@/x" have none. */
+    const char *host = value + scheme, *end = host + strcspn(host, "/?#");
+    for (const char *c = host; c < end; c++) {
+        if (*c == '@')
+            host = c + 1;
+    }
+    if (end == host) {
         snprintf(why, why_len, "the URL has no host");
         return CW_STATUS_CONFIG;
     }
