@@ -22,6 +22,7 @@
 #include "compworker/version.h"
 #include "dlq/alert.h"
 #include "dlq/deadletter.h"
+#include "framework/clock.h"
 #include "framework/error.h"
 #include "framework/log.h"
 
@@ -92,26 +93,6 @@ struct cw_alerter {
 
 /* ---- time ---------------------------------------------------------------- */
 
-static int64_t mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static int64_t wall_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static struct timespec mono_ts(int64_t ms)
-{
-    struct timespec ts = {.tv_sec = (time_t)(ms / 1000), .tv_nsec = (long)(ms % 1000) * 1000000};
-    return ts;
-}
-
 static int64_t min64(int64_t a, int64_t b)
 {
     return a < b ? a : b;
@@ -119,24 +100,24 @@ static int64_t min64(int64_t a, int64_t b)
 
 static bool past_deadline(cw_alerter *a)
 {
-    return mono_ms() >= atomic_load(&a->deadline);
+    return cw__mono_ms() >= atomic_load(&a->deadline);
 }
 
 /* Waits on the condition variable until `until_ms` (monotonic) or a signal. */
 static void wait_locked(cw_alerter *a, int64_t until_ms)
 {
-    struct timespec ts = mono_ts(until_ms);
+    struct timespec ts = cw__mono_timespec(until_ms);
     pthread_cond_timedwait(&a->cv, &a->mu, &ts);
 }
 
 /* Sleeps `ms`, cut short by the shutdown deadline. */
 static void sleep_ms(cw_alerter *a, int64_t ms)
 {
-    int64_t until = mono_ms() + ms;
+    int64_t until = cw__mono_ms() + ms;
     pthread_mutex_lock(&a->mu);
     for (;;) {
         int64_t end = min64(until, atomic_load(&a->deadline));
-        if (mono_ms() >= end)
+        if (cw__mono_ms() >= end)
             break;
         wait_locked(a, end);
     }
@@ -424,7 +405,7 @@ void cw_alerter_post(cw_alerter *a, const cw_alert_event *ev)
 {
     if (!a || !ev || !a->running)
         return;
-    int64_t failed_at = ev->failed_at_ms ? ev->failed_at_ms : wall_ms();
+    int64_t failed_at = ev->failed_at_ms ? ev->failed_at_ms : cw__now_ms();
     alert_item *it = item_copy(ev, failed_at);
     bool began = false, ended = false;
     unsigned long held = 0;
@@ -446,7 +427,7 @@ void cw_alerter_post(cw_alerter *a, const cw_alert_event *ev)
         }
         pthread_cond_signal(&a->cv);
     } else {
-        int64_t now = mono_ms();
+        int64_t now = cw__mono_ms();
         alert_group *g = group_find(a, ev->type, ev->error_class);
         if (!g)
             g = group_open(a, ev->type, ev->error_class, now,
@@ -708,7 +689,7 @@ static void run_command(cw_alerter *a, const char *json, const cw_log_task *task
 
     size_t len = strlen(json), off = 0, kept = 0;
     char errtext[CW_ALERT_STDERR_KEEP + 1] = "";
-    int64_t start = mono_ms(), limit = start + a->cfg.timeout_ms;
+    int64_t start = cw__mono_ms(), limit = start + a->cfg.timeout_ms;
     int status = 0;
     bool reaped = false, killed = false, at_shutdown = false;
     for (;;) {
@@ -717,7 +698,7 @@ static void run_command(cw_alerter *a, const char *json, const cw_log_task *task
             reaped = w == pid; /* ECHILD: someone else reaped it */
             break;
         }
-        int64_t now = mono_ms(), shutdown = atomic_load(&a->deadline);
+        int64_t now = cw__mono_ms(), shutdown = atomic_load(&a->deadline);
         if (now >= min64(limit, shutdown)) {
             at_shutdown = shutdown < limit;
             kill(-pid, SIGKILL);
@@ -747,7 +728,7 @@ static void run_command(cw_alerter *a, const char *json, const cw_log_task *task
     }
     if (err[0] >= 0)
         read_stderr(&err[0], errtext, &kept); /* what is left; never waits */
-    int64_t took = mono_ms() - start;
+    int64_t took = cw__mono_ms() - start;
     while (kept && (errtext[kept - 1] == '\n' || errtext[kept - 1] == '\r' ||
                     errtext[kept - 1] == ' ' || errtext[kept - 1] == '\t'))
         errtext[--kept] = '\0';
@@ -899,11 +880,11 @@ static void run_webhook(cw_alerter *a, const char *json, const cw_log_task *task
     unsigned tries = 0, max_tries = 1 + a->cfg.webhook_retries;
     CURLcode rc = CURLE_OK;
     long code = 0;
-    int64_t start = mono_ms();
+    int64_t start = cw__mono_ms();
     curl_easy_setopt(c, CURLOPT_POSTFIELDS, json);
     curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)strlen(json));
     for (;;) {
-        int64_t left = atomic_load(&a->deadline) - mono_ms();
+        int64_t left = atomic_load(&a->deadline) - cw__mono_ms();
         if (left <= 0) {
             cw_log_warn(task,
                         "alert hook failed: hook=webhook %s: abandoned at shutdown after %u "
@@ -931,7 +912,7 @@ static void run_webhook(cw_alerter *a, const char *json, const cw_log_task *task
         unsigned shift = tries - 1 < 6 ? tries - 1 : 6;
         sleep_ms(a, min64((int64_t)CW_ALERT_BACKOFF_MS << shift, CW_ALERT_BACKOFF_MAX_MS));
     }
-    long long took = (long long)(mono_ms() - start);
+    long long took = (long long)(cw__mono_ms() - start);
     if (rc == CURLE_ABORTED_BY_CALLBACK)
         cw_log_warn(task,
                     "alert hook failed: hook=webhook %s: abandoned at shutdown after %u tries",
@@ -1021,7 +1002,7 @@ static void *alerter_main(void *arg)
     cw_alerter *a = arg;
     pthread_mutex_lock(&a->mu);
     for (;;) {
-        int64_t now = mono_ms();
+        int64_t now = cw__mono_ms();
         bool stopping = a->stop;
         if (stopping && now >= atomic_load(&a->deadline)) {
             drop_rest_locked(a);
@@ -1093,7 +1074,7 @@ void cw_alerter_free(cw_alerter *a)
     if (!a)
         return;
     if (a->running) {
-        int64_t now = mono_ms(), total = 2 * a->cfg.timeout_ms;
+        int64_t now = cw__mono_ms(), total = 2 * a->cfg.timeout_ms;
         int64_t margin = min64(500, total / 10); /* to finish a hook cut at the deadline */
         pthread_mutex_lock(&a->mu);
         a->stop = true;
@@ -1101,7 +1082,7 @@ void cw_alerter_free(cw_alerter *a)
         pthread_cond_broadcast(&a->cv);
         /* Wait for the thread to say it is done (a timed join of our own:
          * portable, and visible to thread checkers), then join it. */
-        while (!a->finished && mono_ms() < now + total)
+        while (!a->finished && cw__mono_ms() < now + total)
             wait_locked(a, now + total);
         if (!a->finished) {
             /* A callback is still running: the thread frees on its own. */

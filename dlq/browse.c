@@ -34,6 +34,7 @@
 
 #include "dlq/dlq.h"
 #include "framework/broker.h"
+#include "framework/clock.h"
 #include "framework/error.h"
 
 #define CTL_CH 1

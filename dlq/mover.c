@@ -12,6 +12,7 @@
 
 #include "dlq/dlq.h"
 #include "framework/broker.h"
+#include "framework/clock.h"
 #include "framework/error.h"
 
 int cw_mover_open(cw_mover *m, amqp_connection_state_t conn, amqp_channel_t ch)

@@ -35,6 +35,7 @@
 #include "dlq/deadletter.h"
 #include "dlq/dlq.h"
 #include "framework/broker.h"
+#include "framework/clock.h"
 #include "framework/error.h"
 #include "framework/owner.h"
 #include "retry/delay.h"
@@ -43,7 +44,6 @@
 #define CTL_CH 2
 #define BATCH_MAX 256
 #define BATCH_BYTES (8u << 20)
-#define CONFIRM_TIMEOUT_MS 30000
 #define CANARY_POLL_MS 200
 #define PROGRESS_MS 250
 #define KNOWN_MAX 64
@@ -367,7 +367,7 @@ static int flush(replay *r)
         if (rc == 0)
             slot_of[i] = r->mv.n - 1;
     }
-    int wrc = r->mv.n ? cw_mover_wait(&r->mv, CONFIRM_TIMEOUT_MS) : 0;
+    int wrc = r->mv.n ? cw_mover_wait(&r->mv, CW_CONFIRM_TIMEOUT_MS) : 0;
     if (rc == 0)
         rc = wrc;
 

@@ -10,28 +10,14 @@
 
 #include "framework/broker.h"
 #include "framework/error.h"
+#include "framework/limits.h"
 #include "framework/log.h"
-#include "retry/policy.h"
 
 #define CW_CONNECT_TIMEOUT_S 5
 #define CW_FRAME_MAX 131072
 /* How much larger than negotiated a frame a consuming connection reads
  * (see cw__broker_accept_large_frames). */
 #define CW_INBOUND_FRAME_FACTOR 2
-
-int64_t cw__now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-int64_t cw__mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 int cw__broker_reply(amqp_rpc_reply_t r, const char *what)
 {

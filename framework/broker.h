@@ -118,8 +118,4 @@ int cw__publisher_send_copy(cw_publisher *p, const char *exchange, amqp_bytes_t 
  * channel closed. */
 int cw__publisher_wait(cw_publisher *p, int timeout_ms);
 
-/* Milliseconds of CLOCK_REALTIME / CLOCK_MONOTONIC. */
-int64_t cw__now_ms(void);
-int64_t cw__mono_ms(void);
-
 #endif

@@ -6,12 +6,12 @@
 
 #include "compworker/client.h"
 #include "framework/broker.h"
+#include "framework/clock.h"
 #include "framework/error.h"
 #include "framework/json_text.h"
 #include "framework/registry.h"
 
 #define CW_CLIENT_CH 1
-#define CW_CLIENT_CONFIRM_MS 30000
 
 struct cw_client {
     amqp_connection_state_t conn;
@@ -132,7 +132,7 @@ int cw_client_publish(cw_client *c, const cw_publish_opts *o, char *id_out, size
     if (rc)
         return rc;
     rc = cw__publisher_wait(&c->pub, o->confirm_timeout_ms ? (int)o->confirm_timeout_ms
-                                                          : CW_CLIENT_CONFIRM_MS);
+                                                          : CW_CONFIRM_TIMEOUT_MS);
     if (rc == CW_STATUS_UNROUTABLE)
         return cw__error(rc,
                          "no queue is bound to exchange '%s' for routing key '%s': is a worker "

@@ -27,8 +27,6 @@
 #include "framework/error.h"
 #include "framework/parse.h"
 #include "framework/registry.h"
-#include "retry/delay.h"
-#include "retry/policy.h"
 
 #define CW_DEFAULT_URL "amqp://guest:guest@127.0.0.1:5672/"
 #define CW_DEFAULT_EXCHANGE "cw.tasks"
@@ -1462,7 +1460,11 @@ static int cw_config_defaults(cw_config *cfg)
     cfg->store_sync_full = true;
     cfg->log_level = CW_LOG_INFO;
     cfg->handler_timeout_ms = CW_DEFAULT_HANDLER_TIMEOUT_MS;
-    cw_retry_policy_default(&cfg->retry);
+    cfg->retry = (cw_retry_policy){.max_attempts = CW_RETRY_DEFAULT_MAX_ATTEMPTS,
+                                   .interval_ms = CW_RETRY_DEFAULT_INTERVAL_MS,
+                                   .backoff_rate = CW_RETRY_DEFAULT_BACKOFF_RATE,
+                                   .max_delay_ms = CW_RETRY_DEFAULT_MAX_DELAY_MS,
+                                   .jitter = CW_RETRY_DEFAULT_JITTER};
     cfg->max_deliveries = CW_RETRY_DEFAULT_MAX_DELIVERIES;
     cfg->alert.timeout_ms = CW_DEFAULT_ALERT_TIMEOUT_MS;
     cfg->alert.webhook_retries = CW_DEFAULT_WEBHOOK_RETRIES;

@@ -7,7 +7,8 @@
 #include <stdint.h>
 
 #include "compworker/compworker.h" /* cw_jitter */
-#include "log.h"
+#include "framework/limits.h"
+#include "framework/log.h"
 
 typedef enum cw_queue_type { CW_QUEUE_QUORUM = 0, CW_QUEUE_CLASSIC = 1 } cw_queue_type;
 typedef enum cw_store_backend { CW_STORE_SQLITE = 0, CW_STORE_MEMORY = 1 } cw_store_backend;
@@ -135,8 +136,6 @@ typedef struct cw_config {
                                                    * NULL for CW_<SECTION>_<KEY> */
 } cw_config;
 
-/* The most worker processes of one pool. */
-#define CW_POOL_MAX_WORKERS 64
 
 /* Reads `path` (INI). Relative paths inside it (plugins, store path) are taken
  * relative to the directory of `path`. Then applies the environment: every

@@ -12,6 +12,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "framework/clock.h"
 #include "framework/crash.h"
 #include "framework/error.h"
 #include "framework/log.h"
@@ -22,7 +23,7 @@
 static struct {
     char path[4096];
     char owner[128];
-    _Atomic(const cw_worker *) worker;
+    _Atomic(const cw_running *) running;
     _Atomic int written;
 } cw_reporter;
 
@@ -69,14 +70,12 @@ static const char *signal_name(int sig)
 
 void cw__crash_report(const char *what)
 {
-    const cw_worker *w = atomic_load(&cw_reporter.worker);
-    if (!w || !cw_reporter.path[0] || cw_worker_handler_started_ms(w) == 0)
+    const cw_running *cur = atomic_load(&cw_reporter.running);
+    if (!cur || !cw_reporter.path[0] || atomic_load(&cur->started_ms) == 0)
         return;
     if (atomic_exchange(&cw_reporter.written, 1))
         return; /* one report per process: the first cause wins */
-    const cw_worker_current *cur = cw_worker_current_task(w);
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
+    int64_t now_ms = cw__now_ms();
 
     char buf[2048];
     size_t len = 0, cap = sizeof buf;
@@ -91,8 +90,7 @@ void cw__crash_report(const char *what)
     len = put(buf, len, cap, "\nworker=");
     len = put(buf, len, cap, cw_reporter.owner);
     len = put(buf, len, cap, "\nat_ms=");
-    len = put_u64(buf, len, cap,
-                  (unsigned long long)ts.tv_sec * 1000ULL + (unsigned long long)ts.tv_nsec / 1000000);
+    len = put_u64(buf, len, cap, (unsigned long long)now_ms);
     len = put(buf, len, cap, "\nbacktrace:\n");
 
     int fd = open(cw_reporter.path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
@@ -107,10 +105,10 @@ void cw__crash_report(const char *what)
     close(fd);
 }
 
-void cw__crash_reporter_forget(const cw_worker *w)
+void cw__crash_reporter_forget(const cw_running *running)
 {
-    const cw_worker *expected = w;
-    atomic_compare_exchange_strong(&cw_reporter.worker, &expected, NULL);
+    const cw_running *expected = running;
+    atomic_compare_exchange_strong(&cw_reporter.running, &expected, NULL);
 }
 
 static void on_fatal(int sig)
@@ -120,14 +118,14 @@ static void on_fatal(int sig)
     raise(sig);
 }
 
-int cw__crash_reporter_install(const char *dir, const char *owner, const cw_worker *w)
+int cw__crash_reporter_install(const char *dir, const char *owner, const cw_running *running)
 {
     if (mkdir(dir, 0750) != 0 && errno != EEXIST)
         return cw__error(CW_STATUS_IO, "cannot create the crash report directory %s: %s", dir,
                          strerror(errno));
     snprintf(cw_reporter.path, sizeof cw_reporter.path, "%s/%s.crash", dir, owner);
     snprintf(cw_reporter.owner, sizeof cw_reporter.owner, "%s", owner);
-    atomic_store(&cw_reporter.worker, w);
+    atomic_store(&cw_reporter.running, running);
     atomic_store(&cw_reporter.written, 0);
 
     /* backtrace() loads libgcc on first use: do it now, not in a signal. */

@@ -9,10 +9,23 @@
 #ifndef CW_FRAMEWORK_CRASH_H
 #define CW_FRAMEWORK_CRASH_H
 
+#include <stdatomic.h>
 #include <stddef.h>
+#include <stdint.h>
 
+#include "compworker/client.h" /* CW_MESSAGE_ID_MAX */
 #include "framework/store.h"
-#include "framework/worker.h"
+
+/* What a handler runs now, for crash reports and the handler watchdog. The
+ * strings are written before started_ms is set, so that a signal handler or
+ * another thread may read them whenever started_ms is non-zero. */
+typedef struct cw_running {
+    char message_id[CW_MESSAGE_ID_MAX + 1];
+    char type[256];
+    char handler[300];      /* "plugin version" */
+    const void *handler_of; /* the registry entry `handler` describes */
+    _Atomic int64_t started_ms; /* CLOCK_MONOTONIC ms when it started; 0 while none runs */
+} cw_running;
 
 /* The report directory of a store file: "<path>.crash". */
 void cw__crash_dir(const char *store_path, char *out, size_t cap);
@@ -20,16 +33,16 @@ void cw__crash_dir(const char *store_path, char *out, size_t cap);
 /* Prepares the report file of this process and installs handlers for
  * SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT and SIGSYS on an alternate stack.
  * They write a report when a handler is running, then let the signal take
- * its default course (the process dies of it). `w` must stay valid until
- * cw__crash_reporter_forget(w). Not thread-safe; call once, before the
- * worker runs. */
-int cw__crash_reporter_install(const char *dir, const char *owner, const cw_worker *w);
+ * its default course (the process dies of it). `running` must stay valid
+ * until cw__crash_reporter_forget(running). Not thread-safe; call once,
+ * before the worker runs. */
+int cw__crash_reporter_install(const char *dir, const char *owner, const cw_running *running);
 
-/* Detaches the reporter from `w` (if it is the one installed), before `w`
- * is freed: a fatal signal later (a plugin's teardown, a leak check that
- * aborts) then writes no report instead of reading a freed worker.
+/* Detaches the reporter from `running` (if it is the one installed), before
+ * it is freed: a fatal signal later (a plugin's teardown, a leak check that
+ * aborts) then writes no report instead of reading freed memory.
  * Async-signal-safe. */
-void cw__crash_reporter_forget(const cw_worker *w);
+void cw__crash_reporter_forget(const cw_running *running);
 
 /* Writes a report for the running handler with `what` as its cause (e.g.
  * "timeout after 300 s"). Async-signal-safe. Does nothing when no handler

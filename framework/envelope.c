@@ -7,10 +7,9 @@
 
 #include "framework/error.h"
 #include "framework/json_text.h"
+#include "framework/limits.h"
 #include "framework/task.h"
 
-/* JSON bodies nested deeper than this are refused (json-c recurses). */
-#define CW_JSON_MAX_DEPTH 64
 /* The highest cw-attempt value accepted from a header. */
 #define CW_ATTEMPT_MAX 1000000
 

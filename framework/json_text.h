@@ -13,6 +13,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include "framework/limits.h" /* CW_JSON_MAX_DEPTH */
+
 /* Checks the tokens of the JSON text `text` (`len` bytes, not
  * NUL-terminated): well-formed UTF-8 (RFC 3629) throughout; strings with
  * no raw control character and only JSON's escapes; outside strings only
@@ -27,9 +29,6 @@
  * (`cap` bytes). Allocates nothing; safe from any thread. */
 bool cw__json_text_check(const void *text, size_t len, char *why, size_t cap);
 
-/* The most levels of nesting a body may have (the outermost object is
- * level 1). */
-#define CW_JSON_MAX_DEPTH 64
 
 /* Whether `text` (`len` bytes) is what the message contract calls a body: a
  * JSON object of at most CW_JSON_MAX_DEPTH levels that passes

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "compworker/status.h"
+#include "framework/clock.h"
 #include "framework/error.h"
 #include "framework/log.h"
 
@@ -171,14 +172,14 @@ void cw__log(cw_log_level level, const cw_log_task *task, const char *fmt, ...)
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
 
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
+    int64_t now = cw__now_ms();
+    time_t sec = (time_t)(now / 1000);
     struct tm tm;
-    gmtime_r(&ts.tv_sec, &tm);
+    gmtime_r(&sec, &tm);
     char line[8192];
     char when[80];
     snprintf(when, sizeof when, "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ", tm.tm_year + 1900,
-             tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, ts.tv_nsec / 1000000);
+             tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (long)(now % 1000));
     size_t len;
     if (cw_format == CW_LOG_JSON) {
         len = format_json(line, sizeof line - 1, when, level, task, msg);

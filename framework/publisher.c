@@ -8,6 +8,7 @@
 #include <amqp_framing.h>
 
 #include "framework/broker.h"
+#include "framework/clock.h"
 #include "framework/error.h"
 
 /* The most of cw-dropped-headers (names and sizes of the headers dropped). */

@@ -23,6 +23,7 @@
 
 #include <sqlite3.h>
 
+#include "framework/clock.h"
 #include "framework/error.h"
 #include "framework/log.h"
 #include "framework/store.h"
@@ -278,9 +279,7 @@ static void sq_copy_col(char *dst, size_t size, sqlite3_stmt *st, int col)
 static int sq_busy_wait(void *arg, int count)
 {
     cw_sq_store *q = arg;
-    struct timespec mono;
-    clock_gettime(CLOCK_MONOTONIC, &mono);
-    int64_t now = (int64_t)mono.tv_sec * 1000000 + mono.tv_nsec / 1000;
+    int64_t now = cw__mono_ns() / 1000;
     if (count == 0)
         q->busy_since_us = now;
     if (now - q->busy_since_us >= (int64_t)CW_SQ_BUSY_TIMEOUT_MS * 1000)

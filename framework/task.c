@@ -7,8 +7,6 @@
 #include "framework/error.h"
 #include "framework/task.h"
 
-/* Bodies deeper than this are refused before they can exhaust the stack. */
-#define CW_JSON_MAX_DEPTH 64
 
 void cw__task_reset(cw_task *t)
 {

@@ -9,9 +9,9 @@
 
 #include "compworker/client.h"
 #include "compworker/compworker.h"
+#include "framework/limits.h"
 #include "framework/registry.h"
 
-#define CW_REASON_MAX 1024
 
 typedef struct cw_strnode {
     struct cw_strnode *next;

@@ -8,13 +8,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* Number of levels: a delay is a CW_DELAY_LEVELS-bit count of units. */
-#define CW_DELAY_LEVELS 20
-/* Resolution: level L holds a message 2^L units. */
-#define CW_DELAY_UNIT_MS 100
-/* The largest count of units, and the longest delay (~29 h 7 m). */
-#define CW_DELAY_MAX_UNITS ((INT64_C(1) << CW_DELAY_LEVELS) - 1)
-#define CW_DELAY_MAX_MS (CW_DELAY_MAX_UNITS * CW_DELAY_UNIT_MS) /* 104857500 */
+#include "framework/limits.h" /* CW_DELAY_LEVELS, CW_DELAY_UNIT_MS, CW_DELAY_MAX_MS */
 
 /* Where a delayed message is published (mandatory, persistent), with the
  * routing key of cw__delay_routing_key(). */

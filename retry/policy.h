@@ -18,27 +18,10 @@
 #include <stdint.h>
 
 #include "framework/config.h"
+#include "framework/limits.h"
 
-/* The defaults of [retry] (AWS Step Functions' retrier defaults are
- * 3 attempts, 1 s, 2.0; we allow more attempts for compensations). */
-#define CW_RETRY_DEFAULT_MAX_ATTEMPTS 5u
-#define CW_RETRY_DEFAULT_INTERVAL_MS INT64_C(1000)
-#define CW_RETRY_DEFAULT_BACKOFF_RATE 2.0
-#define CW_RETRY_DEFAULT_MAX_DELAY_MS (INT64_C(3600) * 1000)
-#define CW_RETRY_DEFAULT_JITTER CW_JITTER_FULL
-#define CW_RETRY_DEFAULT_MAX_DELIVERIES 5u
-
-/* Limits the configuration enforces. */
-#define CW_RETRY_MAX_ATTEMPTS_LIMIT 1000u
-/* Quorum pool queues carry x-delivery-limit = CW_DELIVERY_LIMIT_BACKSTOP, a
- * broker-side backstop for deliveries compworker never got to count (a
- * worker dying before its claim); max_deliveries must stay below it so that
- * compworker's poison verdict, with its metadata, always comes first. */
-#define CW_DELIVERY_LIMIT_BACKSTOP 100
-#define CW_RETRY_MAX_DELIVERIES_LIMIT 90u
-#define CW_RETRY_BACKOFF_RATE_MAX 100.0
-
-/* Fills `p` with the defaults above. */
+/* Fills `p` with the defaults of [retry] (CW_RETRY_DEFAULT_* in
+ * framework/limits.h). */
 void cw_retry_policy_default(cw_retry_policy *p);
 
 /* Copies into `into` the fields of `layer` flagged in `set` (CW_RETRY_SET_*);

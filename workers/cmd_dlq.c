@@ -16,6 +16,7 @@
 
 #include "dlq/dlq.h"
 #include "framework/broker.h"
+#include "framework/clock.h"
 #include "framework/config.h"
 #include "framework/error.h"
 #include "framework/parse.h"
@@ -24,7 +25,6 @@
 #include "workers/dlq_cli.h"
 
 #define IMPORT_BATCH 256
-#define CONFIRM_TIMEOUT_MS 30000
 #define DEFAULT_CANARY_TIMEOUT_MS 120000
 #define MAX_BAD_LINES_SHOWN 20
 
@@ -1257,7 +1257,7 @@ static int import_batch(dlq_cmd *c, cw_mover *mv, const lines *ls, size_t from, 
             break; /* the next batch starts with it */
         rc = cw_mover_send(mv, CW_DLX_NAME, c->cfg->dlq, &recs[n].props, recs[n].body);
     }
-    int wrc = mv->n ? cw_mover_wait(mv, CONFIRM_TIMEOUT_MS) : 0;
+    int wrc = mv->n ? cw_mover_wait(mv, CW_CONFIRM_TIMEOUT_MS) : 0;
     if (rc == 0)
         rc = wrc;
     size_t i = 0;

@@ -9,6 +9,7 @@
 
 #include "dlq/dlq.h"
 #include "framework/broker.h"
+#include "framework/clock.h"
 #include "framework/config.h"
 #include "framework/error.h"
 #include "workers/cli.h"

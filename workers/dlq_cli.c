@@ -13,6 +13,7 @@
 
 #include "dlq/deadletter.h"
 #include "framework/broker.h"
+#include "framework/clock.h"
 #include "framework/error.h"
 #include "framework/owner.h"
 #include "workers/dlq_cli.h"

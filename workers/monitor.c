@@ -18,6 +18,7 @@
 
 #include "dlq/alert.h"
 #include "framework/broker.h"
+#include "framework/clock.h"
 #include "framework/error.h"
 #include "framework/log.h"
 #include "framework/owner.h"

@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include "framework/broker.h"
+#include "framework/clock.h"
 #include "framework/error.h"
 #include "framework/log.h"
 #include "framework/owner.h"
@@ -95,11 +96,6 @@ typedef struct pool {
 } pool;
 
 /* ---- small things --------------------------------------------------------- */
-
-static int64_t now_ms(void)
-{
-    return cw__mono_ms();
-}
 
 /* "exited with code 3 (handler timeout)" / "killed by SIGSEGV" */
 static void describe_status(int st, char *out, size_t cap)
@@ -216,7 +212,7 @@ static member *spawn(pool *p, unsigned index, const cw_config *cfg, unsigned gen
     mb->slot = slot;
     mb->index = index;
     mb->gen = gen;
-    mb->started_ms = now_ms();
+    mb->started_ms = cw__mono_ms();
     if (p->rs[index].pending) {
         atomic_fetch_add(&p->m->restarts, 1);
         p->rs[index].pending = false;
@@ -231,7 +227,7 @@ static void stop_member(pool *p, member *mb, const char *why)
     if (!mb->pid || mb->stopping)
         return;
     mb->stopping = true;
-    mb->kill_at = now_ms() + p->cfg->shutdown_timeout_ms;
+    mb->kill_at = cw__mono_ms() + p->cfg->shutdown_timeout_ms;
     atomic_store(&p->m->slots[mb->slot].state, CW_SLOT_STOPPING);
     cw_log_info(NULL, "stopping worker %u (pid %ld): %s", mb->index, (long)mb->pid, why);
     kill(mb->pid, SIGTERM);
@@ -243,7 +239,7 @@ static void spawn_monitor(pool *p)
     pid_t pid = fork();
     if (pid < 0) {
         cw_log_error(NULL, "cannot fork the monitor: %s", strerror(errno));
-        p->monitor_restart_at = now_ms() + RESTART_MAX_MS;
+        p->monitor_restart_at = cw__mono_ms() + RESTART_MAX_MS;
         return;
     }
     if (pid == 0) {
@@ -251,7 +247,7 @@ static void spawn_monitor(pool *p)
         _exit(cw_pool_monitor_main(p->cfg, p->m, p->self));
     }
     p->monitor = pid;
-    p->monitor_started_ms = now_ms();
+    p->monitor_started_ms = cw__mono_ms();
     p->monitor_kill_at = 0;
 }
 
@@ -259,7 +255,7 @@ static void stop_monitor(pool *p)
 {
     if (p->monitor && !p->monitor_kill_at) {
         kill(p->monitor, SIGTERM);
-        p->monitor_kill_at = now_ms() + MONITOR_STOP_MS;
+        p->monitor_kill_at = cw__mono_ms() + MONITOR_STOP_MS;
     }
 }
 
@@ -269,7 +265,7 @@ static void begin_shutdown(pool *p, int code, const char *why)
         return;
     p->stopping = true;
     p->exit_code = code;
-    p->stop_deadline = now_ms() + p->cfg->shutdown_timeout_ms;
+    p->stop_deadline = cw__mono_ms() + p->cfg->shutdown_timeout_ms;
     cw_notify_stopping();
     char d[32];
     snprintf(d, sizeof d, "%lld ms", (long long)p->cfg->shutdown_timeout_ms);
@@ -294,7 +290,7 @@ static void begin_shutdown(pool *p, int code, const char *why)
 
 static void note_death(pool *p, const member *mb, const char *what, int64_t uptime)
 {
-    int64_t t = now_ms();
+    int64_t t = cw__mono_ms();
     p->deaths[p->n_deaths++ % CRASH_LOOP_DEATHS] = t;
     if (p->n_deaths < CRASH_LOOP_DEATHS)
         return;
@@ -332,7 +328,7 @@ static void member_exited(pool *p, member *mb, int st)
 {
     char what[128];
     describe_status(st, what, sizeof what);
-    int64_t uptime = now_ms() - mb->started_ms;
+    int64_t uptime = cw__mono_ms() - mb->started_ms;
     if (atomic_load(&p->m->slots[mb->slot].state) >= CW_SLOT_READY)
         mb->ever_ready = true;
     cw_metrics_slot_release(p->m, mb->slot);
@@ -376,7 +372,7 @@ static void member_exited(pool *p, member *mb, int st)
         d = RESTART_MAX_MS;
     d = jittered(d);
     rs->fails++;
-    rs->restart_at = now_ms() + d;
+    rs->restart_at = cw__mono_ms() + d;
     rs->pending = gone.index <= p->cfg->workers;
     if (rs->pending)
         cw_log_warn(NULL, "worker %u (pid %ld) %s after %lld ms; restarting in %lld ms",
@@ -392,7 +388,7 @@ static void monitor_exited(pool *p, int st)
     char what[128];
     describe_status(st, what, sizeof what);
     bool asked = p->monitor_kill_at != 0;
-    int64_t uptime = now_ms() - p->monitor_started_ms;
+    int64_t uptime = cw__mono_ms() - p->monitor_started_ms;
     p->monitor = 0;
     p->monitor_kill_at = 0;
     if (asked || p->stopping)
@@ -409,7 +405,7 @@ static void monitor_exited(pool *p, int st)
     if (d > RESTART_MAX_MS)
         d = RESTART_MAX_MS;
     p->monitor_fails++;
-    p->monitor_restart_at = now_ms() + jittered(d);
+    p->monitor_restart_at = cw__mono_ms() + jittered(d);
     cw_log_warn(NULL, "the monitor (metrics, health, alerts) %s; restarting it", what);
 }
 
@@ -519,7 +515,7 @@ static void roll_step(pool *p)
 {
     if (!p->roll.active || p->stopping)
         return;
-    int64_t t = now_ms();
+    int64_t t = cw__mono_ms();
     if (p->roll.waiting_old)
         return; /* member_exited clears it */
     if (p->roll.fresh) {
@@ -566,7 +562,7 @@ static void roll_step(pool *p)
 /* Starts what is missing, stops what is past the desired count. */
 static void scale_to(pool *p)
 {
-    int64_t t = now_ms();
+    int64_t t = cw__mono_ms();
     unsigned want = p->cfg->workers;
     for (int i = 0; i < CW_METRICS_SLOTS; i++) {
         member *mb = &p->w[i];
@@ -611,7 +607,7 @@ static void check_ready(pool *p)
 
 static void kill_overdue(pool *p)
 {
-    int64_t t = now_ms();
+    int64_t t = cw__mono_ms();
     for (int i = 0; i < CW_METRICS_SLOTS; i++) {
         member *mb = &p->w[i];
         if (mb->pid && mb->stopping && mb->kill_at && t >= mb->kill_at) {
@@ -659,7 +655,7 @@ int cw_pool_run(cw_config *cfg, const cw_pool_opts *opts)
     p->cfg = cfg;
     p->opts = opts;
     p->self = getpid();
-    srandom((unsigned)(p->self ^ now_ms()));
+    srandom((unsigned)(p->self ^ cw__mono_ms()));
     cw__owner_self(p->id, sizeof p->id);
     cw__log_set_worker(p->id);
     cw__log_set_role("supervisor");
@@ -674,7 +670,7 @@ int cw_pool_run(cw_config *cfg, const cw_pool_opts *opts)
     sigset_t set;
     block_signals(&set);
     update_gauges(p);
-    atomic_store(&p->m->supervisor_beat_ms, now_ms());
+    atomic_store(&p->m->supervisor_beat_ms, cw__mono_ms());
     cw_log_info(NULL, "supervisor of pool %s: %u worker(s), queue %s%s%s", cfg->name,
                 cfg->workers, cfg->queue, cfg->metrics_listen ? ", metrics at " : "",
                 cfg->metrics_listen ? cfg->metrics_listen : "");
@@ -691,7 +687,7 @@ int cw_pool_run(cw_config *cfg, const cw_pool_opts *opts)
             on_signal(p, sig);
 
         reap(p);
-        atomic_store(&p->m->supervisor_beat_ms, now_ms());
+        atomic_store(&p->m->supervisor_beat_ms, cw__mono_ms());
         kill_overdue(p);
         if (p->stopping) {
             if (live_count(p, 0, true) == 0) {
@@ -705,10 +701,10 @@ int cw_pool_run(cw_config *cfg, const cw_pool_opts *opts)
         roll_step(p);
         if (!p->stopping)
             scale_to(p);
-        if (!p->monitor && cw_pool_monitor_needed(p->cfg) && now_ms() >= p->monitor_restart_at &&
+        if (!p->monitor && cw_pool_monitor_needed(p->cfg) && cw__mono_ms() >= p->monitor_restart_at &&
             !p->stopping)
             spawn_monitor(p);
-        if (p->monitor && !p->monitor_ready_once && now_ms() - p->monitor_started_ms > 2000)
+        if (p->monitor && !p->monitor_ready_once && cw__mono_ms() - p->monitor_started_ms > 2000)
             p->monitor_ready_once = true;
     }
     int code = p->exit_code;

@@ -10,7 +10,7 @@
 #include "framework/log.h"
 #include "framework/owner.h"
 #include "framework/registry.h"
-#include "framework/worker.h"
+#include "workers/worker.h"
 #include "workers/cli.h"
 #include "workers/pool.h"
 

@@ -1,11 +1,12 @@
 /* Internal: one worker: consume, validate, claim, dispatch, settle. */
-#ifndef CW_FRAMEWORK_WORKER_H
-#define CW_FRAMEWORK_WORKER_H
+#ifndef CW_WORKERS_WORKER_H
+#define CW_WORKERS_WORKER_H
 
 #include <signal.h>
 #include <stdint.h>
 
 #include "framework/config.h"
+#include "framework/crash.h"
 #include "framework/registry.h"
 
 typedef struct cw_worker cw_worker;
@@ -33,15 +34,8 @@ int cw_worker_run(cw_worker *w, volatile sig_atomic_t *stop);
 
 const cw_worker_stats *cw_worker_stats_get(const cw_worker *w);
 
-/* What the worker's handler is running now: fixed-size strings, so that a
- * signal handler or a watchdog thread may read them (they are consistent
- * whenever cw_worker_handler_started_ms() is non-zero). */
-typedef struct cw_worker_current {
-    char message_id[129];
-    char type[256];
-    char handler[300]; /* "plugin version" */
-    const void *handler_of; /* the registry entry `handler` describes */
-} cw_worker_current;
+/* What the worker's handler is running now (framework/crash.h). */
+typedef cw_running cw_worker_current;
 
 const cw_worker_current *cw_worker_current_task(const cw_worker *w);
 

@@ -19,6 +19,7 @@
 #include "dlq/alert.h"
 #include "dlq/deadletter.h"
 #include "framework/broker.h"
+#include "framework/clock.h"
 #include "framework/crash.h"
 #include "retry/delay.h"
 #include "retry/policy.h"
@@ -28,12 +29,11 @@
 #include "framework/owner.h"
 #include "framework/store.h"
 #include "framework/task.h"
-#include "framework/worker.h"
+#include "workers/worker.h"
 
 #define CW_CONSUME_CH 1
 #define CW_PUBLISH_CH 1
 #define CW_POLL_MS 250
-#define CW_CONFIRM_TIMEOUT_MS 30000
 #define CW_SETTLE_EVERY_MS 50 /* see process_batch() */
 #define CW_SWEEP_EVERY_MS 1000
 #define CW_SWEEP_BUDGET_MS 100
@@ -79,7 +79,6 @@ struct cw_worker {
     /* What the handler running now is, for the watchdog and crash reports;
      * written before each handler call, read from other threads/signals. */
     cw_worker_current current;
-    _Atomic int64_t handler_started_ms; /* 0 while no handler runs */
 
     cw_alerter *alerter;    /* NULL when no alert hook is configured */
     char crash_dir[4096];   /* "" for the memory store */
@@ -183,7 +182,7 @@ void cw_worker_free(cw_worker *w)
 {
     if (!w)
         return;
-    cw__crash_reporter_forget(w);
+    cw__crash_reporter_forget(&w->current);
     session_close(w, true);
     cw_alerter_free(w->alerter);
     cw_store_free(w->store);
@@ -197,7 +196,7 @@ int cw_worker_enable_crash_reports(cw_worker *w)
 {
     if (!w->crash_dir[0])
         return 0;
-    return cw__crash_reporter_install(w->crash_dir, w->id, w);
+    return cw__crash_reporter_install(w->crash_dir, w->id, &w->current);
 }
 
 void cw_worker_on_handler_timeout(cw_worker *w,
@@ -235,7 +234,7 @@ static void *watchdog_main(void *arg)
     while (!atomic_load(&w->watchdog_stop)) {
         struct timespec ts = {.tv_sec = 0, .tv_nsec = 200 * 1000000L};
         nanosleep(&ts, NULL);
-        int64_t started = atomic_load(&w->handler_started_ms);
+        int64_t started = atomic_load(&w->current.started_ms);
         if (!started)
             continue;
         int64_t ran = cw__mono_ms() - started;
@@ -261,7 +260,7 @@ const cw_worker_current *cw_worker_current_task(const cw_worker *w)
 
 int64_t cw_worker_handler_started_ms(const cw_worker *w)
 {
-    return atomic_load(&w->handler_started_ms);
+    return atomic_load(&w->current.started_ms);
 }
 
 const cw_worker_stats *cw_worker_stats_get(const cw_worker *w)
@@ -466,22 +465,20 @@ static void mark_current(cw_worker *w, const cw_task *t)
         describe_handler(t, c->handler, sizeof c->handler);
         c->handler_of = t->handler;
     }
-    atomic_store(&w->handler_started_ms, cw__mono_ms());
+    atomic_store(&w->current.started_ms, cw__mono_ms());
 }
 
 static void run_handler(cw_worker *w, cw_task *t)
 {
-    struct timespec t0, t1;
+    int64_t t0 = 0;
     mark_current(w, t);
     t->ran = true;
     if (w->metrics)
-        clock_gettime(CLOCK_MONOTONIC, &t0);
+        t0 = cw__mono_ns();
     int out = (int)t->handler->fn(t, t->handler->user_data);
-    atomic_store(&w->handler_started_ms, 0);
+    atomic_store(&w->current.started_ms, 0);
     if (w->metrics) {
-        clock_gettime(CLOCK_MONOTONIC, &t1);
-        cw_metrics_observe(mrow(w, t), (uint64_t)((t1.tv_sec - t0.tv_sec) * 1000000000LL +
-                                                  (t1.tv_nsec - t0.tv_nsec)));
+        cw_metrics_observe(mrow(w, t), (uint64_t)(cw__mono_ns() - t0));
     }
     unsigned made = t->attempt + 1; /* attempts made, this one included */
     switch (out) {
