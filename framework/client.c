@@ -9,6 +9,7 @@
 #include "framework/clock.h"
 #include "framework/error.h"
 #include "framework/json_text.h"
+#include "framework/opts.h"
 #include "framework/registry.h"
 
 #define CW_CLIENT_CH 1
@@ -77,11 +78,31 @@ static bool printable(const char *s, size_t max)
     return true;
 }
 
-int cw_client_publish(cw_client *c, const cw_publish_opts *o, char *id_out, size_t out_len)
+/* The size of each version of cw_publish_opts, oldest first. When a version
+ * adds fields, the entry of the one before becomes offsetof() its first new
+ * field (what a caller of that version has), and the new version's entry is
+ * sizeof(cw_publish_opts). */
+static const size_t cw_publish_opts_sizes[CW_PUBLISH_OPTS_VERSION] = {
+    sizeof(cw_publish_opts), /* 1 */
+};
+
+int cw_publish_opts_init(cw_publish_opts *opts, unsigned version)
 {
-    if (!c || !o || o->version != CW_PUBLISH_OPTS_VERSION)
-        return cw__error(CW_STATUS_INVALID_ARG,
-                         "cw_client_publish: NULL client or options not from CW_PUBLISH_OPTS_INIT");
+    static const cw_publish_opts init = CW_PUBLISH_OPTS_INIT;
+    return cw__opts_init(opts, version, &init, cw_publish_opts_sizes, CW_PUBLISH_OPTS_VERSION,
+                         "cw_publish_opts");
+}
+
+int cw_client_publish(cw_client *c, const cw_publish_opts *opts, char *id_out, size_t out_len)
+{
+    cw_publish_opts cur = CW_PUBLISH_OPTS_INIT;
+    const cw_publish_opts *o = &cur;
+    if (!c || !opts)
+        return cw__error(CW_STATUS_INVALID_ARG, "cw_client_publish: NULL client or options");
+    int rc = cw__opts_read(&cur, opts, cw_publish_opts_sizes, CW_PUBLISH_OPTS_VERSION,
+                           "cw_publish_opts");
+    if (rc)
+        return rc;
     if (!o->type || !cw__type_valid(o->type, strlen(o->type)))
         return cw__error(CW_STATUS_INVALID_ARG,
                          "cw_client_publish: type must be 1-255 characters of [A-Za-z0-9._:-]");
@@ -128,7 +149,7 @@ int cw_client_publish(cw_client *c, const cw_publish_opts *o, char *id_out, size
     }
     const char *rk = o->routing_key ? o->routing_key : o->type;
     amqp_bytes_t body = {.len = blen, .bytes = (void *)o->body};
-    int rc = cw__publisher_send(&c->pub, c->exchange, amqp_cstring_bytes(rk), true, &p, body);
+    rc = cw__publisher_send(&c->pub, c->exchange, amqp_cstring_bytes(rk), true, &p, body);
     if (rc)
         return rc;
     rc = cw__publisher_wait(&c->pub, o->confirm_timeout_ms ? (int)o->confirm_timeout_ms

@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "framework/error.h"
+#include "framework/opts.h"
 #include "framework/registry.h"
 
 int cw_registry_new(cw_registry **out)
@@ -87,12 +88,29 @@ int cw_register_teardown(cw_registry *reg, cw_teardown_fn fn, void *user_data)
     return 0;
 }
 
-int cw_register_retry_policy(cw_registry *reg, const char *type, const cw_retry_opts *o)
+/* The size of each version of cw_retry_opts, oldest first (see
+ * cw_publish_opts_sizes in client.c for how the table grows). */
+static const size_t cw_retry_opts_sizes[CW_RETRY_OPTS_VERSION] = {
+    sizeof(cw_retry_opts), /* 1 */
+};
+
+int cw_retry_opts_init(cw_retry_opts *opts, unsigned version)
 {
-    if (!reg || !type || !o || o->version != CW_RETRY_OPTS_VERSION)
-        return cw__error(CW_STATUS_INVALID_ARG,
-                         "cw_register_retry_policy: NULL argument or options not from "
-                         "CW_RETRY_OPTS_INIT");
+    static const cw_retry_opts init = CW_RETRY_OPTS_INIT;
+    return cw__opts_init(opts, version, &init, cw_retry_opts_sizes, CW_RETRY_OPTS_VERSION,
+                         "cw_retry_opts");
+}
+
+int cw_register_retry_policy(cw_registry *reg, const char *type, const cw_retry_opts *opts)
+{
+    cw_retry_opts cur = CW_RETRY_OPTS_INIT;
+    const cw_retry_opts *o = &cur;
+    if (!reg || !type || !opts)
+        return cw__error(CW_STATUS_INVALID_ARG, "cw_register_retry_policy: NULL argument");
+    int rc = cw__opts_read(&cur, opts, cw_retry_opts_sizes, CW_RETRY_OPTS_VERSION,
+                           "cw_retry_opts");
+    if (rc)
+        return rc;
     cw_handler_entry *h = (cw_handler_entry *)cw_registry_find(reg, type, strlen(type));
     if (!h)
         return cw__error(CW_STATUS_NOT_FOUND,

@@ -55,6 +55,14 @@ typedef struct cw_publish_opts {
 #define CW_PUBLISH_OPTS_VERSION 1
 #define CW_PUBLISH_OPTS_INIT {CW_PUBLISH_OPTS_VERSION, NULL, NULL, NULL, NULL, 0, NULL, 0}
 
+/** Fills `opts` with the defaults of CW_PUBLISH_OPTS_INIT as of `version`
+ *  (pass CW_PUBLISH_OPTS_VERSION), for callers that cannot use the macro
+ *  (bindings from other languages). Only the fields `version` has are
+ *  written, so a caller built against an older header may pass its own.
+ *  @return 0; CW_STATUS_INVALID_ARG for a NULL `opts`, version 0, or a
+ *          version newer than this library. Thread- and fork-safe. */
+CW_EXTERN int cw_publish_opts_init(cw_publish_opts *opts, unsigned version);
+
 /** Connects to a broker and declares nothing.
  *
  *  @param out       receives the client; free it with cw_client_free()
@@ -67,7 +75,9 @@ typedef struct cw_publish_opts {
 CW_EXTERN int cw_client_new(cw_client **out, const char *url, const char *exchange);
 
 /** Publishes one task (persistent, content_type application/json, mandatory)
- *  and waits for the broker's confirm.
+ *  and waits for the broker's confirm. Options of every version from 1 to
+ *  CW_PUBLISH_OPTS_VERSION are accepted: fields a version lacks take their
+ *  defaults.
  *
  *  @param c              the client
  *  @param opts           what to publish (borrowed)
@@ -76,7 +86,8 @@ CW_EXTERN int cw_client_new(cw_client **out, const char *url, const char *exchan
  *  @param out_len        size of `message_id_out` in bytes; at least
  *                        CW_MESSAGE_ID_MAX + 1 to hold any ID
  *  @return 0 once confirmed; CW_STATUS_INVALID_ARG (no type, a body that is
- *          not a JSON object, a bad message ID); CW_STATUS_UNROUTABLE (no queue
+ *          not a JSON object, a bad message ID, options of version 0 or of
+ *          a version newer than this library); CW_STATUS_UNROUTABLE (no queue
  *          is bound for the type); CW_STATUS_NACKED; CW_STATUS_TIMEOUT (no
  *          confirm in time: the task may or may not be queued; publishing it
  *          again with the same message ID is safe); CW_STATUS_CONNECTION (the

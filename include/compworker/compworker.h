@@ -85,6 +85,13 @@ typedef struct cw_retry_opts {
 #define CW_RETRY_OPTS_VERSION 1
 #define CW_RETRY_OPTS_INIT {CW_RETRY_OPTS_VERSION, -1, -1, -1.0, -1, -1}
 
+/** Fills `opts` with the defaults of CW_RETRY_OPTS_INIT as of `version`
+ *  (pass CW_RETRY_OPTS_VERSION), for callers that cannot use the macro.
+ *  Only the fields `version` has are written.
+ *  @return 0; CW_STATUS_INVALID_ARG for a NULL `opts`, version 0, or a
+ *          version newer than this library. Thread- and fork-safe. */
+CW_EXTERN int cw_retry_opts_init(cw_retry_opts *opts, unsigned version);
+
 /** An alert hook: receives the JSON document of every dead-lettered task
  *  (see README, "Alerts"). Called on the worker's alert thread, never on the
  *  thread that runs handlers, so it must be thread-safe with respect to the
@@ -129,10 +136,12 @@ CW_EXTERN int cw_register_handler(cw_registry *reg, const char *type, cw_handler
                                   void *user_data);
 
 /** Sets the retry policy of the handler of `type`, which must be registered
- *  already (by any plugin). Call from cw_plugin_init().
+ *  already (by any plugin). Call from cw_plugin_init(). `opts` is borrowed
+ *  for the call; every version from 1 to CW_RETRY_OPTS_VERSION is accepted
+ *  (fields a version lacks are inherited).
  *  @return 0; CW_STATUS_NOT_FOUND if no handler has `type`;
- *          CW_STATUS_INVALID_ARG for NULL arguments, options not from
- *          CW_RETRY_OPTS_INIT, or an out-of-range value (named in
+ *          CW_STATUS_INVALID_ARG for NULL arguments, options of version 0 or
+ *          newer than this library, or an out-of-range value (named in
  *          cw_error_last()). */
 CW_EXTERN int cw_register_retry_policy(cw_registry *reg, const char *type,
                                        const cw_retry_opts *opts);
