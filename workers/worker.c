@@ -30,66 +30,7 @@
 #include "framework/store.h"
 #include "framework/task.h"
 #include "workers/worker.h"
-
-#define CW_CONSUME_CH 1
-#define CW_PUBLISH_CH 1
-#define CW_POLL_MS 250
-#define CW_SETTLE_EVERY_MS 50 /* see process_batch() */
-#define CW_SWEEP_EVERY_MS 1000
-#define CW_SWEEP_BUDGET_MS 100
-#define CW_SWEEP_CHUNK 2000
-#define CW_BACKOFF_MIN_MS 500
-#define CW_BACKOFF_MAX_MS 30000
-#define CW_BATCH_BYTES (16u << 20) /* bodies one batch holds at least, see collect() */
-
-/* What settling does with a delivery. */
-enum {
-    ACT_NONE = 0,
-    ACT_RUN,   /* claimed: run the handler */
-    ACT_ACK,   /* applied: record done, ack */
-    ACT_DUP,   /* already done, or a second copy in this batch: ack */
-    ACT_DEAD,  /* already dead-lettered: ack */
-    ACT_DLQ,   /* dead-letter (invalid, permanent, exhausted, poison), then ack */
-    ACT_RETRY, /* publish the next attempt into the delay topology, then ack */
-    ACT_DEFER, /* in progress in another worker: delay an identical copy, then ack */
-    ACT_HOLD   /* could not be settled: leave unacked for redelivery */
-};
-
-/* How long a busy duplicate waits before it is looked at again. */
-#define CW_DEFER_MS 2000
-
-struct cw_worker {
-    const cw_config *cfg;
-    cw_registry *reg;
-    cw_store *store;
-    cw_validator val;
-    char id[128];
-    cw_worker_stats stats;
-
-    amqp_connection_state_t cconn; /* consumes and acks */
-    amqp_connection_state_t pconn; /* publishes with confirms */
-    cw_publisher pub;
-    unsigned url_next;
-
-    cw_task *batch;      /* batch_max slots */
-    size_t batch_max;
-    int64_t next_sweep;
-    cw_retry_policy *policy; /* effective policy per registry handler index */
-
-    /* What the handler running now is, for the watchdog and crash reports;
-     * written before each handler call, read from other threads/signals. */
-    cw_worker_current current;
-
-    cw_alerter *alerter;    /* NULL when no alert hook is configured */
-    char crash_dir[4096];   /* "" for the memory store */
-    int64_t next_crash_import;
-    void (*on_timeout)(const cw_worker_current *cur, int64_t ran_ms, void *ud);
-    void *on_timeout_data;
-    pthread_t watchdog;
-    bool watchdog_running;
-    _Atomic bool watchdog_stop;
-    cw_metrics_worker *metrics; /* the pool's shared counters, or NULL */
-};
+#include "workers/worker_private.h"
 
 /* The shared-memory row of a task's type (only with metrics on). */
 static cw_metrics_row *mrow(const cw_worker *w, const cw_task *t)
@@ -97,8 +38,6 @@ static cw_metrics_row *mrow(const cw_worker *w, const cw_task *t)
     return cw_metrics_row_of(w->metrics, w->reg, t->handler);
 }
 
-static int session_open(cw_worker *w);
-static void session_close(cw_worker *w, bool graceful);
 
 int cw_worker_new(cw_worker **out, const cw_config *cfg, cw_registry *reg)
 {
@@ -183,7 +122,7 @@ void cw_worker_free(cw_worker *w)
     if (!w)
         return;
     cw__crash_reporter_forget(&w->current);
-    session_close(w, true);
+    cw__worker_session_close(w, true);
     cw_alerter_free(w->alerter);
     cw_store_free(w->store);
     cw__validator_free(&w->val);
@@ -280,165 +219,6 @@ static cw_log_task log_task(const cw_task *t)
                          .type = t->type[0] ? t->type : NULL};
 }
 
-/* Drops everything held without acking: the broker requeues it when the
- * channel closes. */
-static void drop_held(cw_worker *w, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        cw__task_reset(&w->batch[i]);
-}
-
-/* Ends the session: with the closing handshake when `graceful` (a stop:
- * the last acks must not be dropped), else without (an error ended it, and
- * rabbitmq-c may not be able to read on; see cw__broker_abort). */
-static void session_close(cw_worker *w, bool graceful)
-{
-    void (*end)(amqp_connection_state_t) = graceful ? cw__broker_close : cw__broker_abort;
-    if (w->metrics && (w->cconn || w->pconn))
-        cw_metrics_connected(w->metrics, false);
-    if (w->cconn) {
-        end(w->cconn);
-        w->cconn = NULL;
-    }
-    if (w->pconn) {
-        cw__publisher_free(&w->pub);
-        end(w->pconn);
-        w->pconn = NULL;
-    }
-}
-
-static int session_open(cw_worker *w)
-{
-    char name[256], where[1024];
-    int rc;
-    int hb = (int)(w->cfg->heartbeat_ms / 1000);
-
-    snprintf(name, sizeof name, "compworker %s consumer %s", w->cfg->name, w->id);
-    if ((rc = cw__broker_connect_tls(&w->cconn, w->cfg->url, &w->cfg->tls, &w->url_next, hb,
-                                     name, where, sizeof where)))
-        return rc;
-    if ((rc = cw__broker_accept_large_frames(w->cconn)))
-        goto out_close;
-    amqp_channel_open(w->cconn, CW_CONSUME_CH);
-    if ((rc = cw__broker_reply(amqp_get_rpc_reply(w->cconn), "opening the consume channel")))
-        goto out_close;
-    if ((rc = cw__topology_declare(w->cconn, CW_CONSUME_CH, w->cfg, w->reg)))
-        goto out_close;
-    if ((rc = cw__delay_declare(w->cconn, CW_CONSUME_CH)) ||
-        (rc = cw__delay_bind_queue(w->cconn, CW_CONSUME_CH, w->cfg->queue)))
-        goto out_close;
-
-    /* The publishing connection goes to the same broker as the consumer. */
-    unsigned same = w->url_next;
-    snprintf(name, sizeof name, "compworker %s publisher %s", w->cfg->name, w->id);
-    if ((rc = cw__broker_connect_tls(&w->pconn, w->cfg->url, &w->cfg->tls, &same, hb, name,
-                                     NULL, 0)))
-        goto out_close;
-    if ((rc = cw__publisher_open(&w->pub, w->pconn, CW_PUBLISH_CH)))
-        goto out_close;
-
-    amqp_basic_qos(w->cconn, CW_CONSUME_CH, 0, (uint16_t)w->cfg->prefetch, 0);
-    if ((rc = cw__broker_reply(amqp_get_rpc_reply(w->cconn), "setting the prefetch (basic.qos)")))
-        goto out_close;
-    amqp_basic_consume(w->cconn, CW_CONSUME_CH, amqp_cstring_bytes(w->cfg->queue), amqp_empty_bytes,
-                       0, 0, 0, amqp_empty_table);
-    char what[512];
-    snprintf(what, sizeof what, "consuming from '%s'", w->cfg->queue);
-    if ((rc = cw__broker_reply(amqp_get_rpc_reply(w->cconn), what)))
-        goto out_close;
-    w->stats.sessions++;
-    if (w->metrics)
-        cw_metrics_connected(w->metrics, true);
-    cw_log_info(NULL, "consuming from %s at %s (prefetch %u, batch %zu, %zu task types)",
-                w->cfg->queue, where, w->cfg->prefetch, w->batch_max, w->reg->n_handlers);
-    return 0;
-
-out_close:
-    session_close(w, false);
-    return rc;
-}
-
-/* A frame that is not a delivery (after AMQP_STATUS_UNEXPECTED_STATE):
- * decides whether the session can go on. */
-static int consume_other_frame(cw_worker *w, const amqp_frame_t *fp)
-{
-    const amqp_frame_t f = *fp;
-    if (f.frame_type != AMQP_FRAME_METHOD)
-        return 0;
-    switch (f.payload.method.id) {
-    case AMQP_BASIC_ACK_METHOD:
-        return 0;
-    case AMQP_BASIC_CANCEL_METHOD:
-        return cw__error(CW_STATUS_CONNECTION,
-                         "the broker cancelled the consumer (queue '%s' deleted?)", w->cfg->queue);
-    case AMQP_CHANNEL_CLOSE_METHOD: {
-        const amqp_channel_close_t *m = f.payload.method.decoded;
-        return cw__error(CW_STATUS_CONNECTION, "the broker closed the consume channel: %.*s",
-                         (int)m->reply_text.len, (const char *)m->reply_text.bytes);
-    }
-    case AMQP_CONNECTION_CLOSE_METHOD: {
-        const amqp_connection_close_t *m = f.payload.method.decoded;
-        return cw__error(CW_STATUS_CONNECTION, "the broker closed the connection: %.*s",
-                         (int)m->reply_text.len, (const char *)m->reply_text.bytes);
-    }
-    default:
-        return 0;
-    }
-}
-
-/* Receives one delivery into `t` within `timeout_ms` (0: only what has
- * already arrived). 1 when one was read, 0 when none, <0 on a lost session. */
-static int receive_one(cw_worker *w, cw_task *t, int timeout_ms)
-{
-    for (;;) {
-        struct timeval tv = {.tv_sec = timeout_ms / 1000, .tv_usec = (timeout_ms % 1000) * 1000};
-        amqp_frame_t other;
-        amqp_rpc_reply_t r = cw__broker_consume(w->cconn, &t->env, &tv, &other);
-        if (r.reply_type == AMQP_RESPONSE_NORMAL) {
-            t->has_env = true;
-            return 1;
-        }
-        if (r.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION) {
-            if (r.library_error == AMQP_STATUS_TIMEOUT)
-                return 0;
-            if (r.library_error == AMQP_STATUS_UNEXPECTED_STATE) {
-                int rc = consume_other_frame(w, &other);
-                if (rc)
-                    return rc;
-                continue;
-            }
-        }
-        return cw__broker_reply(r, "receiving deliveries");
-    }
-}
-
-/* Fills the batch with what the broker has sent, waiting up to CW_POLL_MS
- * for the first delivery. Returns the count, or <0 on a lost session. */
-static long collect(cw_worker *w)
-{
-    size_t n = 0, held = 0;
-    int wait = CW_POLL_MS;
-    /* Bodies held are bounded too, not only their count: a batch ends once
-     * it holds CW_BATCH_BYTES or max_body_size, so that deliveries larger
-     * than the contract allows (up to the broker's own limit, 128 MiB) are
-     * taken one at a time. */
-    size_t budget = w->cfg->max_body_size > CW_BATCH_BYTES ? (size_t)w->cfg->max_body_size
-                                                           : CW_BATCH_BYTES;
-    while (n < w->batch_max && held < budget) {
-        int got = receive_one(w, &w->batch[n], wait);
-        if (got < 0) {
-            drop_held(w, n);
-            return got;
-        }
-        if (got == 0)
-            break;
-        w->stats.received++;
-        held += w->batch[n].env.message.body.len;
-        n++;
-        wait = 0;
-    }
-    return (long)n;
-}
 
 static void describe_handler(const cw_task *t, char *out, size_t cap)
 {
@@ -897,25 +677,6 @@ static void sweep(cw_worker *w)
         cw_log_debug(NULL, "store sweep removed %u done records", total);
 }
 
-/* Keeps the idle publishing connection's heartbeats flowing. */
-static int service_publisher(cw_worker *w)
-{
-    amqp_frame_t f;
-    struct timeval zero = {0, 0};
-    for (;;) {
-        int st = amqp_simple_wait_frame_noblock(w->pconn, &f, &zero);
-        if (st == AMQP_STATUS_TIMEOUT)
-            return 0;
-        if (st != AMQP_STATUS_OK)
-            return cw__error(CW_STATUS_CONNECTION, "publishing connection: %s",
-                             amqp_error_string2(st));
-        if (f.frame_type == AMQP_FRAME_METHOD &&
-            (f.payload.method.id == AMQP_CONNECTION_CLOSE_METHOD ||
-             f.payload.method.id == AMQP_CHANNEL_CLOSE_METHOD))
-            return cw__error(CW_STATUS_CONNECTION, "the broker closed the publishing connection");
-    }
-}
-
 static int64_t jitter(int64_t ms)
 {
     return ms / 2 + (int64_t)((uint64_t)rand() % (uint64_t)(ms / 2 + 1));
@@ -949,7 +710,7 @@ int cw_worker_run(cw_worker *w, volatile sig_atomic_t *stop)
             cw_log_warn(NULL, "cannot start the handler watchdog: handler_timeout is not enforced");
     }
     while (!*stop) {
-        int rc = session_open(w);
+        int rc = cw__worker_session_open(w);
         if (rc == CW_STATUS_BROKER_REFUSED || rc == CW_STATUS_INVALID_ARG)
             return rc;
         if (rc) {
@@ -963,19 +724,19 @@ int cw_worker_run(cw_worker *w, volatile sig_atomic_t *stop)
         backoff = CW_BACKOFF_MIN_MS;
 
         while (!*stop) {
-            long n = collect(w);
+            long n = cw__worker_collect(w);
             if (n < 0) {
                 rc = (int)n;
                 break;
             }
             if (n > 0 && (rc = process_batch(w, (size_t)n)))
                 break;
-            if (n == 0 && (rc = service_publisher(w)))
+            if (n == 0 && (rc = cw__worker_service_publisher(w)))
                 break;
             sweep(w);
         }
-        drop_held(w, 0);
-        session_close(w, rc == 0);
+        cw__worker_drop_held(w, 0);
+        cw__worker_session_close(w, rc == 0);
         if (*stop)
             break;
         if (rc == CW_STATUS_STORE)

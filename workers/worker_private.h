@@ -1,0 +1,106 @@
+/* Internal to the worker: its state and what its files share. workers/worker.c
+ * runs the pipeline of a batch (claim, dispatch, settle) and the loop;
+ * workers/worker_session.c holds the broker session (connecting, consuming,
+ * collecting a batch, keeping the publishing connection alive). */
+#ifndef CW_WORKERS_WORKER_PRIVATE_H
+#define CW_WORKERS_WORKER_PRIVATE_H
+
+#include <amqp.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "dlq/alert.h"
+#include "framework/broker.h"
+#include "framework/config.h"
+#include "framework/metrics.h"
+#include "framework/registry.h"
+#include "framework/store.h"
+#include "framework/task.h"
+#include "workers/worker.h"
+
+#define CW_CONSUME_CH 1
+#define CW_PUBLISH_CH 1
+#define CW_POLL_MS 250
+#define CW_SETTLE_EVERY_MS 50 /* see process_batch() */
+#define CW_SWEEP_EVERY_MS 1000
+#define CW_SWEEP_BUDGET_MS 100
+#define CW_SWEEP_CHUNK 2000
+#define CW_BACKOFF_MIN_MS 500
+#define CW_BACKOFF_MAX_MS 30000
+#define CW_BATCH_BYTES (16u << 20) /* bodies one batch holds at least, see collect() */
+
+/* What settling does with a delivery. */
+enum {
+    ACT_NONE = 0,
+    ACT_RUN,   /* claimed: run the handler */
+    ACT_ACK,   /* applied: record done, ack */
+    ACT_DUP,   /* already done, or a second copy in this batch: ack */
+    ACT_DEAD,  /* already dead-lettered: ack */
+    ACT_DLQ,   /* dead-letter (invalid, permanent, exhausted, poison), then ack */
+    ACT_RETRY, /* publish the next attempt into the delay topology, then ack */
+    ACT_DEFER, /* in progress in another worker: delay an identical copy, then ack */
+    ACT_HOLD   /* could not be settled: leave unacked for redelivery */
+};
+
+/* How long a busy duplicate waits before it is looked at again. */
+#define CW_DEFER_MS 2000
+
+struct cw_worker {
+    const cw_config *cfg;
+    cw_registry *reg;
+    cw_store *store;
+    cw_validator val;
+    char id[128];
+    cw_worker_stats stats;
+
+    amqp_connection_state_t cconn; /* consumes and acks */
+    amqp_connection_state_t pconn; /* publishes with confirms */
+    cw_publisher pub;
+    unsigned url_next;
+
+    cw_task *batch;      /* batch_max slots */
+    size_t batch_max;
+    int64_t next_sweep;
+    cw_retry_policy *policy; /* effective policy per registry handler index */
+
+    /* What the handler running now is, for the watchdog and crash reports;
+     * written before each handler call, read from other threads/signals. */
+    cw_worker_current current;
+
+    cw_alerter *alerter;    /* NULL when no alert hook is configured */
+    char crash_dir[4096];   /* "" for the memory store */
+    int64_t next_crash_import;
+    void (*on_timeout)(const cw_worker_current *cur, int64_t ran_ms, void *ud);
+    void *on_timeout_data;
+    pthread_t watchdog;
+    bool watchdog_running;
+    _Atomic bool watchdog_stop;
+    cw_metrics_worker *metrics; /* the pool's shared counters, or NULL */
+};
+
+
+/* Drops the first n deliveries of the batch without acking: the broker
+ * requeues them when the channel closes. */
+void cw__worker_drop_held(cw_worker *w, size_t n);
+
+/* Opens the broker session: the consuming connection (topology declared,
+ * prefetch set, consuming), then the publishing one on the same broker.
+ * 0, or the status of what failed with the session closed. */
+int cw__worker_session_open(cw_worker *w);
+
+/* Ends the session: with the closing handshake when `graceful` (a stop:
+ * the last acks must not be dropped), else without. */
+void cw__worker_session_close(cw_worker *w, bool graceful);
+
+/* Fills the batch with what the broker has sent, waiting up to CW_POLL_MS
+ * for the first delivery. Returns the count, or <0 on a lost session. */
+long cw__worker_collect(cw_worker *w);
+
+/* Keeps the idle publishing connection's heartbeats flowing; <0 when it is
+ * lost. */
+int cw__worker_service_publisher(cw_worker *w);
+
+#endif
