@@ -27,6 +27,7 @@
 #include "framework/error.h"
 #include "framework/log.h"
 #include "framework/store.h"
+#include "framework/store_sqlite_sql.h"
 
 #define CW_SQ_SCHEMA_VERSION 1
 #define CW_SQ_BUSY_TIMEOUT_MS 10000
@@ -35,169 +36,6 @@
 
 #define CW_SQ_STR_(x) #x
 #define CW_SQ_STRINGIFY(x) CW_SQ_STR_(x)
-
-/* The SQL below writes states as literals; keep them in step with the enum. */
-_Static_assert(CW_STATE_IN_PROGRESS == 1 && CW_STATE_DONE == 2 && CW_STATE_REPLAYED == 5,
-               "SQL state literals");
-
-/* Layout for speed: a task row is keyed by an arrival-ordered integer, so the
- * rows a batch claims and then settles sit together on a few pages; only the
- * unique index on message_id takes one random page per new task. Attempts
- * are keyed by that integer too, so they cluster the same way. */
-static const char cw_sq_schema[] =
-    "CREATE TABLE IF NOT EXISTS tasks ("
-    " id INTEGER PRIMARY KEY,"
-    " message_id TEXT NOT NULL UNIQUE,"
-    " state INTEGER NOT NULL,"
-    " owner TEXT,"
-    " lease_until INTEGER," /* ms */
-    " attempts INTEGER NOT NULL DEFAULT 0,"
-    " deliveries INTEGER NOT NULL DEFAULT 0," /* total ever */
-    " unsettled INTEGER NOT NULL DEFAULT 0,"  /* deliveries since the last settle */
-    " saga_id TEXT,"
-    " type TEXT,"
-    " first_seen INTEGER NOT NULL,"
-    " last_seen INTEGER NOT NULL,"
-    " error_class TEXT,"
-    " last_error TEXT,"
-    " settled_at INTEGER" /* ms; with owner, who settled it last */
-    ");"
-    /* Development builds had an index for the sweep; it cost every settle an
-     * index insert. The sweep walks the rows in arrival order instead. */
-    "DROP INDEX IF EXISTS tasks_done_last_seen;"
-    /* One row per settled attempt, and per attempt a worker died in (noted
-     * from its crash report): attempt n may have several rows. */
-    "CREATE TABLE IF NOT EXISTS attempts ("
-    " id INTEGER PRIMARY KEY,"
-    " task_id INTEGER NOT NULL,"
-    " n INTEGER NOT NULL,"
-    " at INTEGER NOT NULL,"
-    " worker TEXT,"
-    " outcome TEXT,"
-    " error_class TEXT,"
-    " reason TEXT"
-    ");"
-    "CREATE INDEX IF NOT EXISTS attempts_task ON attempts(task_id);";
-
-enum {
-    CW_SQ_BEGIN,
-    CW_SQ_COMMIT,
-    CW_SQ_ROLLBACK,
-    CW_SQ_SYNC_FULL,
-    CW_SQ_SYNC_NORMAL,
-    CW_SQ_CLAIM_INSERT,
-    CW_SQ_CLAIM_SELECT,
-    CW_SQ_CLAIM_TAKE,
-    CW_SQ_CLAIM_BUMP,
-    CW_SQ_SETTLE_UPDATE,
-    CW_SQ_SETTLE_HISTORY,
-    CW_SQ_SETTLE_UPDATE_ID,
-    CW_SQ_SETTLE_HISTORY_ID,
-    CW_SQ_NOTE_UPDATE,
-    CW_SQ_NOTE_HISTORY,
-    CW_SQ_HISTORY_DONE,
-    CW_SQ_GET,
-    CW_SQ_HISTORY,
-    CW_SQ_SWEEP_SCAN,
-    CW_SQ_SWEEP_ATTEMPTS,
-    CW_SQ_SWEEP_TASKS,
-    CW_SQ_REOPEN_INSERT,
-    CW_SQ_REOPEN_UPDATE,
-    CW_SQ_REOPEN_HISTORY,
-    CW_SQ_REOPEN_KEEP_DONE,
-    CW_SQ_COUNT
-};
-
-static const char *const cw_sq_sql[CW_SQ_COUNT] = {
-    [CW_SQ_BEGIN] = "BEGIN IMMEDIATE",
-    [CW_SQ_COMMIT] = "COMMIT",
-    [CW_SQ_ROLLBACK] = "ROLLBACK",
-    [CW_SQ_SYNC_FULL] = "PRAGMA synchronous = FULL",
-    [CW_SQ_SYNC_NORMAL] = "PRAGMA synchronous = NORMAL",
-    /* ?1 id, ?2 owner, ?3 lease_until, ?4 saga_id, ?5 type, ?6 now */
-    [CW_SQ_CLAIM_INSERT] =
-        /* OR IGNORE (not an upsert, not ABORT): a statement that cannot
-         * abort half-way needs no statement journal, which is most of the
-         * cost of a one-row write inside a batch. */
-        "INSERT OR IGNORE INTO tasks (message_id, state, owner, lease_until, attempts,"
-        " deliveries, unsettled, saga_id, type, first_seen, last_seen)"
-        " VALUES (?1, 1, ?2, ?3, 0, 1, 1, ?4, ?5, ?6, ?6)",
-    [CW_SQ_CLAIM_SELECT] =
-        "SELECT state, owner, lease_until, attempts, unsettled, id FROM tasks WHERE message_id = ?1",
-    /* ?1 id, ?2 owner, ?3 lease_until, ?4 now, ?5 saga_id, ?6 type */
-    [CW_SQ_CLAIM_TAKE] =
-        "UPDATE tasks SET state = 1, owner = ?2, lease_until = ?3,"
-        " deliveries = deliveries + 1, unsettled = unsettled + 1, last_seen = ?4,"
-        " saga_id = coalesce(saga_id, ?5), type = coalesce(type, ?6)"
-        " WHERE message_id = ?1",
-    /* ?1 id, ?2 now, ?3 saga_id, ?4 type */
-    [CW_SQ_CLAIM_BUMP] =
-        "UPDATE tasks SET deliveries = deliveries + 1, unsettled = unsettled + 1,"
-        " last_seen = ?2, saga_id = coalesce(saga_id, ?3), type = coalesce(type, ?4)"
-        " WHERE message_id = ?1",
-    /* ?1 id, ?2 state, ?3 now, ?4 error_class, ?5 reason */
-    [CW_SQ_SETTLE_UPDATE] =
-        "UPDATE OR IGNORE tasks SET state = ?2, attempts = attempts + 1, owner = ?6,"
-        " settled_at = ?3,"
-        " lease_until = NULL, unsettled = 0, last_seen = ?3, error_class = ?4,"
-        " last_error = ?5 WHERE message_id = ?1",
-    /* ?1 id, ?2 now, ?3 worker, ?4 outcome, ?5 error_class, ?6 reason */
-    [CW_SQ_SETTLE_HISTORY] =
-        "INSERT INTO attempts (task_id, n, at, worker, outcome, error_class, reason)"
-        " SELECT id, attempts, ?2, ?3, ?4, ?5, ?6 FROM tasks WHERE message_id = ?1",
-    /* The same two by the ticket a claim handed out (the row id): no index
-     * lookup on the per-message path. */
-    [CW_SQ_SETTLE_UPDATE_ID] =
-        "UPDATE OR IGNORE tasks SET state = ?2, attempts = attempts + 1, owner = ?6,"
-        " settled_at = ?3,"
-        " lease_until = NULL, unsettled = 0, last_seen = ?3, error_class = ?4,"
-        " last_error = ?5 WHERE id = ?1",
-    [CW_SQ_SETTLE_HISTORY_ID] =
-        "INSERT INTO attempts (task_id, n, at, worker, outcome, error_class, reason)"
-        " SELECT id, attempts, ?2, ?3, ?4, ?5, ?6 FROM tasks WHERE id = ?1",
-    /* ?1 id, ?2 at, ?3 worker, ?4 outcome, ?5 error_class, ?6 reason: an
-     * attempt that did not settle (its worker died), the record's state kept */
-    [CW_SQ_NOTE_UPDATE] =
-        "UPDATE tasks SET error_class = ?5, last_error = ?6 WHERE message_id = ?1",
-    [CW_SQ_NOTE_HISTORY] =
-        "INSERT INTO attempts (task_id, n, at, worker, outcome, error_class, reason)"
-        " SELECT id, attempts + 1, ?2, ?3, ?4, ?5, ?6 FROM tasks WHERE message_id = ?1",
-    [CW_SQ_HISTORY_DONE] =
-        "SELECT attempts, settled_at, owner FROM tasks WHERE message_id = ?1 AND state = 2",
-    [CW_SQ_GET] =
-        "SELECT state, owner, lease_until, attempts, deliveries, saga_id, type, first_seen,"
-        " last_seen, error_class, last_error FROM tasks WHERE message_id = ?1",
-    [CW_SQ_HISTORY] =
-        "SELECT n, at, worker, outcome, error_class, reason FROM attempts"
-        " WHERE task_id = (SELECT id FROM tasks WHERE message_id = ?1) ORDER BY id",
-    /* ?1 done_before, ?2 limit; history first, while the victims still exist */
-    /* ?1 after row id, ?2 limit: the next rows in arrival order */
-    [CW_SQ_SWEEP_SCAN] =
-        "SELECT id, state, first_seen, last_seen FROM tasks WHERE id > ?1 ORDER BY id LIMIT ?2",
-    /* ?1 row id; history first, while the task still exists */
-    [CW_SQ_SWEEP_ATTEMPTS] = "DELETE FROM attempts WHERE task_id = ?1",
-    [CW_SQ_SWEEP_TASKS] = "DELETE FROM tasks WHERE id = ?1",
-    /* ?1 id, ?2 saga_id, ?3 type, ?4 now: a replay of an ID never seen */
-    [CW_SQ_REOPEN_INSERT] =
-        "INSERT INTO tasks (message_id, state, attempts, deliveries, unsettled, saga_id, type,"
-        " first_seen, last_seen) VALUES (?1, 5, 0, 0, 0, ?2, ?3, ?4, ?4)",
-    /* ?1 row id, ?2 now, ?3 saga_id, ?4 type */
-    [CW_SQ_REOPEN_UPDATE] =
-        "UPDATE tasks SET state = 5, owner = NULL, lease_until = NULL, unsettled = 0,"
-        " last_seen = ?2, saga_id = coalesce(saga_id, ?3), type = coalesce(type, ?4)"
-        " WHERE id = ?1",
-    /* ?1 row id, ?2 now, ?3 worker, ?4 reason */
-    [CW_SQ_REOPEN_HISTORY] =
-        "INSERT INTO attempts (task_id, n, at, worker, outcome, error_class, reason)"
-        " SELECT id, attempts, ?2, ?3, 'replayed', NULL, ?4 FROM tasks WHERE id = ?1",
-    /* ?1 row id: before a done task is reopened (--force), the attempt that
-     * applied it -- kept in the record itself (see sq_settle_in) -- becomes a
-     * history row of its own, or reopening would drop it from the history. */
-    [CW_SQ_REOPEN_KEEP_DONE] =
-        "INSERT INTO attempts (task_id, n, at, worker, outcome, error_class, reason)"
-        " SELECT id, attempts, coalesce(settled_at, last_seen), owner, 'ok', NULL, NULL"
-        " FROM tasks WHERE id = ?1 AND state = 2",
-};
 
 typedef struct cw_sq_store {
     cw_store base; /* first: what cw_store_open hands out */
@@ -910,7 +748,7 @@ static int sq_migrate(const cw_sq_store *q)
         goto out_rollback;
     }
     if (version < CW_SQ_SCHEMA_VERSION) {
-        rc = sq_exec(q, cw_sq_schema, "schema");
+        rc = sq_exec(q, cw__sq_schema, "schema");
         if (rc == 0)
             rc = sq_exec(q, "PRAGMA user_version = " CW_SQ_STRINGIFY(CW_SQ_SCHEMA_VERSION),
                          "schema");
@@ -927,7 +765,7 @@ out_rollback:
 static int sq_prepare(cw_sq_store *q)
 {
     for (int i = 0; i < CW_SQ_COUNT; i++) {
-        if (sqlite3_prepare_v3(q->db, cw_sq_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &q->st[i],
+        if (sqlite3_prepare_v3(q->db, cw__sq_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &q->st[i],
                                NULL) != SQLITE_OK)
             return sq_fail(q, "prepare");
     }
