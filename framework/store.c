@@ -1,6 +1,8 @@
 /* The idempotency store's front: picks a backend at open, checks arguments,
  * and forwards every call to the backend's table of operations. */
 #include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "framework/error.h"
@@ -36,17 +38,58 @@ int cw_store_open(cw_store **out, const cw_store_opts *opts)
         return cw__error(CW_STATUS_INVALID_ARG, "store: open: NULL argument");
     *out = NULL;
     if (!opts->backend || !*opts->backend)
-        return cw__error(CW_STATUS_CONFIG, "store: no backend given (expected sqlite or memory)");
+        return cw__error(CW_STATUS_CONFIG,
+                         "store: no backend given (expected sqlite, postgresql or memory)");
     if (strcmp(opts->backend, "sqlite") == 0)
         return cw__store_sqlite_open(out, opts);
+    if (strcmp(opts->backend, "postgresql") == 0)
+        return cw__store_pg_open(out, opts);
     if (strcmp(opts->backend, "memory") == 0) {
         cw_store_opts mem = *opts;
         mem.path = CW_STORE_MEMORY_PATH;
         mem.sync_full = false;
         return cw__store_sqlite_open(out, &mem);
     }
-    return cw__error(CW_STATUS_CONFIG, "store: unknown backend '%s' (expected sqlite or memory)",
+    return cw__error(CW_STATUS_CONFIG,
+                     "store: unknown backend '%s' (expected sqlite, postgresql or memory)",
                      opts->backend);
+}
+
+int cw_store_probe(const cw_store_opts *opts, char *out, size_t cap)
+{
+    if (!opts || !opts->backend || !out || cap == 0)
+        return cw__error(CW_STATUS_INVALID_ARG, "store: probe: NULL argument");
+    out[0] = '\0';
+    if (strcmp(opts->backend, "sqlite") == 0)
+        return cw__store_sqlite_probe(opts, out, cap);
+    if (strcmp(opts->backend, "postgresql") == 0)
+        return cw__store_pg_probe(opts, out, cap);
+    if (strcmp(opts->backend, "memory") == 0) {
+        snprintf(out, cap, "in memory, private to each worker (for tests)");
+        return 0;
+    }
+    return cw__error(CW_STATUS_CONFIG, "store: unknown backend '%s'", opts->backend);
+}
+
+bool cw_store_reachable(cw_store *s)
+{
+    return s && (!s->ops->reachable || s->ops->reachable(s));
+}
+
+void cw__store_copy_text(char *dst, size_t size, const char *src, size_t n)
+{
+    if (!src)
+        n = 0;
+    else if (n == SIZE_MAX)
+        n = strnlen(src, size);
+    if (n >= size) {
+        n = size - 1;
+        while (n > 0 && ((unsigned char)src[n] & 0xC0) == 0x80)
+            n--;
+    }
+    if (n)
+        memcpy(dst, src, n);
+    dst[n] = '\0';
 }
 
 void cw_store_free(cw_store *s)
@@ -65,6 +108,53 @@ static int check_id(const char *op, const char *message_id)
         return cw__error(CW_STATUS_INVALID_ARG, "store: %s: message ID longer than %d bytes", op,
                          CW_MESSAGE_ID_MAX);
     return 0;
+}
+
+int cw_store_claim_batch(cw_store *s, const cw_claim_req *reqs, size_t n, int64_t now_ms,
+                         cw_claim *out)
+{
+    if (!s || (n && (!reqs || !out)))
+        return cw__error(CW_STATUS_INVALID_ARG, "store: claim batch: NULL argument");
+    for (size_t i = 0; i < n; i++) {
+        int rc = check_id("claim", reqs[i].message_id);
+        if (rc)
+            return rc;
+    }
+    return n ? s->ops->claim_batch(s, reqs, n, now_ms, out) : 0;
+}
+
+static int check_settle(const cw_settle_req *req)
+{
+    int rc = check_id("settle", req->message_id);
+    if (rc)
+        return rc;
+    if (req->state != CW_STATE_DONE && req->state != CW_STATE_DEAD &&
+        req->state != CW_STATE_RETRYING)
+        return cw__error(CW_STATUS_INVALID_ARG,
+                         "store: settle %s: state %s is not done, dead or retrying",
+                         req->message_id, cw__state_name(req->state));
+    if (!req->outcome || !*req->outcome)
+        return cw__error(CW_STATUS_INVALID_ARG, "store: settle %s: no outcome", req->message_id);
+    return 0;
+}
+
+int cw_store_settle_batch(cw_store *s, const cw_settle_req *reqs, size_t n, int64_t now_ms)
+{
+    if (!s || (n && !reqs))
+        return cw__error(CW_STATUS_INVALID_ARG, "store: settle batch: NULL argument");
+    for (size_t i = 0; i < n; i++) {
+        int rc = check_settle(&reqs[i]);
+        if (rc)
+            return rc;
+    }
+    return n ? s->ops->settle_batch(s, reqs, n, now_ms) : 0;
+}
+
+int cw_store_release(cw_store *s, const int64_t *tickets, size_t n)
+{
+    if (!s || (n && !tickets))
+        return cw__error(CW_STATUS_INVALID_ARG, "store: release: NULL argument");
+    return n ? s->ops->release(s, tickets, n) : 0;
 }
 
 int cw_store_begin(cw_store *s, bool durable)
@@ -102,16 +192,9 @@ int cw_store_settle(cw_store *s, const cw_settle_req *req, int64_t now_ms)
 {
     if (!s || !req)
         return cw__error(CW_STATUS_INVALID_ARG, "store: settle: NULL argument");
-    int rc = check_id("settle", req->message_id);
+    int rc = check_settle(req);
     if (rc)
         return rc;
-    if (req->state != CW_STATE_DONE && req->state != CW_STATE_DEAD &&
-        req->state != CW_STATE_RETRYING)
-        return cw__error(CW_STATUS_INVALID_ARG,
-                         "store: settle %s: state %s is not done, dead or retrying",
-                         req->message_id, cw__state_name(req->state));
-    if (!req->outcome || !*req->outcome)
-        return cw__error(CW_STATUS_INVALID_ARG, "store: settle %s: no outcome", req->message_id);
     return s->ops->settle(s, req, now_ms);
 }
 

@@ -8,6 +8,7 @@
 #define CW_FRAMEWORK_STORE_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "compworker/client.h"
@@ -89,11 +90,17 @@ typedef struct cw_attempt_record {
 typedef bool (*cw_owner_alive_fn)(const char *owner, void *user_data);
 
 typedef struct cw_store_opts {
-    const char *backend;  /* "sqlite" or "memory" */
-    const char *path;     /* sqlite file; ignored by memory */
+    const char *backend;  /* "sqlite", "postgresql" or "memory" */
+    const char *path;     /* sqlite file; ignored by the others */
+    const char *url;      /* postgresql: a libpq connection URI or key=value
+                             string (may hold a password: never logged) */
+    const char *schema;   /* postgresql: the schema of the tables ("compworker") */
     const char *owner;    /* this worker's identity, stored with claims */
     int64_t lease_ms;     /* lease of a claim */
     bool sync_full;       /* sqlite: synchronous=FULL (else NORMAL) */
+    bool heartbeat;       /* postgresql: keep this owner's heartbeat row fresh
+                             from a thread of the store's own (a worker); without
+                             it the row is written once at open (a CLI) */
     cw_owner_alive_fn owner_alive; /* may be NULL: leases then only expire */
     void *owner_alive_data;
 } cw_store_opts;
@@ -110,6 +117,10 @@ typedef struct cw_reopen_req {
 } cw_reopen_req;
 
 typedef struct cw_store_ops {
+    int (*claim_batch)(cw_store *s, const cw_claim_req *reqs, size_t n, int64_t now_ms,
+                       cw_claim *out);
+    int (*settle_batch)(cw_store *s, const cw_settle_req *reqs, size_t n, int64_t now_ms);
+    int (*release)(cw_store *s, const int64_t *tickets, size_t n);
     int (*begin)(cw_store *s, bool durable);
     int (*commit)(cw_store *s);
     int (*rollback)(cw_store *s);
@@ -121,6 +132,7 @@ typedef struct cw_store_ops {
                    int (*cb)(const cw_attempt_record *a, void *ud), void *ud);
     int (*sweep)(cw_store *s, int64_t done_before_ms, unsigned limit, unsigned *removed);
     int (*reopen)(cw_store *s, const cw_reopen_req *req, int64_t now_ms, cw_task_state *was);
+    bool (*reachable)(cw_store *s);
     void (*free)(cw_store *s);
 } cw_store_ops;
 
@@ -132,11 +144,47 @@ struct cw_store {
     void *owner_alive_data;
 };
 
-/* Opens the backend named in opts. CW_STATUS_CONFIG for an unknown backend,
- * CW_STATUS_STORE (with the path and SQLite's message) when it cannot open or
- * migrate. Free with cw_store_free(). */
+/* Opens the backend named in opts, creating or migrating its schema.
+ * CW_STATUS_CONFIG for an unknown backend or bad options; CW_STATUS_STORE
+ * (with the path or the masked URL and the database's message) when it cannot
+ * open or migrate, or meets a schema newer than this build;
+ * CW_STATUS_STORE_UNAVAILABLE when a PostgreSQL server does not answer (worth
+ * retrying). Free with cw_store_free(). */
 int cw_store_open(cw_store **out, const cw_store_opts *opts);
 void cw_store_free(cw_store *s);
+
+/* Whether the store's database answered its last request (a PostgreSQL
+ * server can go away and come back; a SQLite file is always there). */
+bool cw_store_reachable(cw_store *s);
+
+/* What `compworker config check` says of a store without changing it: for
+ * PostgreSQL, connects and tells whether the schema is there and at which
+ * version ("schema compworker at version 1"); for SQLite, whether the file
+ * exists and its schema version. 0 with the sentence in `out`; the status
+ * and cw_error_last() (libpq's reason) when it cannot connect or read. */
+int cw_store_probe(const cw_store_opts *opts, char *out, size_t cap);
+
+/* The worker's batch operations, each in a transaction of its own (never
+ * inside a begin/commit bracket), in one round trip where the backend
+ * allows. Their semantics are those of cw_store_claim() / cw_store_settle()
+ * for each element.
+ *
+ * cw_store_claim_batch claims n distinct message IDs (the caller removes
+ * repeats) in a light transaction: out[i] answers reqs[i].
+ * cw_store_settle_batch records n outcomes in one durable commit.
+ * cw_store_release ends the leases this owner holds on the claims of
+ * `tickets` (cw_claim.ticket), so that the next delivery of those tasks is
+ * claimable at once by any worker: for deliveries handed back to the broker
+ * unsettled (a lost broker session). Records settled since are untouched. */
+int cw_store_claim_batch(cw_store *s, const cw_claim_req *reqs, size_t n, int64_t now_ms,
+                         cw_claim *out);
+int cw_store_settle_batch(cw_store *s, const cw_settle_req *reqs, size_t n, int64_t now_ms);
+int cw_store_release(cw_store *s, const int64_t *tickets, size_t n);
+
+/* Copies the text `src` (`n` bytes, or up to its NUL when n is SIZE_MAX;
+ * NULL is "") into dst (NUL-terminated), cut at a UTF-8 character boundary
+ * when it does not fit `size`. For the backends' record readers. */
+void cw__store_copy_text(char *dst, size_t size, const char *src, size_t n);
 
 /* Batch bracket: every claim and settle happens between begin and commit.
  * The commit of a `durable` batch survives a power cut once it returns (and
@@ -194,7 +242,10 @@ int cw_store_sweep(cw_store *s, int64_t done_before_ms, unsigned limit, unsigned
  * durable transaction of its own. */
 int cw_store_reopen(cw_store *s, const cw_reopen_req *req, int64_t now_ms, cw_task_state *was);
 
-/* Backend constructors (used by cw_store_open). */
+/* Backend constructors and probes (used by cw_store_open / cw_store_probe). */
 int cw__store_sqlite_open(cw_store **out, const cw_store_opts *opts);
+int cw__store_sqlite_probe(const cw_store_opts *opts, char *out, size_t cap);
+int cw__store_pg_open(cw_store **out, const cw_store_opts *opts);
+int cw__store_pg_probe(const cw_store_opts *opts, char *out, size_t cap);
 
 #endif

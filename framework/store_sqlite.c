@@ -91,20 +91,12 @@ static int64_t sq_add_sat(int64_t a, int64_t b)
     return (b > 0 && a > INT64_MAX - b) ? INT64_MAX : a + b;
 }
 
-/* Copies text column `col` into dst (NUL-terminated, "" for NULL), cutting
- * at a UTF-8 character boundary when it does not fit. */
+/* Copies text column `col` into dst (NUL-terminated, "" for NULL), cut at a
+ * UTF-8 character boundary when it does not fit. */
 static void sq_copy_col(char *dst, size_t size, sqlite3_stmt *st, int col)
 {
-    const unsigned char *src = sqlite3_column_text(st, col);
-    size_t n = src ? (size_t)sqlite3_column_bytes(st, col) : 0;
-    if (n >= size) {
-        n = size - 1;
-        while (n > 0 && (src[n] & 0xC0) == 0x80)
-            n--;
-    }
-    if (n)
-        memcpy(dst, src, n);
-    dst[n] = '\0';
+    const char *src = (const char *)sqlite3_column_text(st, col);
+    cw__store_copy_text(dst, size, src, src ? (size_t)sqlite3_column_bytes(st, col) : 0);
 }
 
 /* ---- transactions ------------------------------------------------------ */
@@ -350,6 +342,49 @@ static int sq_settle(cw_store *s, const cw_settle_req *req, int64_t now_ms)
     if (rc)
         return rc;
     return sq_leave(q, own, sq_settle_in(q, req, now_ms));
+}
+
+/* The worker's batches: the same statements as one claim or settle at a
+ * time, in one transaction (light for claims, durable for outcomes). */
+static int sq_claim_batch(cw_store *s, const cw_claim_req *reqs, size_t n, int64_t now_ms,
+                          cw_claim *out)
+{
+    cw_sq_store *q = sq_of(s);
+    if (!sqlite3_get_autocommit(q->db))
+        return cw__error(CW_STATUS_INVALID_ARG, "%s: claim batch: called inside a batch",
+                         q->path);
+    int rc = sq_begin_as(q, false);
+    for (size_t i = 0; rc == 0 && i < n; i++)
+        rc = sq_claim_in(q, &reqs[i], now_ms, &out[i]);
+    return sq_leave(q, true, rc);
+}
+
+static int sq_settle_batch(cw_store *s, const cw_settle_req *reqs, size_t n, int64_t now_ms)
+{
+    cw_sq_store *q = sq_of(s);
+    if (!sqlite3_get_autocommit(q->db))
+        return cw__error(CW_STATUS_INVALID_ARG, "%s: settle batch: called inside a batch",
+                         q->path);
+    int rc = sq_begin_as(q, true);
+    for (size_t i = 0; rc == 0 && i < n; i++)
+        rc = sq_settle_in(q, &reqs[i], now_ms);
+    return sq_leave(q, true, rc);
+}
+
+static int sq_release(cw_store *s, const int64_t *tickets, size_t n)
+{
+    cw_sq_store *q = sq_of(s);
+    bool own;
+    int rc = sq_enter(q, &own);
+    sqlite3_stmt *st = q->st[CW_SQ_RELEASE];
+    for (size_t i = 0; rc == 0 && i < n; i++) {
+        if (sqlite3_bind_int64(st, 1, tickets[i]) != SQLITE_OK ||
+            sq_bind_text(st, 2, q->base.owner) != SQLITE_OK)
+            rc = sq_fail_reset(q, st, "release");
+        else
+            rc = sq_run(q, st, "release");
+    }
+    return sq_leave(q, own, rc);
 }
 
 static int sq_note(cw_store *s, const char *message_id, const cw_attempt_record *a)
@@ -773,6 +808,9 @@ static int sq_prepare(cw_sq_store *q)
 }
 
 static const cw_store_ops cw_sq_ops = {
+    .claim_batch = sq_claim_batch,
+    .settle_batch = sq_settle_batch,
+    .release = sq_release,
     .begin = sq_begin,
     .commit = sq_commit,
     .rollback = sq_rollback,
@@ -846,5 +884,42 @@ int cw__store_sqlite_open(cw_store **out, const cw_store_opts *opts)
 
 out_free:
     sq_free(&q->base);
+    return rc;
+}
+
+int cw__store_sqlite_probe(const cw_store_opts *opts, char *out, size_t cap)
+{
+    if (!opts->path || !*opts->path)
+        return cw__error(CW_STATUS_CONFIG, "store: sqlite: no path given");
+    struct stat sb;
+    if (stat(opts->path, &sb) != 0) {
+        snprintf(out, cap, "%s does not exist yet (the first worker creates it)", opts->path);
+        return 0;
+    }
+    sqlite3 *db = NULL;
+    int rc = sqlite3_open_v2(opts->path, &db, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, NULL);
+    sqlite3_stmt *st = NULL;
+    if (rc != SQLITE_OK ||
+        sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &st, NULL) != SQLITE_OK ||
+        sqlite3_step(st) != SQLITE_ROW) {
+        rc = cw__error(CW_STATUS_STORE, "%s: cannot read: %s", opts->path,
+                       db ? sqlite3_errmsg(db) : sqlite3_errstr(rc));
+        goto out_close;
+    }
+    int version = sqlite3_column_int(st, 0);
+    if (version == 0)
+        snprintf(out, cap, "%s exists, without a schema yet (the first worker creates it)",
+                 opts->path);
+    else if (version > CW_SQ_SCHEMA_VERSION)
+        snprintf(out, cap,
+                 "%s has schema version %d, newer than this compworker supports (%d): workers "
+                 "will refuse it",
+                 opts->path, version, CW_SQ_SCHEMA_VERSION);
+    else
+        snprintf(out, cap, "%s, schema version %d", opts->path, version);
+    rc = 0;
+out_close:
+    sqlite3_finalize(st);
+    sqlite3_close(db);
     return rc;
 }

@@ -135,4 +135,8 @@ const char *const cw__sq_sql[CW_SQ_COUNT] = {
         "INSERT INTO attempts (task_id, n, at, worker, outcome, error_class, reason)"
         " SELECT id, attempts, coalesce(settled_at, last_seen), owner, 'ok', NULL, NULL"
         " FROM tasks WHERE id = ?1 AND state = 2",
+    /* ?1 row id, ?2 owner: the lease of a claim handed back unsettled ends
+     * now; the owner stays, for the history. */
+    [CW_SQ_RELEASE] =
+        "UPDATE tasks SET lease_until = 0 WHERE id = ?1 AND state = 1 AND owner = ?2",
 };

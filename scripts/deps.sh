@@ -4,9 +4,9 @@
 set -euo pipefail
 
 pkgs=(build-essential cmake pkg-config
-      librabbitmq-dev libjson-c-dev uuid-dev libsqlite3-dev libinih-dev libcmocka-dev
-      libcurl4-openssl-dev libmicrohttpd-dev libhiredis-dev libssl-dev libsystemd-dev openssl
-      rabbitmq-server sqlite3 bc valgrind clang libclang-rt-14-dev)
+      librabbitmq-dev libjson-c-dev uuid-dev libsqlite3-dev libpq-dev libinih-dev libcmocka-dev
+      libcurl4-openssl-dev libmicrohttpd-dev libssl-dev libsystemd-dev openssl
+      rabbitmq-server postgresql-15 sqlite3 bc valgrind clang libclang-rt-14-dev)
 
 missing=()
 for p in "${pkgs[@]}"; do

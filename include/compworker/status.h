@@ -31,7 +31,8 @@ extern "C" {
     X(STORE, -14, "idempotency store error")                                    \
     X(INVALID_MESSAGE, -15, "invalid message")                                  \
     X(TOO_LARGE, -16, "size limit exceeded")                                    \
-    X(INTERRUPTED, -17, "interrupted by a signal")
+    X(INTERRUPTED, -17, "interrupted by a signal")                              \
+    X(STORE_UNAVAILABLE, -18, "the idempotency store cannot be reached")
 
 /** Status codes. */
 typedef enum cw_status {

@@ -1,5 +1,8 @@
-/* Unit tests of the idempotency store: the SQLite backend on a file and in
- * memory, through the cw_store_* front. */
+/* Tests of the idempotency store through the cw_store_* front: the SQLite
+ * backend on a file and in memory, and the PostgreSQL backend on the server
+ * that CW_TEST_PG_URL names (the test harness starts a throwaway one; without
+ * it the PostgreSQL cases are skipped). Every case that is not about one
+ * backend's own files runs on each. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -14,6 +17,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <libpq-fe.h>
 #include <sqlite3.h>
 
 #include "compworker/status.h"
@@ -37,13 +41,34 @@ static int64_t mono_ms(void)
 typedef struct fixture {
     const char *backend;
     char path[512];
+    char schema[64]; /* postgresql: a schema of the test's own */
 } fixture;
 
-/* A fresh database path for each test (ignored by the memory backend). */
+/* A fresh database path (sqlite) or schema (postgresql) for each test. */
 static void next_path(fixture *f, const char *backend)
 {
     f->backend = backend;
     snprintf(f->path, sizeof f->path, "%s/t%u/store.db", tmp_root, ++file_counter);
+    snprintf(f->schema, sizeof f->schema, "cwtest_%ld_%u", (long)getpid(), file_counter);
+}
+
+static const char *pg_url(void)
+{
+    const char *u = getenv("CW_TEST_PG_URL");
+    return u && *u ? u : NULL;
+}
+
+/* Runs one SQL text on the test server (a test's own connection). */
+static void pg_sql(const char *sql)
+{
+    PGconn *c = PQconnectdb(pg_url());
+    if (PQstatus(c) != CONNECTION_OK)
+        fail_msg("connecting to %s: %s", pg_url(), PQerrorMessage(c));
+    PGresult *r = PQexec(c, sql);
+    if (PQresultStatus(r) != PGRES_COMMAND_OK && PQresultStatus(r) != PGRES_TUPLES_OK)
+        fail_msg("%s: %s", sql, PQresultErrorMessage(r));
+    PQclear(r);
+    PQfinish(c);
 }
 
 static cw_store *open_as(const fixture *f, const char *owner, cw_owner_alive_fn alive, void *ud)
@@ -51,6 +76,8 @@ static cw_store *open_as(const fixture *f, const char *owner, cw_owner_alive_fn 
     cw_store_opts o = {
         .backend = f->backend,
         .path = f->path,
+        .url = pg_url(),
+        .schema = f->schema,
         .owner = owner,
         .lease_ms = LEASE_MS,
         .sync_full = true,
@@ -126,8 +153,30 @@ static int group_setup(void **state)
 static int group_teardown(void **state)
 {
     (void)state;
+    if (pg_url()) {
+        /* Drop the schemas this run made. */
+        char sql[512];
+        snprintf(sql, sizeof sql,
+                 "DO $$DECLARE n text; BEGIN FOR n IN SELECT nspname FROM pg_namespace"
+                 " WHERE nspname LIKE 'cwtest\\_%ld\\_%%' LOOP"
+                 " EXECUTE format('DROP SCHEMA %%I CASCADE', n); END LOOP; END$$",
+                 (long)getpid());
+        pg_sql(sql);
+    }
     return nftw(tmp_root, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
 }
+
+/* The PostgreSQL variant of a case: skipped without a test server. */
+#define PG_CASE(name)                                                           \
+    static void name##_pg(void **state)                                        \
+    {                                                                          \
+        (void)state;                                                           \
+        if (!pg_url())                                                         \
+            skip();                                                            \
+        fixture f;                                                             \
+        next_path(&f, "postgresql");                                           \
+        name(&f);                                                              \
+    }
 
 /* Every test that runs on both backends is a function of the fixture. */
 #define BOTH(name)                                                              \
@@ -144,7 +193,19 @@ static int group_teardown(void **state)
         fixture f;                                                             \
         next_path(&f, "memory");                                               \
         name(&f);                                                              \
-    }
+    }                                                                          \
+    PG_CASE(name)
+
+/* Cases of several owners sharing one store: a file, or a server. */
+#define SHARED(name)                                                            \
+    static void name##_file(void **state)                                      \
+    {                                                                          \
+        (void)state;                                                           \
+        fixture f;                                                             \
+        next_path(&f, "sqlite");                                               \
+        name(&f);                                                              \
+    }                                                                          \
+    PG_CASE(name)
 
 #define FILE_ONLY(name)                                                         \
     static void name##_file(void **state)                                      \
@@ -332,7 +393,7 @@ static void busy_until_lease_expires(const fixture *f)
     cw_store_free(b);
     cw_store_free(a);
 }
-FILE_ONLY(busy_until_lease_expires)
+SHARED(busy_until_lease_expires)
 
 /* Two workers of a host share the file: while one holds the write lock, the
  * other's batch waits for it and then goes through. */
@@ -398,7 +459,7 @@ static void dead_owner_taken_over(const fixture *f)
     cw_store_free(b);
     cw_store_free(a);
 }
-FILE_ONLY(dead_owner_taken_over)
+SHARED(dead_owner_taken_over)
 
 static void done_by_other_is_duplicate(const fixture *f)
 {
@@ -411,7 +472,7 @@ static void done_by_other_is_duplicate(const fixture *f)
     cw_store_free(b);
     cw_store_free(a);
 }
-FILE_ONLY(done_by_other_is_duplicate)
+SHARED(done_by_other_is_duplicate)
 
 /* ---- history and reading ----------------------------------------------- */
 
@@ -899,36 +960,53 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(first_claim_is_new_file),
         cmocka_unit_test(first_claim_is_new_memory),
+        cmocka_unit_test(first_claim_is_new_pg),
         cmocka_unit_test(done_then_duplicate_file),
         cmocka_unit_test(done_then_duplicate_memory),
+        cmocka_unit_test(done_then_duplicate_pg),
         cmocka_unit_test(same_owner_reclaims_file),
         cmocka_unit_test(same_owner_reclaims_memory),
+        cmocka_unit_test(same_owner_reclaims_pg),
         cmocka_unit_test(dead_stays_dead_file),
         cmocka_unit_test(dead_stays_dead_memory),
+        cmocka_unit_test(dead_stays_dead_pg),
         cmocka_unit_test(retrying_is_claimable_file),
         cmocka_unit_test(retrying_is_claimable_memory),
+        cmocka_unit_test(retrying_is_claimable_pg),
         cmocka_unit_test(saga_and_type_filled_later_file),
         cmocka_unit_test(saga_and_type_filled_later_memory),
+        cmocka_unit_test(saga_and_type_filled_later_pg),
         cmocka_unit_test(busy_until_lease_expires_file),
+        cmocka_unit_test(busy_until_lease_expires_pg),
         cmocka_unit_test(waits_for_write_lock_file),
         cmocka_unit_test(dead_owner_taken_over_file),
+        cmocka_unit_test(dead_owner_taken_over_pg),
         cmocka_unit_test(done_by_other_is_duplicate_file),
+        cmocka_unit_test(done_by_other_is_duplicate_pg),
         cmocka_unit_test(history_in_order_file),
         cmocka_unit_test(history_in_order_memory),
+        cmocka_unit_test(history_in_order_pg),
         cmocka_unit_test(unknown_ids_file),
         cmocka_unit_test(unknown_ids_memory),
+        cmocka_unit_test(unknown_ids_pg),
         cmocka_unit_test(long_text_truncated_file),
         cmocka_unit_test(long_text_truncated_memory),
+        cmocka_unit_test(long_text_truncated_pg),
         cmocka_unit_test(rollback_undoes_batch_file),
         cmocka_unit_test(rollback_undoes_batch_memory),
+        cmocka_unit_test(rollback_undoes_batch_pg),
         cmocka_unit_test(batch_of_many_file),
         cmocka_unit_test(batch_of_many_memory),
+        cmocka_unit_test(batch_of_many_pg),
         cmocka_unit_test(commit_without_begin_fails_file),
         cmocka_unit_test(commit_without_begin_fails_memory),
+        cmocka_unit_test(commit_without_begin_fails_pg),
         cmocka_unit_test(sweep_removes_old_done_file),
         cmocka_unit_test(sweep_removes_old_done_memory),
+        cmocka_unit_test(sweep_removes_old_done_pg),
         cmocka_unit_test(sweep_walks_in_chunks_file),
         cmocka_unit_test(sweep_walks_in_chunks_memory),
+        cmocka_unit_test(sweep_walks_in_chunks_pg),
         cmocka_unit_test(reopen_keeps_data_file),
         cmocka_unit_test(memory_is_private),
         cmocka_unit_test(newer_schema_refused),

@@ -1,5 +1,6 @@
 /* Unit tests of cw_store_reopen(): how a replay from the dead-letter queue
- * makes a task claimable again (SQLite store, on a file). */
+ * makes a task claimable again: the SQLite store on a file, then the
+ * PostgreSQL store when CW_TEST_PG_URL names a test server. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -18,8 +19,10 @@
 #define LEASE_MS 30000
 #define T0 1700000000000LL
 
-static char dir[] = "/tmp/cw-test-reopen-XXXXXX";
+static char dir[64];
 static unsigned counter;
+static const char *backend = "sqlite";
+static char schema[64]; /* postgresql: one per test */
 
 static bool alive_yes(const char *owner, void *ud)
 {
@@ -30,7 +33,8 @@ static bool alive_yes(const char *owner, void *ud)
 
 static cw_store *open_as(const char *path, const char *owner)
 {
-    cw_store_opts o = {.backend = "sqlite", .path = path, .owner = owner, .lease_ms = LEASE_MS,
+    cw_store_opts o = {.backend = backend, .path = path, .url = getenv("CW_TEST_PG_URL"),
+                       .schema = schema, .owner = owner, .lease_ms = LEASE_MS,
                        .sync_full = false, .owner_alive = alive_yes};
     cw_store *s = NULL;
     if (cw_store_open(&s, &o))
@@ -41,6 +45,7 @@ static cw_store *open_as(const char *path, const char *owner)
 static void fresh_path(char *path, size_t cap)
 {
     snprintf(path, cap, "%s/s%u.db", dir, ++counter);
+    snprintf(schema, sizeof schema, "cwreopen_%ld_%u", (long)getpid(), counter);
 }
 
 static cw_claim claim(cw_store *s, const char *id, int64_t now)
@@ -238,6 +243,7 @@ static int rm(const char *p, const struct stat *sb, int flag, struct FTW *f)
 static int setup(void **state)
 {
     (void)state;
+    snprintf(dir, sizeof dir, "/tmp/cw-test-reopen-XXXXXX");
     return mkdtemp(dir) ? 0 : -1;
 }
 
@@ -255,5 +261,11 @@ int main(void)
         cmocka_unit_test(test_reopen_busy_and_retrying),
         cmocka_unit_test(test_reopen_unknown_and_batch),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    int failed = cmocka_run_group_tests_name("sqlite", tests, setup, teardown);
+    const char *url = getenv("CW_TEST_PG_URL");
+    if (url && *url) {
+        backend = "postgresql";
+        failed += cmocka_run_group_tests_name("postgresql", tests, setup, teardown);
+    }
+    return failed;
 }

@@ -1,0 +1,111 @@
+/* Internal to the PostgreSQL store backend: its state and what its files
+ * share. framework/store_pg_conn.c holds the connection (connecting,
+ * reconnecting after a lost server, the schema and its migration, the
+ * heartbeat thread, messages without credentials); framework/store_pg.c the
+ * operations of the store interface.
+ *
+ * A store object is one connection for its operations, used from one thread
+ * at a time, plus, with cw_store_opts.heartbeat, a thread of its own with a
+ * second connection that keeps the owner's heartbeat row fresh. Open it after
+ * fork(), never across one. */
+#ifndef CW_FRAMEWORK_STORE_PG_H
+#define CW_FRAMEWORK_STORE_PG_H
+
+#include <libpq-fe.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "framework/store.h"
+#include "framework/store_pg_sql.h"
+
+/* How often a worker's heartbeat row is refreshed, and how old it may be
+ * before its claims are taken over (a lost host). */
+#define CW_PG_HEARTBEAT_MS 2000
+#define CW_PG_STALE_MS 10000
+
+/* A growable text buffer, for array parameters. */
+typedef struct cw_pg_buf {
+    char *p;
+    size_t len, cap;
+    bool failed; /* out of memory: the text is incomplete */
+} cw_pg_buf;
+
+typedef struct cw_pg_store {
+    cw_store base;     /* first: what cw_store_open hands out */
+    PGconn *conn;      /* NULL while the server is away */
+    char *url;         /* as given: may hold a password, never shown */
+    char *label;       /* the server as messages name it, no password */
+    char *password;    /* what must never appear in a message, or NULL */
+    char *schema;      /* as configured, unquoted */
+    char *sql[CW_PG_COUNT]; /* statement texts with the schema quoted in */
+    bool in_batch;     /* inside cw_store_begin() .. commit/rollback */
+    bool lost;         /* the connection broke: reconnect before the next use */
+    char owner_pid[16];
+
+    /* the heartbeat thread (opts.heartbeat) */
+    pthread_t beat;
+    bool beat_running;
+    pthread_mutex_t beat_mu;
+    pthread_cond_t beat_cv;
+    bool beat_stop;
+    atomic_bool beat_ok; /* the last beat reached the server */
+} cw_pg_store;
+
+/* Fills `q` from `opts` (URL, schema), connects, creates or migrates the
+ * schema and, with opts->heartbeat, starts the heartbeat thread. On failure
+ * the caller frees what was set with cw__pg_close(). */
+int cw__pg_open_conn(cw_pg_store *q, const cw_store_opts *opts);
+
+/* Connects (or reconnects) the store's connection: session settings, the
+ * prepared statements, and, when `migrate`, the schema under the migration
+ * lock. 0; CW_STATUS_STORE_UNAVAILABLE when the server does not answer;
+ * CW_STATUS_STORE when it answers but refuses (authentication, a newer
+ * schema, missing rights), with the reason in cw_error_last(). */
+int cw__pg_connect(cw_pg_store *q, bool migrate);
+
+/* Makes sure the connection is up before an operation (reconnecting after
+ * a loss); the status of cw__pg_connect otherwise. */
+int cw__pg_ready(cw_pg_store *q);
+
+/* Turns a failed result (or a NULL one) of `op` into a status with the
+ * server's message: CW_STATUS_STORE_UNAVAILABLE when the connection is lost
+ * (the store reconnects at its next use), CW_STATUS_STORE otherwise. Clears
+ * `res`. */
+int cw__pg_fail(cw_pg_store *q, PGresult *res, const char *op);
+
+/* Whether a failed result is worth running again at once: a deadlock or a
+ * serialization failure (SQLSTATE 40P01, 40001). */
+bool cw__pg_retryable(const PGresult *res);
+
+/* Runs prepared statement `stmt` with text parameters (NULL = SQL NULL);
+ * returns the result (check PQresultStatus) or NULL when the connection is
+ * down. */
+PGresult *cw__pg_exec(cw_pg_store *q, int stmt, int nparams, const char *const *values);
+
+/* Runs a statement without parameters; 0 or the status of cw__pg_fail. */
+int cw__pg_command(cw_pg_store *q, const char *sql, const char *op);
+
+/* Starts / stops the heartbeat thread. */
+int cw__pg_beat_start(cw_pg_store *q);
+void cw__pg_beat_stop(cw_pg_store *q);
+
+/* Closes the connection and frees the store's own memory. */
+void cw__pg_close(cw_pg_store *q);
+
+/* Array parameters in PostgreSQL's text form: {"a","b",NULL} and {1,2}.
+ * Strings are made valid UTF-8 (an invalid byte becomes '?'), so that a
+ * reason cut from arbitrary text never makes the server refuse a batch. */
+void cw__pg_buf_reset(cw_pg_buf *b);
+void cw__pg_buf_free(cw_pg_buf *b);
+void cw__pg_array_text(cw_pg_buf *b, const char *s); /* appends one element */
+void cw__pg_array_int(cw_pg_buf *b, long long v);
+const char *cw__pg_array_end(cw_pg_buf *b); /* closes it; NULL if out of memory */
+
+/* A copy of `s` made valid UTF-8, in `out` (`cap` bytes, cut at a character
+ * boundary): for single text parameters. Returns out. */
+const char *cw__pg_text(char *out, size_t cap, const char *s);
+
+#endif

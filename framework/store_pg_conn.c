@@ -1,0 +1,595 @@
+/* The PostgreSQL store's connection: connecting and reconnecting, the
+ * schema and its migration, the heartbeat thread, and messages that never
+ * carry the password. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "framework/clock.h"
+#include "framework/error.h"
+#include "framework/log.h"
+#include "framework/store_pg.h"
+
+/* The oldest server the SQL needs (MATERIALIZED common table expressions). */
+#define CW_PG_MIN_SERVER 120000
+#define CW_PG_CONNECT_TIMEOUT "5"
+
+/* ---- messages without credentials ---------------------------------------- */
+
+/* Copies `msg` into out, each occurrence of the password replaced with
+ * "****" and trailing blanks dropped (libpq ends its messages with '\n'). */
+static void scrub(const char *password, const char *msg, char *out, size_t cap)
+{
+    size_t o = 0, plen = password ? strlen(password) : 0;
+    for (const char *p = msg ? msg : ""; *p && o + 1 < cap;) {
+        if (plen && strncmp(p, password, plen) == 0) {
+            for (const char *m = "****"; *m && o + 1 < cap; m++)
+                out[o++] = *m;
+            p += plen;
+            continue;
+        }
+        out[o++] = *p++;
+    }
+    while (o > 0 && (out[o - 1] == '\n' || out[o - 1] == ' ' || out[o - 1] == '\r'))
+        o--;
+    out[o] = '\0';
+}
+
+/* The password a connection string holds, found without libpq (for its
+ * own parse errors, which may quote the string): the user information of a
+ * URI after ':', or the value of password= in key=value form. */
+static char *guess_password(const char *url)
+{
+    const char *p = strstr(url, "://");
+    if (p) {
+        p += 3;
+        const char *end = p + strcspn(p, "/?#");
+        const char *at = NULL;
+        for (const char *c = p; c < end; c++)
+            if (*c == '@')
+                at = c;
+        const char *colon = at ? memchr(p, ':', (size_t)(at - p)) : NULL;
+        return colon && at > colon + 1 ? strndup(colon + 1, (size_t)(at - colon - 1)) : NULL;
+    }
+    p = strstr(url, "password");
+    if (!p)
+        return NULL;
+    p += strlen("password");
+    p += strspn(p, " \t");
+    if (*p != '=')
+        return NULL;
+    p++;
+    p += strspn(p, " \t");
+    if (*p == '\'') {
+        p++;
+        return strndup(p, strcspn(p, "'"));
+    }
+    size_t n = strcspn(p, " \t");
+    return n ? strndup(p, n) : NULL;
+}
+
+/* Reads the connection string with libpq: the password (to scrub it from
+ * every message) and a label naming the server ("postgresql://cw@db1:5432/
+ * orders"). CW_STATUS_CONFIG when libpq cannot read it. */
+static int parse_url(cw_pg_store *q)
+{
+    char *err = NULL;
+    PQconninfoOption *opts = PQconninfoParse(q->url, &err);
+    if (!opts) {
+        char *pw = guess_password(q->url);
+        char why[512];
+        scrub(pw, err ? err : "out of memory", why, sizeof why);
+        free(pw);
+        PQfreemem(err);
+        return cw__error(CW_STATUS_CONFIG,
+                         "[store] url: not a libpq connection URI or key=value string: %s", why);
+    }
+    const char *user = NULL, *host = NULL, *port = NULL, *db = NULL, *pw = NULL;
+    for (PQconninfoOption *o = opts; o->keyword; o++) {
+        if (!o->val || !*o->val)
+            continue;
+        if (strcmp(o->keyword, "user") == 0)
+            user = o->val;
+        else if (strcmp(o->keyword, "host") == 0 || (!host && strcmp(o->keyword, "hostaddr") == 0))
+            host = o->val;
+        else if (strcmp(o->keyword, "port") == 0)
+            port = o->val;
+        else if (strcmp(o->keyword, "dbname") == 0)
+            db = o->val;
+        else if (strcmp(o->keyword, "password") == 0)
+            pw = o->val;
+    }
+    /* libpq checks a port only when it connects, and would then say it
+     * cannot connect: a port that is no number is a configuration error. */
+    if (port && (strspn(port, "0123456789,") != strlen(port) || !strpbrk(port, "0123456789"))) {
+        char why[256];
+        scrub(pw, port, why, sizeof why);
+        PQconninfoFree(opts);
+        return cw__error(CW_STATUS_CONFIG, "[store] url: port '%s' is not a number", why);
+    }
+    char label[512];
+    snprintf(label, sizeof label, "postgresql://%s%s%s%s%s/%s", user ? user : "", user ? "@" : "",
+             host ? host : "", port ? ":" : "", port ? port : "", db ? db : "");
+    q->label = strdup(label);
+    q->password = pw ? strdup(pw) : NULL;
+    PQconninfoFree(opts);
+    if (!q->label || (pw && !q->password))
+        return cw__error(CW_STATUS_NOMEM, "store: out of memory");
+    return 0;
+}
+
+/* ---- results and failures --------------------------------------------------- */
+
+static bool lost_connection(PGconn *conn, const PGresult *res)
+{
+    if (!conn || PQstatus(conn) == CONNECTION_BAD || !res)
+        return true;
+    const char *st = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+    if (!st)
+        return false;
+    /* connection exceptions; the server shutting down or crashing; too many
+     * connections; the database not accepting connections yet */
+    return strncmp(st, "08", 2) == 0 || strcmp(st, "57P01") == 0 || strcmp(st, "57P02") == 0 ||
+           strcmp(st, "57P03") == 0 || strcmp(st, "53300") == 0;
+}
+
+int cw__pg_fail(cw_pg_store *q, PGresult *res, const char *op)
+{
+    char why[1024];
+    const char *msg = res ? PQresultErrorMessage(res) : NULL;
+    if ((!msg || !*msg) && q->conn)
+        msg = PQerrorMessage(q->conn);
+    scrub(q->password, msg && *msg ? msg : "no answer from the server", why, sizeof why);
+    bool lost = lost_connection(q->conn, res);
+    PQclear(res);
+    if (lost) {
+        q->lost = true;
+        q->in_batch = false;
+        return cw__error(CW_STATUS_STORE_UNAVAILABLE, "store %s: %s: the server is unreachable: %s",
+                         q->label, op, why);
+    }
+    return cw__error(CW_STATUS_STORE, "store %s: %s: %s", q->label, op, why);
+}
+
+bool cw__pg_retryable(const PGresult *res)
+{
+    const char *st = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+    return st && (strcmp(st, "40P01") == 0 || strcmp(st, "40001") == 0);
+}
+
+PGresult *cw__pg_exec(cw_pg_store *q, int stmt, int nparams, const char *const *values)
+{
+    char name[16];
+    snprintf(name, sizeof name, "cw%d", stmt);
+    return q->conn ? PQexecPrepared(q->conn, name, nparams, values, NULL, NULL, 0) : NULL;
+}
+
+int cw__pg_command(cw_pg_store *q, const char *sql, const char *op)
+{
+    PGresult *res = q->conn ? PQexec(q->conn, sql) : NULL;
+    ExecStatusType st = res ? PQresultStatus(res) : PGRES_FATAL_ERROR;
+    if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK) {
+        PQclear(res);
+        return 0;
+    }
+    return cw__pg_fail(q, res, op);
+}
+
+/* ---- connecting ------------------------------------------------------------- */
+
+/* Opens a session to the server of `q` (the operations' or the heartbeat
+ * thread's): *out is set either way (PQfinish it). */
+static int open_session(cw_pg_store *q, const char *role, PGconn **out)
+{
+    char app[64];
+    snprintf(app, sizeof app, "compworker %s %s", role, q->owner_pid);
+    /* Ours first: what the URL says wins (expand_dbname). Keepalives find a
+     * server that vanished without closing the connection. */
+    const char *const keys[] = {"connect_timeout", "application_name", "keepalives_idle",
+                                "keepalives_interval", "keepalives_count", "dbname", NULL};
+    const char *const vals[] = {CW_PG_CONNECT_TIMEOUT, app, "10", "5", "3", q->url, NULL};
+    *out = PQconnectdbParams(keys, vals, 1);
+    if (!*out)
+        return cw__error(CW_STATUS_NOMEM, "store %s: out of memory connecting", q->label);
+    if (PQstatus(*out) == CONNECTION_OK)
+        return 0;
+    char why[1024];
+    scrub(q->password, PQerrorMessage(*out), why, sizeof why);
+    /* A server that answers but refuses us (authentication, no such
+     * database) will refuse again: that is a configuration error, not an
+     * outage to wait out. */
+    PGPing ping = PQpingParams(keys, vals, 1);
+    if (ping == PQPING_OK)
+        return cw__error(CW_STATUS_STORE, "store %s: the server refused the connection: %s",
+                         q->label, why);
+    if (ping == PQPING_NO_ATTEMPT)
+        return cw__error(CW_STATUS_CONFIG, "[store] url: %s", why);
+    return cw__error(CW_STATUS_STORE_UNAVAILABLE, "store %s: cannot connect: %s", q->label, why);
+}
+
+/* SELECT returning one value, as text into out ("" for NULL). */
+static int query_value(cw_pg_store *q, const char *sql, const char *param, char *out, size_t cap,
+                       const char *op)
+{
+    const char *values[1] = {param};
+    PGresult *res = PQexecParams(q->conn, sql, param ? 1 : 0, NULL, values, NULL, NULL, 0);
+    if (!res || PQresultStatus(res) != PGRES_TUPLES_OK)
+        return cw__pg_fail(q, res, op);
+    out[0] = '\0';
+    if (PQntuples(res) > 0 && !PQgetisnull(res, 0, 0))
+        snprintf(out, cap, "%s", PQgetvalue(res, 0, 0));
+    PQclear(res);
+    return 0;
+}
+
+/* Replaces every "@S" of `sql` with the quoted schema. */
+static char *with_schema(const char *sql, const char *quoted)
+{
+    size_t n = 0, ql = strlen(quoted);
+    for (const char *p = sql; (p = strstr(p, "@S")); p += 2)
+        n++;
+    char *out = malloc(strlen(sql) + n * ql + 1);
+    if (!out)
+        return NULL;
+    char *o = out;
+    for (const char *p = sql;;) {
+        const char *hit = strstr(p, "@S");
+        size_t len = hit ? (size_t)(hit - p) : strlen(p);
+        memcpy(o, p, len);
+        o += len;
+        if (!hit)
+            break;
+        memcpy(o, quoted, ql);
+        o += ql;
+        p = hit + 2;
+    }
+    *o = '\0';
+    return out;
+}
+
+/* The schema's state: 0 absent, -1 present without cw_meta, else its version. */
+static int schema_version(cw_pg_store *q, const char *quoted, int *version)
+{
+    char v[64], meta[512];
+    int rc = query_value(q, "SELECT to_regnamespace($1) IS NOT NULL", quoted, v, sizeof v,
+                         "reading the schema");
+    if (rc)
+        return rc;
+    *version = 0;
+    if (strcmp(v, "t") != 0)
+        return 0;
+    snprintf(meta, sizeof meta, "%s.cw_meta", quoted);
+    if ((rc = query_value(q, "SELECT to_regclass($1) IS NOT NULL", meta, v, sizeof v,
+                          "reading the schema")))
+        return rc;
+    *version = -1;
+    if (strcmp(v, "t") != 0)
+        return 0;
+    char sql[600];
+    snprintf(sql, sizeof sql, "SELECT value FROM %s WHERE key = 'schema_version'", meta);
+    if ((rc = query_value(q, sql, NULL, v, sizeof v, "reading the schema version")))
+        return rc;
+    *version = v[0] ? atoi(v) : -1;
+    return 0;
+}
+
+static char *quoted_schema(cw_pg_store *q)
+{
+    char *e = PQescapeIdentifier(q->conn, q->schema, strlen(q->schema));
+    char *copy = e ? strdup(e) : NULL;
+    PQfreemem(e);
+    return copy;
+}
+
+/* Creates or migrates the schema, under a lock that serializes every host
+ * starting at once; refuses a schema newer than this build. */
+static int migrate(cw_pg_store *q, const char *quoted)
+{
+    int rc = cw__pg_command(q, "BEGIN", "migrating the schema");
+    if (rc)
+        return rc;
+    char sql[1024], v[64];
+    const char *lock = "SELECT pg_advisory_xact_lock(hashtext('compworker.schema.' || "
+                       "current_database() || '.' || $1::text))";
+    if ((rc = query_value(q, lock, q->schema, v, sizeof v, "locking the schema")))
+        goto out_rollback;
+    int version;
+    if ((rc = schema_version(q, quoted, &version)))
+        goto out_rollback;
+    if (version > CW_PG_SCHEMA_VERSION) {
+        rc = cw__error(CW_STATUS_STORE,
+                       "store %s: schema %s is at version %d, newer than this compworker supports "
+                       "(%d): upgrade compworker on this host",
+                       q->label, q->schema, version, CW_PG_SCHEMA_VERSION);
+        goto out_rollback;
+    }
+    if (version == CW_PG_SCHEMA_VERSION)
+        return cw__pg_command(q, "COMMIT", "migrating the schema");
+    /* CREATE SCHEMA needs the right to create schemas even with IF NOT
+     * EXISTS: it runs only when the schema is not there (a DBA may have made
+     * it and granted us its use). */
+    if (version == 0) {
+        snprintf(sql, sizeof sql, "CREATE SCHEMA %s", quoted);
+        if ((rc = cw__pg_command(q, sql, "creating the schema")))
+            goto out_rollback;
+    }
+    snprintf(sql, sizeof sql,
+             "CREATE TABLE IF NOT EXISTS %s.cw_meta (key text PRIMARY KEY, value text NOT NULL)",
+             quoted);
+    if ((rc = cw__pg_command(q, sql, "creating the schema")))
+        goto out_rollback;
+    /* Version 1 is the first: there is nothing older to migrate from. */
+    char *schema = with_schema(cw__pg_schema, quoted);
+    rc = schema ? cw__pg_command(q, schema, "creating the schema")
+                : cw__error(CW_STATUS_NOMEM, "store: out of memory");
+    free(schema);
+    if (rc)
+        goto out_rollback;
+    snprintf(sql, sizeof sql,
+             "INSERT INTO %s.cw_meta (key, value) VALUES ('schema_version', '%d')"
+             " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+             quoted, CW_PG_SCHEMA_VERSION);
+    if ((rc = cw__pg_command(q, sql, "creating the schema")))
+        goto out_rollback;
+    if ((rc = cw__pg_command(q, "COMMIT", "creating the schema")))
+        return rc;
+    cw_log_info(NULL, "store %s: created schema %s at version %d", q->label, q->schema,
+                CW_PG_SCHEMA_VERSION);
+    return 0;
+
+out_rollback:
+    if (q->conn && !q->lost)
+        PQclear(PQexec(q->conn, "ROLLBACK"));
+    return rc;
+}
+
+static int prepare_all(cw_pg_store *q)
+{
+    for (int i = 0; i < CW_PG_COUNT; i++) {
+        char name[16];
+        snprintf(name, sizeof name, "cw%d", i);
+        PGresult *res = PQprepare(q->conn, name, q->sql[i], 0, NULL);
+        if (!res || PQresultStatus(res) != PGRES_COMMAND_OK)
+            return cw__pg_fail(q, res, "preparing statements");
+        PQclear(res);
+    }
+    return 0;
+}
+
+int cw__pg_connect(cw_pg_store *q, bool migrate_schema)
+{
+    if (q->conn) {
+        PQfinish(q->conn);
+        q->conn = NULL;
+    }
+    q->lost = false;
+    q->in_batch = false;
+    int rc = open_session(q, "store", &q->conn);
+    if (rc)
+        goto out_close;
+    if (PQserverVersion(q->conn) < CW_PG_MIN_SERVER) {
+        rc = cw__error(CW_STATUS_STORE, "store %s: PostgreSQL %d.%d is too old (12 or later needed)",
+                       q->label, PQserverVersion(q->conn) / 10000,
+                       PQserverVersion(q->conn) % 10000);
+        goto out_close;
+    }
+    /* Outcomes are acked once committed: the commit must be on disk, whatever
+     * the server's default. Claims ask for less, per transaction. */
+    if ((rc = cw__pg_command(q, "SET synchronous_commit = on", "configuring the session")))
+        goto out_close;
+    char *quoted = quoted_schema(q);
+    if (!quoted) {
+        rc = cw__error(CW_STATUS_NOMEM, "store: out of memory");
+        goto out_close;
+    }
+    if (!q->sql[0]) {
+        for (int i = 0; i < CW_PG_COUNT; i++) {
+            if (!(q->sql[i] = with_schema(cw__pg_sql[i], quoted))) {
+                free(quoted);
+                rc = cw__error(CW_STATUS_NOMEM, "store: out of memory");
+                goto out_close;
+            }
+        }
+    }
+    rc = migrate_schema ? migrate(q, quoted) : 0;
+    free(quoted);
+    if (rc == 0)
+        rc = prepare_all(q);
+    if (rc)
+        goto out_close;
+    const char *reg[1] = {q->base.owner};
+    PGresult *res = cw__pg_exec(q, CW_PG_REGISTER, 1, reg);
+    if (!res || PQresultStatus(res) != PGRES_COMMAND_OK) {
+        rc = cw__pg_fail(q, res, "registering the worker");
+        goto out_close;
+    }
+    PQclear(res);
+    return 0;
+
+out_close:
+    if (q->conn) {
+        PQfinish(q->conn);
+        q->conn = NULL;
+    }
+    q->lost = true;
+    return rc;
+}
+
+int cw__pg_ready(cw_pg_store *q)
+{
+    if (q->conn && !q->lost)
+        return 0;
+    int rc = cw__pg_connect(q, true);
+    if (rc == 0)
+        cw_log_info(NULL, "store %s: connected again", q->label);
+    return rc;
+}
+
+void cw__pg_close(cw_pg_store *q)
+{
+    if (q->conn)
+        PQfinish(q->conn);
+    q->conn = NULL;
+    for (int i = 0; i < CW_PG_COUNT; i++)
+        free(q->sql[i]);
+    if (q->password)
+        memset(q->password, 0, strlen(q->password));
+    free(q->password);
+    free(q->label);
+    free(q->url);
+    free(q->schema);
+    free(q->base.owner);
+}
+
+/* ---- the heartbeat thread ----------------------------------------------------- */
+
+static void *beat_main(void *arg)
+{
+    cw_pg_store *q = arg;
+    PGconn *conn = NULL;
+    bool was_ok = true;
+    pthread_mutex_lock(&q->beat_mu);
+    while (!q->beat_stop) {
+        pthread_mutex_unlock(&q->beat_mu);
+        bool ok = false;
+        char why[512] = "";
+        if (!conn || PQstatus(conn) != CONNECTION_OK) {
+            PQfinish(conn);
+            conn = NULL;
+            if (open_session(q, "heartbeat", &conn) != 0)
+                snprintf(why, sizeof why, "%s", cw_error_last());
+        }
+        if (conn && PQstatus(conn) == CONNECTION_OK) {
+            const char *values[1] = {q->base.owner};
+            PGresult *res =
+                PQexecParams(conn, q->sql[CW_PG_REGISTER], 1, NULL, values, NULL, NULL, 0);
+            ok = res && PQresultStatus(res) == PGRES_COMMAND_OK;
+            if (!ok)
+                scrub(q->password, res ? PQresultErrorMessage(res) : PQerrorMessage(conn), why,
+                      sizeof why);
+            PQclear(res);
+        }
+        atomic_store(&q->beat_ok, ok);
+        if (ok != was_ok) {
+            if (ok)
+                cw_log_info(NULL, "store %s: heartbeats flow again", q->label);
+            else
+                cw_log_warn(NULL, "store %s: heartbeat failed: %s", q->label, why);
+            was_ok = ok;
+        }
+        pthread_mutex_lock(&q->beat_mu);
+        if (q->beat_stop)
+            break;
+        struct timespec ts = cw__mono_timespec(cw__mono_ms() + CW_PG_HEARTBEAT_MS);
+        pthread_cond_timedwait(&q->beat_cv, &q->beat_mu, &ts);
+    }
+    pthread_mutex_unlock(&q->beat_mu);
+    PQfinish(conn);
+    return NULL;
+}
+
+int cw__pg_beat_start(cw_pg_store *q)
+{
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    int err = pthread_cond_init(&q->beat_cv, &ca);
+    pthread_condattr_destroy(&ca);
+    if (err == 0 && (err = pthread_mutex_init(&q->beat_mu, NULL)) != 0)
+        pthread_cond_destroy(&q->beat_cv);
+    if (err)
+        return cw__error(CW_STATUS_STORE, "store %s: cannot start heartbeats: %s", q->label,
+                         strerror(err));
+    q->beat_stop = false;
+    atomic_store(&q->beat_ok, true);
+    if ((err = pthread_create(&q->beat, NULL, beat_main, q)) != 0) {
+        pthread_mutex_destroy(&q->beat_mu);
+        pthread_cond_destroy(&q->beat_cv);
+        return cw__error(CW_STATUS_STORE, "store %s: cannot start heartbeats: %s", q->label,
+                         strerror(err));
+    }
+    q->beat_running = true;
+    return 0;
+}
+
+void cw__pg_beat_stop(cw_pg_store *q)
+{
+    if (!q->beat_running)
+        return;
+    pthread_mutex_lock(&q->beat_mu);
+    q->beat_stop = true;
+    pthread_cond_signal(&q->beat_cv);
+    pthread_mutex_unlock(&q->beat_mu);
+    pthread_join(q->beat, NULL);
+    pthread_mutex_destroy(&q->beat_mu);
+    pthread_cond_destroy(&q->beat_cv);
+    q->beat_running = false;
+}
+
+/* ---- probing, for config check ------------------------------------------------- */
+
+int cw__store_pg_probe(const cw_store_opts *opts, char *out, size_t cap)
+{
+    cw_pg_store q = {0};
+    q.base.owner = NULL;
+    q.url = opts->url ? strdup(opts->url) : NULL;
+    q.schema = strdup(opts->schema && *opts->schema ? opts->schema : "compworker");
+    if (!opts->url || !*opts->url) {
+        cw__pg_close(&q);
+        return cw__error(CW_STATUS_CONFIG, "[store] url: required with backend = postgresql");
+    }
+    int rc = !q.url || !q.schema ? cw__error(CW_STATUS_NOMEM, "store: out of memory")
+                                 : parse_url(&q);
+    if (rc == 0)
+        rc = open_session(&q, "check", &q.conn);
+    char *quoted = rc == 0 ? quoted_schema(&q) : NULL;
+    if (rc == 0 && !quoted)
+        rc = cw__error(CW_STATUS_NOMEM, "store: out of memory");
+    int version = 0;
+    if (rc == 0)
+        rc = schema_version(&q, quoted, &version);
+    if (rc == 0) {
+        int server = PQserverVersion(q.conn);
+        char where[600];
+        snprintf(where, sizeof where, "%s (PostgreSQL %d.%d)", q.label, server / 10000,
+                 server % 10000);
+        if (version == 0 || version == -1)
+            snprintf(out, cap, "%s: schema %s not created yet (the first worker creates it)",
+                     where, q.schema);
+        else if (version > CW_PG_SCHEMA_VERSION)
+            snprintf(out, cap,
+                     "%s: schema %s at version %d, newer than this compworker supports (%d): "
+                     "workers will refuse it",
+                     where, q.schema, version, CW_PG_SCHEMA_VERSION);
+        else if (version < CW_PG_SCHEMA_VERSION)
+            snprintf(out, cap, "%s: schema %s at version %d (workers migrate it to %d)", where,
+                     q.schema, version, CW_PG_SCHEMA_VERSION);
+        else
+            snprintf(out, cap, "%s: schema %s at version %d", where, q.schema, version);
+    }
+    free(quoted);
+    cw__pg_close(&q);
+    return rc;
+}
+
+/* ---- opening --------------------------------------------------------------------- */
+
+int cw__pg_open_conn(cw_pg_store *q, const cw_store_opts *opts)
+{
+    q->url = strdup(opts->url);
+    q->schema = strdup(opts->schema && *opts->schema ? opts->schema : "compworker");
+    if (!q->url || !q->schema)
+        return cw__error(CW_STATUS_NOMEM, "store: out of memory");
+    snprintf(q->owner_pid, sizeof q->owner_pid, "%ld", (long)getpid());
+    int rc = parse_url(q);
+    if (rc)
+        return rc;
+    if ((rc = cw__pg_connect(q, true)))
+        return rc;
+    if (opts->heartbeat && (rc = cw__pg_beat_start(q)))
+        return rc;
+    return 0;
+}

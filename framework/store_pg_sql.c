@@ -1,0 +1,235 @@
+/* The SQL of the PostgreSQL store backend.
+ *
+ * Layout for speed and for retention without DELETE storms: a task row is
+ * keyed by an arrival-ordered identity `id` (the claim's ticket) and found by
+ * the unique index on message_id. Settling a task changes only columns no
+ * index covers, so that the update is a HOT one (the table leaves room on
+ * its pages for it: fillfactor 80) and costs no index write; the sweep walks
+ * rows in `id` order instead of keeping an index of done records up on every
+ * settle. Times are milliseconds since the epoch from the workers' clocks,
+ * except the heartbeats, which use the database's own clock (now()) so that
+ * a host's clock skew cannot make a live worker look dead.
+ *
+ * Batches travel as arrays (unnest), so that a batch's claims are one
+ * statement and one round trip, and its outcomes another. */
+#include "framework/store.h"
+#include "framework/store_pg_sql.h"
+
+/* The SQL below writes states as literals; keep them in step with the enum. */
+_Static_assert(CW_STATE_IN_PROGRESS == 1 && CW_STATE_DONE == 2 && CW_STATE_DEAD == 3 &&
+                   CW_STATE_RETRYING == 4 && CW_STATE_REPLAYED == 5,
+               "SQL state literals");
+
+const char cw__pg_schema[] =
+    "CREATE TABLE @S.cw_tasks ("
+    " id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,"
+    " message_id text NOT NULL UNIQUE,"
+    " state smallint NOT NULL,"
+    " owner text,"
+    " lease_until bigint,"
+    " attempts integer NOT NULL DEFAULT 0,"
+    " deliveries integer NOT NULL DEFAULT 0," /* total ever */
+    " unsettled integer NOT NULL DEFAULT 0,"  /* deliveries since the last settle */
+    " saga_id text,"
+    " type text,"
+    " first_seen bigint NOT NULL,"
+    " last_seen bigint NOT NULL,"
+    " error_class text,"
+    " last_error text,"
+    " settled_at bigint" /* with owner: who settled it last, and when */
+    ") WITH (fillfactor = 80);"
+    /* One row per settled attempt that did not apply the task, and per
+     * attempt a worker died in; the applying one is the record itself. */
+    "CREATE TABLE @S.cw_attempts ("
+    " id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,"
+    " task_id bigint NOT NULL,"
+    " n integer NOT NULL,"
+    " at bigint NOT NULL,"
+    " worker text,"
+    " outcome text,"
+    " error_class text,"
+    " reason text"
+    ");"
+    "CREATE INDEX cw_attempts_task ON @S.cw_attempts (task_id);"
+    /* The workers of every host: a claim's owner is alive while its
+     * heartbeat is fresh and the database session that beats still exists
+     * (a killed process loses its session at once; a lost host, its
+     * heartbeat). */
+    "CREATE TABLE @S.cw_workers ("
+    " owner text PRIMARY KEY,"
+    " backend_pid integer NOT NULL,"
+    " backend_start timestamptz,"
+    " started_at timestamptz NOT NULL DEFAULT now(),"
+    " heartbeat_at timestamptz NOT NULL"
+    ");"
+    "CREATE FUNCTION @S.cw_owner_alive(o text, stale_ms integer) RETURNS boolean"
+    " LANGUAGE sql STABLE AS $$"
+    " SELECT EXISTS (SELECT 1 FROM @S.cw_workers w"
+    "  JOIN pg_catalog.pg_stat_activity a ON a.pid = w.backend_pid"
+    "   AND (a.backend_start IS NULL OR w.backend_start IS NULL"
+    "        OR a.backend_start = w.backend_start)"
+    "  WHERE w.owner = o AND w.heartbeat_at > now() - stale_ms * interval '1 millisecond')"
+    " $$;";
+
+const char *const cw__pg_sql[CW_PG_COUNT] = {
+    /* $1 message IDs, $2 saga IDs, $3 types (text[], distinct IDs), $4 owner,
+     * $5 lease_until, $6 now, $7 heartbeat staleness (ms), $8 light commit.
+     * One row per request, in request order: ord, result (0 new, 1 done,
+     * 2 dead, 3 busy), ticket, fresh, attempts, deliveries, owner (busy).
+     * All sub-statements see one snapshot: a row another worker inserts
+     * meanwhile is waited for by the insert and seen by neither update, so it
+     * comes out busy -- in progress elsewhere, which it is. */
+    [CW_PG_CLAIM] =
+        "WITH cfg AS MATERIALIZED ("
+        "  SELECT CASE WHEN $8 THEN set_config('synchronous_commit', 'off', true) END AS x),"
+        " req AS MATERIALIZED ("
+        "  SELECT u.mid, u.saga, u.typ, u.ord"
+        "  FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS u(mid, saga, typ, ord),"
+        "   cfg),"
+        " ins AS ("
+        "  INSERT INTO @S.cw_tasks (message_id, state, owner, lease_until, attempts, deliveries,"
+        "   unsettled, saga_id, type, first_seen, last_seen)"
+        "  SELECT mid, 1, $4, $5, 0, 1, 1, saga, typ, $6, $6 FROM req ORDER BY mid"
+        "  ON CONFLICT (message_id) DO NOTHING RETURNING id, message_id),"
+        " took AS ("
+        "  UPDATE @S.cw_tasks t SET state = 1, owner = $4, lease_until = $5,"
+        "   deliveries = t.deliveries + 1, unsettled = t.unsettled + 1, last_seen = $6,"
+        "   saga_id = coalesce(t.saga_id, r.saga), type = coalesce(t.type, r.typ)"
+        "  FROM req r WHERE t.message_id = r.mid AND t.state IN (1, 4, 5)"
+        "   AND NOT (t.state = 1 AND t.owner IS DISTINCT FROM $4 AND t.lease_until > $6"
+        "            AND @S.cw_owner_alive(t.owner, $7))"
+        "  RETURNING t.id, t.message_id, t.attempts, t.unsettled),"
+        " bumped AS ("
+        "  UPDATE @S.cw_tasks t SET deliveries = t.deliveries + 1, unsettled = t.unsettled + 1,"
+        "   last_seen = $6, saga_id = coalesce(t.saga_id, r.saga), type = coalesce(t.type, r.typ)"
+        "  FROM req r WHERE t.message_id = r.mid AND t.state IN (2, 3)"
+        "  RETURNING t.id, t.message_id, t.state, t.attempts, t.unsettled)"
+        " SELECT r.ord,"
+        "  CASE WHEN i.id IS NOT NULL OR k.id IS NOT NULL THEN 0"
+        "       WHEN b.state = 2 THEN 1 WHEN b.state = 3 THEN 2 ELSE 3 END,"
+        "  coalesce(i.id, k.id, b.id, s.id, 0),"
+        "  i.id IS NOT NULL,"
+        "  coalesce(k.attempts, b.attempts, s.attempts, 0),"
+        "  CASE WHEN i.id IS NOT NULL THEN 1 ELSE coalesce(k.unsettled, b.unsettled, s.unsettled, 0) END,"
+        "  s.owner"
+        " FROM req r"
+        "  LEFT JOIN ins i ON i.message_id = r.mid"
+        "  LEFT JOIN took k ON k.message_id = r.mid"
+        "  LEFT JOIN bumped b ON b.message_id = r.mid"
+        "  LEFT JOIN @S.cw_tasks s ON s.message_id = r.mid"
+        "   AND i.id IS NULL AND k.id IS NULL AND b.id IS NULL"
+        " ORDER BY r.ord",
+    /* $1 message IDs, $2 their owners as seen (text[]), $3 owner, $4
+     * lease_until, $5 now, $6 light: takes over claims whose owner this host
+     * knows to be dead (cw_owner_alive_fn), if still held by that owner. */
+    [CW_PG_TAKE] =
+        "WITH cfg AS MATERIALIZED ("
+        "  SELECT CASE WHEN $6 THEN set_config('synchronous_commit', 'off', true) END AS x)"
+        " UPDATE @S.cw_tasks t SET state = 1, owner = $3, lease_until = $4,"
+        "  deliveries = t.deliveries + 1, unsettled = t.unsettled + 1, last_seen = $5"
+        " FROM unnest($1::text[], $2::text[]) AS u(mid, was), cfg"
+        " WHERE t.message_id = u.mid AND t.state = 1 AND t.owner = u.was"
+        " RETURNING t.message_id, t.id, t.attempts, t.unsettled",
+    /* $1 tickets (bigint[], 0 = find by message ID), $2 message IDs, $3
+     * states (int[]), $4 outcomes, $5 error classes, $6 reasons, $7 owner,
+     * $8 now. The attempt that applies a task is the record itself (state
+     * done, settled_at, owner); the others get a history row. */
+    [CW_PG_SETTLE] =
+        "WITH req AS MATERIALIZED ("
+        "  SELECT coalesce(nullif(u.id, 0),"
+        "                  (SELECT t.id FROM @S.cw_tasks t WHERE t.message_id = u.mid)) AS id,"
+        "   u.state, u.outcome, u.eclass, u.reason"
+        "  FROM unnest($1::bigint[], $2::text[], $3::integer[], $4::text[], $5::text[],"
+        "              $6::text[]) AS u(id, mid, state, outcome, eclass, reason)),"
+        " upd AS ("
+        "  UPDATE @S.cw_tasks t SET state = r.state, attempts = t.attempts + 1, owner = $7,"
+        "   settled_at = $8, lease_until = NULL, unsettled = 0, last_seen = $8,"
+        "   error_class = r.eclass, last_error = r.reason"
+        "  FROM req r WHERE t.id = r.id"
+        "  RETURNING t.id, t.attempts, r.state, r.outcome, r.eclass, r.reason),"
+        " hist AS ("
+        "  INSERT INTO @S.cw_attempts (task_id, n, at, worker, outcome, error_class, reason)"
+        "  SELECT id, attempts, $8, $7, outcome, eclass, reason FROM upd WHERE state <> 2)"
+        " SELECT count(*) FROM upd",
+    /* $1 tickets (bigint[]), $2 owner */
+    [CW_PG_RELEASE] =
+        "UPDATE @S.cw_tasks t SET lease_until = 0 FROM unnest($1::bigint[]) AS u(id)"
+        " WHERE t.id = u.id AND t.state = 1 AND t.owner = $2",
+    /* $1 message ID, $2 at, $3 worker, $4 outcome, $5 error class, $6 reason:
+     * an attempt that did not settle (its worker died), the state kept */
+    [CW_PG_NOTE] =
+        "WITH upd AS ("
+        "  UPDATE @S.cw_tasks SET error_class = $5, last_error = $6 WHERE message_id = $1"
+        "  RETURNING id, attempts)"
+        " INSERT INTO @S.cw_attempts (task_id, n, at, worker, outcome, error_class, reason)"
+        " SELECT id, attempts + 1, $2, $3, $4, $5, $6 FROM upd RETURNING task_id",
+    [CW_PG_GET] =
+        "SELECT state, owner, lease_until, attempts, deliveries, saga_id, type, first_seen,"
+        " last_seen, error_class, last_error FROM @S.cw_tasks WHERE message_id = $1",
+    [CW_PG_HISTORY] =
+        "SELECT a.n, a.at, a.worker, a.outcome, a.error_class, a.reason"
+        " FROM @S.cw_attempts a JOIN @S.cw_tasks t ON t.id = a.task_id"
+        " WHERE t.message_id = $1 ORDER BY a.id",
+    [CW_PG_HISTORY_DONE] =
+        "SELECT attempts, settled_at, owner FROM @S.cw_tasks WHERE message_id = $1 AND state = 2",
+    /* $1 message ID, $2 now, $3 staleness: the record, locked, and whether
+     * another owner holds it under a live lease */
+    [CW_PG_REOPEN_SELECT] =
+        "SELECT id, state, owner, lease_until,"
+        " (state = 1 AND owner IS NOT NULL AND lease_until > $2"
+        "  AND @S.cw_owner_alive(owner, $3))"
+        " FROM @S.cw_tasks WHERE message_id = $1 FOR UPDATE",
+    /* $1 row id: the attempt that applied a done task becomes a history row
+     * of its own before the task is reopened (--force) */
+    [CW_PG_REOPEN_KEEP_DONE] =
+        "INSERT INTO @S.cw_attempts (task_id, n, at, worker, outcome, error_class, reason)"
+        " SELECT id, attempts, coalesce(settled_at, last_seen), owner, 'ok', NULL, NULL"
+        " FROM @S.cw_tasks WHERE id = $1 AND state = 2",
+    /* $1 row id, $2 now, $3 saga ID, $4 type */
+    [CW_PG_REOPEN_UPDATE] =
+        "UPDATE @S.cw_tasks SET state = 5, owner = NULL, lease_until = NULL, unsettled = 0,"
+        " last_seen = $2, saga_id = coalesce(saga_id, $3), type = coalesce(type, $4)"
+        " WHERE id = $1",
+    /* $1 message ID, $2 saga ID, $3 type, $4 now: a replay of an ID never seen */
+    [CW_PG_REOPEN_INSERT] =
+        "INSERT INTO @S.cw_tasks (message_id, state, attempts, deliveries, unsettled, saga_id,"
+        " type, first_seen, last_seen) VALUES ($1, 5, 0, 0, 0, $2, $3, $4, $4) RETURNING id",
+    /* $1 row id, $2 now, $3 worker, $4 reason */
+    [CW_PG_REOPEN_HISTORY] =
+        "INSERT INTO @S.cw_attempts (task_id, n, at, worker, outcome, error_class, reason)"
+        " SELECT id, attempts, $2, $3, 'replayed', NULL, $4 FROM @S.cw_tasks WHERE id = $1",
+    /* One sweeper at a time across every host: the others skip their turn. */
+    [CW_PG_SWEEP_LOCK] =
+        "SELECT pg_try_advisory_xact_lock(hashtext('compworker.sweep.' || current_database()"
+        " || '.' || $1::text)),"
+        " coalesce((SELECT value::bigint FROM @S.cw_meta WHERE key = 'sweep_after'), 0)",
+    /* $1 after row id, $2 rows to examine, $3 done before, $4 limit: the next
+     * rows in arrival order; the first one first seen at or after the cut
+     * ends the old part of the table (see the SQLite backend's sweep). */
+    [CW_PG_SWEEP_SCAN] =
+        "WITH scan AS MATERIALIZED ("
+        "  SELECT id, state, first_seen, last_seen FROM @S.cw_tasks WHERE id > $1"
+        "  ORDER BY id LIMIT $2),"
+        " young AS (SELECT min(id) AS id FROM scan WHERE first_seen >= $3)"
+        " SELECT (SELECT id FROM young), (SELECT max(id) FROM scan), (SELECT count(*) FROM scan),"
+        "  ARRAY(SELECT id FROM scan WHERE state = 2 AND last_seen < $3"
+        "        AND id < coalesce((SELECT id FROM young), 9223372036854775807)"
+        "        ORDER BY id LIMIT $4)",
+    /* $1 victims (bigint[]), $2 the cursor to keep */
+    [CW_PG_SWEEP_DELETE] =
+        "WITH da AS (DELETE FROM @S.cw_attempts WHERE task_id = ANY($1::bigint[])),"
+        " dt AS (DELETE FROM @S.cw_tasks WHERE id = ANY($1::bigint[]) RETURNING 1),"
+        " dw AS (DELETE FROM @S.cw_workers WHERE heartbeat_at < now() - interval '1 day'),"
+        " cur AS (INSERT INTO @S.cw_meta (key, value) VALUES ('sweep_after', $2::text)"
+        "  ON CONFLICT (key) DO UPDATE SET value = excluded.value)"
+        " SELECT count(*) FROM dt",
+    /* $1 owner: this session beats for it */
+    [CW_PG_REGISTER] =
+        "INSERT INTO @S.cw_workers (owner, backend_pid, backend_start, heartbeat_at)"
+        " SELECT $1, pg_backend_pid(),"
+        "  (SELECT backend_start FROM pg_catalog.pg_stat_activity WHERE pid = pg_backend_pid()),"
+        "  now()"
+        " ON CONFLICT (owner) DO UPDATE SET backend_pid = excluded.backend_pid,"
+        "  backend_start = excluded.backend_start, heartbeat_at = excluded.heartbeat_at",
+    [CW_PG_UNREGISTER] = "DELETE FROM @S.cw_workers WHERE owner = $1",
+};
