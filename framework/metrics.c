@@ -56,6 +56,7 @@ int cw_metrics_slot_take(cw_metrics *m)
         int want = CW_SLOT_FREE;
         if (atomic_compare_exchange_strong(&m->slots[i].state, &want, CW_SLOT_STARTING)) {
             atomic_store(&m->slots[i].connected, 0);
+            atomic_store(&m->slots[i].store_down, 0);
             atomic_store(&m->slots[i].pid, 0);
             return i;
         }
@@ -87,6 +88,7 @@ void cw_metrics_slot_release(cw_metrics *m, int slot)
     atomic_fetch_add_explicit(&m->retired_sessions, atomic_exchange(&s->sessions, 0), relaxed);
     atomic_fetch_add_explicit(&m->fold_seq, 1, memory_order_acq_rel);
     atomic_store(&s->connected, 0);
+    atomic_store(&s->store_down, 0);
     atomic_store(&s->pid, 0);
     atomic_store(&s->state, CW_SLOT_FREE);
 }
@@ -172,6 +174,11 @@ void cw_metrics_connected(cw_metrics_worker *mw, bool up)
     if (up)
         atomic_fetch_add_explicit(&mw->slot->sessions, 1, relaxed);
     atomic_store(&mw->slot->connected, up ? 1 : 0);
+}
+
+void cw_metrics_store_reachable(cw_metrics_worker *mw, bool up)
+{
+    atomic_store(&mw->slot->store_down, up ? 0 : 1);
 }
 
 static void row_add(cw_metrics_sum *dst, const cw_metrics_row *src)
@@ -396,6 +403,11 @@ int cw_metrics_render(const cw_metrics_snapshot *s, const cw_metrics_info *info,
     if (info->queue_consumers >= 0)
         gauge(f, "compworker_queue_consumers", "gauge", "Consumers of the pool queue.", info,
               info->queue, info->queue_consumers);
+    if (info->queue_foreign_consumers >= 0)
+        gauge(f, "compworker_queue_foreign_consumers", "gauge",
+              "Consumers of the pool queue that are not this pool's workers (on a pool with a "
+              "SQLite store, another host's may apply a task twice).",
+              info, info->queue, info->queue_foreign_consumers);
     if (info->dlq_ready >= 0)
         gauge(f, "compworker_dlq_messages", "gauge", "Messages in the pool's dead-letter queue.",
               info, info->dlq, info->dlq_ready);

@@ -70,6 +70,7 @@ typedef struct cw_metrics_slot {
     _Atomic int state;          /* cw_slot_state */
     _Atomic int pid;
     _Atomic int connected;      /* 1 while a broker session is open */
+    _Atomic int store_down;     /* 1 while the worker's store does not answer */
     _Atomic uint64_t sessions;  /* broker sessions opened */
     cw_metrics_row rows[CW_METRICS_TYPES];
 } cw_metrics_slot;
@@ -151,6 +152,9 @@ void cw_metrics_observe(cw_metrics_row *r, uint64_t ns);
 /* Marks the worker's broker session open or closed. */
 void cw_metrics_connected(cw_metrics_worker *mw, bool up);
 
+/* Marks whether the worker's store answers. */
+void cw_metrics_store_reachable(cw_metrics_worker *mw, bool up);
+
 /* What the exposition says besides the shared counters. */
 typedef struct cw_metrics_info {
     const char *pool;
@@ -159,6 +163,7 @@ typedef struct cw_metrics_info {
     int64_t queue_ready;     /* -1: unknown (not shown) */
     int64_t queue_consumers; /* -1: unknown */
     int64_t dlq_ready;       /* -1: unknown */
+    int64_t queue_foreign_consumers; /* consumers not the pool's workers; -1: unknown */
 } cw_metrics_info;
 
 /* A row read out of shared memory. */

@@ -26,6 +26,9 @@
 #include "workers/pool.h"
 
 #define DEPTH_EVERY_MS 5000
+/* Consumers of the pool queue that are not this pool's workers, for this
+ * long, on a pool whose store is this host's own: a warning. */
+#define FOREIGN_WARN_MS 30000
 #define BEAT_STALE_MS 5000 /* a supervisor silent this long is not running */
 #define CONTENT_TYPE_METRICS "text/plain; version=0.0.4; charset=utf-8"
 
@@ -42,6 +45,9 @@ typedef struct monitor {
     cw_metrics *m;
     pid_t supervisor;
     _Atomic int64_t queue_ready, queue_consumers, dlq_ready; /* -1: unknown */
+    _Atomic int64_t foreign;  /* consumers of the queue not ours; -1: unknown */
+    int64_t foreign_since_ms; /* when they appeared, 0 while there are none */
+    bool foreign_warned;
 } monitor;
 
 /* ---- HTTP ----------------------------------------------------------------- */
@@ -91,6 +97,7 @@ static enum MHD_Result serve_metrics(monitor *mon, struct MHD_Connection *c)
         .queue_ready = atomic_load(&mon->queue_ready),
         .queue_consumers = atomic_load(&mon->queue_consumers),
         .dlq_ready = atomic_load(&mon->dlq_ready),
+        .queue_foreign_consumers = atomic_load(&mon->foreign),
     };
     char *body;
     size_t len;
@@ -102,17 +109,20 @@ static enum MHD_Result serve_metrics(monitor *mon, struct MHD_Connection *c)
 }
 
 /* 200 when the supervisor runs and at least one worker has a broker
- * session; 503 with the reason otherwise. */
+ * session and reaches its store; 503 with the reason otherwise. */
 static enum MHD_Result serve_health(monitor *mon, struct MHD_Connection *c)
 {
     cw_metrics *m = mon->m;
     int64_t beat = atomic_load(&m->supervisor_beat_ms);
     unsigned desired = atomic_load(&m->workers_desired);
     unsigned alive = atomic_load(&m->workers_alive);
-    unsigned connected = 0;
+    unsigned connected = 0, working = 0;
     for (int i = 0; i < CW_METRICS_SLOTS; i++) {
-        if (atomic_load(&m->slots[i].state) != CW_SLOT_FREE && atomic_load(&m->slots[i].connected))
+        if (atomic_load(&m->slots[i].state) != CW_SLOT_FREE && atomic_load(&m->slots[i].connected)) {
             connected++;
+            if (!atomic_load(&m->slots[i].store_down))
+                working++;
+        }
     }
     if (getppid() != mon->supervisor)
         return respond_text(c, MHD_HTTP_SERVICE_UNAVAILABLE, "unavailable: the supervisor is gone\n");
@@ -126,6 +136,11 @@ static enum MHD_Result serve_health(monitor *mon, struct MHD_Connection *c)
         return respond_text(c, MHD_HTTP_SERVICE_UNAVAILABLE,
                             "unavailable: no worker is connected to a broker (%u of %u running)\n",
                             alive, desired);
+    if (working == 0)
+        return respond_text(c, MHD_HTTP_SERVICE_UNAVAILABLE,
+                            "unavailable: store unreachable (%u of %u connected workers cannot "
+                            "reach it)\n",
+                            connected, connected);
     return respond_text(c, MHD_HTTP_OK, "ok: %u of %u workers connected\n", connected, desired);
 }
 
@@ -265,6 +280,49 @@ static void depth_poll(monitor *mon, depth_conn *dc)
     atomic_store(&mon->dlq_ready, d);
 }
 
+/* A pool whose store is this host's own (SQLite) makes a task's message ID
+ * unique on this host only: a consumer of its queue that is not one of its
+ * workers (the same pool started on another host) can apply a task this
+ * pool applies too. Warned about once it lasts FOREIGN_WARN_MS. */
+static void check_foreign(monitor *mon)
+{
+    int64_t consumers = atomic_load(&mon->queue_consumers);
+    if (consumers < 0) {
+        atomic_store(&mon->foreign, -1);
+        return;
+    }
+    int64_t ours = 0;
+    for (int i = 0; i < CW_METRICS_SLOTS; i++) {
+        if (atomic_load(&mon->m->slots[i].state) != CW_SLOT_FREE &&
+            atomic_load(&mon->m->slots[i].connected))
+            ours++;
+    }
+    int64_t foreign = consumers > ours ? consumers - ours : 0;
+    atomic_store(&mon->foreign, foreign);
+    if (foreign == 0 || mon->cfg->store_backend != CW_STORE_SQLITE) {
+        if (mon->foreign_warned && foreign == 0)
+            cw_log_info(NULL, "queue %s: no consumers other than this pool's workers any more",
+                        mon->cfg->queue);
+        mon->foreign_since_ms = 0;
+        mon->foreign_warned = false;
+        return;
+    }
+    int64_t now = cw__mono_ms();
+    if (!mon->foreign_since_ms)
+        mon->foreign_since_ms = now;
+    if (!mon->foreign_warned && now - mon->foreign_since_ms >= FOREIGN_WARN_MS) {
+        mon->foreign_warned = true;
+        cw_log_warn(NULL,
+                    "queue %s has %lld consumer(s) that are not this pool's workers (for %lld s): "
+                    "if they are workers of pool %s on other hosts, each host's SQLite store "
+                    "knows only the tasks it ran, and a task delivered twice can be applied "
+                    "twice; a pool on several hosts needs [store] backend = postgresql (README, "
+                    "Deployment)",
+                    mon->cfg->queue, (long long)foreign,
+                    (long long)((now - mon->foreign_since_ms) / 1000), mon->cfg->name);
+    }
+}
+
 /* ---- crash-loop alerts ---------------------------------------------------- */
 
 static void post_crash_loop(monitor *mon, cw_alerter *alerter)
@@ -309,6 +367,7 @@ int cw_pool_monitor_main(const cw_config *cfg, cw_metrics *m, pid_t supervisor)
     atomic_store(&mon.queue_ready, -1);
     atomic_store(&mon.queue_consumers, -1);
     atomic_store(&mon.dlq_ready, -1);
+    atomic_store(&mon.foreign, -1);
 
     int code = CW_EXIT_OK;
     cw_alerter *alerter = NULL;
@@ -338,8 +397,9 @@ int cw_pool_monitor_main(const cw_config *cfg, cw_metrics *m, pid_t supervisor)
             if (alerter)
                 post_crash_loop(&mon, alerter);
         }
-        if (http && t >= next_depth) {
+        if ((http || cfg->store_backend == CW_STORE_SQLITE) && t >= next_depth) {
             depth_poll(&mon, &dc);
+            check_foreign(&mon);
             next_depth = cw__mono_ms() + DEPTH_EVERY_MS;
         }
         struct timespec ts = {0, 200 * 1000000L};

@@ -642,7 +642,10 @@ static void on_signal(pool *p, int sig)
 
 int cw_pool_monitor_needed(const cw_config *cfg)
 {
-    return cfg->metrics_listen || cfg->alert.command_argv || cfg->alert.webhook_url;
+    /* A pool with a SQLite store watches its queue for consumers of other
+     * hosts (see the monitor). */
+    return cfg->metrics_listen || cfg->alert.command_argv || cfg->alert.webhook_url ||
+           cfg->store_backend == CW_STORE_SQLITE;
 }
 
 int cw_pool_run(cw_config *cfg, const cw_pool_opts *opts)

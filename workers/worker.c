@@ -39,6 +39,17 @@ static cw_metrics_row *mrow(const cw_worker *w, const cw_task *t)
 }
 
 
+static void free_arrays(cw_worker *w)
+{
+    free(w->batch);
+    free(w->policy);
+    free(w->claim_reqs);
+    free(w->claims);
+    free(w->claim_of);
+    free(w->settles);
+    free(w->release);
+}
+
 int cw_worker_new(cw_worker **out, const cw_config *cfg, cw_registry *reg)
 {
     int rc;
@@ -53,7 +64,13 @@ int cw_worker_new(cw_worker **out, const cw_config *cfg, cw_registry *reg)
         w->batch_max = cfg->prefetch;
     w->batch = calloc(w->batch_max, sizeof *w->batch);
     w->policy = calloc(reg->n_handlers ? reg->n_handlers : 1, sizeof *w->policy);
-    if (!w->batch || !w->policy) {
+    w->claim_reqs = calloc(w->batch_max, sizeof *w->claim_reqs);
+    w->claims = calloc(w->batch_max, sizeof *w->claims);
+    w->claim_of = calloc(w->batch_max, sizeof *w->claim_of);
+    w->settles = calloc(w->batch_max, sizeof *w->settles);
+    w->release = calloc(w->batch_max * 2, sizeof *w->release);
+    if (!w->batch || !w->policy || !w->claim_reqs || !w->claims || !w->claim_of || !w->settles ||
+        !w->release) {
         rc = cw__error(CW_STATUS_NOMEM, "out of memory creating the worker");
         goto out_free;
     }
@@ -111,8 +128,7 @@ out_store:
 out_validator:
     cw__validator_free(&w->val);
 out_free:
-    free(w->batch);
-    free(w->policy);
+    free_arrays(w);
     free(w);
     return rc;
 }
@@ -126,8 +142,7 @@ void cw_worker_free(cw_worker *w)
     cw_alerter_free(w->alerter);
     cw_store_free(w->store);
     cw__validator_free(&w->val);
-    free(w->batch);
-    free(w->policy);
+    free_arrays(w);
     free(w);
 }
 
@@ -304,21 +319,99 @@ static int64_t retry_delay(const cw_worker *w, const cw_task *t)
     return cw_retry_jitter_ms(p->jitter, base, cw_random64());
 }
 
-/* Whether the task in slot i has the message ID of a valid task before it. */
-static bool repeats_earlier(const cw_worker *w, size_t i)
+static int64_t jitter(int64_t ms)
 {
-    for (size_t j = 0; j < i; j++) {
-        if (w->batch[j].payload && strcmp(w->batch[j].message_id, w->batch[i].message_id) == 0)
-            return true;
-    }
-    return false;
+    return ms / 2 + (int64_t)((uint64_t)rand() % (uint64_t)(ms / 2 + 1));
 }
 
-/* Validates and claims every delivery of the batch (one transaction). */
+/* The store did not answer (a PostgreSQL server restarting): the batch in
+ * hand waits, unacked, while the broker session is kept alive (heartbeats
+ * on both connections). 0 to try the store again; the status to give up
+ * with (a stop was asked for, or the broker session was lost). */
+static int store_wait(cw_worker *w)
+{
+    if (!w->store_down) {
+        w->store_down = true;
+        w->store_backoff_ms = CW_BACKOFF_MIN_MS;
+        if (w->metrics)
+            cw_metrics_store_reachable(w->metrics, false);
+        cw_log_warn(NULL, "store unreachable, holding the batch unacked and trying again: %s",
+                    cw_error_last());
+    }
+    int64_t until = cw__mono_ms() + jitter(w->store_backoff_ms);
+    w->store_backoff_ms = w->store_backoff_ms * 2 > CW_STORE_BACKOFF_MAX_MS
+                              ? CW_STORE_BACKOFF_MAX_MS
+                              : w->store_backoff_ms * 2;
+    while (cw__mono_ms() < until) {
+        if (w->stop && *w->stop)
+            return cw__error(CW_STATUS_STORE_UNAVAILABLE,
+                             "stopping while the store is unreachable: the batch goes back to "
+                             "the queue unacked");
+        int rc = cw__worker_keep_alive(w);
+        if (rc)
+            return rc;
+        struct timespec ts = {.tv_sec = 0, .tv_nsec = 100 * 1000000L};
+        nanosleep(&ts, NULL);
+    }
+    return 0;
+}
+
+/* After a store call that answered. */
+static void store_back(cw_worker *w)
+{
+    if (!w->store_down)
+        return;
+    w->store_down = false;
+    if (w->metrics)
+        cw_metrics_store_reachable(w->metrics, true);
+    cw_log_info(NULL, "store reachable again: resuming");
+}
+
+/* Releases, best effort, the claims of deliveries handed back unsettled
+ * (see cw_store_release): their next delivery is claimable at once instead
+ * of waiting for the lease. Kept for later while the store does not answer. */
+static void release_pending(cw_worker *w)
+{
+    if (!w->n_release)
+        return;
+    int rc = cw_store_release(w->store, w->release, w->n_release);
+    if (rc == 0)
+        w->n_release = 0;
+    else if (rc != CW_STATUS_STORE_UNAVAILABLE)
+        cw_log_warn(NULL, "releasing %zu claims failed: %s", w->n_release, cw_error_last());
+}
+
+/* Notes for release_pending() the claims of batch[from, to) that end
+ * unsettled: all of them when their outcomes were not `recorded`, else those
+ * held for redelivery (a republish not confirmed) or never run. */
+static void note_unsettled(cw_worker *w, size_t from, size_t to, bool recorded)
+{
+    for (size_t i = from; i < to; i++) {
+        const cw_task *t = &w->batch[i];
+        bool open = !recorded || t->action == ACT_HOLD || t->action == ACT_RUN;
+        if (t->ticket > 0 && open && w->n_release < w->batch_max * 2)
+            w->release[w->n_release++] = t->ticket;
+    }
+}
+
+typedef struct id_ref {
+    const char *id;
+    size_t i;
+} id_ref;
+
+static int by_id(const void *a, const void *b)
+{
+    const id_ref *x = a, *y = b;
+    int c = strcmp(x->id, y->id);
+    return c ? c : (x->i > y->i) - (x->i < y->i);
+}
+
+/* Validates every delivery of the batch and claims the valid ones in the
+ * store (one round trip). A message ID that comes twice in one batch is
+ * claimed once: its later copies are duplicates. */
 static int claim_batch(cw_worker *w, size_t n, int64_t now)
 {
     int rc;
-    bool open = false;
     /* A redelivery may follow a worker's death: note its report first, so
      * that the history (and a poison verdict) says how it died. */
     for (size_t i = 0; i < n; i++) {
@@ -327,6 +420,8 @@ static int claim_batch(cw_worker *w, size_t n, int64_t now)
             break;
         }
     }
+    id_ref refs[w->batch_max];
+    size_t m = 0;
     for (size_t i = 0; i < n; i++) {
         cw_task *t = &w->batch[i];
         if (!cw__task_validate(&w->val, t)) {
@@ -335,31 +430,42 @@ static int claim_batch(cw_worker *w, size_t n, int64_t now)
             continue;
         }
         t->action = ACT_NONE;
-        if (!open) {
-            /* Claims need not be durable (see cw_store_begin): the outcomes' batch,
-             * committed before the acks, is. */
-            if ((rc = cw_store_begin(w->store, false)))
-                return rc;
-            open = true;
+        refs[m++] = (id_ref){.id = t->message_id, .i = i};
+    }
+    if (m > 1) {
+        qsort(refs, m, sizeof *refs, by_id);
+        for (size_t k = 1; k < m; k++) {
+            if (strcmp(refs[k].id, refs[k - 1].id) == 0)
+                w->batch[refs[k].i].action = ACT_DUP;
         }
-        cw_claim c;
-        cw_claim_req req = {.message_id = t->message_id, .saga_id = t->saga_id, .type = t->type};
-        if ((rc = cw_store_claim(w->store, &req, now, &c))) {
-            cw_store_rollback(w->store);
-            return rc;
-        }
-        /* The same message ID twice in one batch: the second claim finds the
-         * first one's record, ours and in progress. Only a record that
-         * existed before can repeat an earlier one, so the common case (first
-         * sight) costs no search. */
-        if (!c.fresh && repeats_earlier(w, i)) {
-            t->action = ACT_DUP;
+    }
+    size_t r = 0;
+    for (size_t i = 0; i < n; i++) {
+        cw_task *t = &w->batch[i];
+        if (t->action != ACT_NONE)
             continue;
-        }
-        switch (c.result) {
+        w->claim_reqs[r] =
+            (cw_claim_req){.message_id = t->message_id, .saga_id = t->saga_id, .type = t->type};
+        w->claim_of[r++] = i;
+    }
+    release_pending(w);
+    /* Claims need not be durable (see cw_store_begin): the outcomes' commit,
+     * made before the acks, is. */
+    while ((rc = cw_store_claim_batch(w->store, w->claim_reqs, r, now, w->claims)) ==
+           CW_STATUS_STORE_UNAVAILABLE) {
+        if ((rc = store_wait(w)))
+            return rc;
+    }
+    if (rc)
+        return rc;
+    store_back(w);
+    for (size_t k = 0; k < r; k++) {
+        cw_task *t = &w->batch[w->claim_of[k]];
+        const cw_claim *c = &w->claims[k];
+        switch (c->result) {
         case CW_CLAIM_NEW:
-            t->ticket = c.ticket;
-            if (c.deliveries > w->cfg->max_deliveries) {
+            t->ticket = c->ticket;
+            if (c->deliveries > w->cfg->max_deliveries) {
                 /* Delivered again and again without an outcome: the worker
                  * running it died or timed out each time. Its crash reports
                  * say how. */
@@ -371,7 +477,7 @@ static int claim_batch(cw_worker *w, size_t n, int64_t now)
                 cw__task_set_failure(t, CW_FAIL, "poison",
                                      "delivered %u times without an outcome (max_deliveries "
                                      "%u): %s",
-                                     c.deliveries - 1, w->cfg->max_deliveries,
+                                     c->deliveries - 1, w->cfg->max_deliveries,
                                      crashed ? rec.last_error
                                              : "the worker running it died each time");
                 t->action = ACT_DLQ;
@@ -390,7 +496,7 @@ static int claim_batch(cw_worker *w, size_t n, int64_t now)
             break;
         }
     }
-    return open ? cw_store_commit(w->store) : 0;
+    return 0;
 }
 
 /* Hands a dead-lettered task to the alert hooks (never blocks). */
@@ -501,11 +607,12 @@ static int republish_range(cw_worker *w, size_t from, size_t to, int64_t now)
     return rc;
 }
 
-/* Records the outcomes of batch[from, to) in the store (one transaction). */
+/* Records the outcomes of batch[from, to) in the store (one durable
+ * commit), waiting for a store that does not answer. The same `now` on a
+ * try again makes it idempotent where a commit went through unanswered. */
 static int record_range(cw_worker *w, size_t from, size_t to, int64_t now)
 {
-    int rc;
-    bool open = false;
+    size_t r = 0;
     for (size_t i = from; i < to; i++) {
         cw_task *t = &w->batch[i];
         cw_settle_req req = {.message_id = t->message_id,
@@ -529,17 +636,17 @@ static int record_range(cw_worker *w, size_t from, size_t to, int64_t now)
         } else {
             continue;
         }
-        if (!open) {
-            if ((rc = cw_store_begin(w->store, true)))
-                return rc;
-            open = true;
-        }
-        if ((rc = cw_store_settle(w->store, &req, now))) {
-            cw_store_rollback(w->store);
-            return rc;
-        }
+        w->settles[r++] = req;
     }
-    return open ? cw_store_commit(w->store) : 0;
+    int rc;
+    while ((rc = cw_store_settle_batch(w->store, w->settles, r, now)) ==
+           CW_STATUS_STORE_UNAVAILABLE) {
+        if ((rc = store_wait(w)))
+            return rc;
+    }
+    if (rc == 0)
+        store_back(w);
+    return rc;
 }
 
 /* Acks what is settled in batch[from, to) and drops (unacked) what is held. */
@@ -581,10 +688,12 @@ static int settle_range(cw_worker *w, size_t from, size_t to)
     int rc = record_range(w, from, to, now);
     if (rc) {
         /* Without the record nothing may be acked: leave all for redelivery. */
+        note_unsettled(w, from, to, false);
         for (size_t i = from; i < to; i++)
             cw__task_reset(&w->batch[i]);
         return rc;
     }
+    note_unsettled(w, from, to, true);
     rc = ack_range(w, from, to);
     return rc ? rc : pub_rc;
 }
@@ -643,6 +752,7 @@ static int process_batch(cw_worker *w, size_t n)
         }
         if (i + 1 < n && cw__mono_ms() - since >= CW_SETTLE_EVERY_MS) {
             if ((rc = settle_range(w, settled, i + 1))) {
+                note_unsettled(w, i + 1, n, true);
                 reset_range(w, i + 1, n); /* claimed, not run: redelivered */
                 return rc;
             }
@@ -677,11 +787,6 @@ static void sweep(cw_worker *w)
         cw_log_debug(NULL, "store sweep removed %u done records", total);
 }
 
-static int64_t jitter(int64_t ms)
-{
-    return ms / 2 + (int64_t)((uint64_t)rand() % (uint64_t)(ms / 2 + 1));
-}
-
 static void sleep_ms(int64_t ms, volatile sig_atomic_t *stop)
 {
     while (ms > 0 && !*stop) {
@@ -695,6 +800,7 @@ static void sleep_ms(int64_t ms, volatile sig_atomic_t *stop)
 int cw_worker_run(cw_worker *w, volatile sig_atomic_t *stop)
 {
     int64_t backoff = CW_BACKOFF_MIN_MS;
+    w->stop = stop;
     srand((unsigned)(getpid() ^ cw__mono_ms()));
     import_crashes(w, true);
     if (w->alerter && cw_alerter_start(w->alerter)) {

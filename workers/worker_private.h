@@ -30,6 +30,8 @@
 #define CW_SWEEP_CHUNK 2000
 #define CW_BACKOFF_MIN_MS 500
 #define CW_BACKOFF_MAX_MS 30000
+#define CW_STORE_BACKOFF_MAX_MS 5000 /* between tries of a store that does not answer */
+#define CW_KEEPALIVE_MS 5000 /* heartbeat frames sent while the worker waits */
 #define CW_BATCH_BYTES (16u << 20) /* bodies one batch holds at least, see collect() */
 
 /* What settling does with a delivery. */
@@ -63,6 +65,17 @@ struct cw_worker {
 
     cw_task *batch;      /* batch_max slots */
     size_t batch_max;
+    /* batch_max slots each, for one store round trip per batch: */
+    cw_claim_req *claim_reqs;
+    cw_claim *claims;
+    size_t *claim_of;        /* claim_reqs[k] is for batch[claim_of[k]] */
+    cw_settle_req *settles;
+    int64_t *release;        /* tickets of claims handed back unsettled, to release */
+    size_t n_release;
+    bool store_down;         /* the store did not answer: the batch waits for it */
+    int64_t store_backoff_ms;
+    volatile sig_atomic_t *stop; /* cw_worker_run()'s */
+    int64_t last_keepalive_ms;
     int64_t next_sweep;
     cw_retry_policy *policy; /* effective policy per registry handler index */
 
@@ -102,5 +115,10 @@ long cw__worker_collect(cw_worker *w);
 /* Keeps the idle publishing connection's heartbeats flowing; <0 when it is
  * lost. */
 int cw__worker_service_publisher(cw_worker *w);
+
+/* Keeps both broker connections alive while the worker waits (for its
+ * store) without reading deliveries: a heartbeat frame on the consuming
+ * connection, the publishing one serviced. <0 when the session is lost. */
+int cw__worker_keep_alive(cw_worker *w);
 
 #endif

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "framework/broker.h"
+#include "framework/clock.h"
 #include "framework/error.h"
 #include "framework/log.h"
 #include "retry/delay.h"
@@ -187,4 +188,23 @@ int cw__worker_service_publisher(cw_worker *w)
              f.payload.method.id == AMQP_CHANNEL_CLOSE_METHOD))
             return cw__error(CW_STATUS_CONNECTION, "the broker closed the publishing connection");
     }
+}
+
+int cw__worker_keep_alive(cw_worker *w)
+{
+    if (!w->cconn || !w->pconn)
+        return cw__error(CW_STATUS_CONNECTION, "no broker session");
+    int64_t now = cw__mono_ms();
+    if (now - w->last_keepalive_ms >= CW_KEEPALIVE_MS) {
+        w->last_keepalive_ms = now;
+        amqp_frame_t hb;
+        memset(&hb, 0, sizeof hb);
+        hb.frame_type = AMQP_FRAME_HEARTBEAT;
+        hb.channel = 0;
+        int st = amqp_send_frame(w->cconn, &hb);
+        if (st != AMQP_STATUS_OK)
+            return cw__error(CW_STATUS_CONNECTION, "consuming connection: %s",
+                             amqp_error_string2(st));
+    }
+    return cw__worker_service_publisher(w);
 }

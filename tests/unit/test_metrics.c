@@ -44,7 +44,8 @@ static char *render(cw_metrics *m, int64_t depth)
                             .dlq = "cw.dlq.orders",
                             .queue_ready = depth,
                             .queue_consumers = depth < 0 ? -1 : 2,
-                            .dlq_ready = depth < 0 ? -1 : 3};
+                            .dlq_ready = depth < 0 ? -1 : 3,
+                            .queue_foreign_consumers = depth < 0 ? -1 : 1};
     char *out = NULL;
     size_t len = 0;
     assert_int_equal(cw_metrics_render(s, &info, &out, &len), 0);
@@ -134,6 +135,7 @@ static void test_exposition(void **state)
     expect_line(t, "compworker_worker_restarts_total{pool=\"orders\"} 0");
     expect_line(t, "compworker_queue_messages{pool=\"orders\",queue=\"cw.orders\"} 5");
     expect_line(t, "compworker_queue_consumers{pool=\"orders\",queue=\"cw.orders\"} 2");
+    expect_line(t, "compworker_queue_foreign_consumers{pool=\"orders\",queue=\"cw.orders\"} 1");
     expect_line(t, "compworker_dlq_messages{pool=\"orders\",queue=\"cw.dlq.orders\"} 3");
     /* Every sample line is NAME{LABELS} VALUE, every HELP has its TYPE. */
     unsigned helps = 0, types_n = 0;
