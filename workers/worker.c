@@ -91,17 +91,23 @@ int cw_worker_new(cw_worker **out, const cw_config *cfg, cw_registry *reg)
             w->policy[i].max_delay_ms = CW_DELAY_MAX_MS;
     }
 
-    cw_store_opts so = {
+    w->store_opts = (cw_store_opts){
         .backend = cfg->store_backend == CW_STORE_MEMORY ? "memory" : "sqlite",
         .path = cfg->store_path,
         .owner = w->id,
         .lease_ms = cfg->lease_ms,
         .sync_full = cfg->store_sync_full,
+        .heartbeat = true,
         .owner_alive = cw__owner_alive,
     };
-    if ((rc = cw_store_open(&w->store, &so)))
+    /* A store server that does not answer yet is waited for by
+     * cw_worker_run(), which a stop can interrupt. */
+    rc = cw_store_open(&w->store, &w->store_opts);
+    if (rc == CW_STATUS_STORE_UNAVAILABLE)
+        cw_log_warn(NULL, "%s; waiting for it", cw_error_last());
+    else if (rc)
         goto out_validator;
-    if (cfg->store_backend == CW_STORE_SQLITE)
+    if (cfg->store_backend != CW_STORE_MEMORY)
         cw__crash_dir(cfg->store_path, w->crash_dir, sizeof w->crash_dir);
 
     /* Alert hooks: the pool's command and webhook, and the plugins'. */
@@ -797,11 +803,43 @@ static void sleep_ms(int64_t ms, volatile sig_atomic_t *stop)
     }
 }
 
+/* Opens the store that did not answer at cw_worker_new(), trying again
+ * with backoff (each try logged with its reason) until it answers or a stop
+ * is asked for (then 0 with no store). */
+static int open_store(cw_worker *w, volatile sig_atomic_t *stop)
+{
+    int64_t backoff = CW_BACKOFF_MIN_MS;
+    while (!w->store && !*stop) {
+        int64_t d = jitter(backoff);
+        if (w->metrics)
+            cw_metrics_store_reachable(w->metrics, false);
+        cw_log_warn(NULL, "store unreachable; trying again in %lld ms", (long long)d);
+        sleep_ms(d, stop);
+        if (*stop)
+            break;
+        backoff = backoff * 2 > CW_BACKOFF_MAX_MS ? CW_BACKOFF_MAX_MS : backoff * 2;
+        int rc = cw_store_open(&w->store, &w->store_opts);
+        if (rc == CW_STATUS_STORE_UNAVAILABLE) {
+            cw_log_warn(NULL, "%s", cw_error_last());
+            continue;
+        }
+        if (rc)
+            return rc;
+        if (w->metrics)
+            cw_metrics_store_reachable(w->metrics, true);
+        cw_log_info(NULL, "store reachable: starting");
+    }
+    return 0;
+}
+
 int cw_worker_run(cw_worker *w, volatile sig_atomic_t *stop)
 {
     int64_t backoff = CW_BACKOFF_MIN_MS;
     w->stop = stop;
     srand((unsigned)(getpid() ^ cw__mono_ms()));
+    int rc0 = open_store(w, stop);
+    if (rc0 || !w->store)
+        return rc0;
     import_crashes(w, true);
     if (w->alerter && cw_alerter_start(w->alerter)) {
         cw_log_warn(NULL, "alert hooks are off: %s", cw_error_last());

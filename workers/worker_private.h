@@ -72,6 +72,7 @@ struct cw_worker {
     cw_settle_req *settles;
     int64_t *release;        /* tickets of claims handed back unsettled, to release */
     size_t n_release;
+    cw_store_opts store_opts; /* how the store is opened (again) */
     bool store_down;         /* the store did not answer: the batch waits for it */
     int64_t store_backoff_ms;
     volatile sig_atomic_t *stop; /* cw_worker_run()'s */

@@ -239,7 +239,15 @@ cwtest_env *cwtest__begin(void **state, const char *test, const cwtest_pool_opts
     snprintf(env->queue, sizeof env->queue, "cw.%s", env->name);
     snprintf(env->dlq, sizeof env->dlq, "cw.dlq.%s", env->name);
     snprintf(env->ini, sizeof env->ini, "%s/pool.ini", env->dir);
-    snprintf(env->ledger, sizeof env->ledger, "%s/ledger.db", env->dir);
+    if (opts->ledger)
+        snprintf(env->ledger, sizeof env->ledger, "%s", opts->ledger);
+    else
+        snprintf(env->ledger, sizeof env->ledger, "%s/ledger.db", env->dir);
+    char store[1024];
+    if (opts->store_lines)
+        snprintf(store, sizeof store, "%s", opts->store_lines);
+    else
+        snprintf(store, sizeof store, "path = %s/store.db\n", env->dir);
     snprintf(env->log, sizeof env->log, "%s/worker.log", env->dir);
     snprintf(env->pids, sizeof env->pids, "%s/pids", env->dir);
 
@@ -256,13 +264,13 @@ cwtest_env *cwtest__begin(void **state, const char *test, const cwtest_pool_opts
                      "%s"
                      "\n"
                      "[store]\n"
-                     "path = %s/store.db\n"
+                     "%s"
                      "\n"
                      "[plugin ledger]\n"
                      "path = %s\n"
                      "%s",
                      test, env->url, env->name, opts->queue_type ? opts->queue_type : "quorum",
-                     ledger_plugin, opts->pool_lines ? opts->pool_lines : "", env->dir,
+                     ledger_plugin, opts->pool_lines ? opts->pool_lines : "", store,
                      env->ledger, opts->extra ? opts->extra : "");
     if (n < 0 || (size_t)n >= sizeof ini)
         fail_msg("pool configuration too long");
@@ -658,6 +666,43 @@ long cwtest_broker_restart_app(cwtest_env *env, bool hold_worker)
         cwtest_sleep_ms(200);
     }
     return rows >= 0 ? rows : cwtest_ledger_rows(env);
+}
+
+void cwtest_pg_harness(const char *cmd)
+{
+    const char *harness = getenv("CW_TEST_PG_HARNESS");
+    const char *dir = getenv("CW_TEST_PG_DIR");
+    if (!harness || !dir)
+        fail_msg("CW_TEST_PG_HARNESS and CW_TEST_PG_DIR must be set to run %s", cmd);
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid < 0)
+        fail_msg("fork: %s", strerror(errno));
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        for (int i = 3; i < 1024; i++)
+            close(i);
+        char *argv[] = {(char *)harness, (char *)cmd, (char *)dir, NULL};
+        execv(harness, argv);
+        dprintf(STDERR_FILENO, "cwtest: execv %s: %s\n", harness, strerror(errno));
+        _exit(127);
+    }
+    int code = wait_exit(pid, HARNESS_TIMEOUT_MS);
+    if (code < 0) {
+        kill(pid, SIGKILL);
+        waitpid(pid, NULL, 0);
+        fail_msg("%s %s did not finish within %d ms", harness, cmd, HARNESS_TIMEOUT_MS);
+    }
+    if (code != 0)
+        fail_msg("%s %s %s exited with %d", harness, cmd, dir, code);
+}
+
+void cwtest_pg_store_lines(char *out, size_t cap, const char *schema)
+{
+    const char *url = getenv("CW_TEST_PG_URL");
+    if (!url || !*url)
+        skip();
+    snprintf(out, cap, "backend = postgresql\nurl = %s\nschema = %s\n", url, schema);
 }
 
 void cwtest_harness(cwtest_env *env, const char *cmd)

@@ -24,7 +24,9 @@
  * the directory's path and the tail of the worker log are printed.
  *
  * The environment gives the broker: CW_TEST_AMQP_URL (required),
- * CW_TEST_BROKER_DIR and CW_TEST_HARNESS (for cwtest_broker_restart_app()).
+ * CW_TEST_BROKER_DIR and CW_TEST_HARNESS (for cwtest_broker_restart_app()),
+ * and for tests of the PostgreSQL store CW_TEST_PG_URL, CW_TEST_PG_DIR and
+ * CW_TEST_PG_HARNESS (cwtest_pg_harness()).
  * None of this is thread-safe; each test runs in one thread. */
 #ifndef CW_TESTS_SUPPORT_CWTEST_H
 #define CW_TESTS_SUPPORT_CWTEST_H
@@ -46,6 +48,10 @@ typedef struct cwtest_pool_opts {
     const char *queue_type; /* "quorum" (NULL) or "classic" */
     const char *pool_lines; /* extra lines for [pool], e.g. "max_body_size = 1KiB\n" */
     const char *extra;      /* appended at the end of the file */
+    const char *store_lines; /* the [store] section's lines instead of
+                              * "path = <dir>/store.db\n" */
+    const char *ledger;     /* the ledger's path instead of <dir>/ledger.db (a
+                             * second "host" of a pool shares the first's) */
 } cwtest_pool_opts;
 
 typedef struct cwtest_env {
@@ -151,6 +157,15 @@ long cwtest_broker_restart_app(cwtest_env *env, bool hold_worker);
  * "start-app") and waits for it; after "start-app" the env's own AMQP
  * connection is made again. */
 void cwtest_harness(cwtest_env *env, const char *cmd);
+
+/* Runs tests/harness/postgres.sh CMD on the test's PostgreSQL server
+ * ("restart", "stop-server", "start-server"); fails the test on an error. */
+void cwtest_pg_harness(const char *cmd);
+
+/* The [store] lines of a pool on the test's PostgreSQL server, in a schema
+ * of the test's own (`schema`), into out. Skips the test (cmocka skip())
+ * when CW_TEST_PG_URL is not set. */
+void cwtest_pg_store_lines(char *out, size_t cap, const char *schema);
 
 /* ---- raw AMQP ----------------------------------------------------------- */
 
