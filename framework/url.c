@@ -27,3 +27,41 @@ void cw__url_mask(const char *url, char *out, unsigned long out_len)
     }
     snprintf(out, out_len, "%.*s:***%s", (int)(colon - url), url, at);
 }
+
+const char *cw__url_list_next(const char **p, size_t *len)
+{
+    const char *url = *p + strspn(*p, " \t,");
+
+    *len = strcspn(url, " \t,");
+    *p = url + *len;
+    return *url != '\0' ? url : NULL;
+}
+
+bool cw__url_list_nth(const char *urls, unsigned n, char *buf, size_t cap)
+{
+    const char *p = urls;
+    const char *url;
+    size_t len;
+
+    for (unsigned i = 0; (url = cw__url_list_next(&p, &len)) != NULL; i++) {
+        if (i == n) {
+            if (len >= cap)
+                len = cap - 1;
+            memcpy(buf, url, len);
+            buf[len] = '\0';
+            return true;
+        }
+    }
+    return false;
+}
+
+unsigned cw__url_list_count(const char *urls)
+{
+    const char *p = urls;
+    size_t len;
+    unsigned n = 0;
+
+    while (cw__url_list_next(&p, &len) != NULL)
+        n++;
+    return n;
+}
