@@ -7,7 +7,6 @@
  * they go by. Values are checked as they arrive; what depends on several keys
  * (defaults derived from the pool name, batch against prefetch) is settled
  * once the whole file has been read. The first error stops the parse. */
-#include <amqp.h>
 #include <ctype.h>
 #include <errno.h>
 #include <glob.h>
@@ -27,6 +26,7 @@
 #include "framework/error.h"
 #include "framework/parse.h"
 #include "framework/registry.h"
+#include "framework/url.h"
 
 #define CW_DEFAULT_URL "amqp://guest:guest@127.0.0.1:5672/"
 #define CW_DEFAULT_EXCHANGE "cw.tasks"
@@ -278,45 +278,11 @@ static int cw_check_positive_duration(const char *value, int64_t *out, char *why
     return 0;
 }
 
-/* The longest broker URL (the connection copies each into a buffer this big). */
-#define CW_URL_MAX 1023
-
 static int cw_set_url(cw_config_ctx *ctx, const char *value, char *why, size_t why_len)
 {
     /* Never echo the value: it may hold a password. */
-    const char *p = value;
-    unsigned n = 0;
-
-    /* Each URL of the list (separated by blanks or commas) is read now by
-     * the parser the connection uses, so that a malformed one is a config
-     * error, not a failure at the first connect. */
-    for (;; n++) {
-        char buf[CW_URL_MAX + 1];
-        struct amqp_connection_info ci;
-        size_t len;
-
-        p += strspn(p, " \t,");
-        if (*p == '\0')
-            break;
-        len = strcspn(p, " \t,");
-        if (len > CW_URL_MAX) {
-            snprintf(why, why_len, "URL %u of the list is longer than %d bytes", n + 1, CW_URL_MAX);
-            return CW_STATUS_CONFIG;
-        }
-        memcpy(buf, p, len);
-        buf[len] = '\0';
-        if (amqp_parse_url(buf, &ci) != AMQP_STATUS_OK) {
-            snprintf(why, why_len,
-                     "URL %u of the list is not amqp[s]://[user[:password]@]host[:port][/vhost]",
-                     n + 1);
-            return CW_STATUS_CONFIG;
-        }
-        p += len;
-    }
-    if (n == 0) {
-        snprintf(why, why_len, "value is empty");
+    if (!cw__url_list_valid(value, why, why_len))
         return CW_STATUS_CONFIG;
-    }
     return cw_set_string(&ctx->cfg->url, value);
 }
 
@@ -976,31 +942,8 @@ static int cw_set_command(cw_config_ctx *ctx, const char *value, char *why, size
 static int cw_set_webhook(cw_config_ctx *ctx, const char *value, char *why, size_t why_len)
 {
     /* Never echo the value: a webhook URL often carries a token. */
-    size_t scheme = strncasecmp(value, "http://", 7) == 0    ? 7
-                    : strncasecmp(value, "https://", 8) == 0 ? 8
-                                                             : 0;
-
-    if (scheme == 0) {
-        snprintf(why, why_len, "the URL does not start with http:// or https://");
+    if (!cw__url_webhook_valid(value, why, why_len))
         return CW_STATUS_CONFIG;
-    }
-    /* The host runs to the path, query or fragment, after any user
-     * information: "https://?x", "https://#x" and "https://user@/x" have none. */
-    const char *host = value + scheme, *end = host + strcspn(host, "/?#");
-    for (const char *c = host; c < end; c++) {
-        if (*c == '@')
-            host = c + 1;
-    }
-    if (end == host) {
-        snprintf(why, why_len, "the URL has no host");
-        return CW_STATUS_CONFIG;
-    }
-    for (const char *c = value; *c != '\0'; c++) {
-        if (isspace((unsigned char)*c) || iscntrl((unsigned char)*c)) {
-            snprintf(why, why_len, "the URL contains a blank or a control character");
-            return CW_STATUS_CONFIG;
-        }
-    }
     return cw_set_string(&ctx->cfg->alert.webhook_url, value);
 }
 
@@ -1817,44 +1760,6 @@ static size_t cw_fmt_word(char *out, size_t len, size_t cap, const char *s, bool
     return len;
 }
 
-/* Every URL of a list with its password masked, separated by spaces. */
-static void cw_fmt_urls(const char *urls, char *out, size_t cap)
-{
-    const char *p = urls;
-    size_t len = 0;
-
-    out[0] = '\0';
-    for (;;) {
-        char one[1024], masked[1024];
-        size_t n;
-
-        p += strspn(p, " \t,");
-        if (*p == '\0' || len >= cap)
-            return;
-        n = strcspn(p, " \t,");
-        snprintf(one, sizeof one, "%.*s", (int)n, p);
-        cw__url_mask(one, masked, sizeof masked);
-        len += (size_t)snprintf(out + len, cap - len, "%s%s", len ? " " : "", masked);
-        p += n;
-    }
-}
-
-/* scheme://host[:port] of a webhook, then "/..." (masked) when it has a
- * path or query: they often hold a token. */
-static void cw_fmt_webhook(const char *url, char *out, size_t cap)
-{
-    const char *sep = strstr(url, "://");
-    const char *host = sep ? sep + 3 : url;
-    const char *end = host + strcspn(host, "/?#");
-    const char *at = memchr(host, '@', (size_t)(end - host));
-    int scheme_len = (int)(host - url);
-
-    if (at != NULL)
-        host = at + 1;
-    snprintf(out, cap, "%.*s%.*s%s", scheme_len, url, (int)(end - host), host,
-             *end != '\0' ? "/***" : "");
-}
-
 /* A plugin setting whose name says it is a secret. */
 static bool cw_is_secret_key(const char *key)
 {
@@ -1884,7 +1789,7 @@ static void cw_fmt_key(const cw_config *cfg, cw_key_id i, char *out, size_t cap,
     out[0] = '\0';
     note[0] = '\0';
     switch (i) {
-    case CW_KEY_URL: cw_fmt_urls(cfg->url, out, cap); break;
+    case CW_KEY_URL: cw__url_list_mask(cfg->url, out, cap); break;
     case CW_KEY_EXCHANGE: snprintf(out, cap, "%s", cfg->exchange); break;
     case CW_KEY_PREFETCH: snprintf(out, cap, "%u", cfg->prefetch); break;
     case CW_KEY_BATCH:
@@ -1949,7 +1854,7 @@ static void cw_fmt_key(const cw_config *cfg, cw_key_id i, char *out, size_t cap,
         break;
     case CW_KEY_WEBHOOK:
         if (cfg->alert.webhook_url)
-            cw_fmt_webhook(cfg->alert.webhook_url, out, cap);
+            cw__url_redact(cfg->alert.webhook_url, out, cap);
         else
             snprintf(note, note_cap, "none");
         break;

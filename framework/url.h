@@ -5,6 +5,10 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+/* The longest URL of a broker list, without its NUL: the connection copies
+ * each into a buffer of CW_URL_MAX + 1 bytes. */
+#define CW_URL_MAX 1023
+
 /* Copies `url` into `out` with any password replaced by "***". */
 void cw__url_mask(const char *url, char *out, unsigned long out_len);
 
@@ -24,5 +28,28 @@ bool cw__url_list_nth(const char *urls, unsigned n, char *buf, size_t cap);
 
 /* How many URLs `urls` holds. */
 unsigned cw__url_list_count(const char *urls);
+
+/* Whether `urls` is a list of at least one broker URL, each at most
+ * CW_URL_MAX bytes that rabbitmq-c's parser (the one the connection uses)
+ * reads as amqp[s]://[user[:password]@]host[:port][/vhost]. When not, `why`
+ * says which URL of the list is wrong, never quoting it (it may hold a
+ * password). */
+bool cw__url_list_valid(const char *urls, char *why, size_t why_len);
+
+/* Every URL of the list with its password masked (cw__url_mask()),
+ * separated by single spaces, into `out`; what does not fit is left out. */
+void cw__url_list_mask(const char *urls, char *out, size_t cap);
+
+/* ---- webhook URLs -------------------------------------------------------- */
+
+/* Whether `url` is an http:// or https:// URL (scheme case-insensitive) with
+ * a host, holding no blank or control character. When not, `why` says
+ * what is wrong, never quoting the URL (it often carries a token). */
+bool cw__url_webhook_valid(const char *url, char *why, size_t why_len);
+
+/* scheme://host[:port] of `url` without its user information, into `out`;
+ * then "/" and "***" when anything (a path, query or fragment: they often
+ * hold a token) follows. */
+void cw__url_redact(const char *url, char *out, size_t cap);
 
 #endif
