@@ -1,6 +1,7 @@
 /* URLs: masking, list splitting, checking and labels (see url.h). */
 #include <amqp.h>
 #include <ctype.h>
+#include <curl/curl.h>
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
@@ -161,4 +162,21 @@ void cw__url_redact(const char *url, char *out, size_t cap)
         host = at + 1;
     snprintf(out, cap, "%.*s%.*s%s", scheme_len, url, (int)(end - host), host,
              *end != '\0' ? "/***" : "");
+}
+
+void cw__url_origin(const char *url, char *out, size_t cap)
+{
+    CURLU *u = curl_url();
+    char *scheme = NULL, *host = NULL, *port = NULL;
+    if (u && curl_url_set(u, CURLUPART_URL, url, 0) == CURLUE_OK &&
+        curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) == CURLUE_OK &&
+        curl_url_get(u, CURLUPART_HOST, &host, 0) == CURLUE_OK &&
+        curl_url_get(u, CURLUPART_PORT, &port, CURLU_DEFAULT_PORT) == CURLUE_OK)
+        snprintf(out, cap, "%s://%s:%s", scheme, host, port);
+    else
+        snprintf(out, cap, "(an unparsable URL)");
+    curl_free(scheme);
+    curl_free(host);
+    curl_free(port);
+    curl_url_cleanup(u);
 }
