@@ -8,6 +8,7 @@
 
 #include "compworker/compworker.h" /* cw_jitter */
 #include "framework/limits.h"
+#include "framework/listen.h" /* metrics_listen is what cw__listen_parse() reads */
 #include "framework/log.h"
 
 typedef enum cw_queue_type { CW_QUEUE_QUORUM = 0, CW_QUEUE_CLASSIC = 1 } cw_queue_type;
@@ -178,10 +179,5 @@ void cw_config_describe(const cw_config *cfg, void (*fn)(const cw_config_entry *
 
 /* Accepts NULL. */
 void cw_config_free(cw_config *cfg);
-
-/* Splits "host:port" ("[v6]:port" for IPv6 literals) into host (up to
- * host_cap - 1 bytes) and port (0..65535). CW_STATUS_INVALID_ARG when it
- * is not one. */
-int cw__listen_parse(const char *value, char *host, size_t host_cap, unsigned *port);
 
 #endif
