@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include "compworker/status.h"
+#include "framework/argv.h"
 #include "framework/config.h"
 #include "framework/error.h"
 #include "framework/parse.h"
@@ -791,96 +792,14 @@ static int cw_set_max_deliveries(cw_config_ctx *ctx, const char *value, char *wh
 
 /* ---- [alert] ----------------------------------------------------------- */
 
-static void cw_argv_free(char **argv)
-{
-    if (argv == NULL)
-        return;
-    for (char **a = argv; *a != NULL; a++)
-        free(*a);
-    free(argv);
-}
-
-/* Splits `s` into words at blanks, without a shell: "..." groups words (and
- * may make an empty one), and inside quotes a backslash takes the next
- * character as it is. Outside quotes every character but a blank or a quote
- * is itself, a backslash included. *out is a NULL-terminated argv. */
-static int cw_split_command(const char *s, char ***out, char *why, size_t why_len)
-{
-    size_t n = 0, cap = 4;
-    char **argv = calloc(cap, sizeof *argv);
-    char *word = malloc(strlen(s) + 1);
-    const char *p = s;
-    int rc = 0;
-
-    if (argv == NULL || word == NULL) {
-        rc = CW_STATUS_NOMEM;
-        goto out_free;
-    }
-    for (;;) {
-        size_t len = 0;
-
-        while (isspace((unsigned char)*p))
-            p++;
-        if (*p == '\0')
-            break;
-        while (*p != '\0' && !isspace((unsigned char)*p)) {
-            if (*p != '"') {
-                word[len++] = *p++;
-                continue;
-            }
-            const char *open = p++;
-            while (*p != '"') {
-                if (*p == '\\' && p[1] != '\0') {
-                    p++; /* the next character, as it is */
-                } else if (*p == '\0' || *p == '\\') {
-                    snprintf(why, why_len, "the quote at column %zu is not closed",
-                             (size_t)(open - s) + 1);
-                    rc = CW_STATUS_CONFIG;
-                    goto out_free;
-                }
-                word[len++] = *p++;
-            }
-            p++;
-        }
-        word[len] = '\0';
-        if (n + 2 > cap) {
-            char **grown = realloc(argv, 2 * cap * sizeof *grown);
-            if (grown == NULL) {
-                rc = CW_STATUS_NOMEM;
-                goto out_free;
-            }
-            argv = grown;
-            cap *= 2;
-        }
-        argv[n] = strdup(word);
-        if (argv[n] == NULL) {
-            rc = CW_STATUS_NOMEM;
-            goto out_free;
-        }
-        argv[++n] = NULL;
-    }
-    if (n == 0) {
-        snprintf(why, why_len, "no program given");
-        rc = CW_STATUS_CONFIG;
-        goto out_free;
-    }
-    *out = argv;
-    argv = NULL;
-
-out_free:
-    cw_argv_free(argv);
-    free(word);
-    return rc;
-}
-
 static int cw_set_command(cw_config_ctx *ctx, const char *value, char *why, size_t why_len)
 {
     char **argv = NULL;
     struct stat st;
-    int rc = cw_split_command(value, &argv, why, why_len);
+    int rc = cw__argv_split(&argv, value, why, why_len);
 
     if (rc != 0)
-        return rc;
+        return rc == CW_STATUS_INVALID_ARG ? CW_STATUS_CONFIG : rc;
     if (argv[0][0] != '/') {
         snprintf(why, why_len,
                  "'%s' is not an absolute path (the command is run without a shell or a "
@@ -898,10 +817,10 @@ static int cw_set_command(cw_config_ctx *ctx, const char *value, char *why, size
         rc = CW_STATUS_CONFIG;
     }
     if (rc != 0) {
-        cw_argv_free(argv);
+        cw__argv_free(argv);
         return rc;
     }
-    cw_argv_free(ctx->cfg->alert.command_argv);
+    cw__argv_free(ctx->cfg->alert.command_argv);
     ctx->cfg->alert.command_argv = argv;
     return 0;
 }
@@ -1637,7 +1556,7 @@ void cw_config_free(cw_config *cfg)
     for (size_t i = 0; i < cfg->n_handlers; i++)
         free(cfg->handlers[i].type);
     free(cfg->handlers);
-    cw_argv_free(cfg->alert.command_argv);
+    cw__argv_free(cfg->alert.command_argv);
     free(cfg->alert.webhook_url);
     free(cfg->tls.ca_file);
     free(cfg->tls.cert_file);
@@ -1688,7 +1607,7 @@ static void cw_fmt_size(uint64_t bytes, char *out, size_t cap)
 
 /* Appends `s` to out (len used of cap) so that the file reads it back as
  * the same word: quoted when it is empty, holds a quote or anything
- * cw_split_command() splits at (isspace(): \r, \v and \f too), or starts
+ * cw__argv_split() splits at (isspace(): \r, \v and \f too), or starts
  * with ';' (after a blank, libinih takes ';' for a comment). Inside quotes
  * '"', '\\' and ';' are escaped with a backslash, the last for the same
  * reason. A word is written whole or not at all: when it does not fit, " ..."
