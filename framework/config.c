@@ -4,9 +4,11 @@
  * without INI_HANDLER_LINENO) and does not report sections that hold no key,
  * so the file is fed to ini_parse_stream() through our own line reader: it
  * counts lines, so every message can name one, and checks section headers as
- * they go by. Values are checked as they arrive; what depends on several keys
- * (defaults derived from the pool name, batch against prefetch) is settled
- * once the whole file has been read. The first error stops the parse. */
+ * they go by. Values are checked as they arrive, each by its row of the key
+ * table (config_keys.c), which also gives the defaults and the environment
+ * variables; what depends on several keys (defaults derived from the pool
+ * name, batch against prefetch) is settled once the whole file has been
+ * read. The first error stops the parse. */
 #include <ctype.h>
 #include <errno.h>
 #include <ini.h>
@@ -18,25 +20,11 @@
 #include <unistd.h>
 
 #include "compworker/status.h"
-#include "framework/argv.h"
 #include "framework/config.h"
 #include "framework/config_keys.h"
 #include "framework/error.h"
 #include "framework/registry.h"
 
-#define CW_DEFAULT_URL "amqp://guest:guest@127.0.0.1:5672/"
-#define CW_DEFAULT_EXCHANGE "cw.tasks"
-#define CW_DEFAULT_PREFETCH 256
-#define CW_DEFAULT_HEARTBEAT_MS (60 * 1000)
-#define CW_DEFAULT_MAX_BODY_SIZE (UINT64_C(1) << 20)
-#define CW_DEFAULT_LEASE_MS (5 * 60 * 1000)
-#define CW_DEFAULT_RETENTION_MS (INT64_C(7) * 24 * 3600 * 1000)
-#define CW_DEFAULT_HANDLER_TIMEOUT_MS (5 * 60 * 1000)
-#define CW_DEFAULT_ALERT_TIMEOUT_MS (10 * 1000)
-#define CW_DEFAULT_WEBHOOK_RETRIES 3
-#define CW_DEFAULT_RATE_LIMIT_MS (60 * 1000)
-#define CW_DEFAULT_WORKERS 1
-#define CW_DEFAULT_SHUTDOWN_TIMEOUT_MS (30 * 1000)
 #define CW_MAX_LINE 8192     /* longest line, with its newline and NUL, given to inih */
 #define CW_MAX_SECTION 49    /* inih silently truncates longer section names */
 #define CW_WHY_MAX 768       /* "what is wrong" part of a message */
@@ -148,7 +136,7 @@ static int cw_config_unknown_key(cw_config_ctx *ctx, const char *section, const 
     size_t used = 0;
     size_t n = 0;
 
-    for (size_t i = 0; i < CW_KEY_COUNT && used < sizeof known; i++) {
+    for (size_t i = 0; i < cw__config_n_keys && used < sizeof known; i++) {
         if (strcmp(cw__config_keys[i].section, section) == 0) {
             used += (size_t)snprintf(known + used, sizeof known - used, "%s%s", n++ ? ", " : "",
                                      cw__config_keys[i].name);
@@ -221,11 +209,11 @@ static int cw_config_handler_value(cw_config_ctx *ctx, const char *type, size_t 
         return cw_config_fail(ctx, CW_STATUS_CONFIG, "%s:%u: [handler %.*s] was not seen",
                               ctx->file, ctx->lineno, (int)len, type);
     h = &ctx->cfg->handlers[i];
-    for (size_t k = 0; k < CW_RETRY_KEY_COUNT; k++) {
-        const cw_retry_key *rk = &cw__config_retry_keys[k];
+    for (size_t k = 0; k < cw__config_n_keys; k++) {
+        const cw_key *rk = &cw__config_keys[k];
         unsigned *line = &ctx->handler_lines[i].key[k];
 
-        if (strcasecmp(rk->name, key) != 0)
+        if (rk->retry == 0 || strcasecmp(rk->name, key) != 0)
             continue;
         if (*line != 0)
             return cw_config_fail(ctx, CW_STATUS_CONFIG,
@@ -233,16 +221,19 @@ static int cw_config_handler_value(cw_config_ctx *ctx, const char *type, size_t 
                                   ctx->file, ctx->lineno, h->type, rk->name, *line);
         *line = ctx->lineno;
         why[0] = '\0';
-        rc = rk->set(&h->retry, value, why, sizeof why);
+        rc = cw__config_key_set(rk, ctx, cw__config_retry_field(rk, &h->retry), value, why,
+                                sizeof why);
         if (rc != 0)
             return cw_config_fail(ctx, rc, "%s:%u: [handler %s] %s: %s", ctx->file, ctx->lineno,
                                   h->type, rk->name, why);
-        h->set |= rk->flag;
+        h->set |= rk->retry;
         return 0;
     }
-    for (size_t k = 0; k < CW_RETRY_KEY_COUNT; k++)
-        used += (size_t)snprintf(known + used, sizeof known - used, "%s%s", k ? ", " : "",
-                                 cw__config_retry_keys[k].name);
+    for (size_t k = 0; k < cw__config_n_keys; k++) {
+        if (cw__config_keys[k].retry != 0)
+            used += (size_t)snprintf(known + used, sizeof known - used, "%s%s", used ? ", " : "",
+                                     cw__config_keys[k].name);
+    }
     return cw_config_fail(ctx, CW_STATUS_CONFIG,
                           "%s:%u: unknown key '%s' in [handler %s] (expected %s)", ctx->file,
                           ctx->lineno, key, h->type, known);
@@ -396,7 +387,7 @@ static int cw_config_on_value(void *user, const char *section, const char *key, 
         return cw_config_plugin_setting(ctx, sec.name, sec.name_len, key, value) == 0;
     fixed = sec.fixed;
 
-    for (size_t i = 0; i < CW_KEY_COUNT; i++) {
+    for (size_t i = 0; i < cw__config_n_keys; i++) {
         const cw_key *k = &cw__config_keys[i];
         if (strcmp(k->section, fixed) != 0 || strcasecmp(k->name, key) != 0)
             continue;
@@ -409,7 +400,7 @@ static int cw_config_on_value(void *user, const char *section, const char *key, 
         ctx->cfg->origin[i] = CW_ORIGIN_FILE;
         ctx->cfg->line[i] = ctx->lineno;
         why[0] = '\0';
-        rc = k->set(ctx, value, why, sizeof why);
+        rc = cw__config_key_set(k, ctx, cw__config_field(k, ctx->cfg), value, why, sizeof why);
         if (rc != 0)
             cw_config_fail(ctx, rc, "%s:%u: [%s] %s: %s", ctx->file, ctx->lineno, fixed, k->name,
                            why);
@@ -421,40 +412,28 @@ static int cw_config_on_value(void *user, const char *section, const char *key, 
 
 /* ---- loading ----------------------------------------------------------- */
 
+/* The defaults of every key (the table's), and an empty path. */
 static int cw_config_defaults(cw_config *cfg)
 {
     cfg->path = strdup("");
-    cfg->url = strdup(CW_DEFAULT_URL);
-    cfg->exchange = strdup(CW_DEFAULT_EXCHANGE);
-    cfg->plugins = calloc(1, sizeof *cfg->plugins);
-    if (cfg->path == NULL || cfg->url == NULL || cfg->exchange == NULL || cfg->plugins == NULL)
+    if (cfg->path == NULL)
         return CW_STATUS_NOMEM;
-    cfg->prefetch = CW_DEFAULT_PREFETCH;
-    cfg->batch = 0;
-    cfg->heartbeat_ms = CW_DEFAULT_HEARTBEAT_MS;
-    cfg->queue_type = CW_QUEUE_QUORUM;
-    cfg->max_body_size = CW_DEFAULT_MAX_BODY_SIZE;
-    cfg->store_backend = CW_STORE_SQLITE;
-    cfg->lease_ms = CW_DEFAULT_LEASE_MS;
-    cfg->retention_ms = CW_DEFAULT_RETENTION_MS;
-    cfg->store_sync_full = true;
-    cfg->log_level = CW_LOG_INFO;
-    cfg->handler_timeout_ms = CW_DEFAULT_HANDLER_TIMEOUT_MS;
-    cfg->retry = (cw_retry_policy){.max_attempts = CW_RETRY_DEFAULT_MAX_ATTEMPTS,
-                                   .interval_ms = CW_RETRY_DEFAULT_INTERVAL_MS,
-                                   .backoff_rate = CW_RETRY_DEFAULT_BACKOFF_RATE,
-                                   .max_delay_ms = CW_RETRY_DEFAULT_MAX_DELAY_MS,
-                                   .jitter = CW_RETRY_DEFAULT_JITTER};
-    cfg->max_deliveries = CW_RETRY_DEFAULT_MAX_DELIVERIES;
-    cfg->alert.timeout_ms = CW_DEFAULT_ALERT_TIMEOUT_MS;
-    cfg->alert.webhook_retries = CW_DEFAULT_WEBHOOK_RETRIES;
-    cfg->alert.rate_limit_ms = CW_DEFAULT_RATE_LIMIT_MS;
-    cfg->tls.verify_peer = true;
-    cfg->tls.verify_hostname = true;
-    cfg->workers = CW_DEFAULT_WORKERS;
-    cfg->shutdown_timeout_ms = CW_DEFAULT_SHUTDOWN_TIMEOUT_MS;
-    cfg->log_format = CW_LOG_LOGFMT;
+    for (size_t i = 0; i < cw__config_n_keys; i++) {
+        if (cw__config_key_default(&cw__config_keys[i], cfg) != 0)
+            return CW_STATUS_NOMEM;
+    }
     return 0;
+}
+
+/* The index of key [section] name (exactly so written), or cw__config_n_keys. */
+static size_t cw_config_key_index(const char *section, const char *name)
+{
+    size_t i = 0;
+
+    while (i < cw__config_n_keys && (strcmp(cw__config_keys[i].section, section) != 0 ||
+                                     strcmp(cw__config_keys[i].name, name) != 0))
+        i++;
+    return i;
 }
 
 /* What depends on several keys, once the whole file is read. */
@@ -468,9 +447,11 @@ static int cw_config_finish(cw_config_ctx *ctx)
     if (cfg->batch > cfg->prefetch)
         return cw_config_fail(ctx, CW_STATUS_CONFIG,
                               "%s:%u: [broker] batch: %u is more than prefetch (%u)", ctx->file,
-                              ctx->key_line[CW_KEY_BATCH], cfg->batch, cfg->prefetch);
+                              ctx->key_line[cw_config_key_index("broker", "batch")], cfg->batch,
+                              cfg->prefetch);
     if ((cfg->tls.cert_file == NULL) != (cfg->tls.key_file == NULL)) {
-        cw_key_id set = cfg->tls.cert_file ? CW_KEY_TLS_CERT_FILE : CW_KEY_TLS_KEY_FILE;
+        size_t set = cw_config_key_index("broker", cfg->tls.cert_file ? "tls_cert_file"
+                                                                      : "tls_key_file");
         char where[64] = "";
         if (cfg->origin[set] == CW_ORIGIN_FILE)
             snprintf(where, sizeof where, ":%u", cfg->line[set]);
@@ -512,54 +493,44 @@ static void cw_config_set_inih_options(void)
 }
 
 /* Sets key `i` from outside the file (environment, flag); `label` names the
- * source in the message of an invalid value. */
-static int cw_config_apply_one(cw_config_ctx *ctx, cw_key_id i, const char *value,
-                               cw_config_origin origin, const char *label,
-                               const char *static_label)
+ * source in the message of an invalid value, and (static) in cfg->origin_label. */
+static int cw_config_apply_one(cw_config_ctx *ctx, size_t i, const char *value,
+                               cw_config_origin origin, const char *label)
 {
     const cw_key *k = &cw__config_keys[i];
     cw_config *cfg = ctx->cfg;
     char why[CW_WHY_MAX] = "";
     int rc;
 
-    if (i == CW_KEY_PLUGINS) { /* the file's list is replaced, not extended */
-        for (size_t j = 0; j < cfg->n_plugins; j++)
-            free(cfg->plugins[j]);
-        cfg->n_plugins = 0;
-        cfg->plugins[0] = NULL;
-    }
-    rc = k->set(ctx, value, why, sizeof why);
+    rc = cw__config_key_set(k, ctx, cw__config_field(k, cfg), value, why, sizeof why);
     if (rc == CW_STATUS_NOMEM)
         return cw_config_nomem(label);
     if (rc != 0)
         return cw__error(rc, "%s: [%s] %s: %s", label, k->section, k->name, why);
     cfg->origin[i] = (unsigned char)origin;
     cfg->line[i] = 0;
-    cfg->origin_label[i] = static_label;
+    cfg->origin_label[i] = label;
     return 0;
 }
 
-/* The environment overrides the file: CW_<SECTION>_<KEY> for every key of
- * the fixed sections, then CW_AMQP_URL. Empty variables are ignored. */
+/* The environment overrides the file: every key's variable (CW_<SECTION>_<KEY>),
+ * then the aliases, so that they win (CW_AMQP_URL over CW_BROKER_URL). Empty
+ * variables are ignored. */
 static int cw_config_apply_env(cw_config_ctx *ctx)
 {
-    char name[96];
     const char *v;
     int rc;
 
-    for (int i = 0; i < CW_KEY_COUNT; i++) {
-        cw__config_env_name((cw_key_id)i, name, sizeof name);
-        v = getenv(name);
-        if (v == NULL || *v == '\0')
-            continue;
-        if ((rc = cw_config_apply_one(ctx, (cw_key_id)i, v, CW_ORIGIN_ENV, name, NULL)) != 0)
-            return ctx->status = rc;
+    for (int alias = 0; alias < 2; alias++) {
+        for (size_t i = 0; i < cw__config_n_keys; i++) {
+            const char *name = alias ? cw__config_keys[i].env_alias : cw__config_keys[i].env;
+
+            if (name == NULL || (v = getenv(name)) == NULL || *v == '\0')
+                continue;
+            if ((rc = cw_config_apply_one(ctx, i, v, CW_ORIGIN_ENV, name)) != 0)
+                return ctx->status = rc;
+        }
     }
-    v = getenv("CW_AMQP_URL");
-    if (v != NULL && *v != '\0' &&
-        (rc = cw_config_apply_one(ctx, CW_KEY_URL, v, CW_ORIGIN_ENV, "CW_AMQP_URL",
-                                  "CW_AMQP_URL")) != 0)
-        return ctx->status = rc;
     return 0;
 }
 
@@ -583,19 +554,17 @@ int cw_config_override(cw_config *cfg, const char *section, const char *key, con
 {
     cw_config_ctx ctx = {.cfg = cfg, .file = label};
     const char *slash = cfg->path ? strrchr(cfg->path, '/') : NULL;
+    size_t i = cw_config_key_index(section, key);
     int rc;
 
-    for (int i = 0; i < CW_KEY_COUNT; i++) {
-        if (strcmp(cw__config_keys[i].section, section) != 0 || strcmp(cw__config_keys[i].name, key) != 0)
-            continue;
-        ctx.dir = slash ? strndup(cfg->path, (size_t)(slash - cfg->path) + 1) : getcwd(NULL, 0);
-        if (ctx.dir == NULL)
-            return cw_config_nomem(label);
-        rc = cw_config_apply_one(&ctx, (cw_key_id)i, value, origin, label, label);
-        free(ctx.dir);
-        return rc;
-    }
-    return cw__error(CW_STATUS_INVALID_ARG, "%s: no key [%s] %s", label, section, key);
+    if (i == cw__config_n_keys)
+        return cw__error(CW_STATUS_INVALID_ARG, "%s: no key [%s] %s", label, section, key);
+    ctx.dir = slash ? strndup(cfg->path, (size_t)(slash - cfg->path) + 1) : getcwd(NULL, 0);
+    if (ctx.dir == NULL)
+        return cw_config_nomem(label);
+    rc = cw_config_apply_one(&ctx, i, value, origin, label);
+    free(ctx.dir);
+    return rc;
 }
 
 /* Reads the file at `path` into `cfg`. */
@@ -687,9 +656,8 @@ void cw_config_free(cw_config *cfg)
 {
     if (cfg == NULL)
         return;
-    for (size_t i = 0; i < cfg->n_plugins; i++)
-        free(cfg->plugins[i]);
-    free(cfg->plugins);
+    for (size_t i = 0; i < cw__config_n_keys; i++)
+        cw__config_key_free(&cw__config_keys[i], cfg);
     for (size_t i = 0; i < cfg->n_plugin_settings; i++) {
         free(cfg->plugin_settings[i].plugin);
         free(cfg->plugin_settings[i].key);
@@ -699,19 +667,7 @@ void cw_config_free(cw_config *cfg)
     for (size_t i = 0; i < cfg->n_handlers; i++)
         free(cfg->handlers[i].type);
     free(cfg->handlers);
-    cw__argv_free(cfg->alert.command_argv);
-    free(cfg->alert.webhook_url);
-    free(cfg->tls.ca_file);
-    free(cfg->tls.cert_file);
-    free(cfg->tls.key_file);
-    free(cfg->metrics_listen);
     free(cfg->path);
-    free(cfg->url);
-    free(cfg->exchange);
-    free(cfg->name);
-    free(cfg->queue);
     free(cfg->dlq);
-    free(cfg->store_path);
     free(cfg);
 }
-

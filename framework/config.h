@@ -66,7 +66,7 @@ typedef enum cw_config_origin {
     CW_ORIGIN_FLAG
 } cw_config_origin;
 
-/* Room for the keys of the fixed sections (config.c checks it is enough). */
+/* Room for the keys of the fixed sections (config_keys.c checks it is enough). */
 #define CW_CONFIG_MAX_KEYS 64
 
 /* One `key = value` of a `[plugin NAME]` section. */
@@ -130,11 +130,12 @@ typedef struct cw_config {
     size_t n_plugin_settings;
 
     /* Where each key of the fixed sections got its value (see
-     * cw_config_describe()): origin, file line, environment variable. */
+     * cw_config_describe()): origin, file line, environment variable or
+     * flag. Indexed by the keys' order, which is the order of describe. */
     unsigned char origin[CW_CONFIG_MAX_KEYS]; /* cw_config_origin */
     unsigned line[CW_CONFIG_MAX_KEYS];
-    const char *origin_label[CW_CONFIG_MAX_KEYS]; /* static: "CW_AMQP_URL", "--workers";
-                                                   * NULL for CW_<SECTION>_<KEY> */
+    const char *origin_label[CW_CONFIG_MAX_KEYS]; /* static: "CW_POOL_WORKERS", "CW_AMQP_URL",
+                                                   * "--workers"; NULL for default, file */
 } cw_config;
 
 

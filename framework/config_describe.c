@@ -1,13 +1,13 @@
 /* What `compworker config check` prints: every effective value as the file
- * would write it, passwords and secrets masked (cw_config_describe()). */
+ * would write it, passwords and secrets masked (cw_config_describe()). Each
+ * key is shown by its type's formatter (or its row's own), from the table
+ * of config_keys.c. */
 #include <ctype.h>
 #include <stdio.h>
 #include <string.h>
 
 #include "framework/config_keys.h"
 #include "framework/url.h"
-
-/* ---- describing the effective values ------------------------------------ */
 
 /* A duration as the file would write it: the largest unit that is exact. */
 static void cw_fmt_duration(int64_t ms, char *out, size_t cap)
@@ -94,147 +94,98 @@ static bool cw_is_secret_key(const char *key)
     return false;
 }
 
-static const char *cw_jitter_name(cw_jitter j)
+void cw__config_fmt_batch(const cw_key *k, const cw_config *cfg, const void *src, char *out,
+                          size_t cap, char *note, size_t note_cap)
 {
-    return j == CW_JITTER_NONE ? "none" : j == CW_JITTER_EQUAL ? "equal" : "full";
+    unsigned batch = *(const unsigned *)src;
+
+    (void)k;
+    snprintf(out, cap, "%u", batch);
+    if (batch == 0)
+        snprintf(note, note_cap, "prefetch/2 = %u", (cfg->prefetch + 1) / 2);
 }
 
-/* The value of key `i` as the file would write it, and a note on what a
- * default amounts to. */
-static void cw_fmt_key(const cw_config *cfg, cw_key_id i, char *out, size_t cap, char *note,
-                       size_t note_cap)
+void cw__config_key_format(const cw_key *k, const cw_config *cfg, const void *src, char *out,
+                           size_t cap, char *note, size_t note_cap)
 {
-    const cw_retry_policy *r = &cfg->retry;
+    const char *str = NULL;
+    char *const *words;
     size_t len = 0;
+    bool unset = false;
 
     out[0] = '\0';
     note[0] = '\0';
-    switch (i) {
-    case CW_KEY_URL: cw__url_list_mask(cfg->url, out, cap); break;
-    case CW_KEY_EXCHANGE: snprintf(out, cap, "%s", cfg->exchange); break;
-    case CW_KEY_PREFETCH: snprintf(out, cap, "%u", cfg->prefetch); break;
-    case CW_KEY_BATCH:
-        snprintf(out, cap, "%u", cfg->batch);
-        if (cfg->batch == 0)
-            snprintf(note, note_cap, "prefetch/2 = %u", (cfg->prefetch + 1) / 2);
-        break;
-    case CW_KEY_HEARTBEAT: cw_fmt_duration(cfg->heartbeat_ms, out, cap); break;
-    case CW_KEY_TLS_CA_FILE:
-        snprintf(out, cap, "%s", cfg->tls.ca_file ? cfg->tls.ca_file : "");
-        if (!cfg->tls.ca_file)
-            snprintf(note, note_cap, "the system's trusted CAs");
-        break;
-    case CW_KEY_TLS_CERT_FILE:
-        snprintf(out, cap, "%s", cfg->tls.cert_file ? cfg->tls.cert_file : "");
-        if (!cfg->tls.cert_file)
-            snprintf(note, note_cap, "no client certificate");
-        break;
-    case CW_KEY_TLS_KEY_FILE:
-        snprintf(out, cap, "%s", cfg->tls.key_file ? cfg->tls.key_file : "");
-        break;
-    case CW_KEY_TLS_VERIFY_PEER:
-        snprintf(out, cap, "%s", cfg->tls.verify_peer ? "true" : "false");
-        break;
-    case CW_KEY_TLS_VERIFY_HOSTNAME:
-        snprintf(out, cap, "%s", cfg->tls.verify_hostname ? "true" : "false");
-        break;
-    case CW_KEY_NAME: snprintf(out, cap, "%s", cfg->name ? cfg->name : ""); break;
-    case CW_KEY_QUEUE: snprintf(out, cap, "%s", cfg->queue ? cfg->queue : ""); break;
-    case CW_KEY_QUEUE_TYPE:
-        snprintf(out, cap, "%s", cfg->queue_type == CW_QUEUE_QUORUM ? "quorum" : "classic");
-        break;
-    case CW_KEY_PLUGINS:
-        for (size_t j = 0; j < cfg->n_plugins; j++)
-            len = cw_fmt_word(out, len, cap, cfg->plugins[j], j == 0);
-        break;
-    case CW_KEY_MAX_BODY_SIZE: cw_fmt_size(cfg->max_body_size, out, cap); break;
-    case CW_KEY_HANDLER_TIMEOUT: cw_fmt_duration(cfg->handler_timeout_ms, out, cap); break;
-    case CW_KEY_WORKERS: snprintf(out, cap, "%u", cfg->workers); break;
-    case CW_KEY_SHUTDOWN_TIMEOUT: cw_fmt_duration(cfg->shutdown_timeout_ms, out, cap); break;
-    case CW_KEY_METRICS_LISTEN:
-        snprintf(out, cap, "%s", cfg->metrics_listen ? cfg->metrics_listen : "off");
-        break;
-    case CW_KEY_BACKEND:
-        snprintf(out, cap, "%s", cfg->store_backend == CW_STORE_MEMORY ? "memory" : "sqlite");
-        break;
-    case CW_KEY_STORE_PATH: snprintf(out, cap, "%s", cfg->store_path ? cfg->store_path : ""); break;
-    case CW_KEY_LEASE: cw_fmt_duration(cfg->lease_ms, out, cap); break;
-    case CW_KEY_RETENTION: cw_fmt_duration(cfg->retention_ms, out, cap); break;
-    case CW_KEY_SYNCHRONOUS: snprintf(out, cap, "%s", cfg->store_sync_full ? "full" : "normal"); break;
-    case CW_KEY_MAX_ATTEMPTS: snprintf(out, cap, "%u", r->max_attempts); break;
-    case CW_KEY_INTERVAL: cw_fmt_duration(r->interval_ms, out, cap); break;
-    case CW_KEY_BACKOFF_RATE: snprintf(out, cap, "%g", r->backoff_rate); break;
-    case CW_KEY_MAX_DELAY: cw_fmt_duration(r->max_delay_ms, out, cap); break;
-    case CW_KEY_JITTER: snprintf(out, cap, "%s", cw_jitter_name(r->jitter)); break;
-    case CW_KEY_MAX_DELIVERIES: snprintf(out, cap, "%u", cfg->max_deliveries); break;
-    case CW_KEY_COMMAND:
-        for (size_t j = 0; cfg->alert.command_argv && cfg->alert.command_argv[j]; j++)
-            len = cw_fmt_word(out, len, cap, cfg->alert.command_argv[j], j == 0);
-        if (!cfg->alert.command_argv)
-            snprintf(note, note_cap, "none");
-        break;
-    case CW_KEY_WEBHOOK:
-        if (cfg->alert.webhook_url)
-            cw__url_redact(cfg->alert.webhook_url, out, cap);
+    if (k->fmt != NULL) {
+        k->fmt(k, cfg, src, out, cap, note, note_cap);
+        return;
+    }
+    if (cw__config_type_is_string(k->type)) {
+        str = *(char *const *)src;
+        unset = str == NULL;
+        if (str == NULL)
+            snprintf(out, cap, "%s", k->unset ? k->unset : "");
+        else if (k->type == CW_T_BROKER_URLS) /* passwords masked */
+            cw__url_list_mask(str, out, cap);
+        else if (k->type == CW_T_HTTP_URL) /* tokens in the path or query hidden */
+            cw__url_redact(str, out, cap);
         else
-            snprintf(note, note_cap, "none");
+            snprintf(out, cap, "%s", str);
+    }
+    switch (k->type) {
+    case CW_T_UINT: snprintf(out, cap, "%u", *(const unsigned *)src); break;
+    case CW_T_DURATION: cw_fmt_duration(*(const int64_t *)src, out, cap); break;
+    case CW_T_SIZE: cw_fmt_size(*(const uint64_t *)src, out, cap); break;
+    case CW_T_DECIMAL: snprintf(out, cap, "%g", *(const double *)src); break;
+    case CW_T_BOOL:
+        if (k->choices != NULL)
+            snprintf(out, cap, "%s", k->choices[*(const bool *)src ? 0 : 1]);
+        else
+            snprintf(out, cap, "%s", *(const bool *)src ? "true" : "false");
         break;
-    case CW_KEY_ALERT_TIMEOUT: cw_fmt_duration(cfg->alert.timeout_ms, out, cap); break;
-    case CW_KEY_WEBHOOK_RETRIES: snprintf(out, cap, "%u", cfg->alert.webhook_retries); break;
-    case CW_KEY_RATE_LIMIT: cw_fmt_duration(cfg->alert.rate_limit_ms, out, cap); break;
-    case CW_KEY_LEVEL: {
-        static const char *const levels[] = {"debug", "info", "warn", "error"};
-        snprintf(out, cap, "%s", levels[cfg->log_level]);
+    case CW_T_CHOICE: snprintf(out, cap, "%s", k->choices[*(const int *)src]); break;
+    case CW_T_WORDS:
+        words = *(char *const *const *)src;
+        unset = words == NULL;
+        for (size_t j = 0; words != NULL && words[j] != NULL; j++)
+            len = cw_fmt_word(out, len, cap, words[j], j == 0);
+        break;
+    default: /* the strings, above */
         break;
     }
-    case CW_KEY_LOG_FORMAT:
-        snprintf(out, cap, "%s", cfg->log_format == CW_LOG_JSON ? "json" : "logfmt");
-        break;
-    case CW_KEY_COUNT: break;
-    }
-}
-
-/* The value of one retry key of a [handler TYPE] section. */
-static void cw_fmt_retry_key(const cw_retry_policy *p, size_t k, char *out, size_t cap)
-{
-    switch (k) {
-    case 0: snprintf(out, cap, "%u", p->max_attempts); break;
-    case 1: cw_fmt_duration(p->interval_ms, out, cap); break;
-    case 2: snprintf(out, cap, "%g", p->backoff_rate); break;
-    case 3: cw_fmt_duration(p->max_delay_ms, out, cap); break;
-    default: snprintf(out, cap, "%s", cw_jitter_name(p->jitter)); break;
-    }
+    if (unset && k->unset_note != NULL)
+        snprintf(note, note_cap, "%s", k->unset_note);
 }
 
 void cw_config_describe(const cw_config *cfg, void (*fn)(const cw_config_entry *e, void *ud),
                         void *ud)
 {
-    char value[8192], note[256], env[96], section[300];
+    char value[8192], note[256], section[300];
 
-    for (int i = 0; i < CW_KEY_COUNT; i++) {
-        cw_config_entry e = {.section = cw__config_keys[i].section, .key = cw__config_keys[i].name};
-        cw_fmt_key(cfg, (cw_key_id)i, value, sizeof value, note, sizeof note);
+    for (size_t i = 0; i < cw__config_n_keys; i++) {
+        const cw_key *k = &cw__config_keys[i];
+        cw_config_entry e = {.section = k->section, .key = k->name};
+
+        cw__config_key_format(k, cfg, cw__config_field(k, cfg), value, sizeof value, note,
+                              sizeof note);
         e.value = value;
         e.origin = (cw_config_origin)cfg->origin[i];
         e.line = cfg->line[i];
-        if (e.origin == CW_ORIGIN_ENV && cfg->origin_label[i] == NULL) {
-            cw__config_env_name((cw_key_id)i, env, sizeof env);
-            e.source = env;
-        } else {
-            e.source = cfg->origin_label[i];
-        }
+        e.source = cfg->origin_label[i];
         e.note = note[0] ? note : NULL;
         fn(&e, ud);
     }
     for (size_t h = 0; h < cfg->n_handlers; h++) {
         const cw_handler_config *hc = &cfg->handlers[h];
         snprintf(section, sizeof section, "handler %s", hc->type);
-        for (size_t k = 0; k < CW_RETRY_KEY_COUNT; k++) {
-            if (!(hc->set & cw__config_retry_keys[k].flag))
+        for (size_t i = 0; i < cw__config_n_keys; i++) {
+            const cw_key *k = &cw__config_keys[i];
+
+            if (!(hc->set & k->retry))
                 continue;
-            cw_fmt_retry_key(&hc->retry, k, value, sizeof value);
-            cw_config_entry e = {.section = section, .key = cw__config_retry_keys[k].name,
-                                 .value = value, .origin = CW_ORIGIN_FILE};
+            cw__config_key_format(k, cfg, cw__config_retry_field(k, &hc->retry), value,
+                                  sizeof value, note, sizeof note);
+            cw_config_entry e = {.section = section, .key = k->name, .value = value,
+                                 .origin = CW_ORIGIN_FILE};
             fn(&e, ud);
         }
     }
