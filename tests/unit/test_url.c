@@ -41,6 +41,7 @@ static void test_mask_user_password(void **state)
 {
     (void)state;
     mask_eq("amqp://user:secret@h:5672/v", "amqp://user:***@h:5672/v");
+    mask_eq("amqp://guest:guest@127.0.0.1:5672/", "amqp://guest:***@127.0.0.1:5672/");
     mask_eq("amqps://u:p%40ss@h/vh", "amqps://u:***@h/vh");
     mask_eq("amqp://user:@h/", "amqp://user:***@h/");
     mask_eq("amqp://:secret@h/", "amqp://:***@h/");
@@ -93,6 +94,18 @@ static void test_mask_query_fragment(void **state)
     /* An '@' further on hides too much, never too little. */
     mask_eq("amqp://u:pw@h/v?to=a@b", "amqp://u:***@b");
     mask_eq("amqp://h/v?x=a:b@c", "amqp://h/v?x=a:***@c");
+}
+
+static void test_mask_several_urls(void **state)
+{
+    (void)state;
+    char out[256];
+
+    /* A whole list is one user information to the mask (its first ':' to
+     * its last '@'): no password of any URL shows. cw__url_list_mask()
+     * masks each URL on its own. */
+    cw__url_mask("amqp://a:pw1@h1/ amqp://b:pw2@h2/", out, sizeof out);
+    assert_string_equal(out, "amqp://a:***@h2/");
 }
 
 static void test_mask_nothing_to_hide(void **state)
@@ -334,6 +347,7 @@ int main(void)
         cmocka_unit_test(test_mask_at_in_password),
         cmocka_unit_test(test_mask_ipv6),
         cmocka_unit_test(test_mask_query_fragment),
+        cmocka_unit_test(test_mask_several_urls),
         cmocka_unit_test(test_mask_nothing_to_hide),
         cmocka_unit_test(test_mask_cut),
         cmocka_unit_test(test_list_next),
