@@ -8,7 +8,7 @@
 
 #include "framework/url.h"
 
-void cw__url_mask(const char *url, char *out, unsigned long out_len)
+void cw__url_mask(const char *url, char *out, size_t out_len)
 {
     if (!out_len)
         return;

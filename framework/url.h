@@ -22,7 +22,7 @@
  * holding an unencoded '/' or '@' is hidden whole, and a stray '@' further
  * on hides too much, never too little. A URL without a password is copied
  * as it is; NULL is taken as "". */
-void cw__url_mask(const char *url, char *out, unsigned long out_len);
+void cw__url_mask(const char *url, char *out, size_t out_len);
 
 /* ---- broker URL lists ---------------------------------------------------
  * [broker] url (and CW_AMQP_URL) may name several brokers to fail over
