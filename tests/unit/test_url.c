@@ -25,14 +25,21 @@ static int group_teardown(void **state)
     return 0;
 }
 
-static void mask_eq(const char *url, const char *want)
+/* `show` writes `want` of `url` (its name is in the message when not). */
+static void shown_eq(void (*show)(const char *, char *, size_t), const char *name,
+                     const char *url, const char *want)
 {
     char out[256];
 
     memset(out, 'x', sizeof out);
-    cw__url_mask(url, out, sizeof out);
+    show(url, out, sizeof out);
     if (strcmp(out, want) != 0)
-        fail_msg("cw__url_mask('%s') = '%s', want '%s'", url, out, want);
+        fail_msg("%s('%s') = '%s', want '%s'", name, url, out, want);
+}
+
+static void mask_eq(const char *url, const char *want)
+{
+    shown_eq(cw__url_mask, "cw__url_mask", url, want);
 }
 
 /* ---- cw__url_mask() ------------------------------------------------------ */
@@ -196,17 +203,24 @@ static void test_list_nth_count(void **state)
     assert_string_equal(buf, "");
 }
 
-static void valid_eq(const char *urls, const char *want_why)
+/* `check` accepts `s` (want_why NULL) or refuses it saying exactly want_why. */
+static void check_eq(bool (*check)(const char *, char *, size_t), const char *s,
+                     const char *want_why)
 {
     char why[256] = "";
-    bool ok = cw__url_list_valid(urls, why, sizeof why);
+    bool ok = check(s, why, sizeof why);
 
     if (want_why == NULL && !ok)
-        fail_msg("'%s' was refused: %s", urls, why);
+        fail_msg("'%s' was refused: %s", s, why);
     if (want_why != NULL && ok)
-        fail_msg("'%s' was accepted", urls);
+        fail_msg("'%s' was accepted", s);
     if (want_why != NULL && strcmp(why, want_why) != 0)
-        fail_msg("'%s': '%s', want '%s'", urls, why, want_why);
+        fail_msg("'%s': '%s', want '%s'", s, why, want_why);
+}
+
+static void valid_eq(const char *urls, const char *want_why)
+{
+    check_eq(cw__url_list_valid, urls, want_why);
 }
 
 static void test_list_valid(void **state)
@@ -263,15 +277,7 @@ static void test_list_mask(void **state)
 
 static void webhook_eq(const char *url, const char *want_why)
 {
-    char why[256] = "";
-    bool ok = cw__url_webhook_valid(url, why, sizeof why);
-
-    if (want_why == NULL && !ok)
-        fail_msg("'%s' was refused: %s", url, why);
-    if (want_why != NULL && ok)
-        fail_msg("'%s' was accepted", url);
-    if (want_why != NULL && strcmp(why, want_why) != 0)
-        fail_msg("'%s': '%s', want '%s'", url, why, want_why);
+    check_eq(cw__url_webhook_valid, url, want_why);
 }
 
 static void test_webhook_valid(void **state)
@@ -293,11 +299,7 @@ static void test_webhook_valid(void **state)
 
 static void redact_eq(const char *url, const char *want)
 {
-    char out[256];
-
-    cw__url_redact(url, out, sizeof out);
-    if (strcmp(out, want) != 0)
-        fail_msg("cw__url_redact('%s') = '%s', want '%s'", url, out, want);
+    shown_eq(cw__url_redact, "cw__url_redact", url, want);
 }
 
 static void test_redact(void **state)
@@ -317,11 +319,7 @@ static void test_redact(void **state)
 
 static void origin_eq(const char *url, const char *want)
 {
-    char out[256];
-
-    cw__url_origin(url, out, sizeof out);
-    if (strcmp(out, want) != 0)
-        fail_msg("cw__url_origin('%s') = '%s', want '%s'", url, out, want);
+    shown_eq(cw__url_origin, "cw__url_origin", url, want);
 }
 
 static void test_origin(void **state)
