@@ -25,6 +25,7 @@
 #include "framework/clock.h"
 #include "framework/error.h"
 #include "framework/log.h"
+#include "framework/url.h"
 
 #define CW_ALERT_DEFAULT_TIMEOUT_MS 10000
 #define CW_ALERT_MAX_TIMEOUT_MS (24 * 3600 * 1000LL)
@@ -792,31 +793,13 @@ static int abort_at_deadline(void *ud, curl_off_t dt, curl_off_t dn, curl_off_t 
     return past_deadline(ud) ? 1 : 0;
 }
 
-/* scheme://host:port of the URL: no user information, path or query. */
-static void webhook_label(const char *url, char *out, size_t cap)
-{
-    CURLU *u = curl_url();
-    char *scheme = NULL, *host = NULL, *port = NULL;
-    if (u && curl_url_set(u, CURLUPART_URL, url, 0) == CURLUE_OK &&
-        curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) == CURLUE_OK &&
-        curl_url_get(u, CURLUPART_HOST, &host, 0) == CURLUE_OK &&
-        curl_url_get(u, CURLUPART_PORT, &port, CURLU_DEFAULT_PORT) == CURLUE_OK)
-        snprintf(out, cap, "%s://%s:%s", scheme, host, port);
-    else
-        snprintf(out, cap, "(an unparsable URL)");
-    curl_free(scheme);
-    curl_free(host);
-    curl_free(port);
-    curl_url_cleanup(u);
-}
-
 static int webhook_setup(cw_alerter *a)
 {
     pthread_once(&cw_curl_once, curl_init_once);
     if (cw_curl_init_rc != CURLE_OK)
         return cw__error(CW_STATUS_IO, "alert webhook: curl_global_init: %s",
                          curl_easy_strerror(cw_curl_init_rc));
-    webhook_label(a->cfg.webhook_url, a->webhook_label, sizeof a->webhook_label);
+    cw__url_origin(a->cfg.webhook_url, a->webhook_label, sizeof a->webhook_label);
     CURL *c = a->curl = curl_easy_init();
     if (!c)
         return cw__error(CW_STATUS_NOMEM, "alert webhook: curl_easy_init failed");

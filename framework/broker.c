@@ -12,6 +12,7 @@
 #include "framework/error.h"
 #include "framework/limits.h"
 #include "framework/log.h"
+#include "framework/url.h"
 
 #define CW_CONNECT_TIMEOUT_S 5
 #define CW_FRAME_MAX 131072
@@ -44,35 +45,6 @@ int cw__broker_reply(amqp_rpc_reply_t r, const char *what)
                          r.reply.id);
     }
     return cw__error(CW_STATUS_CONNECTION, "%s: unknown reply", what);
-}
-
-/* The n-th URL of a list separated by spaces or commas, copied into buf. */
-static bool nth_url(const char *urls, unsigned n, char *buf, size_t cap)
-{
-    const char *p = urls;
-    for (unsigned i = 0;; i++) {
-        p += strspn(p, " \t,");
-        if (!*p)
-            return false;
-        size_t len = strcspn(p, " \t,");
-        if (i == n) {
-            if (len >= cap)
-                len = cap - 1;
-            memcpy(buf, p, len);
-            buf[len] = '\0';
-            return true;
-        }
-        p += len;
-    }
-}
-
-static unsigned count_urls(const char *urls)
-{
-    char tmp[8];
-    unsigned n = 0;
-    while (nth_url(urls, n, tmp, sizeof tmp))
-        n++;
-    return n;
 }
 
 /* A TLS socket for `conn` set up from `tls` (NULL: the system's CAs, both
@@ -203,7 +175,7 @@ int cw__broker_connect_tls(amqp_connection_state_t *out, const char *urls,
                            const cw_tls_config *tls, unsigned *next, int heartbeat_s,
                            const char *name, char *connected_to, size_t cap)
 {
-    unsigned n = count_urls(urls);
+    unsigned n = cw__url_list_count(urls);
     if (n == 0)
         return cw__error(CW_STATUS_INVALID_ARG, "no broker URL is configured");
     int rc = CW_STATUS_CONNECTION;
@@ -211,7 +183,7 @@ int cw__broker_connect_tls(amqp_connection_state_t *out, const char *urls,
     for (unsigned i = 0; i < n; i++) {
         unsigned idx = (*next + i) % n;
         char url[1024];
-        nth_url(urls, idx, url, sizeof url);
+        cw__url_list_nth(urls, idx, url, sizeof url);
         rc = connect_one(out, url, tls, heartbeat_s, name);
         if (rc == 0) {
             *next = idx;

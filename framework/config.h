@@ -8,6 +8,7 @@
 
 #include "compworker/compworker.h" /* cw_jitter */
 #include "framework/limits.h"
+#include "framework/listen.h" /* metrics_listen is what cw__listen_parse() reads */
 #include "framework/log.h"
 
 typedef enum cw_queue_type { CW_QUEUE_QUORUM = 0, CW_QUEUE_CLASSIC = 1 } cw_queue_type;
@@ -65,7 +66,7 @@ typedef enum cw_config_origin {
     CW_ORIGIN_FLAG
 } cw_config_origin;
 
-/* Room for the keys of the fixed sections (config.c checks it is enough). */
+/* Room for the keys of the fixed sections (config_keys.c checks it is enough). */
 #define CW_CONFIG_MAX_KEYS 64
 
 /* One `key = value` of a `[plugin NAME]` section. */
@@ -129,11 +130,12 @@ typedef struct cw_config {
     size_t n_plugin_settings;
 
     /* Where each key of the fixed sections got its value (see
-     * cw_config_describe()): origin, file line, environment variable. */
+     * cw_config_describe()): origin, file line, environment variable or
+     * flag. Indexed by the keys' order, which is the order of describe. */
     unsigned char origin[CW_CONFIG_MAX_KEYS]; /* cw_config_origin */
     unsigned line[CW_CONFIG_MAX_KEYS];
-    const char *origin_label[CW_CONFIG_MAX_KEYS]; /* static: "CW_AMQP_URL", "--workers";
-                                                   * NULL for CW_<SECTION>_<KEY> */
+    const char *origin_label[CW_CONFIG_MAX_KEYS]; /* static: "CW_POOL_WORKERS", "CW_AMQP_URL",
+                                                   * "--workers"; NULL for default, file */
 } cw_config;
 
 
@@ -178,10 +180,5 @@ void cw_config_describe(const cw_config *cfg, void (*fn)(const cw_config_entry *
 
 /* Accepts NULL. */
 void cw_config_free(cw_config *cfg);
-
-/* Splits "host:port" ("[v6]:port" for IPv6 literals) into host (up to
- * host_cap - 1 bytes) and port (0..65535). CW_STATUS_INVALID_ARG when it
- * is not one. */
-int cw__listen_parse(const char *value, char *host, size_t host_cap, unsigned *port);
 
 #endif

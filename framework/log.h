@@ -3,6 +3,8 @@
 #define CW_FRAMEWORK_LOG_H
 
 #include "compworker/export.h"
+/* Log lines never carry a credential: a URL goes through cw__url_mask(). */
+#include "framework/url.h"
 
 typedef enum cw_log_level {
     CW_LOG_DEBUG = 0,
@@ -38,9 +40,6 @@ typedef struct cw_log_task {
  * every string valid UTF-8 (an invalid byte becomes U+FFFD). One write(2)
  * per line, so lines of the processes of a pool never interleave. */
 void cw__log(cw_log_level level, const cw_log_task *task, const char *fmt, ...) CW_PRINTF(3, 4);
-
-/* Copies `url` into `out` with any password replaced by "***". */
-void cw__url_mask(const char *url, char *out, unsigned long out_len);
 
 #define cw_log_debug(task, ...) cw__log(CW_LOG_DEBUG, task, __VA_ARGS__)
 #define cw_log_info(task, ...) cw__log(CW_LOG_INFO, task, __VA_ARGS__)

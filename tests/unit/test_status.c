@@ -1,5 +1,6 @@
 /* Unit tests for framework/status.c (status codes, the per-thread last
- * error) and cw__url_mask() (framework/log.c). */
+ * error). cw__url_mask() is tested with the rest of framework/url.c, in
+ * test_url.c. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -13,7 +14,6 @@
 #include "compworker/status.h"
 #include "compworker/version.h"
 #include "framework/error.h"
-#include "framework/log.h"
 
 typedef struct status_row {
     int value;
@@ -145,73 +145,6 @@ static void test_version(void **state)
     assert_string_equal(cw_version(), CW_VERSION_STRING);
 }
 
-static void mask_eq(const char *url, const char *want)
-{
-    char out[256];
-    memset(out, 'x', sizeof out);
-    cw__url_mask(url, out, sizeof out);
-    if (strcmp(out, want) != 0)
-        fail_msg("cw__url_mask('%s') = '%s', want '%s'", url, out, want);
-}
-
-static void test_url_mask(void **state)
-{
-    (void)state;
-    char out[256];
-    cw__url_mask("amqp://user:secret@h:5672/v", out, sizeof out);
-    assert_null(strstr(out, "secret"));
-    assert_string_equal(out, "amqp://user:***@h:5672/v");
-
-    mask_eq("amqp://guest:guest@127.0.0.1:5672/", "amqp://guest:***@127.0.0.1:5672/");
-    mask_eq("amqp://user:p%40ss@host/vh", "amqp://user:***@host/vh");
-    mask_eq("amqp://user:@host/", "amqp://user:***@host/");
-
-    /* Unencoded '/' or '@' in the password (rabbitmq-c refuses such a URL,
-     * and the refusal is logged): still hidden whole. */
-    mask_eq("amqp://user:pa/ss@h/", "amqp://user:***@h/");
-    mask_eq("amqp://user:p@ss@h/", "amqp://user:***@h/");
-    /* Several URLs in one string: no password of any of them shows. */
-    cw__url_mask("amqp://a:pw1@h1/ amqp://b:pw2@h2/", out, sizeof out);
-    assert_null(strstr(out, "pw1"));
-    assert_null(strstr(out, "pw2"));
-
-    /* No scheme: a mistyped URL's password is hidden too. */
-    mask_eq("user:secret@host:5672/v", "user:***@host:5672/v");
-    mask_eq("guest:guest@127.0.0.1", "guest:***@127.0.0.1");
-
-    /* Nothing to hide: unchanged. */
-    mask_eq("amqp://user@h:5672/v", "amqp://user@h:5672/v");
-    mask_eq("amqp://h:5672/v", "amqp://h:5672/v");
-    mask_eq("amqp://h/", "amqp://h/");
-    mask_eq("amqp://", "amqp://");
-    mask_eq("not a url", "not a url");
-    mask_eq("", "");
-    mask_eq(NULL, "");
-}
-
-static void test_url_mask_small_buffer(void **state)
-{
-    (void)state;
-    const char *url = "amqp://user:secret@h:5672/v";
-    char out[64];
-    /* Every cut of the output: NUL-terminated, in bounds, no part of the
-     * password. */
-    for (unsigned long cap = 1; cap <= strlen(url) + 2; cap++) {
-        memset(out, 'Z', sizeof out);
-        cw__url_mask(url, out, cap);
-        size_t len = strnlen(out, sizeof out);
-        if (len >= cap)
-            fail_msg("cap %lu: not terminated within the buffer", cap);
-        if (out[cap] != 'Z' && cap < sizeof out)
-            fail_msg("cap %lu: wrote past the buffer", cap);
-        if (strstr(out, "sec") || strstr(out, ":s"))
-            fail_msg("cap %lu: '%s' shows part of the password", cap, out);
-    }
-    memset(out, 'Z', sizeof out);
-    cw__url_mask(url, out, 0); /* writes nothing */
-    assert_int_equal(out[0], 'Z');
-}
-
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -221,8 +154,6 @@ int main(void)
         cmocka_unit_test(test_error_last),
         cmocka_unit_test(test_error_per_thread),
         cmocka_unit_test(test_version),
-        cmocka_unit_test(test_url_mask),
-        cmocka_unit_test(test_url_mask_small_buffer),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
