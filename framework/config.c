@@ -460,6 +460,16 @@ static int cw_config_finish(cw_config_ctx *ctx)
                               "set both for a client certificate, or neither",
                               ctx->file, where);
     }
+    if (cfg->store_backend == CW_STORE_POSTGRESQL && cfg->store_url == NULL) {
+        size_t set = cw_config_key_index("store", "backend");
+        char where[64] = "";
+        if (cfg->origin[set] == CW_ORIGIN_FILE)
+            snprintf(where, sizeof where, ":%u", cfg->line[set]);
+        return cw_config_fail(ctx, CW_STATUS_CONFIG,
+                              "%s%s: [store] url: required with backend = postgresql (a libpq "
+                              "URI such as postgresql://cw@db1:5432/orders, or CW_STORE_URL)",
+                              ctx->file, where);
+    }
     if (cfg->queue == NULL && asprintf(&cfg->queue, "cw.%s", cfg->name) < 0) {
         cfg->queue = NULL;
         return cw_config_fail_nomem(ctx);

@@ -12,7 +12,11 @@
 #include "framework/log.h"
 
 typedef enum cw_queue_type { CW_QUEUE_QUORUM = 0, CW_QUEUE_CLASSIC = 1 } cw_queue_type;
-typedef enum cw_store_backend { CW_STORE_SQLITE = 0, CW_STORE_MEMORY = 1 } cw_store_backend;
+typedef enum cw_store_backend {
+    CW_STORE_SQLITE = 0,
+    CW_STORE_MEMORY = 1,
+    CW_STORE_POSTGRESQL = 2
+} cw_store_backend;
 
 /* A retry policy. The delay before attempt n+1 (after n failed attempts) is
  * min(max_delay, interval * backoff_rate^(n-1)), then jittered. */
@@ -102,7 +106,11 @@ typedef struct cw_config {
 
     /* [store] */
     cw_store_backend store_backend; /* default sqlite */
-    char *store_path;   /* default ./var/<name>.db */
+    char *store_path;   /* default ./var/<name>.db; with postgresql, where this host
+                           keeps its crash reports (<path>.crash) */
+    char *store_url;    /* postgresql: a libpq URI or key=value string (may hold a
+                           password); env CW_STORE_URL */
+    char *store_schema; /* postgresql: the schema of the tables; default compworker */
     int64_t lease_ms;   /* default 5m */
     int64_t retention_ms; /* default 7d: done records older than this are swept */
     bool store_sync_full; /* synchronous = full (default) | normal */

@@ -128,6 +128,8 @@ void cw__config_key_format(const cw_key *k, const cw_config *cfg, const void *sr
             cw__url_list_mask(str, out, cap);
         else if (k->type == CW_T_HTTP_URL) /* tokens in the path or query hidden */
             cw__url_redact(str, out, cap);
+        else if (k->type == CW_T_PG_URL) /* passwords masked */
+            cw__url_pg_mask(str, out, cap);
         else
             snprintf(out, cap, "%s", str);
     }

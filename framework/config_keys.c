@@ -268,6 +268,11 @@ int cw__config_key_set(const cw_key *k, cw_config_ctx *ctx, void *dst, const cha
         if (!cw__url_webhook_valid(value, why, why_len))
             return CW_STATUS_CONFIG;
         return cw_set_string(dst, value);
+    case CW_T_PG_URL:
+        /* Never echo the value: it may hold a password. */
+        if (!cw__url_pg_valid(value, why, why_len))
+            return CW_STATUS_CONFIG;
+        return cw_set_string(dst, value);
     case CW_T_UINT:
         rc = cw_check_int(value, k->min, k->max, &v, why, why_len);
         if (rc == 0)
@@ -498,6 +503,27 @@ static int cw_set_metrics_listen(const cw_key *k, cw_config_ctx *ctx, void *dst,
     return cw_set_string(dst, value);
 }
 
+/* [store] schema: a PostgreSQL identifier, quoted when used, so any
+ * printable text of 1 to 63 bytes (NAMEDATALEN - 1). */
+static int cw_set_pg_schema(const cw_key *k, cw_config_ctx *ctx, void *dst, const char *value,
+                            char *why, size_t why_len)
+{
+    (void)k;
+    (void)ctx;
+    size_t n = strlen(value);
+    if (n == 0 || n > 63) {
+        snprintf(why, why_len, "a schema name is 1 to 63 bytes, not %zu", n);
+        return CW_STATUS_CONFIG;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if ((unsigned char)value[i] < 0x20 || value[i] == 0x7f) {
+            snprintf(why, why_len, "a schema name holds no control character");
+            return CW_STATUS_CONFIG;
+        }
+    }
+    return cw_set_string(dst, value);
+}
+
 /* [retry] backoff_rate: a decimal number written by a person, digits with
  * at most one '.', so that strtod() never sees a sign, an exponent, hex,
  * "inf" or "nan". */
@@ -657,9 +683,13 @@ const cw_key cw__config_keys[] = {
     {"store", "backend", CW_T_CHOICE, CW_AT(store_backend), "CW_STORE_BACKEND",
      .def.i = CW_STORE_SQLITE,
      .choices = (const char *const[]){[CW_STORE_SQLITE] = "sqlite",
-                                      [CW_STORE_MEMORY] = "memory", NULL}},
+                                      [CW_STORE_MEMORY] = "memory",
+                                      [CW_STORE_POSTGRESQL] = "postgresql", NULL}},
     {"store", "path", CW_T_PATH, CW_AT(store_path), "CW_STORE_PATH",
      .def.s = NULL /* var/<name>.db beside the file */},
+    {"store", "url", CW_T_PG_URL, CW_AT(store_url), "CW_STORE_URL", .unset = ""},
+    {"store", "schema", CW_T_STRING, CW_AT(store_schema), "CW_STORE_SCHEMA",
+     .def.s = "compworker", .set = cw_set_pg_schema},
     {"store", "lease", CW_T_DURATION, CW_AT(lease_ms), "CW_STORE_LEASE",
      .def.i = 5 * 60 * 1000, .min = 1, .max = INT64_MAX,
      .hint = "250ms, 5s, 2m, 1h, 7d", .range = "must be more than 0"},

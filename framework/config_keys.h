@@ -32,6 +32,8 @@ typedef enum cw_key_type {
     CW_T_FILE,        /* char *: the same, of a file that must be readable now */
     CW_T_BROKER_URLS, /* char *: a list of amqp[s]:// URLs (url.h); shown masked */
     CW_T_HTTP_URL,    /* char *: an http[s]:// URL (url.h); shown redacted */
+    CW_T_PG_URL,      /* char *: a libpq connection URI or key=value string (url.h);
+                         shown masked */
     /* The others: */
     CW_T_UINT,        /* unsigned in [min, max] */
     CW_T_DURATION,    /* int64_t milliseconds in [min, max]: "250ms", "5s", "2m", "1h", "7d" */
@@ -46,7 +48,7 @@ typedef enum cw_key_type {
 /* Whether values of type `t` are held as a char *. */
 static inline bool cw__config_type_is_string(cw_key_type t)
 {
-    return t <= CW_T_HTTP_URL;
+    return t <= CW_T_PG_URL;
 }
 
 /* A key's default, by type: .i for numbers, booleans and choices, .d for

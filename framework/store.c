@@ -5,7 +5,9 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "framework/config.h"
 #include "framework/error.h"
+#include "framework/owner.h"
 #include "framework/store.h"
 
 /* The database behind the "memory" backend: SQLite's private in-memory
@@ -90,6 +92,25 @@ void cw__store_copy_text(char *dst, size_t size, const char *src, size_t n)
     if (n)
         memcpy(dst, src, n);
     dst[n] = '\0';
+}
+
+void cw_store_opts_of(const cw_config *cfg, const char *owner, bool heartbeat,
+                      cw_store_opts *out)
+{
+    static const char *const names[] = {[CW_STORE_SQLITE] = "sqlite",
+                                         [CW_STORE_MEMORY] = "memory",
+                                         [CW_STORE_POSTGRESQL] = "postgresql"};
+    *out = (cw_store_opts){
+        .backend = names[cfg->store_backend],
+        .path = cfg->store_path,
+        .url = cfg->store_url,
+        .schema = cfg->store_schema,
+        .owner = owner,
+        .lease_ms = cfg->lease_ms,
+        .sync_full = cfg->store_sync_full,
+        .heartbeat = heartbeat,
+        .owner_alive = cw__owner_alive,
+    };
 }
 
 void cw_store_free(cw_store *s)

@@ -144,6 +144,14 @@ struct cw_store {
     void *owner_alive_data;
 };
 
+struct cw_config;
+
+/* The options of the store a pool's configuration names ([store]), for
+ * `owner`; the strings are borrowed from cfg. `heartbeat` as a worker
+ * wants it (see cw_store_opts). */
+void cw_store_opts_of(const struct cw_config *cfg, const char *owner, bool heartbeat,
+                      cw_store_opts *out);
+
 /* Opens the backend named in opts, creating or migrating its schema.
  * CW_STATUS_CONFIG for an unknown backend or bad options; CW_STATUS_STORE
  * (with the path or the masked URL and the database's message) when it cannot

@@ -19,8 +19,10 @@
 
 /* ---- messages without credentials ---------------------------------------- */
 
-/* Copies `msg` into out, each occurrence of the password replaced with
- * "****" and trailing blanks dropped (libpq ends its messages with '\n'). */
+/* Copies `msg` into out as one line: each occurrence of the password
+ * replaced with "****", each line break (with the blanks after it) made one
+ * space, trailing blanks dropped (libpq ends its messages with '\n' and
+ * indents its hints on lines of their own). */
 static void scrub(const char *password, const char *msg, char *out, size_t cap)
 {
     size_t o = 0, plen = password ? strlen(password) : 0;
@@ -29,6 +31,13 @@ static void scrub(const char *password, const char *msg, char *out, size_t cap)
             for (const char *m = "****"; *m && o + 1 < cap; m++)
                 out[o++] = *m;
             p += plen;
+            continue;
+        }
+        if (*p == '\n' || *p == '\r') {
+            while (*p == '\n' || *p == '\r' || *p == '\t' || *p == ' ')
+                p++;
+            if (o > 0 && out[o - 1] != ' ')
+                out[o++] = ' ';
             continue;
         }
         out[o++] = *p++;

@@ -2,6 +2,7 @@
 #include <amqp.h>
 #include <ctype.h>
 #include <curl/curl.h>
+#include <libpq-fe.h>
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
@@ -155,13 +156,81 @@ void cw__url_redact(const char *url, char *out, size_t cap)
     const char *sep = strstr(url, "://");
     const char *host = sep ? sep + 3 : url;
     const char *end = host + strcspn(host, "/?#");
-    const char *at = memchr(host, '@', (size_t)(end - host));
+    /* The user information ends at the last '@' of the authority: a
+     * password may hold an '@' of its own. */
+    const char *at = memrchr(host, '@', (size_t)(end - host));
     int scheme_len = (int)(host - url);
 
     if (at != NULL)
         host = at + 1;
     snprintf(out, cap, "%.*s%.*s%s", scheme_len, url, (int)(end - host), host,
              *end != '\0' ? "/***" : "");
+}
+
+bool cw__url_pg_valid(const char *conninfo, char *why, size_t why_len)
+{
+    if (!conninfo || !*conninfo) {
+        snprintf(why, why_len, "empty: a PostgreSQL connection URI or key=value string");
+        return false;
+    }
+    char *err = NULL;
+    PQconninfoOption *o = PQconninfoParse(conninfo, &err);
+    PQfreemem(err); /* it may quote the string */
+    if (!o) {
+        snprintf(why, why_len,
+                 "libpq does not read it as a connection URI (postgresql://user@host:port/db) "
+                 "or key=value string");
+        return false;
+    }
+    PQconninfoFree(o);
+    return true;
+}
+
+void cw__url_pg_mask(const char *conninfo, char *out, size_t cap)
+{
+    if (cap == 0)
+        return;
+    char first[CW_URL_MAX + 1];
+    bool uri = strstr(conninfo ? conninfo : "", "://") != NULL;
+    if (uri)
+        cw__url_mask(conninfo, first, sizeof first);
+    else
+        snprintf(first, sizeof first, "%s", conninfo ? conninfo : "");
+    /* password=VALUE: up to '&' or '#' in a URI; a quoted value, or up to a
+     * blank, in key=value form. */
+    size_t o = 0;
+    for (const char *p = first; *p && o + 1 < cap;) {
+        if (strncasecmp(p, "password", 8) == 0) {
+            const char *q = p + 8;
+            while (!uri && (*q == ' ' || *q == '\t'))
+                q++;
+            if (*q == '=') {
+                q++;
+                while (!uri && (*q == ' ' || *q == '\t'))
+                    q++;
+                size_t keep = (size_t)(q - p);
+                for (size_t i = 0; i < keep && o + 1 < cap; i++)
+                    out[o++] = p[i];
+                for (const char *m = "***"; *m && o + 1 < cap; m++)
+                    out[o++] = *m;
+                if (uri) {
+                    q += strcspn(q, "&#");
+                } else if (*q == '\'') {
+                    for (q++; *q && *q != '\''; q++)
+                        if (*q == '\\' && q[1])
+                            q++;
+                    if (*q == '\'')
+                        q++;
+                } else {
+                    q += strcspn(q, " \t");
+                }
+                p = q;
+                continue;
+            }
+        }
+        out[o++] = *p++;
+    }
+    out[o] = '\0';
 }
 
 void cw__url_origin(const char *url, char *out, size_t cap)

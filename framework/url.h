@@ -52,6 +52,19 @@ bool cw__url_list_valid(const char *urls, char *why, size_t why_len);
  * separated by single spaces, into `out`, cut to cap - 1 bytes. */
 void cw__url_list_mask(const char *urls, char *out, size_t cap);
 
+/* ---- PostgreSQL connection strings ------------------------------------------
+ * [store] url: a postgresql:// (or postgres://) URI, or libpq's key=value
+ * form ("host=db1 dbname=orders user=cw"), as libpq documents them. */
+
+/* Whether libpq reads `conninfo` as a connection string. When not, `why`
+ * says so without quoting it (it may hold a password). */
+bool cw__url_pg_valid(const char *conninfo, char *why, size_t why_len);
+
+/* `conninfo` with every password masked as "***": a URI's user information
+ * (cw__url_mask()) and its password= query parameter, or the value of a
+ * key=value string's password (quoted or not). */
+void cw__url_pg_mask(const char *conninfo, char *out, size_t cap);
+
 /* ---- webhook URLs -------------------------------------------------------- */
 
 /* Whether `url` is an http:// or https:// URL (scheme case-insensitive) with
@@ -59,8 +72,9 @@ void cw__url_list_mask(const char *urls, char *out, size_t cap);
  * what is wrong, never quoting the URL (it often carries a token). */
 bool cw__url_webhook_valid(const char *url, char *why, size_t why_len);
 
-/* scheme://host[:port] of `url`, into `out`: what comes before the first '@'
- * of the authority (the user information) is left out, and "/" and "***"
+/* scheme://host[:port] of `url`, into `out`: what comes before the last '@'
+ * of the authority (the user information, whose password may hold an '@')
+ * is left out, and "/" and "***"
  * stand for anything that follows it (a path, query or fragment: they often
  * hold a token). What `config check` shows of [alert] webhook. */
 void cw__url_redact(const char *url, char *out, size_t cap);

@@ -5,6 +5,8 @@
 
 #include "framework/config.h"
 #include "framework/error.h"
+#include "framework/owner.h"
+#include "framework/store.h"
 #include "workers/cli.h"
 #include "workers/notify.h"
 #include "workers/pool.h"
@@ -16,7 +18,10 @@ static const char config_usage[] =
     "applied), and prints every effective value as INI, each with its source:\n"
     "the file and line, the environment variable, the flag, or the default.\n"
     "Passwords in URLs and secret-looking plugin settings are masked.\n"
-    "Exit code 0 when the configuration is valid, 2 (with the reason) when not.\n";
+    "It also asks the store, changing nothing: whether its schema is there and\n"
+    "at which version (for PostgreSQL, connecting to the server).\n"
+    "Exit code 0 when the configuration is valid, 2 (with the reason) when not,\n"
+    "1 when the store cannot be reached or read (with libpq's or SQLite's reason).\n";
 
 typedef struct printer {
     const char *file;
@@ -67,7 +72,20 @@ int cw_cmd_config(int argc, char **argv)
     int rc = cw_pool_cli_load(argc - 1, argv + 1, "config check", config_usage, &po, &cfg);
     if (rc >= 0)
         return rc;
+    /* The store is asked too (without changing it): a PostgreSQL server that
+     * refuses or does not answer is reported at once. */
+    char owner[128], store[1024];
+    cw__owner_self(owner, sizeof owner);
+    cw_store_opts so;
+    cw_store_opts_of(cfg, owner, false, &so);
+    if ((rc = cw_store_probe(&so, store, sizeof store))) {
+        char why[2048];
+        snprintf(why, sizeof why, "%s", cw_error_last());
+        cw_config_free(cfg);
+        return cw_cli_fail(rc == CW_STATUS_CONFIG ? CW_EXIT_USAGE : CW_EXIT_FAILURE, "%s", why);
+    }
     printf("; %s: valid (sd_notify: %s)\n", cfg->path, cw_notify_available() ? "yes" : "no");
+    printf("; store: %s\n", store);
     printer pr = {.file = cfg->path};
     cw_config_describe(cfg, print_entry, &pr);
     cw_config_free(cfg);

@@ -47,20 +47,14 @@ int cw_cli_store_open(const cw_config *cfg, bool must_exist, cw_store **out)
                          "itself, so they cannot be read or reopened from here (use sqlite)",
                          cfg->path && cfg->path[0] ? cfg->path : "the configuration");
     struct stat sb;
-    if (must_exist && stat(cfg->store_path, &sb) != 0)
+    if (must_exist && cfg->store_backend == CW_STORE_SQLITE && stat(cfg->store_path, &sb) != 0)
         return cw__error(CW_STATUS_NOT_FOUND,
                          "the store %s does not exist (no worker of pool '%s' ran on this host)",
                          cfg->store_path, cfg->name);
     char owner[128];
     cw__owner_self(owner, sizeof owner);
-    cw_store_opts so = {
-        .backend = "sqlite",
-        .path = cfg->store_path,
-        .owner = owner,
-        .lease_ms = cfg->lease_ms,
-        .sync_full = cfg->store_sync_full,
-        .owner_alive = cw__owner_alive,
-    };
+    cw_store_opts so;
+    cw_store_opts_of(cfg, owner, false, &so);
     return cw_store_open(out, &so);
 }
 

@@ -91,15 +91,7 @@ int cw_worker_new(cw_worker **out, const cw_config *cfg, cw_registry *reg)
             w->policy[i].max_delay_ms = CW_DELAY_MAX_MS;
     }
 
-    w->store_opts = (cw_store_opts){
-        .backend = cfg->store_backend == CW_STORE_MEMORY ? "memory" : "sqlite",
-        .path = cfg->store_path,
-        .owner = w->id,
-        .lease_ms = cfg->lease_ms,
-        .sync_full = cfg->store_sync_full,
-        .heartbeat = true,
-        .owner_alive = cw__owner_alive,
-    };
+    cw_store_opts_of(cfg, w->id, true, &w->store_opts);
     /* A store server that does not answer yet is waited for by
      * cw_worker_run(), which a stop can interrupt. */
     rc = cw_store_open(&w->store, &w->store_opts);

@@ -69,6 +69,7 @@
 #include <unistd.h>
 
 #include <curl/curl.h>
+#include <libpq-fe.h>
 #include <sqlite3.h>
 
 #include "cwtest.h"
@@ -156,6 +157,7 @@ typedef struct chaos {
     task *t;
     char faults_file[400];  /* exists: the permanent fault is removed */
     char store[400];
+    char pg_schema[96];     /* CW_CHAOS_STORE=postgresql: the store's schema */
     char host[128];
     killer k;
 
@@ -541,10 +543,44 @@ static sqlite3_stmt *db_prepare(sqlite3 *db, const char *sql)
     return st;
 }
 
+/* A query on the PostgreSQL store of the run (CW_CHAOS_STORE=postgresql):
+ * its result, PQclear() it. */
+static PGresult *pg_query(const chaos *c, const char *fmt)
+{
+    char sql[512];
+    snprintf(sql, sizeof sql, fmt, c->pg_schema);
+    PGconn *conn = PQconnectdb(getenv("CW_TEST_PG_URL"));
+    if (PQstatus(conn) != CONNECTION_OK)
+        fail_msg("connecting to the store: %s", PQerrorMessage(conn));
+    PGresult *r = PQexec(conn, sql);
+    if (PQresultStatus(r) != PGRES_TUPLES_OK) {
+        /* The first worker may not have made the schema yet. */
+        bool missing = strstr(PQresultErrorMessage(r), "does not exist") != NULL;
+        char err[512];
+        snprintf(err, sizeof err, "%s", PQresultErrorMessage(r));
+        PQclear(r);
+        PQfinish(conn);
+        if (missing)
+            return NULL;
+        fail_msg("%s: %s", sql, err);
+    }
+    PQfinish(conn);
+    return r;
+}
+
 /* The store's records by state: [0] none ... [5] replayed, [6] others. */
 static void store_states(const chaos *c, long counts[7])
 {
     memset(counts, 0, 7 * sizeof *counts);
+    if (c->pg_schema[0]) {
+        PGresult *r = pg_query(c, "SELECT state, count(*) FROM \"%s\".cw_tasks GROUP BY state");
+        for (int i = 0; r && i < PQntuples(r); i++) {
+            int s = atoi(PQgetvalue(r, i, 0));
+            counts[s >= 0 && s <= 5 ? s : 6] += atol(PQgetvalue(r, i, 1));
+        }
+        PQclear(r);
+        return;
+    }
     if (access(c->store, F_OK) != 0)
         return;
     sqlite3 *db = db_open(c->store);
@@ -577,6 +613,23 @@ static void store_read(chaos *c)
     for (unsigned i = 0; i < c->n; i++) {
         c->t[i].state = 0;
         c->t[i].settled_by = -1;
+    }
+    if (c->pg_schema[0]) {
+        PGresult *r =
+            pg_query(c, "SELECT message_id, state, owner, attempts FROM \"%s\".cw_tasks");
+        for (int k = 0; r && k < PQntuples(r); k++) {
+            const char *id = PQgetvalue(r, k, 0);
+            long i = task_index(c, id);
+            if (i < 0)
+                fail_msg("the store has a record of '%s', which the test never published", id);
+            c->t[i].state = (uint8_t)atoi(PQgetvalue(r, k, 1));
+            c->t[i].settled_by =
+                owner_pid(c, PQgetisnull(r, k, 2) ? NULL : PQgetvalue(r, k, 2));
+            long a = atol(PQgetvalue(r, k, 3));
+            c->t[i].attempts = (uint16_t)(a < 0 ? 0 : a > UINT16_MAX ? UINT16_MAX : a);
+        }
+        PQclear(r);
+        return;
     }
     sqlite3 *db = db_open(c->store);
     sqlite3_stmt *st = db_prepare(db, "SELECT message_id, state, owner, attempts FROM tasks");
@@ -1197,6 +1250,18 @@ static void test_chaos(void **state)
              "\n[broker]\nprefetch = 64\n"
              "\n[retry]\nmax_attempts = 4\ninterval = 100ms\nbackoff_rate = 2.0\n"
              "max_delay = 1600ms\njitter = full\nmax_deliveries = 10\n");
+    /* CW_CHAOS_STORE=postgresql: the same run on the fleet store, in a
+     * schema of its own on the test's PostgreSQL server. */
+    const char *store_kind = getenv("CW_CHAOS_STORE");
+    char store_lines[1024];
+    if (store_kind && strcmp(store_kind, "postgresql") == 0) {
+        snprintf(c->pg_schema, sizeof c->pg_schema, "chaos_%ld", (long)getpid());
+        cwtest_pg_store_lines(store_lines, sizeof store_lines, c->pg_schema);
+        po.store_lines = store_lines;
+    } else if (store_kind && *store_kind && strcmp(store_kind, "sqlite") != 0) {
+        fail_msg("CW_CHAOS_STORE must be sqlite or postgresql, not '%s'", store_kind);
+    }
+    printf("chaos: store %s\n", c->pg_schema[0] ? "postgresql" : "sqlite");
     cwtest_env *env = cwtest_begin(state, "chaos", &po);
     c->env = env;
     snprintf(c->faults_file, sizeof c->faults_file, "%s/faults-removed", env->dir);

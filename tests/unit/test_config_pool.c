@@ -303,13 +303,68 @@ static void test_describe(void **state)
     clear_env();
 }
 
+/* The PostgreSQL store's keys: backend, url (masked however it is written),
+ * schema, the environment; a missing url. */
+static void test_store_postgresql(void **state)
+{
+    (void)state;
+    cw_config *cfg = NULL;
+    assert_int_equal(load_text("[pool]\nname = p\n[store]\nbackend = postgresql\n"
+                               "url = postgresql://cw:s3cr3t@db1:5432/orders?sslmode=verify-full\n"
+                               "schema = Pool One\n",
+                               &cfg),
+                     0);
+    assert_int_equal(cfg->store_backend, CW_STORE_POSTGRESQL);
+    assert_string_equal(cfg->store_url, "postgresql://cw:s3cr3t@db1:5432/orders?sslmode=verify-full");
+    assert_string_equal(cfg->store_schema, "Pool One");
+    seen s = {""};
+    cw_config_describe(cfg, collect, &s);
+    if (!strstr(s.text, "[store] url = postgresql://cw:***@db1:5432/orders?sslmode=verify-full"))
+        fail_msg("%s", s.text);
+    assert_non_null(strstr(s.text, "[store] backend = postgresql | file 4"));
+    assert_non_null(strstr(s.text, "[store] schema = Pool One | file 6"));
+    assert_null(strstr(s.text, "s3cr3t"));
+    cw_config_free(cfg);
+
+    /* key=value form and a password in the URI's query: masked too. */
+    setenv("CW_STORE_URL", "host=db2 dbname=orders password = 'it\\'s secret' user=cw", 1);
+    assert_int_equal(load_text("[pool]\nname = p\n[store]\nbackend = postgresql\n", &cfg), 0);
+    assert_string_equal(cfg->store_schema, "compworker");
+    memset(&s, 0, sizeof s);
+    cw_config_describe(cfg, collect, &s);
+    if (!strstr(s.text, "[store] url = host=db2 dbname=orders password = *** user=cw | env 0 "
+                        "CW_STORE_URL"))
+        fail_msg("%s", s.text);
+    assert_null(strstr(s.text, "secret"));
+    cw_config_free(cfg);
+    setenv("CW_STORE_URL", "postgres://db3/orders?user=cw&password=hush&sslmode=require", 1);
+    assert_int_equal(load_text("[pool]\nname = p\n[store]\nbackend = postgresql\n", &cfg), 0);
+    memset(&s, 0, sizeof s);
+    cw_config_describe(cfg, collect, &s);
+    assert_non_null(strstr(s.text, "password=***&sslmode=require"));
+    assert_null(strstr(s.text, "hush"));
+    cw_config_free(cfg);
+    unsetenv("CW_STORE_URL");
+
+    /* A url is required; a url libpq cannot read is refused unquoted. */
+    assert_int_equal(load_text("[pool]\nname = p\n[store]\nbackend = postgresql\n", &cfg),
+                     CW_STATUS_CONFIG);
+    assert_non_null(strstr(cw_error_last(), "[store] url: required with backend = postgresql"));
+    assert_int_equal(load_text("[pool]\nname = p\n[store]\nurl = postgresql://cw:s3cr3t@[::1/x\n",
+                               &cfg),
+                     CW_STATUS_CONFIG);
+    assert_non_null(strstr(cw_error_last(), "[store] url"));
+    assert_null(strstr(cw_error_last(), "s3cr3t"));
+    clear_env();
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_defaults),   cmocka_unit_test(test_pool_keys),
         cmocka_unit_test(test_pool_key_errors), cmocka_unit_test(test_listen_parse),
         cmocka_unit_test(test_env),        cmocka_unit_test(test_override),
-        cmocka_unit_test(test_describe),
+        cmocka_unit_test(test_describe),   cmocka_unit_test(test_store_postgresql),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

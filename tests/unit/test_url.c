@@ -313,6 +313,9 @@ static void test_redact(void **state)
     redact_eq("https://h?token=1", "https://h/***");
     redact_eq("https://h#token", "https://h/***");
     redact_eq("https://[::1]:8443/x", "https://[::1]:8443/***");
+    /* A password holding '@': the user information ends at the last '@'
+     * of the authority, as the webhook check reads it. */
+    redact_eq("https://user:p@ss@hooks/x", "https://hooks/***");
     cw__url_redact("https://hooks.example.com/T0K3N", out, sizeof out);
     assert_string_equal(out, "https://hoo");
 }
