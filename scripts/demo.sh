@@ -11,7 +11,22 @@
 # that each was applied exactly once and the failures were dead-lettered.
 # Exits with the report's status: 0 when everything matched. ORDERS=N
 # publishes N orders instead of 50.
+#
+#   scripts/demo.sh --fleet
+#
+# runs the same saga on two pools of one pool name -- two "hosts", each with
+# its own directory and pool file (var/demo/host-a, var/demo/host-b) -- that
+# share one PostgreSQL store (a throwaway server on 127.0.0.1:5433, in
+# var/demo-pg, unless CW_STORE_URL names one), as a pool spread over several
+# hosts must.
 set -euo pipefail
+
+fleet=0
+case "${1:-}" in
+"") ;;
+--fleet) fleet=1 ;;
+*) echo "usage: scripts/demo.sh [--fleet]" >&2; exit 2 ;;
+esac
 
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -29,17 +44,24 @@ say "building in build/"
 cmake -S . -B build -DCW_BUILD_EXAMPLES=ON >/dev/null
 cmake --build build -j2
 
-worker_pid=""
+pool_pids=()
 broker_dir=""
+pg_dir=""
 # shellcheck disable=SC2317  # called by the EXIT trap
 cleanup() {
-    if [ -n "$worker_pid" ] && kill -0 "$worker_pid" 2>/dev/null; then
-        kill -TERM "$worker_pid" 2>/dev/null || true
-        wait "$worker_pid" 2>/dev/null || true
-    fi
+    for pid in "${pool_pids[@]}"; do
+        if kill -0 "$pid" 2>/dev/null; then
+            kill -TERM "$pid" 2>/dev/null || true
+            wait "$pid" 2>/dev/null || true
+        fi
+    done
     if [ -n "$broker_dir" ]; then
         echo "demo: stopping the throwaway RabbitMQ node" >&2
         tests/harness/rabbitmq.sh stop "$broker_dir" || true
+    fi
+    if [ -n "$pg_dir" ]; then
+        echo "demo: stopping the throwaway PostgreSQL server" >&2
+        tests/harness/postgres.sh stop "$pg_dir" || true
     fi
 }
 trap cleanup EXIT
@@ -63,10 +85,30 @@ else
     fi
 fi
 
+store_lines="backend = sqlite
+path = $demo/orders.db"
+if [ $fleet = 1 ]; then
+    if [ -n "${CW_STORE_URL:-}" ]; then
+        say "using the PostgreSQL store of CW_STORE_URL"
+        store_url=$CW_STORE_URL
+    else
+        say "starting a throwaway PostgreSQL server on 127.0.0.1:5433 (var/demo-pg)"
+        pg_dir=$root/var/demo-pg
+        rm -rf "$pg_dir"
+        tests/harness/postgres.sh start "$pg_dir" 5433
+        store_url=$(tests/harness/postgres.sh url "$pg_dir")
+    fi
+    store_lines="backend = postgresql
+url = $store_url
+schema = demo_orders"
+fi
+
 say "preparing var/demo"
 rm -rf "$demo"
 mkdir -p "$demo"
-cat >"$demo/pool.ini" <<INI
+# pool_file DIR: the pool file of one host.
+pool_file() {
+cat >"$1/pool.ini" <<INI
 ; Written by scripts/demo.sh; see examples/order-saga/pool.ini for every key.
 [broker]
 url = amqp://guest:guest@127.0.0.1:5672/
@@ -85,8 +127,7 @@ shutdown_timeout = 30s
 metrics_listen = 127.0.0.1:0
 
 [store]
-backend = sqlite
-path = $demo/orders.db
+$store_lines
 lease = 1m
 retention = 1d
 synchronous = full
@@ -113,30 +154,51 @@ ledger = $demo/ledger.db
 [plugin cancel-shipment]
 ledger = $demo/ledger.db
 INI
+}
+if [ $fleet = 1 ]; then
+    hosts=("$demo/host-a" "$demo/host-b")
+else
+    hosts=("$demo")
+fi
+for h in "${hosts[@]}"; do
+    mkdir -p "$h"
+    pool_file "$h"
+done
+pool_ini=${hosts[0]}/pool.ini
 # Tasks left in the queues by an interrupted run must not count in this one.
 "$saga/order-saga-report" --purge --url "$url" --dlq cw.dlq.orders --queue cw.orders
 
-say "starting a pool of 2 workers (log: var/demo/worker.log)"
-# CW_AMQP_URL, when set, overrides the url of the pool file.
-"$build/compworker" run -c "$demo/pool.ini" >"$demo/worker.log" 2>&1 &
-worker_pid=$!
-consuming() { grep -c 'msg="consuming' "$demo/worker.log" || true; }
-for _ in $(seq 1 60); do
-    [ "$(consuming)" -ge 2 ] && break
-    if ! kill -0 "$worker_pid" 2>/dev/null; then
-        wait "$worker_pid" || true
-        worker_pid=""
-        echo "demo: the pool exited during start:" >&2
-        tail -20 "$demo/worker.log" >&2
+for h in "${hosts[@]}"; do
+    log=${h#"$root"/}/worker.log
+    if [ $fleet = 1 ]; then
+        say "starting a pool of 2 workers on \"host\" $(basename "$h") (log: $log)"
+        "$build/compworker" config check -c "$h/pool.ini" | grep '^; store:'
+    else
+        say "starting a pool of 2 workers (log: $log)"
+    fi
+    # CW_AMQP_URL, when set, overrides the url of the pool file.
+    "$build/compworker" run -c "$h/pool.ini" >"$h/worker.log" 2>&1 &
+    pool_pids+=($!)
+done
+for i in "${!hosts[@]}"; do
+    h=${hosts[$i]}
+    consuming() { grep -c 'msg="consuming' "$h/worker.log" || true; }
+    for _ in $(seq 1 60); do
+        [ "$(consuming)" -ge 2 ] && break
+        if ! kill -0 "${pool_pids[$i]}" 2>/dev/null; then
+            wait "${pool_pids[$i]}" || true
+            echo "demo: the pool exited during start:" >&2
+            tail -20 "$h/worker.log" >&2
+            exit 1
+        fi
+        sleep 0.5
+    done
+    if [ "$(consuming)" -lt 2 ]; then
+        echo "demo: the pool's 2 workers are not consuming after 30 s:" >&2
+        tail -20 "$h/worker.log" >&2
         exit 1
     fi
-    sleep 0.5
 done
-if [ "$(consuming)" -lt 2 ]; then
-    echo "demo: the pool's 2 workers are not consuming after 30 s:" >&2
-    tail -20 "$demo/worker.log" >&2
-    exit 1
-fi
 
 say "publishing the compensations of $orders failed orders"
 "$saga/order-saga-publish" --url "$url" --exchange cw.tasks --ledger "$demo/ledger.db" \
@@ -147,11 +209,11 @@ status=0
 "$saga/order-saga-report" --url "$url" --ledger "$demo/ledger.db" --dlq cw.dlq.orders \
     --queue cw.orders --wait 60 || status=$?
 
-say "transient failures retried (from var/demo/worker.log)"
-grep 'retrying in' "$demo/worker.log" | sed -e 's/^.*msg="//' -e 's/" message_id=/  message_id=/' || \
-    echo "  (none)"
+say "transient failures retried (from the worker logs)"
+cat "${hosts[@]/%//worker.log}" | grep 'retrying in' |
+    sed -e 's/^.*msg="//' -e 's/" message_id=/  message_id=/' || echo "  (none)"
 
-metrics=$(grep -o 'serving metrics at http://[^ "]*' "$demo/worker.log" | head -1 | sed 's/^serving metrics at //')
+metrics=$(grep -o 'serving metrics at http://[^ "]*' "${hosts[0]}/worker.log" | head -1 | sed 's/^serving metrics at //')
 if [ -n "$metrics" ]; then
     say "the pool's counters, from $metrics"
     if command -v curl >/dev/null; then
@@ -163,17 +225,17 @@ fi
 
 say "fixing the causes and replaying the dead-lettered tasks (compworker dlq)"
 cw() { "$build/compworker" "$@"; }
-cw dlq stats -c "$demo/pool.ini" || status=1
+cw dlq stats -c "$pool_ini" || status=1
 # The two refunds name payments with a stray "-x": correct each body as it is
 # replayed (--edit runs $EDITOR on the body; here a scripted one).
-for id in $(cw dlq list -c "$demo/pool.ini" --grep "unknown payment" --json |
+for id in $(cw dlq list -c "$pool_ini" --grep "unknown payment" --json |
             sed -n 's/^{"message_id":"\([^"]*\)".*/\1/p'); do
-    EDITOR='sed -i -e s/-x"/"/' cw dlq replay -c "$demo/pool.ini" --edit "$id" || status=1
+    EDITOR='sed -i -e s/-x"/"/' cw dlq replay -c "$pool_ini" --edit "$id" || status=1
 done
 # The shipment was recorded as delivered by mistake: correct the ledger, then
 # replay the cancel as it was.
 sqlite3 "$demo/ledger.db" "UPDATE shipments SET status = 'booked' WHERE status = 'delivered'"
-cw dlq replay -c "$demo/pool.ini" --type shipment.cancel || status=1
+cw dlq replay -c "$pool_ini" --type shipment.cancel || status=1
 unique=$(sed -n 's/.*"unique": *\([0-9]*\).*/\1/p' "$demo/ledger.db.expected.json" | head -1)
 for _ in $(seq 1 60); do
     applied=$(sqlite3 "$demo/ledger.db" "SELECT count(*) FROM effects")
@@ -182,7 +244,7 @@ for _ in $(seq 1 60); do
 done
 twice=$(sqlite3 "$demo/ledger.db" \
     "SELECT count(*) FROM (SELECT message_id FROM effects GROUP BY message_id HAVING count(*) > 1)")
-left=$(cw dlq list -c "$demo/pool.ini" --json | grep -c message_id || true)
+left=$(cw dlq list -c "$pool_ini" --json | grep -c message_id || true)
 echo "after the replay: $applied of $unique unique compensations applied, $twice applied twice," \
      "$left left in the dead-letter queue"
 if [ "$applied" != "$unique" ] || [ "$twice" != 0 ] || [ "$left" != 0 ]; then
@@ -191,28 +253,43 @@ if [ "$applied" != "$unique" ] || [ "$twice" != 0 ] || [ "$left" != 0 ]; then
 fi
 
 say "stopping the pool (SIGTERM: in-flight tasks settle, then exit 0)"
-worker_status=0
-if kill -TERM "$worker_pid" 2>/dev/null; then
-    wait "$worker_pid" || worker_status=$?
-else
-    wait "$worker_pid" || worker_status=$?
-    echo "demo: the pool had already exited (status $worker_status); the end of its log:" >&2
-    tail -5 "$demo/worker.log" >&2
-    [ "$worker_status" -ne 0 ] || worker_status=1
-fi
-worker_pid=""
-if [ "$worker_status" -ne 0 ]; then
-    echo "demo: the pool exited with status $worker_status" >&2
-    [ "$status" -ne 0 ] || status=1
+for i in "${!hosts[@]}"; do
+    pid=${pool_pids[$i]}
+    worker_status=0
+    if kill -TERM "$pid" 2>/dev/null; then
+        wait "$pid" || worker_status=$?
+    else
+        wait "$pid" || worker_status=$?
+        echo "demo: the pool had already exited (status $worker_status); the end of its log:" >&2
+        tail -5 "${hosts[$i]}/worker.log" >&2
+        [ "$worker_status" -ne 0 ] || worker_status=1
+    fi
+    if [ "$worker_status" -ne 0 ]; then
+        echo "demo: the pool exited with status $worker_status" >&2
+        [ "$status" -ne 0 ] || status=1
+    fi
+done
+pool_pids=()
+if [ $fleet = 1 ]; then
+    say "what each host did (from its workers' last lines)"
+    for h in "${hosts[@]}"; do
+        sed -n 's/.*msg="stopped: \([0-9]*\) received, \([0-9]*\) applied, \([0-9]*\) duplicates.*/\1 \2 \3/p' \
+            "$h/worker.log" | awk -v host="$(basename "$h")" \
+            '{r+=$1; a+=$2; d+=$3} END {printf "  %s: %d deliveries, %d applied, %d duplicates skipped\n", host, r, a, d}'
+    done
 fi
 
 cat <<EOF
 
 Logs and state are in var/demo:
-  worker log     var/demo/worker.log
+  worker log     $(printf '%s ' "${hosts[@]/%//worker.log}" | sed "s#$root/##g")
   ledger         var/demo/ledger.db   (sqlite3 var/demo/ledger.db 'SELECT * FROM effects')
   expectations   var/demo/ledger.db.expected.json
-  store          var/demo/orders.db
 EOF
+if [ $fleet = 1 ]; then
+    echo "  store          the PostgreSQL server's schema demo_orders"
+else
+    echo "  store          var/demo/orders.db"
+fi
 [ -z "$broker_dir" ] || echo "  broker log     var/demo-broker/log"
 exit "$status"
