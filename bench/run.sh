@@ -5,13 +5,18 @@
 #
 #   bench/run.sh BUILD_DIR
 #   N=100000 RUNS=3 PREFETCH=1000 QUEUE_TYPES="classic quorum" WORKERS="1 2" \
-#     SECTIONS="throughput latency retry rss store" STORE_RECORDS=10000000 bench/run.sh build
+#     SECTIONS="throughput latency retry rss store pg" STORE_RECORDS=10000000 bench/run.sh build
 #
 # The baseline, the denominator of every ratio, is bench/cwbench.c's bare
 # rabbitmq-c consumer: manual acks, the same prefetch, the same persistent
 # messages on the same queue, no work. compworker runs the no-op handler of
 # bench/noop_plugin.c with its SQLite store on and durable (synchronous=full).
 # Both rates are (messages - 1) / (last delivery or handler start - first).
+#
+# The section "pg" runs the same compworker on the PostgreSQL store (a
+# throwaway PostgreSQL 15 on port ${BENCH_PG_PORT:-5691}, synchronous_commit
+# on) beside the SQLite store and the bare consumer, on a quorum queue, and
+# measures the store's sweep of a large expired history while it works.
 #
 # Starts a throwaway RabbitMQ node on port ${BENCH_PORT:-5690}; prints tables
 # and writes BUILD_DIR/bench.json. The 10-million-record store is built once
@@ -24,7 +29,8 @@ RUNS=${RUNS:-3}
 PREFETCH=${PREFETCH:-1000}
 QUEUE_TYPES=${QUEUE_TYPES:-classic quorum}
 WORKERS=${WORKERS:-1 2}
-SECTIONS=${SECTIONS:-throughput latency retry rss store}
+SECTIONS=${SECTIONS:-throughput latency retry rss store pg}
+PG_SWEEP_RECORDS=${PG_SWEEP_RECORDS:-200000}
 STORE_RECORDS=${STORE_RECORDS:-10000000}
 port=${BENCH_PORT:-5690}
 url=amqp://guest:guest@127.0.0.1:$port/
@@ -35,9 +41,12 @@ pool=""
 json=()
 
 die() { echo "bench: $*" >&2; exit 1; }
+pg_port=${BENCH_PG_PORT:-5691}
+pg_url=""
 cleanup() {
     [ -n "$pool" ] && kill -TERM "$pool" 2>/dev/null && wait "$pool" 2>/dev/null
     "$src/tests/harness/rabbitmq.sh" stop "$work/broker" || true
+    [ -z "$pg_url" ] || "$src/tests/harness/postgres.sh" stop "$work/pg" || true
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -50,12 +59,22 @@ pct() { sort -g | awk -v p="$1" '{a[NR]=$1} END {i=int(NR*p/100+0.999); if(i<1)i
 wait_empty() { # queue
     while [ "$("$bench" depth "$url" "$1")" != 0 ]; do sleep 0.02; done
 }
+# pg_sql SQL: one value from the bench's PostgreSQL server.
+pg_sql() { psql -X -q -A -t -d "$pg_url" -c "$1"; }
+# done_after STORE BASE: done records after row BASE of a SQLite file, or of
+# a PostgreSQL schema when STORE is "pg:SCHEMA".
+done_after() {
+    case $1 in
+    pg:*) pg_sql "SELECT count(*) FROM \"${1#pg:}\".cw_tasks WHERE id > $2 AND state = 2" ;;
+    *) sqlite3 "$1" ".timeout 5000" "SELECT count(*) FROM tasks WHERE id > $2 AND state = 2" ;;
+    esac
+}
 # wait_done STORE BASE N DIR: until the store holds N done records after row BASE
 # (the queue's ready count reaches 0 while the last prefetch window still runs).
 wait_done() {
     local i n=0
     for i in $(seq 6000); do
-        n=$(sqlite3 "$1" ".timeout 5000" "SELECT count(*) FROM tasks WHERE id > $2 AND state = 2")
+        n=$(done_after "$1" "$2")
         [ "$n" -ge "$3" ] && return 0
         sleep 0.05
     done
@@ -68,11 +87,21 @@ hz=$(getconf CLK_TCK)
 us_per_msg() { echo "$1 * 1000000 / $hz / $2" | bc -l; } # TICKS MESSAGES
 workers_of() { pgrep -P "$pool" | tr '\n' ' '; }
 
-# start_pool DIR QTYPE WORKERS [STORE_FILE]: starts `compworker run` on
-# queue cw.bench-QTYPE and waits until all its workers consume.
+# start_pool DIR QTYPE WORKERS [STORE]: starts `compworker run` on queue
+# cw.bench-QTYPE and waits until all its workers consume. STORE is a SQLite
+# file (default DIR/store.db) or "pg:SCHEMA" for the PostgreSQL store.
 start_pool() {
-    local dir=$1 qtype=$2 nw=$3 store=${4:-$1/store.db}
+    local dir=$1 qtype=$2 nw=$3 store=${4:-$1/store.db} store_lines
     mkdir -p "$dir/stats"
+    case $store in
+    pg:*) store_lines="backend = postgresql
+url = $pg_url
+schema = ${store#pg:}
+retention = ${RETENTION:-7d}" ;;
+    *) store_lines="backend = sqlite
+path = $store
+synchronous = full" ;;
+    esac
     cat >"$dir/pool.ini" <<INI
 [broker]
 url = $url
@@ -83,9 +112,7 @@ queue_type = $qtype
 workers = $nw
 plugins = $build/bench/bench_noop.so
 [store]
-backend = sqlite
-path = $store
-synchronous = full
+$store_lines
 [log]
 level = info
 [plugin bench-noop]
@@ -121,7 +148,11 @@ pool_rate() { # DIR
 # Prints "RATE WORKER_CPU_US BROKER_CPU_US" (CPU time per task).
 compworker_rate() { # QTYPE WORKERS TAG [STORE_FILE]
     local qtype=$1 nw=$2 dir=$work/cw-$1-$2w-$3 base=0
-    [ -n "${4:-}" ] && base=$(sqlite3 "$4" 'SELECT coalesce(max(id), 0) FROM tasks')
+    case ${4:-} in
+    "") ;;
+    pg:*) base=$(pg_sql "SELECT coalesce(max(id), 0) FROM \"${4#pg:}\".cw_tasks" 2>/dev/null || echo 0) ;;
+    *) base=$(sqlite3 "$4" 'SELECT coalesce(max(id), 0) FROM tasks') ;;
+    esac
     start_pool "$dir" "$qtype" "$nw" "${4:-}"
     local ws b0 b1 w0 w1
     ws=$(workers_of)
@@ -308,12 +339,67 @@ SQL
     done
 }
 
+# ---- the PostgreSQL store -------------------------------------------------
+pg_start() {
+    [ -n "$pg_url" ] && return 0
+    "$src/tests/harness/postgres.sh" start "$work/pg" "$pg_port" >/dev/null
+    pg_url=$("$src/tests/harness/postgres.sh" url "$work/pg")
+}
+
+pg() {
+    pg_start
+    echo "== the PostgreSQL store (PostgreSQL $(pg_sql 'SHOW server_version'), synchronous_commit" \
+         "$(pg_sql 'SHOW synchronous_commit'), same machine): tasks/s on a quorum queue beside the" \
+         "SQLite store and the bare consumer of the same run"
+    printf '%-7s %-4s %11s %11s %11s %8s %8s %9s %9s\n' workers run baseline/s sqlite/s pg/s \
+        pg/base pg/sqlite sqlite_cpu pg_cpu
+    local nw i b s sc p pc
+    for i in $(seq "$RUNS"); do
+        for nw in $WORKERS; do
+            read -r s sc _ < <(compworker_rate quorum "$nw" "sq$i")
+            read -r p pc _ < <(compworker_rate quorum "$nw" "pg$i" "pg:bench_${nw}_${i}_$$")
+            read -r b _ _ < <(baseline_rate quorum)
+            printf '%-7s %-4s %11.0f %11.0f %11.0f %8.2f %8.2f %9.1f %9.1f\n' "$nw" "$i" "$b" "$s" "$p" \
+                "$(echo "$p / $b" | bc -l)" "$(echo "$p / $s" | bc -l)" "$sc" "$pc"
+            json+=("{\"section\":\"pg\",\"workers\":$nw,\"run\":$i,\"baseline\":$b,\"sqlite\":$s,\"pg\":$p,\"pg_ratio\":$(echo "$p / $b" | bc -l),\"pg_to_sqlite\":$(echo "$p / $s" | bc -l),\"sqlite_cpu_us\":$sc,\"pg_cpu_us\":$pc}")
+        done
+    done
+    # Retention: a history of expired done records, swept while the pool works.
+    local schema=bench_sweep_$$ old now dir=$work/pgsweep t0 t1 left e w
+    echo "== the PostgreSQL store's sweep: $PG_SWEEP_RECORDS expired done records while 1 worker works"
+    start_pool "$dir/init" quorum 1 "pg:$schema"
+    stop_pool
+    now=$(($(date +%s) * 1000))
+    old=$((now - 2 * 86400 * 1000))
+    pg_sql "INSERT INTO \"$schema\".cw_tasks (message_id, state, owner, attempts, deliveries, unsettled,
+            saga_id, type, first_seen, last_seen, settled_at)
+            SELECT md5(i::text), 2, 'bench', 1, 1, 0, 'saga-bench', 'bench.noop', $old, $old, $old
+            FROM generate_series(1, $PG_SWEEP_RECORDS) i" >/dev/null
+    pg_sql "VACUUM ANALYZE \"$schema\".cw_tasks" >/dev/null
+    read -r e _ < <(compworker_rate quorum 1 "pgnosweep" "pg:bench_nosweep_$$")
+    t0=$(date +%s.%N)
+    read -r w _ < <(RETENTION=1d compworker_rate quorum 1 "pgsweep" "pg:$schema")
+    # The sweep goes on between batches; wait until the history is gone.
+    RETENTION=1d start_pool "$dir/rest" quorum 1 "pg:$schema"
+    for _ in $(seq 1200); do
+        left=$(pg_sql "SELECT count(*) FROM \"$schema\".cw_tasks WHERE first_seen = $old")
+        [ "$left" = 0 ] && break
+        sleep 0.5
+    done
+    t1=$(date +%s.%N)
+    stop_pool
+    printf 'swept %d records in %.1f s (%.0f/s, one sweeper, chunks of 2000); tasks/s meanwhile %.0f vs %.0f without a history: %.2f\n' \
+        $((PG_SWEEP_RECORDS - left)) "$(echo "$t1 - $t0" | bc -l)" \
+        "$(echo "($PG_SWEEP_RECORDS - $left) / ($t1 - $t0)" | bc -l)" "$w" "$e" "$(echo "$w / $e" | bc -l)"
+    json+=("{\"section\":\"pg_sweep\",\"records\":$PG_SWEEP_RECORDS,\"left\":$left,\"seconds\":$(echo "$t1 - $t0" | bc -l),\"rate_during\":$w,\"rate_without\":$e}")
+}
+
 echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo)," \
      "$(uname -r); RabbitMQ $(dpkg-query -W -f='${Version}' rabbitmq-server 2>/dev/null || echo '?')"
 for s in $SECTIONS; do
     case $s in
-    throughput | latency | retry | rss | store) $s ;;
-    *) die "unknown section '$s' (throughput latency retry rss store)" ;;
+    throughput | latency | retry | rss | store | pg) $s ;;
+    *) die "unknown section '$s' (throughput latency retry rss store pg)" ;;
     esac
 done
 ( IFS=,; echo "{\"n\":$N,\"prefetch\":$PREFETCH,\"results\":[${json[*]}]}" ) >"$build/bench.json"
