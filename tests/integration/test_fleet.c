@@ -13,7 +13,10 @@
  *     they resume -- nothing lost, nothing applied twice, no worker
  *     restarted;
  *   - the server unreachable at start: the pool waits and tries again with a
- *     logged reason; `config check` fails at once with libpq's reason.
+ *     logged reason; `config check` fails at once with libpq's reason;
+ *   - the safety net of a pool on SQLite: a consumer of its queue that is
+ *     not one of its workers (another host) is warned about after 30 s and
+ *     counted in /metrics.
  *
  * Each test uses a schema of its own. Skipped without CW_TEST_PG_URL. */
 #include <stdarg.h>
@@ -22,6 +25,8 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <amqp.h>
+#include <amqp_tcp_socket.h>
 #include <curl/curl.h>
 #include <signal.h>
 #include <sqlite3.h>
@@ -141,15 +146,15 @@ static size_t on_body(char *p, size_t size, size_t n, void *ud)
     return size * n;
 }
 
-/* GET /healthz of the pool's monitor: the status code, the body into out. */
-static long healthz(cwtest_env *env, char *out, size_t cap)
+/* GET PATH of the pool's monitor: the status code, the body into out. */
+static long monitor_get(cwtest_env *env, const char *path, char *out, size_t cap)
 {
     cwtest_log_wait(env, "serving metrics at http://", 1, WAIT_MS);
     char *log = cwtest_log_read(env);
     const char *p = strstr(log, "serving metrics at ") + strlen("serving metrics at ");
     char url[256];
     size_t n = strcspn(p + 7, "/\"") + 7;
-    snprintf(url, sizeof url, "%.*s/healthz", (int)n, p);
+    snprintf(url, sizeof url, "%.*s%s", (int)n, p, path);
     free(log);
     CURL *c = curl_easy_init();
     body b = {calloc(1, 1), 0};
@@ -165,6 +170,11 @@ static long healthz(cwtest_env *env, char *out, size_t cap)
     snprintf(out, cap, "%s", b.data ? b.data : "");
     free(b.data);
     return code;
+}
+
+static long healthz(cwtest_env *env, char *out, size_t cap)
+{
+    return monitor_get(env, "/healthz", out, cap);
 }
 
 /* Runs `compworker config check -c ini`: its exit code, stderr into out. */
@@ -389,6 +399,56 @@ static void test_store_unreachable_at_start(void **state)
     cwtest_pass(env);
 }
 
+/* ---- the SQLite pool's safety net ---------------------------------------------------- */
+
+static void test_sqlite_pool_warns_of_other_consumers(void **state)
+{
+    cwtest_pool_opts po = {.pool_lines = "workers = 1\nmetrics_listen = 127.0.0.1:0\n"};
+    cwtest_env *env = cwtest_begin(state, "foreign", &po);
+    pool_start(env, 1);
+    /* Another host's pool of the same name, as the broker sees it: one more
+     * consumer of the queue, on a connection of its own. */
+    struct amqp_connection_info ci;
+    char url[512];
+    snprintf(url, sizeof url, "%s", env->url);
+    assert_int_equal(amqp_parse_url(url, &ci), AMQP_STATUS_OK);
+    if (!ci.vhost || !ci.vhost[0])
+        ci.vhost = "/";
+    amqp_connection_state_t other = amqp_new_connection();
+    amqp_socket_t *sock = amqp_tcp_socket_new(other);
+    assert_int_equal(amqp_socket_open(sock, ci.host, ci.port), AMQP_STATUS_OK);
+    assert_int_equal(amqp_login(other, ci.vhost, 0, 131072, 0, AMQP_SASL_METHOD_PLAIN, ci.user,
+                                ci.password)
+                         .reply_type,
+                     AMQP_RESPONSE_NORMAL);
+    amqp_channel_open(other, 1);
+    amqp_basic_qos(other, 1, 0, 1, 0);
+    amqp_basic_consume(other, 1, amqp_cstring_bytes(env->queue), amqp_empty_bytes, 0, 0, 0,
+                       amqp_empty_table);
+    assert_int_equal(amqp_get_rpc_reply(other).reply_type, AMQP_RESPONSE_NORMAL);
+
+    int64_t t0 = cwtest_now_ms();
+    cwtest_log_wait(env, "that are not this pool's workers", 1, 90000);
+    int64_t took = cwtest_now_ms() - t0;
+    print_message("warned after %lld ms\n", (long long)took);
+    assert_true(took >= 25000); /* not before it lasted ~30 s */
+    char *log = cwtest_log_read(env);
+    assert_non_null(strstr(log, "backend = postgresql"));
+    free(log);
+    char text[65536];
+    assert_int_equal(monitor_get(env, "/metrics", text, sizeof text), 200);
+    char want[512];
+    snprintf(want, sizeof want, "compworker_queue_foreign_consumers{pool=\"%s\",queue=\"%s\"} 1",
+             env->name, env->queue);
+    if (!strstr(text, want))
+        fail_msg("no '%s' in /metrics", want);
+
+    amqp_connection_close(other, AMQP_REPLY_SUCCESS);
+    amqp_destroy_connection(other);
+    assert_int_equal(cwtest_worker_stop(env, SIGTERM, 30000), 0);
+    cwtest_pass(env);
+}
+
 int main(void)
 {
     curl_global_init(CURL_GLOBAL_DEFAULT);
@@ -397,6 +457,7 @@ int main(void)
         cmocka_unit_test_teardown(test_host_killed_other_takes_over, cwtest_teardown),
         cmocka_unit_test_teardown(test_store_outage_mid_run, cwtest_teardown),
         cmocka_unit_test_teardown(test_store_unreachable_at_start, cwtest_teardown),
+        cmocka_unit_test_teardown(test_sqlite_pool_warns_of_other_consumers, cwtest_teardown),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     curl_global_cleanup();
