@@ -1,6 +1,7 @@
 /* What `compworker dlq` and `compworker status` share: the pool's store
  * opened for an operator, interruption by a signal, progress on a
- * terminal, and human output (local times, ages, columns of a width). */
+ * terminal, and human output (local times, ages, columns of a width); and
+ * what the commands of `compworker dlq` (cmd_dlq_*.c) share. */
 #ifndef CW_WORKERS_DLQ_CLI_H
 #define CW_WORKERS_DLQ_CLI_H
 
@@ -16,6 +17,12 @@
 
 /* Human output fits this many columns. */
 #define CW_CLI_WIDTH 100
+
+/* Columns of the tables of tasks: message ID, type, saga ID, error class. */
+#define CW_CLI_W_ID 36
+#define CW_CLI_W_TYPE 16
+#define CW_CLI_W_SAGA 16
+#define CW_CLI_W_CLASS 9
 
 /* Set by SIGINT / SIGTERM once cw_cli_catch_signals() ran; a second one
  * kills the process (which is safe: see dlq/dlq.h). */
@@ -59,11 +66,65 @@ struct json_object *cw_cli_json_time(int64_t ms);
 /* Prints a json-c object as one line on stdout and frees it. */
 void cw_cli_json_line(struct json_object *o);
 
+/* A JSON string of `s`, or NULL (JSON null) when it is NULL or empty. */
+struct json_object *cw_cli_jstr(const char *s);
+
 /* The store's record of a message as a JSON object (with its history). */
 struct json_object *cw_cli_record_json(cw_store *store, const cw_task_record *rec);
 
 /* Prints the store's attempt history of a message as aligned columns,
  * each line starting with `indent`; returns the rows printed. */
 int cw_cli_print_history(cw_store *store, const char *message_id, const char *indent);
+
+/* ---- compworker dlq ------------------------------------------------------ */
+
+/* A `compworker dlq` command line, parsed. */
+typedef struct cw_cli_dlq_cmd {
+    const char *name;
+    unsigned bit;
+    const cw_config *cfg;
+    bool json;
+    bool all, dry_run, edit, force, yes;
+    const char *to;
+    uint64_t limit;
+    unsigned canary;
+    double rate;
+    int64_t canary_timeout_ms;
+    cw_dlq_filter filter;
+    char **args; /* positional arguments after the command */
+    int n_args;
+    bool *seen;  /* per message ID argument: found in the DLQ */
+    cw_dlq_ctl ctl;
+} cw_cli_dlq_cmd;
+
+/* The commands, one file each: the exit code. */
+int cw_cli_dlq_list(cw_cli_dlq_cmd *c);
+int cw_cli_dlq_show(cw_cli_dlq_cmd *c);
+int cw_cli_dlq_stats(cw_cli_dlq_cmd *c);
+int cw_cli_dlq_replay(cw_cli_dlq_cmd *c);
+int cw_cli_dlq_delete(cw_cli_dlq_cmd *c);
+int cw_cli_dlq_export(cw_cli_dlq_cmd *c);
+int cw_cli_dlq_import(cw_cli_dlq_cmd *c);
+
+/* The summary of a message as a JSON object. */
+struct json_object *cw_cli_dlq_msg_json(const cw_dlq_msg *m);
+
+/* Notes that a message ID argument was found in the DLQ. */
+void cw_cli_dlq_mark_seen(cw_cli_dlq_cmd *c, const char *message_id);
+
+/* Reports the message ID arguments that were not found; true if any. */
+bool cw_cli_dlq_report_unseen(const cw_cli_dlq_cmd *c);
+
+/* The error line of a failed operation (interrupted, or cw_error_last()),
+ * and CW_EXIT_FAILURE. */
+int cw_cli_dlq_fail(const cw_cli_dlq_cmd *c, int rc);
+
+/* Prints groups of tasks as a table, each line starting with `indent`:
+ * with `times` the oldest and newest of each (and the reasons on a line of
+ * their own), else the reasons. */
+void cw_cli_dlq_print_groups(const cw_dlq_groups *gs, const char *indent, bool times);
+
+/* A group of tasks as a JSON object. */
+struct json_object *cw_cli_dlq_group_json(const cw_dlq_group *g);
 
 #endif
