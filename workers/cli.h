@@ -18,7 +18,7 @@ int cw_cmd_dlq(int argc, char **argv);
 int cw_cmd_status(int argc, char **argv);
 int cw_cmd_config(int argc, char **argv);
 
-/* Prints "compworker: <msg>" on stderr and returns `code`. */
+/* Prints "compworker: <msg>" on stderr and returns `code` (opt.c). */
 int cw_cli_fail(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* The one line for an option getopt_long() refused, and CW_EXIT_USAGE:

@@ -1,7 +1,6 @@
 /* compworker: parse the subcommand and hand over. */
 #include <getopt.h>
 #include <signal.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -30,17 +29,6 @@ static const char usage[] =
     "\n"
     "CW_AMQP_URL overrides [broker] url, CW_<SECTION>_<KEY> any key (CW_POOL_WORKERS=4).\n"
     "See README.md for the configuration keys.\n";
-
-int cw_cli_fail(int code, const char *fmt, ...)
-{
-    char msg[2048];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    fprintf(stderr, "compworker: %s\n", msg);
-    return code;
-}
 
 int cw_cli_bad_option(const char *cmd, int c, char **argv)
 {
