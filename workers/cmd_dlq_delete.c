@@ -36,11 +36,7 @@ static bool confirm_delete(const cw_dlq_groups *gs, uint64_t n, void *ud)
     return strcmp(answer, "yes") == 0 || strcmp(answer, "y") == 0;
 }
 
-typedef struct delete_seen {
-    cw_cli_dlq_cmd *c;
-} delete_seen;
-
-int cw_cli_dlq_delete(cw_cli_dlq_cmd *c)
+static int cmd_delete(cw_cli_dlq_cmd *c)
 {
     if (!c->yes && !isatty(STDIN_FILENO))
         return cw_cli_fail(CW_EXIT_USAGE,
@@ -69,3 +65,24 @@ int cw_cli_dlq_delete(cw_cli_dlq_cmd *c)
     }
     return CW_EXIT_OK;
 }
+
+static const cw_opt_spec delete_specs[] = {
+    {CW_OPT_INCLUDE, .include = cw_cli_dlq_common_specs},
+    {CW_OPT_INCLUDE, .include = cw_cli_dlq_all_specs},
+    {CW_OPT_BOOL, "yes", 'y', NULL, "delete without asking",
+     .offset = offsetof(cw_cli_dlq_cmd, yes)},
+    CW_OPT_HELP_SPEC,
+    {CW_OPT_INCLUDE, .include = cw_cli_dlq_filter_specs},
+    CW_OPT_END_SPEC,
+};
+
+const cw_cli_dlq_sub cw_cli_dlq_delete = {
+    .name = "delete",
+    .cmd = {.name = "dlq delete",
+            .args = "(MESSAGE_ID... | --all | FILTERS)",
+            .summary = "remove, after asking (a terminal) unless --yes",
+            .specs = delete_specs},
+    .args = CW_CLI_DLQ_IDS,
+    .check = cw_cli_dlq_check_selection,
+    .run = cmd_delete,
+};

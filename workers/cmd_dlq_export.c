@@ -32,7 +32,7 @@ static int export_one(cw_dlq_msg *m, void *ud)
     return 0;
 }
 
-int cw_cli_dlq_export(cw_cli_dlq_cmd *c)
+static int cmd_export(cw_cli_dlq_cmd *c)
 {
     export_state es = {.c = c};
     uint64_t total = 0, missing = 0;
@@ -50,3 +50,20 @@ int cw_cli_dlq_export(cw_cli_dlq_cmd *c)
                         "exported\n", missing);
     return CW_EXIT_OK;
 }
+
+static const cw_opt_spec export_specs[] = {
+    {CW_OPT_INCLUDE, .include = cw_cli_dlq_common_specs},
+    CW_OPT_HELP_SPEC,
+    {CW_OPT_INCLUDE, .include = cw_cli_dlq_filter_specs},
+    CW_OPT_END_SPEC,
+};
+
+const cw_cli_dlq_sub cw_cli_dlq_export = {
+    .name = "export",
+    .cmd = {.name = "dlq export",
+            .args = "[FILTERS] > FILE.jsonl",
+            .summary = "one JSON object per task, lossless",
+            .specs = export_specs},
+    .args = CW_CLI_DLQ_NO_ARGS,
+    .run = cmd_export,
+};

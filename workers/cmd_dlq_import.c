@@ -136,7 +136,7 @@ static int import_batch(cw_cli_dlq_cmd *c, cw_mover *mv, const lines *ls, size_t
     return rc;
 }
 
-int cw_cli_dlq_import(cw_cli_dlq_cmd *c)
+static int cmd_import(cw_cli_dlq_cmd *c)
 {
     if (c->n_args > 1)
         return cw_cli_fail(CW_EXIT_USAGE, "dlq import: one file at most (or stdin)");
@@ -251,3 +251,20 @@ out:
     lines_free(&ls);
     return code;
 }
+
+static const cw_opt_spec import_specs[] = {
+    {CW_OPT_INCLUDE, .include = cw_cli_dlq_common_specs},
+    CW_OPT_HELP_SPEC,
+    CW_OPT_END_SPEC,
+};
+
+const cw_cli_dlq_sub cw_cli_dlq_import = {
+    .name = "import",
+    .cmd = {.name = "dlq import",
+            .args = "[FILE.jsonl]",
+            .summary = "publish an export's tasks into the DLQ (stdin without FILE); any bad "
+                       "line: nothing is imported",
+            .specs = import_specs},
+    .args = CW_CLI_DLQ_FILE,
+    .run = cmd_import,
+};

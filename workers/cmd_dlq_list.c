@@ -44,7 +44,7 @@ static int list_one(cw_dlq_msg *m, void *ud)
     return 0;
 }
 
-int cw_cli_dlq_list(cw_cli_dlq_cmd *c)
+static int cmd_list(cw_cli_dlq_cmd *c)
 {
     list_state ls = {.c = c, .now = cw__now_ms()};
     uint64_t total = 0, missing = 0;
@@ -74,3 +74,21 @@ int cw_cli_dlq_list(cw_cli_dlq_cmd *c)
                missing);
     return CW_EXIT_OK;
 }
+
+static const cw_opt_spec list_specs[] = {
+    {CW_OPT_INCLUDE, .include = cw_cli_dlq_common_specs},
+    {CW_OPT_INCLUDE, .include = cw_cli_dlq_limit_specs},
+    CW_OPT_HELP_SPEC,
+    {CW_OPT_INCLUDE, .include = cw_cli_dlq_filter_specs},
+    CW_OPT_END_SPEC,
+};
+
+const cw_cli_dlq_sub cw_cli_dlq_list = {
+    .name = "list",
+    .cmd = {.name = "dlq list",
+            .args = "[FILTERS]",
+            .summary = "the DLQ's tasks, oldest first",
+            .specs = list_specs},
+    .args = CW_CLI_DLQ_NO_ARGS,
+    .run = cmd_list,
+};

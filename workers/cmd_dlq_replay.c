@@ -4,6 +4,7 @@
  * first were applied. */
 #include <errno.h>
 #include <inttypes.h>
+#include <math.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,8 +15,11 @@
 #include <json.h>
 
 #include "framework/error.h"
+#include "framework/parse.h"
 #include "workers/cli.h"
 #include "workers/dlq_cli.h"
+
+#define DEFAULT_CANARY_TIMEOUT_MS 120000
 
 /* --edit: the body in $EDITOR, a JSON object back. */
 typedef struct edit_state {
@@ -299,7 +303,7 @@ static void on_event(const cw_dlq_event *e, void *ud)
     fflush(out);
 }
 
-int cw_cli_dlq_replay(cw_cli_dlq_cmd *c)
+static int cmd_replay(cw_cli_dlq_cmd *c)
 {
     cw_store *store = NULL;
     if (cw_cli_store_open(c->cfg, false, &store))
@@ -316,7 +320,8 @@ int cw_cli_dlq_replay(cw_cli_dlq_cmd *c)
     o.to = c->to;
     o.limit = c->limit;
     o.canary = c->canary;
-    o.canary_timeout_ms = c->canary_timeout_ms;
+    o.canary_timeout_ms = c->canary_timeout_ms ? c->canary_timeout_ms
+                                               : DEFAULT_CANARY_TIMEOUT_MS;
     o.rate = c->rate;
     o.edit = c->edit ? edit_body : NULL;
     o.edit_data = &es;
@@ -437,3 +442,103 @@ int cw_cli_dlq_replay(cw_cli_dlq_cmd *c)
     cw_dlq_groups_free(&res.groups);
     return code;
 }
+
+/* ---- flags --------------------------------------------------------------- */
+
+static int parse_to(const char *cmd, const cw_opt_spec *spec, const char *value, void *target)
+{
+    cw_cli_dlq_cmd *c = target;
+    if (!*value || strlen(value) > 255)
+        return cw_cli_fail(CW_EXIT_USAGE, "%s: --%s needs a routing key of 1 to 255 bytes", cmd,
+                           spec->name);
+    c->to = value;
+    return 0;
+}
+
+static int parse_canary(const char *cmd, const cw_opt_spec *spec, const char *value, void *target)
+{
+    cw_cli_dlq_cmd *c = target;
+    long long n;
+    if (!cw__parse_int(value, 1, 100000, &n))
+        return cw_cli_fail(CW_EXIT_USAGE, "%s: --%s '%s' is not a number of tasks (1-100000)",
+                           cmd, spec->name, value);
+    c->canary = (unsigned)n;
+    return 0;
+}
+
+static int parse_rate(const char *cmd, const cw_opt_spec *spec, const char *value, void *target)
+{
+    cw_cli_dlq_cmd *c = target;
+    char *end;
+    errno = 0;
+    c->rate = strtod(value, &end);
+    if (errno || *end || !(c->rate > 0) || !isfinite(c->rate))
+        return cw_cli_fail(CW_EXIT_USAGE, "%s: --%s '%s' is not a positive number of tasks per "
+                                          "second", cmd, spec->name, value);
+    return 0;
+}
+
+static int parse_canary_timeout(const char *cmd, const cw_opt_spec *spec, const char *value,
+                                void *target)
+{
+    cw_cli_dlq_cmd *c = target;
+    if (!cw__parse_duration_ms(value, &c->canary_timeout_ms) || c->canary_timeout_ms <= 0)
+        return cw_cli_fail(CW_EXIT_USAGE, "%s: --%s '%s' is not a duration (30s, 5m)", cmd,
+                           spec->name, value);
+    return 0;
+}
+
+static int check_replay(const cw_cli_dlq_cmd *c)
+{
+    int rc = cw_cli_dlq_check_selection(c);
+    if (rc)
+        return rc;
+    if (c->edit && (c->n_args != 1 || c->canary || c->dry_run))
+        return cw_cli_fail(CW_EXIT_USAGE, "dlq replay: --edit takes exactly one MESSAGE_ID "
+                                          "(and no --canary or --dry-run)");
+    return 0;
+}
+
+static const cw_opt_spec replay_specs[] = {
+    {CW_OPT_INCLUDE, .include = cw_cli_dlq_common_specs},
+    {CW_OPT_INCLUDE, .include = cw_cli_dlq_all_specs},
+    {CW_OPT_BOOL, "dry-run", 0, NULL, "count what would be replayed, by group; change nothing",
+     .offset = offsetof(cw_cli_dlq_cmd, dry_run)},
+    {CW_OPT_BOOL, "edit", 0, NULL,
+     "open the body of the one MESSAGE_ID given in $EDITOR first; what is not a JSON object "
+     "is refused",
+     .offset = offsetof(cw_cli_dlq_cmd, edit)},
+    {CW_OPT_VALUE, "to", 0, "ROUTING_KEY",
+     "publish with this routing key on the pool's exchange instead of where each task was "
+     "first sent",
+     .parse = parse_to},
+    {CW_OPT_BOOL, "force", 0, NULL, "replay tasks done in the store (already applied) too",
+     .offset = offsetof(cw_cli_dlq_cmd, force)},
+    {CW_OPT_INCLUDE, .include = cw_cli_dlq_limit_specs},
+    {CW_OPT_VALUE, "canary", 0, "N",
+     "replay N tasks first, wait for their outcome, and release the rest only if they were "
+     "applied",
+     .parse = parse_canary},
+    {CW_OPT_VALUE, "canary-timeout", 0, "D", "how long to wait for the canary (default 2m)",
+     .parse = parse_canary_timeout},
+    {CW_OPT_VALUE, "rate", 0, "R", "at most R tasks per second (after the canary)",
+     .parse = parse_rate},
+    CW_OPT_HELP_SPEC,
+    {CW_OPT_INCLUDE, .include = cw_cli_dlq_filter_specs},
+    CW_OPT_END_SPEC,
+};
+
+const cw_cli_dlq_sub cw_cli_dlq_replay = {
+    .name = "replay",
+    .cmd = {.name = "dlq replay",
+            .args = "(MESSAGE_ID... | --all | FILTERS)",
+            .summary = "republish to where each task was first sent, attempts reset; removed from "
+                       "the DLQ once confirmed",
+            .about = "Each task goes back to the exchange and routing key it was first "
+                     "published to (or --to), its attempts reset and cw-replayed counted; it "
+                     "leaves the DLQ only once the broker confirmed the copy.",
+            .specs = replay_specs},
+    .args = CW_CLI_DLQ_IDS,
+    .check = check_replay,
+    .run = cmd_replay,
+};

@@ -241,7 +241,7 @@ static int show_one(cw_dlq_msg *m, void *ud)
     return 0;
 }
 
-int cw_cli_dlq_show(cw_cli_dlq_cmd *c)
+static int cmd_show(cw_cli_dlq_cmd *c)
 {
     show_state ss = {.c = c, .now = cw__now_ms()};
     char store_err[1024] = "";
@@ -260,3 +260,27 @@ int cw_cli_dlq_show(cw_cli_dlq_cmd *c)
     }
     return CW_EXIT_OK;
 }
+
+static int check_show(const cw_cli_dlq_cmd *c)
+{
+    if (c->n_args == 0)
+        return cw_cli_fail(CW_EXIT_USAGE, "dlq show: give one or more message IDs");
+    return 0;
+}
+
+static const cw_opt_spec show_specs[] = {
+    {CW_OPT_INCLUDE, .include = cw_cli_dlq_common_specs},
+    CW_OPT_HELP_SPEC,
+    CW_OPT_END_SPEC,
+};
+
+const cw_cli_dlq_sub cw_cli_dlq_show = {
+    .name = "show",
+    .cmd = {.name = "dlq show",
+            .args = "MESSAGE_ID...",
+            .summary = "every property and header, the body, the history",
+            .specs = show_specs},
+    .args = CW_CLI_DLQ_IDS,
+    .check = check_show,
+    .run = cmd_show,
+};

@@ -20,7 +20,7 @@ static int stats_one(cw_dlq_msg *m, void *ud)
     return cw_dlq_groups_add(&st->gs, m);
 }
 
-int cw_cli_dlq_stats(cw_cli_dlq_cmd *c)
+static int cmd_stats(cw_cli_dlq_cmd *c)
 {
     stats_state st = {.c = c};
     uint64_t total = 0, missing = 0;
@@ -55,3 +55,20 @@ int cw_cli_dlq_stats(cw_cli_dlq_cmd *c)
     cw_dlq_groups_free(&st.gs);
     return CW_EXIT_OK;
 }
+
+static const cw_opt_spec stats_specs[] = {
+    {CW_OPT_INCLUDE, .include = cw_cli_dlq_common_specs},
+    CW_OPT_HELP_SPEC,
+    {CW_OPT_INCLUDE, .include = cw_cli_dlq_filter_specs},
+    CW_OPT_END_SPEC,
+};
+
+const cw_cli_dlq_sub cw_cli_dlq_stats = {
+    .name = "stats",
+    .cmd = {.name = "dlq stats",
+            .args = "[FILTERS]",
+            .summary = "counts by type and error class, oldest and newest",
+            .specs = stats_specs},
+    .args = CW_CLI_DLQ_NO_ARGS,
+    .run = cmd_stats,
+};

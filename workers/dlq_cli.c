@@ -16,6 +16,7 @@
 #include "framework/clock.h"
 #include "framework/error.h"
 #include "framework/owner.h"
+#include "framework/parse.h"
 #include "workers/cli.h"
 #include "workers/dlq_cli.h"
 
@@ -514,4 +515,93 @@ json_object *cw_cli_dlq_group_json(const cw_dlq_group *g)
     json_object_object_add(o, "reasons", r);
     json_object_object_add(o, "other_reasons", json_object_new_int64((int64_t)g->other_reasons));
     return o;
+}
+
+/* ---- compworker dlq: the options its commands share ---------------------- */
+
+static int parse_time(const char *cmd, const cw_opt_spec *spec, const char *value,
+                      const cw_cli_dlq_cmd *c, int64_t *out)
+{
+    if (cw_dlq_parse_time(value, c->now_ms, out))
+        return 0;
+    return cw_cli_fail(CW_EXIT_USAGE,
+                       "%s: --%s '%s' is not a time (2h, 30m, 7d, 2026-11-24, 2026-11-24T21:50, "
+                       "2026-11-24T21:50:00Z)",
+                       cmd, spec->name, value);
+}
+
+static int parse_since(const char *cmd, const cw_opt_spec *spec, const char *value, void *target)
+{
+    cw_cli_dlq_cmd *c = target;
+    int rc = parse_time(cmd, spec, value, c, &c->filter.since_ms);
+    c->filter.has_since = rc == 0;
+    return rc;
+}
+
+static int parse_until(const char *cmd, const cw_opt_spec *spec, const char *value, void *target)
+{
+    cw_cli_dlq_cmd *c = target;
+    int rc = parse_time(cmd, spec, value, c, &c->filter.until_ms);
+    c->filter.has_until = rc == 0;
+    return rc;
+}
+
+static int parse_limit(const char *cmd, const cw_opt_spec *spec, const char *value, void *target)
+{
+    cw_cli_dlq_cmd *c = target;
+    long long n;
+    if (!cw__parse_int(value, 1, INT64_MAX, &n))
+        return cw_cli_fail(CW_EXIT_USAGE, "%s: --%s '%s' is not a positive number", cmd,
+                           spec->name, value);
+    c->limit = (uint64_t)n;
+    return 0;
+}
+
+const cw_opt_spec cw_cli_dlq_common_specs[] = {
+    {CW_OPT_VALUE, "config", 'c', "POOL.INI", "the pool's configuration file",
+     .offset = offsetof(cw_cli_dlq_cmd, config), .flags = CW_OPT_REQUIRED},
+    {CW_OPT_BOOL, "json", 0, NULL, "one JSON object per line instead of columns",
+     .offset = offsetof(cw_cli_dlq_cmd, json)},
+    CW_OPT_END_SPEC,
+};
+
+const cw_opt_spec cw_cli_dlq_filter_specs[] = {
+    {CW_OPT_GROUP, .help = "filters (all must match):"},
+    {CW_OPT_VALUE, "type", 't', "GLOB", "task type, e.g. payment.refund or 'payment.*'",
+     .offset = offsetof(cw_cli_dlq_cmd, filter.type)},
+    {CW_OPT_VALUE, "saga-id", 's', "ID", "saga (correlation) ID",
+     .offset = offsetof(cw_cli_dlq_cmd, filter.saga_id)},
+    {CW_OPT_VALUE, "error-class", 'e', "C",
+     "invalid, permanent, exhausted, poison (broker: the broker's own)",
+     .offset = offsetof(cw_cli_dlq_cmd, filter.error_class)},
+    {CW_OPT_VALUE, "since", 0, "T",
+     "failed at or after T: 2h, 30m, 7d (ago), 2026-11-24, 2026-11-24T21:50 (local) or "
+     "2026-11-24T21:50:00Z",
+     .parse = parse_since},
+    {CW_OPT_VALUE, "until", 0, "T", "failed before T (as for --since)", .parse = parse_until},
+    {CW_OPT_VALUE, "grep", 'g', "TEXT", "the reason contains TEXT (case-insensitive)",
+     .offset = offsetof(cw_cli_dlq_cmd, filter.grep)},
+    CW_OPT_END_SPEC,
+};
+
+const cw_opt_spec cw_cli_dlq_limit_specs[] = {
+    {CW_OPT_VALUE, "limit", 'n', "N", "at most N tasks, the oldest first", .parse = parse_limit},
+    CW_OPT_END_SPEC,
+};
+
+const cw_opt_spec cw_cli_dlq_all_specs[] = {
+    {CW_OPT_BOOL, "all", 0, NULL, "every task (alone: without message IDs or filters)",
+     .offset = offsetof(cw_cli_dlq_cmd, all)},
+    CW_OPT_END_SPEC,
+};
+
+int cw_cli_dlq_check_selection(const cw_cli_dlq_cmd *c)
+{
+    bool selects = cw_dlq_filter_active(&c->filter);
+    if (!selects && !c->all)
+        return cw_cli_fail(CW_EXIT_USAGE, "dlq %s: give message IDs, filters or --all", c->name);
+    if (selects && c->all)
+        return cw_cli_fail(CW_EXIT_USAGE, "dlq %s: --all selects every task: give it alone, "
+                                          "without message IDs or filters", c->name);
+    return 0;
 }

@@ -14,6 +14,7 @@
 #include "dlq/dlq.h"
 #include "framework/config.h"
 #include "framework/store.h"
+#include "workers/opt.h"
 
 /* Human output fits this many columns. */
 #define CW_CLI_WIDTH 100
@@ -78,10 +79,12 @@ int cw_cli_print_history(cw_store *store, const char *message_id, const char *in
 
 /* ---- compworker dlq ------------------------------------------------------ */
 
-/* A `compworker dlq` command line, parsed. */
+/* A `compworker dlq` command line, parsed: the target of the tables of
+ * options of its commands. */
 typedef struct cw_cli_dlq_cmd {
-    const char *name;
-    unsigned bit;
+    const char *name;   /* the command: "list" */
+    const char *config; /* -c */
+    int64_t now_ms;     /* what --since 2h is before */
     const cw_config *cfg;
     bool json;
     bool all, dry_run, edit, force, yes;
@@ -89,7 +92,7 @@ typedef struct cw_cli_dlq_cmd {
     uint64_t limit;
     unsigned canary;
     double rate;
-    int64_t canary_timeout_ms;
+    int64_t canary_timeout_ms; /* 0: not given */
     cw_dlq_filter filter;
     char **args; /* positional arguments after the command */
     int n_args;
@@ -97,14 +100,45 @@ typedef struct cw_cli_dlq_cmd {
     cw_dlq_ctl ctl;
 } cw_cli_dlq_cmd;
 
-/* The commands, one file each: the exit code. */
-int cw_cli_dlq_list(cw_cli_dlq_cmd *c);
-int cw_cli_dlq_show(cw_cli_dlq_cmd *c);
-int cw_cli_dlq_stats(cw_cli_dlq_cmd *c);
-int cw_cli_dlq_replay(cw_cli_dlq_cmd *c);
-int cw_cli_dlq_delete(cw_cli_dlq_cmd *c);
-int cw_cli_dlq_export(cw_cli_dlq_cmd *c);
-int cw_cli_dlq_import(cw_cli_dlq_cmd *c);
+/* What a command takes after its options. */
+typedef enum cw_cli_dlq_args {
+    CW_CLI_DLQ_NO_ARGS, /* nothing */
+    CW_CLI_DLQ_IDS,     /* message IDs, each checked; the filter selects them */
+    CW_CLI_DLQ_FILE,    /* a file, which the command checks */
+} cw_cli_dlq_args;
+
+/* A command of `compworker dlq`, one file each (cmd_dlq_<name>.c), in the
+ * table of cmd_dlq.c. */
+typedef struct cw_cli_dlq_sub {
+    const char *name; /* "list" */
+    cw_opt_cmd cmd;   /* "dlq list": the table of its options, its help */
+    cw_cli_dlq_args args;
+    /* What its options and arguments must be together, once each is
+     * checked: 0, or the exit code after the error line. May be NULL. */
+    int (*check)(const cw_cli_dlq_cmd *c);
+    /* Runs it, the configuration loaded: the exit code. */
+    int (*run)(cw_cli_dlq_cmd *c);
+} cw_cli_dlq_sub;
+
+extern const cw_cli_dlq_sub cw_cli_dlq_list;
+extern const cw_cli_dlq_sub cw_cli_dlq_show;
+extern const cw_cli_dlq_sub cw_cli_dlq_stats;
+extern const cw_cli_dlq_sub cw_cli_dlq_replay;
+extern const cw_cli_dlq_sub cw_cli_dlq_delete;
+extern const cw_cli_dlq_sub cw_cli_dlq_export;
+extern const cw_cli_dlq_sub cw_cli_dlq_import;
+
+/* The options several commands take, to include in their tables: -c and
+ * --json (all of them), the filters (with their heading: last in a
+ * table), --limit (list, replay), --all (replay, delete). */
+extern const cw_opt_spec cw_cli_dlq_common_specs[];
+extern const cw_opt_spec cw_cli_dlq_filter_specs[];
+extern const cw_opt_spec cw_cli_dlq_limit_specs[];
+extern const cw_opt_spec cw_cli_dlq_all_specs[];
+
+/* replay and delete: message IDs, filters or --all, and --all alone.
+ * Returns 0, or CW_EXIT_USAGE after the error line. */
+int cw_cli_dlq_check_selection(const cw_cli_dlq_cmd *c);
 
 /* The summary of a message as a JSON object. */
 struct json_object *cw_cli_dlq_msg_json(const cw_dlq_msg *m);
