@@ -1,12 +1,10 @@
 /* compworker: parse the subcommand and hand over. */
-#include <getopt.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
 
 #include "compworker/client.h" /* CW_MESSAGE_ID_MAX */
 
-#include "compworker/version.h"
 #include "workers/cli.h"
 
 static const char usage[] =
@@ -29,18 +27,6 @@ static const char usage[] =
     "\n"
     "CW_AMQP_URL overrides [broker] url, CW_<SECTION>_<KEY> any key (CW_POOL_WORKERS=4).\n"
     "See README.md for the configuration keys.\n";
-
-int cw_cli_bad_option(const char *cmd, int c, char **argv)
-{
-    const char *arg = optind > 0 ? argv[optind - 1] : "";
-    if (c == ':')
-        return cw_cli_fail(CW_EXIT_USAGE, "%s: option '%s' needs a value", cmd, arg);
-    if (optopt) /* a short option, maybe one of several in one argument ("-zq") */
-        return cw_cli_fail(CW_EXIT_USAGE, "%s: unknown option '-%c' (try 'compworker %s --help')",
-                           cmd, optopt, cmd);
-    return cw_cli_fail(CW_EXIT_USAGE, "%s: unknown option '%.*s' (try 'compworker %s --help')",
-                       cmd, (int)strcspn(arg, "="), arg, cmd);
-}
 
 bool cw_cli_is_message_id(const char *s)
 {
@@ -70,12 +56,8 @@ int main(int argc, char **argv)
         return cw_cmd_dlq(argc - 1, argv + 1);
     if (strcmp(cmd, "status") == 0)
         return cw_cmd_status(argc - 1, argv + 1);
-    if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {
-        if (argc > 2)
-            return cw_cli_fail(CW_EXIT_USAGE, "version: unexpected argument '%s'", argv[2]);
-        printf("compworker %s (plugin ABI %d)\n", cw_version(), CW_ABI_VERSION);
-        return CW_EXIT_OK;
-    }
+    if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0)
+        return cw_cmd_version(argc - 1, argv + 1);
     if (strcmp(cmd, "help") == 0 || strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0) {
         fputs(usage, stdout);
         return CW_EXIT_OK;

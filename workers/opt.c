@@ -128,13 +128,12 @@ static int bad_option(const char *cmd, int c, char **argv, const opt_set *known)
 /* Stores an option of the command: 0, or the exit code. */
 static int store(const cw_opt_cmd *cmd, const cw_opt_spec *r, char *value, void *target)
 {
-    char *at = (char *)target + r->offset;
     switch (r->kind) {
-    case CW_OPT_BOOL: *(bool *)at = true; return 0;
+    case CW_OPT_BOOL: *(bool *)((char *)target + r->offset) = true; return 0;
     case CW_OPT_VALUE:
         if (r->parse)
             return r->parse(cmd->name, r, value, target);
-        *(const char **)at = value;
+        *(const char **)((char *)target + r->offset) = value;
         return 0;
     case CW_OPT_HELP: cw_opt_print_help(stdout, cmd); return CW_EXIT_OK;
     default: return 0;

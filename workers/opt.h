@@ -92,6 +92,8 @@ typedef struct cw_opt_cmd {
  * as options too, and refused with "<cmd>: --yes does not apply to this
  * command".
  *
+ * `target` may be NULL when no row of the table stores anything.
+ *
  * Returns CW_OPT_PARSED with *first_arg the index in argv of the first
  * argument; otherwise the exit code to return: CW_EXIT_OK once the help was
  * printed for --help, CW_EXIT_USAGE after one error line for an unknown
