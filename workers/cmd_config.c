@@ -9,19 +9,21 @@
 #include "framework/store.h"
 #include "workers/cli.h"
 #include "workers/notify.h"
+#include "workers/opt.h"
 #include "workers/pool.h"
 
-static const char config_usage[] =
-    "usage: compworker config check -c POOL.INI [--workers N] [--log-level L]\n"
-    "\n"
-    "Reads the file as 'compworker run' would (the environment and the flags\n"
-    "applied), and prints every effective value as INI, each with its source:\n"
-    "the file and line, the environment variable, the flag, or the default.\n"
-    "Passwords in URLs and secret-looking plugin settings are masked.\n"
-    "It also asks the store, changing nothing: whether its schema is there and\n"
-    "at which version (for PostgreSQL, connecting to the server).\n"
-    "Exit code 0 when the configuration is valid, 2 (with the reason) when not,\n"
-    "1 when the store cannot be reached or read (with libpq's or SQLite's reason).\n";
+static const cw_opt_cmd check_cmd = {
+    .name = "config check",
+    .summary = "Reads the file as 'compworker run' would (the environment and the flags "
+               "applied), and prints every effective value as INI, each with its source: the "
+               "file and line, the environment variable, the flag, or the default. Passwords in "
+               "URLs and secret-looking plugin settings are masked. It also asks the store, "
+               "changing nothing: whether its schema is there and at which version (for "
+               "PostgreSQL, connecting to the server).",
+    .about = "Exit code 0 when the configuration is valid, 2 (with the reason) when not, 1 when "
+             "the store cannot be reached or read (with libpq's or SQLite's reason).",
+    .specs = cw_cli_pool_specs,
+};
 
 typedef struct printer {
     const char *file;
@@ -61,7 +63,7 @@ int cw_cmd_config(int argc, char **argv)
         return cw_cli_fail(CW_EXIT_USAGE, "config: no command given: check (try 'compworker "
                                           "config --help')");
     if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
-        fputs(config_usage, stdout);
+        cw_opt_print_help(stdout, &check_cmd);
         return CW_EXIT_OK;
     }
     if (strcmp(argv[1], "check") != 0)
@@ -69,8 +71,8 @@ int cw_cmd_config(int argc, char **argv)
                            argv[1]);
     cw_pool_opts po = {0};
     cw_config *cfg = NULL;
-    int rc = cw_pool_cli_load(argc - 1, argv + 1, "config check", config_usage, &po, &cfg);
-    if (rc >= 0)
+    int rc = cw_cli_pool_load(&check_cmd, argc - 1, argv + 1, &po, &cfg);
+    if (rc != CW_OPT_PARSED)
         return rc;
     /* The store is asked too (without changing it): a PostgreSQL server that
      * refuses or does not answer is reported at once. */

@@ -1,7 +1,7 @@
 /* compworker status MESSAGE_ID: what the store knows of a task, and whether
  * it is in the pool's dead-letter queue now. */
-#include <getopt.h>
 #include <inttypes.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -14,16 +14,35 @@
 #include "framework/error.h"
 #include "workers/cli.h"
 #include "workers/dlq_cli.h"
+#include "workers/opt.h"
 
-static const char status_usage[] =
-    "usage: compworker status -c POOL.INI [--json] [--no-dlq] MESSAGE_ID\n"
-    "\n"
-    "Shows what the pool's store knows of a task -- state, attempts, deliveries,\n"
-    "saga, type, first and last seen, last error and every attempt with its time,\n"
-    "worker, outcome and reason -- and whether it is in the dead-letter queue now\n"
-    "(read without consuming; --no-dlq skips that).\n"
-    "Exit code 0 when the store has a record of it or it is in the DLQ, 1 when\n"
-    "neither, 2 for bad flags or configuration.\n";
+typedef struct status_args {
+    const char *config;
+    bool json, no_dlq;
+} status_args;
+
+static const cw_opt_spec status_specs[] = {
+    {CW_OPT_VALUE, "config", 'c', "POOL.INI", "the pool's configuration file",
+     .offset = offsetof(status_args, config), .flags = CW_OPT_REQUIRED},
+    {CW_OPT_BOOL, "json", 'j', NULL, "one JSON object instead of text",
+     .offset = offsetof(status_args, json)},
+    {CW_OPT_BOOL, "no-dlq", 0, NULL, "do not look for it in the dead-letter queue",
+     .offset = offsetof(status_args, no_dlq)},
+    CW_OPT_HELP_SPEC,
+    CW_OPT_END_SPEC,
+};
+
+static const cw_opt_cmd status_cmd = {
+    .name = "status",
+    .args = "MESSAGE_ID",
+    .summary = "Shows what the pool's store knows of a task -- state, attempts, deliveries, saga, "
+               "type, first and last seen, last error and every attempt with its time, worker, "
+               "outcome and reason -- and whether it is in the dead-letter queue now (read "
+               "without consuming).",
+    .about = "Exit code 0 when the store has a record of it or it is in the DLQ, 1 when "
+             "neither, 2 for bad flags or configuration.",
+    .specs = status_specs,
+};
 
 typedef struct dlq_look {
     const char *id;
@@ -60,38 +79,23 @@ static const char *state_text(cw_task_state s)
 
 int cw_cmd_status(int argc, char **argv)
 {
-    static const struct option opts[] = {{"config", required_argument, NULL, 'c'},
-                                         {"json", no_argument, NULL, 'j'},
-                                         {"no-dlq", no_argument, NULL, 'N'},
-                                         {"help", no_argument, NULL, 'h'},
-                                         {NULL, 0, NULL, 0}};
-    const char *config = NULL;
-    bool json = false, no_dlq = false;
-    int o;
-    optind = 1;
-    opterr = 0;
-    while ((o = getopt_long(argc, argv, ":c:jh", opts, NULL)) != -1) {
-        switch (o) {
-        case 'c': config = optarg; break;
-        case 'j': json = true; break;
-        case 'N': no_dlq = true; break;
-        case 'h': fputs(status_usage, stdout); return CW_EXIT_OK;
-        default:
-            return cw_cli_bad_option("status", o, argv);
-        }
-    }
-    if (optind != argc - 1)
+    status_args a = {0};
+    int first;
+    int rc = cw_opt_parse(&status_cmd, NULL, argc, argv, &a, &first);
+    if (rc != CW_OPT_PARSED)
+        return rc;
+    if (first != argc - 1)
         return cw_cli_fail(CW_EXIT_USAGE, "status: give one MESSAGE_ID (try 'compworker status "
                                           "--help')");
-    const char *id = argv[optind];
+    const char *id = argv[first];
     if (!cw_cli_is_message_id(id))
         return cw_cli_fail(CW_EXIT_USAGE,
                            "status: MESSAGE_ID is not 1 to %d printable ASCII characters",
                            CW_MESSAGE_ID_MAX);
-    if (!config)
+    if (!a.config)
         return cw_cli_fail(CW_EXIT_USAGE, "status: -c POOL.INI is required");
     cw_config *cfg = NULL;
-    if (cw_config_load(&cfg, config))
+    if (cw_config_load(&cfg, a.config))
         return cw_cli_fail(CW_EXIT_USAGE, "%s", cw_error_last());
     cw_cli_catch_signals();
 
@@ -100,7 +104,7 @@ int cw_cmd_status(int argc, char **argv)
     cw_task_record rec;
     bool have_rec = false;
     char store_err[1024] = "";
-    int rc = cw_cli_store_open(cfg, true, &store);
+    rc = cw_cli_store_open(cfg, true, &store);
     if (rc == CW_STATUS_CONFIG) {
         code = cw_cli_fail(CW_EXIT_USAGE, "status: %s", cw_error_last());
         goto out;
@@ -118,8 +122,8 @@ int cw_cmd_status(int argc, char **argv)
     dlq_look l = {.id = id};
     char dlq_err[1024] = "";
     bool dlq_checked = false;
-    if (!no_dlq) {
-        cw_dlq_ctl ctl = cw_cli_ctl(json);
+    if (!a.no_dlq) {
+        cw_dlq_ctl ctl = cw_cli_ctl(a.json);
         uint64_t total;
         rc = cw_dlq_browse(cfg, NULL, "compworker status", &ctl, look, &l, &total, NULL);
         cw_cli_progress_done();
@@ -129,7 +133,7 @@ int cw_cmd_status(int argc, char **argv)
             snprintf(dlq_err, sizeof dlq_err, "%s", cw_error_last());
     }
 
-    if (json) {
+    if (a.json) {
         json_object *j = have_rec ? cw_cli_record_json(store, &rec) : json_object_new_object();
         json_object_object_add(j, "message_id", json_object_new_string(id));
         if (!have_rec)
@@ -176,7 +180,7 @@ int cw_cmd_status(int argc, char **argv)
                    cfg->name, cfg->store_path);
         }
         printf("  %-12s ", "in the DLQ");
-        if (no_dlq)
+        if (a.no_dlq)
             printf("not looked at (--no-dlq)\n");
         else if (!dlq_checked)
             printf("unknown: %s\n", dlq_err);

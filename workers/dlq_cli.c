@@ -16,6 +16,8 @@
 #include "framework/clock.h"
 #include "framework/error.h"
 #include "framework/owner.h"
+#include "framework/parse.h"
+#include "workers/cli.h"
 #include "workers/dlq_cli.h"
 
 volatile sig_atomic_t cw_cli_stop;
@@ -263,7 +265,7 @@ void cw_cli_json_line(json_object *o)
     json_object_put(o);
 }
 
-static json_object *str_or_null(const char *s)
+json_object *cw_cli_jstr(const char *s)
 {
     return s && *s ? json_object_new_string(s) : NULL;
 }
@@ -275,10 +277,10 @@ static int history_json(const cw_attempt_record *a, void *ud)
         return CW_STATUS_NOMEM;
     json_object_object_add(o, "n", json_object_new_int64(a->n));
     json_object_object_add(o, "at", cw_cli_json_time(a->at_ms));
-    json_object_object_add(o, "worker", str_or_null(a->worker));
-    json_object_object_add(o, "outcome", str_or_null(a->outcome));
-    json_object_object_add(o, "error_class", str_or_null(a->error_class));
-    json_object_object_add(o, "reason", str_or_null(a->reason));
+    json_object_object_add(o, "worker", cw_cli_jstr(a->worker));
+    json_object_object_add(o, "outcome", cw_cli_jstr(a->outcome));
+    json_object_object_add(o, "error_class", cw_cli_jstr(a->error_class));
+    json_object_object_add(o, "reason", cw_cli_jstr(a->reason));
     json_object_array_add(arr, o);
     return 0;
 }
@@ -291,15 +293,15 @@ json_object *cw_cli_record_json(cw_store *store, const cw_task_record *rec)
     json_object_object_add(o, "state", json_object_new_string(cw__state_name(rec->state)));
     json_object_object_add(o, "attempts", json_object_new_int64(rec->attempts));
     json_object_object_add(o, "deliveries", json_object_new_int64(rec->deliveries));
-    json_object_object_add(o, "saga_id", str_or_null(rec->saga_id));
-    json_object_object_add(o, "type", str_or_null(rec->type));
+    json_object_object_add(o, "saga_id", cw_cli_jstr(rec->saga_id));
+    json_object_object_add(o, "type", cw_cli_jstr(rec->type));
     json_object_object_add(o, "first_seen", cw_cli_json_time(rec->first_seen_ms));
     json_object_object_add(o, "last_seen", cw_cli_json_time(rec->last_seen_ms));
-    json_object_object_add(o, "owner", str_or_null(rec->owner));
+    json_object_object_add(o, "owner", cw_cli_jstr(rec->owner));
     if (rec->state == CW_STATE_IN_PROGRESS)
         json_object_object_add(o, "lease_until", cw_cli_json_time(rec->lease_until_ms));
-    json_object_object_add(o, "error_class", str_or_null(rec->error_class));
-    json_object_object_add(o, "last_error", str_or_null(rec->last_error));
+    json_object_object_add(o, "error_class", cw_cli_jstr(rec->error_class));
+    json_object_object_add(o, "last_error", cw_cli_jstr(rec->last_error));
     json_object *h = json_object_new_array();
     if (h)
         cw_store_history(store, rec->message_id, history_json, h);
@@ -382,4 +384,218 @@ int cw_cli_print_history(cw_store *store, const char *message_id, const char *in
     hist_print hp = {.indent = indent, .now = cw__now_ms()};
     cw_store_history(store, message_id, history_row, &hp);
     return hp.rows;
+}
+
+/* ---- compworker dlq ------------------------------------------------------ */
+
+json_object *cw_cli_dlq_msg_json(const cw_dlq_msg *m)
+{
+    json_object *o = json_object_new_object();
+    if (!o)
+        return NULL;
+    json_object_object_add(o, "message_id", cw_cli_jstr(m->message_id));
+    json_object_object_add(o, "type", cw_cli_jstr(m->type));
+    json_object_object_add(o, "saga_id", cw_cli_jstr(m->saga_id));
+    json_object_object_add(o, "error_class", cw_cli_jstr(m->error_class));
+    json_object_object_add(o, "error", cw_cli_jstr(m->error));
+    json_object_object_add(o, "attempts", json_object_new_int64(m->attempts));
+    json_object_object_add(o, "replayed", json_object_new_int64(m->replayed));
+    json_object_object_add(o, "failed_at", cw_cli_json_time(m->failed_at_ms));
+    json_object_object_add(o, "queue", cw_cli_jstr(m->queue));
+    json_object_object_add(o, "handler", cw_cli_jstr(m->handler));
+    json_object_object_add(o, "worker", cw_cli_jstr(m->worker));
+    json_object_object_add(o, "original_exchange",
+                           m->has_orig ? json_object_new_string(m->orig_exchange) : NULL);
+    json_object_object_add(o, "original_routing_key",
+                           cw_cli_jstr(m->has_orig ? m->orig_routing_key : ""));
+    json_object_object_add(o, "position", json_object_new_int64((int64_t)m->position));
+    return o;
+}
+
+void cw_cli_dlq_mark_seen(cw_cli_dlq_cmd *c, const char *message_id)
+{
+    for (int i = 0; i < c->n_args; i++) {
+        if (strcmp(c->args[i], message_id) == 0)
+            c->seen[i] = true;
+    }
+}
+
+bool cw_cli_dlq_report_unseen(const cw_cli_dlq_cmd *c)
+{
+    bool any = false;
+    for (int i = 0; i < c->n_args; i++) {
+        if (!c->seen[i]) {
+            fprintf(stderr, "compworker: dlq %s: %s is not in %s\n", c->name, c->args[i],
+                    c->cfg->dlq);
+            any = true;
+        }
+    }
+    return any;
+}
+
+int cw_cli_dlq_fail(const cw_cli_dlq_cmd *c, int rc)
+{
+    cw_cli_progress_done();
+    if (rc == CW_STATUS_INTERRUPTED)
+        return cw_cli_fail(CW_EXIT_FAILURE, "dlq %s: interrupted; nothing changed", c->name);
+    return cw_cli_fail(CW_EXIT_FAILURE, "dlq %s: %s", c->name, cw_error_last());
+}
+
+/* "unknown payment pay-0043-x (1); unknown payment pay-0048-x (1)" */
+static void group_reasons(const cw_dlq_group *g, char *out, size_t cap)
+{
+    size_t o = 0;
+    out[0] = '\0';
+    for (size_t i = 0; i < g->n_reasons && o < cap; i++) {
+        const char *t = g->reasons[i].text[0] ? g->reasons[i].text : "(no reason)";
+        if (g->n_reasons == 1 && !g->other_reasons)
+            o += (size_t)snprintf(out + o, cap - o, "%s", t);
+        else
+            o += (size_t)snprintf(out + o, cap - o, "%s%s (%" PRIu64 ")", i ? "; " : "", t,
+                                  g->reasons[i].count);
+    }
+    if (g->other_reasons && o < cap)
+        snprintf(out + o, cap - o, "; %" PRIu64 " with other reasons", g->other_reasons);
+}
+
+void cw_cli_dlq_print_groups(const cw_dlq_groups *gs, const char *indent, bool times)
+{
+    int64_t now = cw__now_ms();
+    if (times)
+        printf("%s%-*s  %-*s  %7s  %-28s  %s\n", indent, CW_CLI_W_TYPE, "TYPE", CW_CLI_W_CLASS,
+               "CLASS", "COUNT", "OLDEST", "NEWEST");
+    else
+        printf("%s%-*s  %-*s  %7s  %s\n", indent, CW_CLI_W_TYPE, "TYPE", CW_CLI_W_CLASS, "CLASS",
+               "COUNT", "REASON");
+    for (size_t i = 0; i < gs->n; i++) {
+        const cw_dlq_group *g = &gs->g[i];
+        char type[64], cls[32], oldest[48], newest[48], reason[200];
+        cw_cli_fit(g->type[0] ? g->type : "-", CW_CLI_W_TYPE, true, type, sizeof type);
+        cw_cli_fit(g->error_class[0] ? g->error_class : "-", CW_CLI_W_CLASS, true, cls, sizeof cls);
+        char why[CW_DLQ_GROUP_REASONS * 600 + 64];
+        group_reasons(g, why, sizeof why);
+        if (times) {
+            cw_cli_when(g->oldest_ms, now, oldest, sizeof oldest);
+            cw_cli_when(g->newest_ms, now, newest, sizeof newest);
+            printf("%s%s  %s  %7" PRIu64 "  %-28s  %s\n", indent, type, cls, g->count, oldest,
+                   newest);
+            cw_cli_fit(why, CW_CLI_WIDTH - 4 - strlen(indent), false, reason, sizeof reason);
+            printf("%s    %s\n", indent, reason);
+        } else {
+            size_t used = strlen(indent) + CW_CLI_W_TYPE + 2 + CW_CLI_W_CLASS + 2 + 7 + 2;
+            cw_cli_fit(why, CW_CLI_WIDTH - used, false, reason, sizeof reason);
+            printf("%s%s  %s  %7" PRIu64 "  %s\n", indent, type, cls, g->count, reason);
+        }
+    }
+}
+
+json_object *cw_cli_dlq_group_json(const cw_dlq_group *g)
+{
+    json_object *o = json_object_new_object();
+    if (!o)
+        return NULL;
+    json_object_object_add(o, "type", cw_cli_jstr(g->type));
+    json_object_object_add(o, "error_class", cw_cli_jstr(g->error_class));
+    json_object_object_add(o, "count", json_object_new_int64((int64_t)g->count));
+    json_object_object_add(o, "oldest", cw_cli_json_time(g->oldest_ms));
+    json_object_object_add(o, "newest", cw_cli_json_time(g->newest_ms));
+    json_object *r = json_object_new_array();
+    for (size_t i = 0; r && i < g->n_reasons; i++) {
+        json_object *e = json_object_new_object();
+        json_object_object_add(e, "reason", json_object_new_string(g->reasons[i].text));
+        json_object_object_add(e, "count", json_object_new_int64((int64_t)g->reasons[i].count));
+        json_object_array_add(r, e);
+    }
+    json_object_object_add(o, "reasons", r);
+    json_object_object_add(o, "other_reasons", json_object_new_int64((int64_t)g->other_reasons));
+    return o;
+}
+
+/* ---- compworker dlq: the options its commands share ---------------------- */
+
+static int parse_time(const char *cmd, const cw_opt_spec *spec, const char *value,
+                      const cw_cli_dlq_cmd *c, int64_t *out)
+{
+    if (cw_dlq_parse_time(value, c->now_ms, out))
+        return 0;
+    return cw_cli_fail(CW_EXIT_USAGE,
+                       "%s: --%s '%s' is not a time (2h, 30m, 7d, 2026-11-24, 2026-11-24T21:50, "
+                       "2026-11-24T21:50:00Z)",
+                       cmd, spec->name, value);
+}
+
+static int parse_since(const char *cmd, const cw_opt_spec *spec, const char *value, void *target)
+{
+    cw_cli_dlq_cmd *c = target;
+    int rc = parse_time(cmd, spec, value, c, &c->filter.since_ms);
+    c->filter.has_since = rc == 0;
+    return rc;
+}
+
+static int parse_until(const char *cmd, const cw_opt_spec *spec, const char *value, void *target)
+{
+    cw_cli_dlq_cmd *c = target;
+    int rc = parse_time(cmd, spec, value, c, &c->filter.until_ms);
+    c->filter.has_until = rc == 0;
+    return rc;
+}
+
+static int parse_limit(const char *cmd, const cw_opt_spec *spec, const char *value, void *target)
+{
+    cw_cli_dlq_cmd *c = target;
+    long long n;
+    if (!cw__parse_int(value, 1, INT64_MAX, &n))
+        return cw_cli_fail(CW_EXIT_USAGE, "%s: --%s '%s' is not a positive number", cmd,
+                           spec->name, value);
+    c->limit = (uint64_t)n;
+    return 0;
+}
+
+const cw_opt_spec cw_cli_dlq_common_specs[] = {
+    {CW_OPT_VALUE, "config", 'c', "POOL.INI", "the pool's configuration file",
+     .offset = offsetof(cw_cli_dlq_cmd, config), .flags = CW_OPT_REQUIRED},
+    {CW_OPT_BOOL, "json", 0, NULL, "one JSON object per line instead of columns",
+     .offset = offsetof(cw_cli_dlq_cmd, json)},
+    CW_OPT_END_SPEC,
+};
+
+const cw_opt_spec cw_cli_dlq_filter_specs[] = {
+    {CW_OPT_GROUP, .help = "filters (all must match):"},
+    {CW_OPT_VALUE, "type", 't', "GLOB", "task type, e.g. payment.refund or 'payment.*'",
+     .offset = offsetof(cw_cli_dlq_cmd, filter.type)},
+    {CW_OPT_VALUE, "saga-id", 's', "ID", "saga (correlation) ID",
+     .offset = offsetof(cw_cli_dlq_cmd, filter.saga_id)},
+    {CW_OPT_VALUE, "error-class", 'e', "C",
+     "invalid, permanent, exhausted, poison (broker: the broker's own)",
+     .offset = offsetof(cw_cli_dlq_cmd, filter.error_class)},
+    {CW_OPT_VALUE, "since", 0, "T",
+     "failed at or after T: 2h, 30m, 7d (ago), 2026-11-24, 2026-11-24T21:50 (local) or "
+     "2026-11-24T21:50:00Z",
+     .parse = parse_since},
+    {CW_OPT_VALUE, "until", 0, "T", "failed before T (as for --since)", .parse = parse_until},
+    {CW_OPT_VALUE, "grep", 'g', "TEXT", "the reason contains TEXT (case-insensitive)",
+     .offset = offsetof(cw_cli_dlq_cmd, filter.grep)},
+    CW_OPT_END_SPEC,
+};
+
+const cw_opt_spec cw_cli_dlq_limit_specs[] = {
+    {CW_OPT_VALUE, "limit", 'n', "N", "at most N tasks, the oldest first", .parse = parse_limit},
+    CW_OPT_END_SPEC,
+};
+
+const cw_opt_spec cw_cli_dlq_all_specs[] = {
+    {CW_OPT_BOOL, "all", 0, NULL, "every task (alone: without message IDs or filters)",
+     .offset = offsetof(cw_cli_dlq_cmd, all)},
+    CW_OPT_END_SPEC,
+};
+
+int cw_cli_dlq_check_selection(const cw_cli_dlq_cmd *c)
+{
+    bool selects = cw_dlq_filter_active(&c->filter);
+    if (!selects && !c->all)
+        return cw_cli_fail(CW_EXIT_USAGE, "dlq %s: give message IDs, filters or --all", c->name);
+    if (selects && c->all)
+        return cw_cli_fail(CW_EXIT_USAGE, "dlq %s: --all selects every task: give it alone, "
+                                          "without message IDs or filters", c->name);
+    return 0;
 }

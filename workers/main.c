@@ -1,57 +1,53 @@
-/* compworker: parse the subcommand and hand over. */
-#include <getopt.h>
+/* compworker: find the command in the table and hand over. */
 #include <signal.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 
 #include "compworker/client.h" /* CW_MESSAGE_ID_MAX */
 
-#include "compworker/version.h"
 #include "workers/cli.h"
+#include "workers/opt.h"
 
-static const char usage[] =
-    "usage: compworker <command> [options]\n"
-    "\n"
-    "commands:\n"
-    "  run -c POOL.INI [--workers N] [--log-level L]\n"
-    "                                       run the pool (a supervisor and N worker processes)\n"
-    "                                       until SIGTERM/SIGINT; SIGHUP rolls the workers\n"
-    "  config check -c POOL.INI             validate a configuration and print every\n"
-    "                                       effective value with its source\n"
-    "  publish -c POOL.INI --type T [--saga-id S] [--message-id ID]\n"
-    "          (--data JSON | --data-file F) publish one task, confirmed; prints its ID\n"
-    "  dlq <list|show|stats|replay|delete|export|import> -c POOL.INI ...\n"
-    "                                       inspect and replay the dead-letter queue\n"
-    "                                       ('compworker dlq help' for more)\n"
-    "  status -c POOL.INI MESSAGE_ID        what became of a task: state, attempts, history\n"
-    "  version                              print the version\n"
-    "  help                                 print this help\n"
-    "\n"
-    "CW_AMQP_URL overrides [broker] url, CW_<SECTION>_<KEY> any key (CW_POOL_WORKERS=4).\n"
-    "See README.md for the configuration keys.\n";
+typedef struct command {
+    const char *name;
+    int (*run)(int argc, char **argv); /* argv[0] is the command */
+    const char *summary;               /* its line in the help; NULL: another name */
+} command;
 
-int cw_cli_fail(int code, const char *fmt, ...)
+/* Where the summaries start in the help. */
+#define SUMMARY_COL 12
+
+static int cmd_help(int argc, char **argv);
+
+static const command commands[] = {
+    {"run", cw_cmd_run, "run the pool (a supervisor and N worker processes) until SIGTERM or "
+                        "SIGINT; SIGHUP rolls the workers"},
+    {"config", cw_cmd_config, "config check: validate a configuration and print every effective "
+                              "value with its source"},
+    {"publish", cw_cmd_publish, "publish one task, confirmed; prints its ID"},
+    {"dlq", cw_cmd_dlq, "inspect and replay the dead-letter queue ('compworker dlq help' lists "
+                        "its commands)"},
+    {"status", cw_cmd_status, "what became of a task: state, attempts, history"},
+    {"version", cw_cmd_version, "print the version"},
+    {"help", cmd_help, "print this help"},
+    {"--version", cw_cmd_version, NULL},
+    {"--help", cmd_help, NULL},
+    {"-h", cmd_help, NULL},
+};
+
+static int cmd_help(int argc, char **argv)
 {
-    char msg[2048];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    fprintf(stderr, "compworker: %s\n", msg);
-    return code;
-}
-
-int cw_cli_bad_option(const char *cmd, int c, char **argv)
-{
-    const char *arg = optind > 0 ? argv[optind - 1] : "";
-    if (c == ':')
-        return cw_cli_fail(CW_EXIT_USAGE, "%s: option '%s' needs a value", cmd, arg);
-    if (optopt) /* a short option, maybe one of several in one argument ("-zq") */
-        return cw_cli_fail(CW_EXIT_USAGE, "%s: unknown option '-%c' (try 'compworker %s --help')",
-                           cmd, optopt, cmd);
-    return cw_cli_fail(CW_EXIT_USAGE, "%s: unknown option '%.*s' (try 'compworker %s --help')",
-                       cmd, (int)strcspn(arg, "="), arg, cmd);
+    (void)argc;
+    (void)argv;
+    printf("usage: compworker <command> [options]\n\ncommands:\n");
+    for (size_t i = 0; i < sizeof commands / sizeof *commands; i++) {
+        if (commands[i].summary)
+            cw_opt_print_item(stdout, SUMMARY_COL, commands[i].name, commands[i].summary);
+    }
+    printf("\n'compworker <command> --help' describes a command and its options.\n"
+           "CW_AMQP_URL overrides [broker] url, CW_<SECTION>_<KEY> any key (CW_POOL_WORKERS=4).\n"
+           "See README.md for the configuration keys.\n");
+    return CW_EXIT_OK;
 }
 
 bool cw_cli_is_message_id(const char *s)
@@ -71,26 +67,9 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
     if (argc < 2)
         return cw_cli_fail(CW_EXIT_USAGE, "no command given (try 'compworker help')");
-    const char *cmd = argv[1];
-    if (strcmp(cmd, "run") == 0)
-        return cw_cmd_run(argc - 1, argv + 1);
-    if (strcmp(cmd, "publish") == 0)
-        return cw_cmd_publish(argc - 1, argv + 1);
-    if (strcmp(cmd, "config") == 0)
-        return cw_cmd_config(argc - 1, argv + 1);
-    if (strcmp(cmd, "dlq") == 0)
-        return cw_cmd_dlq(argc - 1, argv + 1);
-    if (strcmp(cmd, "status") == 0)
-        return cw_cmd_status(argc - 1, argv + 1);
-    if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {
-        if (argc > 2)
-            return cw_cli_fail(CW_EXIT_USAGE, "version: unexpected argument '%s'", argv[2]);
-        printf("compworker %s (plugin ABI %d)\n", cw_version(), CW_ABI_VERSION);
-        return CW_EXIT_OK;
+    for (size_t i = 0; i < sizeof commands / sizeof *commands; i++) {
+        if (strcmp(commands[i].name, argv[1]) == 0)
+            return commands[i].run(argc - 1, argv + 1);
     }
-    if (strcmp(cmd, "help") == 0 || strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0) {
-        fputs(usage, stdout);
-        return CW_EXIT_OK;
-    }
-    return cw_cli_fail(CW_EXIT_USAGE, "unknown command '%s' (try 'compworker help')", cmd);
+    return cw_cli_fail(CW_EXIT_USAGE, "unknown command '%s' (try 'compworker help')", argv[1]);
 }

@@ -10,7 +10,6 @@
 #if defined(__SANITIZE_ADDRESS__)
 #include <sanitizer/lsan_interface.h>
 #endif
-#include <getopt.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -739,43 +738,4 @@ int cw_pool_config_load(cw_config **out, const cw_pool_opts *opts)
 out_free:
     cw_config_free(cfg);
     return rc;
-}
-
-int cw_pool_cli_load(int argc, char **argv, const char *cmd, const char *usage,
-                     cw_pool_opts *po, cw_config **out)
-{
-    static const struct option opts[] = {{"config", required_argument, NULL, 'c'},
-                                         {"workers", required_argument, NULL, 'w'},
-                                         {"log-level", required_argument, NULL, 'l'},
-                                         {"help", no_argument, NULL, 'h'},
-                                         {NULL, 0, NULL, 0}};
-    int c;
-    optind = 1;
-    opterr = 0;
-    while ((c = getopt_long(argc, argv, ":c:w:l:h", opts, NULL)) != -1) {
-        switch (c) {
-        case 'c': po->config_path = optarg; break;
-        case 'w': po->workers_flag = optarg; break;
-        case 'l': po->level_flag = optarg; break;
-        case 'h':
-            fputs(usage, stdout);
-            return CW_EXIT_OK;
-        default:
-            return cw_cli_bad_option(cmd, c, argv);
-        }
-    }
-    if (optind < argc)
-        return cw_cli_fail(CW_EXIT_USAGE, "%s: unexpected argument '%s'", cmd, argv[optind]);
-    if (!po->config_path)
-        return cw_cli_fail(CW_EXIT_USAGE, "%s: -c POOL.INI is required", cmd);
-    if (cw_pool_config_load(out, po))
-        return cw_cli_fail(CW_EXIT_USAGE, "%s", cw_error_last());
-    if ((*out)->n_plugins == 0) {
-        int rc = cw_cli_fail(CW_EXIT_USAGE, "%s: [pool] plugins is empty: a worker needs handlers",
-                             (*out)->path);
-        cw_config_free(*out);
-        *out = NULL;
-        return rc;
-    }
-    return -1;
 }

@@ -36,14 +36,6 @@ typedef struct cw_pool_opts {
  * (every error one line, in cw_error_last()). Free with cw_config_free(). */
 int cw_pool_config_load(cw_config **out, const cw_pool_opts *opts);
 
-/* The flags `run` and `config check` share (-c, --workers, --log-level,
- * --help): parses argv (argv[0] is the subcommand) into `po`, loads the
- * config into *out and checks it has plugins. Returns -1 when *out is
- * loaded; otherwise the exit code to return (after printing `usage` for
- * --help, or one error line naming `cmd`). */
-int cw_pool_cli_load(int argc, char **argv, const char *cmd, const char *usage,
-                     cw_pool_opts *po, cw_config **out);
-
 /* Runs the pool until SIGTERM or SIGINT; takes `cfg` over. Returns the exit
  * code: 0 after a signal-driven stop; 1 or 2 when the first workers could
  * not start (their reason logged): the broker refused the topology or the
