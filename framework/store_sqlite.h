@@ -1,0 +1,46 @@
+/* Internal to the SQLite store backend: its state and what its files share.
+ * framework/store_sqlite.c holds the operations of the store interface;
+ * framework/store_sqlite_open.c opening a database (its directory, the
+ * pragmas, the schema and its migration, the statements) and probing one for
+ * config check; framework/store_sqlite_sql.c the SQL. */
+#ifndef CW_FRAMEWORK_STORE_SQLITE_H
+#define CW_FRAMEWORK_STORE_SQLITE_H
+
+#include <sqlite3.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "framework/store.h"
+#include "framework/store_sqlite_sql.h"
+
+#define CW_SQ_SCHEMA_VERSION 1
+#define CW_SQ_BUSY_TIMEOUT_MS 10000
+#define CW_SQ_CACHE_KIB 8192
+#define CW_SQ_MEMORY ":memory:"
+
+#define CW_SQ_STR_(x) #x
+#define CW_SQ_STRINGIFY(x) CW_SQ_STR_(x)
+
+typedef struct cw_sq_store {
+    cw_store base; /* first: what cw_store_open hands out */
+    sqlite3 *db;
+    char *path; /* the file, or ":memory:"; for messages */
+    sqlite3_stmt *st[CW_SQ_COUNT];
+    bool sync_full;   /* durable commits fsync the WAL */
+    bool synced_full; /* the connection's current synchronous setting */
+    int64_t sweep_after; /* the sweep's next pass starts after this row id */
+    int64_t busy_since_us; /* when the current wait for the write lock began */
+} cw_sq_store;
+
+/* The table of operations of the backend. */
+extern const cw_store_ops cw__sq_ops;
+
+/* Records SQLite's message for `op` and returns CW_STATUS_STORE. Call it
+ * before resetting the failed statement. */
+int cw__sq_fail(const cw_sq_store *q, const char *op);
+
+/* Frees the store: its statements, its connection (rolling back an open
+ * batch), its memory. */
+void cw__sq_free(cw_store *s);
+
+#endif
