@@ -5,8 +5,8 @@
 #include <time.h>
 
 #include "dlq/deadletter.h"
-#include "retry/delay.h"
 #include "framework/error.h"
+#include "retry/delay.h"
 
 void cw__iso8601(int64_t ms, char out[CW_ISO8601_LEN])
 {

@@ -10,9 +10,9 @@
 #include "framework/log.h"
 #include "framework/owner.h"
 #include "framework/registry.h"
-#include "workers/worker.h"
 #include "workers/cli.h"
 #include "workers/pool.h"
+#include "workers/worker.h"
 
 static volatile sig_atomic_t cw_stop;
 
