@@ -65,8 +65,8 @@ static amqp_connection_state_t open_conn(const char *url)
 
 static uint32_t depth(amqp_connection_state_t c, const char *queue)
 {
-    amqp_queue_declare_ok_t *ok =
-        amqp_queue_declare(c, 1, amqp_cstring_bytes(queue), 1, 0, 0, 0, amqp_empty_table);
+    amqp_queue_declare_ok_t *ok = amqp_queue_declare(c, 1, amqp_cstring_bytes(queue), 1, 0, 0, 0,
+                                                     amqp_empty_table);
     die_reply(amqp_get_rpc_reply(c), "queue.declare passive");
     return ok->message_count;
 }
@@ -144,14 +144,15 @@ static int pace(const char *url, const char *queue, double rate, double seconds,
             uuid_generate_random(u);
             uuid_unparse_lower(u, id);
             p.message_id.len = strlen(id);
-            int len = retry_ms >= 0
-                          ? snprintf(body, sizeof body, "{\"sent_ns\":%lld,\"retry_ms\":%ld}",
-                                     (long long)realtime_ns(), retry_ms)
-                          : snprintf(body, sizeof body, "{\"sent_ns\":%lld,\"pad\":\"%s\"}",
-                                     (long long)realtime_ns(),
-                                     "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
-                                     "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
-                                     "xxxxxxxxxxxxxxxxxxxxxxxxxxxxx");
+            int len =
+                retry_ms >= 0
+                    ? snprintf(body, sizeof body, "{\"sent_ns\":%lld,\"retry_ms\":%ld}",
+                               (long long)realtime_ns(), retry_ms)
+                    : snprintf(body, sizeof body, "{\"sent_ns\":%lld,\"pad\":\"%s\"}",
+                               (long long)realtime_ns(),
+                               "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
+                               "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
+                               "xxxxxxxxxxxxxxxxxxxxxxxxxxxxx");
             amqp_bytes_t b = {.len = (size_t)len, .bytes = body};
             if (amqp_basic_publish(c, 1, amqp_empty_bytes, amqp_cstring_bytes(queue), 0, 0, &p,
                                    b)) {
@@ -275,8 +276,7 @@ int main(int argc, char **argv)
     if (argc == 6 && strcmp(argv[1], "drain") == 0)
         return drain(argv[2], argv[3], atol(argv[4]), atoi(argv[5]));
     if ((argc == 6 || argc == 7) && strcmp(argv[1], "pace") == 0)
-        return pace(argv[2], argv[3], atof(argv[4]), atof(argv[5]),
-                    argc == 7 ? atol(argv[6]) : -1);
+        return pace(argv[2], argv[3], atof(argv[4]), atof(argv[5]), argc == 7 ? atol(argv[6]) : -1);
     if (argc == 4 && strcmp(argv[1], "depth") == 0) {
         amqp_connection_state_t c = open_conn(argv[2]);
         printf("%" PRIu32 "\n", depth(c, argv[3]));

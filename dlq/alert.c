@@ -79,8 +79,7 @@ static int copy_config(cw_alert_config *dst, const cw_alert_config *src)
     dst->rate_limit_ms = src->rate_limit_ms > 0 ? src->rate_limit_ms : 0;
     if (src->command_argv && src->command_argv[0]) {
         if (src->command_argv[0][0] != '/')
-            return cw__error(CW_STATUS_INVALID_ARG,
-                             "[alert] command: '%s' is not an absolute path",
+            return cw__error(CW_STATUS_INVALID_ARG, "[alert] command: '%s' is not an absolute path",
                              src->command_argv[0]);
         size_t n = 0;
         while (src->command_argv[n])
@@ -92,8 +91,7 @@ static int copy_config(cw_alert_config *dst, const cw_alert_config *src)
             if (!(dst->command_argv[i] = strdup(src->command_argv[i])))
                 return CW_STATUS_NOMEM;
     }
-    if (src->webhook_url && src->webhook_url[0] &&
-        !(dst->webhook_url = strdup(src->webhook_url)))
+    if (src->webhook_url && src->webhook_url[0] && !(dst->webhook_url = strdup(src->webhook_url)))
         return CW_STATUS_NOMEM;
     return 0;
 }
@@ -171,8 +169,7 @@ int cw_alerter_new(cw_alerter **out, const cw_alert_config *cfg)
     return 0;
 }
 
-int cw_alerter_add_callback(cw_alerter *a, cw__alert_cb fn, void *user_data,
-                            const char *owner_name)
+int cw_alerter_add_callback(cw_alerter *a, cw__alert_cb fn, void *user_data, const char *owner_name)
 {
     if (!a || !fn)
         return cw__error(CW_STATUS_INVALID_ARG, "alert callback: no alerter or no function");
@@ -462,8 +459,8 @@ static json_object *json_time(int64_t ms)
 /* Renders and frees `o`; NULL when out of memory. Free with free(). */
 static char *json_finish(json_object *o)
 {
-    const char *s = json_object_to_json_string_ext(
-        o, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE);
+    const char *s = json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN |
+                                                          JSON_C_TO_STRING_NOSLASHESCAPE);
     char *copy = s ? strdup(s) : NULL;
     json_object_put(o);
     return copy;
@@ -509,8 +506,7 @@ static void run_hooks(cw_alerter *a, const char *json, const cw_log_task *task)
 {
     for (size_t i = 0; i < a->n_cbs; i++) {
         if (cw__alert_past_deadline(a)) {
-            cw_log_warn(task, "alert hook skipped at shutdown: hook=callback %s",
-                        a->cbs[i].owner);
+            cw_log_warn(task, "alert hook skipped at shutdown: hook=callback %s", a->cbs[i].owner);
             continue;
         }
         a->cbs[i].fn(json, a->cbs[i].user_data);
@@ -543,8 +539,7 @@ static void send_digest(cw_alerter *a, const alert_group *g)
     cw_log_task task = {NULL, NULL, g->type};
     char *json = digest_json(g);
     if (!json) {
-        cw_log_warn(&task, "alert digest of %lu held-back alerts not sent: out of memory",
-                    g->held);
+        cw_log_warn(&task, "alert digest of %lu held-back alerts not sent: out of memory", g->held);
         return;
     }
     cw_log_info(&task, "alert digest: %lu alerts of error class %s held back", g->held,
@@ -649,7 +644,8 @@ void cw_alerter_free(cw_alerter *a)
         return;
     if (a->running) {
         int64_t now = cw__mono_ms(), total = 2 * a->cfg.timeout_ms;
-        int64_t margin = cw__alert_min64(500, total / 10); /* to finish a hook cut at the deadline */
+        int64_t margin = cw__alert_min64(500,
+                                         total / 10); /* to finish a hook cut at the deadline */
         pthread_mutex_lock(&a->mu);
         a->stop = true;
         atomic_store(&a->deadline, now + total - margin);
@@ -664,8 +660,7 @@ void cw_alerter_free(cw_alerter *a)
             a->abandoned = true;
             pthread_mutex_unlock(&a->mu);
             pthread_detach(t);
-            cw_log_warn(NULL,
-                        "alert hooks still running after %lld ms at shutdown; left to finish",
+            cw_log_warn(NULL, "alert hooks still running after %lld ms at shutdown; left to finish",
                         (long long)total);
             return;
         }

@@ -188,21 +188,17 @@ void cw__alert_run_command(cw_alerter *a, const char *json, const cw_log_task *t
         cw_log_warn(task, "alert hook failed: hook=command %s: killed at shutdown after %lld ms",
                     path, (long long)took);
     else if (killed)
-        cw_log_warn(task,
-                    "alert hook failed: hook=command %s: timed out after %lld ms, killed%s",
+        cw_log_warn(task, "alert hook failed: hook=command %s: timed out after %lld ms, killed%s",
                     path, (long long)took, note);
     else if (!reaped)
         cw_log_debug(task, "alert command %s ended (its status was collected elsewhere)", path);
     else if (WIFEXITED(status) && WEXITSTATUS(status) != 0)
-        cw_log_warn(task,
-                    "alert hook failed: hook=command %s: exited with status %d%s", path,
+        cw_log_warn(task, "alert hook failed: hook=command %s: exited with status %d%s", path,
                     WEXITSTATUS(status), note);
     else if (WIFSIGNALED(status))
-        cw_log_warn(task,
-                    "alert hook failed: hook=command %s: killed by signal %d (SIG%s)%s", path,
+        cw_log_warn(task, "alert hook failed: hook=command %s: killed by signal %d (SIG%s)%s", path,
                     WTERMSIG(status),
-                    sigabbrev_np(WTERMSIG(status)) ? sigabbrev_np(WTERMSIG(status)) : "?",
-                    note);
+                    sigabbrev_np(WTERMSIG(status)) ? sigabbrev_np(WTERMSIG(status)) : "?", note);
     else
         cw_log_debug(task, "alert command %s succeeded in %lld ms", path, (long long)took);
 

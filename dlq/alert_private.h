@@ -20,7 +20,7 @@
 
 #define CW_ALERT_DEFAULT_TIMEOUT_MS 10000
 #define CW_ALERT_MAX_TIMEOUT_MS (24 * 3600 * 1000LL)
-#define CW_ALERT_CHECK_MS 1000        /* windows are checked at least this often */
+#define CW_ALERT_CHECK_MS 1000 /* windows are checked at least this often */
 #define CW_ALERT_BACKOFF_MS 250
 #define CW_ALERT_BACKOFF_MAX_MS 8000
 #define CW_ALERT_STDERR_KEEP 200
@@ -36,8 +36,8 @@ typedef struct alert_item {
  * overflow). Only open windows are kept. */
 typedef struct alert_group {
     struct alert_group *next;
-    char *type;        /* NULL allowed */
-    char *error_class; /* NULL allowed */
+    char *type;         /* NULL allowed */
+    char *error_class;  /* NULL allowed */
     int64_t window_end; /* monotonic ms */
     int64_t window_ms;
     unsigned long held;
@@ -72,9 +72,9 @@ struct cw_alerter {
     size_t queued;
     alert_group *groups;
     bool stop;
-    bool finished;    /* the thread left its loop */
-    bool abandoned;   /* cw_alerter_free() gave up: the thread frees */
-    bool overflowing; /* in an overflow episode */
+    bool finished;               /* the thread left its loop */
+    bool abandoned;              /* cw_alerter_free() gave up: the thread frees */
+    bool overflowing;            /* in an overflow episode */
     unsigned long overflow_held; /* held back in this episode */
     unsigned long lost;          /* not even counted (out of memory) */
 

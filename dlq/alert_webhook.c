@@ -52,8 +52,7 @@ int cw__alert_webhook_setup(cw_alerter *a)
     if (!c)
         return cw__error(CW_STATUS_NOMEM, "alert webhook: curl_easy_init failed");
     static const char *const headers[] = {
-        "Content-Type: application/json",
-        "Expect:", /* no 100-continue round trip */
+        "Content-Type: application/json", "Expect:", /* no 100-continue round trip */
     };
     for (size_t i = 0; i < sizeof headers / sizeof *headers; i++) {
         struct curl_slist *h = curl_slist_append(a->headers, headers[i]);
@@ -62,8 +61,8 @@ int cw__alert_webhook_setup(cw_alerter *a)
         a->headers = h;
     }
     CURLcode rc = CURLE_OK;
-#define SET(opt, val) \
-    if (rc == CURLE_OK) \
+#define SET(opt, val)                                                                              \
+    if (rc == CURLE_OK)                                                                            \
     rc = curl_easy_setopt(c, opt, val)
     SET(CURLOPT_URL, a->cfg.webhook_url);
     SET(CURLOPT_POST, 1L);
@@ -98,10 +97,8 @@ static bool curl_retryable(CURLcode rc)
     case CURLE_PARTIAL_FILE:
     case CURLE_SSL_CONNECT_ERROR:
     case CURLE_HTTP2:
-    case CURLE_HTTP2_STREAM:
-        return true;
-    default:
-        return false;
+    case CURLE_HTTP2_STREAM: return true;
+    default: return false;
     }
 }
 
@@ -141,7 +138,8 @@ void cw__alert_run_webhook(cw_alerter *a, const char *json, const cw_log_task *t
         if (!again || tries >= max_tries)
             break;
         unsigned shift = tries - 1 < 6 ? tries - 1 : 6;
-        cw__alert_sleep_ms(a, cw__alert_min64((int64_t)CW_ALERT_BACKOFF_MS << shift, CW_ALERT_BACKOFF_MAX_MS));
+        cw__alert_sleep_ms(a, cw__alert_min64((int64_t)CW_ALERT_BACKOFF_MS << shift,
+                                              CW_ALERT_BACKOFF_MAX_MS));
     }
     long long took = (long long)(cw__mono_ms() - start);
     if (rc == CURLE_ABORTED_BY_CALLBACK)
@@ -150,8 +148,8 @@ void cw__alert_run_webhook(cw_alerter *a, const char *json, const cw_log_task *t
                     a->webhook_label, tries);
     else if (rc != CURLE_OK)
         cw_log_warn(task, "alert hook failed: hook=webhook %s: %s (after %u tries in %lld ms)",
-                    a->webhook_label, a->curl_err[0] ? a->curl_err : curl_easy_strerror(rc),
-                    tries, took);
+                    a->webhook_label, a->curl_err[0] ? a->curl_err : curl_easy_strerror(rc), tries,
+                    took);
     else
         cw_log_warn(task,
                     "alert hook failed: hook=webhook %s: HTTP status %ld (after %u tries in "

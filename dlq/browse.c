@@ -81,11 +81,11 @@ static void notice(const cw_dlq_browser *b, const char *fmt, ...) CW_PRINTF(2, 3
 
 static int declare_passive(cw_dlq_browser *b, amqp_queue_declare_ok_t *ok)
 {
-    amqp_queue_declare_ok_t *r =
-        amqp_queue_declare(b->conn, CTL_CH, amqp_cstring_bytes(b->queue), 1, 0, 0, 0,
-                           amqp_empty_table);
+    amqp_queue_declare_ok_t *r = amqp_queue_declare(b->conn, CTL_CH, amqp_cstring_bytes(b->queue),
+                                                    1, 0, 0, 0, amqp_empty_table);
     amqp_rpc_reply_t rr = amqp_get_rpc_reply(b->conn);
-    if (rr.reply_type == AMQP_RESPONSE_SERVER_EXCEPTION && rr.reply.id == AMQP_CHANNEL_CLOSE_METHOD) {
+    if (rr.reply_type == AMQP_RESPONSE_SERVER_EXCEPTION &&
+        rr.reply.id == AMQP_CHANNEL_CLOSE_METHOD) {
         const amqp_channel_close_t *m = rr.reply.decoded;
         if (m->reply_code == AMQP_NOT_FOUND)
             return cw__error(CW_STATUS_NOT_FOUND, "queue '%s' does not exist on the broker",
@@ -143,13 +143,13 @@ static int add_consumer_for(cw_dlq_browser *b, uint64_t want)
     int rc = cw__broker_reply(amqp_get_rpc_reply(b->conn), "setting the prefetch");
     if (rc)
         return rc;
-    char (*ctags)[256] = realloc(b->ctags, (b->consumers + 1) * sizeof *ctags);
+    char(*ctags)[256] = realloc(b->ctags, (b->consumers + 1) * sizeof *ctags);
     if (!ctags)
         return cw__error(CW_STATUS_NOMEM, "out of memory");
     b->ctags = ctags;
-    amqp_basic_consume_ok_t *ok =
-        amqp_basic_consume(b->conn, CONSUME_CH, amqp_cstring_bytes(b->queue), amqp_empty_bytes,
-                           0, 0, 0, amqp_empty_table);
+    amqp_basic_consume_ok_t *ok = amqp_basic_consume(b->conn, CONSUME_CH,
+                                                     amqp_cstring_bytes(b->queue), amqp_empty_bytes,
+                                                     0, 0, 0, amqp_empty_table);
     char what[320];
     snprintf(what, sizeof what, "reading queue '%s'", b->queue);
     if ((rc = cw__broker_reply(amqp_get_rpc_reply(b->conn), what)))
@@ -187,16 +187,19 @@ int cw_dlq_browser_open(cw_dlq_browser **out, const cw_config *cfg, const char *
     amqp_queue_declare_ok_t ok;
     if ((rc = declare_passive(b, &ok))) {
         if (rc == CW_STATUS_NOT_FOUND && strcmp(b->queue, cfg->dlq) == 0)
-            cw__error(rc, "the dead-letter queue '%s' does not exist on the broker (has a worker "
-                          "of pool '%s' run there?)", b->queue, cfg->name);
+            cw__error(rc,
+                      "the dead-letter queue '%s' does not exist on the broker (has a worker "
+                      "of pool '%s' run there?)",
+                      b->queue, cfg->name);
         goto out_close;
     }
     b->total = ok.message_count;
     b->others = ok.consumer_count;
     if (b->others)
-        notice(b, "'%s' has %u other consumer%s: the messages %s holds unacknowledged are not "
-                  "seen", b->queue, b->others, b->others == 1 ? "" : "s",
-               b->others == 1 ? "it" : "they");
+        notice(b,
+               "'%s' has %u other consumer%s: the messages %s holds unacknowledged are not "
+               "seen",
+               b->queue, b->others, b->others == 1 ? "" : "s", b->others == 1 ? "it" : "they");
     if (b->total == 0) {
         b->ended = true;
         *out = b;
@@ -272,8 +275,7 @@ static int other_frame(cw_dlq_browser *b)
         return cw__error(CW_STATUS_CONNECTION, "the broker closed the connection: %.*s",
                          (int)m->reply_text.len, (const char *)m->reply_text.bytes);
     }
-    default:
-        return 0;
+    default: return 0;
     }
 }
 
@@ -461,9 +463,10 @@ static void await_requeue(cw_dlq_browser *b, uint64_t n)
         if (declare_passive(b, &ok) != 0 || ok.message_count >= n)
             return;
         if (cw__mono_ms() >= deadline) {
-            notice(b, "the broker still shows only %u of the %llu messages put back in '%s' as "
-                      "ready after %d s: they are safe in the queue, but an operation started "
-                      "before it catches up sees fewer",
+            notice(b,
+                   "the broker still shows only %u of the %llu messages put back in '%s' as "
+                   "ready after %d s: they are safe in the queue, but an operation started "
+                   "before it catches up sees fewer",
                    ok.message_count, (unsigned long long)n, b->queue, REQUEUE_WAIT_MS / 1000);
             return;
         }
@@ -498,9 +501,8 @@ void cw_dlq_browser_free(cw_dlq_browser *b)
     free(b);
 }
 
-int cw_dlq_browse(const cw_config *cfg, const char *queue, const char *name,
-                  const cw_dlq_ctl *ctl, int (*fn)(cw_dlq_msg *m, void *ud), void *ud,
-                  uint64_t *total, uint64_t *missing)
+int cw_dlq_browse(const cw_config *cfg, const char *queue, const char *name, const cw_dlq_ctl *ctl,
+                  int (*fn)(cw_dlq_msg *m, void *ud), void *ud, uint64_t *total, uint64_t *missing)
 {
     cw_dlq_browser *b;
     int rc = cw_dlq_browser_open(&b, cfg, queue, name, ctl);

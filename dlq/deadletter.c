@@ -26,16 +26,16 @@ void cw__iso8601(int64_t ms, char out[CW_ISO8601_LEN])
     /* Four-digit years, as ISO 8601 wants (strftime's %Y writes "226"). */
     char buf[96];
     int n = snprintf(buf, sizeof buf, "%04lld-%02d-%02dT%02d:%02d:%02d.%03uZ",
-                     (long long)tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour,
-                     tm.tm_min, tm.tm_sec, (unsigned)milli);
+                     (long long)tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
+                     tm.tm_sec, (unsigned)milli);
     size_t len = n < 0 ? 0 : (size_t)n < CW_ISO8601_LEN ? (size_t)n : CW_ISO8601_LEN - 1;
     memcpy(out, buf, len);
     out[len] = '\0';
 }
 
 static const char *const cw_failure_headers[] = {
-    "cw-error",  "cw-error-class", "cw-failed-at", "cw-handler", "cw-worker",
-    "cw-queue",  "cw-attempt",     "cw-crash-signal", "cw-plugin",
+    "cw-error", "cw-error-class", "cw-failed-at",    "cw-handler", "cw-worker",
+    "cw-queue", "cw-attempt",     "cw-crash-signal", "cw-plugin",
 };
 
 bool cw__is_failure_header(amqp_bytes_t key)

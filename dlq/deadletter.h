@@ -12,10 +12,10 @@ typedef struct cw_deadletter_info {
     const char *error_class; /* "invalid", "permanent", "exhausted", "poison";
                                 "transient" on a retry copy */
     const char *reason;
-    const char *handler;     /* "refund 1.0.0 (payment.refund)" or NULL */
+    const char *handler; /* "refund 1.0.0 (payment.refund)" or NULL */
     const char *worker;
-    const char *queue;       /* the pool queue the task failed in */
-    unsigned attempts;       /* attempts made, this one included */
+    const char *queue;        /* the pool queue the task failed in */
+    unsigned attempts;        /* attempts made, this one included */
     const char *crash_signal; /* poison: "SIGSEGV", "timeout"...; or NULL */
 } cw_deadletter_info;
 

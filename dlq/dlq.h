@@ -43,23 +43,23 @@
 typedef struct cw_dlq_msg {
     amqp_envelope_t env; /* owned when has_env: cw_dlq_msg_clear() destroys it */
     bool has_env;
-    uint64_t position;   /* 1-based place in the snapshot */
+    uint64_t position; /* 1-based place in the snapshot */
 
     char message_id[CW_MESSAGE_ID_MAX + 1];
     char type[256];
-    char saga_id[256];        /* correlation_id */
-    char error_class[32];     /* cw-error-class; "broker" for a broker's dead-letter */
+    char saga_id[256];            /* correlation_id */
+    char error_class[32];         /* cw-error-class; "broker" for a broker's dead-letter */
     char error[CW_DLQ_ERROR_MAX]; /* cw-error, or what x-death says */
-    char handler[256];        /* cw-handler */
-    char worker[128];         /* cw-worker */
-    char queue[256];          /* cw-queue, or x-first-death-queue */
-    char orig_exchange[256];  /* cw-original-exchange, or x-first-death-exchange */
+    char handler[256];            /* cw-handler */
+    char worker[128];             /* cw-worker */
+    char queue[256];              /* cw-queue, or x-first-death-queue */
+    char orig_exchange[256];      /* cw-original-exchange, or x-first-death-exchange */
     char orig_routing_key[256];
-    bool has_orig;            /* orig_exchange / orig_routing_key are known */
-    int64_t failed_at_ms;     /* cw-failed-at, or x-death's time; 0 when unknown */
-    int64_t timestamp_ms;     /* the timestamp property; 0 when absent */
-    unsigned attempts;        /* cw-attempt */
-    unsigned replayed;        /* cw-replayed: replays so far */
+    bool has_orig;        /* orig_exchange / orig_routing_key are known */
+    int64_t failed_at_ms; /* cw-failed-at, or x-death's time; 0 when unknown */
+    int64_t timestamp_ms; /* the timestamp property; 0 when absent */
+    unsigned attempts;    /* cw-attempt */
+    unsigned replayed;    /* cw-replayed: replays so far */
 } cw_dlq_msg;
 
 /* Decodes m->env into the summary fields. Never fails: what cannot be read
@@ -81,7 +81,7 @@ bool cw_dlq_parse_iso8601(const char *s, int64_t *out_ms);
 /* Which messages an operation works on. Every member set must match (AND);
  * an empty filter matches every message. Strings are borrowed. */
 typedef struct cw_dlq_filter {
-    char *const *ids;        /* message IDs; a message matches one of them */
+    char *const *ids; /* message IDs; a message matches one of them */
     size_t n_ids;
     const char *type;        /* a glob (fnmatch): "payment.*" */
     const char *saga_id;     /* exact */
@@ -142,10 +142,10 @@ void cw_dlq_groups_free(cw_dlq_groups *gs);
 
 /* What a long operation reports to whoever shows progress. */
 typedef struct cw_dlq_progress {
-    const char *what;   /* "reading", "replaying", ... */
-    uint64_t read;      /* messages of the snapshot read so far */
-    uint64_t total;     /* the snapshot's count */
-    uint64_t done;      /* messages moved (replayed, deleted, imported) */
+    const char *what; /* "reading", "replaying", ... */
+    uint64_t read;    /* messages of the snapshot read so far */
+    uint64_t total;   /* the snapshot's count */
+    uint64_t done;    /* messages moved (replayed, deleted, imported) */
 } cw_dlq_progress;
 
 typedef struct cw_dlq_ctl {
@@ -207,9 +207,8 @@ void cw_dlq_browser_free(cw_dlq_browser *b);
  * call; a non-zero return stops and is returned), then closes, leaving the
  * queue as it was. *total gets the snapshot's count, *missing (may be
  * NULL) what could not be read. CW_STATUS_INTERRUPTED when ctl->stop. */
-int cw_dlq_browse(const cw_config *cfg, const char *queue, const char *name,
-                  const cw_dlq_ctl *ctl, int (*fn)(cw_dlq_msg *m, void *ud), void *ud,
-                  uint64_t *total, uint64_t *missing);
+int cw_dlq_browse(const cw_config *cfg, const char *queue, const char *name, const cw_dlq_ctl *ctl,
+                  int (*fn)(cw_dlq_msg *m, void *ud), void *ud, uint64_t *total, uint64_t *missing);
 
 /* ---- confirmed publishing with an outcome per message ------------------- */
 
@@ -261,19 +260,19 @@ void cw_mover_reset(cw_mover *m);
 /* ---- replaying ---------------------------------------------------------- */
 
 typedef enum cw_dlq_event_kind {
-    CW_DLQ_EV_REPLAYED,      /* republished, confirmed, removed from the DLQ */
-    CW_DLQ_EV_REFUSED_DONE,  /* applied already (done in the store): kept */
-    CW_DLQ_EV_REFUSED_BUSY,  /* a copy is being handled now: kept */
-    CW_DLQ_EV_FAILED,        /* could not be republished (detail says why): kept */
-    CW_DLQ_EV_CANARY_OK,     /* a canary was applied */
-    CW_DLQ_EV_CANARY_FAILED  /* a canary failed again (detail: its error) */
+    CW_DLQ_EV_REPLAYED,     /* republished, confirmed, removed from the DLQ */
+    CW_DLQ_EV_REFUSED_DONE, /* applied already (done in the store): kept */
+    CW_DLQ_EV_REFUSED_BUSY, /* a copy is being handled now: kept */
+    CW_DLQ_EV_FAILED,       /* could not be republished (detail says why): kept */
+    CW_DLQ_EV_CANARY_OK,    /* a canary was applied */
+    CW_DLQ_EV_CANARY_FAILED /* a canary failed again (detail: its error) */
 } cw_dlq_event_kind;
 
 typedef struct cw_dlq_event {
     cw_dlq_event_kind kind;
-    const cw_dlq_msg *msg;   /* the message (its envelope may be gone) */
-    const char *detail;      /* "" or why */
-    const char *exchange;    /* where to (REPLAYED, FAILED); may be NULL */
+    const cw_dlq_msg *msg; /* the message (its envelope may be gone) */
+    const char *detail;    /* "" or why */
+    const char *exchange;  /* where to (REPLAYED, FAILED); may be NULL */
     const char *routing_key;
 } cw_dlq_event;
 
@@ -289,22 +288,25 @@ typedef int (*cw_dlq_edit_fn)(const cw_dlq_msg *m, char **body, size_t *len, voi
 typedef struct cw_dlq_replay_opts {
     unsigned version;
     const cw_dlq_filter *filter; /* the selection (an inactive one selects all) */
-    bool dry_run;             /* only count what would be replayed, by group */
-    bool force;               /* replay tasks done in the store too */
-    const char *to;           /* routing key on the pool's exchange instead of
+    bool dry_run;                /* only count what would be replayed, by group */
+    bool force;                  /* replay tasks done in the store too */
+    const char *to;              /* routing key on the pool's exchange instead of
                                  the original destination; NULL for the original */
-    uint64_t limit;           /* replay at most this many (0: no limit) */
-    unsigned canary;          /* replay this many first and wait for their outcome */
+    uint64_t limit;              /* replay at most this many (0: no limit) */
+    unsigned canary;             /* replay this many first and wait for their outcome */
     int64_t canary_timeout_ms;
-    double rate;              /* messages per second after the canaries (0: no limit) */
-    cw_dlq_edit_fn edit;      /* may be NULL */
+    double rate;         /* messages per second after the canaries (0: no limit) */
+    cw_dlq_edit_fn edit; /* may be NULL */
     void *edit_data;
     void (*event)(const cw_dlq_event *e, void *ud); /* may be NULL */
     void *event_data;
-    const cw_dlq_ctl *ctl;    /* may be NULL */
+    const cw_dlq_ctl *ctl; /* may be NULL */
 } cw_dlq_replay_opts;
 
-#define CW_DLQ_REPLAY_OPTS_INIT {.version = CW_DLQ_REPLAY_OPTS_VERSION}
+#define CW_DLQ_REPLAY_OPTS_INIT                                                                    \
+    {                                                                                              \
+        .version = CW_DLQ_REPLAY_OPTS_VERSION                                                      \
+    }
 
 typedef struct cw_dlq_replay_result {
     uint64_t total;        /* the snapshot's count */
@@ -321,7 +323,7 @@ typedef struct cw_dlq_replay_result {
     bool canary_failed;
     bool interrupted;
     char stopped[CW_DLQ_ERROR_MAX]; /* why the replay stopped early; "" if it did not */
-    uint64_t duplicates;   /* of `replayed`: further copies of a task this replay
+    uint64_t duplicates;            /* of `replayed`: further copies of a task this replay
                               republished, removed without publishing them again */
 } cw_dlq_replay_result;
 

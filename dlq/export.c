@@ -56,8 +56,8 @@ char *cw_dlq_base64(const void *data, size_t len)
 
 static bool b64_char(unsigned char c)
 {
-    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
-           c == '+' || c == '/';
+    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '+' ||
+           c == '/';
 }
 
 bool cw_dlq_unbase64(const char *text, size_t text_len, unsigned char **out, size_t *len)
@@ -160,15 +160,24 @@ static const struct {
     const char *name;
     uint8_t kind;
 } kinds[] = {
-    {"bool", AMQP_FIELD_KIND_BOOLEAN}, {"i8", AMQP_FIELD_KIND_I8},
-    {"u8", AMQP_FIELD_KIND_U8},        {"i16", AMQP_FIELD_KIND_I16},
-    {"u16", AMQP_FIELD_KIND_U16},      {"i32", AMQP_FIELD_KIND_I32},
-    {"u32", AMQP_FIELD_KIND_U32},      {"i64", AMQP_FIELD_KIND_I64},
-    {"u64", AMQP_FIELD_KIND_U64},      {"f32", AMQP_FIELD_KIND_F32},
-    {"f64", AMQP_FIELD_KIND_F64},      {"decimal", AMQP_FIELD_KIND_DECIMAL},
-    {"string", AMQP_FIELD_KIND_UTF8},  {"bytes", AMQP_FIELD_KIND_BYTES},
-    {"timestamp", AMQP_FIELD_KIND_TIMESTAMP}, {"void", AMQP_FIELD_KIND_VOID},
-    {"array", AMQP_FIELD_KIND_ARRAY},  {"table", AMQP_FIELD_KIND_TABLE},
+    {"bool", AMQP_FIELD_KIND_BOOLEAN},
+    {"i8", AMQP_FIELD_KIND_I8},
+    {"u8", AMQP_FIELD_KIND_U8},
+    {"i16", AMQP_FIELD_KIND_I16},
+    {"u16", AMQP_FIELD_KIND_U16},
+    {"i32", AMQP_FIELD_KIND_I32},
+    {"u32", AMQP_FIELD_KIND_U32},
+    {"i64", AMQP_FIELD_KIND_I64},
+    {"u64", AMQP_FIELD_KIND_U64},
+    {"f32", AMQP_FIELD_KIND_F32},
+    {"f64", AMQP_FIELD_KIND_F64},
+    {"decimal", AMQP_FIELD_KIND_DECIMAL},
+    {"string", AMQP_FIELD_KIND_UTF8},
+    {"bytes", AMQP_FIELD_KIND_BYTES},
+    {"timestamp", AMQP_FIELD_KIND_TIMESTAMP},
+    {"void", AMQP_FIELD_KIND_VOID},
+    {"array", AMQP_FIELD_KIND_ARRAY},
+    {"table", AMQP_FIELD_KIND_TABLE},
 };
 
 static const char *kind_name(uint8_t kind)
@@ -246,8 +255,7 @@ static json_object *value_only_json(const amqp_field_value_t *v)
             const amqp_field_value_t *e = &v->value.array.entries[i];
             json_object *item = json_object_new_object();
             const char *name = kind_name(e->kind);
-            json_object *val = name && e->kind != AMQP_FIELD_KIND_VOID ? value_only_json(e)
-                                                                       : NULL;
+            json_object *val = name && e->kind != AMQP_FIELD_KIND_VOID ? value_only_json(e) : NULL;
             if (!item || !name || (e->kind != AMQP_FIELD_KIND_VOID && !val)) {
                 json_object_put(item);
                 json_object_put(val);
@@ -350,11 +358,11 @@ json_object *cw_dlq_export_object(const amqp_envelope_t *env)
     json_object_object_add(root, "exchange", bytes_json(env->exchange));
     json_object_object_add(root, "routing_key", bytes_json(env->routing_key));
 
-#define STR_PROP(flag, field)                                                   \
-    if (p->_flags & (flag))                                                     \
+#define STR_PROP(flag, field)                                                                      \
+    if (p->_flags & (flag))                                                                        \
         json_object_object_add(props, #field, bytes_json(p->field));
-#define INT_PROP(flag, field)                                                   \
-    if (p->_flags & (flag))                                                     \
+#define INT_PROP(flag, field)                                                                      \
+    if (p->_flags & (flag))                                                                        \
         json_object_object_add(props, #field, json_object_new_uint64(p->field));
     STR_PROP(AMQP_BASIC_CONTENT_TYPE_FLAG, content_type)
     STR_PROP(AMQP_BASIC_CONTENT_ENCODING_FLAG, content_encoding)

@@ -13,8 +13,8 @@
 
 bool cw_dlq_filter_active(const cw_dlq_filter *f)
 {
-    return f && (f->n_ids || f->type || f->saga_id || f->error_class || f->grep ||
-                 f->has_since || f->has_until);
+    return f && (f->n_ids || f->type || f->saga_id || f->error_class || f->grep || f->has_since ||
+                 f->has_until);
 }
 
 bool cw_dlq_filter_match(const cw_dlq_filter *f, const cw_dlq_msg *m)
@@ -91,8 +91,13 @@ static bool parse_local(const char *s, int64_t *out_ms)
     }
     if (*p || mo < 1 || mo > 12 || d < 1 || d > 31 || h > 23 || mi > 59 || sec > 60)
         return false;
-    struct tm tm = {.tm_year = y - 1900, .tm_mon = mo - 1, .tm_mday = d,
-                    .tm_hour = h, .tm_min = mi, .tm_sec = sec, .tm_isdst = -1};
+    struct tm tm = {.tm_year = y - 1900,
+                    .tm_mon = mo - 1,
+                    .tm_mday = d,
+                    .tm_hour = h,
+                    .tm_min = mi,
+                    .tm_sec = sec,
+                    .tm_isdst = -1};
     time_t t = mktime(&tm);
     if (t == (time_t)-1)
         return false;

@@ -83,8 +83,8 @@ static int dec_bytes(dec *d, json_object *j, amqp_bytes_t *out)
         json_object_object_get_ex(j, "base64", &b) && json_object_is_type(b, json_type_string)) {
         unsigned char *raw;
         size_t n;
-        if (!cw_dlq_unbase64(json_object_get_string(b), (size_t)json_object_get_string_len(b),
-                             &raw, &n))
+        if (!cw_dlq_unbase64(json_object_get_string(b), (size_t)json_object_get_string_len(b), &raw,
+                             &n))
             return bad(d, "not valid base64");
         int rc = pool_copy(d, out, raw, n);
         free(raw);
@@ -233,13 +233,9 @@ static int dec_value(dec *d, json_object *j, bool keyed, amqp_field_value_t *out
             out->value.i64 = n;
         break;
     case AMQP_FIELD_KIND_U64:
-    case AMQP_FIELD_KIND_TIMESTAMP:
-        rc = dec_uint(d, v, UINT64_MAX, &out->value.u64);
-        break;
+    case AMQP_FIELD_KIND_TIMESTAMP: rc = dec_uint(d, v, UINT64_MAX, &out->value.u64); break;
     case AMQP_FIELD_KIND_F32:
-    case AMQP_FIELD_KIND_F64:
-        rc = dec_float(d, v, out->kind == AMQP_FIELD_KIND_F32, out);
-        break;
+    case AMQP_FIELD_KIND_F64: rc = dec_float(d, v, out->kind == AMQP_FIELD_KIND_F32, out); break;
     case AMQP_FIELD_KIND_DECIMAL: {
         json_object *dd, *dv;
         if (!json_object_is_type(v, json_type_object) || json_object_object_length(v) != 2 ||
@@ -254,9 +250,7 @@ static int dec_value(dec *d, json_object *j, bool keyed, amqp_field_value_t *out
             out->value.decimal.value = (uint32_t)u;
         break;
     }
-    case AMQP_FIELD_KIND_UTF8:
-        rc = dec_bytes(d, v, &out->value.bytes);
-        break;
+    case AMQP_FIELD_KIND_UTF8: rc = dec_bytes(d, v, &out->value.bytes); break;
     case AMQP_FIELD_KIND_BYTES: {
         json_object *b;
         if (!json_object_is_type(v, json_type_object) || json_object_object_length(v) != 1 ||
@@ -277,23 +271,22 @@ static int dec_value(dec *d, json_object *j, bool keyed, amqp_field_value_t *out
             break;
         }
         out->value.array.num_entries = (int)len;
-        out->value.array.entries =
-            len ? amqp_pool_alloc(d->pool, len * sizeof *out->value.array.entries) : NULL;
+        out->value.array.entries = len ? amqp_pool_alloc(d->pool,
+                                                         len * sizeof *out->value.array.entries)
+                                       : NULL;
         if (len && !out->value.array.entries) {
             rc = cw__error(CW_STATUS_NOMEM, "out of memory importing a message");
             break;
         }
         for (size_t x = 0; x < len && rc == 0; x++) {
             size_t o2 = path_push(d, "[%zu]", x);
-            rc = dec_value(d, json_object_array_get_idx(v, x), false,
-                           &out->value.array.entries[x], depth + 1);
+            rc = dec_value(d, json_object_array_get_idx(v, x), false, &out->value.array.entries[x],
+                           depth + 1);
             path_pop(d, o2);
         }
         break;
     }
-    case AMQP_FIELD_KIND_TABLE:
-        rc = dec_entries(d, v, &out->value.table, depth + 1);
-        break;
+    case AMQP_FIELD_KIND_TABLE: rc = dec_entries(d, v, &out->value.table, depth + 1); break;
     }
     path_pop(d, old);
     return rc;
@@ -347,7 +340,10 @@ static const struct {
     amqp_flags_t flag;
     size_t offset;
 } short_props[] = {
-#define SP(field, flag) {#field, flag, offsetof(amqp_basic_properties_t, field)}
+#define SP(field, flag)                                                                            \
+    {                                                                                              \
+#field, flag, offsetof(amqp_basic_properties_t, field)                                     \
+    }
     SP(content_type, AMQP_BASIC_CONTENT_TYPE_FLAG),
     SP(content_encoding, AMQP_BASIC_CONTENT_ENCODING_FLAG),
     SP(correlation_id, AMQP_BASIC_CORRELATION_ID_FLAG),
@@ -468,8 +464,7 @@ int cw_dlq_import_line(const char *line, size_t len, cw_dlq_record *out)
     }
     if (!fmt || !json_object_is_type(fmt, json_type_string) ||
         strcmp(json_object_get_string(fmt), CW_DLQ_EXPORT_FORMAT) != 0) {
-        rc = bad(&d, "\"format\" is not \"%s\": not a compworker DLQ export",
-                 CW_DLQ_EXPORT_FORMAT);
+        rc = bad(&d, "\"format\" is not \"%s\": not a compworker DLQ export", CW_DLQ_EXPORT_FORMAT);
         goto out_put;
     }
     if (!ver || !json_object_is_type(ver, json_type_int) ||
@@ -502,9 +497,8 @@ int cw_dlq_import_line(const char *line, size_t len, cw_dlq_record *out)
     if (rc)
         goto out_put;
     if (out->props._flags & AMQP_BASIC_MESSAGE_ID_FLAG) {
-        size_t m = out->props.message_id.len < sizeof out->message_id
-                       ? out->props.message_id.len
-                       : sizeof out->message_id - 1;
+        size_t m = out->props.message_id.len < sizeof out->message_id ? out->props.message_id.len
+                                                                      : sizeof out->message_id - 1;
         if (m)
             memcpy(out->message_id, out->props.message_id.bytes, m);
         out->message_id[m] = '\0';

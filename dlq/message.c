@@ -47,8 +47,7 @@ bool cw__dlq_field_int(const amqp_field_value_t *v, int64_t *out)
     case AMQP_FIELD_KIND_TIMESTAMP:
         *out = v->value.u64 > (uint64_t)INT64_MAX ? INT64_MAX : (int64_t)v->value.u64;
         return true;
-    default:
-        return false;
+    default: return false;
     }
 }
 
@@ -91,8 +90,8 @@ bool cw_dlq_parse_iso8601(const char *s, int64_t *out_ms)
 {
     int y, mo, d, h, mi, sec, n = 0;
     char sep;
-    if (sscanf(s, "%4d-%2d-%2d%c%2d:%2d:%2d%n", &y, &mo, &d, &sep, &h, &mi, &sec, &n) != 7 ||
-        !n || (sep != 'T' && sep != 't' && sep != ' '))
+    if (sscanf(s, "%4d-%2d-%2d%c%2d:%2d:%2d%n", &y, &mo, &d, &sep, &h, &mi, &sec, &n) != 7 || !n ||
+        (sep != 'T' && sep != 't' && sep != ' '))
         return false;
     const char *p = s + n;
     int64_t ms = 0;
@@ -129,8 +128,12 @@ bool cw_dlq_parse_iso8601(const char *s, int64_t *out_ms)
     }
     if (*p || mo < 1 || mo > 12 || d < 1 || d > 31 || h > 23 || mi > 59 || sec > 60)
         return false;
-    struct tm tm = {.tm_year = y - 1900, .tm_mon = mo - 1, .tm_mday = d,
-                    .tm_hour = h, .tm_min = mi, .tm_sec = sec};
+    struct tm tm = {.tm_year = y - 1900,
+                    .tm_mon = mo - 1,
+                    .tm_mday = d,
+                    .tm_hour = h,
+                    .tm_min = mi,
+                    .tm_sec = sec};
     time_t t = timegm(&tm);
     *out_ms = ((int64_t)t - offset_s) * 1000 + ms;
     return true;

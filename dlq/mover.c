@@ -181,8 +181,7 @@ int cw_mover_wait(cw_mover *m, int timeout_ms)
             return cw__error(CW_STATUS_CONNECTION, "the broker closed the connection: %.*s",
                              (int)c->reply_text.len, (const char *)c->reply_text.bytes);
         }
-        default:
-            break;
+        default: break;
         }
     }
     amqp_maybe_release_buffers(m->conn);

@@ -54,8 +54,8 @@ typedef struct pending {
     char routing_key[256];
     char *body; /* an edited body (malloc'd), or NULL for the message's own */
     size_t body_len;
-    bool skip;  /* refused by the store at reopen time, or a duplicate */
-    bool dup;   /* a copy of a task this replay republished already */
+    bool skip; /* refused by the store at reopen time, or a duplicate */
+    bool dup;  /* a copy of a task this replay republished already */
 } pending;
 
 typedef struct canary {
@@ -79,10 +79,10 @@ typedef struct replay {
     char user[64];
     canary *canaries;
     size_t n_canaries;
-    uint64_t accepted;  /* selected messages taken into a batch (or counted, dry run) */
-    bool releasing;     /* past the canary phase */
-    int64_t t_release;  /* when the release phase began (monotonic ms) */
-    uint64_t released;  /* messages taken in the release phase */
+    uint64_t accepted; /* selected messages taken into a batch (or counted, dry run) */
+    bool releasing;    /* past the canary phase */
+    int64_t t_release; /* when the release phase began (monotonic ms) */
+    uint64_t released; /* messages taken in the release phase */
     int64_t last_progress;
 } replay;
 
@@ -97,8 +97,11 @@ static void emit(replay *r, cw_dlq_event_kind kind, const cw_dlq_msg *m, const c
 {
     if (!r->o->event)
         return;
-    cw_dlq_event e = {.kind = kind, .msg = m, .detail = detail ? detail : "",
-                      .exchange = exchange, .routing_key = routing_key};
+    cw_dlq_event e = {.kind = kind,
+                      .msg = m,
+                      .detail = detail ? detail : "",
+                      .exchange = exchange,
+                      .routing_key = routing_key};
     r->o->event(&e, r->o->event_data);
 }
 
@@ -112,7 +115,8 @@ static void progress(replay *r, bool force)
         return;
     r->last_progress = now;
     cw_dlq_progress p = {.what = r->o->dry_run ? "reading" : "replaying",
-                         .read = r->res->read, .total = r->res->total,
+                         .read = r->res->read,
+                         .total = r->res->total,
                          .done = r->res->replayed};
     c->progress(&p, c->progress_data);
 }
@@ -195,7 +199,8 @@ static int exchange_exists(replay *r, const char *exchange)
     amqp_exchange_declare(r->pconn, CTL_CH, amqp_cstring_bytes(exchange),
                           amqp_cstring_bytes("topic"), 1, 0, 0, 0, amqp_empty_table);
     amqp_rpc_reply_t rr = amqp_get_rpc_reply(r->pconn);
-    if (rr.reply_type == AMQP_RESPONSE_SERVER_EXCEPTION && rr.reply.id == AMQP_CHANNEL_CLOSE_METHOD) {
+    if (rr.reply_type == AMQP_RESPONSE_SERVER_EXCEPTION &&
+        rr.reply.id == AMQP_CHANNEL_CLOSE_METHOD) {
         const amqp_channel_close_t *m = rr.reply.decoded;
         amqp_channel_close_ok_t ok = {0};
         amqp_send_method(r->pconn, CTL_CH, AMQP_CHANNEL_CLOSE_OK_METHOD, &ok);
@@ -276,7 +281,8 @@ static int drop_duplicate(replay *r, const cw_dlq_msg *m, const char *ex, const 
         return cw__error(CW_STATUS_NOMEM, "out of memory");
     emit(r, CW_DLQ_EV_REPLAYED, m,
          "another copy of this task, replayed already: removed from the DLQ without "
-         "publishing it again", ex, rk);
+         "publishing it again",
+         ex, rk);
     return 0;
 }
 
@@ -308,9 +314,8 @@ static int flush(replay *r)
             continue;
         }
         snprintf(reason, sizeof reason, "replayed by %s from %s to %s / %s%s%s", r->user,
-                 r->cfg->dlq, p->exchange[0] ? p->exchange : "(default exchange)",
-                 p->routing_key, p->body ? " with an edited body" : "",
-                 r->o->force ? " (--force)" : "");
+                 r->cfg->dlq, p->exchange[0] ? p->exchange : "(default exchange)", p->routing_key,
+                 p->body ? " with an edited body" : "", r->o->force ? " (--force)" : "");
         cw_reopen_req req = {.message_id = p->msg.message_id,
                              .saga_id = p->msg.saga_id[0] ? p->msg.saga_id : NULL,
                              .type = p->msg.type[0] ? p->msg.type : NULL,
@@ -399,20 +404,23 @@ static int flush(replay *r)
                 snprintf(r->res->stopped, sizeof r->res->stopped,
                          "the broker connection was lost after a replay was confirmed: its "
                          "copy may still be in the DLQ too (a later replay refuses it once "
-                         "the task is done): %.600s", cw_error_last());
+                         "the task is done): %.600s",
+                         cw_error_last());
             }
             break;
         }
         case CW_MOVE_RETURNED:
             r->res->failed++;
-            snprintf(detail, sizeof detail, "unroutable: no queue is bound to routing key '%s' "
-                     "on exchange '%s'", p->routing_key, p->exchange);
+            snprintf(detail, sizeof detail,
+                     "unroutable: no queue is bound to routing key '%s' "
+                     "on exchange '%s'",
+                     p->routing_key, p->exchange);
             emit(r, CW_DLQ_EV_FAILED, &p->msg, detail, p->exchange, p->routing_key);
             break;
         case CW_MOVE_NACKED:
             r->res->failed++;
-            emit(r, CW_DLQ_EV_FAILED, &p->msg, "the broker refused the publish (nack)",
-                 p->exchange, p->routing_key);
+            emit(r, CW_DLQ_EV_FAILED, &p->msg, "the broker refused the publish (nack)", p->exchange,
+                 p->routing_key);
             break;
         case CW_MOVE_PENDING:
             r->res->failed++;
@@ -487,7 +495,8 @@ static int await_canaries(replay *r)
         if (cw__mono_ms() >= deadline) {
             snprintf(r->res->stopped, sizeof r->res->stopped,
                      "%zu canary task(s) had no outcome within %lld s (is a worker of pool '%s' "
-                     "running?)", open, (long long)(r->o->canary_timeout_ms / 1000), r->cfg->name);
+                     "running?)",
+                     open, (long long)(r->o->canary_timeout_ms / 1000), r->cfg->name);
             r->res->canary_failed = true;
             return 1;
         }
@@ -537,8 +546,10 @@ static int take(replay *r, cw_dlq_msg *m)
     char ex[256], rk[256];
     if (!m->message_id[0]) {
         r->res->failed++;
-        emit(r, CW_DLQ_EV_FAILED, m, "it has no message ID (an invalid task): fix it and "
-                                     "publish it anew instead", NULL, NULL);
+        emit(r, CW_DLQ_EV_FAILED, m,
+             "it has no message ID (an invalid task): fix it and "
+             "publish it anew instead",
+             NULL, NULL);
         return 0;
     }
     if (!r->o->dry_run) {
@@ -556,8 +567,10 @@ static int take(replay *r, cw_dlq_msg *m)
         return 0;
     if (!destination(r, m, ex, rk, sizeof ex)) {
         r->res->failed++;
-        emit(r, CW_DLQ_EV_FAILED, m, "no original exchange and routing key in its headers: "
-                                     "give --to ROUTING_KEY", NULL, NULL);
+        emit(r, CW_DLQ_EV_FAILED, m,
+             "no original exchange and routing key in its headers: "
+             "give --to ROUTING_KEY",
+             NULL, NULL);
         return 0;
     }
     int rc = exchange_exists(r, ex);
@@ -727,8 +740,8 @@ int cw_dlq_replay(const cw_config *cfg, cw_store *store, const cw_dlq_replay_opt
         snprintf(res->stopped, sizeof res->stopped, "%s", cw_error_last());
     if (res->interrupted && !res->stopped[0])
         snprintf(res->stopped, sizeof res->stopped,
-                 "interrupted after reading %llu of %llu messages",
-                 (unsigned long long)res->read, (unsigned long long)res->total);
+                 "interrupted after reading %llu of %llu messages", (unsigned long long)res->read,
+                 (unsigned long long)res->total);
     res->missing = cw_dlq_browser_missing(r.br);
     progress(&r, true);
 

@@ -23,13 +23,11 @@
 int cw__broker_reply(amqp_rpc_reply_t r, const char *what)
 {
     switch (r.reply_type) {
-    case AMQP_RESPONSE_NORMAL:
-        return 0;
+    case AMQP_RESPONSE_NORMAL: return 0;
     case AMQP_RESPONSE_NONE:
         return cw__error(CW_STATUS_CONNECTION, "%s: no reply from the broker", what);
     case AMQP_RESPONSE_LIBRARY_EXCEPTION:
-        return cw__error(CW_STATUS_CONNECTION, "%s: %s", what,
-                         amqp_error_string2(r.library_error));
+        return cw__error(CW_STATUS_CONNECTION, "%s: %s", what, amqp_error_string2(r.library_error));
     case AMQP_RESPONSE_SERVER_EXCEPTION:
         if (r.reply.id == AMQP_CONNECTION_CLOSE_METHOD) {
             const amqp_connection_close_t *m = r.reply.decoded;
@@ -147,8 +145,8 @@ static int connect_one(amqp_connection_state_t *out, const char *url, const cw_t
     props[1].value.value.bytes = amqp_cstring_bytes("compworker");
     amqp_table_t client_props = {.num_entries = 2, .entries = props};
     amqp_rpc_reply_t r = amqp_login_with_properties(conn, ci.vhost, 0, CW_FRAME_MAX, heartbeat_s,
-                                                    &client_props, AMQP_SASL_METHOD_PLAIN,
-                                                    ci.user, ci.password);
+                                                    &client_props, AMQP_SASL_METHOD_PLAIN, ci.user,
+                                                    ci.password);
     if (r.reply_type != AMQP_RESPONSE_NORMAL) {
         char what[1100];
         snprintf(what, sizeof what, "login to %s", masked);
@@ -171,9 +169,9 @@ int cw__broker_connect(amqp_connection_state_t *out, const char *urls, unsigned 
     return cw__broker_connect_tls(out, urls, NULL, next, heartbeat_s, name, connected_to, cap);
 }
 
-int cw__broker_connect_tls(amqp_connection_state_t *out, const char *urls,
-                           const cw_tls_config *tls, unsigned *next, int heartbeat_s,
-                           const char *name, char *connected_to, size_t cap)
+int cw__broker_connect_tls(amqp_connection_state_t *out, const char *urls, const cw_tls_config *tls,
+                           unsigned *next, int heartbeat_s, const char *name, char *connected_to,
+                           size_t cap)
 {
     unsigned n = cw__url_list_count(urls);
     if (n == 0)

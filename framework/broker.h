@@ -25,9 +25,9 @@ int cw__broker_connect(amqp_connection_state_t *out, const char *urls, unsigned 
  * system's trusted CAs, peer and host name verified). A URL of the list may
  * be amqp:// or amqps://; TLS 1.2 at least. Errors say why the handshake
  * failed (OpenSSL's reason when it gives one). */
-int cw__broker_connect_tls(amqp_connection_state_t *out, const char *urls,
-                           const cw_tls_config *tls, unsigned *next, int heartbeat_s,
-                           const char *name, char *connected_to, size_t cap);
+int cw__broker_connect_tls(amqp_connection_state_t *out, const char *urls, const cw_tls_config *tls,
+                           unsigned *next, int heartbeat_s, const char *name, char *connected_to,
+                           size_t cap);
 
 /* cw_client_new() (include/compworker/client.h) with the TLS settings of a
  * pool file for amqps:// URLs (NULL: the defaults above). */
@@ -84,9 +84,9 @@ amqp_rpc_reply_t cw__broker_consume(amqp_connection_state_t conn, amqp_envelope_
 typedef struct cw_publisher {
     amqp_connection_state_t conn;
     amqp_channel_t ch;
-    uint64_t next_seq;    /* the sequence number of the next publish */
-    uint64_t base;        /* first sequence number not yet known confirmed */
-    uint8_t *pending;     /* pending[seq - base]: 1 while unconfirmed */
+    uint64_t next_seq; /* the sequence number of the next publish */
+    uint64_t base;     /* first sequence number not yet known confirmed */
+    uint8_t *pending;  /* pending[seq - base]: 1 while unconfirmed */
     size_t pending_cap;
     unsigned nacked, returned;
     char last_return[256];

@@ -112,8 +112,8 @@ int cw_client_publish(cw_client *c, const cw_publish_opts *opts, char *id_out, s
     /* What a worker would dead-letter as invalid is refused here. */
     char why[256];
     if (cw__json_object_check(o->body, blen, why, sizeof why))
-        return cw__error(CW_STATUS_INVALID_ARG,
-                         "cw_client_publish: body is not a JSON object: %s", why);
+        return cw__error(CW_STATUS_INVALID_ARG, "cw_client_publish: body is not a JSON object: %s",
+                         why);
 
     char id[CW_MESSAGE_ID_MAX + 1];
     if (o->message_id) {
@@ -153,7 +153,7 @@ int cw_client_publish(cw_client *c, const cw_publish_opts *opts, char *id_out, s
     if (rc)
         return rc;
     rc = cw__publisher_wait(&c->pub, o->confirm_timeout_ms ? (int)o->confirm_timeout_ms
-                                                          : CW_CONFIRM_TIMEOUT_MS);
+                                                           : CW_CONFIRM_TIMEOUT_MS);
     if (rc == CW_STATUS_UNROUTABLE)
         return cw__error(rc,
                          "no queue is bound to exchange '%s' for routing key '%s': is a worker "

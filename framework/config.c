@@ -25,9 +25,9 @@
 #include "framework/error.h"
 #include "framework/registry.h"
 
-#define CW_MAX_LINE 8192     /* longest line, with its newline and NUL, given to inih */
-#define CW_MAX_SECTION 49    /* inih silently truncates longer section names */
-#define CW_WHY_MAX 768       /* "what is wrong" part of a message */
+#define CW_MAX_LINE 8192  /* longest line, with its newline and NUL, given to inih */
+#define CW_MAX_SECTION 49 /* inih silently truncates longer section names */
+#define CW_WHY_MAX 768    /* "what is wrong" part of a message */
 
 static const char *const cw_sections[] = {"broker", "pool", "store", "retry", "alert", "log"};
 
@@ -42,10 +42,10 @@ static int cw_config_nomem(const char *file)
 
 /* What a section header names. */
 typedef struct cw_section {
-    const char *fixed;   /* one of cw_sections, or NULL */
-    const char *name;    /* NAME of "plugin NAME" / TYPE of "handler TYPE", or NULL */
+    const char *fixed; /* one of cw_sections, or NULL */
+    const char *name;  /* NAME of "plugin NAME" / TYPE of "handler TYPE", or NULL */
     size_t name_len;
-    bool handler;        /* "handler TYPE" (else "plugin NAME") */
+    bool handler; /* "handler TYPE" (else "plugin NAME") */
 } cw_section;
 
 /* If `s` (len bytes) is "<keyword> <blanks> REST", the rest. */
@@ -217,8 +217,8 @@ static int cw_config_handler_value(cw_config_ctx *ctx, const char *type, size_t 
             continue;
         if (*line != 0)
             return cw_config_fail(ctx, CW_STATUS_CONFIG,
-                                  "%s:%u: [handler %s] %s: set twice (first on line %u)",
-                                  ctx->file, ctx->lineno, h->type, rk->name, *line);
+                                  "%s:%u: [handler %s] %s: set twice (first on line %u)", ctx->file,
+                                  ctx->lineno, h->type, rk->name, *line);
         *line = ctx->lineno;
         why[0] = '\0';
         rc = cw__config_key_set(rk, ctx, cw__config_retry_field(rk, &h->retry), value, why,
@@ -450,8 +450,8 @@ static int cw_config_finish(cw_config_ctx *ctx)
                               ctx->key_line[cw_config_key_index("broker", "batch")], cfg->batch,
                               cfg->prefetch);
     if ((cfg->tls.cert_file == NULL) != (cfg->tls.key_file == NULL)) {
-        size_t set = cw_config_key_index("broker", cfg->tls.cert_file ? "tls_cert_file"
-                                                                      : "tls_key_file");
+        size_t set = cw_config_key_index("broker",
+                                         cfg->tls.cert_file ? "tls_cert_file" : "tls_key_file");
         char where[64] = "";
         if (cfg->origin[set] == CW_ORIGIN_FILE)
             snprintf(where, sizeof where, ":%u", cfg->line[set]);
@@ -552,8 +552,7 @@ static int cw_config_env_only(cw_config *cfg)
 
     ctx.dir = getcwd(NULL, 0);
     if (ctx.dir == NULL)
-        return cw__error(CW_STATUS_CONFIG, "cannot get the working directory: %s",
-                         strerror(errno));
+        return cw__error(CW_STATUS_CONFIG, "cannot get the working directory: %s", strerror(errno));
     rc = cw_config_apply_env(&ctx);
     free(ctx.dir);
     return rc;

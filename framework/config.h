@@ -11,7 +11,10 @@
 #include "framework/listen.h" /* metrics_listen is what cw__listen_parse() reads */
 #include "framework/log.h"
 
-typedef enum cw_queue_type { CW_QUEUE_QUORUM = 0, CW_QUEUE_CLASSIC = 1 } cw_queue_type;
+typedef enum cw_queue_type {
+    CW_QUEUE_QUORUM = 0,
+    CW_QUEUE_CLASSIC = 1
+} cw_queue_type;
 typedef enum cw_store_backend {
     CW_STORE_SQLITE = 0,
     CW_STORE_MEMORY = 1,
@@ -84,36 +87,36 @@ typedef struct cw_config {
     char *path; /* the file it was read from ("" when built from defaults) */
 
     /* [broker] */
-    char *url;          /* default amqp://guest:guest@127.0.0.1:5672/ ; env CW_AMQP_URL */
-    char *exchange;     /* default cw.tasks */
-    unsigned prefetch;  /* default 256, 1..65535 */
-    unsigned batch;     /* deliveries settled together; default 0 = prefetch / 2 (at least 1) */
+    char *url;            /* default amqp://guest:guest@127.0.0.1:5672/ ; env CW_AMQP_URL */
+    char *exchange;       /* default cw.tasks */
+    unsigned prefetch;    /* default 256, 1..65535 */
+    unsigned batch;       /* deliveries settled together; default 0 = prefetch / 2 (at least 1) */
     int64_t heartbeat_ms; /* default 60s; 0 disables */
-    cw_tls_config tls;  /* for amqps:// URLs */
+    cw_tls_config tls;    /* for amqps:// URLs */
 
     /* [pool] */
-    char *name;         /* required: [A-Za-z0-9_.-]{1,100} */
-    char *queue;        /* default "cw." + name */
-    char *dlq;          /* default "cw.dlq." + name (not a key: derived) */
+    char *name;               /* required: [A-Za-z0-9_.-]{1,100} */
+    char *queue;              /* default "cw." + name */
+    char *dlq;                /* default "cw.dlq." + name (not a key: derived) */
     cw_queue_type queue_type; /* default quorum */
-    char **plugins;     /* expanded paths (globs resolved), NULL-terminated */
+    char **plugins;           /* expanded paths (globs resolved), NULL-terminated */
     size_t n_plugins;
-    uint64_t max_body_size; /* default 1 MiB */
+    uint64_t max_body_size;     /* default 1 MiB */
     int64_t handler_timeout_ms; /* default 5m; the worker is ended past it */
-    unsigned workers;   /* worker processes the supervisor keeps; default 1, 1..CW_POOL_MAX_WORKERS */
+    unsigned workers; /* worker processes the supervisor keeps; default 1, 1..CW_POOL_MAX_WORKERS */
     int64_t shutdown_timeout_ms; /* default 30s: in-flight tasks settle within it */
-    char *metrics_listen; /* "host:port" of /metrics and /healthz, NULL = off */
+    char *metrics_listen;        /* "host:port" of /metrics and /healthz, NULL = off */
 
     /* [store] */
     cw_store_backend store_backend; /* default sqlite */
-    char *store_path;   /* default ./var/<name>.db; with postgresql, where this host
+    char *store_path;               /* default ./var/<name>.db; with postgresql, where this host
                            keeps its crash reports (<path>.crash) */
-    char *store_url;    /* postgresql: a libpq URI or key=value string (may hold a
+    char *store_url;                /* postgresql: a libpq URI or key=value string (may hold a
                            password); env CW_STORE_URL */
-    char *store_schema; /* postgresql: the schema of the tables; default compworker */
-    int64_t lease_ms;   /* default 5m */
-    int64_t retention_ms; /* default 7d: done records older than this are swept */
-    bool store_sync_full; /* synchronous = full (default) | normal */
+    char *store_schema;             /* postgresql: the schema of the tables; default compworker */
+    int64_t lease_ms;               /* default 5m */
+    int64_t retention_ms;           /* default 7d: done records older than this are swept */
+    bool store_sync_full;           /* synchronous = full (default) | normal */
 
     /* [retry]: the pool's default policy (defaults: max_attempts 5,
      * interval 1s, backoff_rate 2.0, max_delay 1h, jitter full) and
@@ -130,7 +133,7 @@ typedef struct cw_config {
     cw_alert_config alert;
 
     /* [log] */
-    cw_log_level log_level; /* default info */
+    cw_log_level log_level;   /* default info */
     cw_log_format log_format; /* default logfmt */
 
     /* [plugin NAME] sections, in file order */
@@ -145,7 +148,6 @@ typedef struct cw_config {
     const char *origin_label[CW_CONFIG_MAX_KEYS]; /* static: "CW_POOL_WORKERS", "CW_AMQP_URL",
                                                    * "--workers"; NULL for default, file */
 } cw_config;
-
 
 /* Reads `path` (INI). Relative paths inside it (plugins, store path) are taken
  * relative to the directory of `path`. Then applies the environment: every
@@ -173,11 +175,11 @@ int cw_config_override(cw_config *cfg, const char *section, const char *key, con
 typedef struct cw_config_entry {
     const char *section; /* "broker", ... or "handler TYPE" / "plugin NAME" */
     const char *key;
-    const char *value;   /* as it would be written in the file; passwords masked */
+    const char *value; /* as it would be written in the file; passwords masked */
     cw_config_origin origin;
-    unsigned line;       /* CW_ORIGIN_FILE: the line */
-    const char *source;  /* CW_ORIGIN_ENV / FLAG: the variable or flag */
-    const char *note;    /* NULL, or what a default amounts to ("= prefetch/2 = 128") */
+    unsigned line;      /* CW_ORIGIN_FILE: the line */
+    const char *source; /* CW_ORIGIN_ENV / FLAG: the variable or flag */
+    const char *note;   /* NULL, or what a default amounts to ("= prefetch/2 = 128") */
 } cw_config_entry;
 
 /* Calls `fn` for every key of the fixed sections in file order, then for

@@ -84,7 +84,7 @@ static size_t cw_fmt_word(char *out, size_t len, size_t cap, const char *s, bool
 /* A plugin setting whose name says it is a secret. */
 static bool cw_is_secret_key(const char *key)
 {
-    static const char *const words[] = {"password", "passwd", "secret", "token",
+    static const char *const words[] = {"password",   "passwd", "secret",  "token",
                                         "credential", "apikey", "api_key", "private"};
 
     for (size_t i = 0; i < sizeof words / sizeof *words; i++) {
@@ -151,8 +151,7 @@ void cw__config_key_format(const cw_key *k, const cw_config *cfg, const void *sr
         for (size_t j = 0; words != NULL && words[j] != NULL; j++)
             len = cw_fmt_word(out, len, cap, words[j], j == 0);
         break;
-    default: /* the strings, above */
-        break;
+    default: /* the strings, above */ break;
     }
     if (unset && k->unset_note != NULL)
         snprintf(note, note_cap, "%s", k->unset_note);
@@ -186,7 +185,9 @@ void cw_config_describe(const cw_config *cfg, void (*fn)(const cw_config_entry *
                 continue;
             cw__config_key_format(k, cfg, cw__config_retry_field(k, &hc->retry), value,
                                   sizeof value, note, sizeof note);
-            cw_config_entry e = {.section = section, .key = k->name, .value = value,
+            cw_config_entry e = {.section = section,
+                                 .key = k->name,
+                                 .value = value,
                                  .origin = CW_ORIGIN_FILE};
             fn(&e, ud);
         }
@@ -194,7 +195,8 @@ void cw_config_describe(const cw_config *cfg, void (*fn)(const cw_config_entry *
     for (size_t j = 0; j < cfg->n_plugin_settings; j++) {
         const cw_plugin_setting *ps = &cfg->plugin_settings[j];
         snprintf(section, sizeof section, "plugin %s", ps->plugin);
-        cw_config_entry e = {.section = section, .key = ps->key,
+        cw_config_entry e = {.section = section,
+                             .key = ps->key,
                              .value = cw_is_secret_key(ps->key) ? "***" : ps->value,
                              .origin = CW_ORIGIN_FILE};
         fn(&e, ud);

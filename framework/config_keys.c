@@ -222,8 +222,7 @@ static int cw_check_choice(const char *value, const char *const *choices, int *o
 }
 
 /* true/false, yes/no, on/off, 1/0; or the row's words for true and false. */
-static int cw_check_bool(const cw_key *k, const char *value, bool *out, char *why,
-                         size_t why_len)
+static int cw_check_bool(const cw_key *k, const char *value, bool *out, char *why, size_t why_len)
 {
     int i;
     int rc;
@@ -241,8 +240,8 @@ static int cw_check_bool(const cw_key *k, const char *value, bool *out, char *wh
     return 0;
 }
 
-int cw__config_key_set(const cw_key *k, cw_config_ctx *ctx, void *dst, const char *value,
-                       char *why, size_t why_len)
+int cw__config_key_set(const cw_key *k, cw_config_ctx *ctx, void *dst, const char *value, char *why,
+                       size_t why_len)
 {
     long long v;
     int i;
@@ -254,10 +253,8 @@ int cw__config_key_set(const cw_key *k, cw_config_ctx *ctx, void *dst, const cha
     case CW_T_AMQP_NAME:
         rc = cw_check_amqp_name(value, why, why_len);
         return rc ? rc : cw_set_string(dst, value);
-    case CW_T_PATH:
-        return cw_check_path(ctx, dst, value, false, why, why_len);
-    case CW_T_FILE:
-        return cw_check_path(ctx, dst, value, true, why, why_len);
+    case CW_T_PATH: return cw_check_path(ctx, dst, value, false, why, why_len);
+    case CW_T_FILE: return cw_check_path(ctx, dst, value, true, why, why_len);
     case CW_T_BROKER_URLS:
         /* Never echo the value: it may hold a password. */
         if (!cw__url_list_valid(value, why, why_len))
@@ -278,12 +275,9 @@ int cw__config_key_set(const cw_key *k, cw_config_ctx *ctx, void *dst, const cha
         if (rc == 0)
             *(unsigned *)dst = (unsigned)v;
         return rc;
-    case CW_T_DURATION:
-        return cw_check_duration(k, value, dst, why, why_len);
-    case CW_T_SIZE:
-        return cw_check_size(k, value, dst, why, why_len);
-    case CW_T_BOOL:
-        return cw_check_bool(k, value, dst, why, why_len);
+    case CW_T_DURATION: return cw_check_duration(k, value, dst, why, why_len);
+    case CW_T_SIZE: return cw_check_size(k, value, dst, why, why_len);
+    case CW_T_BOOL: return cw_check_bool(k, value, dst, why, why_len);
     case CW_T_CHOICE:
         rc = cw_check_choice(value, k->choices, &i, why, why_len);
         if (rc == 0)
@@ -291,8 +285,7 @@ int cw__config_key_set(const cw_key *k, cw_config_ctx *ctx, void *dst, const cha
         return rc;
     case CW_T_STRING:
     case CW_T_DECIMAL:
-    case CW_T_WORDS:
-        break; /* rows of these types bring their own setter */
+    case CW_T_WORDS: break; /* rows of these types bring their own setter */
     }
     snprintf(why, why_len, "the key has no checker");
     return CW_STATUS_CONFIG;
@@ -326,8 +319,7 @@ int cw__config_key_default(const cw_key *k, cw_config *cfg)
                 return CW_STATUS_NOMEM;
         }
         return 0;
-    default: /* the strings, above */
-        return 0;
+    default: /* the strings, above */ return 0;
     }
 }
 
@@ -362,8 +354,8 @@ static int cw_set_heartbeat(const cw_key *k, cw_config_ctx *ctx, void *dst, cons
 }
 
 /* [pool] name: it names the queues and the store, so only a plain name. */
-static int cw_set_name(const cw_key *k, cw_config_ctx *ctx, void *dst, const char *value,
-                       char *why, size_t why_len)
+static int cw_set_name(const cw_key *k, cw_config_ctx *ctx, void *dst, const char *value, char *why,
+                       size_t why_len)
 {
     (void)k;
     (void)ctx;
@@ -432,9 +424,7 @@ static int cw_plugins_expand(cw_config_ctx *ctx, const char *pattern, char *why,
             snprintf(why, why_len, "'%s' matches no file in %s", pattern, ctx->dir);
         rc = CW_STATUS_CONFIG;
         break;
-    case GLOB_NOSPACE:
-        rc = CW_STATUS_NOMEM;
-        break;
+    case GLOB_NOSPACE: rc = CW_STATUS_NOMEM; break;
     default:
         snprintf(why, why_len, "'%s' cannot be expanded (read error)", pattern);
         rc = CW_STATUS_CONFIG;
@@ -481,8 +471,8 @@ static int cw_set_plugins(const cw_key *k, cw_config_ctx *ctx, void *dst, const 
 }
 
 /* [pool] metrics_listen: HOST:PORT, or off (or empty). */
-static int cw_set_metrics_listen(const cw_key *k, cw_config_ctx *ctx, void *dst,
-                                 const char *value, char *why, size_t why_len)
+static int cw_set_metrics_listen(const cw_key *k, cw_config_ctx *ctx, void *dst, const char *value,
+                                 char *why, size_t why_len)
 {
     char host[256];
     unsigned port;
@@ -637,10 +627,10 @@ const cw_key cw__config_keys[] = {
      .def.s = "amqp://guest:guest@127.0.0.1:5672/", .env_alias = "CW_AMQP_URL"},
     {"broker", "exchange", CW_T_AMQP_NAME, CW_AT(exchange), "CW_BROKER_EXCHANGE",
      .def.s = "cw.tasks"},
-    {"broker", "prefetch", CW_T_UINT, CW_AT(prefetch), "CW_BROKER_PREFETCH",
-     .def.i = 256, .min = 1, .max = 65535},
-    {"broker", "batch", CW_T_UINT, CW_AT(batch), "CW_BROKER_BATCH",
-     .def.i = 0, .min = 0, .max = 65535, .fmt = cw__config_fmt_batch},
+    {"broker", "prefetch", CW_T_UINT, CW_AT(prefetch), "CW_BROKER_PREFETCH", .def.i = 256, .min = 1,
+     .max = 65535},
+    {"broker", "batch", CW_T_UINT, CW_AT(batch), "CW_BROKER_BATCH", .def.i = 0, .min = 0,
+     .max = 65535, .fmt = cw__config_fmt_batch},
     {"broker", "heartbeat", CW_T_DURATION, CW_AT(heartbeat_ms), "CW_BROKER_HEARTBEAT",
      .def.i = 60 * 1000, .min = 1000, .max = INT64_C(65535) * 1000, /* AMQP: a short, in s */
      .hint = "30s, 2m; 0 disables", .range = "is not 0 or between 1s and 65535s",
@@ -662,17 +652,17 @@ const cw_key cw__config_keys[] = {
      .def.s = NULL /* "cw." + name */},
     {"pool", "queue_type", CW_T_CHOICE, CW_AT(queue_type), "CW_POOL_QUEUE_TYPE",
      .def.i = CW_QUEUE_QUORUM,
-     .choices = (const char *const[]){[CW_QUEUE_QUORUM] = "quorum",
-                                      [CW_QUEUE_CLASSIC] = "classic", NULL}},
-    {"pool", "plugins", CW_T_WORDS, CW_AT(plugins), "CW_POOL_PLUGINS",
-     .def.words = cw_no_words, .set = cw_set_plugins},
+     .choices =
+         (const char *const[]){[CW_QUEUE_QUORUM] = "quorum", [CW_QUEUE_CLASSIC] = "classic", NULL}},
+    {"pool", "plugins", CW_T_WORDS, CW_AT(plugins), "CW_POOL_PLUGINS", .def.words = cw_no_words,
+     .set = cw_set_plugins},
     {"pool", "max_body_size", CW_T_SIZE, CW_AT(max_body_size), "CW_POOL_MAX_BODY_SIZE",
      .def.i = 1 << 20, .min = 1, .max = 128 << 20, .range = "is not between 1 byte and 128MiB"},
-    {"pool", "handler_timeout", CW_T_DURATION, CW_AT(handler_timeout_ms),
-     "CW_POOL_HANDLER_TIMEOUT", .def.i = 5 * 60 * 1000, .min = 1, .max = INT64_MAX,
-     .hint = "250ms, 5s, 2m, 1h, 7d", .range = "must be more than 0"},
-    {"pool", "workers", CW_T_UINT, CW_AT(workers), "CW_POOL_WORKERS",
-     .def.i = 1, .min = 1, .max = CW_POOL_MAX_WORKERS},
+    {"pool", "handler_timeout", CW_T_DURATION, CW_AT(handler_timeout_ms), "CW_POOL_HANDLER_TIMEOUT",
+     .def.i = 5 * 60 * 1000, .min = 1, .max = INT64_MAX, .hint = "250ms, 5s, 2m, 1h, 7d",
+     .range = "must be more than 0"},
+    {"pool", "workers", CW_T_UINT, CW_AT(workers), "CW_POOL_WORKERS", .def.i = 1, .min = 1,
+     .max = CW_POOL_MAX_WORKERS},
     {"pool", "shutdown_timeout", CW_T_DURATION, CW_AT(shutdown_timeout_ms),
      "CW_POOL_SHUTDOWN_TIMEOUT", .def.i = 30 * 1000, .min = 1, .max = INT64_MAX,
      .hint = "250ms, 5s, 2m, 1h, 7d", .range = "must be more than 0"},
@@ -684,15 +674,15 @@ const cw_key cw__config_keys[] = {
      .def.i = CW_STORE_SQLITE,
      .choices = (const char *const[]){[CW_STORE_SQLITE] = "sqlite",
                                       [CW_STORE_MEMORY] = "memory",
-                                      [CW_STORE_POSTGRESQL] = "postgresql", NULL}},
+                                      [CW_STORE_POSTGRESQL] = "postgresql",
+                                      NULL}},
     {"store", "path", CW_T_PATH, CW_AT(store_path), "CW_STORE_PATH",
      .def.s = NULL /* var/<name>.db beside the file */},
     {"store", "url", CW_T_PG_URL, CW_AT(store_url), "CW_STORE_URL", .unset = ""},
-    {"store", "schema", CW_T_STRING, CW_AT(store_schema), "CW_STORE_SCHEMA",
-     .def.s = "compworker", .set = cw_set_pg_schema},
-    {"store", "lease", CW_T_DURATION, CW_AT(lease_ms), "CW_STORE_LEASE",
-     .def.i = 5 * 60 * 1000, .min = 1, .max = INT64_MAX,
-     .hint = "250ms, 5s, 2m, 1h, 7d", .range = "must be more than 0"},
+    {"store", "schema", CW_T_STRING, CW_AT(store_schema), "CW_STORE_SCHEMA", .def.s = "compworker",
+     .set = cw_set_pg_schema},
+    {"store", "lease", CW_T_DURATION, CW_AT(lease_ms), "CW_STORE_LEASE", .def.i = 5 * 60 * 1000,
+     .min = 1, .max = INT64_MAX, .hint = "250ms, 5s, 2m, 1h, 7d", .range = "must be more than 0"},
     {"store", "retention", CW_T_DURATION, CW_AT(retention_ms), "CW_STORE_RETENTION",
      .def.i = INT64_C(7) * 24 * 3600 * 1000, .min = 1, .max = INT64_MAX,
      .hint = "250ms, 5s, 2m, 1h, 7d", .range = "must be more than 0"},
@@ -714,8 +704,10 @@ const cw_key cw__config_keys[] = {
      .hint = "30s, 10m, 1h", .retry = CW_RETRY_SET_MAX_DELAY, .set = cw_set_max_delay},
     {"retry", "jitter", CW_T_CHOICE, CW_AT(retry.jitter), "CW_RETRY_JITTER",
      .def.i = CW_RETRY_DEFAULT_JITTER, .retry = CW_RETRY_SET_JITTER,
-     .choices = (const char *const[]){[CW_JITTER_NONE] = "none", [CW_JITTER_FULL] = "full",
-                                      [CW_JITTER_EQUAL] = "equal", NULL}},
+     .choices = (const char *const[]){[CW_JITTER_NONE] = "none",
+                                      [CW_JITTER_FULL] = "full",
+                                      [CW_JITTER_EQUAL] = "equal",
+                                      NULL}},
     {"retry", "max_deliveries", CW_T_UINT, CW_AT(max_deliveries), "CW_RETRY_MAX_DELIVERIES",
      .def.i = CW_RETRY_DEFAULT_MAX_DELIVERIES, .min = 1, .max = CW_RETRY_MAX_DELIVERIES_LIMIT},
 
@@ -725,20 +717,23 @@ const cw_key cw__config_keys[] = {
     {"alert", "webhook", CW_T_HTTP_URL, CW_AT(alert.webhook_url), "CW_ALERT_WEBHOOK",
      .unset_note = "none"},
     {"alert", "timeout", CW_T_DURATION, CW_AT(alert.timeout_ms), "CW_ALERT_TIMEOUT",
-     .def.i = 10 * 1000, .min = 1, .max = INT64_MAX,
-     .hint = "250ms, 5s, 2m, 1h, 7d", .range = "must be more than 0"},
+     .def.i = 10 * 1000, .min = 1, .max = INT64_MAX, .hint = "250ms, 5s, 2m, 1h, 7d",
+     .range = "must be more than 0"},
     {"alert", "webhook_retries", CW_T_UINT, CW_AT(alert.webhook_retries),
      "CW_ALERT_WEBHOOK_RETRIES", .def.i = 3, .min = 0, .max = 10},
     {"alert", "rate_limit", CW_T_DURATION, CW_AT(alert.rate_limit_ms), "CW_ALERT_RATE_LIMIT",
      .def.i = 60 * 1000, .min = 0, .max = INT64_MAX, .hint = "30s, 1m, 1h; 0 = no limit"},
 
     /* [log] */
-    {"log", "level", CW_T_CHOICE, CW_AT(log_level), "CW_LOG_LEVEL",
-     .def.i = CW_LOG_INFO, .set = cw_set_log_level,
-     .choices = (const char *const[]){[CW_LOG_DEBUG] = "debug", [CW_LOG_INFO] = "info",
-                                      [CW_LOG_WARN] = "warn", [CW_LOG_ERROR] = "error", NULL}},
-    {"log", "format", CW_T_CHOICE, CW_AT(log_format), "CW_LOG_FORMAT",
-     .def.i = CW_LOG_LOGFMT,
+    {"log", "level", CW_T_CHOICE, CW_AT(log_level), "CW_LOG_LEVEL", .def.i = CW_LOG_INFO,
+     .set = cw_set_log_level,
+     .choices =
+         (const char *const[]){[CW_LOG_DEBUG] = "debug",
+                               [CW_LOG_INFO] = "info",
+                               [CW_LOG_WARN] = "warn",
+                               [CW_LOG_ERROR] = "error",
+                               NULL}},
+    {"log", "format", CW_T_CHOICE, CW_AT(log_format), "CW_LOG_FORMAT", .def.i = CW_LOG_LOGFMT,
      .choices = (const char *const[]){[CW_LOG_LOGFMT] = "logfmt", [CW_LOG_JSON] = "json", NULL}},
 };
 

@@ -35,14 +35,14 @@ typedef enum cw_key_type {
     CW_T_PG_URL,      /* char *: a libpq connection URI or key=value string (url.h);
                          shown masked */
     /* The others: */
-    CW_T_UINT,        /* unsigned in [min, max] */
-    CW_T_DURATION,    /* int64_t milliseconds in [min, max]: "250ms", "5s", "2m", "1h", "7d" */
-    CW_T_SIZE,        /* uint64_t bytes in [min, max]: "65536", "512KiB", "1MiB" */
-    CW_T_DECIMAL,     /* double; checked by the row's own setter */
-    CW_T_BOOL,        /* bool: true/false, yes/no, on/off, 1/0; or, when the row has
+    CW_T_UINT,     /* unsigned in [min, max] */
+    CW_T_DURATION, /* int64_t milliseconds in [min, max]: "250ms", "5s", "2m", "1h", "7d" */
+    CW_T_SIZE,     /* uint64_t bytes in [min, max]: "65536", "512KiB", "1MiB" */
+    CW_T_DECIMAL,  /* double; checked by the row's own setter */
+    CW_T_BOOL,     /* bool: true/false, yes/no, on/off, 1/0; or, when the row has
                        * choices, its two words for true and false */
-    CW_T_CHOICE,      /* an enum (stored as int): the index of one of the row's choices */
-    CW_T_WORDS        /* char **: NULL-terminated words; checked by the row's own setter */
+    CW_T_CHOICE,   /* an enum (stored as int): the index of one of the row's choices */
+    CW_T_WORDS     /* char **: NULL-terminated words; checked by the row's own setter */
 } cw_key_type;
 
 /* Whether values of type `t` are held as a char *. */
@@ -96,29 +96,29 @@ typedef int (*cw_key_setter)(const cw_key *k, cw_config_ctx *ctx, void *dst, con
 
 /* Writes the value at `src` of key `k` as the file would write it, and in
  * `note` what a default amounts to ("" for nothing to say). */
-typedef void (*cw_key_formatter)(const cw_key *k, const cw_config *cfg, const void *src,
-                                 char *out, size_t cap, char *note, size_t note_cap);
+typedef void (*cw_key_formatter)(const cw_key *k, const cw_config *cfg, const void *src, char *out,
+                                 size_t cap, char *note, size_t note_cap);
 
 struct cw_key {
     const char *section; /* "broker", "pool", "store", "retry", "alert" or "log" */
     const char *name;
     cw_key_type type;
-    size_t offset;           /* of the value in cw_config */
-    const char *env;         /* the environment variable: CW_<SECTION>_<KEY> */
+    size_t offset;   /* of the value in cw_config */
+    const char *env; /* the environment variable: CW_<SECTION>_<KEY> */
     cw_key_default def;
-    long long min, max;      /* CW_T_UINT, CW_T_DURATION, CW_T_SIZE: what is accepted */
-    const char *hint;        /* CW_T_DURATION: the examples of "is not a duration (e.g. ...)" */
-    const char *range;       /* CW_T_DURATION, CW_T_SIZE: what is said of a value out of
+    long long min, max;         /* CW_T_UINT, CW_T_DURATION, CW_T_SIZE: what is accepted */
+    const char *hint;           /* CW_T_DURATION: the examples of "is not a duration (e.g. ...)" */
+    const char *range;          /* CW_T_DURATION, CW_T_SIZE: what is said of a value out of
                               * range, after it ("must be more than 0") */
     const char *const *choices; /* CW_T_CHOICE, CW_T_BOOL: the words, NULL-terminated */
-    unsigned retry;          /* CW_RETRY_SET_* of a key of a retry policy, which is a key of
+    unsigned retry;             /* CW_RETRY_SET_* of a key of a retry policy, which is a key of
                               * [handler TYPE] too; 0 for the others */
-    const char *env_alias;   /* a second variable, read after every key's own one so that it
+    const char *env_alias;      /* a second variable, read after every key's own one so that it
                               * wins (CW_AMQP_URL); NULL */
-    const char *unset;       /* shown for a NULL string (metrics_listen's "off"); NULL: "" */
-    const char *unset_note;  /* said of a NULL value ("none"); NULL */
-    cw_key_setter set;       /* NULL: the type's checker */
-    cw_key_formatter fmt;    /* NULL: the type's formatter */
+    const char *unset;          /* shown for a NULL string (metrics_listen's "off"); NULL: "" */
+    const char *unset_note;     /* said of a NULL value ("none"); NULL */
+    cw_key_setter set;          /* NULL: the type's checker */
+    cw_key_formatter fmt;       /* NULL: the type's formatter */
 };
 
 /* The keys of the fixed sections, in the order `config check` shows them;
@@ -140,8 +140,8 @@ static inline void *cw__config_retry_field(const cw_key *k, const cw_retry_polic
 }
 
 /* Checks `value` and stores it at `dst`, by the row's setter or its type's. */
-int cw__config_key_set(const cw_key *k, cw_config_ctx *ctx, void *dst, const char *value,
-                       char *why, size_t why_len);
+int cw__config_key_set(const cw_key *k, cw_config_ctx *ctx, void *dst, const char *value, char *why,
+                       size_t why_len);
 
 /* Stores the default of key `k` in `cfg`. 0 or CW_STATUS_NOMEM. */
 int cw__config_key_default(const cw_key *k, cw_config *cfg);

@@ -22,8 +22,8 @@
 typedef struct cw_running {
     char message_id[CW_MESSAGE_ID_MAX + 1];
     char type[256];
-    char handler[300];      /* "plugin version" */
-    const void *handler_of; /* the registry entry `handler` describes */
+    char handler[300];          /* "plugin version" */
+    const void *handler_of;     /* the registry entry `handler` describes */
     _Atomic int64_t started_ms; /* CLOCK_MONOTONIC ms when it started; 0 while none runs */
 } cw_running;
 

@@ -95,8 +95,7 @@ static bool attempt_from_header(cw_task *t, const amqp_field_value_t *v)
     case AMQP_FIELD_KIND_U64:
         n = v->value.u64 > (uint64_t)INT64_MAX ? INT64_MAX : (int64_t)v->value.u64;
         break;
-    default:
-        return invalid(t, "header cw-attempt is not an integer%s", "");
+    default: return invalid(t, "header cw-attempt is not an integer%s", "");
     }
     if (n < 0 || n > CW_ATTEMPT_MAX) {
         char num[32];
@@ -134,14 +133,12 @@ bool cw__task_validate(cw_validator *v, cw_task *t)
         return invalid(t, "no message_id property (the idempotency key is required)%s", "");
     if (!copy_printable(t->message_id, sizeof t->message_id, p->message_id)) {
         snprintf(num, sizeof num, "%zu", p->message_id.len);
-        return invalid(t,
-                       "message_id is not 1-128 printable ASCII characters (got %s bytes)", num);
+        return invalid(t, "message_id is not 1-128 printable ASCII characters (got %s bytes)", num);
     }
     if (p->_flags & AMQP_BASIC_CORRELATION_ID_FLAG &&
         !copy_printable(t->saga_id, sizeof t->saga_id, p->correlation_id) &&
         p->correlation_id.len != 0)
-        return invalid(t, "correlation_id (saga ID) is not printable ASCII up to 255 bytes%s",
-                       "");
+        return invalid(t, "correlation_id (saga ID) is not printable ASCII up to 255 bytes%s", "");
     if (!(p->_flags & AMQP_BASIC_TYPE_FLAG) || p->type.len == 0)
         return invalid(t, "no type property (the task type selects the handler)%s", "");
     if (!cw__type_valid(p->type.bytes, p->type.len))
@@ -197,8 +194,7 @@ bool cw__task_validate(cw_validator *v, cw_task *t)
         if (!isspace((unsigned char)*c)) {
             json_object_put(obj);
             snprintf(num, sizeof num, "%zu", end);
-            return invalid(t, "body is not JSON: unexpected data after the value at byte %s",
-                           num);
+            return invalid(t, "body is not JSON: unexpected data after the value at byte %s", num);
         }
     }
     /* obj is NULL for a body of just "null". */

@@ -147,7 +147,7 @@ static bool digits_exceed(const unsigned char *a, size_t na, const char *limit)
 static bool beyond_double(bool neg, const unsigned char *int_d, size_t ni,
                           const unsigned char *frac_d, size_t nf, int64_t exp)
 {
-#define DIGIT(j) ((j) < ni ? int_d[(j)] : frac_d[(j) - ni])
+#define DIGIT(j) ((j) < ni ? int_d[(j)] : frac_d[(j)-ni])
     size_t total = ni + nf, first = 0;
     while (first < total && DIGIT(first) == '0')
         first++;
@@ -252,8 +252,7 @@ static bool lex_word(lexer *lx)
     for (size_t k = 0; k < sizeof words / sizeof *words; k++) {
         size_t wn = strlen(words[k]);
         /* A prefix at the very end is a text cut short. */
-        if ((n == wn || (lx->i == lx->len && n < wn)) &&
-            memcmp(lx->p + start, words[k], n) == 0)
+        if ((n == wn || (lx->i == lx->len && n < wn)) && memcmp(lx->p + start, words[k], n) == 0)
             return true;
     }
     char what[64];
@@ -277,15 +276,12 @@ bool cw__json_text_check(const void *text, size_t len, char *why, size_t cap)
         case '[':
         case ']':
         case ':':
-        case ',':
-            lx.i++;
-            continue;
+        case ',': lx.i++; continue;
         case '"':
             if (!lex_string(&lx))
                 return false;
             continue;
-        default:
-            break;
+        default: break;
         }
         if (c == '-' || is_digit(c)) {
             if (!lex_number(&lx))

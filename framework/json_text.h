@@ -29,7 +29,6 @@
  * (`cap` bytes). Allocates nothing; safe from any thread. */
 bool cw__json_text_check(const void *text, size_t len, char *why, size_t cap);
 
-
 /* Whether `text` (`len` bytes) is what the message contract calls a body: a
  * JSON object of at most CW_JSON_MAX_DEPTH levels that passes
  * cw__json_text_check(), with nothing but blanks after it. Returns 0, or -1

@@ -65,8 +65,11 @@ static void utf8_clean(const char *in, char *out, size_t cap)
     size_t o = 0;
     while (*p && o + 4 < cap) {
         unsigned char c = *p;
-        size_t n = c < 0x80 ? 1 : (c & 0xe0) == 0xc0 ? 2 : (c & 0xf0) == 0xe0 ? 3
-                                 : (c & 0xf8) == 0xf0 ? 4 : 0;
+        size_t n = c < 0x80             ? 1
+                   : (c & 0xe0) == 0xc0 ? 2
+                   : (c & 0xf0) == 0xe0 ? 3
+                   : (c & 0xf8) == 0xf0 ? 4
+                                        : 0;
         bool ok = n > 0;
         uint32_t cp = n == 1 ? c : n == 2 ? (c & 0x1fu) : n == 3 ? (c & 0x0fu) : (c & 0x07u);
         for (size_t i = 1; ok && i < n; i++) {
@@ -106,8 +109,9 @@ static size_t format_json(char *line, size_t cap, const char *ts, cw_log_level l
 {
     json_object *o = json_object_new_object();
     if (!o)
-        return (size_t)snprintf(line, cap, "{\"ts\":\"%s\",\"level\":\"error\","
-                                           "\"msg\":\"out of memory formatting a log line\"}",
+        return (size_t)snprintf(line, cap,
+                                "{\"ts\":\"%s\",\"level\":\"error\","
+                                "\"msg\":\"out of memory formatting a log line\"}",
                                 ts);
     json_put(o, "ts", ts);
     json_put(o, "level", cw_level_names[level]);
@@ -121,12 +125,13 @@ static size_t format_json(char *line, size_t cap, const char *ts, cw_log_level l
         json_put(o, "saga_id", task->saga_id);
         json_put(o, "type", task->type);
     }
-    const char *s =
-        json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE);
+    const char *s = json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN |
+                                                          JSON_C_TO_STRING_NOSLASHESCAPE);
     size_t len = s ? strlen(s) : 0;
     if (len >= cap) /* cut: keep it one valid object, without the message */
-        len = (size_t)snprintf(line, cap, "{\"ts\":\"%s\",\"level\":\"%s\","
-                                          "\"msg\":\"(log line too long)\"}",
+        len = (size_t)snprintf(line, cap,
+                               "{\"ts\":\"%s\",\"level\":\"%s\","
+                               "\"msg\":\"(log line too long)\"}",
                                ts, cw_level_names[level]);
     else
         memcpy(line, s, len);

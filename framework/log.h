@@ -13,7 +13,10 @@ typedef enum cw_log_level {
     CW_LOG_ERROR = 3
 } cw_log_level;
 
-typedef enum cw_log_format { CW_LOG_LOGFMT = 0, CW_LOG_JSON = 1 } cw_log_format;
+typedef enum cw_log_format {
+    CW_LOG_LOGFMT = 0,
+    CW_LOG_JSON = 1
+} cw_log_format;
 
 /* Parses "debug|info|warn|error". */
 int cw__log_level_parse(const char *s, cw_log_level *out);

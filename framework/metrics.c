@@ -12,29 +12,33 @@
 
 #define CW_METRICS_MAGIC UINT64_C(0x63776d6574726963) /* "cwmetric" */
 
-enum { TYPE_FREE = 0, TYPE_WRITING = 1, TYPE_READY = 2 };
+enum {
+    TYPE_FREE = 0,
+    TYPE_WRITING = 1,
+    TYPE_READY = 2
+};
 
-const double cw_metrics_bucket_le[CW_METRICS_BUCKETS] = {
-    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 0 /* +Inf */};
+const double cw_metrics_bucket_le[CW_METRICS_BUCKETS] = {0.001, 0.005, 0.01, 0.025, 0.05,
+                                                         0.1,   0.25,  0.5,  1,     2.5,
+                                                         5,     10,    30,   60,    0 /* +Inf */};
 
 /* The same bounds in nanoseconds, for the per-message path. */
 static const uint64_t bucket_ns[CW_METRICS_BUCKETS - 1] = {
-    1000000ULL,   5000000ULL,    10000000ULL,   25000000ULL,  50000000ULL,
-    100000000ULL, 250000000ULL,  500000000ULL,  1000000000ULL, 2500000000ULL,
+    1000000ULL,    5000000ULL,     10000000ULL,    25000000ULL,   50000000ULL,
+    100000000ULL,  250000000ULL,   500000000ULL,   1000000000ULL, 2500000000ULL,
     5000000000ULL, 10000000000ULL, 30000000000ULL, 60000000000ULL};
 
-static const char *const class_names[CW_MC_CLASSES] = {
-    [CW_MC_INVALID] = "invalid",
-    [CW_MC_PERMANENT] = "permanent",
-    [CW_MC_EXHAUSTED] = "exhausted",
-    [CW_MC_POISON] = "poison"};
+static const char *const class_names[CW_MC_CLASSES] = {[CW_MC_INVALID] = "invalid",
+                                                       [CW_MC_PERMANENT] = "permanent",
+                                                       [CW_MC_EXHAUSTED] = "exhausted",
+                                                       [CW_MC_POISON] = "poison"};
 
 #define relaxed memory_order_relaxed
 
 int cw_metrics_new(cw_metrics **out)
 {
-    void *p = mmap(NULL, sizeof(cw_metrics), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
-                   -1, 0);
+    void *p = mmap(NULL, sizeof(cw_metrics), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1,
+                   0);
     if (p == MAP_FAILED)
         return cw__error(CW_STATUS_NOMEM, "cannot map %zu bytes of shared memory for metrics: %s",
                          sizeof(cw_metrics), strerror(errno));
@@ -125,8 +129,7 @@ static uint8_t type_row(cw_metrics *m, const char *name)
     return 0;
 }
 
-int cw_metrics_worker_init(cw_metrics_worker *mw, cw_metrics *m, int slot,
-                           const cw_registry *reg)
+int cw_metrics_worker_init(cw_metrics_worker *mw, cw_metrics *m, int slot, const cw_registry *reg)
 {
     memset(mw, 0, sizeof *mw);
     if (slot < 0 || slot >= CW_METRICS_SLOTS)
@@ -366,8 +369,7 @@ int cw_metrics_render(const cw_metrics_snapshot *s, const cw_metrics_info *info,
             if (b == CW_METRICS_BUCKETS - 1)
                 fprintf(f, ",le=\"+Inf\"} %llu\n", (unsigned long long)cum);
             else
-                fprintf(f, ",le=\"%g\"} %llu\n", cw_metrics_bucket_le[b],
-                        (unsigned long long)cum);
+                fprintf(f, ",le=\"%g\"} %llu\n", cw_metrics_bucket_le[b], (unsigned long long)cum);
         }
         fputs("compworker_handler_duration_seconds_sum{", f);
         put_label(f, "pool", info->pool);
@@ -383,8 +385,8 @@ int cw_metrics_render(const cw_metrics_snapshot *s, const cw_metrics_info *info,
 
     gauge(f, "compworker_workers", "gauge", "Worker processes alive.", info, NULL,
           s->workers_alive);
-    gauge(f, "compworker_workers_desired", "gauge", "Worker processes the supervisor keeps.",
-          info, NULL, s->workers_desired);
+    gauge(f, "compworker_workers_desired", "gauge", "Worker processes the supervisor keeps.", info,
+          NULL, s->workers_desired);
     gauge(f, "compworker_workers_connected", "gauge",
           "Worker processes with an open broker session.", info, NULL, s->workers_connected);
     gauge(f, "compworker_worker_restarts_total", "counter",
@@ -394,8 +396,8 @@ int cw_metrics_render(const cw_metrics_snapshot *s, const cw_metrics_info *info,
           "Crash loops detected (workers dying again and again).", info, NULL,
           (long long)s->crash_loops);
     gauge(f, "compworker_broker_sessions_total", "counter",
-          "Broker sessions opened by the workers (the first ones and every reconnection).",
-          info, NULL, (long long)s->sessions);
+          "Broker sessions opened by the workers (the first ones and every reconnection).", info,
+          NULL, (long long)s->sessions);
     if (info->queue_ready >= 0)
         gauge(f, "compworker_queue_messages", "gauge",
               "Messages ready in the pool queue (not yet delivered).", info, info->queue,

@@ -67,11 +67,11 @@ typedef enum cw_slot_state {
 } cw_slot_state;
 
 typedef struct cw_metrics_slot {
-    _Atomic int state;          /* cw_slot_state */
+    _Atomic int state; /* cw_slot_state */
     _Atomic int pid;
-    _Atomic int connected;      /* 1 while a broker session is open */
-    _Atomic int store_down;     /* 1 while the worker's store does not answer */
-    _Atomic uint64_t sessions;  /* broker sessions opened */
+    _Atomic int connected;     /* 1 while a broker session is open */
+    _Atomic int store_down;    /* 1 while the worker's store does not answer */
+    _Atomic uint64_t sessions; /* broker sessions opened */
     cw_metrics_row rows[CW_METRICS_TYPES];
 } cw_metrics_slot;
 
@@ -124,13 +124,11 @@ typedef struct cw_metrics_worker {
 
 /* Worker: enters the registry's types in the table. Free with
  * cw_metrics_worker_free(). */
-int cw_metrics_worker_init(cw_metrics_worker *mw, cw_metrics *m, int slot,
-                           const cw_registry *reg);
+int cw_metrics_worker_init(cw_metrics_worker *mw, cw_metrics *m, int slot, const cw_registry *reg);
 void cw_metrics_worker_free(cw_metrics_worker *mw);
 
 /* The row of a registry handler (NULL: row 0). */
-static inline cw_metrics_row *cw_metrics_row_of(const cw_metrics_worker *mw,
-                                                const cw_registry *reg,
+static inline cw_metrics_row *cw_metrics_row_of(const cw_metrics_worker *mw, const cw_registry *reg,
                                                 const cw_handler_entry *h)
 {
     size_t i = h ? (size_t)(h - reg->handlers) : (size_t)-1;
@@ -160,9 +158,9 @@ typedef struct cw_metrics_info {
     const char *pool;
     const char *queue;
     const char *dlq;
-    int64_t queue_ready;     /* -1: unknown (not shown) */
-    int64_t queue_consumers; /* -1: unknown */
-    int64_t dlq_ready;       /* -1: unknown */
+    int64_t queue_ready;             /* -1: unknown (not shown) */
+    int64_t queue_consumers;         /* -1: unknown */
+    int64_t dlq_ready;               /* -1: unknown */
     int64_t queue_foreign_consumers; /* consumers not the pool's workers; -1: unknown */
 } cw_metrics_info;
 

@@ -14,12 +14,8 @@ typedef struct cw_unit {
 } cw_unit;
 
 static const cw_unit cw_duration_units[] = {
-    {"", 1000},
-    {"ms", 1},
-    {"s", 1000},
-    {"m", 60 * 1000},
-    {"h", 3600 * 1000},
-    {"d", 24 * 3600 * 1000},
+    {"", 1000},       {"ms", 1},          {"s", 1000},
+    {"m", 60 * 1000}, {"h", 3600 * 1000}, {"d", 24 * 3600 * 1000},
 };
 
 #define CW_KI UINT64_C(1024)
@@ -30,18 +26,18 @@ static const cw_unit cw_size_units[] = {
     {"B", 1},
     {"k", CW_KI},
     {"K", CW_KI},
-    {"M", CW_KI * CW_KI},
-    {"G", CW_KI * CW_KI * CW_KI},
-    {"T", CW_KI * CW_KI * CW_KI * CW_KI},
+    {"M", CW_KI *CW_KI},
+    {"G", CW_KI *CW_KI *CW_KI},
+    {"T", CW_KI *CW_KI *CW_KI *CW_KI},
     {"KiB", CW_KI},
-    {"MiB", CW_KI * CW_KI},
-    {"GiB", CW_KI * CW_KI * CW_KI},
-    {"TiB", CW_KI * CW_KI * CW_KI * CW_KI},
+    {"MiB", CW_KI *CW_KI},
+    {"GiB", CW_KI *CW_KI *CW_KI},
+    {"TiB", CW_KI *CW_KI *CW_KI *CW_KI},
     {"kB", CW_KD},
     {"KB", CW_KD},
-    {"MB", CW_KD * CW_KD},
-    {"GB", CW_KD * CW_KD * CW_KD},
-    {"TB", CW_KD * CW_KD * CW_KD * CW_KD},
+    {"MB", CW_KD *CW_KD},
+    {"GB", CW_KD *CW_KD *CW_KD},
+    {"TB", CW_KD *CW_KD *CW_KD *CW_KD},
 };
 
 /* Parses "<digits>[ ]<unit>" where the unit is one of `units` (exact match),
@@ -80,8 +76,8 @@ bool cw__parse_duration_ms(const char *s, int64_t *out_ms)
 {
     uint64_t ms;
 
-    if (!cw_parse_scaled(s, cw_duration_units,
-                         sizeof cw_duration_units / sizeof *cw_duration_units, INT64_MAX, &ms))
+    if (!cw_parse_scaled(s, cw_duration_units, sizeof cw_duration_units / sizeof *cw_duration_units,
+                         INT64_MAX, &ms))
         return false;
     *out_ms = (int64_t)ms;
     return true;

@@ -14,7 +14,7 @@ void cw__plugin_unload(cw_plugin *p)
 {
     if (!p)
         return;
-    /* Under the sanitizers a plugin stays mapped so that leak reports can
+        /* Under the sanitizers a plugin stays mapped so that leak reports can
      * still name its functions; the process ends right after anyway. */
 #if !defined(__SANITIZE_ADDRESS__)
     /* A plugin with alert hooks stays mapped: a hook that outlived the

@@ -135,8 +135,8 @@ int cw__publisher_send_copy(cw_publisher *p, const char *exchange, amqp_bytes_t 
             goto out;
         }
         used += (size_t)snprintf(dropped + used, used < CW_DROPPED_MAX ? CW_DROPPED_MAX - used : 0,
-                                 "%s%.*s (%zu bytes)", used ? ", " : "",
-                                 (int)e[largest].key.len, (const char *)e[largest].key.bytes,
+                                 "%s%.*s (%zu bytes)", used ? ", " : "", (int)e[largest].key.len,
+                                 (const char *)e[largest].key.bytes,
                                  size[largest] == SIZE_MAX ? room : size[largest]);
         if (used >= CW_DROPPED_MAX)
             used = CW_DROPPED_MAX - 1;
@@ -238,8 +238,7 @@ int cw__publisher_wait(cw_publisher *p, int timeout_ms)
             return cw__error(CW_STATUS_CONNECTION, "the broker closed the connection: %.*s",
                              (int)m->reply_text.len, (const char *)m->reply_text.bytes);
         }
-        default:
-            break;
+        default: break;
         }
     }
     /* Everything sent is settled: start a fresh window, and let rabbitmq-c

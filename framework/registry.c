@@ -107,8 +107,7 @@ int cw_register_retry_policy(cw_registry *reg, const char *type, const cw_retry_
     const cw_retry_opts *o = &cur;
     if (!reg || !type || !opts)
         return cw__error(CW_STATUS_INVALID_ARG, "cw_register_retry_policy: NULL argument");
-    int rc = cw__opts_read(&cur, opts, cw_retry_opts_sizes, CW_RETRY_OPTS_VERSION,
-                           "cw_retry_opts");
+    int rc = cw__opts_read(&cur, opts, cw_retry_opts_sizes, CW_RETRY_OPTS_VERSION, "cw_retry_opts");
     if (rc)
         return rc;
     cw_handler_entry *h = (cw_handler_entry *)cw_registry_find(reg, type, strlen(type));
@@ -170,8 +169,9 @@ int cw_register_alert_hook(cw_registry *reg, cw_alert_fn fn, void *user_data)
     reg->alert_hooks = h;
     if (reg->loading)
         reg->loading->has_alert_hooks = true;
-    h[reg->n_alert_hooks++] =
-        (cw_alert_hook){.fn = fn, .user_data = user_data, .plugin = reg->loading};
+    h[reg->n_alert_hooks++] = (cw_alert_hook){.fn = fn,
+                                              .user_data = user_data,
+                                              .plugin = reg->loading};
     return 0;
 }
 

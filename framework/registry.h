@@ -21,7 +21,7 @@ typedef struct cw_handler_entry {
     char *type;
     cw_handler_fn fn;
     void *user_data;
-    cw_plugin *plugin; /* NULL for handlers registered by the embedding program */
+    cw_plugin *plugin;     /* NULL for handlers registered by the embedding program */
     cw_retry_policy retry; /* the plugin's layer: fields flagged in retry_set */
     unsigned retry_set;    /* CW_RETRY_SET_* */
 } cw_handler_entry;
@@ -35,8 +35,8 @@ typedef struct cw_alert_hook {
 struct cw_registry {
     cw_handler_entry *handlers;
     size_t n_handlers, cap_handlers;
-    cw_plugin *plugins;  /* loaded, newest first */
-    cw_plugin *loading;  /* the plugin whose cw_plugin_init() runs now */
+    cw_plugin *plugins; /* loaded, newest first */
+    cw_plugin *loading; /* the plugin whose cw_plugin_init() runs now */
     const cw_plugin_setting *settings;
     size_t n_settings;
     cw_alert_hook *alert_hooks;

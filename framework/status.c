@@ -11,9 +11,8 @@ static _Thread_local char cw_last_error[1024];
 const char *cw_strerror(int status)
 {
     switch (status) {
-#define CW__STATUS_MSG(name, value, msg) \
-    case (value):                        \
-        return (msg);
+#define CW__STATUS_MSG(name, value, msg)                                                           \
+    case (value): return (msg);
         CW_STATUS_MAP(CW__STATUS_MSG)
 #undef CW__STATUS_MSG
     }
@@ -23,9 +22,8 @@ const char *cw_strerror(int status)
 const char *cw_status_name(int status)
 {
     switch (status) {
-#define CW__STATUS_NAME(name, value, msg) \
-    case (value):                         \
-        return #name;
+#define CW__STATUS_NAME(name, value, msg)                                                          \
+    case (value): return #name;
         CW_STATUS_MAP(CW__STATUS_NAME)
 #undef CW__STATUS_NAME
     }

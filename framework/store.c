@@ -18,18 +18,12 @@
 const char *cw__state_name(cw_task_state s)
 {
     switch (s) {
-    case CW_STATE_NONE:
-        return "none";
-    case CW_STATE_IN_PROGRESS:
-        return "in-progress";
-    case CW_STATE_DONE:
-        return "done";
-    case CW_STATE_DEAD:
-        return "dead";
-    case CW_STATE_RETRYING:
-        return "retrying";
-    case CW_STATE_REPLAYED:
-        return "replayed";
+    case CW_STATE_NONE: return "none";
+    case CW_STATE_IN_PROGRESS: return "in-progress";
+    case CW_STATE_DONE: return "done";
+    case CW_STATE_DEAD: return "dead";
+    case CW_STATE_RETRYING: return "retrying";
+    case CW_STATE_REPLAYED: return "replayed";
     }
     return "unknown";
 }
@@ -94,12 +88,11 @@ void cw__store_copy_text(char *dst, size_t size, const char *src, size_t n)
     dst[n] = '\0';
 }
 
-void cw_store_opts_of(const cw_config *cfg, const char *owner, bool heartbeat,
-                      cw_store_opts *out)
+void cw_store_opts_of(const cw_config *cfg, const char *owner, bool heartbeat, cw_store_opts *out)
 {
     static const char *const names[] = {[CW_STORE_SQLITE] = "sqlite",
-                                         [CW_STORE_MEMORY] = "memory",
-                                         [CW_STORE_POSTGRESQL] = "postgresql"};
+                                        [CW_STORE_MEMORY] = "memory",
+                                        [CW_STORE_POSTGRESQL] = "postgresql"};
     *out = (cw_store_opts){
         .backend = names[cfg->store_backend],
         .path = cfg->store_path,

@@ -66,7 +66,7 @@ typedef struct cw_task_record {
     char owner[128];        /* in progress: the lease holder; settled: who settled it */
     int64_t lease_until_ms; /* 0 unless in progress */
     unsigned attempts;
-    unsigned deliveries;  /* total deliveries ever seen */
+    unsigned deliveries; /* total deliveries ever seen */
     char saga_id[256];
     char type[256];
     int64_t first_seen_ms;
@@ -76,7 +76,7 @@ typedef struct cw_task_record {
 } cw_task_record;
 
 typedef struct cw_attempt_record {
-    unsigned n;      /* 1-based */
+    unsigned n; /* 1-based */
     int64_t at_ms;
     char worker[128];
     char outcome[32];
@@ -90,15 +90,15 @@ typedef struct cw_attempt_record {
 typedef bool (*cw_owner_alive_fn)(const char *owner, void *user_data);
 
 typedef struct cw_store_opts {
-    const char *backend;  /* "sqlite", "postgresql" or "memory" */
-    const char *path;     /* sqlite file; ignored by the others */
-    const char *url;      /* postgresql: a libpq connection URI or key=value
+    const char *backend;           /* "sqlite", "postgresql" or "memory" */
+    const char *path;              /* sqlite file; ignored by the others */
+    const char *url;               /* postgresql: a libpq connection URI or key=value
                              string (may hold a password: never logged) */
-    const char *schema;   /* postgresql: the schema of the tables ("compworker") */
-    const char *owner;    /* this worker's identity, stored with claims */
-    int64_t lease_ms;     /* lease of a claim */
-    bool sync_full;       /* sqlite: synchronous=FULL (else NORMAL) */
-    bool heartbeat;       /* postgresql: keep this owner's heartbeat row fresh
+    const char *schema;            /* postgresql: the schema of the tables ("compworker") */
+    const char *owner;             /* this worker's identity, stored with claims */
+    int64_t lease_ms;              /* lease of a claim */
+    bool sync_full;                /* sqlite: synchronous=FULL (else NORMAL) */
+    bool heartbeat;                /* postgresql: keep this owner's heartbeat row fresh
                              from a thread of the store's own (a worker); without
                              it the row is written once at open (a CLI) */
     cw_owner_alive_fn owner_alive; /* may be NULL: leases then only expire */

@@ -85,7 +85,10 @@ static size_t utf8_len(const unsigned char *s)
     unsigned char c = s[0];
     if (c < 0x80)
         return 1;
-    size_t n = c >= 0xC2 && c <= 0xDF ? 2 : c >= 0xE0 && c <= 0xEF ? 3 : c >= 0xF0 && c <= 0xF4 ? 4 : 0;
+    size_t n = c >= 0xC2 && c <= 0xDF   ? 2
+               : c >= 0xE0 && c <= 0xEF ? 3
+               : c >= 0xF0 && c <= 0xF4 ? 4
+                                        : 0;
     for (size_t i = 1; i < n; i++) {
         if ((s[i] & 0xC0) != 0x80)
             return 0;
@@ -210,7 +213,8 @@ static int pg_begin(cw_store *s, bool durable)
     if (rc)
         return rc;
     /* A light batch need not survive a power cut (see cw_store_begin). */
-    rc = cw__pg_command(q, durable ? "BEGIN" : "BEGIN; SET LOCAL synchronous_commit = off", "begin");
+    rc = cw__pg_command(q, durable ? "BEGIN" : "BEGIN; SET LOCAL synchronous_commit = off",
+                        "begin");
     if (rc == 0)
         q->in_batch = true;
     return rc;
@@ -230,7 +234,8 @@ static int pg_commit(cw_store *s)
     PQclear(res);
     if (!committed)
         return cw__error(CW_STATUS_STORE,
-                         "store %s: commit: the batch failed earlier and was rolled back", q->label);
+                         "store %s: commit: the batch failed earlier and was rolled back",
+                         q->label);
     return 0;
 }
 
@@ -249,8 +254,8 @@ static int pg_rollback(cw_store *s)
 
 /* Takes over the BUSY claims among out[] whose owner this host knows to be
  * dead (owner_alive), if that owner still holds them. */
-static int take_dead(cw_pg_store *q, const cw_claim_req *reqs, size_t n, int64_t now_ms,
-                     bool light, cw_claim *out)
+static int take_dead(cw_pg_store *q, const cw_claim_req *reqs, size_t n, int64_t now_ms, bool light,
+                     cw_claim *out)
 {
     cw_pg_buf ids = {0}, owners = {0};
     cw__pg_buf_reset(&ids);
@@ -456,8 +461,9 @@ static int pg_note(cw_store *s, const char *message_id, const cw_attempt_record 
     cw_pg_store *q = pg_of(s);
     char at[24], reason[CW_PG_TEXT_MAX];
     snprintf(at, sizeof at, "%" PRId64, a->at_ms);
-    const char *values[6] = {message_id, at, a->worker, a->outcome, a->error_class,
-                             cw__pg_text(reason, sizeof reason, a->reason)};
+    const char *values[6] = {message_id,     at,
+                             a->worker,      a->outcome,
+                             a->error_class, cw__pg_text(reason, sizeof reason, a->reason)};
     PGresult *res;
     int rc = run(q, CW_PG_NOTE, 6, values, PGRES_TUPLES_OK, "note", &res);
     if (rc)
@@ -542,8 +548,7 @@ static int pg_history(cw_store *s, const char *message_id,
 
 /* ---- replay --------------------------------------------------------------------- */
 
-static int reopen_in(cw_pg_store *q, const cw_reopen_req *req, int64_t now_ms,
-                     cw_task_state *was)
+static int reopen_in(cw_pg_store *q, const cw_reopen_req *req, int64_t now_ms, cw_task_state *was)
 {
     char now[24], stale[16], row[24];
     snprintf(now, sizeof now, "%" PRId64, now_ms);
@@ -625,8 +630,7 @@ static int pg_sweep(cw_store *s, int64_t done_before_ms, unsigned limit, unsigne
     cw_pg_store *q = pg_of(s);
     *removed = 0;
     if (q->in_batch)
-        return cw__error(CW_STATUS_INVALID_ARG, "store %s: sweep: called inside a batch",
-                         q->label);
+        return cw__error(CW_STATUS_INVALID_ARG, "store %s: sweep: called inside a batch", q->label);
     if (limit == 0)
         return 0;
     int rc = pg_begin(s, true);
@@ -668,7 +672,7 @@ static int pg_sweep(cw_store *s, int64_t done_before_ms, unsigned limit, unsigne
         if (*p == ',')
             p++;
     }
-    int64_t cursor = n == limit                             ? last_victim
+    int64_t cursor = n == limit                                                 ? last_victim
                      : young || examined < (int64_t)limit * CW_PG_SWEEP_EXAMINE ? 0
                                                                                 : last;
     char cur[24];

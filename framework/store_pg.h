@@ -34,15 +34,15 @@ typedef struct cw_pg_buf {
 } cw_pg_buf;
 
 typedef struct cw_pg_store {
-    cw_store base;     /* first: what cw_store_open hands out */
-    PGconn *conn;      /* NULL while the server is away */
-    char *url;         /* as given: may hold a password, never shown */
-    char *label;       /* the server as messages name it, no password */
-    char *password;    /* what must never appear in a message, or NULL */
-    char *schema;      /* as configured, unquoted */
+    cw_store base;          /* first: what cw_store_open hands out */
+    PGconn *conn;           /* NULL while the server is away */
+    char *url;              /* as given: may hold a password, never shown */
+    char *label;            /* the server as messages name it, no password */
+    char *password;         /* what must never appear in a message, or NULL */
+    char *schema;           /* as configured, unquoted */
     char *sql[CW_PG_COUNT]; /* statement texts with the schema quoted in */
-    bool in_batch;     /* inside cw_store_begin() .. commit/rollback */
-    bool lost;         /* the connection broke: reconnect before the next use */
+    bool in_batch;          /* inside cw_store_begin() .. commit/rollback */
+    bool lost;              /* the connection broke: reconnect before the next use */
     char owner_pid[16];
 
     /* the heartbeat thread (opts.heartbeat) */

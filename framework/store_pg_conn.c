@@ -197,8 +197,13 @@ static int open_session(cw_pg_store *q, const char *role, PGconn **out)
     snprintf(app, sizeof app, "compworker %s %s", role, q->owner_pid);
     /* Ours first: what the URL says wins (expand_dbname). Keepalives find a
      * server that vanished without closing the connection. */
-    const char *const keys[] = {"connect_timeout", "application_name", "keepalives_idle",
-                                "keepalives_interval", "keepalives_count", "dbname", NULL};
+    const char *const keys[] = {"connect_timeout",
+                                "application_name",
+                                "keepalives_idle",
+                                "keepalives_interval",
+                                "keepalives_count",
+                                "dbname",
+                                NULL};
     const char *const vals[] = {CW_PG_CONNECT_TIMEOUT, app, "10", "5", "3", q->url, NULL};
     *out = PQconnectdbParams(keys, vals, 1);
     if (!*out)
@@ -380,9 +385,9 @@ int cw__pg_connect(cw_pg_store *q, bool migrate_schema)
     if (rc)
         goto out_close;
     if (PQserverVersion(q->conn) < CW_PG_MIN_SERVER) {
-        rc = cw__error(CW_STATUS_STORE, "store %s: PostgreSQL %d.%d is too old (12 or later needed)",
-                       q->label, PQserverVersion(q->conn) / 10000,
-                       PQserverVersion(q->conn) % 10000);
+        rc = cw__error(CW_STATUS_STORE,
+                       "store %s: PostgreSQL %d.%d is too old (12 or later needed)", q->label,
+                       PQserverVersion(q->conn) / 10000, PQserverVersion(q->conn) % 10000);
         goto out_close;
     }
     /* Outcomes are acked once committed: the commit must be on disk, whatever
@@ -473,8 +478,8 @@ static void *beat_main(void *arg)
         }
         if (conn && PQstatus(conn) == CONNECTION_OK) {
             const char *values[1] = {q->base.owner};
-            PGresult *res =
-                PQexecParams(conn, q->sql[CW_PG_REGISTER], 1, NULL, values, NULL, NULL, 0);
+            PGresult *res = PQexecParams(conn, q->sql[CW_PG_REGISTER], 1, NULL, values, NULL, NULL,
+                                         0);
             ok = res && PQresultStatus(res) == PGRES_COMMAND_OK;
             if (!ok)
                 scrub(q->password, res ? PQresultErrorMessage(res) : PQerrorMessage(conn), why,
@@ -566,8 +571,8 @@ int cw__store_pg_probe(const cw_store_opts *opts, char *out, size_t cap)
         snprintf(where, sizeof where, "%s (PostgreSQL %d.%d)", q.label, server / 10000,
                  server % 10000);
         if (version == 0 || version == -1)
-            snprintf(out, cap, "%s: schema %s not created yet (the first worker creates it)",
-                     where, q.schema);
+            snprintf(out, cap, "%s: schema %s not created yet (the first worker creates it)", where,
+                     q.schema);
         else if (version > CW_PG_SCHEMA_VERSION)
             snprintf(out, cap,
                      "%s: schema %s at version %d, newer than this compworker supports (%d): "

@@ -152,9 +152,8 @@ const char *const cw__pg_sql[CW_PG_COUNT] = {
         "  SELECT id, attempts, $8, $7, outcome, eclass, reason FROM upd WHERE state <> 2)"
         " SELECT count(*) FROM upd",
     /* $1 tickets (bigint[]), $2 owner */
-    [CW_PG_RELEASE] =
-        "UPDATE @S.cw_tasks t SET lease_until = 0 FROM unnest($1::bigint[]) AS u(id)"
-        " WHERE t.id = u.id AND t.state = 1 AND t.owner = $2",
+    [CW_PG_RELEASE] = "UPDATE @S.cw_tasks t SET lease_until = 0 FROM unnest($1::bigint[]) AS u(id)"
+                      " WHERE t.id = u.id AND t.state = 1 AND t.owner = $2",
     /* $1 message ID, $2 at, $3 worker, $4 outcome, $5 error class, $6 reason:
      * an attempt that did not settle (its worker died), the state kept */
     [CW_PG_NOTE] =
@@ -166,19 +165,17 @@ const char *const cw__pg_sql[CW_PG_COUNT] = {
     [CW_PG_GET] =
         "SELECT state, owner, lease_until, attempts, deliveries, saga_id, type, first_seen,"
         " last_seen, error_class, last_error FROM @S.cw_tasks WHERE message_id = $1",
-    [CW_PG_HISTORY] =
-        "SELECT a.n, a.at, a.worker, a.outcome, a.error_class, a.reason"
-        " FROM @S.cw_attempts a JOIN @S.cw_tasks t ON t.id = a.task_id"
-        " WHERE t.message_id = $1 ORDER BY a.id",
+    [CW_PG_HISTORY] = "SELECT a.n, a.at, a.worker, a.outcome, a.error_class, a.reason"
+                      " FROM @S.cw_attempts a JOIN @S.cw_tasks t ON t.id = a.task_id"
+                      " WHERE t.message_id = $1 ORDER BY a.id",
     [CW_PG_HISTORY_DONE] =
         "SELECT attempts, settled_at, owner FROM @S.cw_tasks WHERE message_id = $1 AND state = 2",
     /* $1 message ID, $2 now, $3 staleness: the record, locked, and whether
      * another owner holds it under a live lease */
-    [CW_PG_REOPEN_SELECT] =
-        "SELECT id, state, owner, lease_until,"
-        " (state = 1 AND owner IS NOT NULL AND lease_until > $2"
-        "  AND @S.cw_owner_alive(owner, $3))"
-        " FROM @S.cw_tasks WHERE message_id = $1 FOR UPDATE",
+    [CW_PG_REOPEN_SELECT] = "SELECT id, state, owner, lease_until,"
+                            " (state = 1 AND owner IS NOT NULL AND lease_until > $2"
+                            "  AND @S.cw_owner_alive(owner, $3))"
+                            " FROM @S.cw_tasks WHERE message_id = $1 FOR UPDATE",
     /* $1 row id: the attempt that applied a done task becomes a history row
      * of its own before the task is reopened (--force) */
     [CW_PG_REOPEN_KEEP_DONE] =

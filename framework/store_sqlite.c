@@ -30,8 +30,6 @@
 #include "framework/store_sqlite.h"
 #include "framework/store_sqlite_sql.h"
 
-
-
 static cw_sq_store *sq_of(cw_store *s)
 {
     return (cw_sq_store *)s;
@@ -82,7 +80,6 @@ static void sq_copy_col(char *dst, size_t size, sqlite3_stmt *st, int col)
 }
 
 /* ---- transactions ------------------------------------------------------ */
-
 
 static void sq_rollback_quiet(cw_sq_store *q)
 {
@@ -174,9 +171,10 @@ static int sq_claim_existing(cw_sq_store *q, const cw_claim_req *req, int64_t no
         return sq_fail_reset(q, st, "claim");
     int step = sqlite3_step(st);
     if (step != SQLITE_ROW) {
-        int rc = step == SQLITE_DONE ? cw__error(CW_STATUS_STORE, "%s: claim: record of %s vanished",
-                                                 q->path, req->message_id)
-                                     : cw__sq_fail(q, "claim");
+        int rc = step == SQLITE_DONE
+                     ? cw__error(CW_STATUS_STORE, "%s: claim: record of %s vanished", q->path,
+                                 req->message_id)
+                     : cw__sq_fail(q, "claim");
         sqlite3_reset(st);
         return rc;
     }
@@ -266,8 +264,8 @@ static int sq_settle_in(cw_sq_store *q, const cw_settle_req *req, int64_t now_ms
 {
     bool by_id = req->ticket > 0;
     sqlite3_stmt *st = q->st[by_id ? CW_SQ_SETTLE_UPDATE_ID : CW_SQ_SETTLE_UPDATE];
-    if ((by_id ? sqlite3_bind_int64(st, 1, req->ticket)
-               : sq_bind_text(st, 1, req->message_id)) != SQLITE_OK ||
+    if ((by_id ? sqlite3_bind_int64(st, 1, req->ticket) : sq_bind_text(st, 1, req->message_id)) !=
+            SQLITE_OK ||
         sqlite3_bind_int(st, 2, (int)req->state) != SQLITE_OK ||
         sqlite3_bind_int64(st, 3, now_ms) != SQLITE_OK ||
         sq_bind_text(st, 4, req->error_class) != SQLITE_OK ||
@@ -287,8 +285,8 @@ static int sq_settle_in(cw_sq_store *q, const cw_settle_req *req, int64_t now_ms
         return 0;
 
     st = q->st[by_id ? CW_SQ_SETTLE_HISTORY_ID : CW_SQ_SETTLE_HISTORY];
-    if ((by_id ? sqlite3_bind_int64(st, 1, req->ticket)
-               : sq_bind_text(st, 1, req->message_id)) != SQLITE_OK ||
+    if ((by_id ? sqlite3_bind_int64(st, 1, req->ticket) : sq_bind_text(st, 1, req->message_id)) !=
+            SQLITE_OK ||
         sqlite3_bind_int64(st, 2, now_ms) != SQLITE_OK ||
         sq_bind_text(st, 3, q->base.owner) != SQLITE_OK ||
         sq_bind_text(st, 4, req->outcome) != SQLITE_OK ||
@@ -315,8 +313,7 @@ static int sq_claim_batch(cw_store *s, const cw_claim_req *reqs, size_t n, int64
 {
     cw_sq_store *q = sq_of(s);
     if (!sqlite3_get_autocommit(q->db))
-        return cw__error(CW_STATUS_INVALID_ARG, "%s: claim batch: called inside a batch",
-                         q->path);
+        return cw__error(CW_STATUS_INVALID_ARG, "%s: claim batch: called inside a batch", q->path);
     int rc = sq_begin_as(q, false);
     for (size_t i = 0; rc == 0 && i < n; i++)
         rc = sq_claim_in(q, &reqs[i], now_ms, &out[i]);
@@ -327,8 +324,7 @@ static int sq_settle_batch(cw_store *s, const cw_settle_req *reqs, size_t n, int
 {
     cw_sq_store *q = sq_of(s);
     if (!sqlite3_get_autocommit(q->db))
-        return cw__error(CW_STATUS_INVALID_ARG, "%s: settle batch: called inside a batch",
-                         q->path);
+        return cw__error(CW_STATUS_INVALID_ARG, "%s: settle batch: called inside a batch", q->path);
     int rc = sq_begin_as(q, true);
     for (size_t i = 0; rc == 0 && i < n; i++)
         rc = sq_settle_in(q, &reqs[i], now_ms);

@@ -26,9 +26,9 @@ typedef struct cw_sq_store {
     sqlite3 *db;
     char *path; /* the file, or ":memory:"; for messages */
     sqlite3_stmt *st[CW_SQ_COUNT];
-    bool sync_full;   /* durable commits fsync the WAL */
-    bool synced_full; /* the connection's current synchronous setting */
-    int64_t sweep_after; /* the sweep's next pass starts after this row id */
+    bool sync_full;        /* durable commits fsync the WAL */
+    bool synced_full;      /* the connection's current synchronous setting */
+    int64_t sweep_after;   /* the sweep's next pass starts after this row id */
     int64_t busy_since_us; /* when the current wait for the write lock began */
 } cw_sq_store;
 

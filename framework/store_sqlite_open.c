@@ -94,7 +94,8 @@ static int sq_configure(const cw_sq_store *q, bool memory, bool sync_full)
         } else {
             const char *mode = (const char *)sqlite3_column_text(st, 0);
             if (!mode || strcmp(mode, "wal") != 0)
-                cw_log_warn(NULL, "store %s: journal_mode is %s, not wal: writers will block readers",
+                cw_log_warn(NULL,
+                            "store %s: journal_mode is %s, not wal: writers will block readers",
                             q->path, mode ? mode : "unknown");
         }
         sqlite3_finalize(st);
@@ -167,7 +168,7 @@ int cw__store_sqlite_open(cw_store **out, const cw_store_opts *opts)
     if (!opts->path || !*opts->path)
         return cw__error(CW_STATUS_CONFIG, "store: sqlite: no path given");
     /* An owner must fit cw_claim.owner and cw_task_record.owner whole. */
-    const size_t owner_max = sizeof ((cw_claim *)NULL)->owner - 1;
+    const size_t owner_max = sizeof((cw_claim *)NULL)->owner - 1;
     if (!opts->owner || !*opts->owner || strlen(opts->owner) > owner_max)
         return cw__error(CW_STATUS_CONFIG, "store: owner must be 1 to %zu bytes", owner_max);
     if (opts->lease_ms <= 0)

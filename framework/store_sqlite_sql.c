@@ -57,17 +57,16 @@ const char *const cw__sq_sql[CW_SQ_COUNT] = {
         /* OR IGNORE (not an upsert, not ABORT): a statement that cannot
          * abort half-way needs no statement journal, which is most of the
          * cost of a one-row write inside a batch. */
-        "INSERT OR IGNORE INTO tasks (message_id, state, owner, lease_until, attempts,"
-        " deliveries, unsettled, saga_id, type, first_seen, last_seen)"
-        " VALUES (?1, 1, ?2, ?3, 0, 1, 1, ?4, ?5, ?6, ?6)",
+    "INSERT OR IGNORE INTO tasks (message_id, state, owner, lease_until, attempts,"
+    " deliveries, unsettled, saga_id, type, first_seen, last_seen)"
+    " VALUES (?1, 1, ?2, ?3, 0, 1, 1, ?4, ?5, ?6, ?6)",
     [CW_SQ_CLAIM_SELECT] =
         "SELECT state, owner, lease_until, attempts, unsettled, id FROM tasks WHERE message_id = ?1",
     /* ?1 id, ?2 owner, ?3 lease_until, ?4 now, ?5 saga_id, ?6 type */
-    [CW_SQ_CLAIM_TAKE] =
-        "UPDATE tasks SET state = 1, owner = ?2, lease_until = ?3,"
-        " deliveries = deliveries + 1, unsettled = unsettled + 1, last_seen = ?4,"
-        " saga_id = coalesce(saga_id, ?5), type = coalesce(type, ?6)"
-        " WHERE message_id = ?1",
+    [CW_SQ_CLAIM_TAKE] = "UPDATE tasks SET state = 1, owner = ?2, lease_until = ?3,"
+                         " deliveries = deliveries + 1, unsettled = unsettled + 1, last_seen = ?4,"
+                         " saga_id = coalesce(saga_id, ?5), type = coalesce(type, ?6)"
+                         " WHERE message_id = ?1",
     /* ?1 id, ?2 now, ?3 saga_id, ?4 type */
     [CW_SQ_CLAIM_BUMP] =
         "UPDATE tasks SET deliveries = deliveries + 1, unsettled = unsettled + 1,"
@@ -105,9 +104,8 @@ const char *const cw__sq_sql[CW_SQ_COUNT] = {
     [CW_SQ_GET] =
         "SELECT state, owner, lease_until, attempts, deliveries, saga_id, type, first_seen,"
         " last_seen, error_class, last_error FROM tasks WHERE message_id = ?1",
-    [CW_SQ_HISTORY] =
-        "SELECT n, at, worker, outcome, error_class, reason FROM attempts"
-        " WHERE task_id = (SELECT id FROM tasks WHERE message_id = ?1) ORDER BY id",
+    [CW_SQ_HISTORY] = "SELECT n, at, worker, outcome, error_class, reason FROM attempts"
+                      " WHERE task_id = (SELECT id FROM tasks WHERE message_id = ?1) ORDER BY id",
     /* ?1 done_before, ?2 limit; history first, while the victims still exist */
     /* ?1 after row id, ?2 limit: the next rows in arrival order */
     [CW_SQ_SWEEP_SCAN] =
@@ -137,6 +135,5 @@ const char *const cw__sq_sql[CW_SQ_COUNT] = {
         " FROM tasks WHERE id = ?1 AND state = 2",
     /* ?1 row id, ?2 owner: the lease of a claim handed back unsettled ends
      * now; the owner stays, for the history. */
-    [CW_SQ_RELEASE] =
-        "UPDATE tasks SET lease_until = 0 WHERE id = ?1 AND state = 1 AND owner = ?2",
+    [CW_SQ_RELEASE] = "UPDATE tasks SET lease_until = 0 WHERE id = ?1 AND state = 1 AND owner = ?2",
 };

@@ -7,7 +7,6 @@
 #include "framework/error.h"
 #include "framework/task.h"
 
-
 void cw__task_reset(cw_task *t)
 {
     if (t->has_env)

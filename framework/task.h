@@ -12,14 +12,13 @@
 #include "framework/limits.h"
 #include "framework/registry.h"
 
-
 typedef struct cw_strnode {
     struct cw_strnode *next;
     char data[];
 } cw_strnode;
 
 struct cw_task {
-    amqp_envelope_t env;  /* owned when has_env; destroyed by cw__task_reset() */
+    amqp_envelope_t env; /* owned when has_env; destroyed by cw__task_reset() */
     bool has_env;
     char message_id[CW_MESSAGE_ID_MAX + 1];
     char type[256];
@@ -31,16 +30,16 @@ struct cw_task {
     cw_outcome outcome;
     char error_class[32]; /* "" when OK */
     char reason[CW_REASON_MAX];
-    bool has_retry_after;    /* the handler asked for its own delay */
+    bool has_retry_after; /* the handler asked for its own delay */
     int64_t retry_after_ms;
 
     cw_strnode *strings; /* strings handed out by cw_task_header() */
 
     /* pipeline bookkeeping */
-    int action;     /* what settling does with it (worker.c) */
-    int64_t ticket; /* the store's handle of its claim */
-    bool published; /* its replacement (DLQ copy, retry) was confirmed */
-    bool ran;       /* its handler was called */
+    int action;            /* what settling does with it (worker.c) */
+    int64_t ticket;        /* the store's handle of its claim */
+    bool published;        /* its replacement (DLQ copy, retry) was confirmed */
+    bool ran;              /* its handler was called */
     char crash_signal[32]; /* for a poison task: how its workers died */
 };
 

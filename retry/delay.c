@@ -148,7 +148,8 @@ static int cw_delay_check_version(amqp_connection_state_t conn)
                  (const char *)e->value.value.bytes.bytes);
         if (sscanf(version, "%d.%d", &major, &minor) != 2)
             return 0;
-        if (major > CW_DELAY_MIN_MAJOR || (major == CW_DELAY_MIN_MAJOR && minor >= CW_DELAY_MIN_MINOR))
+        if (major > CW_DELAY_MIN_MAJOR ||
+            (major == CW_DELAY_MIN_MAJOR && minor >= CW_DELAY_MIN_MINOR))
             return 0;
         return cw__error(CW_STATUS_BROKER_REFUSED,
                          "the delay topology needs RabbitMQ %d.%d or later (message TTL and "
@@ -350,8 +351,8 @@ int cw__delay_routing_key(int64_t delay_ms, const char *queue, char *out, size_t
     qlen = strlen(queue);
     if (2 * CW_DELAY_LEVELS + qlen + 1 > cap)
         return cw__error(CW_STATUS_INVALID_ARG,
-                         "delay: the routing key for queue '%s' needs %zu bytes, %zu given",
-                         queue, 2 * (size_t)CW_DELAY_LEVELS + qlen + 1, cap);
+                         "delay: the routing key for queue '%s' needs %zu bytes, %zu given", queue,
+                         2 * (size_t)CW_DELAY_LEVELS + qlen + 1, cap);
     for (int level = CW_DELAY_LEVELS - 1, i = 0; level >= 0; level--, i += 2) {
         out[i] = (units >> level) & 1 ? '1' : '0';
         out[i + 1] = '.';

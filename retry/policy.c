@@ -60,10 +60,8 @@ int64_t cw_retry_jitter_ms(cw_jitter j, int64_t delay_ms, uint64_t random)
     case CW_JITTER_FULL:
         /* d + 1 cannot wrap: d <= INT64_MAX. */
         return (int64_t)(random % (d + 1));
-    case CW_JITTER_EQUAL:
-        return (int64_t)(d / 2 + random % (d - d / 2 + 1));
-    case CW_JITTER_NONE:
-        break;
+    case CW_JITTER_EQUAL: return (int64_t)(d / 2 + random % (d - d / 2 + 1));
+    case CW_JITTER_NONE: break;
     }
     return (int64_t)d;
 }

@@ -6,7 +6,7 @@ set -euo pipefail
 pkgs=(build-essential cmake pkg-config
       librabbitmq-dev libjson-c-dev uuid-dev libsqlite3-dev libpq-dev libinih-dev libcmocka-dev
       libcurl4-openssl-dev libmicrohttpd-dev libssl-dev libsystemd-dev openssl
-      rabbitmq-server postgresql-15 sqlite3 bc valgrind clang libclang-rt-14-dev)
+      rabbitmq-server postgresql-15 sqlite3 bc valgrind clang clang-format libclang-rt-14-dev)
 
 missing=()
 for p in "${pkgs[@]}"; do

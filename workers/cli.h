@@ -9,8 +9,8 @@
 /* Exit codes, one per cause. */
 enum {
     CW_EXIT_OK = 0,
-    CW_EXIT_FAILURE = 1, /* the operation failed at run time (broker, store) */
-    CW_EXIT_USAGE = 2,   /* bad flags, configuration or plugin */
+    CW_EXIT_FAILURE = 1,         /* the operation failed at run time (broker, store) */
+    CW_EXIT_USAGE = 2,           /* bad flags, configuration or plugin */
     CW_EXIT_HANDLER_TIMEOUT = 3, /* a handler ran past [pool] handler_timeout */
 };
 

@@ -67,8 +67,7 @@ int cw_cmd_config(int argc, char **argv)
         return CW_EXIT_OK;
     }
     if (strcmp(argv[1], "check") != 0)
-        return cw_cli_fail(CW_EXIT_USAGE, "config: unknown command '%s' (expected check)",
-                           argv[1]);
+        return cw_cli_fail(CW_EXIT_USAGE, "config: unknown command '%s' (expected check)", argv[1]);
     cw_pool_opts po = {0};
     cw_config *cfg = NULL;
     int rc = cw_cli_pool_load(&check_cmd, argc - 1, argv + 1, &po, &cfg);

@@ -65,8 +65,7 @@ static int check_args(const cw_cli_dlq_sub *sub, cw_cli_dlq_cmd *c)
     if (sub->args == CW_CLI_DLQ_FILE)
         return 0;
     if (c->n_args && sub->args == CW_CLI_DLQ_NO_ARGS)
-        return cw_cli_fail(CW_EXIT_USAGE, "dlq %s: unexpected argument '%s'", c->name,
-                           c->args[0]);
+        return cw_cli_fail(CW_EXIT_USAGE, "dlq %s: unexpected argument '%s'", c->name, c->args[0]);
     for (int i = 0; i < c->n_args; i++) {
         if (!cw_cli_is_message_id(c->args[i]))
             return cw_cli_fail(CW_EXIT_USAGE,

@@ -36,8 +36,8 @@ static int cmd_export(cw_cli_dlq_cmd *c)
 {
     export_state es = {.c = c};
     uint64_t total = 0, missing = 0;
-    int rc = cw_dlq_browse(c->cfg, NULL, "compworker dlq export", &c->ctl, export_one, &es,
-                           &total, &missing);
+    int rc = cw_dlq_browse(c->cfg, NULL, "compworker dlq export", &c->ctl, export_one, &es, &total,
+                           &missing);
     cw_cli_progress_done();
     if (rc == 0 && (fflush(stdout) != 0 || ferror(stdout)))
         rc = cw__error(CW_STATUS_IO, "writing the export: %s", strerror(errno));
@@ -46,8 +46,10 @@ static int cmd_export(cw_cli_dlq_cmd *c)
     fprintf(stderr, "compworker: exported %" PRIu64 " of the %" PRIu64 " tasks in %s\n", es.n,
             total, c->cfg->dlq);
     if (missing)
-        fprintf(stderr, "compworker: %" PRIu64 " more were held by another consumer and not "
-                        "exported\n", missing);
+        fprintf(stderr,
+                "compworker: %" PRIu64 " more were held by another consumer and not "
+                "exported\n",
+                missing);
     return CW_EXIT_OK;
 }
 

@@ -21,7 +21,7 @@
 typedef struct lines {
     char *text;
     size_t len;
-    size_t *start; /* offsets of the non-empty lines */
+    size_t *start;  /* offsets of the non-empty lines */
     size_t *length; /* their lengths: a NUL inside a line is the import's to refuse */
     size_t *number; /* their line numbers */
     size_t n;
@@ -209,10 +209,11 @@ static int cmd_import(cw_cli_dlq_cmd *c)
         imported += ok;
         if (rc) {
             cw_cli_progress_done();
-            fprintf(stderr, "compworker: dlq import: %s:%zu was not imported: %s\n", name,
-                    bad_line, why);
-            fprintf(stderr, "compworker: dlq import: %zu imported (the lines before); import "
-                            "the rest with: tail -n +%zu %s\n",
+            fprintf(stderr, "compworker: dlq import: %s:%zu was not imported: %s\n", name, bad_line,
+                    why);
+            fprintf(stderr,
+                    "compworker: dlq import: %zu imported (the lines before); import "
+                    "the rest with: tail -n +%zu %s\n",
                     imported, bad_line, name);
             rc = 0;
             goto out;
@@ -226,8 +227,9 @@ static int cmd_import(cw_cli_dlq_cmd *c)
     }
     cw_cli_progress_done();
     if (cw_cli_stop) {
-        fprintf(stderr, "compworker: dlq import: interrupted after %zu of %zu tasks; import the "
-                        "rest with: tail -n +%zu %s\n",
+        fprintf(stderr,
+                "compworker: dlq import: interrupted after %zu of %zu tasks; import the "
+                "rest with: tail -n +%zu %s\n",
                 imported, ls.n, imported < ls.n ? ls.number[imported] : ls.n + 1, name);
         goto out;
     }

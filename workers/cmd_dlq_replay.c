@@ -148,9 +148,10 @@ static int edit_body(const cw_dlq_msg *m, char **body, size_t *len, void *ud)
     }
     json_tokener_free(tok);
     if (o)
-        fprintf(f, "%s\n", json_object_to_json_string_ext(o, JSON_C_TO_STRING_PRETTY |
-                                                                 JSON_C_TO_STRING_SPACED |
-                                                                 JSON_C_TO_STRING_NOSLASHESCAPE));
+        fprintf(f, "%s\n",
+                json_object_to_json_string_ext(o, JSON_C_TO_STRING_PRETTY |
+                                                      JSON_C_TO_STRING_SPACED |
+                                                      JSON_C_TO_STRING_NOSLASHESCAPE));
     else if (b.len)
         fwrite(b.bytes, 1, b.len, f);
     json_object_put(o);
@@ -203,7 +204,8 @@ static int edit_body(const cw_dlq_msg *m, char **body, size_t *len, void *ud)
         line_col(text, end, &line, &col);
         rc = cw__error(CW_STATUS_INVALID_MESSAGE,
                        "the edited body has text after the JSON value (line %u, column %u): "
-                       "the task stays in the DLQ", line, col);
+                       "the task stays in the DLQ",
+                       line, col);
     } else if (!json_object_is_type(o, json_type_object)) {
         rc = cw__error(CW_STATUS_INVALID_MESSAGE,
                        "the edited body is JSON but not an object: the task stays in the DLQ");
@@ -320,8 +322,7 @@ static int cmd_replay(cw_cli_dlq_cmd *c)
     o.to = c->to;
     o.limit = c->limit;
     o.canary = c->canary;
-    o.canary_timeout_ms = c->canary_timeout_ms ? c->canary_timeout_ms
-                                               : DEFAULT_CANARY_TIMEOUT_MS;
+    o.canary_timeout_ms = c->canary_timeout_ms ? c->canary_timeout_ms : DEFAULT_CANARY_TIMEOUT_MS;
     o.rate = c->rate;
     o.edit = c->edit ? edit_body : NULL;
     o.edit_data = &es;
@@ -352,8 +353,7 @@ static int cmd_replay(cw_cli_dlq_cmd *c)
         for (size_t i = 0; i < res.groups.n; i++)
             would += res.groups.g[i].count;
         json_object_object_add(s, c->dry_run ? "would_replay" : "replayed",
-                               json_object_new_int64((int64_t)(c->dry_run ? would
-                                                                          : res.replayed)));
+                               json_object_new_int64((int64_t)(c->dry_run ? would : res.replayed)));
         json_object_object_add(s, "duplicates", json_object_new_int64((int64_t)res.duplicates));
         json_object_object_add(s, "refused_done", json_object_new_int64((int64_t)res.refused_done));
         json_object_object_add(s, "refused_busy", json_object_new_int64((int64_t)res.refused_busy));
@@ -379,7 +379,8 @@ static int cmd_replay(cw_cli_dlq_cmd *c)
             cw_cli_dlq_print_groups(&res.groups, "  ", false);
         if (res.refused_done)
             printf("%" PRIu64 " already applied (done in the store) would be refused; --force "
-                   "replays them.\n", res.refused_done);
+                   "replays them.\n",
+                   res.refused_done);
         if (res.refused_busy)
             printf("%" PRIu64 " being handled right now would be skipped.\n", res.refused_busy);
         if (res.failed)
@@ -403,7 +404,8 @@ static int cmd_replay(cw_cli_dlq_cmd *c)
             const char *sep = " ";
             if (res.refused_done) {
                 printf("%s%" PRIu64 " already applied (--force replays them, 'dlq delete' "
-                       "removes them)", sep, res.refused_done);
+                       "removes them)",
+                       sep, res.refused_done);
                 sep = ", ";
             }
             if (res.refused_busy) {
@@ -416,16 +418,18 @@ static int cmd_replay(cw_cli_dlq_cmd *c)
             }
             if (res.left)
                 printf("%s%" PRIu64 " not replayed (%s)", sep, res.left,
-                       res.canary_failed ? "the canary failed"
-                       : res.interrupted ? "interrupted"
+                       res.canary_failed                         ? "the canary failed"
+                       : res.interrupted                         ? "interrupted"
                        : c->limit && res.left && !res.stopped[0] ? "over --limit"
-                                                                   : "stopped");
+                                                                 : "stopped");
             printf(".\n");
         }
     }
     if (res.missing)
-        fprintf(stderr, "compworker: dlq replay: %" PRIu64 " tasks of the DLQ were held by another "
-                        "consumer and not seen\n", res.missing);
+        fprintf(stderr,
+                "compworker: dlq replay: %" PRIu64 " tasks of the DLQ were held by another "
+                "consumer and not seen\n",
+                res.missing);
     bool unseen = cw_cli_dlq_report_unseen(c);
     int code = CW_EXIT_OK;
     if (res.stopped[0]) {
@@ -433,8 +437,10 @@ static int cmd_replay(cw_cli_dlq_cmd *c)
         cw_cli_put_safe(stderr, res.stopped);
         fputc('\n', stderr);
         if (res.left)
-            fprintf(stderr, "compworker: dlq replay: %" PRIu64 " selected task%s left untouched "
-                            "in %s\n", res.left, res.left == 1 ? "" : "s", c->cfg->dlq);
+            fprintf(stderr,
+                    "compworker: dlq replay: %" PRIu64 " selected task%s left untouched "
+                    "in %s\n",
+                    res.left, res.left == 1 ? "" : "s", c->cfg->dlq);
         code = CW_EXIT_FAILURE;
     }
     if (rc < 0 || unseen || (!c->dry_run && (kept_refused || res.failed)))
@@ -460,8 +466,8 @@ static int parse_canary(const char *cmd, const cw_opt_spec *spec, const char *va
     cw_cli_dlq_cmd *c = target;
     long long n;
     if (!cw__parse_int(value, 1, 100000, &n))
-        return cw_cli_fail(CW_EXIT_USAGE, "%s: --%s '%s' is not a number of tasks (1-100000)",
-                           cmd, spec->name, value);
+        return cw_cli_fail(CW_EXIT_USAGE, "%s: --%s '%s' is not a number of tasks (1-100000)", cmd,
+                           spec->name, value);
     c->canary = (unsigned)n;
     return 0;
 }
@@ -473,8 +479,10 @@ static int parse_rate(const char *cmd, const cw_opt_spec *spec, const char *valu
     errno = 0;
     c->rate = strtod(value, &end);
     if (errno || *end || !(c->rate > 0) || !isfinite(c->rate))
-        return cw_cli_fail(CW_EXIT_USAGE, "%s: --%s '%s' is not a positive number of tasks per "
-                                          "second", cmd, spec->name, value);
+        return cw_cli_fail(CW_EXIT_USAGE,
+                           "%s: --%s '%s' is not a positive number of tasks per "
+                           "second",
+                           cmd, spec->name, value);
     return 0;
 }
 

@@ -133,8 +133,9 @@ static void print_body(amqp_bytes_t body)
     }
     json_tokener_free(tok);
     if (o) {
-        const char *s = json_object_to_json_string_ext(
-            o, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_SPACED | JSON_C_TO_STRING_NOSLASHESCAPE);
+        const char *s = json_object_to_json_string_ext(o, JSON_C_TO_STRING_PRETTY |
+                                                              JSON_C_TO_STRING_SPACED |
+                                                              JSON_C_TO_STRING_NOSLASHESCAPE);
         fputs("  ", stdout);
         for (const char *p = s; *p; p++) {
             putchar(*p);
@@ -174,8 +175,7 @@ static int show_one(cw_dlq_msg *m, void *ud)
     char when[64];
     if (ss->shown > 1)
         putchar('\n');
-    printf("Message %s  (position %" PRIu64 " in %s)\n\n", m->message_id, m->position,
-           c->cfg->dlq);
+    printf("Message %s  (position %" PRIu64 " in %s)\n\n", m->message_id, m->position, c->cfg->dlq);
     printf("Failure\n");
     printf("  %-18s  %s\n", "error class", m->error_class[0] ? m->error_class : "-");
     printf("  %-18s  ", "error");
@@ -225,8 +225,7 @@ static int show_one(cw_dlq_msg *m, void *ud)
                kind_label(e->value.kind));
         print_field_value(&e->value);
         if (e->key.len == 16 && memcmp(e->key.bytes, "x-delivery-count", 16) == 0)
-            fputs("  (the broker's count of deliveries from this queue, browses included)",
-                  stdout);
+            fputs("  (the broker's count of deliveries from this queue, browses included)", stdout);
         putchar('\n');
     }
 

@@ -50,7 +50,8 @@ static int cmd_stats(cw_cli_dlq_cmd *c)
         printf(".\n");
         if (missing)
             printf("%" PRIu64 " more are held by another consumer of the queue and were not "
-                   "seen.\n", missing);
+                   "seen.\n",
+                   missing);
     }
     cw_dlq_groups_free(&st.gs);
     return CW_EXIT_OK;

@@ -28,8 +28,7 @@ int cw_cli_pool_load(const cw_opt_cmd *cmd, int argc, char **argv, cw_pool_opts 
     if (rc != CW_OPT_PARSED)
         return rc;
     if (first < argc)
-        return cw_cli_fail(CW_EXIT_USAGE, "%s: unexpected argument '%s'", cmd->name,
-                           argv[first]);
+        return cw_cli_fail(CW_EXIT_USAGE, "%s: unexpected argument '%s'", cmd->name, argv[first]);
     if (!po->config_path)
         return cw_cli_fail(CW_EXIT_USAGE, "%s: -c POOL.INI is required", cmd->name);
     if (cw_pool_config_load(out, po))

@@ -141,8 +141,8 @@ int cw_cmd_status(int argc, char **argv)
         if (store_err[0])
             json_object_object_add(j, "store_error", json_object_new_string(store_err));
         json_object_object_add(j, "dlq", json_object_new_string(cfg->dlq));
-        json_object_object_add(j, "in_dlq", dlq_checked ? json_object_new_boolean(l.copies > 0)
-                                                        : NULL);
+        json_object_object_add(j, "in_dlq",
+                               dlq_checked ? json_object_new_boolean(l.copies > 0) : NULL);
         json_object_object_add(j, "dlq_copies", json_object_new_int64((int64_t)l.copies));
         if (dlq_err[0])
             json_object_object_add(j, "dlq_error", json_object_new_string(dlq_err));
@@ -189,8 +189,7 @@ int cw_cmd_status(int argc, char **argv)
         else {
             cw_cli_when(l.first.failed_at_ms, now, when, sizeof when);
             printf("yes: %s, position %" PRIu64 "%s, dead-lettered %s as %s\n", cfg->dlq,
-                   l.first_position,
-                   l.copies > 1 ? " (and more copies)" : "", when,
+                   l.first_position, l.copies > 1 ? " (and more copies)" : "", when,
                    l.first.error_class[0] ? l.first.error_class : "?");
         }
         if (have_rec) {

@@ -63,9 +63,9 @@ int cw_cli_store_open(const cw_config *cfg, bool must_exist, cw_store **out)
 /* ---- progress ------------------------------------------------------------ */
 
 static struct {
-    bool on;          /* stderr is a terminal and output is not quiet */
-    bool shown;       /* a progress line is on the screen */
-    int64_t started;  /* first report (monotonic ms) */
+    bool on;         /* stderr is a terminal and output is not quiet */
+    bool shown;      /* a progress line is on the screen */
+    int64_t started; /* first report (monotonic ms) */
 } progress_state;
 
 static void group_digits(uint64_t n, char *out, size_t cap)
@@ -199,8 +199,10 @@ void cw_cli_fit(const char *s, size_t width, bool pad, char *out, size_t cap)
             w = 4;
         } else {
             if (*p >= 0x80) {
-                len = (*p & 0xE0) == 0xC0 ? 2 : (*p & 0xF0) == 0xE0 ? 3
-                                                : (*p & 0xF8) == 0xF0 ? 4 : 1;
+                len = (*p & 0xE0) == 0xC0   ? 2
+                      : (*p & 0xF0) == 0xE0 ? 3
+                      : (*p & 0xF8) == 0xF0 ? 4
+                                            : 1;
                 for (size_t k = 1; k < len; k++) {
                     if ((p[k] & 0xC0) != 0x80) {
                         len = 1;
@@ -260,8 +262,8 @@ void cw_cli_json_line(json_object *o)
 {
     if (!o)
         return;
-    puts(json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN |
-                                                JSON_C_TO_STRING_NOSLASHESCAPE));
+    puts(
+        json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE));
     json_object_put(o);
 }
 
@@ -545,8 +547,8 @@ static int parse_limit(const char *cmd, const cw_opt_spec *spec, const char *val
     cw_cli_dlq_cmd *c = target;
     long long n;
     if (!cw__parse_int(value, 1, INT64_MAX, &n))
-        return cw_cli_fail(CW_EXIT_USAGE, "%s: --%s '%s' is not a positive number", cmd,
-                           spec->name, value);
+        return cw_cli_fail(CW_EXIT_USAGE, "%s: --%s '%s' is not a positive number", cmd, spec->name,
+                           value);
     c->limit = (uint64_t)n;
     return 0;
 }
@@ -595,7 +597,9 @@ int cw_cli_dlq_check_selection(const cw_cli_dlq_cmd *c)
     if (!selects && !c->all)
         return cw_cli_fail(CW_EXIT_USAGE, "dlq %s: give message IDs, filters or --all", c->name);
     if (selects && c->all)
-        return cw_cli_fail(CW_EXIT_USAGE, "dlq %s: --all selects every task: give it alone, "
-                                          "without message IDs or filters", c->name);
+        return cw_cli_fail(CW_EXIT_USAGE,
+                           "dlq %s: --all selects every task: give it alone, "
+                           "without message IDs or filters",
+                           c->name);
     return 0;
 }

@@ -96,7 +96,7 @@ typedef struct cw_cli_dlq_cmd {
     cw_dlq_filter filter;
     char **args; /* positional arguments after the command */
     int n_args;
-    bool *seen;  /* per message ID argument: found in the DLQ */
+    bool *seen; /* per message ID argument: found in the DLQ */
     cw_dlq_ctl ctl;
 } cw_cli_dlq_cmd;
 

@@ -20,13 +20,16 @@ typedef struct command {
 static int cmd_help(int argc, char **argv);
 
 static const command commands[] = {
-    {"run", cw_cmd_run, "run the pool (a supervisor and N worker processes) until SIGTERM or "
-                        "SIGINT; SIGHUP rolls the workers"},
-    {"config", cw_cmd_config, "config check: validate a configuration and print every effective "
-                              "value with its source"},
+    {"run", cw_cmd_run,
+     "run the pool (a supervisor and N worker processes) until SIGTERM or "
+     "SIGINT; SIGHUP rolls the workers"},
+    {"config", cw_cmd_config,
+     "config check: validate a configuration and print every effective "
+     "value with its source"},
     {"publish", cw_cmd_publish, "publish one task, confirmed; prints its ID"},
-    {"dlq", cw_cmd_dlq, "inspect and replay the dead-letter queue ('compworker dlq help' lists "
-                        "its commands)"},
+    {"dlq", cw_cmd_dlq,
+     "inspect and replay the dead-letter queue ('compworker dlq help' lists "
+     "its commands)"},
     {"status", cw_cmd_status, "what became of a task: state, attempts, history"},
     {"version", cw_cmd_version, "print the version"},
     {"help", cmd_help, "print this help"},

@@ -55,8 +55,9 @@ typedef struct monitor {
 static enum MHD_Result respond(struct MHD_Connection *c, unsigned code, const char *type,
                                char *body, size_t len, bool owned)
 {
-    struct MHD_Response *r = MHD_create_response_from_buffer(
-        len, body, owned ? MHD_RESPMEM_MUST_FREE : MHD_RESPMEM_PERSISTENT);
+    struct MHD_Response *r = MHD_create_response_from_buffer(len, body,
+                                                             owned ? MHD_RESPMEM_MUST_FREE
+                                                                   : MHD_RESPMEM_PERSISTENT);
     if (!r) {
         if (owned)
             free(body);
@@ -118,14 +119,16 @@ static enum MHD_Result serve_health(monitor *mon, struct MHD_Connection *c)
     unsigned alive = atomic_load(&m->workers_alive);
     unsigned connected = 0, working = 0;
     for (int i = 0; i < CW_METRICS_SLOTS; i++) {
-        if (atomic_load(&m->slots[i].state) != CW_SLOT_FREE && atomic_load(&m->slots[i].connected)) {
+        if (atomic_load(&m->slots[i].state) != CW_SLOT_FREE &&
+            atomic_load(&m->slots[i].connected)) {
             connected++;
             if (!atomic_load(&m->slots[i].store_down))
                 working++;
         }
     }
     if (getppid() != mon->supervisor)
-        return respond_text(c, MHD_HTTP_SERVICE_UNAVAILABLE, "unavailable: the supervisor is gone\n");
+        return respond_text(c, MHD_HTTP_SERVICE_UNAVAILABLE,
+                            "unavailable: the supervisor is gone\n");
     if (cw__mono_ms() - beat > BEAT_STALE_MS)
         return respond_text(c, MHD_HTTP_SERVICE_UNAVAILABLE,
                             "unavailable: the supervisor has not run its loop for %lld ms\n",
@@ -145,9 +148,8 @@ static enum MHD_Result serve_health(monitor *mon, struct MHD_Connection *c)
 }
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
-                                  const char *method, const char *version,
-                                  const char *upload_data, size_t *upload_data_size,
-                                  void **con_cls)
+                                  const char *method, const char *version, const char *upload_data,
+                                  size_t *upload_data_size, void **con_cls)
 {
     (void)version;
     (void)upload_data;
@@ -161,8 +163,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     if (strcmp(url, "/healthz") == 0)
         return serve_health(mon, c);
     if (strcmp(url, "/") == 0)
-        return respond_text(c, MHD_HTTP_OK,
-                            "compworker pool %s: /metrics (Prometheus), /healthz\n",
+        return respond_text(c, MHD_HTTP_OK, "compworker pool %s: /metrics (Prometheus), /healthz\n",
                             mon->cfg->name);
     return respond_text(c, MHD_HTTP_NOT_FOUND, "not found: /metrics, /healthz\n");
 }
@@ -198,10 +199,11 @@ static struct MHD_Daemon *http_start(monitor *mon)
         ((struct sockaddr_in *)&sa)->sin_port = htons((uint16_t)port);
 
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_AUTO | (v6 ? MHD_USE_IPv6 : 0);
-    struct MHD_Daemon *d = MHD_start_daemon(
-        flags, (uint16_t)port, NULL, NULL, on_request, mon, MHD_OPTION_SOCK_ADDR,
-        (struct sockaddr *)&sa, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)10,
-        MHD_OPTION_CONNECTION_LIMIT, (unsigned)64, MHD_OPTION_END);
+    struct MHD_Daemon *d = MHD_start_daemon(flags, (uint16_t)port, NULL, NULL, on_request, mon,
+                                            MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa,
+                                            MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)10,
+                                            MHD_OPTION_CONNECTION_LIMIT, (unsigned)64,
+                                            MHD_OPTION_END);
     if (!d) {
         cw_log_error(NULL, "[pool] metrics_listen %s: cannot listen (%s)", mon->cfg->metrics_listen,
                      errno ? strerror(errno) : "address in use or not available");
@@ -231,8 +233,8 @@ typedef struct depth_conn {
 static int passive_count(amqp_connection_state_t conn, const char *queue, int64_t *ready,
                          int64_t *consumers)
 {
-    amqp_queue_declare_ok_t *ok =
-        amqp_queue_declare(conn, 1, amqp_cstring_bytes(queue), 1, 0, 0, 0, amqp_empty_table);
+    amqp_queue_declare_ok_t *ok = amqp_queue_declare(conn, 1, amqp_cstring_bytes(queue), 1, 0, 0, 0,
+                                                     amqp_empty_table);
     char what[400];
     snprintf(what, sizeof what, "passive declare of '%s'", queue);
     int rc = cw__broker_reply(amqp_get_rpc_reply(conn), what);

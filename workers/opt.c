@@ -116,13 +116,15 @@ static int bad_option(const char *cmd, int c, char **argv, const opt_set *known)
      * line names it so, as it always did), or LONG_ONLY_VAL + i. */
     const cw_opt_spec *r = optopt ? by_val(known, optopt) : NULL;
     if (r && !r->alias)
-        return cw_cli_fail(CW_EXIT_USAGE, "%s: option '--%s' takes no value (try 'compworker %s "
-                                          "--help')", cmd, r->name, cmd);
+        return cw_cli_fail(CW_EXIT_USAGE,
+                           "%s: option '--%s' takes no value (try 'compworker %s "
+                           "--help')",
+                           cmd, r->name, cmd);
     if (optopt) /* a short option, maybe one of several in one argument ("-zq") */
         return cw_cli_fail(CW_EXIT_USAGE, "%s: unknown option '-%c' (try 'compworker %s --help')",
                            cmd, optopt, cmd);
-    return cw_cli_fail(CW_EXIT_USAGE, "%s: unknown option '%.*s' (try 'compworker %s --help')",
-                       cmd, (int)strcspn(arg, "="), arg, cmd);
+    return cw_cli_fail(CW_EXIT_USAGE, "%s: unknown option '%.*s' (try 'compworker %s --help')", cmd,
+                       (int)strcspn(arg, "="), arg, cmd);
 }
 
 /* Stores an option of the command: 0, or the exit code. */
@@ -180,8 +182,8 @@ int cw_opt_parse(const cw_opt_cmd *cmd, const cw_opt_spec *const *known, int arg
             return bad_option(cmd->name, c, argv, &all);
         const cw_opt_spec *mine = set_find(&own, r->name);
         if (!mine)
-            return cw_cli_fail(CW_EXIT_USAGE, "%s: --%s does not apply to this command",
-                               cmd->name, r->name);
+            return cw_cli_fail(CW_EXIT_USAGE, "%s: --%s does not apply to this command", cmd->name,
+                               r->name);
         int rc = store(cmd, mine, optarg, target);
         if (rc || mine->kind == CW_OPT_HELP)
             return rc;

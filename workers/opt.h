@@ -38,7 +38,8 @@ typedef enum cw_opt_kind {
 } cw_opt_kind;
 
 /* Flags of a row. */
-#define CW_OPT_REQUIRED 1u /* the usage line shows it, not in "[options]"; the
+#define CW_OPT_REQUIRED                                                                            \
+    1u /* the usage line shows it, not in "[options]"; the
                               command checks that it is given, in its own words */
 
 typedef struct cw_opt_spec cw_opt_spec;
@@ -64,8 +65,14 @@ struct cw_opt_spec {
 };
 
 /* The row of -h, --help that every command has, and the end of a table. */
-#define CW_OPT_HELP_SPEC {CW_OPT_HELP, "help", 'h', NULL, "print this help", .offset = 0}
-#define CW_OPT_END_SPEC {.kind = CW_OPT_END}
+#define CW_OPT_HELP_SPEC                                                                           \
+    {                                                                                              \
+        CW_OPT_HELP, "help", 'h', NULL, "print this help", .offset = 0                             \
+    }
+#define CW_OPT_END_SPEC                                                                            \
+    {                                                                                              \
+        .kind = CW_OPT_END                                                                         \
+    }
 
 /* A command: what it is called and what its --help says around the
  * options. */

@@ -30,25 +30,26 @@
 #include "workers/pool.h"
 
 #define TICK_MS 200
-#define RESTART_MIN_MS 250     /* the first restart of a worker waits up to this */
-#define RESTART_MAX_MS 30000   /* the longest wait between restarts */
-#define STABLE_MS 10000        /* a worker up this long had no trouble: backoff resets */
-#define CRASH_LOOP_DEATHS 5    /* this many unrequested exits... */
+#define RESTART_MIN_MS 250         /* the first restart of a worker waits up to this */
+#define RESTART_MAX_MS 30000       /* the longest wait between restarts */
+#define STABLE_MS 10000            /* a worker up this long had no trouble: backoff resets */
+#define CRASH_LOOP_DEATHS 5        /* this many unrequested exits... */
 #define CRASH_LOOP_WINDOW_MS 60000 /* ...within this window is a crash loop */
-#define START_STAGGER_MS 10000 /* a worker loading its plugins holds back the next one */
-#define ROLL_CONNECT_WAIT_MS 30000 /* a new worker not connected by then is taken as up
+#define START_STAGGER_MS 10000     /* a worker loading its plugins holds back the next one */
+#define ROLL_CONNECT_WAIT_MS                                                                       \
+    30000 /* a new worker not connected by then is taken as up
                                     * (the broker may be down for every worker) */
 #define MONITOR_STOP_MS 3000
 
 typedef struct member {
-    pid_t pid;         /* 0: entry unused */
-    int slot;          /* metrics slot */
-    unsigned index;    /* worker number, 1..workers */
-    unsigned gen;      /* configuration generation it runs */
+    pid_t pid;      /* 0: entry unused */
+    int slot;       /* metrics slot */
+    unsigned index; /* worker number, 1..workers */
+    unsigned gen;   /* configuration generation it runs */
     int64_t started_ms;
-    int64_t kill_at;   /* stopping: SIGKILL past this */
-    bool stopping;     /* asked to stop: its exit is expected */
-    bool ever_ready;   /* its slot reached READY */
+    int64_t kill_at; /* stopping: SIGKILL past this */
+    bool stopping;   /* asked to stop: its exit is expected */
+    bool ever_ready; /* its slot reached READY */
 } member;
 
 typedef struct restart_state {
@@ -77,8 +78,8 @@ typedef struct pool {
     unsigned n_deaths;
     int64_t last_crash_loop_ms;
 
-    bool up_once;       /* every worker reached READY once */
-    bool ready_sent;    /* READY=1 sent for the current generation */
+    bool up_once;    /* every worker reached READY once */
+    bool ready_sent; /* READY=1 sent for the current generation */
     bool stopping;
     int exit_code;
     int64_t stop_deadline;
@@ -87,8 +88,8 @@ typedef struct pool {
         bool active;
         cw_config *next; /* not yet committed: NULL once committed */
         unsigned gen;
-        member *fresh;   /* the new worker coming up */
-        member *old;     /* the worker it replaces */
+        member *fresh; /* the new worker coming up */
+        member *old;   /* the worker it replaces */
         int64_t fresh_since;
         bool waiting_old;
     } roll;
@@ -316,8 +317,8 @@ static void note_death(pool *p, const member *mb, const char *what, int64_t upti
 
 static void roll_abandon(pool *p, const char *why)
 {
-    cw_log_error(NULL, "rolling restart abandoned: %s; the workers keep the %s configuration",
-                 why, p->roll.next ? "previous" : "new");
+    cw_log_error(NULL, "rolling restart abandoned: %s; the workers keep the %s configuration", why,
+                 p->roll.next ? "previous" : "new");
     cw_config_free(p->roll.next);
     memset(&p->roll, 0, sizeof p->roll);
     cw_notify_ready("rolling restart abandoned");
@@ -340,8 +341,7 @@ static void member_exited(pool *p, member *mb, int st)
         p->roll.waiting_old = false;
     }
     if (gone.stopping) {
-        cw_log_info(NULL, "worker %u (pid %ld) has stopped (%s)", gone.index, (long)gone.pid,
-                    what);
+        cw_log_info(NULL, "worker %u (pid %ld) has stopped (%s)", gone.index, (long)gone.pid, what);
         return;
     }
     if (p->roll.active && p->roll.fresh == mb) {
@@ -354,8 +354,8 @@ static void member_exited(pool *p, member *mb, int st)
     }
     int code = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
     if (!p->up_once && !gone.ever_ready && (code == CW_EXIT_USAGE || code == CW_EXIT_FAILURE)) {
-        cw_log_error(NULL, "worker %u (pid %ld) could not start: %s; stopping the pool",
-                     gone.index, (long)gone.pid, what);
+        cw_log_error(NULL, "worker %u (pid %ld) could not start: %s; stopping the pool", gone.index,
+                     (long)gone.pid, what);
         begin_shutdown(p, code, "a worker could not start");
         return;
     }
@@ -374,11 +374,11 @@ static void member_exited(pool *p, member *mb, int st)
     rs->restart_at = cw__mono_ms() + d;
     rs->pending = gone.index <= p->cfg->workers;
     if (rs->pending)
-        cw_log_warn(NULL, "worker %u (pid %ld) %s after %lld ms; restarting in %lld ms",
-                    gone.index, (long)gone.pid, what, (long long)uptime, (long long)d);
+        cw_log_warn(NULL, "worker %u (pid %ld) %s after %lld ms; restarting in %lld ms", gone.index,
+                    (long)gone.pid, what, (long long)uptime, (long long)d);
     else
-        cw_log_warn(NULL, "worker %u (pid %ld) %s after %lld ms", gone.index, (long)gone.pid,
-                    what, (long long)uptime);
+        cw_log_warn(NULL, "worker %u (pid %ld) %s after %lld ms", gone.index, (long)gone.pid, what,
+                    (long long)uptime);
     note_death(p, &gone, what, uptime);
 }
 
@@ -481,8 +481,8 @@ static bool monitor_same(const cw_config *a, const cw_config *b)
                 str_same(a->alert.webhook_url, b->alert.webhook_url) &&
                 a->alert.timeout_ms == b->alert.timeout_ms &&
                 a->alert.webhook_retries == b->alert.webhook_retries &&
-                a->alert.rate_limit_ms == b->alert.rate_limit_ms &&
-                a->log_level == b->log_level && a->log_format == b->log_format;
+                a->alert.rate_limit_ms == b->alert.rate_limit_ms && a->log_level == b->log_level &&
+                a->log_format == b->log_format;
     char **x = a->alert.command_argv, **y = b->alert.command_argv;
     for (; same && x && y && *x && *y; x++, y++)
         same = strcmp(*x, *y) == 0;
@@ -589,7 +589,8 @@ static void check_ready(pool *p)
     unsigned ready = 0;
     for (int i = 0; i < CW_METRICS_SLOTS; i++) {
         member *mb = &p->w[i];
-        if (mb->pid && !mb->stopping && atomic_load(&p->m->slots[mb->slot].state) >= CW_SLOT_READY) {
+        if (mb->pid && !mb->stopping &&
+            atomic_load(&p->m->slots[mb->slot].state) >= CW_SLOT_READY) {
             mb->ever_ready = true;
             ready++;
         }
@@ -628,14 +629,9 @@ static void on_signal(pool *p, int sig)
 {
     switch (sig) {
     case SIGTERM:
-    case SIGINT:
-        begin_shutdown(p, CW_EXIT_OK, sig == SIGTERM ? "SIGTERM" : "SIGINT");
-        break;
-    case SIGHUP:
-        reload(p);
-        break;
-    default: /* SIGCHLD: reaped below */
-        break;
+    case SIGINT: begin_shutdown(p, CW_EXIT_OK, sig == SIGTERM ? "SIGTERM" : "SIGINT"); break;
+    case SIGHUP: reload(p); break;
+    default: /* SIGCHLD: reaped below */ break;
     }
 }
 
@@ -673,8 +669,8 @@ int cw_pool_run(cw_config *cfg, const cw_pool_opts *opts)
     block_signals(&set);
     update_gauges(p);
     atomic_store(&p->m->supervisor_beat_ms, cw__mono_ms());
-    cw_log_info(NULL, "supervisor of pool %s: %u worker(s), queue %s%s%s", cfg->name,
-                cfg->workers, cfg->queue, cfg->metrics_listen ? ", metrics at " : "",
+    cw_log_info(NULL, "supervisor of pool %s: %u worker(s), queue %s%s%s", cfg->name, cfg->workers,
+                cfg->queue, cfg->metrics_listen ? ", metrics at " : "",
                 cfg->metrics_listen ? cfg->metrics_listen : "");
 
     for (;;) {
@@ -703,8 +699,8 @@ int cw_pool_run(cw_config *cfg, const cw_pool_opts *opts)
         roll_step(p);
         if (!p->stopping)
             scale_to(p);
-        if (!p->monitor && cw_pool_monitor_needed(p->cfg) && cw__mono_ms() >= p->monitor_restart_at &&
-            !p->stopping)
+        if (!p->monitor && cw_pool_monitor_needed(p->cfg) &&
+            cw__mono_ms() >= p->monitor_restart_at && !p->stopping)
             spawn_monitor(p);
         if (p->monitor && !p->monitor_ready_once && cw__mono_ms() - p->monitor_started_ms > 2000)
             p->monitor_ready_once = true;
@@ -724,13 +720,11 @@ int cw_pool_config_load(cw_config **out, const cw_pool_opts *opts)
     int rc = cw_config_load(&cfg, opts->config_path);
     if (rc)
         return rc;
-    if (opts->workers_flag &&
-        (rc = cw_config_override(cfg, "pool", "workers", opts->workers_flag, CW_ORIGIN_FLAG,
-                                 "--workers")))
+    if (opts->workers_flag && (rc = cw_config_override(cfg, "pool", "workers", opts->workers_flag,
+                                                       CW_ORIGIN_FLAG, "--workers")))
         goto out_free;
-    if (opts->level_flag &&
-        (rc = cw_config_override(cfg, "log", "level", opts->level_flag, CW_ORIGIN_FLAG,
-                                 "--log-level")))
+    if (opts->level_flag && (rc = cw_config_override(cfg, "log", "level", opts->level_flag,
+                                                     CW_ORIGIN_FLAG, "--log-level")))
         goto out_free;
     *out = cfg;
     return 0;

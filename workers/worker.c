@@ -38,7 +38,6 @@ static cw_metrics_row *mrow(const cw_worker *w, const cw_task *t)
     return cw_metrics_row_of(w->metrics, w->reg, t->handler);
 }
 
-
 static void free_arrays(cw_worker *w)
 {
     free(w->batch);
@@ -84,8 +83,7 @@ int cw_worker_new(cw_worker **out, const cw_config *cfg, cw_registry *reg)
         cw_retry_policy_merge(&w->policy[i], &h->retry, h->retry_set);
         for (size_t j = 0; j < cfg->n_handlers; j++) {
             if (strcmp(cfg->handlers[j].type, h->type) == 0)
-                cw_retry_policy_merge(&w->policy[i], &cfg->handlers[j].retry,
-                                      cfg->handlers[j].set);
+                cw_retry_policy_merge(&w->policy[i], &cfg->handlers[j].retry, cfg->handlers[j].set);
         }
         if (w->policy[i].max_delay_ms > CW_DELAY_MAX_MS)
             w->policy[i].max_delay_ms = CW_DELAY_MAX_MS;
@@ -151,10 +149,8 @@ int cw_worker_enable_crash_reports(cw_worker *w)
     return cw__crash_reporter_install(w->crash_dir, w->id, &w->current);
 }
 
-void cw_worker_on_handler_timeout(cw_worker *w,
-                                  void (*fn)(const cw_worker_current *cur, int64_t ran_ms,
-                                             void *ud),
-                                  void *ud)
+void cw_worker_on_handler_timeout(
+    cw_worker *w, void (*fn)(const cw_worker_current *cur, int64_t ran_ms, void *ud), void *ud)
 {
     w->on_timeout = fn;
     w->on_timeout_data = ud;
@@ -232,7 +228,6 @@ static cw_log_task log_task(const cw_task *t)
                          .type = t->type[0] ? t->type : NULL};
 }
 
-
 static void describe_handler(const cw_task *t, char *out, size_t cap)
 {
     if (t->handler && t->handler->plugin)
@@ -300,8 +295,7 @@ static void run_handler(cw_worker *w, cw_task *t)
         }
         return;
     default:
-        cw__task_set_failure(t, CW_FAIL, "permanent", "handler returned %d, not a cw_outcome",
-                             out);
+        cw__task_set_failure(t, CW_FAIL, "permanent", "handler returned %d, not a cw_outcome", out);
         t->action = ACT_DLQ;
         return;
     }
@@ -442,8 +436,9 @@ static int claim_batch(cw_worker *w, size_t n, int64_t now)
         cw_task *t = &w->batch[i];
         if (t->action != ACT_NONE)
             continue;
-        w->claim_reqs[r] =
-            (cw_claim_req){.message_id = t->message_id, .saga_id = t->saga_id, .type = t->type};
+        w->claim_reqs[r] = (cw_claim_req){.message_id = t->message_id,
+                                          .saga_id = t->saga_id,
+                                          .type = t->type};
         w->claim_of[r++] = i;
     }
     release_pending(w);
@@ -483,15 +478,9 @@ static int claim_batch(cw_worker *w, size_t n, int64_t now)
                 t->action = ACT_RUN;
             }
             break;
-        case CW_CLAIM_DONE:
-            t->action = ACT_DUP;
-            break;
-        case CW_CLAIM_DEAD:
-            t->action = ACT_DEAD;
-            break;
-        case CW_CLAIM_BUSY:
-            t->action = ACT_DEFER;
-            break;
+        case CW_CLAIM_DONE: t->action = ACT_DUP; break;
+        case CW_CLAIM_DEAD: t->action = ACT_DEAD; break;
+        case CW_CLAIM_BUSY: t->action = ACT_DEFER; break;
         }
     }
     return 0;
@@ -558,8 +547,7 @@ static int republish_range(cw_worker *w, size_t from, size_t to, int64_t now)
             if ((rc = cw__delay_routing_key(CW_DEFER_MS, w->cfg->queue, rk, sizeof rk)) == 0)
                 rc = cw__publish_copy(&w->pub, CW_DELAY_ENTRY_EXCHANGE, rk, &t->env, NULL, now);
             break;
-        default:
-            continue;
+        default: continue;
         }
         if (rc == 0)
             sent++;
@@ -586,8 +574,7 @@ static int republish_range(cw_worker *w, size_t from, size_t to, int64_t now)
         }
         if (t->action == ACT_DLQ) {
             w->stats.dead_lettered++;
-            cw_log_warn(&lt, "dead-lettered to %s: %s: %s", w->cfg->dlq, t->error_class,
-                        t->reason);
+            cw_log_warn(&lt, "dead-lettered to %s: %s: %s", w->cfg->dlq, t->error_class, t->reason);
             alert(w, t, now);
         } else if (t->action == ACT_RETRY) {
             w->stats.retried++;
@@ -745,8 +732,7 @@ static int process_batch(cw_worker *w, size_t n)
             w->stats.duplicates++;
             cw_log_info(&lt, "duplicate skipped: message ID already dead-lettered");
             break;
-        default:
-            break;
+        default: break;
         }
         if (i + 1 < n && cw__mono_ms() - since >= CW_SETTLE_EVERY_MS) {
             if ((rc = settle_range(w, settled, i + 1))) {

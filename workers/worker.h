@@ -51,10 +51,8 @@ int cw_worker_enable_crash_reports(cw_worker *w);
 /* What to do when a handler runs past [pool] handler_timeout, after its
  * report is written: called on the watchdog thread. The program decides
  * (compworker ends the process); without an action the handler goes on. */
-void cw_worker_on_handler_timeout(cw_worker *w,
-                                  void (*fn)(const cw_worker_current *cur, int64_t ran_ms,
-                                             void *ud),
-                                  void *ud);
+void cw_worker_on_handler_timeout(
+    cw_worker *w, void (*fn)(const cw_worker_current *cur, int64_t ran_ms, void *ud), void *ud);
 
 /* Counts into the pool's shared metrics (framework/metrics.h): received,
  * succeeded, retried, dead-lettered by class, duplicates, deferred, handler

@@ -31,8 +31,8 @@
 #define CW_BACKOFF_MIN_MS 500
 #define CW_BACKOFF_MAX_MS 30000
 #define CW_STORE_BACKOFF_MAX_MS 5000 /* between tries of a store that does not answer */
-#define CW_KEEPALIVE_MS 5000 /* heartbeat frames sent while the worker waits */
-#define CW_BATCH_BYTES (16u << 20) /* bodies one batch holds at least, see collect() */
+#define CW_KEEPALIVE_MS 5000         /* heartbeat frames sent while the worker waits */
+#define CW_BATCH_BYTES (16u << 20)   /* bodies one batch holds at least, see collect() */
 
 /* What settling does with a delivery. */
 enum {
@@ -63,17 +63,17 @@ struct cw_worker {
     cw_publisher pub;
     unsigned url_next;
 
-    cw_task *batch;      /* batch_max slots */
+    cw_task *batch; /* batch_max slots */
     size_t batch_max;
     /* batch_max slots each, for one store round trip per batch: */
     cw_claim_req *claim_reqs;
     cw_claim *claims;
-    size_t *claim_of;        /* claim_reqs[k] is for batch[claim_of[k]] */
+    size_t *claim_of; /* claim_reqs[k] is for batch[claim_of[k]] */
     cw_settle_req *settles;
-    int64_t *release;        /* tickets of claims handed back unsettled, to release */
+    int64_t *release; /* tickets of claims handed back unsettled, to release */
     size_t n_release;
     cw_store_opts store_opts; /* how the store is opened (again) */
-    bool store_down;         /* the store did not answer: the batch waits for it */
+    bool store_down;          /* the store did not answer: the batch waits for it */
     int64_t store_backoff_ms;
     volatile sig_atomic_t *stop; /* cw_worker_run()'s */
     int64_t last_keepalive_ms;
@@ -84,8 +84,8 @@ struct cw_worker {
      * written before each handler call, read from other threads/signals. */
     cw_worker_current current;
 
-    cw_alerter *alerter;    /* NULL when no alert hook is configured */
-    char crash_dir[4096];   /* "" for the memory store */
+    cw_alerter *alerter;  /* NULL when no alert hook is configured */
+    char crash_dir[4096]; /* "" for the memory store */
     int64_t next_crash_import;
     void (*on_timeout)(const cw_worker_current *cur, int64_t ran_ms, void *ud);
     void *on_timeout_data;
@@ -94,7 +94,6 @@ struct cw_worker {
     _Atomic bool watchdog_stop;
     cw_metrics_worker *metrics; /* the pool's shared counters, or NULL */
 };
-
 
 /* Drops the first n deliveries of the batch without acking: the broker
  * requeues them when the channel closes. */

@@ -45,8 +45,8 @@ int cw__worker_session_open(cw_worker *w)
     int hb = (int)(w->cfg->heartbeat_ms / 1000);
 
     snprintf(name, sizeof name, "compworker %s consumer %s", w->cfg->name, w->id);
-    if ((rc = cw__broker_connect_tls(&w->cconn, w->cfg->url, &w->cfg->tls, &w->url_next, hb,
-                                     name, where, sizeof where)))
+    if ((rc = cw__broker_connect_tls(&w->cconn, w->cfg->url, &w->cfg->tls, &w->url_next, hb, name,
+                                     where, sizeof where)))
         return rc;
     if ((rc = cw__broker_accept_large_frames(w->cconn)))
         goto out_close;
@@ -62,8 +62,8 @@ int cw__worker_session_open(cw_worker *w)
     /* The publishing connection goes to the same broker as the consumer. */
     unsigned same = w->url_next;
     snprintf(name, sizeof name, "compworker %s publisher %s", w->cfg->name, w->id);
-    if ((rc = cw__broker_connect_tls(&w->pconn, w->cfg->url, &w->cfg->tls, &same, hb, name,
-                                     NULL, 0)))
+    if ((rc = cw__broker_connect_tls(&w->pconn, w->cfg->url, &w->cfg->tls, &same, hb, name, NULL,
+                                     0)))
         goto out_close;
     if ((rc = cw__publisher_open(&w->pub, w->pconn, CW_PUBLISH_CH)))
         goto out_close;
@@ -97,8 +97,7 @@ static int consume_other_frame(cw_worker *w, const amqp_frame_t *fp)
     if (f.frame_type != AMQP_FRAME_METHOD)
         return 0;
     switch (f.payload.method.id) {
-    case AMQP_BASIC_ACK_METHOD:
-        return 0;
+    case AMQP_BASIC_ACK_METHOD: return 0;
     case AMQP_BASIC_CANCEL_METHOD:
         return cw__error(CW_STATUS_CONNECTION,
                          "the broker cancelled the consumer (queue '%s' deleted?)", w->cfg->queue);
@@ -112,8 +111,7 @@ static int consume_other_frame(cw_worker *w, const amqp_frame_t *fp)
         return cw__error(CW_STATUS_CONNECTION, "the broker closed the connection: %.*s",
                          (int)m->reply_text.len, (const char *)m->reply_text.bytes);
     }
-    default:
-        return 0;
+    default: return 0;
     }
 }
 

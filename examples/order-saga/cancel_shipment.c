@@ -58,8 +58,8 @@ static cw_outcome read_shipment(cw_task *task, sqlite3 *db, const char *shipment
     owner = (const char *)sqlite3_column_text(st, 0);
     status = (const char *)sqlite3_column_text(st, 1);
     if (strcmp(owner, order_id) != 0)
-        outcome = cw_task_fail(task, "shipment %s belongs to order %s, not %s", shipment_id,
-                               owner, order_id);
+        outcome = cw_task_fail(task, "shipment %s belongs to order %s, not %s", shipment_id, owner,
+                               order_id);
     else if (strcmp(status, "booked") == 0)
         *state = SHIPMENT_BOOKED;
     else if (strcmp(status, "cancelled") == 0)
@@ -67,8 +67,7 @@ static cw_outcome read_shipment(cw_task *task, sqlite3 *db, const char *shipment
     else if (strcmp(status, "delivered") == 0)
         *state = SHIPMENT_DELIVERED;
     else
-        outcome = cw_task_fail(task, "shipment %s has an unknown status %s", shipment_id,
-                               status);
+        outcome = cw_task_fail(task, "shipment %s has an unknown status %s", shipment_id, status);
 
 out_finalize:
     sqlite3_finalize(st);

@@ -127,12 +127,11 @@ void ledger_rollback(sqlite3 *db)
         (void)ledger_exec(db, "ROLLBACK");
 }
 
-int ledger_add_effect(sqlite3 *db, const char *message_id, const char *kind,
-                      const char *order_id, const char *detail)
+int ledger_add_effect(sqlite3 *db, const char *message_id, const char *kind, const char *order_id,
+                      const char *detail)
 {
-    static const char sql[] =
-        "INSERT INTO effects (message_id, kind, order_id, detail, at)"
-        " VALUES (?1, ?2, ?3, ?4, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))";
+    static const char sql[] = "INSERT INTO effects (message_id, kind, order_id, detail, at)"
+                              " VALUES (?1, ?2, ?3, ?4, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))";
     sqlite3_stmt *st;
     int rc = sqlite3_prepare_v2(db, sql, -1, &st, NULL);
 
@@ -163,10 +162,8 @@ bool ledger_transient(int rc)
     case SQLITE_LOCKED:
     case SQLITE_FULL:
     case SQLITE_IOERR:
-    case SQLITE_PROTOCOL:
-        return true;
-    default:
-        return false;
+    case SQLITE_PROTOCOL: return true;
+    default: return false;
     }
 }
 

@@ -68,8 +68,8 @@ int ledger_commit(sqlite3 *db);
 void ledger_rollback(sqlite3 *db);
 
 /* Appends an effects row stamped with the current UTC time. */
-int ledger_add_effect(sqlite3 *db, const char *message_id, const char *kind,
-                      const char *order_id, const char *detail);
+int ledger_add_effect(sqlite3 *db, const char *message_id, const char *kind, const char *order_id,
+                      const char *detail);
 
 /* The outcome of a task whose ledger work failed with SQLite result `rc`
  * during `what` ("read", "update", ...): cw_task_retry() for a transient

@@ -40,7 +40,10 @@
 #define MAX_ORDERS 100000
 #define N_UNKNOWN_PAYMENTS 2
 
-enum { EXIT_USAGE = 2, HELP_SHOWN = -1 };
+enum {
+    EXIT_USAGE = 2,
+    HELP_SHOWN = -1
+};
 
 typedef struct options {
     const char *url;
@@ -69,16 +72,19 @@ typedef struct order {
     bool delivered; /* the shipment reached the customer before the saga failed */
 } order;
 
-typedef enum task_kind { KIND_REFUND = 0, KIND_RESTOCK = 1, KIND_CANCEL = 2 } task_kind;
+typedef enum task_kind {
+    KIND_REFUND = 0,
+    KIND_RESTOCK = 1,
+    KIND_CANCEL = 2
+} task_kind;
 
 static const char *const kind_names[] = {"refund", "restock", "cancel"};
-static const char *const kind_types[] = {"payment.refund", "inventory.restock",
-                                         "shipment.cancel"};
+static const char *const kind_types[] = {"payment.refund", "inventory.restock", "shipment.cancel"};
 
 typedef struct task {
     task_kind kind;
     const order *order;
-    char *body;                              /* JSON text, malloc'd */
+    char *body;                             /* JSON text, malloc'd */
     char message_id[CW_MESSAGE_ID_MAX + 1]; /* set by the first publish */
     char dead_reason[128];                  /* why it must fail; "" if it must apply */
 } task;
@@ -105,8 +111,8 @@ typedef struct saga_batch {
 } saga_batch;
 
 static sku_stock catalogue[] = {
-    {"SKU-TEAPOT", 40, 0}, {"SKU-KETTLE", 25, 0}, {"SKU-MUG", 300, 0},
-    {"SKU-SAUCER", 180, 0}, {"SKU-TRAY", 60, 0},  {"SKU-INFUSER", 90, 0},
+    {"SKU-TEAPOT", 40, 0},  {"SKU-KETTLE", 25, 0}, {"SKU-MUG", 300, 0},
+    {"SKU-SAUCER", 180, 0}, {"SKU-TRAY", 60, 0},   {"SKU-INFUSER", 90, 0},
 };
 #define N_SKUS (sizeof catalogue / sizeof catalogue[0])
 
@@ -193,8 +199,8 @@ static int parse_options(int argc, char **argv, options *o)
             o->ledger = val;
         } else if (strcmp(arg, "--orders") == 0) {
             if (!parse_u64(val, MAX_ORDERS, &n) || n < 3) {
-                fprintf(stderr, "order-saga-publish: --orders: '%s' is not between 3 and %d\n",
-                        val, MAX_ORDERS);
+                fprintf(stderr, "order-saga-publish: --orders: '%s' is not between 3 and %d\n", val,
+                        MAX_ORDERS);
                 return EXIT_USAGE;
             }
             o->orders = (unsigned)n;
@@ -395,8 +401,8 @@ static int ledger_seed(sqlite3 *db, const saga_batch *b)
                                 " refunded_cents) VALUES (?1, ?2, ?3, 0)",
                                 -1, &pay, NULL);
     if (rc == SQLITE_OK)
-        rc = sqlite3_prepare_v2(db, "INSERT INTO stock (sku, on_hand) VALUES (?1, ?2)", -1,
-                                &stock, NULL);
+        rc = sqlite3_prepare_v2(db, "INSERT INTO stock (sku, on_hand) VALUES (?1, ?2)", -1, &stock,
+                                NULL);
     if (rc == SQLITE_OK)
         rc = sqlite3_prepare_v2(db,
                                 "INSERT INTO shipments (shipment_id, order_id, status)"
@@ -473,8 +479,9 @@ static int publish_all(const options *opt, saga_batch *b)
             fprintf(stderr, "order-saga-publish: publishing %s for %s: %s: %s\n", po.type,
                     po.saga_id, cw_strerror(rc), cw_error_last());
             if (rc == CW_STATUS_UNROUTABLE)
-                fprintf(stderr, "order-saga-publish: no queue is bound for %s on %s;"
-                                " start a worker first (it declares the queues)\n",
+                fprintf(stderr,
+                        "order-saga-publish: no queue is bound for %s on %s;"
+                        " start a worker first (it declares the queues)\n",
                         po.type, opt->exchange);
             break;
         }
@@ -544,8 +551,7 @@ static int write_expectations(const char *file, struct json_object *e)
     }
     snprintf(tmp, len, "%s.tmp", file);
     if (json_object_to_file_ext(tmp, e, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_SPACED) < 0)
-        fprintf(stderr, "order-saga-publish: cannot write %s: %s\n", tmp,
-                json_util_get_last_err());
+        fprintf(stderr, "order-saga-publish: cannot write %s: %s\n", tmp, json_util_get_last_err());
     else if (rename(tmp, file) < 0)
         fprintf(stderr, "order-saga-publish: cannot rename %s to %s: %s\n", tmp, file,
                 strerror(errno));
@@ -578,11 +584,10 @@ static void print_summary(const options *opt, const saga_batch *b, const char *e
            " recorded, and shipment %s of %s was already delivered. Expected: %zu"
            " compensations applied exactly once to %s, %zu dead-lettered, %zu duplicates"
            " skipped (details in %s).\n",
-           b->n_slots, opt->exchange, b->n_orders, opt->seed, b->n_tasks,
-           b->n_slots - b->n_tasks, b->n_dead, bad[0] ? bad[0]->order_id : "?",
-           bad[1] ? bad[1]->order_id : "?", delivered ? delivered->shipment_id : "?",
-           delivered ? delivered->order_id : "?", b->n_tasks - b->n_dead, opt->ledger,
-           b->n_dead, b->n_slots - b->n_tasks, expected_file);
+           b->n_slots, opt->exchange, b->n_orders, opt->seed, b->n_tasks, b->n_slots - b->n_tasks,
+           b->n_dead, bad[0] ? bad[0]->order_id : "?", bad[1] ? bad[1]->order_id : "?",
+           delivered ? delivered->shipment_id : "?", delivered ? delivered->order_id : "?",
+           b->n_tasks - b->n_dead, opt->ledger, b->n_dead, b->n_slots - b->n_tasks, expected_file);
 }
 
 int main(int argc, char **argv)

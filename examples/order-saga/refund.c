@@ -43,8 +43,7 @@ static char gateway_timeouts[1024];
 static bool gateway_times_out(const char *payment_id)
 {
     size_t n = strlen(payment_id);
-    for (const char *p = strstr(gateway_timeouts, payment_id); p;
-         p = strstr(p + 1, payment_id)) {
+    for (const char *p = strstr(gateway_timeouts, payment_id); p; p = strstr(p + 1, payment_id)) {
         bool starts = p == gateway_timeouts || p[-1] == ' ';
         bool ends = p[n] == '\0' || p[n] == ' ';
         if (starts && ends)
@@ -70,8 +69,10 @@ static cw_outcome refund(cw_task *task, void *user_data)
     if (payment_id == NULL)
         return cw_task_fail(task, "payment.refund: \"payment_id\" must be a non-empty string");
     if (!ledger_field_count(body, "amount_cents", REFUND_MAX_CENTS, &amount))
-        return cw_task_fail(task, "payment.refund: \"amount_cents\" must be an integer"
-                                  " between 1 and %" PRId64, REFUND_MAX_CENTS);
+        return cw_task_fail(task,
+                            "payment.refund: \"amount_cents\" must be an integer"
+                            " between 1 and %" PRId64,
+                            REFUND_MAX_CENTS);
 
     if (cw_task_attempt(task) == 0 && gateway_times_out(payment_id))
         return cw_task_retry(task, "payment gateway timed out refunding %s", payment_id);
@@ -105,9 +106,10 @@ static cw_outcome refund(cw_task *task, void *user_data)
     sqlite3_finalize(st);
     st = NULL;
     if (amount > paid - refunded) {
-        outcome = cw_task_fail(task, "refund of %" PRId64 " cents exceeds the %" PRId64
-                               " cents left to refund on payment %s", amount,
-                               paid - refunded, payment_id);
+        outcome = cw_task_fail(task,
+                               "refund of %" PRId64 " cents exceeds the %" PRId64
+                               " cents left to refund on payment %s",
+                               amount, paid - refunded, payment_id);
         goto out_rollback;
     }
 

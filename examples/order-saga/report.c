@@ -61,7 +61,12 @@ enum {
     HELP_SHOWN = -1
 };
 
-enum { KIND_REFUND, KIND_RESTOCK, KIND_CANCEL, N_KINDS };
+enum {
+    KIND_REFUND,
+    KIND_RESTOCK,
+    KIND_CANCEL,
+    N_KINDS
+};
 static const char *const kind_names[N_KINDS] = {"refund", "restock", "cancel"};
 
 typedef struct options {
@@ -337,12 +342,9 @@ out_free:
 static const char *amqp_reply_text(amqp_rpc_reply_t r, char *buf, size_t len)
 {
     switch (r.reply_type) {
-    case AMQP_RESPONSE_NORMAL:
-        return "ok";
-    case AMQP_RESPONSE_NONE:
-        return "missing reply";
-    case AMQP_RESPONSE_LIBRARY_EXCEPTION:
-        return amqp_error_string2(r.library_error);
+    case AMQP_RESPONSE_NORMAL: return "ok";
+    case AMQP_RESPONSE_NONE: return "missing reply";
+    case AMQP_RESPONSE_LIBRARY_EXCEPTION: return amqp_error_string2(r.library_error);
     case AMQP_RESPONSE_SERVER_EXCEPTION:
         if (r.reply.id == AMQP_CONNECTION_CLOSE_METHOD) {
             const amqp_connection_close_t *c = r.reply.decoded;
@@ -413,8 +415,8 @@ static int broker_connect_one(broker *b, const char *url, char *err, size_t err_
         goto out_destroy;
     }
     amqp_set_rpc_timeout(b->conn, &tv);
-    r = amqp_login(b->conn, info.vhost, 0, AMQP_DEFAULT_FRAME_SIZE, 0,
-                   AMQP_SASL_METHOD_PLAIN, info.user, info.password);
+    r = amqp_login(b->conn, info.vhost, 0, AMQP_DEFAULT_FRAME_SIZE, 0, AMQP_SASL_METHOD_PLAIN,
+                   info.user, info.password);
     if (r.reply_type != AMQP_RESPONSE_NORMAL) {
         snprintf(err, err_len, "%s:%d: login as %s: %s", info.host, info.port, info.user,
                  amqp_reply_text(r, why, sizeof why));
@@ -505,7 +507,8 @@ static int queue_depth(broker *b, const char *queue, uint32_t *out, uint32_t *co
         amqp_maybe_release_buffers(b->conn);
         return 0;
     }
-    fprintf(stderr, "order-saga-report: queue %s: %s\n", queue, amqp_reply_text(r, why, sizeof why));
+    fprintf(stderr, "order-saga-report: queue %s: %s\n", queue,
+            amqp_reply_text(r, why, sizeof why));
     return -1;
 }
 
@@ -676,8 +679,10 @@ static int scan_effects(sqlite3 *db, expectations *e, int64_t by_kind[N_KINDS], 
     int rc;
 
     memset(by_kind, 0, N_KINDS * sizeof *by_kind);
-    if (query_int(db, "SELECT COUNT(*) FROM (SELECT message_id FROM effects"
-                      " GROUP BY message_id HAVING COUNT(*) > 1)", twice) < 0)
+    if (query_int(db,
+                  "SELECT COUNT(*) FROM (SELECT message_id FROM effects"
+                  " GROUP BY message_id HAVING COUNT(*) > 1)",
+                  twice) < 0)
         return -1;
     if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK) {
         fprintf(stderr, "order-saga-report: ledger: %s\n", sqlite3_errmsg(db));
@@ -979,8 +984,10 @@ static int run_report(const options *o, expectations *e, sqlite3 *db, broker *b)
         differ(&f, "the pool had not finished after %u s (--wait)", o->wait_s);
         differ_end(&f);
     } else if (settled == WAIT_NO_CONSUMER) {
-        differ(&f, "the pool had not finished, and no worker has consumed %s for %d s"
-                   " (see the worker's log)", o->queue, NO_CONSUMER_MS / 1000);
+        differ(&f,
+               "the pool had not finished, and no worker has consumed %s for %d s"
+               " (see the worker's log)",
+               o->queue, NO_CONSUMER_MS / 1000);
         differ_end(&f);
     }
     if (applied != e->applied) {
@@ -1019,8 +1026,8 @@ static int run_report(const options *o, expectations *e, sqlite3 *db, broker *b)
                e->dead);
         rc = EXIT_MATCH;
     } else {
-        printf("MISMATCH: %u difference(s) from what order-saga-publish expected:\n%s",
-               f.count, f.text);
+        printf("MISMATCH: %u difference(s) from what order-saga-publish expected:\n%s", f.count,
+               f.text);
         rc = EXIT_MISMATCH;
     }
 

@@ -41,8 +41,9 @@ static cw_outcome restock(cw_task *task, void *user_data)
     if (sku == NULL)
         return cw_task_fail(task, "inventory.restock: \"sku\" must be a non-empty string");
     if (!ledger_field_count(body, "qty", RESTOCK_MAX_QTY, &qty))
-        return cw_task_fail(task, "inventory.restock: \"qty\" must be an integer between 1 and %"
-                            PRId64, RESTOCK_MAX_QTY);
+        return cw_task_fail(task,
+                            "inventory.restock: \"qty\" must be an integer between 1 and %" PRId64,
+                            RESTOCK_MAX_QTY);
 
     rc = ledger_begin(db);
     if (rc != SQLITE_OK)

@@ -42,18 +42,21 @@ typedef struct cw_client cw_client;
  *  fields may be added at the end in later versions. Strings are borrowed for
  *  the duration of the call. */
 typedef struct cw_publish_opts {
-    unsigned version;       /**< CW_PUBLISH_OPTS_VERSION */
-    const char *type;       /**< task type and routing key; required */
-    const char *saga_id;    /**< AMQP correlation_id; NULL for none */
-    const char *message_id; /**< idempotency key; NULL for a fresh UUID */
-    const char *body;       /**< JSON object text; required */
-    size_t body_len;        /**< bytes of `body`; 0 means strlen(body) */
-    const char *routing_key; /**< NULL to route by `type` */
+    unsigned version;            /**< CW_PUBLISH_OPTS_VERSION */
+    const char *type;            /**< task type and routing key; required */
+    const char *saga_id;         /**< AMQP correlation_id; NULL for none */
+    const char *message_id;      /**< idempotency key; NULL for a fresh UUID */
+    const char *body;            /**< JSON object text; required */
+    size_t body_len;             /**< bytes of `body`; 0 means strlen(body) */
+    const char *routing_key;     /**< NULL to route by `type` */
     uint32_t confirm_timeout_ms; /**< 0 for the default, 30000 ms */
 } cw_publish_opts;
 
 #define CW_PUBLISH_OPTS_VERSION 1
-#define CW_PUBLISH_OPTS_INIT {CW_PUBLISH_OPTS_VERSION, NULL, NULL, NULL, NULL, 0, NULL, 0}
+#define CW_PUBLISH_OPTS_INIT                                                                       \
+    {                                                                                              \
+        CW_PUBLISH_OPTS_VERSION, NULL, NULL, NULL, NULL, 0, NULL, 0                                \
+    }
 
 /** Fills `opts` with the defaults of CW_PUBLISH_OPTS_INIT as of `version`
  *  (pass CW_PUBLISH_OPTS_VERSION), for callers that cannot use the macro
@@ -92,8 +95,8 @@ CW_EXTERN int cw_client_new(cw_client **out, const char *url, const char *exchan
  *          confirm in time: the task may or may not be queued; publishing it
  *          again with the same message ID is safe); CW_STATUS_CONNECTION (the
  *          client is then unusable: free it and make a new one). */
-CW_EXTERN int cw_client_publish(cw_client *c, const cw_publish_opts *opts,
-                                char *message_id_out, size_t out_len);
+CW_EXTERN int cw_client_publish(cw_client *c, const cw_publish_opts *opts, char *message_id_out,
+                                size_t out_len);
 
 /** Closes the connection and frees the client. Accepts NULL. */
 CW_EXTERN void cw_client_free(cw_client *c);

@@ -83,7 +83,10 @@ typedef struct cw_retry_opts {
 } cw_retry_opts;
 
 #define CW_RETRY_OPTS_VERSION 1
-#define CW_RETRY_OPTS_INIT {CW_RETRY_OPTS_VERSION, -1, -1, -1.0, -1, -1}
+#define CW_RETRY_OPTS_INIT                                                                         \
+    {                                                                                              \
+        CW_RETRY_OPTS_VERSION, -1, -1, -1.0, -1, -1                                                \
+    }
 
 /** Fills `opts` with the defaults of CW_RETRY_OPTS_INIT as of `version`
  *  (pass CW_RETRY_OPTS_VERSION), for callers that cannot use the macro.
@@ -112,9 +115,8 @@ typedef struct cw_plugin_info {
 /** Declares the plugin's name and version and the ABI it was built for.
  *  Use exactly once per plugin, at file scope. Both arguments are string
  *  literals. */
-#define CW_PLUGIN_DECLARE(name_, version_)                                       \
-    CW_EXTERN const cw_plugin_info cw_plugin_info_v1 = {CW_ABI_VERSION, (name_),   \
-                                                        (version_)}
+#define CW_PLUGIN_DECLARE(name_, version_)                                                         \
+    CW_EXTERN const cw_plugin_info cw_plugin_info_v1 = {CW_ABI_VERSION, (name_), (version_)}
 
 /** The entry point every plugin exports. Register handlers (and optionally a
  *  teardown) on `reg`, which is borrowed for the duration of the call. Return
@@ -159,8 +161,7 @@ CW_EXTERN int cw_register_teardown(cw_registry *reg, cw_teardown_fn fn, void *us
  *  is the name the plugin declared. Call only from cw_plugin_init().
  *  @return the value, borrowed until cw_plugin_init() returns (copy it to keep
  *          it), or `fallback` when the key is not set. */
-CW_EXTERN const char *cw_registry_setting(cw_registry *reg, const char *key,
-                                          const char *fallback);
+CW_EXTERN const char *cw_registry_setting(cw_registry *reg, const char *key, const char *fallback);
 
 /** The task's message ID (AMQP `message_id`), its idempotency key. Never NULL;
  *  borrowed until the handler returns. */

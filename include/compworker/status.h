@@ -13,25 +13,25 @@ extern "C" {
 #endif
 
 /* X(NAME, value, message) — the one list every status derives from. */
-#define CW_STATUS_MAP(X)                                                        \
-    X(OK, 0, "success")                                                         \
-    X(NOMEM, -1, "out of memory")                                               \
-    X(INVALID_ARG, -2, "invalid argument")                                      \
-    X(CONFIG, -3, "invalid configuration")                                      \
-    X(IO, -4, "input/output error")                                             \
-    X(EXISTS, -5, "already exists")                                             \
-    X(NOT_FOUND, -6, "not found")                                               \
-    X(ABI_MISMATCH, -7, "plugin built for another ABI version")                 \
-    X(PLUGIN, -8, "plugin could not be loaded or initialised")                  \
-    X(CONNECTION, -9, "broker connection failed or was lost")                   \
-    X(BROKER_REFUSED, -10, "the broker refused the operation")                  \
-    X(NACKED, -11, "the broker did not confirm the publish (nack)")             \
-    X(UNROUTABLE, -12, "no queue is bound for the routing key")                 \
-    X(TIMEOUT, -13, "timed out")                                                \
-    X(STORE, -14, "idempotency store error")                                    \
-    X(INVALID_MESSAGE, -15, "invalid message")                                  \
-    X(TOO_LARGE, -16, "size limit exceeded")                                    \
-    X(INTERRUPTED, -17, "interrupted by a signal")                              \
+#define CW_STATUS_MAP(X)                                                                           \
+    X(OK, 0, "success")                                                                            \
+    X(NOMEM, -1, "out of memory")                                                                  \
+    X(INVALID_ARG, -2, "invalid argument")                                                         \
+    X(CONFIG, -3, "invalid configuration")                                                         \
+    X(IO, -4, "input/output error")                                                                \
+    X(EXISTS, -5, "already exists")                                                                \
+    X(NOT_FOUND, -6, "not found")                                                                  \
+    X(ABI_MISMATCH, -7, "plugin built for another ABI version")                                    \
+    X(PLUGIN, -8, "plugin could not be loaded or initialised")                                     \
+    X(CONNECTION, -9, "broker connection failed or was lost")                                      \
+    X(BROKER_REFUSED, -10, "the broker refused the operation")                                     \
+    X(NACKED, -11, "the broker did not confirm the publish (nack)")                                \
+    X(UNROUTABLE, -12, "no queue is bound for the routing key")                                    \
+    X(TIMEOUT, -13, "timed out")                                                                   \
+    X(STORE, -14, "idempotency store error")                                                       \
+    X(INVALID_MESSAGE, -15, "invalid message")                                                     \
+    X(TOO_LARGE, -16, "size limit exceeded")                                                       \
+    X(INTERRUPTED, -17, "interrupted by a signal")                                                 \
     X(STORE_UNAVAILABLE, -18, "the idempotency store cannot be reached")
 
 /** Status codes. */

@@ -76,26 +76,32 @@
 
 #define DEFAULT_TASKS 20000
 #define DEFAULT_PUBLISH_S 25
-#define CHUNK 100               /* tasks published (and confirmed) at a time */
-#define KILL_MIN_MS 2500        /* between two kills: uniform in [min, max] */
-#define KILL_MAX_MS 5000        /* (CW_CHAOS_KILL_MS=MIN-MAX overrides them) */
-#define WORKER_UP_MS 1500       /* a worker is killed only after this long up */
-#define DRAIN_KILLS_MS 10000    /* kills go on this long once all is published: the
+#define CHUNK 100         /* tasks published (and confirmed) at a time */
+#define KILL_MIN_MS 2500  /* between two kills: uniform in [min, max] */
+#define KILL_MAX_MS 5000  /* (CW_CHAOS_KILL_MS=MIN-MAX overrides them) */
+#define WORKER_UP_MS 1500 /* a worker is killed only after this long up */
+#define DRAIN_KILLS_MS                                                                             \
+    10000               /* kills go on this long once all is published: the
                                  * supervisor's restart backoff doubles with each
                                  * quick death, and the drain must stay short */
-#define RESTART_AT 0.4          /* the broker restarts when this share is published */
-#define STALL_MS 90000          /* no task settled for this long: the pool is stuck */
-#define DRAIN_MS 300000         /* the whole drain, at most */
-#define DELAY_LEVELS 6          /* cw.delay.00..05 hold the chaos run's delays (< 6.4 s) */
-#define MAX_WORKERS 256         /* worker processes the run may see */
+#define RESTART_AT 0.4  /* the broker restarts when this share is published */
+#define STALL_MS 90000  /* no task settled for this long: the pool is stuck */
+#define DRAIN_MS 300000 /* the whole drain, at most */
+#define DELAY_LEVELS 6  /* cw.delay.00..05 hold the chaos run's delays (< 6.4 s) */
+#define MAX_WORKERS 256 /* worker processes the run may see */
 #define MAX_KILLS 256
-#define MAX_APPS 8              /* applications of one task the test keeps */
-#define EXAMPLES 10             /* unexplained cases printed before failing */
+#define MAX_APPS 8  /* applications of one task the test keeps */
+#define EXAMPLES 10 /* unexplained cases printed before failing */
 #define CLI_TIMEOUT_MS 120000
 
 /* ---- the run's state ------------------------------------------------------ */
 
-typedef enum kind { K_PLAIN, K_TRANSIENT1, K_TRANSIENT2, K_PERMANENT } kind;
+typedef enum kind {
+    K_PLAIN,
+    K_TRANSIENT1,
+    K_TRANSIENT2,
+    K_PERMANENT
+} kind;
 
 typedef struct app {
     long pid;
@@ -105,13 +111,13 @@ typedef struct app {
 
 typedef struct task {
     uint8_t kind;
-    uint8_t state;        /* the store's, read at a check */
-    uint16_t dups;        /* duplicate publishes */
-    uint16_t n_apps;      /* ledger rows */
-    uint16_t dlq_copies;  /* DLQ entries (before the replay) */
-    uint32_t timestamp;   /* the timestamp property published */
-    uint16_t attempts;    /* settled attempts, the store's */
-    long settled_by;      /* pid of the store record's owner */
+    uint8_t state;       /* the store's, read at a check */
+    uint16_t dups;       /* duplicate publishes */
+    uint16_t n_apps;     /* ledger rows */
+    uint16_t dlq_copies; /* DLQ entries (before the replay) */
+    uint32_t timestamp;  /* the timestamp property published */
+    uint16_t attempts;   /* settled attempts, the store's */
+    long settled_by;     /* pid of the store record's owner */
     app apps[MAX_APPS];
 } task;
 
@@ -153,11 +159,11 @@ typedef struct killer {
 typedef struct chaos {
     cwtest_env *env;
     uint64_t seed, rng;
-    unsigned n;             /* distinct tasks */
+    unsigned n; /* distinct tasks */
     task *t;
-    char faults_file[400];  /* exists: the permanent fault is removed */
+    char faults_file[400]; /* exists: the permanent fault is removed */
     char store[400];
-    char pg_schema[96];     /* CW_CHAOS_STORE=postgresql: the store's schema */
+    char pg_schema[96]; /* CW_CHAOS_STORE=postgresql: the store's schema */
     char host[128];
     killer k;
 
@@ -239,9 +245,7 @@ static void task_body(const chaos *c, unsigned i, char *out, size_t cap)
         snprintf(out, cap, "{\"n\":%u,\"sleep_ms\":2,\"fail_unless_file\":\"%s\"}", i,
                  c->faults_file);
         break;
-    default:
-        snprintf(out, cap, "{\"n\":%u,\"sleep_ms\":2}", i);
-        break;
+    default: snprintf(out, cap, "{\"n\":%u,\"sleep_ms\":2}", i); break;
     }
 }
 
@@ -393,8 +397,9 @@ static void killer_start(chaos *c)
     k->min_ms = KILL_MIN_MS;
     k->max_ms = KILL_MAX_MS;
     const char *v = getenv("CW_CHAOS_KILL_MS");
-    if (v && *v && (sscanf(v, "%" SCNd64 "-%" SCNd64, &k->min_ms, &k->max_ms) != 2 ||
-                    k->min_ms < 100 || k->max_ms < k->min_ms))
+    if (v && *v &&
+        (sscanf(v, "%" SCNd64 "-%" SCNd64, &k->min_ms, &k->max_ms) != 2 || k->min_ms < 100 ||
+         k->max_ms < k->min_ms))
         fail_msg("CW_CHAOS_KILL_MS='%s' is not MIN-MAX milliseconds (MIN >= 100)", v);
     snprintf(k->log, sizeof k->log, "%s", c->env->log);
     k->rng = c->seed ^ 0x6b696c6c6572ULL;
@@ -430,8 +435,7 @@ static size_t kills_so_far(chaos *c)
 static void chaos_tick(chaos *c)
 {
     if (!cwtest_worker_alive(c->env))
-        fail_msg("the pool's supervisor exited (code %d); see %s", c->env->last_exit,
-                 c->env->log);
+        fail_msg("the pool's supervisor exited (code %d); see %s", c->env->last_exit, c->env->log);
     char err[sizeof c->k.error] = "";
     if (c->k.running) {
         pthread_mutex_lock(&c->k.lock);
@@ -482,10 +486,10 @@ static void plan(chaos *c, uint8_t *dup_after)
 {
     unsigned perm = c->n / 100, t1 = c->n / 20, t2 = c->n / 10 - c->n / 20;
     for (unsigned i = 0; i < c->n; i++)
-        c->t[i].kind = i < perm ? K_PERMANENT
-                     : i < perm + t1 ? K_TRANSIENT1
-                     : i < perm + t1 + t2 ? K_TRANSIENT2
-                                          : K_PLAIN;
+        c->t[i].kind = i < perm             ? K_PERMANENT
+                       : i < perm + t1      ? K_TRANSIENT1
+                       : i < perm + t1 + t2 ? K_TRANSIENT2
+                                            : K_PLAIN;
     for (unsigned i = c->n - 1; i > 0; i--) {
         unsigned j = rng_below(c, i + 1);
         uint8_t k = c->t[i].kind;
@@ -615,16 +619,14 @@ static void store_read(chaos *c)
         c->t[i].settled_by = -1;
     }
     if (c->pg_schema[0]) {
-        PGresult *r =
-            pg_query(c, "SELECT message_id, state, owner, attempts FROM \"%s\".cw_tasks");
+        PGresult *r = pg_query(c, "SELECT message_id, state, owner, attempts FROM \"%s\".cw_tasks");
         for (int k = 0; r && k < PQntuples(r); k++) {
             const char *id = PQgetvalue(r, k, 0);
             long i = task_index(c, id);
             if (i < 0)
                 fail_msg("the store has a record of '%s', which the test never published", id);
             c->t[i].state = (uint8_t)atoi(PQgetvalue(r, k, 1));
-            c->t[i].settled_by =
-                owner_pid(c, PQgetisnull(r, k, 2) ? NULL : PQgetvalue(r, k, 2));
+            c->t[i].settled_by = owner_pid(c, PQgetisnull(r, k, 2) ? NULL : PQgetvalue(r, k, 2));
             long a = atol(PQgetvalue(r, k, 3));
             c->t[i].attempts = (uint16_t)(a < 0 ? 0 : a > UINT16_MAX ? UINT16_MAX : a);
         }
@@ -656,8 +658,8 @@ static void ledger_read(chaos *c)
     for (unsigned i = 0; i < c->n; i++)
         c->t[i].n_apps = 0;
     sqlite3 *db = db_open(c->env->ledger);
-    sqlite3_stmt *st =
-        db_prepare(db, "SELECT message_id, pid, at, attempt FROM applied ORDER BY row");
+    sqlite3_stmt *st = db_prepare(db,
+                                  "SELECT message_id, pid, at, attempt FROM applied ORDER BY row");
     int rc;
     c->applied_rows = 0;
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
@@ -874,14 +876,16 @@ static void check_applied(chaos *c, bool dead_ok, const char *phase)
             if (t->n_apps || t->state != 3) {
                 if (bad++ < EXAMPLES)
                     print_error("%s: permanently failing %s: %u applications, store state %u "
-                                "(want 0 and dead)\n", phase, id, t->n_apps, t->state);
+                                "(want 0 and dead)\n",
+                                phase, id, t->n_apps, t->state);
             }
             continue;
         }
         if (t->n_apps == 0 || t->state != 2) {
             if (bad++ < EXAMPLES)
                 print_error("%s: %s (kind %d): %u applications, store state %u (want >= 1 "
-                            "and done)\n", phase, id, t->kind, t->n_apps, t->state);
+                            "and done)\n",
+                            phase, id, t->kind, t->n_apps, t->state);
             continue;
         }
         if (t->n_apps > MAX_APPS) {
@@ -893,8 +897,8 @@ static void check_applied(chaos *c, bool dead_ok, const char *phase)
         unsigned want_attempt = applying_attempt(t);
         for (unsigned k = 0; k < t->n_apps; k++) {
             if (t->apps[k].attempt != want_attempt && bad++ < EXAMPLES)
-                print_error("%s: %s (kind %d) applied at attempt %u, want %u\n", phase, id,
-                            t->kind, t->apps[k].attempt, want_attempt);
+                print_error("%s: %s (kind %d) applied at attempt %u, want %u\n", phase, id, t->kind,
+                            t->apps[k].attempt, want_attempt);
             if (!pid_is_worker(c, t->apps[k].pid) && bad++ < EXAMPLES)
                 print_error("%s: %s applied by pid %ld, not a worker of the pool\n", phase, id,
                             t->apps[k].pid);
@@ -915,8 +919,8 @@ static void check_applied(chaos *c, bool dead_ok, const char *phase)
         if (t->settled_by != last->pid) {
             if (unexplained++ < EXAMPLES)
                 print_error("%s: %s: the store's record was settled by pid %ld, its last "
-                            "application was made by pid %ld\n", phase, id, t->settled_by,
-                            last->pid);
+                            "application was made by pid %ld\n",
+                            phase, id, t->settled_by, last->pid);
         }
         for (unsigned k = 0; k + 1 < t->n_apps; k++) {
             const app *a = &t->apps[k], *next = &t->apps[k + 1];
@@ -931,8 +935,9 @@ static void check_applied(chaos *c, bool dead_ok, const char *phase)
                                     (long long)next->at, a->pid, (long long)kr->wall_ms);
                     else
                         print_error("%s: %s applied by pid %ld at %lld and again by pid %ld at "
-                                    "%lld; pid %ld was never killed\n", phase, id, a->pid,
-                                    (long long)a->at, next->pid, (long long)next->at, a->pid);
+                                    "%lld; pid %ld was never killed\n",
+                                    phase, id, a->pid, (long long)a->at, next->pid,
+                                    (long long)next->at, a->pid);
                 }
             }
         }
@@ -943,7 +948,8 @@ static void check_applied(chaos *c, bool dead_ok, const char *phase)
         fail_msg("%s: %ld tasks not as they should be (above)", phase, bad);
     if (unexplained)
         fail_msg("%s: %ld double applications not explained by a kill between the effect and "
-                 "the store's record (above)", phase, unexplained);
+                 "the store's record (above)",
+                 phase, unexplained);
 }
 
 /* Every worker that died was killed by the test: the supervisor's log has
@@ -1177,8 +1183,8 @@ static void check_metrics(chaos *c)
         fail_msg("metrics: %g tasks succeeded, the ledger has %ld applications (%zu kills)", ok,
                  c->applied_rows, c->k.n_kills);
     if (dead > (double)c->dlq_entries || dead < (double)c->dlq_entries - kills)
-        fail_msg("metrics: %g tasks dead-lettered as permanent, the DLQ held %ld (%zu kills)",
-                 dead, c->dlq_entries, c->k.n_kills);
+        fail_msg("metrics: %g tasks dead-lettered as permanent, the DLQ held %ld (%zu kills)", dead,
+                 c->dlq_entries, c->k.n_kills);
     c->metric_ok = (long)ok;
 }
 
@@ -1205,12 +1211,12 @@ static void print_summary(const chaos *c)
            "  time               publish %.1f s, drain %.1f s, replay %.1f s, total %.1f s\n\n",
            (unsigned long long)c->seed, (unsigned long long)c->seed, c->n, c->dups_sent,
            c->transient1, c->transient2, c->retried_calls, c->permanent, c->k.n_kills,
-           c->k.n_workers, c->restarts, (long long)c->restart_ms, c->reconnects,
-           c->applied_before, c->applied_distinct, c->applied_rows, c->dlq_distinct,
-           c->dlq_entries, c->replayed, c->windows, c->dlq_windows, c->calls, c->metric_ok, s[2],
-           s[3], s[1] + s[4] + s[5] + s[6],
-           (c->t_published - c->t_start) / 1000.0, (c->t_drained - c->t_published) / 1000.0,
-           (c->t_replayed - c->t_drained) / 1000.0, (c->t_replayed - c->t_start) / 1000.0);
+           c->k.n_workers, c->restarts, (long long)c->restart_ms, c->reconnects, c->applied_before,
+           c->applied_distinct, c->applied_rows, c->dlq_distinct, c->dlq_entries, c->replayed,
+           c->windows, c->dlq_windows, c->calls, c->metric_ok, s[2], s[3],
+           s[1] + s[4] + s[5] + s[6], (c->t_published - c->t_start) / 1000.0,
+           (c->t_drained - c->t_published) / 1000.0, (c->t_replayed - c->t_drained) / 1000.0,
+           (c->t_replayed - c->t_start) / 1000.0);
     fflush(stdout);
 }
 
@@ -1295,8 +1301,7 @@ static void test_chaos(void **state)
         cwtest_confirm_all(env);
         if (!c->restarts && i >= (unsigned)(c->n * RESTART_AT)) {
             int64_t t0 = cwtest_now_ms();
-            printf("chaos: restarting the broker after %u tasks, %zu kills\n", i,
-                   kills_so_far(c));
+            printf("chaos: restarting the broker after %u tasks, %zu kills\n", i, kills_so_far(c));
             fflush(stdout);
             cwtest_broker_restart_app(env, false);
             c->restart_ms = cwtest_now_ms() - t0;
@@ -1462,10 +1467,15 @@ static void test_replay_duplicate_copies(void **state)
         {.key = "cw-original-routing-key", .kind = CWTEST_STR, .str = "it.apply"},
         {.key = "cw-attempt", .kind = CWTEST_I32, .num = 1},
     };
-    cwtest_out m = {.exchange = "cw.dlx", .routing_key = env->dlq, .message_id = "dup-1",
-                    .type = "it.apply", .correlation_id = "saga-dup",
-                    .content_type = "application/json", .body = "{\"pause_ms\":1000}",
-                    .headers = h, .n_headers = sizeof h / sizeof *h};
+    cwtest_out m = {.exchange = "cw.dlx",
+                    .routing_key = env->dlq,
+                    .message_id = "dup-1",
+                    .type = "it.apply",
+                    .correlation_id = "saga-dup",
+                    .content_type = "application/json",
+                    .body = "{\"pause_ms\":1000}",
+                    .headers = h,
+                    .n_headers = sizeof h / sizeof *h};
     cwtest_send(env, &m);
     cwtest_send(env, &m);
     cwtest_confirm_all(env);

@@ -106,12 +106,12 @@ amqp_bytes_t fz_rest(fz_arena *a, fz_in *in)
 /* ---- building tables ---------------------------------------------------- */
 
 static const uint8_t fz_kinds[] = {
-    AMQP_FIELD_KIND_BOOLEAN, AMQP_FIELD_KIND_I8,     AMQP_FIELD_KIND_U8,
-    AMQP_FIELD_KIND_I16,     AMQP_FIELD_KIND_U16,    AMQP_FIELD_KIND_I32,
-    AMQP_FIELD_KIND_U32,     AMQP_FIELD_KIND_I64,    AMQP_FIELD_KIND_U64,
-    AMQP_FIELD_KIND_F32,     AMQP_FIELD_KIND_F64,    AMQP_FIELD_KIND_DECIMAL,
-    AMQP_FIELD_KIND_UTF8,    AMQP_FIELD_KIND_BYTES,  AMQP_FIELD_KIND_TIMESTAMP,
-    AMQP_FIELD_KIND_VOID,    AMQP_FIELD_KIND_ARRAY,  AMQP_FIELD_KIND_TABLE,
+    AMQP_FIELD_KIND_BOOLEAN, AMQP_FIELD_KIND_I8,    AMQP_FIELD_KIND_U8,
+    AMQP_FIELD_KIND_I16,     AMQP_FIELD_KIND_U16,   AMQP_FIELD_KIND_I32,
+    AMQP_FIELD_KIND_U32,     AMQP_FIELD_KIND_I64,   AMQP_FIELD_KIND_U64,
+    AMQP_FIELD_KIND_F32,     AMQP_FIELD_KIND_F64,   AMQP_FIELD_KIND_DECIMAL,
+    AMQP_FIELD_KIND_UTF8,    AMQP_FIELD_KIND_BYTES, AMQP_FIELD_KIND_TIMESTAMP,
+    AMQP_FIELD_KIND_VOID,    AMQP_FIELD_KIND_ARRAY, AMQP_FIELD_KIND_TABLE,
 };
 
 #define FZ_MAX_ENTRIES 32
@@ -294,8 +294,8 @@ bool fz_props_equal(const amqp_basic_properties_t *x, const amqp_basic_propertie
     amqp_flags_t f = x->_flags;
     if (f != y->_flags)
         return false;
-#define FZ_SAME_BYTES(flag, field)                                                      \
-    if ((f & (flag)) && !fz_bytes_equal(x->field, y->field))                            \
+#define FZ_SAME_BYTES(flag, field)                                                                 \
+    if ((f & (flag)) && !fz_bytes_equal(x->field, y->field))                                       \
         return false;
     FZ_SAME_BYTES(AMQP_BASIC_CONTENT_TYPE_FLAG, content_type)
     FZ_SAME_BYTES(AMQP_BASIC_CONTENT_ENCODING_FLAG, content_encoding)

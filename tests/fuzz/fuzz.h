@@ -25,10 +25,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 /* A failed check is a crash: libFuzzer keeps the input, the replay driver
  * names it. The condition's text goes in an argument, never in the format. */
-#define FZ_CHECK(cond)                                                                  \
-    do {                                                                                \
-        if (!(cond))                                                                    \
-            fz_fail(__FILE__, __LINE__, #cond);                                         \
+#define FZ_CHECK(cond)                                                                             \
+    do {                                                                                           \
+        if (!(cond))                                                                               \
+            fz_fail(__FILE__, __LINE__, #cond);                                                    \
     } while (0)
 
 _Noreturn void fz_fail(const char *file, int line, const char *what);

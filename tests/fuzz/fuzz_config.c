@@ -182,8 +182,9 @@ static bool may_be_cut(char *const *words)
 static bool is_name(const char *s)
 {
     size_t n = strlen(s);
-    return n >= 1 && n <= 100 && strspn(s, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-                                           "0123456789_.-") == n;
+    return n >= 1 && n <= 100 &&
+           strspn(s, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+                     "0123456789_.-") == n;
 }
 
 static void check_policy(const cw_retry_policy *p)

@@ -37,10 +37,18 @@ static const amqp_field_value_t *first_entry(const amqp_basic_properties_t *p, a
 static void check_lookups(amqp_envelope_t *env)
 {
     const amqp_basic_properties_t *p = &env->message.properties;
-    static const char *const names[] = {
-        "cw-attempt", "cw-error", "cw-error-class", "cw-failed-at", "cw-handler",
-        "cw-worker", "cw-original-exchange", "cw-original-routing-key", "cw-queue",
-        "cw-replayed", "x-death", "x-first-death-queue"};
+    static const char *const names[] = {"cw-attempt",
+                                        "cw-error",
+                                        "cw-error-class",
+                                        "cw-failed-at",
+                                        "cw-handler",
+                                        "cw-worker",
+                                        "cw-original-exchange",
+                                        "cw-original-routing-key",
+                                        "cw-queue",
+                                        "cw-replayed",
+                                        "x-death",
+                                        "x-first-death-queue"};
     cw_task t;
     memset(&t, 0, sizeof t);
     t.env = *env; /* borrowed: has_env stays false */
@@ -65,8 +73,8 @@ static void check_lookups(amqp_envelope_t *env)
         FZ_CHECK(cw__task_header_value(p, key) == want);
         FZ_CHECK(cw_dlq_header(p, key) == want);
         const char *s = cw_task_header(&t, key);
-        bool text = want && (want->kind == AMQP_FIELD_KIND_UTF8 ||
-                             want->kind == AMQP_FIELD_KIND_BYTES) &&
+        bool text = want &&
+                    (want->kind == AMQP_FIELD_KIND_UTF8 || want->kind == AMQP_FIELD_KIND_BYTES) &&
                     !(want->value.bytes.len &&
                       memchr(want->value.bytes.bytes, '\0', want->value.bytes.len));
         FZ_CHECK((s != NULL) == text);
@@ -175,8 +183,7 @@ static void check_export(const amqp_envelope_t *env)
     size_t len;
     const amqp_basic_properties_t *p = &env->message.properties;
     /* Deeper headers than an import takes are refused by the export too. */
-    if ((p->_flags & AMQP_BASIC_HEADERS_FLAG) &&
-        fz_table_depth(&p->headers) > CW_DLQ_MAX_DEPTH) {
+    if ((p->_flags & AMQP_BASIC_HEADERS_FLAG) && fz_table_depth(&p->headers) > CW_DLQ_MAX_DEPTH) {
         FZ_CHECK(cw_dlq_export_line(env, &line, &len) == CW_STATUS_TOO_LARGE);
         FZ_CHECK(cw_dlq_export_object(env) == NULL);
         return;

@@ -51,10 +51,10 @@
 #endif
 
 #define MIB (1024u * 1024u)
-#define MAX_BODY MIB             /* the pool's max_body_size */
-#define HUGE_BODY (64u * MIB)    /* the 64 MiB body */
-#define DEEP_LEVELS 100000       /* "deep nesting" */
-#define REPEAT_ROUNDS 12         /* the corpus again, to see memory stay flat */
+#define MAX_BODY MIB          /* the pool's max_body_size */
+#define HUGE_BODY (64u * MIB) /* the 64 MiB body */
+#define DEEP_LEVELS 100000    /* "deep nesting" */
+#define REPEAT_ROUNDS 12      /* the corpus again, to see memory stay flat */
 /* Above the steady state plus one 64 MiB body: the frames, buffers and
  * bookkeeping around it; under ASan also the shadow of each body's memory
  * (an eighth of it, kept after the body is freed) and its redzones. */
@@ -63,17 +63,19 @@
 #else
 #define HWM_SLACK_KIB (24 * 1024)
 #endif
-#define WARM_ROUNDS 3            /* rounds compared at each end of the repeats */
+#define WARM_ROUNDS 3 /* rounds compared at each end of the repeats */
 /* What the worker may still grow by between the first and the last rounds:
  * SQLite's page caches (the store's and the ledger plugin's, 2 MB each at
  * most) fill over the first rounds. The frames rabbitmq-c kept before
  * cw__broker_consume() made it grow by about 4 MiB a round. */
 #define GROWTH_LIMIT_KIB (3 * 1024)
 
-
 /* ---- the corpus ----------------------------------------------------------- */
 
-typedef enum expect { TO_DLQ, TO_APPLY } expect;
+typedef enum expect {
+    TO_DLQ,
+    TO_APPLY
+} expect;
 
 #define MAX_HEADERS 48
 #define MAX_CASES 256
@@ -89,10 +91,10 @@ typedef struct hostile {
     amqp_basic_properties_t props;
     amqp_table_entry_t headers[MAX_HEADERS];
     amqp_bytes_t body;
-    char id[160];            /* TO_APPLY: the message_id the ledger shows */
-    int attempt;             /* TO_APPLY: the attempt the handler sees */
-    bool in_repeats;         /* sent again in every repeat round */
-    const char *may_drop;    /* TO_DLQ: a header the copy may leave out to fit one
+    char id[160];         /* TO_APPLY: the message_id the ledger shows */
+    int attempt;          /* TO_APPLY: the attempt the handler sees */
+    bool in_repeats;      /* sent again in every repeat round */
+    const char *may_drop; /* TO_DLQ: a header the copy may leave out to fit one
                               * frame, saying so in cw-dropped-headers */
 } hostile;
 
@@ -260,12 +262,12 @@ static void every_field_type(corpus *c, hostile *h)
     static const unsigned char junk[] = {'a', 0, 0xff, 0xfe, 0xc0, 0xaf, '"', '\\', 'z'};
     amqp_field_value_t v;
 
-#define SCALAR(key_, kind_, member_, value_)                                                    \
-    do {                                                                                        \
-        memset(&v, 0, sizeof v);                                                                \
-        v.kind = (kind_);                                                                       \
-        v.value.member_ = (value_);                                                         \
-        set_header(h, entry((key_), v));                                                       \
+#define SCALAR(key_, kind_, member_, value_)                                                       \
+    do {                                                                                           \
+        memset(&v, 0, sizeof v);                                                                   \
+        v.kind = (kind_);                                                                          \
+        v.value.member_ = (value_);                                                                \
+        set_header(h, entry((key_), v));                                                           \
     } while (0)
     SCALAR("x-bool-true", AMQP_FIELD_KIND_BOOLEAN, boolean, 1);
     SCALAR("x-bool-false", AMQP_FIELD_KIND_BOOLEAN, boolean, 0);
@@ -606,8 +608,8 @@ static void build_corpus(corpus *c, const char *queue)
     {
         amqp_basic_properties_t *p = &h->props;
         p->_flags |= AMQP_BASIC_CONTENT_ENCODING_FLAG | AMQP_BASIC_PRIORITY_FLAG |
-                     AMQP_BASIC_REPLY_TO_FLAG | AMQP_BASIC_TIMESTAMP_FLAG |
-                     AMQP_BASIC_APP_ID_FLAG | AMQP_BASIC_CLUSTER_ID_FLAG;
+                     AMQP_BASIC_REPLY_TO_FLAG | AMQP_BASIC_TIMESTAMP_FLAG | AMQP_BASIC_APP_ID_FLAG |
+                     AMQP_BASIC_CLUSTER_ID_FLAG;
         p->content_encoding = amqp_cstring_bytes("x-unheard-of");
         p->priority = 255;
         p->reply_to = pstr(c, "amq.rabbitmq.reply-to; \x01\xff");
@@ -900,8 +902,8 @@ static bool table_eq(const amqp_table_t *a, const amqp_table_t *b)
  * replaces whatever the producer put under these names. */
 static bool is_failure_header(amqp_bytes_t key)
 {
-    static const char *const names[] = {"cw-error",  "cw-error-class", "cw-failed-at",
-                                        "cw-handler", "cw-worker",     "cw-queue",
+    static const char *const names[] = {"cw-error",   "cw-error-class",  "cw-failed-at",
+                                        "cw-handler", "cw-worker",       "cw-queue",
                                         "cw-attempt", "cw-crash-signal", "cw-plugin"};
     for (size_t i = 0; i < sizeof names / sizeof *names; i++) {
         if (key.len == strlen(names[i]) && memcmp(key.bytes, names[i], key.len) == 0)
@@ -917,11 +919,10 @@ static void expect_prop(const hostile *h, const amqp_basic_properties_t *got, am
     bool sent = h->props._flags & flag, kept = got->_flags & flag;
     if (sent != kept)
         problem("case %s: the DLQ copy %s the %s property", h->name, sent ? "lost" : "gained",
-                 what);
+                what);
     if (sent && !bytes_eq(want, have))
         problem("case %s: the DLQ copy's %s is '%.*s', not '%.*s' as sent", h->name, what,
-                 (int)have.len, (const char *)have.bytes, (int)want.len,
-                 (const char *)want.bytes);
+                (int)have.len, (const char *)have.bytes, (int)want.len, (const char *)want.bytes);
 }
 
 /* "2026-11-24T21:50:03.123Z" */
@@ -937,27 +938,27 @@ static void check_dead_copy(cwtest_env *env, const hostile *h, const amqp_messag
     const amqp_basic_properties_t *p = &m->properties;
     if (!bytes_eq(m->body, h->body))
         problem("case %s: the DLQ copy's body (%zu bytes) differs from the body sent (%zu "
-                 "bytes)",
-                 h->name, m->body.len, h->body.len);
+                "bytes)",
+                h->name, m->body.len, h->body.len);
     char *cls = header_str(p, "cw-error-class"), *err = header_str(p, "cw-error");
     char *queue = header_str(p, "cw-queue"), *at = header_str(p, "cw-failed-at");
     if (!cls || strcmp(cls, "invalid") != 0)
         problem("case %s: cw-error-class is '%s', not 'invalid' (cw-error '%s')", h->name,
-                 cls ? cls : "(missing)", err ? err : "(missing)");
+                cls ? cls : "(missing)", err ? err : "(missing)");
     if (!err || !err[0] || !strcasestr(err, h->want))
         problem("case %s: cw-error is '%s', which does not say '%s'", h->name,
-                 err ? err : "(missing)", h->want);
+                err ? err : "(missing)", h->want);
     if (!queue || strcmp(queue, env->queue) != 0)
         problem("case %s: cw-queue is '%s', not '%s'", h->name, queue ? queue : "(missing)",
-                 env->queue);
+                env->queue);
     if (!is_iso8601(at))
         problem("case %s: cw-failed-at is '%s', not an ISO 8601 time", h->name,
-                 at ? at : "(missing)");
+                at ? at : "(missing)");
     static const char *const once[] = {"cw-error", "cw-error-class", "cw-queue", "cw-attempt"};
     for (size_t i = 0; i < sizeof once / sizeof *once; i++) {
         if (header_count(p, once[i]) != 1)
             problem("case %s: the DLQ copy has %u headers %s, not one", h->name,
-                     header_count(p, once[i]), once[i]);
+                    header_count(p, once[i]), once[i]);
     }
     free(cls);
     free(err);
@@ -968,11 +969,10 @@ static void check_dead_copy(cwtest_env *env, const hostile *h, const amqp_messag
         problem("case %s: the DLQ copy expires (expiration '%.*s'): the broker would drop it "
                 "from the DLQ",
                 h->name, (int)p->expiration.len, (const char *)p->expiration.bytes);
-    expect_prop(h, p, AMQP_BASIC_MESSAGE_ID_FLAG, h->props.message_id, p->message_id,
-                "message_id");
+    expect_prop(h, p, AMQP_BASIC_MESSAGE_ID_FLAG, h->props.message_id, p->message_id, "message_id");
     expect_prop(h, p, AMQP_BASIC_TYPE_FLAG, h->props.type, p->type, "type");
-    expect_prop(h, p, AMQP_BASIC_CORRELATION_ID_FLAG, h->props.correlation_id,
-                p->correlation_id, "correlation_id");
+    expect_prop(h, p, AMQP_BASIC_CORRELATION_ID_FLAG, h->props.correlation_id, p->correlation_id,
+                "correlation_id");
     expect_prop(h, p, AMQP_BASIC_CONTENT_TYPE_FLAG, h->props.content_type, p->content_type,
                 "content_type");
     for (int i = 0; i < h->props.headers.num_entries; i++) {
@@ -997,8 +997,8 @@ static void check_dead_copy(cwtest_env *env, const hostile *h, const amqp_messag
         }
         if (!field_eq(&e->value, got))
             problem("case %s: header %s of the DLQ copy (kind '%c') is not the one sent "
-                     "(kind '%c')",
-                     h->name, key, got->kind, e->value.kind);
+                    "(kind '%c')",
+                    h->name, key, got->kind, e->value.kind);
     }
 }
 
@@ -1028,8 +1028,7 @@ static void check_dlq(cwtest_env *env, const corpus *c, bool repeats_only, amqp_
         }
         if (found == n) {
             long applied = cwtest_ledger_count_id(env, h->id);
-            problem("case %s: not in the DLQ%s", h->name,
-                    applied ? " (it was applied)" : "");
+            problem("case %s: not in the DLQ%s", h->name, applied ? " (it was applied)" : "");
             continue;
         }
         used[found] = true;
@@ -1088,9 +1087,8 @@ static void check_applied(const cwtest_env *env, const corpus *c, pid_t pid)
         long long by = ledger_int(env, "SELECT pid FROM applied WHERE message_id = ?1", h->id);
         if (by != (long long)pid)
             problem("case %s: applied by process %lld, not by the worker %ld", h->name, by,
-                     (long)pid);
-        long long att = ledger_int(env, "SELECT attempt FROM applied WHERE message_id = ?1",
-                                   h->id);
+                    (long)pid);
+        long long att = ledger_int(env, "SELECT attempt FROM applied WHERE message_id = ?1", h->id);
         if (att != h->attempt)
             problem("case %s: the handler saw attempt %lld, not %d", h->name, att, h->attempt);
     }
@@ -1172,7 +1170,7 @@ static void expect_alive(cwtest_env *env, pid_t pid, const char *when)
 static void expect_clean_log(const cwtest_env *env, const char *allowed)
 {
     static const char *const bad[] = {"AddressSanitizer", "runtime error", "LeakSanitizer",
-                                      "killed by",       "SIGSEGV",       "SIGABRT",
+                                      "killed by",        "SIGSEGV",       "SIGABRT",
                                       "exited with code", "level=error"};
     char *log = cwtest_log_read(env);
     char line[320] = "";
@@ -1398,8 +1396,7 @@ static void fill_frame(corpus *c, hostile *h)
     size_t used = props_size(h);
     h->headers[h->props.headers.num_entries - 1].value.value.bytes.len = trial + room - used;
     if (props_size(h) != room)
-        fail_msg("case %s: the properties take %zu bytes, not %zu", h->name, props_size(h),
-                 room);
+        fail_msg("case %s: the properties take %zu bytes, not %zu", h->name, props_size(h), room);
 }
 
 /* The properties of a message travel in one frame (frame_max, 128 KiB): a
@@ -1495,8 +1492,8 @@ static void test_message_id_10k(void **state)
     amqp_socket_t *sock = amqp_tcp_socket_new(conn);
     if (!sock || amqp_socket_open(sock, ci.host, ci.port) != AMQP_STATUS_OK)
         fail_msg("cannot connect to the test broker");
-    amqp_rpc_reply_t r = amqp_login(conn, ci.vhost && ci.vhost[0] ? ci.vhost : "/", 0, 131072,
-                                    0, AMQP_SASL_METHOD_PLAIN, ci.user, ci.password);
+    amqp_rpc_reply_t r = amqp_login(conn, ci.vhost && ci.vhost[0] ? ci.vhost : "/", 0, 131072, 0,
+                                    AMQP_SASL_METHOD_PLAIN, ci.user, ci.password);
     assert_int_equal(r.reply_type, AMQP_RESPONSE_NORMAL);
     amqp_channel_open(conn, 1);
     assert_int_equal(amqp_get_rpc_reply(conn).reply_type, AMQP_RESPONSE_NORMAL);

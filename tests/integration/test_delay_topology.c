@@ -46,8 +46,8 @@ typedef struct arrival {
     size_t body_len;
     char content_type[64];
     char type[64];
-    bool has_test_header;  /* x-test = "kept" */
-    int64_t attempt;       /* cw-attempt, -1 when absent */
+    bool has_test_header; /* x-test = "kept" */
+    int64_t attempt;      /* cw-attempt, -1 when absent */
     uint8_t delivery_mode;
 } arrival;
 
@@ -141,8 +141,7 @@ static int teardown(void **state)
 
 /* The headers every test message carries. */
 static amqp_table_entry_t g_headers[] = {
-    {.key = {6, "x-test"},
-     .value = {.kind = AMQP_FIELD_KIND_UTF8, .value.bytes = {4, "kept"}}},
+    {.key = {6, "x-test"}, .value = {.kind = AMQP_FIELD_KIND_UTF8, .value.bytes = {4, "kept"}}},
     {.key = {10, "cw-attempt"}, .value = {.kind = AMQP_FIELD_KIND_I32, .value.i32 = 2}},
 };
 
@@ -161,8 +160,7 @@ static bool publish_with(delay_env *env, const char *queue, int64_t delay_ms, co
         .delivery_mode = AMQP_DELIVERY_PERSISTENT,
         .message_id = amqp_cstring_bytes(id),
         .type = amqp_cstring_bytes("it.delay"),
-        .headers = headers ? *headers
-                           : (amqp_table_t){.num_entries = 2, .entries = g_headers},
+        .headers = headers ? *headers : (amqp_table_t){.num_entries = 2, .entries = g_headers},
     };
     bool returned = false;
     int n;
@@ -390,7 +388,8 @@ static size_t take_parked(delay_env *env, const char *queue, size_t want, int ti
     check_reply(env->cons, "opening channel 3");
     while (found < want && mono_ms() < deadline) {
         for (;;) {
-            amqp_rpc_reply_t r = amqp_basic_get(env->cons, 3, amqp_cstring_bytes(CW_DELAY_UNROUTABLE), 0);
+            amqp_rpc_reply_t r = amqp_basic_get(env->cons, 3,
+                                                amqp_cstring_bytes(CW_DELAY_UNROUTABLE), 0);
             amqp_message_t m;
 
             check_reply(env->cons, "basic.get from " CW_DELAY_UNROUTABLE);
@@ -401,7 +400,8 @@ static size_t take_parked(delay_env *env, const char *queue, size_t want, int ti
             bool mine = ok->routing_key.len > qlen + 1 &&
                         memcmp((const char *)ok->routing_key.bytes + ok->routing_key.len - qlen,
                                queue, qlen) == 0 &&
-                        ((const char *)ok->routing_key.bytes)[ok->routing_key.len - qlen - 1] == '.';
+                        ((const char *)ok->routing_key.bytes)[ok->routing_key.len - qlen - 1] ==
+                            '.';
             if (amqp_read_message(env->cons, 3, &m, 0).reply_type != AMQP_RESPONSE_NORMAL)
                 fail_msg("reading a message of " CW_DELAY_UNROUTABLE);
             amqp_destroy_message(&m);
@@ -466,8 +466,8 @@ static void test_second_pass(void **state)
 
     assert_false(publish(env, env->queue_a, 300, "again"));
     for (;;) {
-        amqp_rpc_reply_t r =
-            amqp_basic_get(env->cons, CONS_CH, amqp_cstring_bytes(env->queue_a), 1);
+        amqp_rpc_reply_t r = amqp_basic_get(env->cons, CONS_CH, amqp_cstring_bytes(env->queue_a),
+                                            1);
         check_reply(env->cons, "basic.get");
         if (r.reply.id == AMQP_BASIC_GET_OK_METHOD)
             break;

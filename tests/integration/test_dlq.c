@@ -69,8 +69,7 @@ static char *slurp(const char *path)
  * <dir>/cli.out and <dir>/cli.err, stdin from `in` (NULL: /dev/null) and
  * the environment variables `setenv` ("NAME=value", NULL-terminated; may
  * be NULL). */
-static pid_t cli_start(cwtest_env *env, const char *in, char *const *setenv_list,
-                       char *const *args)
+static pid_t cli_start(cwtest_env *env, const char *in, char *const *setenv_list, char *const *args)
 {
     char out[400], err[400];
     snprintf(out, sizeof out, "%s/cli.out", env->dir);
@@ -422,9 +421,13 @@ static void test_stats_groups(void **state)
     for (int i = 0; i < 3; i++) {
         char id[32];
         task_id(id, sizeof id, "inv", i);
-        cwtest_out m = {.exchange = "cw.tasks", .routing_key = "it.apply", .message_id = id,
-                        .type = "x.unknown", .correlation_id = "saga-x",
-                        .content_type = "application/json", .body = "{}"};
+        cwtest_out m = {.exchange = "cw.tasks",
+                        .routing_key = "it.apply",
+                        .message_id = id,
+                        .type = "x.unknown",
+                        .correlation_id = "saga-x",
+                        .content_type = "application/json",
+                        .body = "{}"};
         cwtest_send(env, &m);
     }
     cwtest_confirm_all(env);
@@ -553,9 +556,14 @@ static void inject_dead(cwtest_env *env, const char *id, const char *body)
         {.key = "cw-original-routing-key", .kind = CWTEST_STR, .str = "it.apply"},
         {.key = "cw-attempt", .kind = CWTEST_I32, .num = 1},
     };
-    cwtest_out m = {.exchange = "cw.dlx", .routing_key = env->dlq, .message_id = id,
-                    .type = "it.apply", .correlation_id = "saga-inj",
-                    .content_type = "application/json", .body = body, .headers = h,
+    cwtest_out m = {.exchange = "cw.dlx",
+                    .routing_key = env->dlq,
+                    .message_id = id,
+                    .type = "it.apply",
+                    .correlation_id = "saga-inj",
+                    .content_type = "application/json",
+                    .body = body,
+                    .headers = h,
                     .n_headers = sizeof h / sizeof *h};
     cwtest_publish(env, &m);
 }
@@ -738,11 +746,11 @@ static int snap_one(cw_dlq_msg *m, void *ud)
     amqp_bytes_t strs[] = {p->content_type, p->content_encoding, p->correlation_id, p->reply_to,
                            p->expiration,   p->message_id,       p->type,           p->user_id,
                            p->app_id,       p->cluster_id};
-    amqp_flags_t flags[] = {AMQP_BASIC_CONTENT_TYPE_FLAG, AMQP_BASIC_CONTENT_ENCODING_FLAG,
+    amqp_flags_t flags[] = {AMQP_BASIC_CONTENT_TYPE_FLAG,   AMQP_BASIC_CONTENT_ENCODING_FLAG,
                             AMQP_BASIC_CORRELATION_ID_FLAG, AMQP_BASIC_REPLY_TO_FLAG,
-                            AMQP_BASIC_EXPIRATION_FLAG, AMQP_BASIC_MESSAGE_ID_FLAG,
-                            AMQP_BASIC_TYPE_FLAG, AMQP_BASIC_USER_ID_FLAG, AMQP_BASIC_APP_ID_FLAG,
-                            AMQP_BASIC_CLUSTER_ID_FLAG};
+                            AMQP_BASIC_EXPIRATION_FLAG,     AMQP_BASIC_MESSAGE_ID_FLAG,
+                            AMQP_BASIC_TYPE_FLAG,           AMQP_BASIC_USER_ID_FLAG,
+                            AMQP_BASIC_APP_ID_FLAG,         AMQP_BASIC_CLUSTER_ID_FLAG};
     for (size_t i = 0; i < sizeof strs / sizeof *strs; i++) {
         if (p->_flags & flags[i])
             put(&b, &len, strs[i].bytes, strs[i].len);
@@ -806,7 +814,8 @@ static void publish_odd_messages(cwtest_env *env)
         {.kind = AMQP_FIELD_KIND_BOOLEAN, .value.boolean = 1},
     };
     amqp_table_entry_t nested[] = {
-        {.key = amqp_cstring_bytes("count"), .value = {.kind = AMQP_FIELD_KIND_I64, .value.i64 = 3}},
+        {.key = amqp_cstring_bytes("count"),
+         .value = {.kind = AMQP_FIELD_KIND_I64, .value.i64 = 3}},
         {.key = amqp_cstring_bytes("list"),
          .value = {.kind = AMQP_FIELD_KIND_ARRAY,
                    .value.array = {.num_entries = 3, .entries = inner_arr}}},
@@ -818,15 +827,15 @@ static void publish_odd_messages(cwtest_env *env)
     };
     static const char raw_bytes[] = "\x00\x01\xff\xfe binary";
     amqp_table_entry_t h[] = {
-        {.key = amqp_cstring_bytes("s"), .value = {.kind = AMQP_FIELD_KIND_UTF8,
-                                                   .value.bytes = amqp_cstring_bytes("héllo ✓")}},
+        {.key = amqp_cstring_bytes("s"),
+         .value = {.kind = AMQP_FIELD_KIND_UTF8, .value.bytes = amqp_cstring_bytes("héllo ✓")}},
         {.key = amqp_cstring_bytes("latin1"),
          .value = {.kind = AMQP_FIELD_KIND_UTF8, .value.bytes = {.len = 4, .bytes = "caf\xe9"}}},
         {.key = amqp_cstring_bytes("x"),
          .value = {.kind = AMQP_FIELD_KIND_BYTES,
                    .value.bytes = {.len = sizeof raw_bytes - 1, .bytes = (void *)raw_bytes}}},
-        {.key = amqp_cstring_bytes("t"), .value = {.kind = AMQP_FIELD_KIND_BOOLEAN,
-                                                   .value.boolean = 0}},
+        {.key = amqp_cstring_bytes("t"),
+         .value = {.kind = AMQP_FIELD_KIND_BOOLEAN, .value.boolean = 0}},
         {.key = amqp_cstring_bytes("b"), .value = {.kind = AMQP_FIELD_KIND_I8, .value.i8 = -128}},
         {.key = amqp_cstring_bytes("B"), .value = {.kind = AMQP_FIELD_KIND_U8, .value.u8 = 255}},
         {.key = amqp_cstring_bytes("s16"),
@@ -839,10 +848,9 @@ static void publish_odd_messages(cwtest_env *env)
          .value = {.kind = AMQP_FIELD_KIND_U32, .value.u32 = UINT32_MAX}},
         {.key = amqp_cstring_bytes("l"),
          .value = {.kind = AMQP_FIELD_KIND_I64, .value.i64 = INT64_MIN}},
-        {.key = amqp_cstring_bytes("f"), .value = {.kind = AMQP_FIELD_KIND_F32,
-                                                   .value.f32 = 0.1f}},
-        {.key = amqp_cstring_bytes("d"), .value = {.kind = AMQP_FIELD_KIND_F64,
-                                                   .value.f64 = -1.0 / 3.0}},
+        {.key = amqp_cstring_bytes("f"), .value = {.kind = AMQP_FIELD_KIND_F32, .value.f32 = 0.1f}},
+        {.key = amqp_cstring_bytes("d"),
+         .value = {.kind = AMQP_FIELD_KIND_F64, .value.f64 = -1.0 / 3.0}},
         {.key = amqp_cstring_bytes("D"),
          .value = {.kind = AMQP_FIELD_KIND_DECIMAL,
                    .value.decimal = {.decimals = 2, .value = 129900}}},
@@ -870,8 +878,8 @@ static void publish_odd_messages(cwtest_env *env)
             p._flags |= AMQP_BASIC_HEADERS_FLAG | AMQP_BASIC_CONTENT_TYPE_FLAG |
                         AMQP_BASIC_CONTENT_ENCODING_FLAG | AMQP_BASIC_CORRELATION_ID_FLAG |
                         AMQP_BASIC_REPLY_TO_FLAG | AMQP_BASIC_EXPIRATION_FLAG |
-                        AMQP_BASIC_TIMESTAMP_FLAG | AMQP_BASIC_TYPE_FLAG |
-                        AMQP_BASIC_APP_ID_FLAG | AMQP_BASIC_PRIORITY_FLAG;
+                        AMQP_BASIC_TIMESTAMP_FLAG | AMQP_BASIC_TYPE_FLAG | AMQP_BASIC_APP_ID_FLAG |
+                        AMQP_BASIC_PRIORITY_FLAG;
             p.headers.num_entries = sizeof h / sizeof *h;
             p.headers.entries = h;
             p.content_type = amqp_cstring_bytes("application/octet-stream");
@@ -956,7 +964,8 @@ static void test_export_import_roundtrip(void **state)
     char *second = strchr(text, '\n') + 1;
     fwrite(text, 1, (size_t)(second - text), f);
     fputs("{\"format\":\"compworker-dlq\",\"version\":1,\"properties\":{\"priority\":300},"
-          "\"body_base64\":\"\"}\n", f);
+          "\"body_base64\":\"\"}\n",
+          f);
     fputs(second, f);
     fclose(f);
     r = cli_env(env, bad, NULL, "dlq", "import", "-c", env->ini, (char *)NULL);
@@ -1149,9 +1158,14 @@ static void test_big_dlq(void **state)
             {.key = "cw-original-routing-key", .kind = CWTEST_STR, .str = "it.apply"},
             {.key = "cw-attempt", .kind = CWTEST_I32, .num = 5},
         };
-        cwtest_out m = {.exchange = "cw.dlx", .routing_key = env->dlq, .message_id = id,
-                        .type = "it.apply", .correlation_id = "saga-big",
-                        .content_type = "application/json", .body = body, .headers = h,
+        cwtest_out m = {.exchange = "cw.dlx",
+                        .routing_key = env->dlq,
+                        .message_id = id,
+                        .type = "it.apply",
+                        .correlation_id = "saga-big",
+                        .content_type = "application/json",
+                        .body = body,
+                        .headers = h,
                         .n_headers = sizeof h / sizeof *h};
         cwtest_send(env, &m);
         if (i % 500 == 499)

@@ -28,8 +28,8 @@
 
 /* Starts `harness <cmd> <dir> <arg>` in the background; its output goes to
  * `log`. */
-static pid_t harness_start(const char *harness, const char *cmd, const char *dir,
-                           const char *arg, const char *log)
+static pid_t harness_start(const char *harness, const char *cmd, const char *dir, const char *arg,
+                           const char *log)
 {
     int fd = open(log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
     if (fd < 0)

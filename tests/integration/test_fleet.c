@@ -212,7 +212,9 @@ static void test_two_hosts_no_double_apply(void **state)
     pool_start(a, 2);
     pool_start(b, 2);
 
-    enum { N = 400 };
+    enum {
+        N = 400
+    };
     char id[64];
     for (int i = 0; i < N; i++) {
         snprintf(id, sizeof id, "fleet-%04d", i);
@@ -263,7 +265,9 @@ static void test_host_killed_other_takes_over(void **state)
     pool_start(a, 2);
     pool_start(b, 2);
 
-    enum { N = 300 };
+    enum {
+        N = 300
+    };
     char id[64];
     for (int i = 0; i < N; i++) {
         snprintf(id, sizeof id, "lost-%04d", i);
@@ -324,7 +328,9 @@ static void test_store_outage_mid_run(void **state)
     pool_start(env, 2);
     assert_int_equal(healthz(env, text, sizeof text), 200);
 
-    enum { N = 300 };
+    enum {
+        N = 300
+    };
     char id[64];
     for (int i = 0; i < N; i++) {
         snprintf(id, sizeof id, "outage-%04d", i);

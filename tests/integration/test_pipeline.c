@@ -33,8 +33,7 @@ static const cwtest_msg *find_by_id(const cwtest_msg *m, size_t n, const char *i
     return NULL;
 }
 
-static const cwtest_msg *find_by_body(const cwtest_msg *m, size_t n, const void *body,
-                                      size_t len)
+static const cwtest_msg *find_by_body(const cwtest_msg *m, size_t n, const void *body, size_t len)
 {
     for (size_t i = 0; i < n; i++) {
         if (m[i].body_len == len && memcmp(m[i].body, body, len) == 0)
@@ -75,8 +74,7 @@ static void expect_header_int(const cwtest_msg *m, const char *key, int64_t want
                  m->message_id ? m->message_id : "(none)", key);
     if (got != want)
         fail_msg("message '%s': header %s is %lld, want %lld",
-                 m->message_id ? m->message_id : "(none)", key, (long long)got,
-                 (long long)want);
+                 m->message_id ? m->message_id : "(none)", key, (long long)got, (long long)want);
 }
 
 /* "2026-11-24T21:50:03.123Z" */
@@ -212,8 +210,7 @@ static void test_duplicates(void **state)
             fail_msg("a duplicate was applied: the ledger has %ld rows for %d IDs", rows, DUP_N);
         if (cwtest_now_ms() >= deadline)
             fail_msg("the worker skipped %u duplicates, not %d, within %d ms",
-                     cwtest_log_count(env, "duplicate skipped"), DUP_ADJACENT + DUP_LATE,
-                     WAIT_MS);
+                     cwtest_log_count(env, "duplicate skipped"), DUP_ADJACENT + DUP_LATE, WAIT_MS);
         assert_true(cwtest_worker_alive(env));
         cwtest_sleep_ms(25);
     }
@@ -261,41 +258,46 @@ static void test_invalid_messages(void **state)
     const char *json = "application/json";
     const cwtest_header attempt_negative[] = {{"cw-attempt", CWTEST_I32, NULL, -1}};
     const cwtest_header attempt_string[] = {{"cw-attempt", CWTEST_STR, "2", 0}};
-#define TASKS_TO(id_, body_) \
-    .exchange = "cw.tasks", .routing_key = "it.apply", .type = "it.apply", .message_id = (id_), \
+#define TASKS_TO(id_, body_)                                                                       \
+    .exchange = "cw.tasks", .routing_key = "it.apply", .type = "it.apply", .message_id = (id_),    \
     .body = (body_)
-#define QUEUE_TO(id_, body_) .exchange = "", .routing_key = env->queue, .message_id = (id_), \
-    .body = (body_)
+#define QUEUE_TO(id_, body_)                                                                       \
+    .exchange = "", .routing_key = env->queue, .message_id = (id_), .body = (body_)
     bad_case cases[] = {
-        {"body not JSON", {TASKS_TO("bad-not-json", "this is not JSON {"), .content_type = json},
+        {"body not JSON",
+         {TASKS_TO("bad-not-json", "this is not JSON {"), .content_type = json},
          "not JSON"},
         {"truncated JSON",
-         {TASKS_TO("bad-truncated", "{\"case\":\"truncated\",\"amount\":12"),
-          .content_type = json},
+         {TASKS_TO("bad-truncated", "{\"case\":\"truncated\",\"amount\":12"), .content_type = json},
          "truncated"},
-        {"JSON array", {TASKS_TO("bad-array", "[\"case\",\"array\"]"), .content_type = json},
+        {"JSON array",
+         {TASKS_TO("bad-array", "[\"case\",\"array\"]"), .content_type = json},
          "not an object"},
-        {"no message_id", {TASKS_TO(NULL, "{\"case\":\"no-message-id\"}"), .content_type = json},
+        {"no message_id",
+         {TASKS_TO(NULL, "{\"case\":\"no-message-id\"}"), .content_type = json},
          "message_id"},
         {"empty message_id",
-         {TASKS_TO("", "{\"case\":\"empty-message-id\"}"), .content_type = json}, "message_id"},
+         {TASKS_TO("", "{\"case\":\"empty-message-id\"}"), .content_type = json},
+         "message_id"},
         {"200-byte message_id",
          {TASKS_TO(long_id, "{\"case\":\"long-message-id\"}"), .content_type = json},
          "message_id"},
-        {"no type", {QUEUE_TO("bad-no-type", "{\"case\":\"no-type\"}"), .content_type = json},
+        {"no type",
+         {QUEUE_TO("bad-no-type", "{\"case\":\"no-type\"}"), .content_type = json},
          "no type"},
         {"unknown type",
          {QUEUE_TO("bad-unknown-type", "{\"case\":\"unknown-type\"}"), .type = "it.unknown",
           .content_type = json},
          "no handler"},
-        {"body over max_body_size", {TASKS_TO("bad-too-large", big), .content_type = json},
+        {"body over max_body_size",
+         {TASKS_TO("bad-too-large", big), .content_type = json},
          "too large"},
         {"content_type text/plain",
          {TASKS_TO("bad-text-plain", "{\"case\":\"text-plain\"}"), .content_type = "text/plain"},
          "content_type"},
         {"cw-attempt -1",
-         {TASKS_TO("bad-attempt-negative", "{\"case\":\"attempt-negative\"}"),
-          .content_type = json, .headers = attempt_negative, .n_headers = 1},
+         {TASKS_TO("bad-attempt-negative", "{\"case\":\"attempt-negative\"}"), .content_type = json,
+          .headers = attempt_negative, .n_headers = 1},
          "cw-attempt"},
         {"cw-attempt a string",
          {TASKS_TO("bad-attempt-string", "{\"case\":\"attempt-string\"}"), .content_type = json,

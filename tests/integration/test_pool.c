@@ -177,8 +177,7 @@ static char *metrics_wait(cwtest_env *env, const char *base, const char *ser, do
         if (cwtest_now_ms() >= deadline) {
             fprintf(stderr, "%s\n", body);
             free(body);
-            fail_msg("%s is %g, not %g, after %d ms (HTTP %ld)", ser, got, want, timeout_ms,
-                     code);
+            fail_msg("%s is %g, not %g, after %d ms (HTTP %ld)", ser, got, want, timeout_ms, code);
         }
         free(body);
         if (!cwtest_worker_alive(env))
@@ -195,8 +194,8 @@ static void health_wait(const char *base, long want, int timeout_ms)
         long code;
         char *body = http_get(base, "/healthz", &code);
         if (code == want) {
-            print_message("/healthz %ld after %lld ms: %s", code,
-                          (long long)(cwtest_now_ms() - t0), body);
+            print_message("/healthz %ld after %lld ms: %s", code, (long long)(cwtest_now_ms() - t0),
+                          body);
             free(body);
             return;
         }
@@ -226,8 +225,8 @@ static void expect_exactly_once(cwtest_env *env, long n)
     long rows = cwtest_ledger_rows(env), distinct = cwtest_ledger_distinct(env);
     long most = cwtest_ledger_max_per_id(env);
     if (rows != n || distinct != n || most != 1)
-        fail_msg("ledger: %ld rows, %ld message IDs, at most %ld per ID; want %ld, %ld and 1",
-                 rows, distinct, most, n, n);
+        fail_msg("ledger: %ld rows, %ld message IDs, at most %ld per ID; want %ld, %ld and 1", rows,
+                 distinct, most, n, n);
 }
 
 /* Waits until `n` distinct message IDs were applied. */
@@ -274,8 +273,8 @@ static void test_kill9_replaced(void **state)
     /* Nothing lost. A kill between a handler's effect and its record makes
      * that task run again on redelivery: at most the batch in hand. */
     long rows = cwtest_ledger_rows(env);
-    print_message("kill -9: %d tasks, %ld applications (%ld again after the kill)\n", KILL_N,
-                  rows, rows - KILL_N);
+    print_message("kill -9: %d tasks, %ld applications (%ld again after the kill)\n", KILL_N, rows,
+                  rows - KILL_N);
     assert_true(rows - KILL_N <= 4);
     assert_true(cwtest_worker_alive(env));
     stop_pool(env, 30000);
@@ -299,8 +298,8 @@ static void test_sigterm_under_load(void **state)
     stop_pool(env, 12000);
     int64_t took = cwtest_now_ms() - t0;
     long applied = cwtest_ledger_rows(env);
-    print_message("SIGTERM under load: exit 0 after %lld ms, %ld of %d applied\n",
-                  (long long)took, applied, TERM_N);
+    print_message("SIGTERM under load: exit 0 after %lld ms, %ld of %d applied\n", (long long)took,
+                  applied, TERM_N);
     assert_true(took < 10000);
     /* Both workers settled their batch and stopped. */
     assert_int_equal(cwtest_log_count(env, "has stopped (exited with code 0)"), 2);
@@ -413,8 +412,11 @@ static void test_metrics_match(void **state)
     send_tasks(env, "ok", 0, 30, "{}");
     send_tasks(env, "fail", 0, 5, "{\"fail\":\"no such payment\"}");
     send_tasks(env, "flaky", 0, 4, "{\"fail_times\":1}");
-    cwtest_out bad = {.exchange = "cw.tasks", .routing_key = "it.apply", .type = "it.apply",
-                      .message_id = "bad-1", .body = "{not json"};
+    cwtest_out bad = {.exchange = "cw.tasks",
+                      .routing_key = "it.apply",
+                      .type = "it.apply",
+                      .message_id = "bad-1",
+                      .body = "{not json"};
     cwtest_publish(env, &bad);
     bad.message_id = "bad-2";
     cwtest_publish(env, &bad);
@@ -436,9 +438,9 @@ static void test_metrics_match(void **state)
                      2);
     /* Handler runs: 30 + 5 + 8. */
     assert_int_equal(sample(body, series(env, "compworker_handler_duration_seconds_count", t)), 43);
-    assert_int_equal(
-        sample(body, series(env, "compworker_handler_duration_seconds_bucket", ",type=\"it.apply\",le=\"+Inf\"")),
-        43);
+    assert_int_equal(sample(body, series(env, "compworker_handler_duration_seconds_bucket",
+                                         ",type=\"it.apply\",le=\"+Inf\"")),
+                     43);
     assert_int_equal(sample(body, series(env, "compworker_workers", NULL)), 2);
     assert_int_equal(sample(body, series(env, "compworker_workers_connected", NULL)), 2);
     assert_int_equal(sample(body, series(env, "compworker_worker_restarts_total", NULL)), 0);

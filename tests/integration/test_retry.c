@@ -73,8 +73,7 @@ static void expect_header_int(const cwtest_msg *m, const char *key, int64_t want
                  m->message_id ? m->message_id : "(none)", key);
     if (got != want)
         fail_msg("message '%s': header %s is %lld, want %lld",
-                 m->message_id ? m->message_id : "(none)", key, (long long)got,
-                 (long long)want);
+                 m->message_id ? m->message_id : "(none)", key, (long long)got, (long long)want);
 }
 
 /* Appends to the pool file. With no `extra` in the pool options the file
@@ -203,8 +202,8 @@ static void test_fails_twice_then_succeeds(void **state)
     int64_t g1 = expect_gap(c, 1, 500, "twice-1");
     int64_t g2 = expect_gap(c, 2, 1000, "twice-1");
     free(c);
-    print_message("fails twice: gaps %lld ms and %lld ms (policy 500 and 1000)\n",
-                  (long long)g1, (long long)g2);
+    print_message("fails twice: gaps %lld ms and %lld ms (policy 500 and 1000)\n", (long long)g1,
+                  (long long)g2);
 
     stop_worker(env);
     assert_int_equal(cwtest_ledger_rows(env), 1);
@@ -248,8 +247,8 @@ static void test_jitter_spreads(void **state)
         int64_t gap = c[1].mono_ms - c[0].mono_ms;
         free(c);
         if (gap < 0 || gap > 2000 + LATE_MS)
-            fail_msg("task %s: %lld ms between its attempts, outside [0, %d]", id,
-                     (long long)gap, 2000 + LATE_MS);
+            fail_msg("task %s: %lld ms between its attempts, outside [0, %d]", id, (long long)gap,
+                     2000 + LATE_MS);
         if (gap < lo)
             lo = gap;
         if (gap > hi)
@@ -476,8 +475,8 @@ static void test_two_queues_share_binding(void **state)
  * the DLQ holds one message. Every death must be logged by the supervisor as
  * `how` ("killed by SIGSEGV", "exited with code 3"), each after one more
  * call of `id` (`deaths` of them so far); returns the deaths in all. */
-static int deaths_until_dead_lettered(cwtest_env *env, const char *how, const char *id,
-                                      int deaths, int max_deaths)
+static int deaths_until_dead_lettered(cwtest_env *env, const char *how, const char *id, int deaths,
+                                      int max_deaths)
 {
     for (;;) {
         int64_t deadline = cwtest_now_ms() + WAIT_MS;
@@ -489,8 +488,7 @@ static int deaths_until_dead_lettered(cwtest_env *env, const char *how, const ch
             if (!cwtest_worker_alive(env))
                 fail_msg("the pool exited (code %d); see %s", env->last_exit, env->log);
             if (cwtest_now_ms() >= deadline)
-                fail_msg("the worker neither died nor dead-lettered %s within %d ms", id,
-                         WAIT_MS);
+                fail_msg("the worker neither died nor dead-lettered %s within %d ms", id, WAIT_MS);
             cwtest_sleep_ms(25);
         }
         int64_t died_at = cwtest_now_ms();
@@ -503,8 +501,8 @@ static int deaths_until_dead_lettered(cwtest_env *env, const char *how, const ch
         int64_t last = n ? c[n - 1].mono_ms : 0;
         free(c);
         if ((int)n != deaths)
-            fail_msg("after %d worker deaths the handler was called %zu times on %s", deaths,
-                     n, id);
+            fail_msg("after %d worker deaths the handler was called %zu times on %s", deaths, n,
+                     id);
         print_message("worker death %d (%s) %lld ms after its call of %s\n", deaths, how,
                       (long long)(died_at - last), id);
         if (deaths > max_deaths)
@@ -582,8 +580,7 @@ static void test_handler_timeout(void **state)
     if (ended > 3000)
         fail_msg("the worker ended %lld ms after the handler began (handler_timeout 1s)",
                  (long long)ended);
-    print_message("handler_timeout 1s: worker ended %lld ms after the call\n",
-                  (long long)ended);
+    print_message("handler_timeout 1s: worker ended %lld ms after the call\n", (long long)ended);
 
     int deaths = deaths_until_dead_lettered(env, "exited with code 3", "hang-1", 1, 5);
     assert_int_equal(deaths, 2);
@@ -612,13 +609,12 @@ static void expect_alert(json_object *doc, const char *sink, const cwtest_env *e
 {
     const char *s;
     int64_t v;
-#define WANT_STR(key, want)                                                                  \
-    do {                                                                                     \
-        s = cwtest_json_str(doc, key);                                                       \
-        if (!s || strcmp(s, want) != 0)                                                      \
-            fail_msg("%s alert: \"%s\" is %s%s%s, want \"%s\": %s", sink, key, s ? "\"" : "", \
-                     s ? s : "missing", s ? "\"" : "", want,                                  \
-                     json_object_to_json_string(doc));                                       \
+#define WANT_STR(key, want)                                                                        \
+    do {                                                                                           \
+        s = cwtest_json_str(doc, key);                                                             \
+        if (!s || strcmp(s, want) != 0)                                                            \
+            fail_msg("%s alert: \"%s\" is %s%s%s, want \"%s\": %s", sink, key, s ? "\"" : "",      \
+                     s ? s : "missing", s ? "\"" : "", want, json_object_to_json_string(doc));     \
     } while (0)
     WANT_STR("message_id", "alert-1");
     WANT_STR("saga_id", "saga-alert");
@@ -839,8 +835,8 @@ static void test_rate_limit(void **state)
                      json_object_get_boolean(dig);
     cls = cwtest_json_str(digest, "error_class");
     const char *type = cwtest_json_str(digest, "type");
-    if (!is_digest || !cwtest_json_int(digest, "held_back", &held) || held != RATE_N - 1 ||
-        !cls || strcmp(cls, "permanent") != 0 || !type || strcmp(type, "it.apply") != 0)
+    if (!is_digest || !cwtest_json_int(digest, "held_back", &held) || held != RATE_N - 1 || !cls ||
+        strcmp(cls, "permanent") != 0 || !type || strcmp(type, "it.apply") != 0)
         fail_msg("the second alert is not a digest of %d held back: %s", RATE_N - 1,
                  json_object_to_json_string(digest));
     json_object_put(digest);

@@ -53,8 +53,8 @@ static void write_tls_pool(cwtest_env *env, const char *host, const char *ca, co
              "tls_cert_file = %s/client.pem\ntls_key_file = %s/client.key\n%s"
              "[pool]\nname = %s\nplugins = %s/ledger_plugin.so\n[store]\npath = %s/store.db\n"
              "[plugin ledger]\npath = %s\n",
-             host, g_port, g_tls, ca, g_tls, g_tls, more ? more : "", env->name,
-             CW_TEST_PLUGIN_DIR, env->dir, env->ledger);
+             host, g_port, g_tls, ca, g_tls, g_tls, more ? more : "", env->name, CW_TEST_PLUGIN_DIR,
+             env->dir, env->ledger);
     cwtest_write_file(env->ini, ini, 0644);
 }
 

@@ -42,8 +42,12 @@ static void next_schema(char *out, size_t cap)
 
 static cw_store *open_in(const char *schema, const char *owner, bool heartbeat)
 {
-    cw_store_opts o = {.backend = "postgresql", .url = url(), .schema = schema, .owner = owner,
-                       .lease_ms = LEASE_MS, .heartbeat = heartbeat};
+    cw_store_opts o = {.backend = "postgresql",
+                       .url = url(),
+                       .schema = schema,
+                       .owner = owner,
+                       .lease_ms = LEASE_MS,
+                       .heartbeat = heartbeat};
     cw_store *s = NULL;
     int rc = cw_store_open(&s, &o);
     if (rc)
@@ -129,9 +133,10 @@ static void ended_session_is_taken_over(void **state)
     assert_int_equal(claim(a, "m1", T0, &c), CW_CLAIM_NEW);
     assert_int_equal(claim(b, "m1", T0 + 1, &c), CW_CLAIM_BUSY);
     /* A's process dies: its session ends at once, its heartbeat is fresh. */
-    snprintf(q, sizeof q,
-             "SELECT pg_terminate_backend(backend_pid) FROM %s.cw_workers WHERE owner = 'hostA:1:1'",
-             schema);
+    snprintf(
+        q, sizeof q,
+        "SELECT pg_terminate_backend(backend_pid) FROM %s.cw_workers WHERE owner = 'hostA:1:1'",
+        schema);
     sql(q, v, sizeof v);
     assert_string_equal(v, "t");
     struct timespec ts = {0, 200000000L};
@@ -194,7 +199,8 @@ static void release_frees_claims(void **state)
     cw_store *a = open_in(schema, "hostA:1:1", false);
     cw_store *b = open_in(schema, "hostB:2:2", false);
     cw_claim c[2];
-    cw_claim_req reqs[2] = {{.message_id = "m1", .type = "t.x"}, {.message_id = "m2", .type = "t.x"}};
+    cw_claim_req reqs[2] = {{.message_id = "m1", .type = "t.x"},
+                            {.message_id = "m2", .type = "t.x"}};
     assert_int_equal(cw_store_claim_batch(a, reqs, 2, T0, c), 0);
     int64_t tickets[2] = {c[0].ticket, c[1].ticket};
     assert_int_equal(claim(b, "m1", T0 + 1, &c[0]), CW_CLAIM_BUSY);
@@ -213,10 +219,12 @@ static void newer_schema_refused(void **state)
     char schema[64], q[512];
     next_schema(schema, sizeof schema);
     cw_store_free(open_in(schema, "w1", false));
-    snprintf(q, sizeof q, "UPDATE %s.cw_meta SET value = '7' WHERE key = 'schema_version'",
-             schema);
+    snprintf(q, sizeof q, "UPDATE %s.cw_meta SET value = '7' WHERE key = 'schema_version'", schema);
     sql(q, NULL, 0);
-    cw_store_opts o = {.backend = "postgresql", .url = url(), .schema = schema, .owner = "w1",
+    cw_store_opts o = {.backend = "postgresql",
+                       .url = url(),
+                       .schema = schema,
+                       .owner = "w1",
                        .lease_ms = LEASE_MS};
     cw_store *s = NULL;
     assert_int_equal(cw_store_open(&s, &o), CW_STATUS_STORE);
@@ -233,7 +241,10 @@ static void schema_of_users_choice(void **state)
     (void)state;
     char schema[64], q[512], v[64];
     snprintf(schema, sizeof schema, "Odd Schema-%ld", (long)getpid());
-    cw_store_opts o = {.backend = "postgresql", .url = url(), .schema = schema, .owner = "w1",
+    cw_store_opts o = {.backend = "postgresql",
+                       .url = url(),
+                       .schema = schema,
+                       .owner = "w1",
                        .lease_ms = LEASE_MS};
     char out[512];
     assert_int_equal(cw_store_probe(&o, out, sizeof out), 0);
@@ -265,8 +276,11 @@ typedef struct opener {
 static void *open_thread(void *arg)
 {
     opener *o = arg;
-    cw_store_opts so = {.backend = "postgresql", .url = url(), .schema = o->schema,
-                        .owner = o->owner, .lease_ms = LEASE_MS};
+    cw_store_opts so = {.backend = "postgresql",
+                        .url = url(),
+                        .schema = o->schema,
+                        .owner = o->owner,
+                        .lease_ms = LEASE_MS};
     cw_store *s = NULL;
     o->rc = cw_store_open(&s, &so);
     cw_store_free(s);
@@ -278,7 +292,9 @@ static void hosts_starting_at_once(void **state)
     (void)state;
     char schema[64], q[512], v[64];
     next_schema(schema, sizeof schema);
-    enum { N = 6 };
+    enum {
+        N = 6
+    };
     opener o[N];
     pthread_t t[N];
     for (int i = 0; i < N; i++) {
@@ -317,8 +333,8 @@ static void wrong_password_never_shown(void **state)
     char u[512], schema[64];
     next_schema(schema, sizeof schema);
     variant(u, sizeof u, "Wr0ng-Pa55word", NULL);
-    cw_store_opts o = {.backend = "postgresql", .url = u, .schema = schema, .owner = "w1",
-                       .lease_ms = LEASE_MS};
+    cw_store_opts o = {
+        .backend = "postgresql", .url = u, .schema = schema, .owner = "w1", .lease_ms = LEASE_MS};
     cw_store *s = NULL;
     assert_int_equal(cw_store_open(&s, &o), CW_STATUS_STORE);
     assert_null(strstr(cw_error_last(), "Wr0ng-Pa55word"));
@@ -343,8 +359,8 @@ static void unreachable_server(void **state)
     char u[512], schema[64];
     next_schema(schema, sizeof schema);
     variant(u, sizeof u, NULL, "1");
-    cw_store_opts o = {.backend = "postgresql", .url = u, .schema = schema, .owner = "w1",
-                       .lease_ms = LEASE_MS};
+    cw_store_opts o = {
+        .backend = "postgresql", .url = u, .schema = schema, .owner = "w1", .lease_ms = LEASE_MS};
     cw_store *s = NULL;
     assert_int_equal(cw_store_open(&s, &o), CW_STATUS_STORE_UNAVAILABLE);
     assert_non_null(strstr(cw_error_last(), "cannot connect"));
@@ -369,8 +385,8 @@ static void passfile_and_key_value_form(void **state)
     chmod(pass, 0600);
     setenv("PGPASSFILE", pass, 1);
     snprintf(kv, sizeof kv, "host=127.0.0.1 port=%d dbname=cw_test user=cw", port_n);
-    cw_store_opts o = {.backend = "postgresql", .url = kv, .schema = schema, .owner = "w1",
-                       .lease_ms = LEASE_MS};
+    cw_store_opts o = {
+        .backend = "postgresql", .url = kv, .schema = schema, .owner = "w1", .lease_ms = LEASE_MS};
     cw_store *s = NULL;
     int rc = cw_store_open(&s, &o);
     if (rc)
@@ -433,14 +449,17 @@ static void big_batch_one_statement(void **state)
     char schema[64], id[32];
     next_schema(schema, sizeof schema);
     cw_store *s = open_in(schema, "w1", false);
-    enum { N = 500 };
+    enum {
+        N = 500
+    };
     static cw_claim_req reqs[N];
     static cw_claim out[N];
     static cw_settle_req settle[N];
     static char ids[N][32];
     for (int i = 0; i < N; i++) {
         snprintf(ids[i], sizeof ids[i], "b-%04d", i);
-        reqs[i] = (cw_claim_req){.message_id = ids[i], .saga_id = i % 2 ? NULL : "s\"q\\",
+        reqs[i] = (cw_claim_req){.message_id = ids[i],
+                                 .saga_id = i % 2 ? NULL : "s\"q\\",
                                  .type = "t.x"};
     }
     assert_int_equal(cw_store_claim_batch(s, reqs, N, T0, out), 0);
@@ -479,16 +498,19 @@ static void one_sweeper_at_a_time(void **state)
         snprintf(id, sizeof id, "old-%d", i);
         cw_claim_req req = {.message_id = id, .type = "t.x"};
         assert_int_equal(cw_store_claim_batch(s, &req, 1, T0, &c), 0);
-        cw_settle_req st = {.message_id = id, .ticket = c.ticket, .state = CW_STATE_DONE,
+        cw_settle_req st = {.message_id = id,
+                            .ticket = c.ticket,
+                            .state = CW_STATE_DONE,
                             .outcome = "ok"};
         assert_int_equal(cw_store_settle_batch(s, &st, 1, T0), 0);
     }
     /* Another host's sweeper holds the lock: this one skips its turn. */
     PGconn *other = PQconnectdb(url());
     assert_int_equal(PQstatus(other), CONNECTION_OK);
-    snprintf(q, sizeof q,
-             "SELECT pg_advisory_lock(hashtext('compworker.sweep.' || current_database() || '.%s'))",
-             schema);
+    snprintf(
+        q, sizeof q,
+        "SELECT pg_advisory_lock(hashtext('compworker.sweep.' || current_database() || '.%s'))",
+        schema);
     PQclear(PQexec(other, q));
     unsigned removed = 99;
     assert_int_equal(cw_store_sweep(s, T0 + 1000, 100, &removed), 0);

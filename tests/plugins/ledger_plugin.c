@@ -61,7 +61,7 @@ typedef struct ledger {
     sqlite3 *db;
     sqlite3_stmt *insert;
     sqlite3_stmt *call;
-    char *alerts;           /* the alert hook's file, or NULL */
+    char *alerts; /* the alert hook's file, or NULL */
     pthread_mutex_t alerts_lock;
 } ledger;
 
@@ -227,22 +227,21 @@ int cw_plugin_init(cw_registry *reg)
         return -1;
     }
     bool sync_normal = strcmp(sync, "normal") == 0;
-    static const char schema[] =
-        "PRAGMA journal_mode=WAL;"
-        "CREATE TABLE IF NOT EXISTS applied ("
-        "  row INTEGER PRIMARY KEY,"
-        "  message_id TEXT NOT NULL,"
-        "  saga_id TEXT NOT NULL,"
-        "  attempt INTEGER NOT NULL,"
-        "  at INTEGER NOT NULL,"
-        "  pid INTEGER NOT NULL);"
-        "CREATE TABLE IF NOT EXISTS calls ("
-        "  row INTEGER PRIMARY KEY,"
-        "  message_id TEXT NOT NULL,"
-        "  attempt INTEGER NOT NULL,"
-        "  mono_ms INTEGER NOT NULL,"
-        "  wall_ms INTEGER NOT NULL,"
-        "  pid INTEGER NOT NULL);";
+    static const char schema[] = "PRAGMA journal_mode=WAL;"
+                                 "CREATE TABLE IF NOT EXISTS applied ("
+                                 "  row INTEGER PRIMARY KEY,"
+                                 "  message_id TEXT NOT NULL,"
+                                 "  saga_id TEXT NOT NULL,"
+                                 "  attempt INTEGER NOT NULL,"
+                                 "  at INTEGER NOT NULL,"
+                                 "  pid INTEGER NOT NULL);"
+                                 "CREATE TABLE IF NOT EXISTS calls ("
+                                 "  row INTEGER PRIMARY KEY,"
+                                 "  message_id TEXT NOT NULL,"
+                                 "  attempt INTEGER NOT NULL,"
+                                 "  mono_ms INTEGER NOT NULL,"
+                                 "  wall_ms INTEGER NOT NULL,"
+                                 "  pid INTEGER NOT NULL);";
     if (sqlite3_open_v2(path, &l->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL) !=
             SQLITE_OK ||
         sqlite3_busy_timeout(l->db, 10000) != SQLITE_OK ||

@@ -105,8 +105,7 @@ static int wait_exit(pid_t pid, int timeout_ms)
 static void amqp_check(amqp_rpc_reply_t r, const char *what)
 {
     switch (r.reply_type) {
-    case AMQP_RESPONSE_NORMAL:
-        return;
+    case AMQP_RESPONSE_NORMAL: return;
     case AMQP_RESPONSE_LIBRARY_EXCEPTION:
         fail_msg("%s: %s", what, amqp_error_string2(r.library_error));
         break;
@@ -123,8 +122,7 @@ static void amqp_check(amqp_rpc_reply_t r, const char *what)
             fail_msg("%s: unexpected method 0x%08x", what, r.reply.id);
         }
         break;
-    default:
-        fail_msg("%s: no reply", what);
+    default: fail_msg("%s: no reply", what);
     }
 }
 
@@ -146,14 +144,13 @@ static bool amqp_connect(cwtest_env *env, char *why, size_t cap)
     struct timeval tv = {.tv_sec = 5};
     int st = amqp_socket_open_noblock(sock, ci.host, ci.port, &tv);
     if (st != AMQP_STATUS_OK) {
-        snprintf(why, cap, "cannot connect to %s:%d: %s", ci.host, ci.port,
-                 amqp_error_string2(st));
+        snprintf(why, cap, "cannot connect to %s:%d: %s", ci.host, ci.port, amqp_error_string2(st));
         amqp_destroy_connection(conn);
         return false;
     }
     amqp_set_rpc_timeout(conn, &(struct timeval){.tv_sec = 30});
-    amqp_rpc_reply_t r = amqp_login(conn, ci.vhost, 0, 131072, 0, AMQP_SASL_METHOD_PLAIN,
-                                    ci.user, ci.password);
+    amqp_rpc_reply_t r = amqp_login(conn, ci.vhost, 0, 131072, 0, AMQP_SASL_METHOD_PLAIN, ci.user,
+                                    ci.password);
     if (r.reply_type != AMQP_RESPONSE_NORMAL) {
         snprintf(why, cap, "login to %s:%d failed (reply type %d)", ci.host, ci.port,
                  (int)r.reply_type);
@@ -270,8 +267,8 @@ cwtest_env *cwtest__begin(void **state, const char *test, const cwtest_pool_opts
                      "path = %s\n"
                      "%s",
                      test, env->url, env->name, opts->queue_type ? opts->queue_type : "quorum",
-                     ledger_plugin, opts->pool_lines ? opts->pool_lines : "", store,
-                     env->ledger, opts->extra ? opts->extra : "");
+                     ledger_plugin, opts->pool_lines ? opts->pool_lines : "", store, env->ledger,
+                     opts->extra ? opts->extra : "");
     if (n < 0 || (size_t)n >= sizeof ini)
         fail_msg("pool configuration too long");
     write_file(env->ini, ini);
@@ -340,8 +337,8 @@ int cwtest_teardown(void **state)
     env->http = NULL;
     kill_listed(env);
     if (!env->passed) {
-        fprintf(stderr, "test '%s' did not pass: kept %s and the queues of pool %s\n",
-                env->test, env->dir, env->name);
+        fprintf(stderr, "test '%s' did not pass: kept %s and the queues of pool %s\n", env->test,
+                env->dir, env->name);
         print_log_tail(env);
         /* Keep the queue for a look, but stop it collecting the tasks of
          * later tests (every pool binds it.apply). */
@@ -842,8 +839,7 @@ void cwtest_confirm_all(cwtest_env *env)
         int64_t rest = deadline - cwtest_now_ms();
         if (rest <= 0) {
             free(done);
-            fail_msg("%zu of %zu publishes not confirmed within %d ms", left, n,
-                     CWTEST_TIMEOUT_MS);
+            fail_msg("%zu of %zu publishes not confirmed within %d ms", left, n, CWTEST_TIMEOUT_MS);
         }
         struct timeval tv = {.tv_sec = rest / 1000, .tv_usec = (rest % 1000) * 1000};
         amqp_frame_t f;
@@ -892,8 +888,7 @@ void cwtest_confirm_all(cwtest_env *env)
             free(done);
             fail_msg("the broker closed the publishing channel or connection");
             break;
-        default:
-            continue;
+        default: continue;
         }
         for (uint64_t t = multiple ? base : tag; t <= tag; t++) {
             if (t >= base && t <= last && !done[t - base]) {
@@ -947,9 +942,8 @@ cw_client *cwtest_client(cwtest_env *env)
 static amqp_queue_declare_ok_t queue_peek(cwtest_env *env, const char *queue)
 {
     query_channel(env);
-    amqp_queue_declare_ok_t *ok = amqp_queue_declare(env->conn, CH_QUERY,
-                                                     amqp_cstring_bytes(queue), 1, 0, 0, 0,
-                                                     amqp_empty_table);
+    amqp_queue_declare_ok_t *ok = amqp_queue_declare(env->conn, CH_QUERY, amqp_cstring_bytes(queue),
+                                                     1, 0, 0, 0, amqp_empty_table);
     amqp_rpc_reply_t r = amqp_get_rpc_reply(env->conn);
     if (!ok || r.reply_type != AMQP_RESPONSE_NORMAL) {
         query_channel_reset(env, r);
@@ -1029,9 +1023,7 @@ static void copy_headers(cwtest_msg *m, const amqp_basic_properties_t *p)
             h->is_int = false;
             h->str = bytes_dup(v->value.bytes);
             break;
-        default:
-            h->is_int = false;
-            break;
+        default: h->is_int = false; break;
         }
     }
 }
@@ -1119,8 +1111,8 @@ cwtest_msg *cwtest_peek(cwtest_env *env, const char *queue, size_t *n)
         if (got >= *n)
             return out;
         if (cwtest_now_ms() >= deadline)
-            fail_msg("queue '%s' shows %u ready messages, not the %zu put back, after %d ms",
-                     queue, got, *n, CWTEST_TIMEOUT_MS);
+            fail_msg("queue '%s' shows %u ready messages, not the %zu put back, after %d ms", queue,
+                     got, *n, CWTEST_TIMEOUT_MS);
         cwtest_sleep_ms(50);
     }
 }
@@ -1294,7 +1286,7 @@ cwtest_call *cwtest_calls_read(const cwtest_env *env, const char *message_id, si
     sqlite3_finalize(st);
     sqlite3_close(db);
     return out;
-fail: {
+fail : {
     char err[300];
     snprintf(err, sizeof err, "%s", db ? sqlite3_errmsg(db) : "out of memory");
     sqlite3_finalize(st);
@@ -1332,16 +1324,15 @@ void cwtest_write_file(const char *path, const char *text, unsigned mode)
 
 /* Parses the documents of `text`; with `strict`, anything left over fails
  * the test, otherwise an incomplete last document is not counted. */
-static size_t json_parse_all(const char *path, const char *text, bool strict,
-                             json_object ***docs)
+static size_t json_parse_all(const char *path, const char *text, bool strict, json_object ***docs)
 {
     size_t n = 0, cap = 0, len = strlen(text), off = 0;
     json_tokener *tok = json_tokener_new();
     if (!tok)
         fail_msg("out of memory");
     for (;;) {
-        while (off < len && (text[off] == '\n' || text[off] == ' ' || text[off] == '\r' ||
-                             text[off] == '\t'))
+        while (off < len &&
+               (text[off] == '\n' || text[off] == ' ' || text[off] == '\r' || text[off] == '\t'))
             off++;
         if (off >= len)
             break;
@@ -1417,8 +1408,7 @@ size_t cwtest_json_wait(const char *path, size_t n, int timeout_ms)
         if (got >= n)
             return got;
         if (cwtest_now_ms() >= deadline)
-            fail_msg("%s holds %zu JSON documents, not %zu, after %d ms", path, got, n,
-                     timeout_ms);
+            fail_msg("%s holds %zu JSON documents, not %zu, after %d ms", path, got, n, timeout_ms);
         cwtest_sleep_ms(20);
     }
 }
@@ -1426,7 +1416,8 @@ size_t cwtest_json_wait(const char *path, size_t n, int timeout_ms)
 const char *cwtest_json_str(json_object *obj, const char *key)
 {
     json_object *v;
-    if (!obj || !json_object_object_get_ex(obj, key, &v) || !json_object_is_type(v, json_type_string))
+    if (!obj || !json_object_object_get_ex(obj, key, &v) ||
+        !json_object_is_type(v, json_type_string))
         return NULL;
     return json_object_get_string(v);
 }

@@ -45,12 +45,12 @@
 /* ---- environment -------------------------------------------------------- */
 
 typedef struct cwtest_pool_opts {
-    const char *queue_type; /* "quorum" (NULL) or "classic" */
-    const char *pool_lines; /* extra lines for [pool], e.g. "max_body_size = 1KiB\n" */
-    const char *extra;      /* appended at the end of the file */
+    const char *queue_type;  /* "quorum" (NULL) or "classic" */
+    const char *pool_lines;  /* extra lines for [pool], e.g. "max_body_size = 1KiB\n" */
+    const char *extra;       /* appended at the end of the file */
     const char *store_lines; /* the [store] section's lines instead of
                               * "path = <dir>/store.db\n" */
-    const char *ledger;     /* the ledger's path instead of <dir>/ledger.db (a
+    const char *ledger;      /* the ledger's path instead of <dir>/ledger.db (a
                              * second "host" of a pool shares the first's) */
 } cwtest_pool_opts;
 
@@ -68,24 +68,24 @@ typedef struct cwtest_env {
     char url[512];    /* CW_TEST_AMQP_URL */
     char exe[512];    /* CW_TEST_EXE */
 
-    pid_t worker;     /* the running `compworker run` (the pool's supervisor), or 0 */
+    pid_t worker;            /* the running `compworker run` (the pool's supervisor), or 0 */
     const char *run_args[8]; /* more arguments after "run -c <ini>", NULL-terminated */
-    int last_exit;    /* exit code (or 128 + signal) of the last worker reaped */
-    long log_offset;  /* size of the log when the last worker started */
+    int last_exit;           /* exit code (or 128 + signal) of the last worker reaped */
+    long log_offset;         /* size of the log when the last worker started */
     bool passed;
 
     amqp_connection_state_t conn; /* channel 1 confirms publishes; 2 queries */
     bool query_open;
-    uint64_t next_seq;  /* sequence number of the next publish on channel 1 */
-    uint64_t acked;     /* every publish up to this one is confirmed */
-    cw_client *client;  /* from cwtest_client() */
+    uint64_t next_seq;        /* sequence number of the next publish on channel 1 */
+    uint64_t acked;           /* every publish up to this one is confirmed */
+    cw_client *client;        /* from cwtest_client() */
     struct cwtest_http *http; /* from cwtest_http_start(), stopped by teardown */
 } cwtest_env;
 
 /* Creates the env of a test into *state (so cwtest_teardown() finds it):
  * makes the temporary directory, writes the pool configuration and connects
  * to the broker. `test` names the pool ("it-<test>-<pid>"). */
-#define cwtest_begin(state, test, opts)                                                   \
+#define cwtest_begin(state, test, opts)                                                            \
     cwtest__begin((state), (test), (opts), CW_TEST_EXE, CW_TEST_PLUGIN_DIR "/ledger_plugin.so")
 cwtest_env *cwtest__begin(void **state, const char *test, const cwtest_pool_opts *opts,
                           const char *exe, const char *ledger_plugin);
@@ -170,7 +170,11 @@ void cwtest_pg_store_lines(char *out, size_t cap, const char *schema);
 /* ---- raw AMQP ----------------------------------------------------------- */
 
 /* A header to publish. */
-typedef enum cwtest_kind { CWTEST_STR, CWTEST_I32, CWTEST_I64 } cwtest_kind;
+typedef enum cwtest_kind {
+    CWTEST_STR,
+    CWTEST_I32,
+    CWTEST_I64
+} cwtest_kind;
 typedef struct cwtest_header {
     const char *key;
     cwtest_kind kind;
@@ -188,10 +192,10 @@ typedef struct cwtest_out {
     const char *correlation_id;
     const char *content_type;
     const void *body;
-    size_t body_len;         /* 0: strlen(body) */
+    size_t body_len; /* 0: strlen(body) */
     const cwtest_header *headers;
     size_t n_headers;
-    uint64_t timestamp;      /* the timestamp property (seconds); 0: absent */
+    uint64_t timestamp; /* the timestamp property (seconds); 0: absent */
 } cwtest_out;
 
 /* Publishes (mandatory) without waiting for the confirm. */
@@ -239,7 +243,7 @@ typedef struct cwtest_msg {
     unsigned char *body; /* body_len bytes plus a NUL */
     size_t body_len;
     bool has_timestamp;
-    uint64_t timestamp;  /* the timestamp property, when has_timestamp */
+    uint64_t timestamp; /* the timestamp property, when has_timestamp */
 } cwtest_msg;
 
 /* Takes every message of `queue` (basic.get and ack) into a new array of

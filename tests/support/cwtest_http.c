@@ -39,8 +39,8 @@ struct cwtest_http {
 
 static enum MHD_Result respond(struct MHD_Connection *conn, unsigned code, const char *text)
 {
-    struct MHD_Response *r =
-        MHD_create_response_from_buffer(strlen(text), (void *)text, MHD_RESPMEM_PERSISTENT);
+    struct MHD_Response *r = MHD_create_response_from_buffer(strlen(text), (void *)text,
+                                                             MHD_RESPMEM_PERSISTENT);
     if (!r)
         return MHD_NO;
     enum MHD_Result ret = MHD_queue_response(conn, code, r);
@@ -79,9 +79,8 @@ static void record(cwtest_http *h, http_req *q)
 }
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
-                                  const char *method, const char *version,
-                                  const char *upload_data, size_t *upload_data_size,
-                                  void **con_cls)
+                                  const char *method, const char *version, const char *upload_data,
+                                  size_t *upload_data_size, void **con_cls)
 {
     (void)version;
     cwtest_http *h = cls;
@@ -116,8 +115,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         pthread_mutex_lock(&h->lock);
         h->others++;
         pthread_mutex_unlock(&h->lock);
-        return respond(conn, q->too_big ? MHD_HTTP_CONTENT_TOO_LARGE : MHD_HTTP_NOT_FOUND,
-                       "no\n");
+        return respond(conn, q->too_big ? MHD_HTTP_CONTENT_TOO_LARGE : MHD_HTTP_NOT_FOUND, "no\n");
     }
     record(h, q);
     return respond(conn, MHD_HTTP_OK, "ok\n");
@@ -151,11 +149,10 @@ cwtest_http *cwtest_http_start(cwtest_env *env, const char *path)
     sa.sin_family = AF_INET;
     sa.sin_port = 0;
     sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    h->daemon = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG, 0, NULL,
-                                 NULL, on_request, h, MHD_OPTION_SOCK_ADDR,
-                                 (struct sockaddr *)&sa, MHD_OPTION_NOTIFY_COMPLETED,
-                                 on_completed, h, MHD_OPTION_CONNECTION_TIMEOUT,
-                                 (unsigned)30, MHD_OPTION_END);
+    h->daemon = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG, 0, NULL, NULL,
+                                 on_request, h, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa,
+                                 MHD_OPTION_NOTIFY_COMPLETED, on_completed, h,
+                                 MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)30, MHD_OPTION_END);
     if (!h->daemon) {
         pthread_mutex_destroy(&h->lock);
         free(h);

@@ -284,7 +284,7 @@ static void keys_of(json_object *o, char *out, size_t cap)
     }
 }
 
-#define ALERT_KEYS \
+#define ALERT_KEYS                                                                                 \
     "message_id,saga_id,type,error_class,reason,attempts,queue,failed_at,worker,handler"
 #define DIGEST_KEYS "digest,type,error_class,held_back,window_ms,first_held_at,last_held_at"
 
@@ -314,7 +314,7 @@ typedef struct http_server {
     pthread_mutex_t mu;
     unsigned codes[4]; /* the answer to request i; the last one repeats */
     size_t n_codes;
-    int hang_ms;       /* hold every answer this long (or until released) */
+    int hang_ms; /* hold every answer this long (or until released) */
     atomic_bool release;
     size_t requests;
     char *bodies[MAX_REQUESTS];
@@ -329,9 +329,8 @@ typedef struct http_request {
 } http_request;
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
-                                  const char *method, const char *version,
-                                  const char *upload_data, size_t *upload_data_size,
-                                  void **con_cls)
+                                  const char *method, const char *version, const char *upload_data,
+                                  size_t *upload_data_size, void **con_cls)
 {
     (void)url;
     (void)version;
@@ -368,8 +367,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     for (int64_t end = now_ms() + hang; now_ms() < end && !atomic_load(&s->release);)
         sleep_ms(5);
     static char ok[] = "ok\n";
-    struct MHD_Response *resp =
-        MHD_create_response_from_buffer(sizeof ok - 1, ok, MHD_RESPMEM_PERSISTENT);
+    struct MHD_Response *resp = MHD_create_response_from_buffer(sizeof ok - 1, ok,
+                                                                MHD_RESPMEM_PERSISTENT);
     if (!resp)
         return MHD_NO;
     enum MHD_Result ret = MHD_queue_response(conn, code, resp);
@@ -504,8 +503,7 @@ static void callback_gets_document(void **state)
 
     cw_alert_event ev = sample_event("msg-1");
     cw_alerter_post(a, &ev);
-    cw_alert_event sparse = {.message_id = "msg-2", .attempts = 1,
-                             .failed_at_ms = 1700000000000LL};
+    cw_alert_event sparse = {.message_id = "msg-2", .attempts = 1, .failed_at_ms = 1700000000000LL};
     cw_alerter_post(a, &sparse);
     assert_int_equal(collector_wait(&c, 2, 5000), 2);
     cw_alerter_free(a);
@@ -549,7 +547,8 @@ static void json_escaping(void **state)
     cw_alert_config cfg = {.timeout_ms = 2000};
     cw_alerter *a = start_alerter(&cfg, &c);
 
-    cw_alert_event ev = sample_event("id\x01with\x1f" "controls");
+    cw_alert_event ev = sample_event("id\x01with\x1f"
+                                     "controls");
     ev.reason = "say \"hi\"\nline2\tand \\ back \xff\xfe bad \xc3\x28 overlong \xc0\xaf "
                 "surrogate \xed\xa0\x80 cut \xe2\x82 ok \xc3\xa9 \xf0\x9f\x92\xb8";
     ev.handler = "trailing \xe2";
@@ -559,7 +558,8 @@ static void json_escaping(void **state)
 
     assert_null(strchr(c.docs[0], '\n'));
     json_object *o = parse_strict(c.docs[0]);
-    assert_string_equal(get_str(o, "message_id"), "id\x01with\x1f" "controls");
+    assert_string_equal(get_str(o, "message_id"), "id\x01with\x1f"
+                                                  "controls");
     assert_string_equal(get_str(o, "reason"),
                         "say \"hi\"\nline2\tand \\ back \xef\xbf\xbd\xef\xbf\xbd bad "
                         "\xef\xbf\xbd( overlong \xef\xbf\xbd\xef\xbf\xbd surrogate "
@@ -656,8 +656,8 @@ static void webhook_4xx_logged_without_secrets(void **state)
 
     cw_alert_event ev = sample_event("msg-404");
     cw_alerter_post(a, &ev);
-    char *line = wait_log_line(5000, "alert hook failed", "HTTP status 404", "msg-404",
-                               "webhook", (const char *)NULL);
+    char *line = wait_log_line(5000, "alert hook failed", "HTTP status 404", "msg-404", "webhook",
+                               (const char *)NULL);
     assert_non_null(line);
     free(line);
     cw_alerter_free(a);
@@ -848,8 +848,8 @@ static void command_exit_status_logged(void **state)
 {
     (void)state;
     char script[600];
-    write_script("alert-fail.sh", "cat > /dev/null\necho 'boom on stderr' >&2\nexit 3\n",
-                 script, sizeof script);
+    write_script("alert-fail.sh", "cat > /dev/null\necho 'boom on stderr' >&2\nexit 3\n", script,
+                 sizeof script);
     capture_begin();
     char *argv[] = {script, NULL};
     cw_alert_config cfg = {.command_argv = argv, .timeout_ms = 5000};
@@ -904,8 +904,8 @@ static void failing_hooks_are_independent(void **state)
     a = start_alerter(&cfg, &c);
     ev.message_id = "msg-segv";
     cw_alerter_post(a, &ev);
-    line = wait_log_line(5000, "alert hook failed", "msg-segv", "killed by signal",
-                         "SIGSEGV", (const char *)NULL);
+    line = wait_log_line(5000, "alert hook failed", "msg-segv", "killed by signal", "SIGSEGV",
+                         (const char *)NULL);
     assert_non_null(line);
     free(line);
     assert_int_equal(collector_wait(&c, 2, 5000), 2);

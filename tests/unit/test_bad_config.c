@@ -153,7 +153,7 @@ static int teardown(void **state)
 /* ---- running compworker -------------------------------------------------- */
 
 typedef struct result {
-    int code;  /* exit code, 128 + signal, or -1 when it hung */
+    int code; /* exit code, 128 + signal, or -1 when it hung */
     char *out;
     char *err;
 } result;
@@ -398,14 +398,17 @@ static void test_bad_configs(void **state)
         const char *expect[3];
         const char *secret;
     } envs[] = {
-        {"CW_POOL_WORKERS=abc", {"CW_POOL_WORKERS", "[pool] workers", "'abc' is not an integer"},
+        {"CW_POOL_WORKERS=abc",
+         {"CW_POOL_WORKERS", "[pool] workers", "'abc' is not an integer"},
          NULL},
         {"CW_BROKER_PREFETCH=0", {"CW_BROKER_PREFETCH", "[broker] prefetch", "not between"}, NULL},
         {"CW_LOG_LEVEL=loud", {"CW_LOG_LEVEL", "[log] level", "'loud'"}, NULL},
         {"CW_STORE_LEASE=-1s", {"CW_STORE_LEASE", "[store] lease", "not a duration"}, NULL},
-        {"CW_AMQP_URL=http://ops:s3cret-pw@rabbit/", {"CW_AMQP_URL", "[broker] url", "not amqp"},
+        {"CW_AMQP_URL=http://ops:s3cret-pw@rabbit/",
+         {"CW_AMQP_URL", "[broker] url", "not amqp"},
          "s3cret-pw"},
-        {"CW_BROKER_URL=ops:s3cret-pw@rabbit", {"CW_BROKER_URL", "[broker] url", "not amqp"},
+        {"CW_BROKER_URL=ops:s3cret-pw@rabbit",
+         {"CW_BROKER_URL", "[broker] url", "not amqp"},
          "s3cret-pw"},
     };
     for (size_t i = 0; i < sizeof envs / sizeof *envs; i++) {
@@ -484,8 +487,7 @@ static const bad_line bad_lines[] = {
     {{"publish", "-c", "good.ini", "--type", "it.apply", "--data", "{}", "--message-id",
       "has space"},
      {"publish", "--message-id"}},
-    {{"publish", "-c", "good.ini", "--type", "it.apply", "--data", "{}", "--saga-id",
-      "saga\x01"},
+    {{"publish", "-c", "good.ini", "--type", "it.apply", "--data", "{}", "--saga-id", "saga\x01"},
      {"publish", "--saga-id"}},
     {{"publish", "-c", "good.ini", "--type", "it.apply", "--data", "{}", "--bogus"},
      {"publish", "unknown option '--bogus'"}},
@@ -516,8 +518,7 @@ static const bad_line bad_lines[] = {
     {{"dlq", "replay", "-c", "good.ini", "--all", "--canary-timeout", "soon"},
      {"dlq replay", "--canary-timeout"}},
     {{"dlq", "replay", "-c", "good.ini", "--all", "--to", ""}, {"dlq replay", "--to"}},
-    {{"dlq", "delete", "-c", "good.ini", "--all", "--type", "x", "--yes"},
-     {"dlq delete", "--all"}},
+    {{"dlq", "delete", "-c", "good.ini", "--all", "--type", "x", "--yes"}, {"dlq delete", "--all"}},
     {{"dlq", "import", "-c", "good.ini", "nope.jsonl"}, {"dlq import", "nope.jsonl"}},
     {{"dlq", "import", "-c", "good.ini", "a.jsonl", "b.jsonl"}, {"dlq import", "one file"}},
     /* status */

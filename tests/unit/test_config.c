@@ -292,8 +292,9 @@ static void test_limits_accepted(void **state)
     assert_int_equal(cfg->log_level, CW_LOG_ERROR);
     cw_config_free(cfg);
 
-    assert_int_equal(
-        load_text("[broker]\nprefetch = 1\n[pool]\nname = p\nmax_body_size = 1\n", &cfg), 0);
+    assert_int_equal(load_text("[broker]\nprefetch = 1\n[pool]\nname = p\nmax_body_size = 1\n",
+                               &cfg),
+                     0);
     assert_int_equal(cfg->prefetch, 1);
     assert_int_equal(cfg->max_body_size, 1);
     cw_config_free(cfg);
@@ -549,26 +550,28 @@ static void test_error_retry_values(void **state)
                  "pool.ini:2: [retry] max_attempts: '1001' is not between 1 and 1000");
     EXPECT_ERROR("[retry]\nmax_attempts = five\n",
                  "pool.ini:2: [retry] max_attempts: 'five' is not an integer");
-    EXPECT_ERROR("[retry]\ninterval = -1s\n", "pool.ini:2: [retry] interval: '-1s' is not a duration");
+    EXPECT_ERROR("[retry]\ninterval = -1s\n",
+                 "pool.ini:2: [retry] interval: '-1s' is not a duration");
     EXPECT_ERROR("[retry]\ninterval = 1.5s\n",
                  "pool.ini:2: [retry] interval: '1.5s' is not a duration");
     EXPECT_ERROR("[retry]\nbackoff_rate = 0.5\n",
                  "pool.ini:2: [retry] backoff_rate: '0.5' is not between 1.0 and 100");
     EXPECT_ERROR("[retry]\nbackoff_rate = 100.01\n",
                  "pool.ini:2: [retry] backoff_rate: '100.01' is not between 1.0 and 100");
-    EXPECT_ERROR("[retry]\nbackoff_rate = 0.0000000000000000000000000000000000000000000000000000000000"
-                 "0000000000000000000000000000000000000000000000000000000000000000000000000000000"
-                 "00000000000000000000000000000000000000000000000000000000000000000000000000000000"
-                 "00000000000000000000000000000000000000000000000000000000000000000000000000000000"
-                 "000000000000001\n",
-                 "pool.ini:2: [retry] backoff_rate: ", "is not between 1.0 and 100");
-    static const char *const junk[] = {"2x", "1e1", "nan", "inf", "-2", "+2", "0x2", "2..0",
-                                       ".", "", "1,5", "2 .5"};
+    EXPECT_ERROR(
+        "[retry]\nbackoff_rate = 0.0000000000000000000000000000000000000000000000000000000000"
+        "0000000000000000000000000000000000000000000000000000000000000000000000000000000"
+        "00000000000000000000000000000000000000000000000000000000000000000000000000000000"
+        "00000000000000000000000000000000000000000000000000000000000000000000000000000000"
+        "000000000000001\n",
+        "pool.ini:2: [retry] backoff_rate: ", "is not between 1.0 and 100");
+    static const char *const junk[] = {"2x",  "1e1",  "nan", "inf", "-2",  "+2",
+                                       "0x2", "2..0", ".",   "",    "1,5", "2 .5"};
     for (size_t i = 0; i < sizeof junk / sizeof *junk; i++) {
         char ini[128], want[128];
         snprintf(ini, sizeof ini, "[retry]\nbackoff_rate = %s\n", junk[i]);
-        snprintf(want, sizeof want, "pool.ini:2: [retry] backoff_rate: '%s' is not a decimal number",
-                 junk[i]);
+        snprintf(want, sizeof want,
+                 "pool.ini:2: [retry] backoff_rate: '%s' is not a decimal number", junk[i]);
         EXPECT_ERROR(ini, want);
     }
     EXPECT_ERROR("[retry]\nmax_delay = 2d\n", "pool.ini:2: [retry] max_delay: '2d' is more than",
@@ -641,8 +644,9 @@ static void test_error_alert_values(void **state)
 
     EXPECT_ERROR("[alert]\ncommand = notify.sh --x\n",
                  "pool.ini:2: [alert] command: 'notify.sh' is not an absolute path");
-    EXPECT_ERROR("[alert]\ncommand = /nonexistent/cw/notify arg\n",
-                 "pool.ini:2: [alert] command: '/nonexistent/cw/notify': No such file or directory");
+    EXPECT_ERROR(
+        "[alert]\ncommand = /nonexistent/cw/notify arg\n",
+        "pool.ini:2: [alert] command: '/nonexistent/cw/notify': No such file or directory");
     snprintf(ini, sizeof ini, "[alert]\ncommand = %s/alert-errors\n", g_tmp);
     EXPECT_ERROR(ini, "pool.ini:2: [alert] command: '", "alert-errors' is not a regular file");
     snprintf(ini, sizeof ini, "[alert]\ncommand = %s/alert-errors/plain.sh\n", g_tmp);
@@ -660,8 +664,10 @@ static void test_error_alert_values(void **state)
                  "pool.ini:2: [alert] webhook: the URL does not start with http:// or https://");
     assert_null(strstr(cw_error_last(), "SECRET"));
     EXPECT_ERROR("[alert]\nwebhook = host/hook\n", "pool.ini:2: [alert] webhook: the URL does not");
-    EXPECT_ERROR("[alert]\nwebhook = https://\n", "pool.ini:2: [alert] webhook: the URL has no host");
-    EXPECT_ERROR("[alert]\nwebhook = http:///path\n", "pool.ini:2: [alert] webhook: the URL has no host");
+    EXPECT_ERROR("[alert]\nwebhook = https://\n",
+                 "pool.ini:2: [alert] webhook: the URL has no host");
+    EXPECT_ERROR("[alert]\nwebhook = http:///path\n",
+                 "pool.ini:2: [alert] webhook: the URL has no host");
     EXPECT_ERROR("[alert]\nwebhook = http://a b/SECRET\n",
                  "pool.ini:2: [alert] webhook: the URL contains a blank");
     assert_null(strstr(cw_error_last(), "SECRET"));
@@ -675,8 +681,9 @@ static void test_error_alert_values(void **state)
                  "pool.ini:2: [alert] rate_limit: 'often' is not a duration");
     EXPECT_ERROR("[alert]\nemail = ops@example.com\n", "pool.ini:2: unknown key 'email' in [alert]",
                  "(expected command, webhook, timeout, webhook_retries, rate_limit)");
-    snprintf(ini, sizeof ini, "[alert]\ncommand = %s/alert-errors/ok.sh\ncommand = %s/alert-errors/ok.sh\n",
-             g_tmp, g_tmp);
+    snprintf(ini, sizeof ini,
+             "[alert]\ncommand = %s/alert-errors/ok.sh\ncommand = %s/alert-errors/ok.sh\n", g_tmp,
+             g_tmp);
     EXPECT_ERROR(ini, "pool.ini:3: [alert] command: set twice (first on line 2)");
 }
 

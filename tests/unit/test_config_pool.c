@@ -31,9 +31,10 @@ static int remove_entry(const char *path, const struct stat *sb, int flag, struc
 
 static void clear_env(void)
 {
-    const char *vars[] = {"CW_AMQP_URL", "CW_BROKER_URL", "CW_POOL_WORKERS",
-                          "CW_POOL_SHUTDOWN_TIMEOUT", "CW_LOG_FORMAT", "CW_POOL_METRICS_LISTEN",
-                          "CW_POOL_NAME", "CW_POOL_PLUGINS"};
+    const char *vars[] = {"CW_AMQP_URL",     "CW_BROKER_URL",
+                          "CW_POOL_WORKERS", "CW_POOL_SHUTDOWN_TIMEOUT",
+                          "CW_LOG_FORMAT",   "CW_POOL_METRICS_LISTEN",
+                          "CW_POOL_NAME",    "CW_POOL_PLUGINS"};
     for (size_t i = 0; i < sizeof vars / sizeof *vars; i++)
         unsetenv(vars[i]);
 }
@@ -77,13 +78,13 @@ static int load_text(const char *text, cw_config **cfg)
     return cw_config_load(cfg, path_of("pool.ini"));
 }
 
-#define EXPECT_ERROR(text, msg)                                                          \
-    do {                                                                                 \
-        cw_config *c_ = NULL;                                                            \
-        assert_int_equal(load_text((text), &c_), CW_STATUS_CONFIG);                      \
-        assert_null(c_);                                                                 \
-        if (!strstr(cw_error_last(), (msg)))                                             \
-            fail_msg("error '%s' does not contain '%s'", cw_error_last(), (msg));       \
+#define EXPECT_ERROR(text, msg)                                                                    \
+    do {                                                                                           \
+        cw_config *c_ = NULL;                                                                      \
+        assert_int_equal(load_text((text), &c_), CW_STATUS_CONFIG);                                \
+        assert_null(c_);                                                                           \
+        if (!strstr(cw_error_last(), (msg)))                                                       \
+            fail_msg("error '%s' does not contain '%s'", cw_error_last(), (msg));                  \
     } while (0)
 
 static void test_defaults(void **state)
@@ -270,7 +271,7 @@ static void test_describe(void **state)
                                &cfg),
                      0);
     assert_int_equal(cw_config_override(cfg, "log", "level", "debug", CW_ORIGIN_FLAG,
-                                         "--log-level"),
+                                        "--log-level"),
                      0);
     seen s = {""};
     cw_config_describe(cfg, collect, &s);
@@ -315,7 +316,8 @@ static void test_store_postgresql(void **state)
                                &cfg),
                      0);
     assert_int_equal(cfg->store_backend, CW_STORE_POSTGRESQL);
-    assert_string_equal(cfg->store_url, "postgresql://cw:s3cr3t@db1:5432/orders?sslmode=verify-full");
+    assert_string_equal(cfg->store_url,
+                        "postgresql://cw:s3cr3t@db1:5432/orders?sslmode=verify-full");
     assert_string_equal(cfg->store_schema, "Pool One");
     seen s = {""};
     cw_config_describe(cfg, collect, &s);
@@ -361,10 +363,14 @@ static void test_store_postgresql(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_defaults),   cmocka_unit_test(test_pool_keys),
-        cmocka_unit_test(test_pool_key_errors), cmocka_unit_test(test_listen_parse),
-        cmocka_unit_test(test_env),        cmocka_unit_test(test_override),
-        cmocka_unit_test(test_describe),   cmocka_unit_test(test_store_postgresql),
+        cmocka_unit_test(test_defaults),
+        cmocka_unit_test(test_pool_keys),
+        cmocka_unit_test(test_pool_key_errors),
+        cmocka_unit_test(test_listen_parse),
+        cmocka_unit_test(test_env),
+        cmocka_unit_test(test_override),
+        cmocka_unit_test(test_describe),
+        cmocka_unit_test(test_store_postgresql),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

@@ -97,10 +97,8 @@ static void test_routing_keys(void **state)
     assert_string_equal(key_for(INT64_C(24) * 3600 * 1000),
                         "1.1.0.1.0.0.1.0.1.1.1.1.0.0.0.0.0.0.0.0." Q);
     /* The most, and beyond it: every bit set. */
-    assert_string_equal(key_for(CW_DELAY_MAX_MS),
-                        "1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1." Q);
-    assert_string_equal(key_for(CW_DELAY_MAX_MS + 1),
-                        "1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1." Q);
+    assert_string_equal(key_for(CW_DELAY_MAX_MS), "1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1." Q);
+    assert_string_equal(key_for(CW_DELAY_MAX_MS + 1), "1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1." Q);
     assert_string_equal(key_for(INT64_MAX), "1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1." Q);
 }
 
@@ -108,9 +106,20 @@ static void test_routing_keys(void **state)
  * for every kind of delay. */
 static void test_ttl_sum_is_delay(void **state)
 {
-    static const int64_t delays[] = {0,      1,      99,      100,      101,     150,
-                                     250,    1000,   1500,    3200,     65535,   86400000,
-                                     INT64_C(104857400), CW_DELAY_MAX_MS};
+    static const int64_t delays[] = {0,
+                                     1,
+                                     99,
+                                     100,
+                                     101,
+                                     150,
+                                     250,
+                                     1000,
+                                     1500,
+                                     3200,
+                                     65535,
+                                     86400000,
+                                     INT64_C(104857400),
+                                     CW_DELAY_MAX_MS};
     uint64_t x = 12345;
 
     (void)state;
@@ -188,8 +197,8 @@ static void test_broker_headers(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_constants),        cmocka_unit_test(test_units),
-        cmocka_unit_test(test_routing_keys),     cmocka_unit_test(test_ttl_sum_is_delay),
+        cmocka_unit_test(test_constants),          cmocka_unit_test(test_units),
+        cmocka_unit_test(test_routing_keys),       cmocka_unit_test(test_ttl_sum_is_delay),
         cmocka_unit_test(test_routing_key_limits), cmocka_unit_test(test_broker_headers),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -54,54 +54,54 @@ static void build(amqp_envelope_t *env, bool all_props)
     deaths[0] = (amqp_field_value_t){.kind = AMQP_FIELD_KIND_TABLE,
                                      .value.table = {.num_entries = 3, .entries = inner}};
     int n = 0;
-    headers[n++] = entry("cw-error", (amqp_field_value_t){
-                                         .kind = AMQP_FIELD_KIND_UTF8,
-                                         .value.bytes = amqp_cstring_bytes("unknown payment ✓")});
-    headers[n++] = entry("latin1", (amqp_field_value_t){.kind = AMQP_FIELD_KIND_UTF8,
-                                                        .value.bytes = {.len = 4,
-                                                                        .bytes = (void *)latin1}});
+    headers[n++] = entry("cw-error", (amqp_field_value_t){.kind = AMQP_FIELD_KIND_UTF8,
+                                                          .value.bytes = amqp_cstring_bytes(
+                                                              "unknown payment ✓")});
+    headers[n++] = entry("latin1",
+                         (amqp_field_value_t){.kind = AMQP_FIELD_KIND_UTF8,
+                                              .value.bytes = {.len = 4, .bytes = (void *)latin1}});
     headers[n++] = entry("empty", (amqp_field_value_t){.kind = AMQP_FIELD_KIND_UTF8,
                                                        .value.bytes = {.len = 0, .bytes = NULL}});
-    headers[n++] = entry("t", (amqp_field_value_t){.kind = AMQP_FIELD_KIND_BOOLEAN,
-                                                   .value.boolean = 1});
+    headers[n++] = entry("t",
+                         (amqp_field_value_t){.kind = AMQP_FIELD_KIND_BOOLEAN, .value.boolean = 1});
     headers[n++] = entry("b", (amqp_field_value_t){.kind = AMQP_FIELD_KIND_I8, .value.i8 = -128});
     headers[n++] = entry("B", (amqp_field_value_t){.kind = AMQP_FIELD_KIND_U8, .value.u8 = 255});
-    headers[n++] = entry("s", (amqp_field_value_t){.kind = AMQP_FIELD_KIND_I16,
-                                                   .value.i16 = -32768});
-    headers[n++] = entry("u", (amqp_field_value_t){.kind = AMQP_FIELD_KIND_U16,
-                                                   .value.u16 = 65535});
-    headers[n++] = entry("I", (amqp_field_value_t){.kind = AMQP_FIELD_KIND_I32,
-                                                   .value.i32 = INT32_MIN});
+    headers[n++] = entry("s",
+                         (amqp_field_value_t){.kind = AMQP_FIELD_KIND_I16, .value.i16 = -32768});
+    headers[n++] = entry("u",
+                         (amqp_field_value_t){.kind = AMQP_FIELD_KIND_U16, .value.u16 = 65535});
+    headers[n++] = entry("I",
+                         (amqp_field_value_t){.kind = AMQP_FIELD_KIND_I32, .value.i32 = INT32_MIN});
     headers[n++] = entry("i", (amqp_field_value_t){.kind = AMQP_FIELD_KIND_U32,
                                                    .value.u32 = UINT32_MAX});
-    headers[n++] = entry("l", (amqp_field_value_t){.kind = AMQP_FIELD_KIND_I64,
-                                                   .value.i64 = INT64_MIN});
+    headers[n++] = entry("l",
+                         (amqp_field_value_t){.kind = AMQP_FIELD_KIND_I64, .value.i64 = INT64_MIN});
     headers[n++] = entry("L", (amqp_field_value_t){.kind = AMQP_FIELD_KIND_U64,
                                                    .value.u64 = UINT64_MAX});
-    headers[n++] = entry("f", (amqp_field_value_t){.kind = AMQP_FIELD_KIND_F32,
-                                                   .value.f32 = 0.1f});
+    headers[n++] = entry("f", (amqp_field_value_t){.kind = AMQP_FIELD_KIND_F32, .value.f32 = 0.1f});
     headers[n++] = entry("d", (amqp_field_value_t){.kind = AMQP_FIELD_KIND_F64,
                                                    .value.f64 = -1.0 / 3.0});
-    headers[n++] = entry("nan", (amqp_field_value_t){.kind = AMQP_FIELD_KIND_F64,
-                                                     .value.f64 = NAN});
-    headers[n++] = entry("inf", (amqp_field_value_t){.kind = AMQP_FIELD_KIND_F32,
-                                                     .value.f32 = -INFINITY});
-    headers[n++] = entry("negzero", (amqp_field_value_t){.kind = AMQP_FIELD_KIND_F64,
-                                                         .value.f64 = -0.0});
-    headers[n++] = entry("D", (amqp_field_value_t){.kind = AMQP_FIELD_KIND_DECIMAL,
-                                                   .value.decimal = {.decimals = 2,
-                                                                     .value = 129900}});
+    headers[n++] = entry("nan",
+                         (amqp_field_value_t){.kind = AMQP_FIELD_KIND_F64, .value.f64 = NAN});
+    headers[n++] = entry("inf",
+                         (amqp_field_value_t){.kind = AMQP_FIELD_KIND_F32, .value.f32 = -INFINITY});
+    headers[n++] = entry("negzero",
+                         (amqp_field_value_t){.kind = AMQP_FIELD_KIND_F64, .value.f64 = -0.0});
+    headers[n++] = entry("D",
+                         (amqp_field_value_t){.kind = AMQP_FIELD_KIND_DECIMAL,
+                                              .value.decimal = {.decimals = 2, .value = 129900}});
     headers[n++] = entry("T", (amqp_field_value_t){.kind = AMQP_FIELD_KIND_TIMESTAMP,
                                                    .value.u64 = 1764020001});
     headers[n++] = entry("V", (amqp_field_value_t){.kind = AMQP_FIELD_KIND_VOID});
-    headers[n++] = entry("x", (amqp_field_value_t){.kind = AMQP_FIELD_KIND_BYTES,
-                                                   .value.bytes = {.len = 4, .bytes = (void *)bin}});
-    headers[n++] = entry("x-death", (amqp_field_value_t){
-                                        .kind = AMQP_FIELD_KIND_ARRAY,
-                                        .value.array = {.num_entries = 1, .entries = deaths}});
-    headers[n++] = entry("tbl", (amqp_field_value_t){
-                                    .kind = AMQP_FIELD_KIND_TABLE,
-                                    .value.table = {.num_entries = 3, .entries = inner}});
+    headers[n++] = entry("x",
+                         (amqp_field_value_t){.kind = AMQP_FIELD_KIND_BYTES,
+                                              .value.bytes = {.len = 4, .bytes = (void *)bin}});
+    headers[n++] = entry("x-death", (amqp_field_value_t){.kind = AMQP_FIELD_KIND_ARRAY,
+                                                         .value.array = {.num_entries = 1,
+                                                                         .entries = deaths}});
+    headers[n++] = entry("tbl",
+                         (amqp_field_value_t){.kind = AMQP_FIELD_KIND_TABLE,
+                                              .value.table = {.num_entries = 3, .entries = inner}});
     headers[n++] = entry("dup", (amqp_field_value_t){.kind = AMQP_FIELD_KIND_I32, .value.i32 = 1});
     headers[n++] = entry("dup", (amqp_field_value_t){.kind = AMQP_FIELD_KIND_I32, .value.i32 = 2});
     n_headers = n;
@@ -114,9 +114,8 @@ static void build(amqp_envelope_t *env, bool all_props)
         p->_flags |= AMQP_BASIC_CONTENT_TYPE_FLAG | AMQP_BASIC_CONTENT_ENCODING_FLAG |
                      AMQP_BASIC_HEADERS_FLAG | AMQP_BASIC_PRIORITY_FLAG |
                      AMQP_BASIC_CORRELATION_ID_FLAG | AMQP_BASIC_REPLY_TO_FLAG |
-                     AMQP_BASIC_EXPIRATION_FLAG | AMQP_BASIC_TIMESTAMP_FLAG |
-                     AMQP_BASIC_TYPE_FLAG | AMQP_BASIC_USER_ID_FLAG | AMQP_BASIC_APP_ID_FLAG |
-                     AMQP_BASIC_CLUSTER_ID_FLAG;
+                     AMQP_BASIC_EXPIRATION_FLAG | AMQP_BASIC_TIMESTAMP_FLAG | AMQP_BASIC_TYPE_FLAG |
+                     AMQP_BASIC_USER_ID_FLAG | AMQP_BASIC_APP_ID_FLAG | AMQP_BASIC_CLUSTER_ID_FLAG;
         p->content_type = amqp_cstring_bytes("application/json");
         p->content_encoding = amqp_cstring_bytes("gzip");
         p->headers.num_entries = n;
@@ -141,15 +140,15 @@ static void build(amqp_envelope_t *env, bool all_props)
 static size_t props_bytes(const amqp_basic_properties_t *p, char *out, size_t cap)
 {
     size_t o = 0;
-#define PUT(ptr, n)                                                             \
-    do {                                                                        \
-        size_t n_ = (n);                                                        \
-        assert_true(o + n_ + sizeof n_ <= cap);                                 \
-        memcpy(out + o, &n_, sizeof n_);                                        \
-        o += sizeof n_;                                                         \
-        if (n_)                                                                 \
-            memcpy(out + o, (ptr), n_);                                         \
-        o += n_;                                                                \
+#define PUT(ptr, n)                                                                                \
+    do {                                                                                           \
+        size_t n_ = (n);                                                                           \
+        assert_true(o + n_ + sizeof n_ <= cap);                                                    \
+        memcpy(out + o, &n_, sizeof n_);                                                           \
+        o += sizeof n_;                                                                            \
+        if (n_)                                                                                    \
+            memcpy(out + o, (ptr), n_);                                                            \
+        o += n_;                                                                                   \
     } while (0)
     PUT(&p->_flags, sizeof p->_flags);
     const amqp_bytes_t *strs[] = {&p->content_type, &p->content_encoding, &p->correlation_id,
@@ -272,9 +271,11 @@ static void test_export_readable_forms(void **state)
                                  "\"value\":{\"base64\":\"Y2Fm6Q==\"}}"));
     assert_non_null(strstr(line, "\"reply_to\":{\"base64\":\"Y2Fm6Q==\"}"));
     assert_non_null(strstr(line, "{\"key\":\"B\",\"type\":\"u8\",\"value\":255}"));
-    assert_non_null(strstr(line, "{\"key\":\"L\",\"type\":\"u64\",\"value\":18446744073709551615}"));
+    assert_non_null(
+        strstr(line, "{\"key\":\"L\",\"type\":\"u64\",\"value\":18446744073709551615}"));
     assert_non_null(strstr(line, "{\"key\":\"V\",\"type\":\"void\"}"));
-    assert_non_null(strstr(line, "\"type\":\"decimal\",\"value\":{\"decimals\":2,\"value\":129900}"));
+    assert_non_null(
+        strstr(line, "\"type\":\"decimal\",\"value\":{\"decimals\":2,\"value\":129900}"));
     assert_non_null(strstr(line, "\"type\":\"f64\",\"value\":{\"bits\":\"7ff8"));
     assert_non_null(strstr(line, "\"format\":\"compworker-dlq\",\"version\":1"));
     assert_non_null(strstr(line, "\"timestamp\":1764020000"));
@@ -285,8 +286,8 @@ static void test_export_leaves_out_delivery_count(void **state)
 {
     (void)state;
     amqp_table_entry_t h[2] = {
-        entry("x-delivery-count", (amqp_field_value_t){.kind = AMQP_FIELD_KIND_I64,
-                                                       .value.i64 = 3}),
+        entry("x-delivery-count",
+              (amqp_field_value_t){.kind = AMQP_FIELD_KIND_I64, .value.i64 = 3}),
         entry("keep", (amqp_field_value_t){.kind = AMQP_FIELD_KIND_I32, .value.i32 = 1}),
     };
     amqp_envelope_t env;
@@ -368,8 +369,10 @@ static void test_import_refusals(void **state)
                         "\"value\":{\"bits\":\"xyz\"}}]},\"body_base64\":\"\"}",
                    "are not 16 hex digits");
     char long_type[400];
-    snprintf(long_type, sizeof long_type, HEAD "\"properties\":{\"type\":\"%0300d\"},"
-                                               "\"body_base64\":\"\"}", 0);
+    snprintf(long_type, sizeof long_type,
+             HEAD "\"properties\":{\"type\":\"%0300d\"},"
+                  "\"body_base64\":\"\"}",
+             0);
     expect_refused(long_type, "at most 255 bytes");
 }
 
@@ -383,8 +386,12 @@ static void test_base64(void **state)
         size_t len;
         const char *enc;
     } cases[] = {
-        {"", 0, ""}, {"f", 1, "Zg=="}, {"fo", 2, "Zm8="}, {"foo", 3, "Zm9v"},
-        {"\x00\xff\x10", 3, "AP8Q"}, {"foobar", 6, "Zm9vYmFy"},
+        {"", 0, ""},
+        {"f", 1, "Zg=="},
+        {"fo", 2, "Zm8="},
+        {"foo", 3, "Zm9v"},
+        {"\x00\xff\x10", 3, "AP8Q"},
+        {"foobar", 6, "Zm9vYmFy"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
         char *e = cw_dlq_base64(cases[i].raw, cases[i].len);
@@ -426,8 +433,8 @@ static cw_dlq_msg msg(const char *id, const char *type, const char *saga, const 
 static void test_filters(void **state)
 {
     (void)state;
-    cw_dlq_msg m = msg("m-1", "payment.refund", "saga-7", "permanent",
-                       "Unknown payment pay-0043-x", 1000000);
+    cw_dlq_msg m = msg("m-1", "payment.refund", "saga-7", "permanent", "Unknown payment pay-0043-x",
+                       1000000);
     cw_dlq_filter f;
     memset(&f, 0, sizeof f);
     assert_false(cw_dlq_filter_active(&f));
@@ -492,8 +499,16 @@ static void test_times(void **state)
     assert_true(cw_dlq_parse_time("2026-06-01", now, &day));
     assert_true(cw_dlq_parse_time("2026-06-01T12:00", now, &noon));
     assert_int_equal(noon - day, 12 * 3600 * 1000);
-    const char *bad[] = {"", "2", "2x", "h", "-2h", "2026-13-01", "2026-11-24T25:00",
-                         "yesterday", "2026-11-24T21:50:03.Z", "2026-11-24T21:50:03+1"};
+    const char *bad[] = {"",
+                         "2",
+                         "2x",
+                         "h",
+                         "-2h",
+                         "2026-13-01",
+                         "2026-11-24T25:00",
+                         "yesterday",
+                         "2026-11-24T21:50:03.Z",
+                         "2026-11-24T21:50:03+1"};
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
         if (cw_dlq_parse_time(bad[i], now, &t))
             fail_msg("'%s' accepted as a time", bad[i]);
@@ -572,14 +587,14 @@ static void test_replay_props(void **state)
         entry("cw-replayed", (amqp_field_value_t){.kind = AMQP_FIELD_KIND_I64, .value.i64 = 1}),
         entry("x-death", (amqp_field_value_t){.kind = AMQP_FIELD_KIND_VOID}),
         entry("x-first-death-queue", (amqp_field_value_t){.kind = AMQP_FIELD_KIND_VOID}),
-        entry("x-delivery-count", (amqp_field_value_t){.kind = AMQP_FIELD_KIND_I64,
-                                                       .value.i64 = 4}),
-        entry("cw-original-exchange", (amqp_field_value_t){
-                                          .kind = AMQP_FIELD_KIND_UTF8,
-                                          .value.bytes = amqp_cstring_bytes("cw.tasks")}),
-        entry("cw-original-routing-key", (amqp_field_value_t){
-                                             .kind = AMQP_FIELD_KIND_UTF8,
-                                             .value.bytes = amqp_cstring_bytes("payment.refund")}),
+        entry("x-delivery-count",
+              (amqp_field_value_t){.kind = AMQP_FIELD_KIND_I64, .value.i64 = 4}),
+        entry("cw-original-exchange",
+              (amqp_field_value_t){.kind = AMQP_FIELD_KIND_UTF8,
+                                   .value.bytes = amqp_cstring_bytes("cw.tasks")}),
+        entry("cw-original-routing-key",
+              (amqp_field_value_t){.kind = AMQP_FIELD_KIND_UTF8,
+                                   .value.bytes = amqp_cstring_bytes("payment.refund")}),
         entry("tenant", (amqp_field_value_t){.kind = AMQP_FIELD_KIND_UTF8,
                                              .value.bytes = amqp_cstring_bytes("acme")}),
     };
@@ -620,19 +635,20 @@ static void test_decode(void **state)
     amqp_table_entry_t h[] = {
         entry("cw-error", (amqp_field_value_t){.kind = AMQP_FIELD_KIND_UTF8,
                                                .value.bytes = amqp_cstring_bytes("card declined")}),
-        entry("cw-error-class", (amqp_field_value_t){.kind = AMQP_FIELD_KIND_UTF8,
-                                                     .value.bytes = amqp_cstring_bytes("permanent")}),
-        entry("cw-failed-at", (amqp_field_value_t){
-                                  .kind = AMQP_FIELD_KIND_UTF8,
-                                  .value.bytes = amqp_cstring_bytes("2026-11-24T21:50:03.123Z")}),
+        entry("cw-error-class",
+              (amqp_field_value_t){.kind = AMQP_FIELD_KIND_UTF8,
+                                   .value.bytes = amqp_cstring_bytes("permanent")}),
+        entry("cw-failed-at",
+              (amqp_field_value_t){.kind = AMQP_FIELD_KIND_UTF8,
+                                   .value.bytes = amqp_cstring_bytes("2026-11-24T21:50:03.123Z")}),
         entry("cw-attempt", (amqp_field_value_t){.kind = AMQP_FIELD_KIND_I32, .value.i32 = 3}),
         entry("cw-replayed", (amqp_field_value_t){.kind = AMQP_FIELD_KIND_I32, .value.i32 = 2}),
-        entry("cw-original-exchange", (amqp_field_value_t){
-                                          .kind = AMQP_FIELD_KIND_UTF8,
-                                          .value.bytes = amqp_cstring_bytes("cw.tasks")}),
-        entry("cw-original-routing-key", (amqp_field_value_t){
-                                             .kind = AMQP_FIELD_KIND_UTF8,
-                                             .value.bytes = amqp_cstring_bytes("payment.refund")}),
+        entry("cw-original-exchange",
+              (amqp_field_value_t){.kind = AMQP_FIELD_KIND_UTF8,
+                                   .value.bytes = amqp_cstring_bytes("cw.tasks")}),
+        entry("cw-original-routing-key",
+              (amqp_field_value_t){.kind = AMQP_FIELD_KIND_UTF8,
+                                   .value.bytes = amqp_cstring_bytes("payment.refund")}),
     };
     cw_dlq_msg m;
     memset(&m, 0, sizeof m);
@@ -653,8 +669,8 @@ static void test_decode(void **state)
     assert_string_equal(m.orig_routing_key, "payment.refund");
 
     /* A message the broker dead-lettered: what x-death says. */
-    amqp_field_value_t rks[] = {{.kind = AMQP_FIELD_KIND_UTF8,
-                                 .value.bytes = amqp_cstring_bytes("payment.refund")}};
+    amqp_field_value_t rks[] = {
+        {.kind = AMQP_FIELD_KIND_UTF8, .value.bytes = amqp_cstring_bytes("payment.refund")}};
     amqp_table_entry_t d[] = {
         entry("reason", (amqp_field_value_t){.kind = AMQP_FIELD_KIND_UTF8,
                                              .value.bytes = amqp_cstring_bytes("delivery_limit")}),
@@ -662,18 +678,17 @@ static void test_decode(void **state)
                                             .value.bytes = amqp_cstring_bytes("cw.orders")}),
         entry("exchange", (amqp_field_value_t){.kind = AMQP_FIELD_KIND_UTF8,
                                                .value.bytes = amqp_cstring_bytes("cw.tasks")}),
-        entry("routing-keys", (amqp_field_value_t){.kind = AMQP_FIELD_KIND_ARRAY,
-                                                   .value.array = {.num_entries = 1,
-                                                                   .entries = rks}}),
-        entry("time", (amqp_field_value_t){.kind = AMQP_FIELD_KIND_TIMESTAMP,
-                                           .value.u64 = 1795557003}),
+        entry("routing-keys",
+              (amqp_field_value_t){.kind = AMQP_FIELD_KIND_ARRAY,
+                                   .value.array = {.num_entries = 1, .entries = rks}}),
+        entry("time",
+              (amqp_field_value_t){.kind = AMQP_FIELD_KIND_TIMESTAMP, .value.u64 = 1795557003}),
     };
-    amqp_field_value_t xd[] = {{.kind = AMQP_FIELD_KIND_TABLE,
-                                .value.table = {.num_entries = 5, .entries = d}}};
-    amqp_table_entry_t h2[] = {entry("x-death", (amqp_field_value_t){
-                                                    .kind = AMQP_FIELD_KIND_ARRAY,
-                                                    .value.array = {.num_entries = 1,
-                                                                    .entries = xd}})};
+    amqp_field_value_t xd[] = {
+        {.kind = AMQP_FIELD_KIND_TABLE, .value.table = {.num_entries = 5, .entries = d}}};
+    amqp_table_entry_t h2[] = {
+        entry("x-death", (amqp_field_value_t){.kind = AMQP_FIELD_KIND_ARRAY,
+                                              .value.array = {.num_entries = 1, .entries = xd}})};
     cw_dlq_msg b;
     memset(&b, 0, sizeof b);
     b.env.message.properties._flags = AMQP_BASIC_HEADERS_FLAG;

@@ -68,8 +68,8 @@ static cw_task *msg(fixture *f, const char *body)
     cw_task *t = &f->t;
     t->has_env = false;
     amqp_basic_properties_t *p = &t->env.message.properties;
-    p->_flags = AMQP_BASIC_MESSAGE_ID_FLAG | AMQP_BASIC_TYPE_FLAG |
-                AMQP_BASIC_CORRELATION_ID_FLAG | AMQP_BASIC_CONTENT_TYPE_FLAG;
+    p->_flags = AMQP_BASIC_MESSAGE_ID_FLAG | AMQP_BASIC_TYPE_FLAG | AMQP_BASIC_CORRELATION_ID_FLAG |
+                AMQP_BASIC_CONTENT_TYPE_FLAG;
     p->message_id = bytes("7d3f1c2a-6b1e-4c1a-9f57-0a8e6f1b2c3d");
     p->type = bytes("payment.refund");
     p->correlation_id = bytes("saga-42");

@@ -43,21 +43,21 @@ static void test_utf8(void **state)
         {"{\"s\":\"caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x92\xb8 \xf4\x8f\xbf\xbf\"}", 0, NULL},
         {"{\"s\":\"\x7f\"}", 0, NULL},
         {"{\"s\":\"\x80\"}", 0, "invalid UTF-8 at byte 6"},
-        {"{\"s\":\"\xc0\xaf\"}", 0, "invalid UTF-8"},        /* overlong '/' */
-        {"{\"s\":\"\xc1\xbf\"}", 0, "invalid UTF-8"},        /* overlong */
-        {"{\"s\":\"\xe0\x9f\xbf\"}", 0, "invalid UTF-8"},    /* overlong 3 bytes */
-        {"{\"s\":\"\xe0\xa0\x80\"}", 0, NULL},               /* U+0800, the first 3-byte */
-        {"{\"s\":\"\xed\x9f\xbf\"}", 0, NULL},               /* U+D7FF */
-        {"{\"s\":\"\xed\xa0\x80\"}", 0, "invalid UTF-8"},    /* U+D800, a surrogate */
-        {"{\"s\":\"\xed\xbf\xbf\"}", 0, "invalid UTF-8"},    /* U+DFFF */
+        {"{\"s\":\"\xc0\xaf\"}", 0, "invalid UTF-8"},         /* overlong '/' */
+        {"{\"s\":\"\xc1\xbf\"}", 0, "invalid UTF-8"},         /* overlong */
+        {"{\"s\":\"\xe0\x9f\xbf\"}", 0, "invalid UTF-8"},     /* overlong 3 bytes */
+        {"{\"s\":\"\xe0\xa0\x80\"}", 0, NULL},                /* U+0800, the first 3-byte */
+        {"{\"s\":\"\xed\x9f\xbf\"}", 0, NULL},                /* U+D7FF */
+        {"{\"s\":\"\xed\xa0\x80\"}", 0, "invalid UTF-8"},     /* U+D800, a surrogate */
+        {"{\"s\":\"\xed\xbf\xbf\"}", 0, "invalid UTF-8"},     /* U+DFFF */
         {"{\"s\":\"\xf0\x8f\xbf\xbf\"}", 0, "invalid UTF-8"}, /* overlong 4 bytes */
         {"{\"s\":\"\xf4\x90\x80\x80\"}", 0, "invalid UTF-8"}, /* U+110000 */
         {"{\"s\":\"\xf5\x80\x80\x80\"}", 0, "invalid UTF-8"},
         {"{\"s\":\"\xff\"}", 0, "invalid UTF-8"},
-        {"{\"s\":\"\xe2\x82\"}", 0, "invalid UTF-8"},        /* cut inside the string */
-        {"{\"s\":\"\xe2\x82", 0, "invalid UTF-8"},           /* cut at the very end */
-        {"{\"\xfe\":1}", 0, "invalid UTF-8 at byte 2"},      /* in a key */
-        {"\xef\xbb\xbf{}", 0, "unexpected byte 0xEF at byte 0"}, /* a BOM */
+        {"{\"s\":\"\xe2\x82\"}", 0, "invalid UTF-8"},                    /* cut inside the string */
+        {"{\"s\":\"\xe2\x82", 0, "invalid UTF-8"},                       /* cut at the very end */
+        {"{\"\xfe\":1}", 0, "invalid UTF-8 at byte 2"},                  /* in a key */
+        {"\xef\xbb\xbf{}", 0, "unexpected byte 0xEF at byte 0"},         /* a BOM */
         {"{\"s\":\"caf\xc3\xa9\"} \xc3\xa9", 0, "unexpected byte 0xC3"}, /* outside strings */
     };
     run_text_cases(cases, sizeof cases / sizeof *cases);
@@ -113,12 +113,12 @@ static void test_numbers(void **state)
         {"[1.8e308]", 0, "number out of range (beyond a double)"},
         {"[-1.8e308]", 0, "number out of range"},
         {"[1e309]", 0, "number out of range"},
-        {"[0.00001e313]", 0, NULL}, /* 1e308 */
+        {"[0.00001e313]", 0, NULL},                 /* 1e308 */
         {"[0.0001e313]", 0, "number out of range"}, /* 1e309 */
         {"[1e400]", 0, "number out of range"},
         {"[1e99999999999999999999]", 0, "number out of range"},
         {"[1e-400,0e999999,0.0e400]", 0, NULL}, /* tiny or zero */
-        {"[01]", 0, NULL},  /* "0" then "1": the parser refuses the structure */
+        {"[01]", 0, NULL},                      /* "0" then "1": the parser refuses the structure */
         {"[1.]", 0, "malformed number"},
         {"[1.e5]", 0, "malformed number"},
         {"[1e]", 0, "malformed number"},
@@ -137,8 +137,8 @@ static void test_numbers(void **state)
         snprintf(num + k + zeros, sizeof num - (size_t)(k + zeros), ".0]");
         bool ok = cw__json_text_check(num, strlen(num), why, sizeof why);
         if (ok != (zeros == 292))
-            fail_msg("%d digits before the point: %s (%s)", 17 + zeros,
-                     ok ? "passes" : "refused", why);
+            fail_msg("%d digits before the point: %s (%s)", 17 + zeros, ok ? "passes" : "refused",
+                     why);
     }
 }
 
@@ -204,8 +204,8 @@ static void test_object_check(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_utf8),          cmocka_unit_test(test_strings),
-        cmocka_unit_test(test_words),         cmocka_unit_test(test_numbers),
+        cmocka_unit_test(test_utf8),         cmocka_unit_test(test_strings),
+        cmocka_unit_test(test_words),        cmocka_unit_test(test_numbers),
         cmocka_unit_test(test_object_check),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -101,15 +101,17 @@ static void test_exposition(void **state)
     atomic_store(&m->workers_desired, 2);
 
     char *t = render(m, 5);
-    expect_line(t, "# HELP compworker_tasks_received_total Deliveries taken from the pool queue and "
-                   "settled, by task type.");
+    expect_line(t,
+                "# HELP compworker_tasks_received_total Deliveries taken from the pool queue and "
+                "settled, by task type.");
     expect_line(t, "# TYPE compworker_tasks_received_total counter");
     expect_line(t, "compworker_tasks_received_total{pool=\"orders\",type=\"payment.refund\"} 3");
     expect_line(t, "compworker_tasks_received_total{pool=\"orders\",type=\"stock.restock\"} 0");
     expect_line(t, "compworker_tasks_received_total{pool=\"orders\",type=\"(other)\"} 1");
     expect_line(t, "compworker_tasks_succeeded_total{pool=\"orders\",type=\"payment.refund\"} 1");
     expect_line(t, "compworker_tasks_retried_total{pool=\"orders\",type=\"payment.refund\"} 1");
-    expect_line(t, "compworker_tasks_duplicates_skipped_total{pool=\"orders\",type=\"payment.refund\"} 1");
+    expect_line(
+        t, "compworker_tasks_duplicates_skipped_total{pool=\"orders\",type=\"payment.refund\"} 1");
     expect_line(t, "compworker_tasks_dead_lettered_total{pool=\"orders\",type=\"payment.refund\","
                    "error_class=\"exhausted\"} 1");
     expect_line(t, "compworker_tasks_dead_lettered_total{pool=\"orders\",type=\"payment.refund\","
@@ -120,14 +122,29 @@ static void test_exposition(void **state)
     expect_no(t, "type=\"(other)\",error_class=\"poison\"");
     /* The histogram: cumulative buckets, +Inf last, sum in seconds, count. */
     expect_line(t, "# TYPE compworker_handler_duration_seconds histogram");
-    expect_line(t, "compworker_handler_duration_seconds_bucket{pool=\"orders\",type=\"payment.refund\",le=\"0.001\"} 0");
-    expect_line(t, "compworker_handler_duration_seconds_bucket{pool=\"orders\",type=\"payment.refund\",le=\"0.005\"} 1");
-    expect_line(t, "compworker_handler_duration_seconds_bucket{pool=\"orders\",type=\"payment.refund\",le=\"1\"} 1");
-    expect_line(t, "compworker_handler_duration_seconds_bucket{pool=\"orders\",type=\"payment.refund\",le=\"2.5\"} 2");
-    expect_line(t, "compworker_handler_duration_seconds_bucket{pool=\"orders\",type=\"payment.refund\",le=\"60\"} 2");
-    expect_line(t, "compworker_handler_duration_seconds_bucket{pool=\"orders\",type=\"payment.refund\",le=\"+Inf\"} 3");
-    expect_line(t, "compworker_handler_duration_seconds_sum{pool=\"orders\",type=\"payment.refund\"} 92.003000");
-    expect_line(t, "compworker_handler_duration_seconds_count{pool=\"orders\",type=\"payment.refund\"} 3");
+    expect_line(
+        t,
+        "compworker_handler_duration_seconds_bucket{pool=\"orders\",type=\"payment.refund\",le=\"0.001\"} 0");
+    expect_line(
+        t,
+        "compworker_handler_duration_seconds_bucket{pool=\"orders\",type=\"payment.refund\",le=\"0.005\"} 1");
+    expect_line(
+        t,
+        "compworker_handler_duration_seconds_bucket{pool=\"orders\",type=\"payment.refund\",le=\"1\"} 1");
+    expect_line(
+        t,
+        "compworker_handler_duration_seconds_bucket{pool=\"orders\",type=\"payment.refund\",le=\"2.5\"} 2");
+    expect_line(
+        t,
+        "compworker_handler_duration_seconds_bucket{pool=\"orders\",type=\"payment.refund\",le=\"60\"} 2");
+    expect_line(
+        t,
+        "compworker_handler_duration_seconds_bucket{pool=\"orders\",type=\"payment.refund\",le=\"+Inf\"} 3");
+    expect_line(
+        t,
+        "compworker_handler_duration_seconds_sum{pool=\"orders\",type=\"payment.refund\"} 92.003000");
+    expect_line(
+        t, "compworker_handler_duration_seconds_count{pool=\"orders\",type=\"payment.refund\"} 3");
     expect_line(t, "compworker_workers{pool=\"orders\"} 1");
     expect_line(t, "compworker_workers_desired{pool=\"orders\"} 2");
     expect_line(t, "compworker_workers_connected{pool=\"orders\"} 1");
@@ -208,7 +225,10 @@ static void test_shared_across_fork(void **state)
     (void)state;
     cw_metrics *m;
     assert_int_equal(cw_metrics_new(&m), 0);
-    enum { CHILDREN = 4, EACH = 10000 };
+    enum {
+        CHILDREN = 4,
+        EACH = 10000
+    };
     for (int c = 0; c < CHILDREN; c++) {
         int slot = cw_metrics_slot_take(m);
         pid_t pid = fork();

@@ -41,9 +41,10 @@ static const cw_opt_spec shared_specs[] = {
 };
 
 static const cw_opt_spec test_specs[] = {
-    {CW_OPT_VALUE, "config", 'c', "FILE", "the file to read",
-     .offset = offsetof(args, config), .flags = CW_OPT_REQUIRED},
-    {CW_OPT_VALUE, "level", 'l', "LEVEL", "how much to say: debug, info, warn or error, in "
+    {CW_OPT_VALUE, "config", 'c', "FILE", "the file to read", .offset = offsetof(args, config),
+     .flags = CW_OPT_REQUIRED},
+    {CW_OPT_VALUE, "level", 'l', "LEVEL",
+     "how much to say: debug, info, warn or error, in "
      "increasing order of importance, the default being info",
      .offset = offsetof(args, level)},
     {CW_OPT_VALUE, "count", 0, "N", "how many", .parse = parse_count},
@@ -171,7 +172,7 @@ static void test_values_long_and_short(void **state)
 {
     (void)state;
     static const char *const forms[][3] = {
-        {"-c", "a.ini", NULL},    {"-ca.ini", NULL, NULL}, {"--config", "a.ini", NULL},
+        {"-c", "a.ini", NULL},          {"-ca.ini", NULL, NULL},   {"--config", "a.ini", NULL},
         {"--config=a.ini", NULL, NULL}, {"--conf", "a.ini", NULL}, /* a unique prefix */
     };
     for (size_t i = 0; i < sizeof forms / sizeof *forms; i++) {
@@ -359,8 +360,8 @@ static void listed(const cw_opt_spec *r, const char *help)
     if (r->kind == CW_OPT_GROUP) {
         snprintf(want, sizeof want, "\n%s\n", r->help);
     } else if (r->alias) {
-        snprintf(want, sizeof want, "  -%c, --%s%s%s ", r->alias, r->name,
-                 r->value_name ? " " : "", r->value_name ? r->value_name : "");
+        snprintf(want, sizeof want, "  -%c, --%s%s%s ", r->alias, r->name, r->value_name ? " " : "",
+                 r->value_name ? r->value_name : "");
     } else {
         snprintf(want, sizeof want, "      --%s%s%s ", r->name, r->value_name ? " " : "",
                  r->value_name ? r->value_name : "");
@@ -386,26 +387,26 @@ static void test_help_lists_every_option(void **state)
     (void)state;
     char *help = help_text();
     each_row(test_specs, listed, help);
-    assert_string_equal(help,
-        "usage: compworker test -c FILE [options] ARG...\n"
-        "\n"
-        "tests the parser\n"
-        "\n"
-        "options:\n"
-        "  -c, --config FILE  the file to read\n"
-        "  -l, --level LEVEL  how much to say: debug, info, warn or error, in increasing\n"
-        "                     order of importance, the default being info\n"
-        "      --count N      how many\n"
-        "  -j, --json         JSON\n"
-        "      --jsonl        JSON lines\n"
-        "  -h, --help         print this help\n"
-        "\n"
-        "shared:\n"
-        "      --dry-run      change nothing\n"
-        "\n"
-        "One paragraph.\n"
-        "\n"
-        "Another one.\n");
+    assert_string_equal(
+        help, "usage: compworker test -c FILE [options] ARG...\n"
+              "\n"
+              "tests the parser\n"
+              "\n"
+              "options:\n"
+              "  -c, --config FILE  the file to read\n"
+              "  -l, --level LEVEL  how much to say: debug, info, warn or error, in increasing\n"
+              "                     order of importance, the default being info\n"
+              "      --count N      how many\n"
+              "  -j, --json         JSON\n"
+              "      --jsonl        JSON lines\n"
+              "  -h, --help         print this help\n"
+              "\n"
+              "shared:\n"
+              "      --dry-run      change nothing\n"
+              "\n"
+              "One paragraph.\n"
+              "\n"
+              "Another one.\n");
     free(help);
 
     /* A family's options, each once. */

@@ -31,7 +31,10 @@ typedef struct demo_opts {
 } demo_opts;
 
 #define DEMO_VERSION 2
-#define DEMO_INIT {DEMO_VERSION, -1, NULL, 7}
+#define DEMO_INIT                                                                                  \
+    {                                                                                              \
+        DEMO_VERSION, -1, NULL, 7                                                                  \
+    }
 
 static const size_t demo_sizes[DEMO_VERSION] = {offsetof(demo_opts, b), sizeof(demo_opts)};
 
@@ -163,8 +166,7 @@ static void test_publish_opts_init(void **state)
     assert_int_equal(o.body_len, 0);
     assert_null(o.routing_key);
     assert_int_equal(o.confirm_timeout_ms, 0);
-    assert_int_equal(cw_publish_opts_init(&o, CW_PUBLISH_OPTS_VERSION + 1),
-                     CW_STATUS_INVALID_ARG);
+    assert_int_equal(cw_publish_opts_init(&o, CW_PUBLISH_OPTS_VERSION + 1), CW_STATUS_INVALID_ARG);
 }
 
 int main(void)

@@ -132,8 +132,7 @@ static void test_duplicate_type(void **state)
 {
     cw_registry *reg = *state;
     assert_int_equal(cw_register_handler(reg, "payment.refund", handler_a, NULL), 0);
-    assert_int_equal(cw_register_handler(reg, "payment.refund", handler_b, NULL),
-                     CW_STATUS_EXISTS);
+    assert_int_equal(cw_register_handler(reg, "payment.refund", handler_b, NULL), CW_STATUS_EXISTS);
     assert_error_mentions("'payment.refund'");
     assert_error_mentions("the program");
 

@@ -156,7 +156,8 @@ static void test_jitter_exact(void **state)
     assert_int_equal(cw_retry_jitter_ms(CW_JITTER_EQUAL, 1, 1), 1);
     assert_int_equal(cw_retry_jitter_ms(CW_JITTER_EQUAL, 0, UINT64_MAX), 0);
     assert_int_equal(cw_retry_jitter_ms(CW_JITTER_EQUAL, INT64_MAX, UINT64_MAX),
-                     INT64_MAX / 2 + (int64_t)(UINT64_MAX % ((uint64_t)(INT64_MAX - INT64_MAX / 2) + 1)));
+                     INT64_MAX / 2 +
+                         (int64_t)(UINT64_MAX % ((uint64_t)(INT64_MAX - INT64_MAX / 2) + 1)));
 }
 
 /* Over many random values, the jittered delay stays in its range and
@@ -233,9 +234,10 @@ static void test_merge(void **state)
 
     /* Everything, over the defaults; then layers apply in order. */
     cw_retry_policy_default(&base);
-    cw_retry_policy_merge(&base, &layer, CW_RETRY_SET_MAX_ATTEMPTS | CW_RETRY_SET_INTERVAL |
-                                             CW_RETRY_SET_BACKOFF_RATE | CW_RETRY_SET_MAX_DELAY |
-                                             CW_RETRY_SET_JITTER);
+    cw_retry_policy_merge(&base, &layer,
+                          CW_RETRY_SET_MAX_ATTEMPTS | CW_RETRY_SET_INTERVAL |
+                              CW_RETRY_SET_BACKOFF_RATE | CW_RETRY_SET_MAX_DELAY |
+                              CW_RETRY_SET_JITTER);
     expect_policy(&base, &layer);
     cw_retry_policy top = policy(2, 0, 1.0, 0, CW_JITTER_NONE);
     cw_retry_policy_merge(&base, &top, CW_RETRY_SET_JITTER | CW_RETRY_SET_INTERVAL);

@@ -57,8 +57,7 @@ static void test_codes_distinct(void **state)
             fail_msg("status %s is %d, not negative", rows[i].name, rows[i].value);
         for (size_t j = i + 1; j < N_ROWS; j++) {
             if (rows[i].value == rows[j].value)
-                fail_msg("%s and %s share the value %d", rows[i].name, rows[j].name,
-                         rows[i].value);
+                fail_msg("%s and %s share the value %d", rows[i].name, rows[j].name, rows[i].value);
             if (strcmp(cw_status_name(rows[i].value), cw_status_name(rows[j].value)) == 0)
                 fail_msg("two codes are named %s", rows[i].name);
             if (strcmp(cw_strerror(rows[i].value), cw_strerror(rows[j].value)) == 0)
@@ -148,12 +147,9 @@ static void test_version(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_every_code_has_message),
-        cmocka_unit_test(test_codes_distinct),
-        cmocka_unit_test(test_unknown_codes),
-        cmocka_unit_test(test_error_last),
-        cmocka_unit_test(test_error_per_thread),
-        cmocka_unit_test(test_version),
+        cmocka_unit_test(test_every_code_has_message), cmocka_unit_test(test_codes_distinct),
+        cmocka_unit_test(test_unknown_codes),          cmocka_unit_test(test_error_last),
+        cmocka_unit_test(test_error_per_thread),       cmocka_unit_test(test_version),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

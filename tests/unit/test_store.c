@@ -167,53 +167,53 @@ static int group_teardown(void **state)
 }
 
 /* The PostgreSQL variant of a case: skipped without a test server. */
-#define PG_CASE(name)                                                           \
-    static void name##_pg(void **state)                                        \
-    {                                                                          \
-        (void)state;                                                           \
-        if (!pg_url())                                                         \
-            skip();                                                            \
-        fixture f;                                                             \
-        next_path(&f, "postgresql");                                           \
-        name(&f);                                                              \
+#define PG_CASE(name)                                                                              \
+    static void name##_pg(void **state)                                                            \
+    {                                                                                              \
+        (void)state;                                                                               \
+        if (!pg_url())                                                                             \
+            skip();                                                                                \
+        fixture f;                                                                                 \
+        next_path(&f, "postgresql");                                                               \
+        name(&f);                                                                                  \
     }
 
 /* Every test that runs on both backends is a function of the fixture. */
-#define BOTH(name)                                                              \
-    static void name##_file(void **state)                                      \
-    {                                                                          \
-        (void)state;                                                           \
-        fixture f;                                                             \
-        next_path(&f, "sqlite");                                               \
-        name(&f);                                                              \
-    }                                                                          \
-    static void name##_memory(void **state)                                    \
-    {                                                                          \
-        (void)state;                                                           \
-        fixture f;                                                             \
-        next_path(&f, "memory");                                               \
-        name(&f);                                                              \
-    }                                                                          \
+#define BOTH(name)                                                                                 \
+    static void name##_file(void **state)                                                          \
+    {                                                                                              \
+        (void)state;                                                                               \
+        fixture f;                                                                                 \
+        next_path(&f, "sqlite");                                                                   \
+        name(&f);                                                                                  \
+    }                                                                                              \
+    static void name##_memory(void **state)                                                        \
+    {                                                                                              \
+        (void)state;                                                                               \
+        fixture f;                                                                                 \
+        next_path(&f, "memory");                                                                   \
+        name(&f);                                                                                  \
+    }                                                                                              \
     PG_CASE(name)
 
 /* Cases of several owners sharing one store: a file, or a server. */
-#define SHARED(name)                                                            \
-    static void name##_file(void **state)                                      \
-    {                                                                          \
-        (void)state;                                                           \
-        fixture f;                                                             \
-        next_path(&f, "sqlite");                                               \
-        name(&f);                                                              \
-    }                                                                          \
+#define SHARED(name)                                                                               \
+    static void name##_file(void **state)                                                          \
+    {                                                                                              \
+        (void)state;                                                                               \
+        fixture f;                                                                                 \
+        next_path(&f, "sqlite");                                                                   \
+        name(&f);                                                                                  \
+    }                                                                                              \
     PG_CASE(name)
 
-#define FILE_ONLY(name)                                                         \
-    static void name##_file(void **state)                                      \
-    {                                                                          \
-        (void)state;                                                           \
-        fixture f;                                                             \
-        next_path(&f, "sqlite");                                               \
-        name(&f);                                                              \
+#define FILE_ONLY(name)                                                                            \
+    static void name##_file(void **state)                                                          \
+    {                                                                                              \
+        (void)state;                                                                               \
+        fixture f;                                                                                 \
+        next_path(&f, "sqlite");                                                                   \
+        name(&f);                                                                                  \
     }
 
 /* ---- claims ------------------------------------------------------------ */
@@ -846,7 +846,9 @@ static void newer_schema_refused(void **state)
 static void unknown_backend(void **state)
 {
     (void)state;
-    cw_store_opts o = {.backend = "redis-ish", .path = "/tmp/x", .owner = "w1",
+    cw_store_opts o = {.backend = "redis-ish",
+                       .path = "/tmp/x",
+                       .owner = "w1",
                        .lease_ms = LEASE_MS};
     cw_store *s = (cw_store *)&o;
     assert_int_equal(cw_store_open(&s, &o), CW_STATUS_CONFIG);

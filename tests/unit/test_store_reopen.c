@@ -33,9 +33,14 @@ static bool alive_yes(const char *owner, void *ud)
 
 static cw_store *open_as(const char *path, const char *owner)
 {
-    cw_store_opts o = {.backend = backend, .path = path, .url = getenv("CW_TEST_PG_URL"),
-                       .schema = schema, .owner = owner, .lease_ms = LEASE_MS,
-                       .sync_full = false, .owner_alive = alive_yes};
+    cw_store_opts o = {.backend = backend,
+                       .path = path,
+                       .url = getenv("CW_TEST_PG_URL"),
+                       .schema = schema,
+                       .owner = owner,
+                       .lease_ms = LEASE_MS,
+                       .sync_full = false,
+                       .owner_alive = alive_yes};
     cw_store *s = NULL;
     if (cw_store_open(&s, &o))
         fail_msg("open %s: %s", path, cw_error_last());
@@ -57,10 +62,11 @@ static cw_claim claim(cw_store *s, const char *id, int64_t now)
     return c;
 }
 
-static void settle(cw_store *s, const char *id, cw_task_state st, const char *outcome,
-                   int64_t now)
+static void settle(cw_store *s, const char *id, cw_task_state st, const char *outcome, int64_t now)
 {
-    cw_settle_req req = {.message_id = id, .state = st, .outcome = outcome,
+    cw_settle_req req = {.message_id = id,
+                         .state = st,
+                         .outcome = outcome,
                          .error_class = st == CW_STATE_DONE ? NULL : "permanent",
                          .reason = st == CW_STATE_DONE ? NULL : "unknown payment"};
     if (cw_store_settle(s, &req, now))
@@ -98,8 +104,11 @@ static hist history(cw_store *s, const char *id)
 
 static int reopen(cw_store *s, const char *id, bool force, int64_t now, cw_task_state *was)
 {
-    cw_reopen_req req = {.message_id = id, .saga_id = "saga-r", .type = "payment.refund",
-                         .reason = "replayed by test", .force = force};
+    cw_reopen_req req = {.message_id = id,
+                         .saga_id = "saga-r",
+                         .type = "payment.refund",
+                         .reason = "replayed by test",
+                         .force = force};
     return cw_store_reopen(s, &req, now, was);
 }
 

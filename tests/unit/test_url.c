@@ -26,8 +26,8 @@ static int group_teardown(void **state)
 }
 
 /* `show` writes `want` of `url` (its name is in the message when not). */
-static void shown_eq(void (*show)(const char *, char *, size_t), const char *name,
-                     const char *url, const char *want)
+static void shown_eq(void (*show)(const char *, char *, size_t), const char *name, const char *url,
+                     const char *want)
 {
     char out[256];
 
@@ -232,7 +232,8 @@ static void test_list_valid(void **state)
     valid_eq("amqp://u:p@h:5672/v, amqps://u:p@[::1]:5671/ amqp://h2", NULL);
     valid_eq("", "value is empty");
     valid_eq(" , ", "value is empty");
-    valid_eq("http://h/", "URL 1 of the list is not amqp[s]://[user[:password]@]host[:port][/vhost]");
+    valid_eq("http://h/",
+             "URL 1 of the list is not amqp[s]://[user[:password]@]host[:port][/vhost]");
     valid_eq("amqp://h, amqp://h:99999/",
              "URL 2 of the list is not amqp[s]://[user[:password]@]host[:port][/vhost]");
 
