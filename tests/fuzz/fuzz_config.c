@@ -1,7 +1,8 @@
-/* Fuzz target: the pool configuration file (cw_config_load() in
- * framework/config.c: libinih fed through our line reader, every section
- * and key checker, the plugin globs, the alert command splitter) and what
- * `compworker config check` prints of it (cw_config_describe()).
+/* Fuzz target: the pool configuration file (cw_config_load(): libinih fed
+ * through our line reader in framework/config.c, every section and the key
+ * checkers of framework/config_keys.c, the plugin globs, the alert command
+ * splitter of framework/argv.c) and what `compworker config check` prints of
+ * it (cw_config_describe(), framework/config_describe.c).
  *
  * Input: the whole file. It is written to pool.ini in a directory of its
  * own made at start-up, beside a few files its keys may name (plugins/a.so,
