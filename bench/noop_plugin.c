@@ -11,6 +11,9 @@
  * Anything else is applied without a record.
  *
  *     [plugin bench-noop]
+ *     sleep_ms = N    (optional) every call sleeps N ms first, as a handler
+ *                     waiting on a payment gateway would; the handler is then
+ *                     registered as concurrent (cw_register_handler_opts)
  *     stats = DIR     (optional) at teardown, each worker process writes
  *                     DIR/<pid>.txt:
  *                       calls FIRST_NS LAST_NS COUNT   first and last handler
@@ -22,6 +25,7 @@
  * figures measure compworker, not the plugin. */
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -48,6 +52,8 @@ typedef struct bench_stats {
 } bench_stats;
 
 static bench_stats stats;
+static pthread_mutex_t stats_lock = PTHREAD_MUTEX_INITIALIZER;
+static long sleep_ms;
 
 static int64_t realtime_ns(void)
 {
@@ -82,9 +88,18 @@ static cw_outcome noop(cw_task *task, void *user_data)
     if (!stats.dir)
         return CW_OK;
     int64_t now = realtime_ns();
+    pthread_mutex_lock(&stats_lock);
     if (!stats.count++)
         stats.first_ns = now;
-    stats.last_ns = now;
+    if (now > stats.last_ns)
+        stats.last_ns = now;
+    pthread_mutex_unlock(&stats_lock);
+    if (sleep_ms > 0) {
+        struct timespec ts = {sleep_ms / 1000, (sleep_ms % 1000) * 1000000L};
+        while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+            ;
+        return CW_OK;
+    }
 
     json_object *p = cw_task_payload(task);
     int64_t sent = field_int(p, "sent_ns"), retry_ms = field_int(p, "retry_ms");
@@ -142,5 +157,8 @@ int cw_plugin_init(cw_registry *reg)
         if (rc)
             return rc;
     }
-    return cw_register_handler(reg, "bench.noop", noop, NULL);
+    sleep_ms = strtol(cw_registry_setting(reg, "sleep_ms", "0"), NULL, 10);
+    cw_handler_opts opts = CW_HANDLER_OPTS_INIT;
+    opts.concurrent = sleep_ms > 0;
+    return cw_register_handler_opts(reg, "bench.noop", noop, NULL, &opts);
 }

@@ -13,6 +13,12 @@
 # bench/noop_plugin.c with its SQLite store on and durable (synchronous=full).
 # Both rates are (messages - 1) / (last delivery or handler start - first).
 #
+# The section "threads" runs handlers that wait SLEEP_MS (50 ms, a payment
+# gateway) on 2 workers at [pool] concurrency 1, 8, 32, 64, as tasks/s against
+# the ceiling (workers x concurrency / 50 ms), and Celery 5 (Debian's
+# python3-celery) with its threads and gevent pools at the same concurrency,
+# on the same broker in the same run.
+#
 # The section "pg" runs the same compworker on the PostgreSQL store (a
 # throwaway PostgreSQL 15 on port ${BENCH_PG_PORT:-5691}, synchronous_commit
 # on) beside the SQLite store and the bare consumer, on a quorum queue, and
@@ -29,7 +35,10 @@ RUNS=${RUNS:-3}
 PREFETCH=${PREFETCH:-1000}
 QUEUE_TYPES=${QUEUE_TYPES:-classic quorum}
 WORKERS=${WORKERS:-1 2}
-SECTIONS=${SECTIONS:-throughput latency retry rss store pg}
+SECTIONS=${SECTIONS:-throughput latency retry rss store pg threads}
+CONCURRENCY=${CONCURRENCY:-1 8 32 64}
+SLEEP_MS=${SLEEP_MS:-50}
+PYTHON=${PYTHON:-/usr/bin/python3} # Debian's, where python3-celery installs
 PG_SWEEP_RECORDS=${PG_SWEEP_RECORDS:-200000}
 STORE_RECORDS=${STORE_RECORDS:-10000000}
 port=${BENCH_PORT:-5690}
@@ -105,11 +114,12 @@ synchronous = full" ;;
     cat >"$dir/pool.ini" <<INI
 [broker]
 url = $url
-prefetch = $PREFETCH
+${POOL_PREFETCH-prefetch = $PREFETCH}
 [pool]
 name = bench-$qtype
 queue_type = $qtype
 workers = $nw
+concurrency = ${POOL_CONCURRENCY:-1}
 plugins = $build/bench/bench_noop.so
 [store]
 $store_lines
@@ -117,6 +127,7 @@ $store_lines
 level = info
 [plugin bench-noop]
 stats = $dir/stats
+sleep_ms = ${HANDLER_SLEEP_MS:-0}
 INI
     "$exe" run -c "$dir/pool.ini" 2>"$dir/worker.log" &
     pool=$!
@@ -394,12 +405,70 @@ pg() {
     json+=("{\"section\":\"pg_sweep\",\"records\":$PG_SWEEP_RECORDS,\"left\":$left,\"seconds\":$(echo "$t1 - $t0" | bc -l),\"rate_during\":$w,\"rate_without\":$e}")
 }
 
+# ---- handler threads against the ceiling and Celery ------------------------
+# celery_rate POOL C N: Celery's rate with 2 worker processes of pool POOL
+# (threads, gevent) at concurrency C over N tasks of SLEEP_MS.
+celery_rate() {
+    local pool_kind=$1 c=$2 n=$3 dir=$work/celery-$1-$2 pids=() i
+    mkdir -p "$dir"
+    export CELERY_BENCH_URL="amqp://guest:guest@127.0.0.1:$port//" CELERY_BENCH_DIR=$dir \
+        CELERY_BENCH_SLEEP_MS=$SLEEP_MS PYTHONPATH=$src/bench
+    for i in 1 2; do
+        "$PYTHON" -m celery -A celery_bench worker -P "$pool_kind" -c "$c" -Q cwbench.celery \
+            -n "w$i@bench" --without-gossip --without-mingle --without-heartbeat -l warning \
+            >"$dir/worker$i.log" 2>&1 &
+        pids+=($!)
+    done
+    sleep 3
+    "$PYTHON" "$src/bench/celery_bench.py" publish "$n"
+    local got=0
+    for i in $(seq 6000); do
+        got=$(cat "$dir"/*.txt 2>/dev/null | wc -l)
+        [ "$got" -ge "$n" ] && break
+        sleep 0.05
+    done
+    sleep $((SLEEP_MS / 1000 + 1))
+    kill -TERM "${pids[@]}" 2>/dev/null
+    wait "${pids[@]}" 2>/dev/null || true
+    [ "$got" -ge "$n" ] || die "Celery ($pool_kind, $c) ran $got of $n tasks; see $dir"
+    cat "$dir"/*.txt | sort -n | awk -v n="$n" 'NR == 1 {f = $1} {l = $1} END {printf "%.1f\n", (n - 1) / ((l - f) / 1e9)}'
+}
+
+threads() {
+    local c n ceiling r rt rg have_celery=1
+    "$PYTHON" -c 'import celery, gevent' 2>/dev/null || have_celery=0
+    echo "== handler threads: handlers that wait $SLEEP_MS ms, 2 workers, tasks/s against the" \
+         "ceiling (2 x concurrency / $SLEEP_MS ms) and Celery $("$PYTHON" -c 'import celery; print(celery.__version__)' 2>/dev/null || echo '(not installed)') on the same broker"
+    printf '%-11s %9s %9s %14s %11s %9s %11s %9s\n' concurrency ceiling/s cw/s cw/ceiling \
+        celery-thr/s cw/thr celery-gev/s cw/gev
+    for c in $CONCURRENCY; do
+        ceiling=$(echo "2 * $c * 1000 / $SLEEP_MS" | bc -l)
+        # About 8 s of work at the ceiling, at least 200 tasks.
+        n=$(echo "x = $ceiling * 8; if (x < 200) 200 else x" | bc | cut -d. -f1)
+        local saved_n=$N
+        N=$n
+        read -r r _ < <(POOL_CONCURRENCY=$c HANDLER_SLEEP_MS=$SLEEP_MS POOL_PREFETCH="" \
+            compworker_rate classic 2 "threads$c")
+        N=$saved_n
+        rt=0 rg=0
+        if [ $have_celery = 1 ]; then
+            rt=$(celery_rate threads "$c" "$n")
+            rg=$(celery_rate gevent "$c" "$n")
+        fi
+        printf '%-11s %9.0f %9.0f %14.2f %11.0f %9.2f %11.0f %9.2f\n' "$c" "$ceiling" "$r" \
+            "$(echo "$r / $ceiling" | bc -l)" "$rt" "$(echo "if ($rt > 0) $r / $rt else 0" | bc -l)" \
+            "$rg" "$(echo "if ($rg > 0) $r / $rg else 0" | bc -l)"
+        json+=("{\"section\":\"threads\",\"concurrency\":$c,\"tasks\":$n,\"ceiling\":$ceiling,\"compworker\":$r,\"celery_threads\":$rt,\"celery_gevent\":$rg}")
+    done
+    [ $have_celery = 1 ] || echo "(Celery not installed: apt-get install python3-celery python3-gevent)"
+}
+
 echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo)," \
      "$(uname -r); RabbitMQ $(dpkg-query -W -f='${Version}' rabbitmq-server 2>/dev/null || echo '?')"
 for s in $SECTIONS; do
     case $s in
-    throughput | latency | retry | rss | store | pg) $s ;;
-    *) die "unknown section '$s' (throughput latency retry rss store pg)" ;;
+    throughput | latency | retry | rss | store | pg | threads) $s ;;
+    *) die "unknown section '$s' (throughput latency retry rss store pg threads)" ;;
     esac
 done
 ( IFS=,; echo "{\"n\":$N,\"prefetch\":$PREFETCH,\"results\":[${json[*]}]}" ) >"$build/bench.json"

@@ -209,9 +209,14 @@ static int cw_config_handler_value(cw_config_ctx *ctx, const char *type, size_t 
         return cw_config_fail(ctx, CW_STATUS_CONFIG, "%s:%u: [handler %.*s] was not seen",
                               ctx->file, ctx->lineno, (int)len, type);
     h = &ctx->cfg->handlers[i];
-    for (size_t k = 0; k < cw__config_n_keys; k++) {
-        const cw_key *rk = &cw__config_keys[k];
-        unsigned *line = &ctx->handler_lines[i].key[k];
+    /* The retry keys, then the section's own: a line slot each, after the
+     * fixed sections' keys. */
+    for (size_t n = 0; n < cw__config_n_keys + cw__config_n_handler_keys; n++) {
+        bool own = n >= cw__config_n_keys;
+        const cw_key *rk = own ? &cw__config_handler_keys[n - cw__config_n_keys]
+                               : &cw__config_keys[n];
+        unsigned *line = own ? &ctx->handler_lines[i].own[n - cw__config_n_keys]
+                             : &ctx->handler_lines[i].key[n];
 
         if (rk->retry == 0 || strcasecmp(rk->name, key) != 0)
             continue;
@@ -221,18 +226,20 @@ static int cw_config_handler_value(cw_config_ctx *ctx, const char *type, size_t 
                                   ctx->lineno, h->type, rk->name, *line);
         *line = ctx->lineno;
         why[0] = '\0';
-        rc = cw__config_key_set(rk, ctx, cw__config_retry_field(rk, &h->retry), value, why,
-                                sizeof why);
+        void *dst = own ? (char *)h + rk->offset : cw__config_retry_field(rk, &h->retry);
+        rc = cw__config_key_set(rk, ctx, dst, value, why, sizeof why);
         if (rc != 0)
             return cw_config_fail(ctx, rc, "%s:%u: [handler %s] %s: %s", ctx->file, ctx->lineno,
                                   h->type, rk->name, why);
         h->set |= rk->retry;
         return 0;
     }
-    for (size_t k = 0; k < cw__config_n_keys; k++) {
-        if (cw__config_keys[k].retry != 0)
+    for (size_t k = 0; k < cw__config_n_keys + cw__config_n_handler_keys; k++) {
+        const cw_key *rk = k < cw__config_n_keys ? &cw__config_keys[k]
+                                                 : &cw__config_handler_keys[k - cw__config_n_keys];
+        if (rk->retry != 0)
             used += (size_t)snprintf(known + used, sizeof known - used, "%s%s", used ? ", " : "",
-                                     cw__config_keys[k].name);
+                                     rk->name);
     }
     return cw_config_fail(ctx, CW_STATUS_CONFIG,
                           "%s:%u: unknown key '%s' in [handler %s] (expected %s)", ctx->file,
@@ -436,6 +443,19 @@ static size_t cw_config_key_index(const char *section, const char *name)
     return i;
 }
 
+/* Defaults that follow another key: a prefetch not set follows
+ * concurrency (two deliveries per handler thread: one running, one waiting;
+ * a worker holding more would keep from other workers what it cannot run
+ * yet), or is the row's default with one thread. */
+static void cw_config_derive(cw_config *cfg)
+{
+    size_t p = cw_config_key_index("broker", "prefetch");
+    if (cfg->origin[p] != CW_ORIGIN_DEFAULT)
+        return;
+    unsigned follow = cfg->concurrency > 32767 ? 65535 : 2 * cfg->concurrency;
+    cfg->prefetch = cfg->concurrency > 1 ? follow : (unsigned)cw__config_keys[p].def.i;
+}
+
 /* What depends on several keys, once the whole file is read. */
 static int cw_config_finish(cw_config_ctx *ctx)
 {
@@ -444,6 +464,7 @@ static int cw_config_finish(cw_config_ctx *ctx)
 
     if (cfg->name == NULL)
         return cw_config_fail(ctx, CW_STATUS_CONFIG, "%s: [pool] name is required", ctx->file);
+    cw_config_derive(cfg);
     if (cfg->batch > cfg->prefetch)
         return cw_config_fail(ctx, CW_STATUS_CONFIG,
                               "%s:%u: [broker] batch: %u is more than prefetch (%u)", ctx->file,
@@ -573,6 +594,12 @@ int cw_config_override(cw_config *cfg, const char *section, const char *key, con
         return cw_config_nomem(label);
     rc = cw_config_apply_one(&ctx, i, value, origin, label);
     free(ctx.dir);
+    if (rc == 0) {
+        cw_config_derive(cfg);
+        if (cfg->batch > cfg->prefetch)
+            rc = cw__error(CW_STATUS_CONFIG, "%s: [broker] batch %u is more than prefetch (%u)",
+                           label, cfg->batch, cfg->prefetch);
+    }
     return rc;
 }
 

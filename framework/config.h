@@ -40,11 +40,21 @@ enum {
     CW_RETRY_SET_JITTER = 1u << 4
 };
 
-/* A `[handler TYPE]` section: overrides of the pool's retry policy. */
+/* Which of a [handler TYPE] section's own keys are set (beside CW_RETRY_SET_*). */
+enum {
+    CW_HANDLER_SET_CONCURRENCY = 1u << 8,
+    CW_HANDLER_SET_RATE_LIMIT = 1u << 9
+};
+
+/* A `[handler TYPE]` section: overrides of the pool's retry policy, and the
+ * type's own limits. */
 typedef struct cw_handler_config {
     char *type;
     cw_retry_policy retry; /* only the fields in `set` are meaningful */
-    unsigned set;          /* CW_RETRY_SET_* */
+    unsigned set;          /* CW_RETRY_SET_*, CW_HANDLER_SET_* */
+    unsigned concurrency;  /* at most this many of the type at once per worker; 0 = no limit */
+    double rate_per_s;     /* at most this many starts a second in the pool's workers on a
+                              host; 0 = no limit */
 } cw_handler_config;
 
 /* The `[alert]` section. */
@@ -104,6 +114,7 @@ typedef struct cw_config {
     uint64_t max_body_size;     /* default 1 MiB */
     int64_t handler_timeout_ms; /* default 5m; the worker is ended past it */
     unsigned workers; /* worker processes the supervisor keeps; default 1, 1..CW_POOL_MAX_WORKERS */
+    unsigned concurrency; /* handler threads per worker; default 1, 1..CW_POOL_MAX_CONCURRENCY */
     int64_t shutdown_timeout_ms; /* default 30s: in-flight tasks settle within it */
     char *metrics_listen;        /* "host:port" of /metrics and /healthz, NULL = off */
 
@@ -166,7 +177,8 @@ int cw_config_load(cw_config **out, const char *path);
 /* Sets one key of a fixed section from a command-line flag (or any
  * `origin`), with the checks of the file; `label` (e.g. "--workers") names it
  * in errors and in cw_config_describe(). Only for keys no default derives
- * from (not name, prefetch, store path). CW_STATUS_CONFIG with the reason,
+ * from (not name, prefetch, store path); a prefetch left to its default
+ * follows a [pool] concurrency set here. CW_STATUS_CONFIG with the reason,
  * CW_STATUS_INVALID_ARG for an unknown key. */
 int cw_config_override(cw_config *cfg, const char *section, const char *key, const char *value,
                        cw_config_origin origin, const char *label);

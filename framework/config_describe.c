@@ -94,6 +94,16 @@ static bool cw_is_secret_key(const char *key)
     return false;
 }
 
+void cw__config_fmt_prefetch(const cw_key *k, const cw_config *cfg, const void *src, char *out,
+                             size_t cap, char *note, size_t note_cap)
+{
+    size_t i = (size_t)(k - cw__config_keys);
+
+    snprintf(out, cap, "%u", *(const unsigned *)src);
+    if (cfg->origin[i] == CW_ORIGIN_DEFAULT && cfg->concurrency > 1)
+        snprintf(note, note_cap, "2 x concurrency");
+}
+
 void cw__config_fmt_batch(const cw_key *k, const cw_config *cfg, const void *src, char *out,
                           size_t cap, char *note, size_t note_cap)
 {
@@ -185,6 +195,19 @@ void cw_config_describe(const cw_config *cfg, void (*fn)(const cw_config_entry *
                 continue;
             cw__config_key_format(k, cfg, cw__config_retry_field(k, &hc->retry), value,
                                   sizeof value, note, sizeof note);
+            cw_config_entry e = {.section = section,
+                                 .key = k->name,
+                                 .value = value,
+                                 .origin = CW_ORIGIN_FILE};
+            fn(&e, ud);
+        }
+        for (size_t i = 0; i < cw__config_n_handler_keys; i++) {
+            const cw_key *k = &cw__config_handler_keys[i];
+
+            if (!(hc->set & k->retry))
+                continue;
+            cw__config_key_format(k, cfg, (const char *)hc + k->offset, value, sizeof value, note,
+                                  sizeof note);
             cw_config_entry e = {.section = section,
                                  .key = k->name,
                                  .value = value,

@@ -547,6 +547,53 @@ static int cw_set_backoff_rate(const cw_key *k, cw_config_ctx *ctx, void *dst, c
     return 0;
 }
 
+/* [handler TYPE] rate_limit: R/s, R/m or R/h, R a decimal number above 0
+ * (at most 1,000,000 a second); stored per second. */
+static int cw_set_rate(const cw_key *k, cw_config_ctx *ctx, void *dst, const char *value, char *why,
+                       size_t why_len)
+{
+    (void)k;
+    (void)ctx;
+    const char *slash = strchr(value, '/');
+    size_t digits = slash ? strspn(value, "0123456789") : 0;
+    const char *rest = value + digits;
+    if (slash && *rest == '.') {
+        size_t frac = strspn(rest + 1, "0123456789");
+        digits += frac;
+        rest += 1 + frac;
+    }
+    static const struct {
+        const char *unit;
+        double per_s;
+    } units[] = {{"s", 1.0}, {"m", 1.0 / 60}, {"h", 1.0 / 3600}};
+    double scale = 0;
+    for (size_t i = 0; slash && rest == slash && i < sizeof units / sizeof *units; i++) {
+        if (strcmp(slash + 1, units[i].unit) == 0)
+            scale = units[i].per_s;
+    }
+    double v = digits && scale ? strtod(value, NULL) * scale : 0;
+    if (!digits || !scale) {
+        snprintf(why, why_len, "'%s' is not a rate (e.g. 10/s, 600/m, 0.5/s)", value);
+        return CW_STATUS_CONFIG;
+    }
+    if (!(v > 0 && v <= 1e6)) {
+        snprintf(why, why_len, "'%s' is not above 0 and at most 1000000/s", value);
+        return CW_STATUS_CONFIG;
+    }
+    *(double *)dst = v;
+    return 0;
+}
+
+static void cw_fmt_rate(const cw_key *k, const cw_config *cfg, const void *src, char *out,
+                        size_t cap, char *note, size_t note_cap)
+{
+    (void)k;
+    (void)cfg;
+    (void)note;
+    (void)note_cap;
+    snprintf(out, cap, "%g/s", *(const double *)src);
+}
+
 /* [retry] max_delay: a duration the delay topology can serve. */
 static int cw_set_max_delay(const cw_key *k, cw_config_ctx *ctx, void *dst, const char *value,
                             char *why, size_t why_len)
@@ -628,7 +675,7 @@ const cw_key cw__config_keys[] = {
     {"broker", "exchange", CW_T_AMQP_NAME, CW_AT(exchange), "CW_BROKER_EXCHANGE",
      .def.s = "cw.tasks"},
     {"broker", "prefetch", CW_T_UINT, CW_AT(prefetch), "CW_BROKER_PREFETCH", .def.i = 256, .min = 1,
-     .max = 65535},
+     .max = 65535, .fmt = cw__config_fmt_prefetch},
     {"broker", "batch", CW_T_UINT, CW_AT(batch), "CW_BROKER_BATCH", .def.i = 0, .min = 0,
      .max = 65535, .fmt = cw__config_fmt_batch},
     {"broker", "heartbeat", CW_T_DURATION, CW_AT(heartbeat_ms), "CW_BROKER_HEARTBEAT",
@@ -663,6 +710,8 @@ const cw_key cw__config_keys[] = {
      .range = "must be more than 0"},
     {"pool", "workers", CW_T_UINT, CW_AT(workers), "CW_POOL_WORKERS", .def.i = 1, .min = 1,
      .max = CW_POOL_MAX_WORKERS},
+    {"pool", "concurrency", CW_T_UINT, CW_AT(concurrency), "CW_POOL_CONCURRENCY", .def.i = 1,
+     .min = 1, .max = CW_POOL_MAX_CONCURRENCY},
     {"pool", "shutdown_timeout", CW_T_DURATION, CW_AT(shutdown_timeout_ms),
      "CW_POOL_SHUTDOWN_TIMEOUT", .def.i = 30 * 1000, .min = 1, .max = INT64_MAX,
      .hint = "250ms, 5s, 2m, 1h, 7d", .range = "must be more than 0"},
@@ -738,6 +787,24 @@ const cw_key cw__config_keys[] = {
 };
 
 const size_t cw__config_n_keys = sizeof cw__config_keys / sizeof *cw__config_keys;
+
+#define CW_HAT(field) offsetof(cw_handler_config, field)
+
+/* The keys of [handler TYPE] sections beside the retry keys above; their
+ * offset is in cw_handler_config and `retry` is their CW_HANDLER_SET_* flag. */
+const cw_key cw__config_handler_keys[] = {
+    {"handler", "concurrency", CW_T_UINT, CW_HAT(concurrency), NULL, .min = 1,
+     .max = CW_POOL_MAX_CONCURRENCY, .retry = CW_HANDLER_SET_CONCURRENCY},
+    {"handler", "rate_limit", CW_T_DECIMAL, CW_HAT(rate_per_s), NULL, .set = cw_set_rate,
+     .fmt = cw_fmt_rate, .retry = CW_HANDLER_SET_RATE_LIMIT},
+};
+
+const size_t cw__config_n_handler_keys = sizeof cw__config_handler_keys /
+                                         sizeof *cw__config_handler_keys;
+
+_Static_assert(sizeof cw__config_handler_keys / sizeof *cw__config_handler_keys ==
+                   sizeof((cw_handler_lines *)0)->own / sizeof(unsigned),
+               "one line slot per [handler TYPE] key");
 
 _Static_assert(sizeof cw__config_keys / sizeof *cw__config_keys <= CW_CONFIG_MAX_KEYS,
                "raise CW_CONFIG_MAX_KEYS");

@@ -66,6 +66,7 @@ typedef union cw_key_default {
 typedef struct cw_handler_lines {
     unsigned section;
     unsigned key[CW_CONFIG_MAX_KEYS]; /* by row of cw__config_keys */
+    unsigned own[2];                  /* by row of cw__config_handler_keys */
 } cw_handler_lines;
 
 /* State of one load of a file (or of the environment, or of one flag). */
@@ -127,6 +128,11 @@ struct cw_key {
 extern const cw_key cw__config_keys[];
 extern const size_t cw__config_n_keys;
 
+/* The keys only [handler TYPE] sections have (concurrency, rate_limit), in
+ * the order `config check` shows them. */
+extern const cw_key cw__config_handler_keys[];
+extern const size_t cw__config_n_handler_keys;
+
 /* The field of key `k` in `cfg`. */
 static inline void *cw__config_field(const cw_key *k, const cw_config *cfg)
 {
@@ -155,6 +161,8 @@ void cw__config_key_format(const cw_key *k, const cw_config *cfg, const void *sr
                            size_t cap, char *note, size_t note_cap);
 
 /* [broker] batch: its value, and what 0 amounts to (half the prefetch). */
+void cw__config_fmt_prefetch(const cw_key *k, const cw_config *cfg, const void *src, char *out,
+                             size_t cap, char *note, size_t note_cap);
 void cw__config_fmt_batch(const cw_key *k, const cw_config *cfg, const void *src, char *out,
                           size_t cap, char *note, size_t note_cap);
 

@@ -23,7 +23,7 @@
 static struct {
     char path[4096];
     char owner[128];
-    _Atomic(const cw_running *) running;
+    _Atomic(const cw_running *) running; /* the handler threads' slots */
     _Atomic int written;
 } cw_reporter;
 
@@ -68,10 +68,25 @@ static const char *signal_name(int sig)
     }
 }
 
+/* The slot of the handler thread this code runs on (NULL elsewhere). Set
+ * before the thread runs its first handler, so that a signal handler reads
+ * it without allocating. */
+static _Thread_local const cw_running *cw_thread_slot;
+
+void cw__crash_thread_slot(const cw_running *slot)
+{
+    cw_thread_slot = slot;
+}
+
 void cw__crash_report(const char *what)
 {
-    const cw_running *cur = atomic_load(&cw_reporter.running);
-    if (!cur || !cw_reporter.path[0] || atomic_load(&cur->started_ms) == 0)
+    cw__crash_report_slot(cw_thread_slot, what);
+}
+
+void cw__crash_report_slot(const cw_running *cur, const char *what)
+{
+    if (!cur || !atomic_load(&cw_reporter.running) || !cw_reporter.path[0] ||
+        atomic_load(&cur->started_ms) == 0)
         return;
     if (atomic_exchange(&cw_reporter.written, 1))
         return; /* one report per process: the first cause wins */

@@ -33,9 +33,10 @@ void cw__crash_dir(const char *store_path, char *out, size_t cap);
 /* Prepares the report file of this process and installs handlers for
  * SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT and SIGSYS on an alternate stack.
  * They write a report when a handler is running, then let the signal take
- * its default course (the process dies of it). `running` must stay valid
- * until cw__crash_reporter_forget(running). Not thread-safe; call once,
- * before the worker runs. */
+ * its default course (the process dies of it). `running` (the first of the
+ * handler threads' slots, see cw__crash_thread_slot()) must stay valid until
+ * cw__crash_reporter_forget(running). Not thread-safe; call once, before the
+ * worker runs. */
 int cw__crash_reporter_install(const char *dir, const char *owner, const cw_running *running);
 
 /* Detaches the reporter from `running` (if it is the one installed), before
@@ -44,10 +45,17 @@ int cw__crash_reporter_install(const char *dir, const char *owner, const cw_runn
  * Async-signal-safe. */
 void cw__crash_reporter_forget(const cw_running *running);
 
-/* Writes a report for the running handler with `what` as its cause (e.g.
- * "timeout after 300 s"). Async-signal-safe. Does nothing when no handler
- * runs or no reporter is installed. */
+/* Writes a report for the handler running on this thread (a fatal signal
+ * raised in it) with `what` as its cause. Async-signal-safe. Does nothing
+ * on a thread that runs no handler now, or when no reporter is installed. */
 void cw__crash_report(const char *what);
+
+/* The same for the handler of `slot` (the watchdog: "timeout after 300 s"). */
+void cw__crash_report_slot(const cw_running *slot, const char *what);
+
+/* Names `slot` as the one of the calling handler thread (NULL: none), for
+ * cw__crash_report(). Call on the thread before its first handler. */
+void cw__crash_thread_slot(const cw_running *slot);
 
 /* Notes in `store` every report in `dir` whose worker is no longer alive,
  * then deletes it. Returns the number noted, or <0 on a store error. */

@@ -17,8 +17,9 @@
  * with its NUL. */
 #define CW_REASON_MAX 1024
 
-/* The most worker processes of one pool. */
+/* The most worker processes of one pool, and handler threads of a worker. */
 #define CW_POOL_MAX_WORKERS 64
+#define CW_POOL_MAX_CONCURRENCY 1024
 
 /* Quorum pool queues carry x-delivery-limit = CW_DELIVERY_LIMIT_BACKSTOP, a
  * broker-side backstop for deliveries compworker never got to count (a

@@ -77,6 +77,12 @@ static void row_fold(cw_metrics_row *dst, cw_metrics_row *src)
     for (int b = 0; b < CW_METRICS_BUCKETS; b++)
         atomic_fetch_add_explicit(&dst->bucket[b], atomic_exchange(&src->bucket[b], 0), relaxed);
     atomic_fetch_add_explicit(&dst->duration_ns, atomic_exchange(&src->duration_ns, 0), relaxed);
+    for (int b = 0; b < CW_METRICS_BUCKETS; b++)
+        atomic_fetch_add_explicit(&dst->wait_bucket[b], atomic_exchange(&src->wait_bucket[b], 0),
+                                  relaxed);
+    atomic_fetch_add_explicit(&dst->wait_ns, atomic_exchange(&src->wait_ns, 0), relaxed);
+    /* A gauge: a dead worker runs nothing. */
+    atomic_store(&src->in_flight, 0);
 }
 
 void cw_metrics_slot_release(cw_metrics *m, int slot)
@@ -163,13 +169,33 @@ void cw_metrics_dead(cw_metrics_row *r, const char *error_class)
     atomic_fetch_add_explicit(&r->dead[c], 1, relaxed);
 }
 
-void cw_metrics_observe(cw_metrics_row *r, uint64_t ns)
+static int bucket_of(uint64_t ns)
 {
     int b = 0;
     while (b < CW_METRICS_BUCKETS - 1 && ns > bucket_ns[b])
         b++;
-    atomic_fetch_add_explicit(&r->bucket[b], 1, relaxed);
+    return b;
+}
+
+void cw_metrics_observe(cw_metrics_row *r, uint64_t ns)
+{
+    atomic_fetch_add_explicit(&r->bucket[bucket_of(ns)], 1, relaxed);
     atomic_fetch_add_explicit(&r->duration_ns, ns, relaxed);
+}
+
+void cw_metrics_observe_wait(cw_metrics_row *r, uint64_t ns)
+{
+    atomic_fetch_add_explicit(&r->wait_bucket[bucket_of(ns)], 1, relaxed);
+    atomic_fetch_add_explicit(&r->wait_ns, ns, relaxed);
+}
+
+_Atomic int64_t *cw_metrics_rate_state(const cw_metrics_worker *mw, const cw_registry *reg,
+                                       const cw_handler_entry *h)
+{
+    size_t i = (size_t)(h - reg->handlers);
+    if (!mw || i >= mw->n || mw->row_of[i] == 0)
+        return NULL;
+    return &mw->m->types[mw->row_of[i]].rate_next_ns;
 }
 
 void cw_metrics_connected(cw_metrics_worker *mw, bool up)
@@ -193,6 +219,10 @@ static void row_add(cw_metrics_sum *dst, const cw_metrics_row *src)
     for (int b = 0; b < CW_METRICS_BUCKETS; b++)
         dst->bucket[b] += atomic_load_explicit(&src->bucket[b], relaxed);
     dst->duration_ns += atomic_load_explicit(&src->duration_ns, relaxed);
+    for (int b = 0; b < CW_METRICS_BUCKETS; b++)
+        dst->wait_bucket[b] += atomic_load_explicit(&src->wait_bucket[b], relaxed);
+    dst->wait_ns += atomic_load_explicit(&src->wait_ns, relaxed);
+    dst->in_flight += atomic_load_explicit(&src->in_flight, relaxed);
 }
 
 void cw_metrics_snapshot_take(const cw_metrics *m, cw_metrics_snapshot *out)
@@ -311,6 +341,41 @@ static void gauge(FILE *f, const char *name, const char *type, const char *help,
     fprintf(f, "} %lld\n", value);
 }
 
+/* A histogram by type: handler durations, or (`wait`) waits for a thread. */
+static void histogram(FILE *f, const cw_metrics_snapshot *s, const cw_metrics_info *info,
+                      const char *name, const char *help, bool wait)
+{
+    header(f, name, "histogram", help);
+    for (int t = 0; t < CW_METRICS_TYPES; t++) {
+        if (!row_shown(s, t))
+            continue;
+        const cw_metrics_sum *r = &s->rows[t];
+        const uint64_t *bucket = wait ? r->wait_bucket : r->bucket;
+        uint64_t cum = 0;
+        for (int b = 0; b < CW_METRICS_BUCKETS; b++) {
+            cum += bucket[b];
+            fprintf(f, "%s_bucket{", name);
+            put_label(f, "pool", info->pool);
+            fputc(',', f);
+            put_label(f, "type", type_label(s, t));
+            if (b == CW_METRICS_BUCKETS - 1)
+                fprintf(f, ",le=\"+Inf\"} %llu\n", (unsigned long long)cum);
+            else
+                fprintf(f, ",le=\"%g\"} %llu\n", cw_metrics_bucket_le[b], (unsigned long long)cum);
+        }
+        fprintf(f, "%s_sum{", name);
+        put_label(f, "pool", info->pool);
+        fputc(',', f);
+        put_label(f, "type", type_label(s, t));
+        fprintf(f, "} %.6f\n", (double)(wait ? r->wait_ns : r->duration_ns) / 1e9);
+        fprintf(f, "%s_count{", name);
+        put_label(f, "pool", info->pool);
+        fputc(',', f);
+        put_label(f, "type", type_label(s, t));
+        fprintf(f, "} %llu\n", (unsigned long long)cum);
+    }
+}
+
 int cw_metrics_render(const cw_metrics_snapshot *s, const cw_metrics_info *info, char **out,
                       size_t *len)
 {
@@ -353,34 +418,21 @@ int cw_metrics_render(const cw_metrics_snapshot *s, const cw_metrics_info *info,
         }
     }
 
-    header(f, "compworker_handler_duration_seconds", "histogram",
-           "Time handlers took to run, by task type.");
+    histogram(f, s, info, "compworker_handler_duration_seconds",
+              "Time handlers took to run, by task type.", false);
+    histogram(f, s, info, "compworker_handler_wait_seconds",
+              "Time tasks waited for a free handler thread (concurrency, the type's own "
+              "concurrency, a rate limit), by task type.",
+              true);
+    header(f, "compworker_handlers_in_flight", "gauge", "Handlers running now, by task type.");
     for (int t = 0; t < CW_METRICS_TYPES; t++) {
         if (!row_shown(s, t))
             continue;
-        const cw_metrics_sum *r = &s->rows[t];
-        uint64_t cum = 0;
-        for (int b = 0; b < CW_METRICS_BUCKETS; b++) {
-            cum += r->bucket[b];
-            fputs("compworker_handler_duration_seconds_bucket{", f);
-            put_label(f, "pool", info->pool);
-            fputc(',', f);
-            put_label(f, "type", type_label(s, t));
-            if (b == CW_METRICS_BUCKETS - 1)
-                fprintf(f, ",le=\"+Inf\"} %llu\n", (unsigned long long)cum);
-            else
-                fprintf(f, ",le=\"%g\"} %llu\n", cw_metrics_bucket_le[b], (unsigned long long)cum);
-        }
-        fputs("compworker_handler_duration_seconds_sum{", f);
+        fputs("compworker_handlers_in_flight{", f);
         put_label(f, "pool", info->pool);
         fputc(',', f);
         put_label(f, "type", type_label(s, t));
-        fprintf(f, "} %.6f\n", (double)r->duration_ns / 1e9);
-        fputs("compworker_handler_duration_seconds_count{", f);
-        put_label(f, "pool", info->pool);
-        fputc(',', f);
-        put_label(f, "type", type_label(s, t));
-        fprintf(f, "} %llu\n", (unsigned long long)cum);
+        fprintf(f, "} %lld\n", (long long)s->rows[t].in_flight);
     }
 
     gauge(f, "compworker_workers", "gauge", "Worker processes alive.", info, NULL,

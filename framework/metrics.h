@@ -55,8 +55,11 @@ typedef enum cw_metrics_class {
 typedef struct cw_metrics_row {
     _Atomic uint64_t counter[CW_M_COUNTERS];
     _Atomic uint64_t dead[CW_MC_CLASSES];
-    _Atomic uint64_t bucket[CW_METRICS_BUCKETS]; /* not cumulative */
-    _Atomic uint64_t duration_ns;                /* sum */
+    _Atomic uint64_t bucket[CW_METRICS_BUCKETS];      /* not cumulative */
+    _Atomic uint64_t duration_ns;                     /* sum */
+    _Atomic uint64_t wait_bucket[CW_METRICS_BUCKETS]; /* time waiting for a handler thread */
+    _Atomic uint64_t wait_ns;
+    _Atomic int64_t in_flight; /* handlers running now (a gauge: not folded) */
 } cw_metrics_row;
 
 typedef enum cw_slot_state {
@@ -78,6 +81,10 @@ typedef struct cw_metrics_slot {
 typedef struct cw_metrics_type {
     _Atomic int state; /* 0 free, 1 being written, 2 ready */
     char name[CW_METRICS_TYPE_MAX];
+    /* [handler TYPE] rate_limit, shared by the pool's workers on this host:
+     * the next CLOCK_MONOTONIC ns a start is allowed (GCRA's theoretical
+     * arrival time). */
+    _Atomic int64_t rate_next_ns;
 } cw_metrics_type;
 
 /* The shared region. */
@@ -147,6 +154,19 @@ void cw_metrics_dead(cw_metrics_row *r, const char *error_class);
 /* Records one handler run of `ns` nanoseconds. */
 void cw_metrics_observe(cw_metrics_row *r, uint64_t ns);
 
+/* Records how long a task waited for a handler thread. */
+void cw_metrics_observe_wait(cw_metrics_row *r, uint64_t ns);
+
+/* Counts a handler starting (+1) or returning (-1). */
+static inline void cw_metrics_in_flight(cw_metrics_row *r, int delta)
+{
+    atomic_fetch_add_explicit(&r->in_flight, delta, memory_order_relaxed);
+}
+
+/* The shared rate-limit state of a registry handler's type (NULL: none). */
+_Atomic int64_t *cw_metrics_rate_state(const cw_metrics_worker *mw, const cw_registry *reg,
+                                       const cw_handler_entry *h);
+
 /* Marks the worker's broker session open or closed. */
 void cw_metrics_connected(cw_metrics_worker *mw, bool up);
 
@@ -170,6 +190,9 @@ typedef struct cw_metrics_sum {
     uint64_t dead[CW_MC_CLASSES];
     uint64_t bucket[CW_METRICS_BUCKETS];
     uint64_t duration_ns;
+    uint64_t wait_bucket[CW_METRICS_BUCKETS];
+    uint64_t wait_ns;
+    int64_t in_flight;
 } cw_metrics_sum;
 
 /* Sums and counts of the whole pool at one instant. */

@@ -41,8 +41,34 @@ const cw_handler_entry *cw_registry_find(const cw_registry *reg, const char *typ
     return NULL;
 }
 
+/* The size of each version of cw_handler_opts, oldest first (see
+ * cw_publish_opts_sizes in client.c for how the table grows). */
+static const size_t cw_handler_opts_sizes[CW_HANDLER_OPTS_VERSION] = {
+    sizeof(cw_handler_opts), /* 1 */
+};
+
+int cw_handler_opts_init(cw_handler_opts *opts, unsigned version)
+{
+    static const cw_handler_opts init = CW_HANDLER_OPTS_INIT;
+    return cw__opts_init(opts, version, &init, cw_handler_opts_sizes, CW_HANDLER_OPTS_VERSION,
+                         "cw_handler_opts");
+}
+
 int cw_register_handler(cw_registry *reg, const char *type, cw_handler_fn fn, void *user_data)
 {
+    return cw_register_handler_opts(reg, type, fn, user_data, NULL);
+}
+
+int cw_register_handler_opts(cw_registry *reg, const char *type, cw_handler_fn fn, void *user_data,
+                             const cw_handler_opts *opts)
+{
+    cw_handler_opts o = CW_HANDLER_OPTS_INIT;
+    if (opts) {
+        int rc = cw__opts_read(&o, opts, cw_handler_opts_sizes, CW_HANDLER_OPTS_VERSION,
+                               "cw_handler_opts");
+        if (rc)
+            return rc;
+    }
     if (!reg || !type || !fn)
         return cw__error(CW_STATUS_INVALID_ARG, "cw_register_handler: NULL argument");
     size_t len = strlen(type);
@@ -67,8 +93,11 @@ int cw_register_handler(cw_registry *reg, const char *type, cw_handler_fn fn, vo
     char *copy = strdup(type);
     if (!copy)
         return cw__error(CW_STATUS_NOMEM, "out of memory registering '%s'", type);
-    reg->handlers[reg->n_handlers++] =
-        (cw_handler_entry){.type = copy, .fn = fn, .user_data = user_data, .plugin = reg->loading};
+    reg->handlers[reg->n_handlers++] = (cw_handler_entry){.type = copy,
+                                                          .fn = fn,
+                                                          .user_data = user_data,
+                                                          .plugin = reg->loading,
+                                                          .concurrent = o.concurrent != 0};
     return 0;
 }
 

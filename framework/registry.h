@@ -24,6 +24,7 @@ typedef struct cw_handler_entry {
     cw_plugin *plugin;     /* NULL for handlers registered by the embedding program */
     cw_retry_policy retry; /* the plugin's layer: fields flagged in retry_set */
     unsigned retry_set;    /* CW_RETRY_SET_* */
+    bool concurrent;       /* cw_handler_opts.concurrent: may run on several threads */
 } cw_handler_entry;
 
 typedef struct cw_alert_hook {

@@ -48,6 +48,9 @@ typedef struct cw_claim {
     bool fresh;          /* this claim created the record: the message ID was
                             never seen before (so it cannot repeat one earlier
                             in the same batch) */
+    bool mine;           /* for NEW: the record was in progress under this
+                            owner's own unexpired lease (a copy this worker may
+                            hold in flight, or one it lost with a session) */
 } cw_claim;
 
 typedef struct cw_settle_req {

@@ -350,6 +350,7 @@ static int claim_rows(cw_pg_store *q, const cw_claim_req *reqs, size_t n, int64_
         o->fresh = PQgetvalue(res, (int)i, 3)[0] == 't';
         o->attempts = col_uint(res, (int)i, 4);
         o->deliveries = col_uint(res, (int)i, 5);
+        o->mine = PQgetvalue(res, (int)i, 7)[0] == 't';
         if (o->result == CW_CLAIM_BUSY) {
             col_text(o->owner, sizeof o->owner, res, (int)i, 6);
             o->ticket = 0;

@@ -75,7 +75,8 @@ const char *const cw__pg_sql[CW_PG_COUNT] = {
     /* $1 message IDs, $2 saga IDs, $3 types (text[], distinct IDs), $4 owner,
      * $5 lease_until, $6 now, $7 heartbeat staleness (ms), $8 light commit.
      * One row per request, in request order: ord, result (0 new, 1 done,
-     * 2 dead, 3 busy), ticket, fresh, attempts, deliveries, owner (busy).
+     * 2 dead, 3 busy), ticket, fresh, attempts, deliveries, owner (busy),
+     * mine (new: it was in progress under this owner already).
      * All sub-statements see one snapshot: a row another worker inserts
      * meanwhile is waited for by the insert and seen by neither update, so it
      * comes out busy -- in progress elsewhere, which it is. */
@@ -95,10 +96,13 @@ const char *const cw__pg_sql[CW_PG_COUNT] = {
         "  UPDATE @S.cw_tasks t SET state = 1, owner = $4, lease_until = $5,"
         "   deliveries = t.deliveries + 1, unsettled = t.unsettled + 1, last_seen = $6,"
         "   saga_id = coalesce(t.saga_id, r.saga), type = coalesce(t.type, r.typ)"
-        "  FROM req r WHERE t.message_id = r.mid AND t.state IN (1, 4, 5)"
+        "  FROM req r, @S.cw_tasks o"
+        "  WHERE t.message_id = r.mid AND o.id = t.id AND t.state IN (1, 4, 5)"
         "   AND NOT (t.state = 1 AND t.owner IS DISTINCT FROM $4 AND t.lease_until > $6"
         "            AND @S.cw_owner_alive(t.owner, $7))"
-        "  RETURNING t.id, t.message_id, t.attempts, t.unsettled),"
+        /* o is the row as the statement began: whether it was ours already */
+        "  RETURNING t.id, t.message_id, t.attempts, t.unsettled,"
+        "   (o.state = 1 AND o.owner = $4 AND o.lease_until > $6) AS mine),"
         " bumped AS ("
         "  UPDATE @S.cw_tasks t SET deliveries = t.deliveries + 1, unsettled = t.unsettled + 1,"
         "   last_seen = $6, saga_id = coalesce(t.saga_id, r.saga), type = coalesce(t.type, r.typ)"
@@ -111,7 +115,7 @@ const char *const cw__pg_sql[CW_PG_COUNT] = {
         "  i.id IS NOT NULL,"
         "  coalesce(k.attempts, b.attempts, s.attempts, 0),"
         "  CASE WHEN i.id IS NOT NULL THEN 1 ELSE coalesce(k.unsettled, b.unsettled, s.unsettled, 0) END,"
-        "  s.owner"
+        "  s.owner, coalesce(k.mine, false)"
         " FROM req r"
         "  LEFT JOIN ins i ON i.message_id = r.mid"
         "  LEFT JOIN took k ON k.message_id = r.mid"

@@ -194,6 +194,9 @@ static int sq_claim_existing(cw_sq_store *q, const cw_claim_req *req, int64_t no
         sq_copy_col(out->owner, sizeof out->owner, st, 1);
     } else {
         out->result = CW_CLAIM_NEW; /* retrying, expired, abandoned, or ours */
+        const char *owner = (const char *)sqlite3_column_text(st, 1);
+        out->mine = state == CW_STATE_IN_PROGRESS && owner && strcmp(owner, q->base.owner) == 0 &&
+                    sqlite3_column_int64(st, 2) > now_ms;
     }
     sqlite3_reset(st);
 

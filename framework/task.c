@@ -7,6 +7,17 @@
 #include "framework/error.h"
 #include "framework/task.h"
 
+void cw__task_describe_handler(const cw_task *t, char *out, size_t cap)
+{
+    if (t->handler && t->handler->plugin)
+        snprintf(out, cap, "%s %s", t->handler->plugin->info->name,
+                 t->handler->plugin->info->version);
+    else if (t->handler)
+        snprintf(out, cap, "%s", t->handler->type);
+    else if (cap)
+        out[0] = '\0';
+}
+
 void cw__task_reset(cw_task *t)
 {
     if (t->has_env)

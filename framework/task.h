@@ -36,6 +36,9 @@ struct cw_task {
     cw_strnode *strings; /* strings handed out by cw_task_header() */
 
     /* pipeline bookkeeping */
+    struct cw_task *next;  /* the list it is on (free slots, the handler threads' queues) */
+    int64_t queued_ns;     /* CLOCK_MONOTONIC ns when handed to the handler threads */
+    int stage;             /* where it is in the worker (worker.c) */
     int action;            /* what settling does with it (worker.c) */
     int64_t ticket;        /* the store's handle of its claim */
     bool published;        /* its replacement (DLQ copy, retry) was confirmed */
@@ -45,6 +48,10 @@ struct cw_task {
 
 /* Frees what the task owns and makes it empty for reuse. */
 void cw__task_reset(cw_task *t);
+
+/* "plugin version" of the task's handler ("type" for one the program
+ * registered, "" without a handler), into out. */
+void cw__task_describe_handler(const cw_task *t, char *out, size_t cap);
 
 /* Sets outcome, error class and reason (printf-style). */
 void cw__task_set_failure(cw_task *t, cw_outcome o, const char *error_class, const char *fmt, ...)

@@ -113,7 +113,6 @@ cat >"$1/pool.ini" <<INI
 [broker]
 url = amqp://guest:guest@127.0.0.1:5672/
 exchange = cw.tasks
-prefetch = 32
 heartbeat = 30s
 
 [pool]
@@ -123,6 +122,7 @@ queue_type = quorum
 plugins = $saga/refund.so $saga/restock.so $saga/cancel_shipment.so
 max_body_size = 64KiB
 workers = 2
+concurrency = 4
 shutdown_timeout = 30s
 metrics_listen = 127.0.0.1:0
 
@@ -171,10 +171,10 @@ pool_ini=${hosts[0]}/pool.ini
 for h in "${hosts[@]}"; do
     log=${h#"$root"/}/worker.log
     if [ $fleet = 1 ]; then
-        say "starting a pool of 2 workers on \"host\" $(basename "$h") (log: $log)"
+        say "starting a pool of 2 workers x 4 handler threads on \"host\" $(basename "$h") (log: $log)"
         "$build/compworker" config check -c "$h/pool.ini" | grep '^; store:'
     else
-        say "starting a pool of 2 workers (log: $log)"
+        say "starting a pool of 2 workers x 4 handler threads (log: $log)"
     fi
     # CW_AMQP_URL, when set, overrides the url of the pool file.
     "$build/compworker" run -c "$h/pool.ini" >"$h/worker.log" 2>&1 &

@@ -6,6 +6,9 @@
 #   scripts/test.sh              plain build in build/
 #   scripts/test.sh --sanitize   AddressSanitizer + UBSan build in build-asan/
 #   scripts/test.sh --valgrind   unit tests under valgrind (build-valgrind/)
+#   scripts/test.sh --tsan       ThreadSanitizer build in build-tsan/: the unit tests and the
+#                                worker's tests (handler threads, the pipeline, the pool,
+#                                the chaos run); fails on any report
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,13 +26,18 @@ plain)
     cmake -S . -B "$dir" -DCW_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug -DCW_BUILD_TESTS=ON \
         -DCW_BUILD_EXAMPLES=ON >/dev/null
     ;;
+--tsan)
+    dir=build-tsan
+    cmake -S . -B "$dir" -DCW_TSAN=ON -DCMAKE_BUILD_TYPE=Debug -DCW_BUILD_TESTS=ON \
+        -DCW_BUILD_EXAMPLES=ON >/dev/null
+    ;;
 --valgrind)
     dir=build-valgrind
     cmake -S . -B "$dir" -DCW_SANITIZE=OFF -DCMAKE_BUILD_TYPE=Debug -DCW_BUILD_TESTS=ON \
         -DCW_BUILD_EXAMPLES=OFF >/dev/null
     ;;
 *)
-    echo "usage: scripts/test.sh [--sanitize|--valgrind]" >&2
+    echo "usage: scripts/test.sh [--sanitize|--valgrind|--tsan]" >&2
     exit 2
     ;;
 esac
@@ -64,5 +72,21 @@ if [ "$mode" = --valgrind ]; then
     done
     [ $fail -eq 0 ] && echo "valgrind: all unit tests and fuzz replays clean"
     exit $fail
+fi
+if [ "$mode" = --tsan ]; then
+    # Reports go to files (a worker that met a race would otherwise be
+    # restarted by its supervisor, and the test pass): any file fails.
+    rm -rf tsan && mkdir -p tsan
+    status=0
+    ctest --output-on-failure -j"$jobs" -L unit || status=1
+    ctest --output-on-failure \
+        -R 'test_concurrency|test_pipeline|integration.test_pool$|chaos.test_chaos$' || status=1
+    if ls tsan/report.* >/dev/null 2>&1; then
+        echo "tsan: ThreadSanitizer reported (build-tsan/tsan/):" >&2
+        head -60 tsan/report.* >&2
+        status=1
+    fi
+    [ $status -eq 0 ] && echo "tsan: the unit tests and the worker's tests ran without a report"
+    exit $status
 fi
 ctest --output-on-failure -j"$jobs"

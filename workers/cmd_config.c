@@ -1,11 +1,15 @@
 /* compworker config check: validates a pool file and prints every effective
  * value with where it came from. */
+#include <errno.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "framework/config.h"
 #include "framework/error.h"
 #include "framework/owner.h"
+#include "framework/registry.h"
 #include "framework/store.h"
 #include "workers/cli.h"
 #include "workers/notify.h"
@@ -27,15 +31,17 @@ static const cw_opt_cmd check_cmd = {
 
 typedef struct printer {
     const char *file;
-    const char *section; /* the one printed last */
+    bool any;          /* a section was printed */
+    char section[300]; /* the one printed last (a copy: the describer reuses its buffer) */
 } printer;
 
 static void print_entry(const cw_config_entry *e, void *ud)
 {
     printer *pr = ud;
-    if (!pr->section || strcmp(pr->section, e->section) != 0) {
-        printf("%s[%s]\n", pr->section ? "\n" : "", e->section);
-        pr->section = e->section;
+    if (!pr->any || strcmp(pr->section, e->section) != 0) {
+        printf("%s[%s]\n", pr->any ? "\n" : "", e->section);
+        snprintf(pr->section, sizeof pr->section, "%s", e->section);
+        pr->any = true;
     }
     char src[600];
     switch (e->origin) {
@@ -55,6 +61,65 @@ static void print_entry(const cw_config_entry *e, void *ud)
         return;
     printf("%-44s ; %s%s%s%s\n", line, src, e->note ? " (" : "", e->note ? e->note : "",
            e->note ? ")" : "");
+}
+
+/* The handlers the plugins register, and how the handler threads run each,
+ * from a child process that loads them as a worker would (their code stays
+ * out of this one). 0, or the exit code for a plugin that does not load. */
+static int describe_handlers(const cw_config *cfg)
+{
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid < 0)
+        return cw_cli_fail(CW_EXIT_FAILURE, "config check: fork: %s", strerror(errno));
+    if (pid == 0) {
+        cw_registry *reg = NULL;
+        if (cw_registry_new(&reg))
+            _exit(CW_EXIT_FAILURE);
+        cw_registry_use_settings(reg, cfg->plugin_settings, cfg->n_plugin_settings);
+        for (size_t i = 0; i < cfg->n_plugins; i++) {
+            if (cw_plugin_load(reg, cfg->plugins[i])) {
+                fprintf(stderr, "compworker: %s\n", cw_error_last());
+                _exit(CW_EXIT_USAGE);
+            }
+        }
+        printf("; handlers (the plugins loaded as a worker loads them):\n");
+        for (size_t i = 0; i < reg->n_handlers; i++) {
+            const cw_handler_entry *h = &reg->handlers[i];
+            const cw_handler_config *hc = NULL;
+            for (size_t j = 0; j < cfg->n_handlers; j++) {
+                if (strcmp(cfg->handlers[j].type, h->type) == 0)
+                    hc = &cfg->handlers[j];
+            }
+            char how[256];
+            if (cfg->concurrency == 1)
+                snprintf(how, sizeof how, "one at a time ([pool] concurrency = 1)");
+            else if (!h->concurrent)
+                snprintf(how, sizeof how,
+                         "one at a time: not registered as concurrent (cw_register_handler_opts)");
+            else if (hc && (hc->set & CW_HANDLER_SET_CONCURRENCY) &&
+                     hc->concurrency < cfg->concurrency)
+                snprintf(how, sizeof how, "concurrent, at most %u at once", hc->concurrency);
+            else
+                snprintf(how, sizeof how, "concurrent, up to %u at once", cfg->concurrency);
+            char rate[64] = "";
+            if (hc && (hc->set & CW_HANDLER_SET_RATE_LIMIT))
+                snprintf(rate, sizeof rate, "; at most %g a second on this host", hc->rate_per_s);
+            printf(";   %s (%s %s): %s%s\n", h->type, h->plugin ? h->plugin->info->name : "program",
+                   h->plugin ? h->plugin->info->version : "", how, rate);
+        }
+        fflush(stdout);
+        /* The plugins' teardowns run, as at a worker's exit. */
+        cw_registry_free(reg);
+        _exit(CW_EXIT_OK);
+    }
+    int st;
+    while (waitpid(pid, &st, 0) < 0 && errno == EINTR)
+        ;
+    if (WIFEXITED(st))
+        return WEXITSTATUS(st);
+    return cw_cli_fail(CW_EXIT_FAILURE, "config check: loading the plugins ended with signal %d",
+                       WTERMSIG(st));
 }
 
 int cw_cmd_config(int argc, char **argv)
@@ -87,8 +152,9 @@ int cw_cmd_config(int argc, char **argv)
     }
     printf("; %s: valid (sd_notify: %s)\n", cfg->path, cw_notify_available() ? "yes" : "no");
     printf("; store: %s\n", store);
-    printer pr = {.file = cfg->path};
+    printer pr = {.file = cfg->path, .any = false};
     cw_config_describe(cfg, print_entry, &pr);
+    rc = describe_handlers(cfg);
     cw_config_free(cfg);
-    return CW_EXIT_OK;
+    return rc;
 }

@@ -723,6 +723,10 @@ int cw_pool_config_load(cw_config **out, const cw_pool_opts *opts)
     if (opts->workers_flag && (rc = cw_config_override(cfg, "pool", "workers", opts->workers_flag,
                                                        CW_ORIGIN_FLAG, "--workers")))
         goto out_free;
+    if (opts->concurrency_flag &&
+        (rc = cw_config_override(cfg, "pool", "concurrency", opts->concurrency_flag, CW_ORIGIN_FLAG,
+                                 "--concurrency")))
+        goto out_free;
     if (opts->level_flag && (rc = cw_config_override(cfg, "log", "level", opts->level_flag,
                                                      CW_ORIGIN_FLAG, "--log-level")))
         goto out_free;

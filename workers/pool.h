@@ -28,8 +28,9 @@
  * SIGHUP with the same overrides. */
 typedef struct cw_pool_opts {
     const char *config_path;
-    const char *workers_flag; /* --workers, or NULL */
-    const char *level_flag;   /* --log-level, or NULL */
+    const char *workers_flag;     /* --workers, or NULL */
+    const char *concurrency_flag; /* --concurrency, or NULL */
+    const char *level_flag;       /* --log-level, or NULL */
 } cw_pool_opts;
 
 /* Loads `opts->config_path` with the environment and the flags applied

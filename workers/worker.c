@@ -1,12 +1,23 @@
 /* The consume–dispatch–settle loop of one worker.
  *
- * Deliveries are handled in batches: whatever the broker has sent, up to
- * `batch`, is validated, claimed in the store in one transaction, run, its
- * replacements (DLQ copies) published and confirmed, its outcomes recorded in
- * a second transaction, and only then acknowledged, with a single multiple-ack
- * when it can be. A crash at any point leaves every task either unacked (the
- * broker redelivers it; the store makes the redelivery safe) or in its next
- * place. */
+ * The main thread talks to the broker and the store; handlers run on the
+ * handler threads ([pool] concurrency of them, workers/runner.c). Deliveries
+ * are claimed in batches: whatever the broker has sent, up to `batch`, is
+ * validated and claimed in the store in one round trip; those to run go to
+ * the handler threads, the others (duplicates, invalid, busy) straight to
+ * settling. What ran comes back with its outcome. Settling takes what is
+ * ready: its replacements (DLQ copies, retries) are published and confirmed,
+ * its outcomes recorded in one durable commit, and only then is it
+ * acknowledged, with a single multiple-ack where it can be. Settling happens
+ * once a batch is ready, when nothing else is in flight, or every
+ * CW_SETTLE_EVERY_MS while handlers take time, so that a kill leaves the
+ * effects of at most those milliseconds' handlers to be applied again.
+ *
+ * While handlers run, the main thread goes on: it reads deliveries, claims,
+ * settles and keeps both broker connections' heartbeats flowing, however
+ * long a handler takes. A crash at any point leaves every task either unacked
+ * (the broker redelivers it; the store makes the redelivery safe) or in its
+ * next place. */
 #include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -38,9 +49,22 @@ static cw_metrics_row *mrow(const cw_worker *w, const cw_task *t)
     return cw_metrics_row_of(w->metrics, w->reg, t->handler);
 }
 
+static void run_task(cw_task *t, cw_running *slot, void *ud);
+static int64_t rate_admit(size_t i, int64_t now_ns, void *ud);
+static void task_waited(const cw_task *t, int64_t waited_ns, void *ud);
+static void task_flight(size_t i, int delta, void *ud);
+
 static void free_arrays(cw_worker *w)
 {
-    free(w->batch);
+    free(w->slots);
+    free(w->fresh);
+    free(w->ready);
+    free(w->scratch);
+    free(w->limit);
+    free(w->rate_interval_ns);
+    free(w->rate_next);
+    free(w->rate_local);
+    free(w->rate_on);
     free(w->policy);
     free(w->claim_reqs);
     free(w->claims);
@@ -61,32 +85,58 @@ int cw_worker_new(cw_worker **out, const cw_config *cfg, cw_registry *reg)
     w->batch_max = cfg->batch ? cfg->batch : (cfg->prefetch + 1) / 2;
     if (w->batch_max > cfg->prefetch)
         w->batch_max = cfg->prefetch;
-    w->batch = calloc(w->batch_max, sizeof *w->batch);
-    w->policy = calloc(reg->n_handlers ? reg->n_handlers : 1, sizeof *w->policy);
+    /* A slot for every delivery the broker may hand over, and one more, so
+     * that frames can always be read (heartbeats, a cancel) even with every
+     * delivery in hand. */
+    w->n_slots = cfg->prefetch + 1;
+    size_t nh = reg->n_handlers ? reg->n_handlers : 1;
+    w->slots = calloc(w->n_slots, sizeof *w->slots);
+    w->fresh = calloc(w->batch_max, sizeof *w->fresh);
+    w->ready = calloc(w->n_slots, sizeof *w->ready);
+    w->scratch = calloc(w->n_slots, sizeof *w->scratch);
+    w->limit = calloc(nh, sizeof *w->limit);
+    w->rate_interval_ns = calloc(nh, sizeof *w->rate_interval_ns);
+    w->rate_next = calloc(nh, sizeof *w->rate_next);
+    w->rate_local = calloc(nh, sizeof *w->rate_local);
+    w->rate_on = calloc(nh, sizeof *w->rate_on);
+    w->policy = calloc(nh, sizeof *w->policy);
     w->claim_reqs = calloc(w->batch_max, sizeof *w->claim_reqs);
     w->claims = calloc(w->batch_max, sizeof *w->claims);
     w->claim_of = calloc(w->batch_max, sizeof *w->claim_of);
-    w->settles = calloc(w->batch_max, sizeof *w->settles);
-    w->release = calloc(w->batch_max * 2, sizeof *w->release);
-    if (!w->batch || !w->policy || !w->claim_reqs || !w->claims || !w->claim_of || !w->settles ||
-        !w->release) {
+    w->settles = calloc(w->n_slots, sizeof *w->settles);
+    w->release = calloc(w->n_slots, sizeof *w->release);
+    if (!w->slots || !w->fresh || !w->ready || !w->scratch || !w->limit || !w->rate_interval_ns ||
+        !w->rate_next || !w->rate_local || !w->rate_on || !w->policy || !w->claim_reqs ||
+        !w->claims || !w->claim_of || !w->settles || !w->release) {
         rc = cw__error(CW_STATUS_NOMEM, "out of memory creating the worker");
         goto out_free;
     }
     if ((rc = cw__validator_init(&w->val, reg, cfg->max_body_size)))
         goto out_free;
+    for (size_t i = 0; i < w->n_slots; i++) {
+        w->slots[i].next = w->free_slots;
+        w->free_slots = &w->slots[i];
+    }
     /* Each handler's policy: the pool's [retry], then what its plugin set,
-     * then the pool file's [handler TYPE]. */
+     * then the pool file's [handler TYPE]; and the type's own limits. */
     for (size_t i = 0; i < reg->n_handlers; i++) {
         const cw_handler_entry *h = &reg->handlers[i];
         w->policy[i] = cfg->retry;
         cw_retry_policy_merge(&w->policy[i], &h->retry, h->retry_set);
         for (size_t j = 0; j < cfg->n_handlers; j++) {
-            if (strcmp(cfg->handlers[j].type, h->type) == 0)
-                cw_retry_policy_merge(&w->policy[i], &cfg->handlers[j].retry, cfg->handlers[j].set);
+            const cw_handler_config *hc = &cfg->handlers[j];
+            if (strcmp(hc->type, h->type) != 0)
+                continue;
+            cw_retry_policy_merge(&w->policy[i], &hc->retry, hc->set);
+            if (hc->set & CW_HANDLER_SET_CONCURRENCY)
+                w->limit[i] = hc->concurrency;
+            if (hc->set & CW_HANDLER_SET_RATE_LIMIT)
+                w->rate_interval_ns[i] = (int64_t)(1e9 / hc->rate_per_s);
         }
         if (w->policy[i].max_delay_ms > CW_DELAY_MAX_MS)
             w->policy[i].max_delay_ms = CW_DELAY_MAX_MS;
+        w->rate_limited = w->rate_limited || w->rate_interval_ns[i] > 0;
+        w->rate_next[i] = &w->rate_local[i];
     }
 
     cw_store_opts_of(cfg, w->id, true, &w->store_opts);
@@ -113,6 +163,21 @@ int cw_worker_new(cw_worker **out, const cw_config *cfg, cw_registry *reg)
         cw_alerter_free(w->alerter);
         w->alerter = NULL;
     }
+    cw_runner_opts ro = {
+        .threads = cfg->concurrency ? cfg->concurrency : 1,
+        .reg = reg,
+        .limit = w->limit,
+        .rate_limited = w->rate_limited ? w->rate_on : NULL,
+        .rate = rate_admit,
+        .run = run_task,
+        .waited = task_waited,
+        .flight = task_flight,
+        .ud = w,
+    };
+    for (size_t i = 0; i < reg->n_handlers; i++)
+        w->rate_on[i] = w->rate_interval_ns[i] > 0;
+    if ((rc = cw_runner_new(&w->runner, &ro)))
+        goto out_alerter;
     w->next_sweep = cw__mono_ms() + CW_SWEEP_EVERY_MS;
     *out = w;
     return 0;
@@ -133,7 +198,10 @@ void cw_worker_free(cw_worker *w)
 {
     if (!w)
         return;
-    cw__crash_reporter_forget(&w->current);
+    size_t n;
+    if (w->runner)
+        cw__crash_reporter_forget(cw_runner_slots(w->runner, &n));
+    cw_runner_free(w->runner);
     cw__worker_session_close(w, true);
     cw_alerter_free(w->alerter);
     cw_store_free(w->store);
@@ -146,7 +214,8 @@ int cw_worker_enable_crash_reports(cw_worker *w)
 {
     if (!w->crash_dir[0])
         return 0;
-    return cw__crash_reporter_install(w->crash_dir, w->id, &w->current);
+    size_t n;
+    return cw__crash_reporter_install(w->crash_dir, w->id, cw_runner_slots(w->runner, &n));
 }
 
 void cw_worker_on_handler_timeout(
@@ -159,6 +228,11 @@ void cw_worker_on_handler_timeout(
 void cw_worker_use_metrics(cw_worker *w, cw_metrics_worker *mw)
 {
     w->metrics = mw;
+    /* Rate limits are shared by the pool's workers on the host. */
+    for (size_t i = 0; i < w->reg->n_handlers; i++) {
+        _Atomic int64_t *shared = cw_metrics_rate_state(mw, w->reg, &w->reg->handlers[i]);
+        w->rate_next[i] = shared ? shared : &w->rate_local[i];
+    }
 }
 
 /* Notes the crash reports of dead workers in the store; at most once a
@@ -179,38 +253,32 @@ static void import_crashes(cw_worker *w, bool force)
 static void *watchdog_main(void *arg)
 {
     cw_worker *w = arg;
+    size_t n;
+    cw_running *slots = cw_runner_slots(w->runner, &n);
     while (!atomic_load(&w->watchdog_stop)) {
         struct timespec ts = {.tv_sec = 0, .tv_nsec = 200 * 1000000L};
         nanosleep(&ts, NULL);
-        int64_t started = atomic_load(&w->current.started_ms);
-        if (!started)
-            continue;
-        int64_t ran = cw__mono_ms() - started;
-        if (ran <= w->cfg->handler_timeout_ms)
-            continue;
-        char what[64];
-        snprintf(what, sizeof what, "timeout after %lld ms", (long long)ran);
-        cw__crash_report(what);
-        cw_log_task lt = {.message_id = w->current.message_id, .type = w->current.type};
-        cw_log_error(&lt, "handler %s ran for %lld ms, past handler_timeout %lld ms",
-                     w->current.handler, (long long)ran, (long long)w->cfg->handler_timeout_ms);
-        if (w->on_timeout)
-            w->on_timeout(&w->current, ran, w->on_timeout_data);
-        return NULL;
+        for (size_t k = 0; k < n; k++) {
+            cw_running *cur = &slots[k];
+            int64_t started = atomic_load(&cur->started_ms);
+            if (!started)
+                continue;
+            int64_t ran = cw__mono_ms() - started;
+            if (ran <= w->cfg->handler_timeout_ms)
+                continue;
+            char what[64];
+            snprintf(what, sizeof what, "timeout after %lld ms", (long long)ran);
+            cw__crash_report_slot(cur, what);
+            cw_log_task lt = {.message_id = cur->message_id, .type = cur->type};
+            cw_log_error(&lt, "handler %s ran for %lld ms, past handler_timeout %lld ms",
+                         cur->handler, (long long)ran, (long long)w->cfg->handler_timeout_ms);
+            if (w->on_timeout)
+                w->on_timeout(cur, ran, w->on_timeout_data);
+            return NULL;
+        }
     }
     return NULL;
 }
-
-const cw_worker_current *cw_worker_current_task(const cw_worker *w)
-{
-    return &w->current;
-}
-
-int64_t cw_worker_handler_started_ms(const cw_worker *w)
-{
-    return atomic_load(&w->current.started_ms);
-}
-
 const cw_worker_stats *cw_worker_stats_get(const cw_worker *w)
 {
     return &w->stats;
@@ -228,52 +296,33 @@ static cw_log_task log_task(const cw_task *t)
                          .type = t->type[0] ? t->type : NULL};
 }
 
-static void describe_handler(const cw_task *t, char *out, size_t cap)
-{
-    if (t->handler && t->handler->plugin)
-        snprintf(out, cap, "%s %s", t->handler->plugin->info->name,
-                 t->handler->plugin->info->version);
-    else if (t->handler)
-        snprintf(out, cap, "%s", t->handler->type);
-    else
-        out[0] = '\0';
-}
-
 static const cw_retry_policy *policy_of(const cw_worker *w, const cw_task *t)
 {
     return &w->policy[t->handler - w->reg->handlers];
 }
 
-static void mark_current(cw_worker *w, const cw_task *t)
+/* Runs one task's handler, on a handler thread (the runner's callback), and
+ * turns what it returned into what settling does. Touches the task, the
+ * read-only policies and the shared counters only. */
+static void run_task(cw_task *t, cw_running *slot, void *ud)
 {
-    cw_worker_current *c = &w->current;
-    memcpy(c->message_id, t->message_id, sizeof c->message_id);
-    memcpy(c->type, t->type, sizeof c->type);
-    if (c->handler_of != t->handler) {
-        describe_handler(t, c->handler, sizeof c->handler);
-        c->handler_of = t->handler;
-    }
-    atomic_store(&w->current.started_ms, cw__mono_ms());
-}
-
-static void run_handler(cw_worker *w, cw_task *t)
-{
-    int64_t t0 = 0;
-    mark_current(w, t);
+    cw_worker *w = ud;
+    int64_t t0 = w->metrics ? cw__mono_ns() : 0;
     t->ran = true;
-    if (w->metrics)
-        t0 = cw__mono_ns();
     int out = (int)t->handler->fn(t, t->handler->user_data);
-    atomic_store(&w->current.started_ms, 0);
-    if (w->metrics) {
+    atomic_store(&slot->started_ms, 0);
+    if (w->metrics)
         cw_metrics_observe(mrow(w, t), (uint64_t)(cw__mono_ns() - t0));
-    }
     unsigned made = t->attempt + 1; /* attempts made, this one included */
     switch (out) {
     case CW_OK:
         t->outcome = CW_OK;
         t->error_class[0] = '\0';
         t->action = ACT_ACK;
+        /* Counted here, next to the effect, so that a kill leaves at most
+         * the handler running then uncounted. */
+        if (w->metrics)
+            cw_metrics_add(mrow(w, t), CW_M_SUCCEEDED);
         return;
     case CW_FAIL:
         t->outcome = CW_FAIL;
@@ -299,6 +348,36 @@ static void run_handler(cw_worker *w, cw_task *t)
         t->action = ACT_DLQ;
         return;
     }
+}
+
+/* The rate limit of handler i (the runner's callback): GCRA without a
+ * burst, its state shared by the pool's workers on the host (the monotonic
+ * clock is the host's). 0 to start now, or how long to wait. */
+static int64_t rate_admit(size_t i, int64_t now_ns, void *ud)
+{
+    cw_worker *w = ud;
+    _Atomic int64_t *next = w->rate_next[i];
+    int64_t at = atomic_load(next);
+    for (;;) {
+        if (at > now_ns)
+            return at - now_ns;
+        if (atomic_compare_exchange_weak(next, &at, now_ns + w->rate_interval_ns[i]))
+            return 0;
+    }
+}
+
+static void task_waited(const cw_task *t, int64_t waited_ns, void *ud)
+{
+    cw_worker *w = ud;
+    if (w->metrics)
+        cw_metrics_observe_wait(mrow(w, t), waited_ns > 0 ? (uint64_t)waited_ns : 0);
+}
+
+static void task_flight(size_t i, int delta, void *ud)
+{
+    cw_worker *w = ud;
+    if (w->metrics)
+        cw_metrics_in_flight(cw_metrics_row_of(w->metrics, w->reg, &w->reg->handlers[i]), delta);
 }
 
 /* The delay before the next attempt of a task that asked for a retry. */
@@ -373,17 +452,26 @@ static void release_pending(cw_worker *w)
         cw_log_warn(NULL, "releasing %zu claims failed: %s", w->n_release, cw_error_last());
 }
 
-/* Notes for release_pending() the claims of batch[from, to) that end
- * unsettled: all of them when their outcomes were not `recorded`, else those
- * held for redelivery (a republish not confirmed) or never run. */
-static void note_unsettled(cw_worker *w, size_t from, size_t to, bool recorded)
+/* Notes for release_pending() the claim of a task that ends unsettled:
+ * handed back to the broker unacked, its outcome not recorded (a lost
+ * session, a republish not confirmed, a failed record, a stop before it ran). */
+static void note_unsettled(cw_worker *w, const cw_task *t)
 {
-    for (size_t i = from; i < to; i++) {
-        const cw_task *t = &w->batch[i];
-        bool open = !recorded || t->action == ACT_HOLD || t->action == ACT_RUN;
-        if (t->ticket > 0 && open && w->n_release < w->batch_max * 2)
-            w->release[w->n_release++] = t->ticket;
+    if (t->ticket > 0 && w->n_release < w->n_slots)
+        w->release[w->n_release++] = t->ticket;
+}
+/* Whether another delivery of t's message ID is in flight in this worker
+ * (with the handler threads, or ready to settle). Only asked of a claim the
+ * store says was this worker's already: a scan of the slots. */
+static bool in_flight(const cw_worker *w, const cw_task *t)
+{
+    for (size_t i = 0; i < w->n_slots; i++) {
+        const cw_task *o = &w->slots[i];
+        if (o != t && (o->stage == STAGE_RUN || o->stage == STAGE_READY) &&
+            strcmp(o->message_id, t->message_id) == 0)
+            return true;
     }
+    return false;
 }
 
 typedef struct id_ref {
@@ -401,13 +489,13 @@ static int by_id(const void *a, const void *b)
 /* Validates every delivery of the batch and claims the valid ones in the
  * store (one round trip). A message ID that comes twice in one batch is
  * claimed once: its later copies are duplicates. */
-static int claim_batch(cw_worker *w, size_t n, int64_t now)
+static int claim_fresh(cw_worker *w, size_t n, int64_t now)
 {
     int rc;
     /* A redelivery may follow a worker's death: note its report first, so
      * that the history (and a poison verdict) says how it died. */
     for (size_t i = 0; i < n; i++) {
-        if (w->batch[i].env.redelivered) {
+        if (w->fresh[i]->env.redelivered) {
             import_crashes(w, false);
             break;
         }
@@ -415,7 +503,7 @@ static int claim_batch(cw_worker *w, size_t n, int64_t now)
     id_ref refs[w->batch_max];
     size_t m = 0;
     for (size_t i = 0; i < n; i++) {
-        cw_task *t = &w->batch[i];
+        cw_task *t = w->fresh[i];
         if (!cw__task_validate(&w->val, t)) {
             w->stats.invalid++;
             t->action = ACT_DLQ;
@@ -428,12 +516,12 @@ static int claim_batch(cw_worker *w, size_t n, int64_t now)
         qsort(refs, m, sizeof *refs, by_id);
         for (size_t k = 1; k < m; k++) {
             if (strcmp(refs[k].id, refs[k - 1].id) == 0)
-                w->batch[refs[k].i].action = ACT_DUP;
+                w->fresh[refs[k].i]->action = ACT_DUP;
         }
     }
     size_t r = 0;
     for (size_t i = 0; i < n; i++) {
-        cw_task *t = &w->batch[i];
+        cw_task *t = w->fresh[i];
         if (t->action != ACT_NONE)
             continue;
         w->claim_reqs[r] = (cw_claim_req){.message_id = t->message_id,
@@ -453,10 +541,17 @@ static int claim_batch(cw_worker *w, size_t n, int64_t now)
         return rc;
     store_back(w);
     for (size_t k = 0; k < r; k++) {
-        cw_task *t = &w->batch[w->claim_of[k]];
+        cw_task *t = w->fresh[w->claim_of[k]];
         const cw_claim *c = &w->claims[k];
         switch (c->result) {
         case CW_CLAIM_NEW:
+            if (c->mine && in_flight(w, t)) {
+                /* A copy of a task this worker runs now (a duplicate that
+                 * came in a later batch): looked at again once that one
+                 * has settled, as a busy duplicate of another worker is. */
+                t->action = ACT_DEFER;
+                break;
+            }
             t->ticket = c->ticket;
             if (c->deliveries > w->cfg->max_deliveries) {
                 /* Delivered again and again without an outcome: the worker
@@ -492,7 +587,7 @@ static void alert(cw_worker *w, const cw_task *t, int64_t now)
     if (!w->alerter)
         return;
     char handler[300];
-    describe_handler(t, handler, sizeof handler);
+    cw__task_describe_handler(t, handler, sizeof handler);
     cw_alert_event ev = {
         .message_id = t->message_id[0] ? t->message_id : NULL,
         .saga_id = t->saga_id[0] ? t->saga_id : NULL,
@@ -511,15 +606,15 @@ static void alert(cw_worker *w, const cw_task *t, int64_t now)
 /* Publishes what replaces each task that is not simply acked — its DLQ
  * copy, its next attempt, or its deferred twin — and waits for the
  * confirms. A task whose replacement is not confirmed is held (not acked). */
-static int republish_range(cw_worker *w, size_t from, size_t to, int64_t now)
+static int republish_set(cw_worker *w, cw_task **set, size_t n, int64_t now)
 {
     size_t sent = 0;
     int rc = 0;
     char rk[512];
-    for (size_t i = from; i < to && rc == 0; i++) {
-        cw_task *t = &w->batch[i];
+    for (size_t i = 0; i < n && rc == 0; i++) {
+        cw_task *t = set[i];
         char handler[300];
-        describe_handler(t, handler, sizeof handler);
+        cw__task_describe_handler(t, handler, sizeof handler);
         cw_deadletter_info info = {
             .error_class = t->error_class,
             .reason = t->reason,
@@ -555,8 +650,8 @@ static int republish_range(cw_worker *w, size_t from, size_t to, int64_t now)
     if (sent && rc == 0)
         rc = cw__publisher_wait(&w->pub, CW_CONFIRM_TIMEOUT_MS);
     size_t held = 0;
-    for (size_t i = from; i < to; i++) {
-        cw_task *t = &w->batch[i];
+    for (size_t i = 0; i < n; i++) {
+        cw_task *t = set[i];
         if (t->action != ACT_DLQ && t->action != ACT_RETRY && t->action != ACT_DEFER)
             continue;
         if (rc) {
@@ -592,14 +687,14 @@ static int republish_range(cw_worker *w, size_t from, size_t to, int64_t now)
     return rc;
 }
 
-/* Records the outcomes of batch[from, to) in the store (one durable
- * commit), waiting for a store that does not answer. The same `now` on a
- * try again makes it idempotent where a commit went through unanswered. */
-static int record_range(cw_worker *w, size_t from, size_t to, int64_t now)
+/* Records the outcomes of the set in the store (one durable commit),
+ * waiting for a store that does not answer. The same `now` on a try again
+ * makes it idempotent where a commit went through unanswered. */
+static int record_set(cw_worker *w, cw_task **set, size_t n, int64_t now)
 {
     size_t r = 0;
-    for (size_t i = from; i < to; i++) {
-        cw_task *t = &w->batch[i];
+    for (size_t i = 0; i < n; i++) {
+        cw_task *t = set[i];
         cw_settle_req req = {.message_id = t->message_id,
                              .ticket = t->ticket,
                              .error_class = t->error_class,
@@ -634,80 +729,122 @@ static int record_range(cw_worker *w, size_t from, size_t to, int64_t now)
     return rc;
 }
 
-/* Acks what is settled in batch[from, to) and drops (unacked) what is held. */
-static int ack_range(cw_worker *w, size_t from, size_t to)
+/* Gives a slot back for the next delivery. */
+static void slot_free(cw_worker *w, cw_task *t)
 {
-    uint64_t max_tag = 0;
-    bool all = true;
-    for (size_t i = from; i < to; i++) {
-        cw_task *t = &w->batch[i];
-        if (t->action == ACT_HOLD)
-            all = false;
-        if (t->env.delivery_tag > max_tag)
-            max_tag = t->env.delivery_tag;
+    cw__task_reset(t);
+    t->next = w->free_slots;
+    w->free_slots = t;
+}
+
+/* Acks what is settled in the set and frees its slots; what is held
+ * (its replacement not confirmed) is dropped unacked. One multiple-ack
+ * covers every settled delivery below the lowest one still in hand
+ * elsewhere (claimed, running, held); the others are acked one by one. */
+static int ack_set(cw_worker *w, cw_task **set, size_t n)
+{
+    uint64_t floor = UINT64_MAX; /* the lowest delivery tag not acked here */
+    for (size_t i = 0; i < w->n_slots; i++) {
+        const cw_task *t = &w->slots[i];
+        if (t->stage != STAGE_FREE && t->stage != STAGE_SETTLING && t->env.delivery_tag < floor)
+            floor = t->env.delivery_tag;
+    }
+    uint64_t multi = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (set[i]->action == ACT_HOLD && set[i]->env.delivery_tag < floor)
+            floor = set[i]->env.delivery_tag;
+    }
+    for (size_t i = 0; i < n; i++) {
+        uint64_t tag = set[i]->env.delivery_tag;
+        if (set[i]->action != ACT_HOLD && tag < floor && tag > multi)
+            multi = tag;
     }
     int st = AMQP_STATUS_OK;
-    if (all && to > from) {
-        st = amqp_basic_ack(w->cconn, CW_CONSUME_CH, max_tag, 1);
-    } else {
-        for (size_t i = from; i < to && st == AMQP_STATUS_OK; i++) {
-            if (w->batch[i].action != ACT_HOLD)
-                st = amqp_basic_ack(w->cconn, CW_CONSUME_CH, w->batch[i].env.delivery_tag, 0);
-        }
+    if (multi)
+        st = amqp_basic_ack(w->cconn, CW_CONSUME_CH, multi, 1);
+    for (size_t i = 0; i < n && st == AMQP_STATUS_OK; i++) {
+        const cw_task *t = set[i];
+        if (t->action != ACT_HOLD && t->env.delivery_tag > multi)
+            st = amqp_basic_ack(w->cconn, CW_CONSUME_CH, t->env.delivery_tag, 0);
     }
-    for (size_t i = from; i < to; i++)
-        cw__task_reset(&w->batch[i]);
+    for (size_t i = 0; i < n; i++)
+        slot_free(w, set[i]);
     if (st != AMQP_STATUS_OK)
         return cw__error(CW_STATUS_CONNECTION, "acknowledging deliveries: %s",
                          amqp_error_string2(st));
     return 0;
 }
 
-/* Settles batch[from, to): publishes and confirms what replaces the tasks
- * that are not simply acked, records every outcome (one durable commit),
- * acks. */
-static int settle_range(cw_worker *w, size_t from, size_t to)
+/* Settles what is ready: publishes and confirms what replaces the tasks that
+ * are not simply acked, records every outcome (one durable commit), acks. */
+static int settle_ready(cw_worker *w)
 {
+    size_t n = w->n_ready;
+    cw_task **set = w->ready;
+    w->n_ready = 0;
+    w->ready_since = 0;
+    if (!n)
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        set[i]->stage = STAGE_SETTLING;
     int64_t now = cw__now_ms();
-    int pub_rc = republish_range(w, from, to, now);
-    int rc = record_range(w, from, to, now);
+    int pub_rc = republish_set(w, set, n, now);
+    int rc = record_set(w, set, n, now);
     if (rc) {
         /* Without the record nothing may be acked: leave all for redelivery. */
-        note_unsettled(w, from, to, false);
-        for (size_t i = from; i < to; i++)
-            cw__task_reset(&w->batch[i]);
+        for (size_t i = 0; i < n; i++) {
+            note_unsettled(w, set[i]);
+            slot_free(w, set[i]);
+        }
         return rc;
     }
-    note_unsettled(w, from, to, true);
-    rc = ack_range(w, from, to);
+    for (size_t i = 0; i < n; i++) {
+        if (set[i]->action == ACT_HOLD)
+            note_unsettled(w, set[i]);
+    }
+    rc = ack_set(w, set, n);
     return rc ? rc : pub_rc;
 }
 
-static void reset_range(cw_worker *w, size_t from, size_t to)
+/* Moves a task whose outcome is known to the ready set. */
+static void make_ready(cw_worker *w, cw_task *t)
 {
-    for (size_t i = from; i < to; i++)
-        cw__task_reset(&w->batch[i]);
+    t->stage = STAGE_READY;
+    if (!w->n_ready)
+        w->ready_since = cw__mono_ms();
+    w->ready[w->n_ready++] = t;
 }
 
-/* Claims the batch, runs its handlers in order and settles their outcomes.
- * Fast handlers settle as one batch (one claim commit, one durable commit,
- * one multiple-ack for hundreds of tasks). When handlers take time, what has
- * run is settled every CW_SETTLE_EVERY_MS before the rest runs: a worker
- * killed between a handler's effect and the store's record leaves that
- * effect to be applied again on redelivery, and this bounds how many such
- * effects one kill can leave to the tasks of those milliseconds. */
-static int process_batch(cw_worker *w, size_t n)
+/* Takes back what the handler threads ran, into the ready set. */
+static void take_done(cw_worker *w)
 {
-    int rc = claim_batch(w, n, cw__now_ms());
+    size_t n = cw_runner_take(w->runner, w->scratch, w->n_slots);
+    for (size_t i = 0; i < n; i++) {
+        cw_task *t = w->scratch[i];
+        if (t->action == ACT_ACK) {
+            w->stats.succeeded++;
+            cw_log_task lt = log_task(t);
+            cw_log_debug(&lt, "applied");
+        }
+        make_ready(w, t);
+    }
+}
+
+/* Claims what was received (one store round trip) and hands what is to run
+ * to the handler threads; the rest is ready to settle. */
+static int dispatch_fresh(cw_worker *w)
+{
+    size_t n = w->n_fresh;
+    int rc = claim_fresh(w, n, cw__now_ms());
+    w->n_fresh = 0;
     if (rc) {
-        reset_range(w, 0, n);
+        for (size_t i = 0; i < n; i++)
+            slot_free(w, w->fresh[i]); /* unacked: redelivered */
         return rc;
     }
-
-    size_t settled = 0;
-    int64_t since = cw__mono_ms();
+    size_t run = 0;
     for (size_t i = 0; i < n; i++) {
-        cw_task *t = &w->batch[i];
+        cw_task *t = w->fresh[i];
         cw_log_task lt = log_task(t);
         if (w->metrics) {
             cw_metrics_add(mrow(w, t), CW_M_RECEIVED);
@@ -716,14 +853,9 @@ static int process_batch(cw_worker *w, size_t n)
         }
         switch (t->action) {
         case ACT_RUN:
-            run_handler(w, t);
-            if (t->action == ACT_ACK) {
-                w->stats.succeeded++;
-                if (w->metrics)
-                    cw_metrics_add(mrow(w, t), CW_M_SUCCEEDED);
-                cw_log_debug(&lt, "applied");
-            }
-            break;
+            t->stage = STAGE_RUN;
+            w->scratch[run++] = t;
+            continue;
         case ACT_DUP:
             w->stats.duplicates++;
             cw_log_info(&lt, "duplicate skipped: message ID already applied");
@@ -734,17 +866,65 @@ static int process_batch(cw_worker *w, size_t n)
             break;
         default: break;
         }
-        if (i + 1 < n && cw__mono_ms() - since >= CW_SETTLE_EVERY_MS) {
-            if ((rc = settle_range(w, settled, i + 1))) {
-                note_unsettled(w, i + 1, n, true);
-                reset_range(w, i + 1, n); /* claimed, not run: redelivered */
-                return rc;
-            }
-            settled = i + 1;
-            since = cw__mono_ms();
-        }
+        make_ready(w, t);
     }
-    return settle_range(w, settled, n);
+    cw_runner_submit(w->runner, w->scratch, run);
+    return 0;
+}
+
+/* Whether the ready set is to be settled now: a batch's worth, nothing
+ * else in flight to wait for, or the oldest ready for CW_SETTLE_EVERY_MS
+ * (the bound of what a kill leaves to be applied again). */
+static bool settle_due(cw_worker *w)
+{
+    return w->n_ready &&
+           (w->n_ready >= w->batch_max || cw_runner_pending(w->runner) == 0 ||
+            cw__mono_ms() - w->ready_since >= CW_SETTLE_EVERY_MS || (w->stop && *w->stop));
+}
+
+/* How long the loop may wait for the broker or a handler now (ms). */
+static int wait_budget(cw_worker *w)
+{
+    if (w->n_fresh)
+        return 0;
+    if (w->n_ready) {
+        if (settle_due(w))
+            return 0;
+        int64_t left = w->ready_since + CW_SETTLE_EVERY_MS - cw__mono_ms();
+        return left < 1 ? 1 : (int)left;
+    }
+    return CW_POLL_MS;
+}
+
+/* Lets the handler threads finish what they run now, then settles what is
+ * ready (when the session allows it, `graceful`) and hands back the rest:
+ * what had not started is released and dropped unacked (the broker
+ * redelivers it); so is what could not be settled. */
+static void drain(cw_worker *w, bool graceful)
+{
+    size_t n = cw_runner_cancel(w->runner, w->scratch, w->n_slots);
+    for (size_t i = 0; i < n; i++) {
+        note_unsettled(w, w->scratch[i]);
+        slot_free(w, w->scratch[i]);
+    }
+    for (size_t i = 0; i < w->n_fresh; i++)
+        slot_free(w, w->fresh[i]);
+    w->n_fresh = 0;
+    while (cw_runner_pending(w->runner) > 0) {
+        cw_runner_wait(w->runner, 100);
+        take_done(w);
+        if (graceful && cw__worker_keep_alive(w))
+            graceful = false;
+    }
+    take_done(w);
+    if (w->n_ready) {
+        /* A lost session cannot republish or ack, but what ran is recorded:
+         * a redelivered copy of an applied task is then a duplicate. */
+        int rc = settle_ready(w);
+        if (rc && graceful)
+            cw_log_warn(NULL, "settling the last deliveries failed: %s", cw_error_last());
+    }
+    release_pending(w);
 }
 
 /* Removes DONE records past the retention period. It runs between batches
@@ -779,6 +959,55 @@ static void sleep_ms(int64_t ms, volatile sig_atomic_t *stop)
         nanosleep(&ts, NULL);
         ms -= step;
     }
+}
+
+/* Says once how the handler threads run the types: which may run beside
+ * themselves, which one at a time (registered the old way), and their limits. */
+static void log_threads(const cw_worker *w)
+{
+    unsigned threads = w->cfg->concurrency ? w->cfg->concurrency : 1;
+    char line[2048];
+    size_t used = 0;
+    for (size_t i = 0; i < w->reg->n_handlers && used < sizeof line; i++) {
+        const cw_handler_entry *h = &w->reg->handlers[i];
+        used += (size_t)snprintf(line + used, sizeof line - used, "%s%s: %s", i ? "; " : "",
+                                 h->type,
+                                 threads == 1    ? "one at a time"
+                                 : h->concurrent ? "concurrent"
+                                                 : "one at a time (not registered as concurrent)");
+        if (used < sizeof line && w->limit[i] && threads > 1)
+            used += (size_t)snprintf(line + used, sizeof line - used, ", at most %u at once",
+                                     w->limit[i]);
+        if (used < sizeof line && w->rate_interval_ns[i])
+            used += (size_t)snprintf(line + used, sizeof line - used, ", at most %.6g a second",
+                                     1e9 / (double)w->rate_interval_ns[i]);
+    }
+    cw_log_info(NULL, "%u handler thread%s: %s", threads, threads == 1 ? "" : "s", line);
+}
+
+/* One turn of the loop: takes back what ran, reads what the broker sent
+ * (waiting for it, or for a handler, no longer than what is in hand
+ * allows), claims and dispatches it, settles what is due, and does the idle
+ * work. 0, or the status that ends the session. */
+static int step(cw_worker *w)
+{
+    take_done(w);
+    long got = cw__worker_collect(w, wait_budget(w));
+    if (got < 0)
+        return (int)got;
+    int rc;
+    if (w->n_fresh && (rc = dispatch_fresh(w)))
+        return rc;
+    take_done(w);
+    if (settle_due(w) && (rc = settle_ready(w)))
+        return rc;
+    if (got == 0) {
+        if ((rc = cw__worker_service_publisher(w)))
+            return rc;
+        if (!w->n_ready)
+            sweep(w);
+    }
+    return 0;
 }
 
 /* Opens the store that did not answer at cw_worker_new(), trying again
@@ -818,6 +1047,7 @@ int cw_worker_run(cw_worker *w, volatile sig_atomic_t *stop)
     int rc0 = open_store(w, stop);
     if (rc0 || !w->store)
         return rc0;
+    log_threads(w);
     import_crashes(w, true);
     if (w->alerter && cw_alerter_start(w->alerter)) {
         cw_log_warn(NULL, "alert hooks are off: %s", cw_error_last());
@@ -845,19 +1075,9 @@ int cw_worker_run(cw_worker *w, volatile sig_atomic_t *stop)
         }
         backoff = CW_BACKOFF_MIN_MS;
 
-        while (!*stop) {
-            long n = cw__worker_collect(w);
-            if (n < 0) {
-                rc = (int)n;
-                break;
-            }
-            if (n > 0 && (rc = process_batch(w, (size_t)n)))
-                break;
-            if (n == 0 && (rc = cw__worker_service_publisher(w)))
-                break;
-            sweep(w);
-        }
-        cw__worker_drop_held(w, 0);
+        while (!*stop && (rc = step(w)) == 0)
+            ;
+        drain(w, rc == 0);
         cw__worker_session_close(w, rc == 0);
         if (*stop)
             break;

@@ -34,14 +34,9 @@ int cw_worker_run(cw_worker *w, volatile sig_atomic_t *stop);
 
 const cw_worker_stats *cw_worker_stats_get(const cw_worker *w);
 
-/* What the worker's handler is running now (framework/crash.h). */
+/* What one of the worker's handler threads runs now (framework/crash.h). */
 typedef cw_running cw_worker_current;
 
-const cw_worker_current *cw_worker_current_task(const cw_worker *w);
-
-/* CLOCK_MONOTONIC ms when the running handler started, 0 when none runs.
- * Safe to call from any thread. */
-int64_t cw_worker_handler_started_ms(const cw_worker *w);
 const char *cw_worker_id(const cw_worker *w);
 
 /* Installs the crash reporter (framework/crash.h) for this worker's store.

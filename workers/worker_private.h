@@ -19,6 +19,7 @@
 #include "framework/registry.h"
 #include "framework/store.h"
 #include "framework/task.h"
+#include "workers/runner.h"
 #include "workers/worker.h"
 
 #define CW_CONSUME_CH 1
@@ -33,6 +34,15 @@
 #define CW_STORE_BACKOFF_MAX_MS 5000 /* between tries of a store that does not answer */
 #define CW_KEEPALIVE_MS 5000         /* heartbeat frames sent while the worker waits */
 #define CW_BATCH_BYTES (16u << 20)   /* bodies one batch holds at least, see collect() */
+
+/* Where a delivery is in the worker (cw_task.stage). */
+enum {
+    STAGE_FREE = 0, /* the slot is free */
+    STAGE_FRESH,    /* received, not yet claimed */
+    STAGE_RUN,      /* with the handler threads (queued or running) */
+    STAGE_READY,    /* its outcome known: to settle */
+    STAGE_SETTLING  /* being settled now */
+};
 
 /* What settling does with a delivery. */
 enum {
@@ -63,8 +73,23 @@ struct cw_worker {
     cw_publisher pub;
     unsigned url_next;
 
-    cw_task *batch; /* batch_max slots */
-    size_t batch_max;
+    cw_task *slots; /* every delivery in hand: prefetch + 1 of them */
+    size_t n_slots;
+    cw_task *free_slots; /* through ->next */
+    cw_task **fresh;     /* received, not yet claimed (batch_max) */
+    size_t n_fresh;
+    cw_task **ready; /* outcome known, to settle (n_slots) */
+    size_t n_ready;
+    int64_t ready_since;         /* CLOCK_MONOTONIC ms the oldest of them became ready */
+    cw_task **scratch;           /* n_slots, for handing tasks to and from the runner */
+    size_t batch_max;            /* deliveries claimed together */
+    cw_runner *runner;           /* the handler threads */
+    unsigned *limit;             /* per handler index: [handler TYPE] concurrency, 0 = none */
+    int64_t *rate_interval_ns;   /* per handler index: 1 s / rate_limit, 0 = none */
+    bool *rate_on;               /* per handler index: rate_interval_ns > 0 */
+    _Atomic int64_t **rate_next; /* per handler index: its GCRA state (shared or local) */
+    _Atomic int64_t *rate_local; /* the state when there is no shared memory */
+    bool rate_limited;           /* some handler has a rate limit */
     /* batch_max slots each, for one store round trip per batch: */
     cw_claim_req *claim_reqs;
     cw_claim *claims;
@@ -80,10 +105,6 @@ struct cw_worker {
     int64_t next_sweep;
     cw_retry_policy *policy; /* effective policy per registry handler index */
 
-    /* What the handler running now is, for the watchdog and crash reports;
-     * written before each handler call, read from other threads/signals. */
-    cw_worker_current current;
-
     cw_alerter *alerter;  /* NULL when no alert hook is configured */
     char crash_dir[4096]; /* "" for the memory store */
     int64_t next_crash_import;
@@ -95,10 +116,6 @@ struct cw_worker {
     cw_metrics_worker *metrics; /* the pool's shared counters, or NULL */
 };
 
-/* Drops the first n deliveries of the batch without acking: the broker
- * requeues them when the channel closes. */
-void cw__worker_drop_held(cw_worker *w, size_t n);
-
 /* Opens the broker session: the consuming connection (topology declared,
  * prefetch set, consuming), then the publishing one on the same broker.
  * 0, or the status of what failed with the session closed. */
@@ -108,9 +125,11 @@ int cw__worker_session_open(cw_worker *w);
  * the last acks must not be dropped), else without. */
 void cw__worker_session_close(cw_worker *w, bool graceful);
 
-/* Fills the batch with what the broker has sent, waiting up to CW_POLL_MS
- * for the first delivery. Returns the count, or <0 on a lost session. */
-long cw__worker_collect(cw_worker *w);
+/* Reads what the broker has sent into free slots (w->fresh, up to
+ * batch_max), waiting up to `wait_ms` for the first delivery or for a
+ * handler thread to finish a task, whichever comes first. Returns how many
+ * deliveries it read, or <0 on a lost session. */
+long cw__worker_collect(cw_worker *w, int wait_ms);
 
 /* Keeps the idle publishing connection's heartbeats flowing; <0 when it is
  * lost. */

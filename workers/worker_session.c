@@ -1,6 +1,7 @@
 /* The worker's broker session: its two connections (one consumes and acks,
  * one publishes with confirms), reading deliveries into a batch, and the
  * frames that are not deliveries. */
+#include <poll.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -10,14 +11,6 @@
 #include "framework/log.h"
 #include "retry/delay.h"
 #include "workers/worker_private.h"
-
-/* Drops everything held without acking: the broker requeues it when the
- * channel closes. */
-void cw__worker_drop_held(cw_worker *w, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        cw__task_reset(&w->batch[i]);
-}
 
 /* Ends the session: with the closing handshake when `graceful` (a stop:
  * the last acks must not be dropped), else without (an error ended it, and
@@ -141,32 +134,44 @@ static int receive_one(cw_worker *w, cw_task *t, int timeout_ms)
     }
 }
 
-/* Fills the batch with what the broker has sent, waiting up to CW_POLL_MS
- * for the first delivery. Returns the count, or <0 on a lost session. */
-long cw__worker_collect(cw_worker *w)
+long cw__worker_collect(cw_worker *w, int wait_ms)
 {
-    size_t n = 0, held = 0;
-    int wait = CW_POLL_MS;
+    long got = 0;
+    size_t held = 0;
+    bool polled = false;
     /* Bodies held are bounded too, not only their count: a batch ends once
      * it holds CW_BATCH_BYTES or max_body_size, so that deliveries larger
      * than the contract allows (up to the broker's own limit, 128 MiB) are
      * taken one at a time. */
     size_t budget = w->cfg->max_body_size > CW_BATCH_BYTES ? (size_t)w->cfg->max_body_size
                                                            : CW_BATCH_BYTES;
-    while (n < w->batch_max && held < budget) {
-        int got = receive_one(w, &w->batch[n], wait);
-        if (got < 0) {
-            cw__worker_drop_held(w, n);
-            return got;
+    for (;;) {
+        /* What has arrived, rabbitmq-c's and TLS's buffers included. */
+        while (w->n_fresh < w->batch_max && held < budget && w->free_slots) {
+            cw_task *t = w->free_slots;
+            int r = receive_one(w, t, 0);
+            if (r < 0)
+                return r;
+            if (r == 0)
+                break;
+            w->free_slots = t->next;
+            t->next = NULL;
+            t->stage = STAGE_FRESH;
+            w->fresh[w->n_fresh++] = t;
+            w->stats.received++;
+            held += t->env.message.body.len;
+            got++;
         }
-        if (got == 0)
-            break;
-        w->stats.received++;
-        held += w->batch[n].env.message.body.len;
-        n++;
-        wait = 0;
+        if (got || wait_ms <= 0 || polled)
+            return got;
+        /* Nothing yet: wait for the broker, or for a handler to finish. */
+        struct pollfd pfd[2] = {{.fd = amqp_get_sockfd(w->cconn), .events = POLLIN},
+                                {.fd = cw_runner_fd(w->runner), .events = POLLIN}};
+        int pr = poll(pfd, 2, wait_ms);
+        polled = true;
+        if (pr <= 0 || !(pfd[0].revents & (POLLIN | POLLERR | POLLHUP)))
+            return 0;
     }
-    return (long)n;
 }
 
 /* Keeps the idle publishing connection's heartbeats flowing. */

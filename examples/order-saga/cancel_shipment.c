@@ -76,7 +76,10 @@ out_finalize:
 
 static cw_outcome cancel_shipment(cw_task *task, void *user_data)
 {
-    sqlite3 *db = user_data;
+    char err[512];
+    sqlite3 *db = ledger_db(user_data, err, sizeof err);
+    if (db == NULL)
+        return cw_task_retry(task, "ledger: %s", err);
     struct json_object *body = cw_task_payload(task);
     const char *order_id = ledger_field_string(body, "order_id");
     const char *shipment_id = ledger_field_string(body, "shipment_id");
@@ -136,14 +139,17 @@ out_rollback:
 
 int cw_plugin_init(cw_registry *reg)
 {
-    sqlite3 *db;
+    ledger_pool *db;
+    cw_handler_opts opts = CW_HANDLER_OPTS_INIT;
 
     if (ledger_open_for_plugin(reg, "cancel-shipment", &db) < 0)
         return -1;
-    if (cw_register_handler(reg, "shipment.cancel", cancel_shipment, db) < 0 ||
+    /* Each handler thread has a ledger connection of its own. */
+    opts.concurrent = 1;
+    if (cw_register_handler_opts(reg, "shipment.cancel", cancel_shipment, db, &opts) < 0 ||
         cw_register_teardown(reg, ledger_teardown, db) < 0) {
         fprintf(stderr, "cancel-shipment: %s\n", cw_error_last());
-        sqlite3_close(db);
+        ledger_teardown(db);
         return -1;
     }
     return 0;

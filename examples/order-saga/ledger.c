@@ -1,8 +1,10 @@
 /* order-saga example — the shared ledger (see ledger.h). */
 #include "ledger.h"
 
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include <json-c/json.h>
 
@@ -85,21 +87,75 @@ out_close:
     return rc != SQLITE_OK ? rc : SQLITE_ERROR;
 }
 
-int ledger_open_for_plugin(cw_registry *reg, const char *plugin, sqlite3 **out)
+struct ledger_pool {
+    char *path;
+    pthread_key_t key;    /* this thread's connection */
+    pthread_mutex_t lock; /* all[] */
+    sqlite3 **all;        /* every connection opened, to close at teardown */
+    size_t n, cap;
+};
+
+int ledger_open_for_plugin(cw_registry *reg, const char *plugin, ledger_pool **out)
 {
     const char *path = ledger_path(cw_registry_setting(reg, "ledger", NULL));
     char err[512];
+    sqlite3 *db;
 
-    if (ledger_open(out, path, err, sizeof err) != SQLITE_OK) {
+    *out = NULL;
+    if (ledger_open(&db, path, err, sizeof err) != SQLITE_OK) {
         fprintf(stderr, "%s: ledger: %s\n", plugin, err);
         return -1;
     }
+    sqlite3_close(db); /* created and checked; the handler threads open their own */
+    ledger_pool *p = calloc(1, sizeof *p);
+    if (p == NULL || (p->path = strdup(path)) == NULL || pthread_key_create(&p->key, NULL) != 0) {
+        fprintf(stderr, "%s: ledger: out of memory\n", plugin);
+        if (p != NULL)
+            free(p->path);
+        free(p);
+        return -1;
+    }
+    pthread_mutex_init(&p->lock, NULL);
+    *out = p;
     return 0;
 }
 
-void ledger_teardown(void *db)
+sqlite3 *ledger_db(ledger_pool *p, char *err, size_t err_len)
 {
-    sqlite3_close(db);
+    sqlite3 *db = pthread_getspecific(p->key);
+    if (db != NULL)
+        return db;
+    if (ledger_open(&db, p->path, err, err_len) != SQLITE_OK)
+        return NULL;
+    pthread_mutex_lock(&p->lock);
+    if (p->n == p->cap) {
+        size_t cap = p->cap ? 2 * p->cap : 8;
+        sqlite3 **grown = realloc(p->all, cap * sizeof *grown);
+        if (grown == NULL) {
+            pthread_mutex_unlock(&p->lock);
+            sqlite3_close(db);
+            snprintf(err, err_len, "out of memory");
+            return NULL;
+        }
+        p->all = grown;
+        p->cap = cap;
+    }
+    p->all[p->n++] = db;
+    pthread_mutex_unlock(&p->lock);
+    pthread_setspecific(p->key, db);
+    return db;
+}
+
+void ledger_teardown(void *pool)
+{
+    ledger_pool *p = pool;
+    for (size_t i = 0; i < p->n; i++)
+        sqlite3_close(p->all[i]);
+    pthread_key_delete(p->key);
+    pthread_mutex_destroy(&p->lock);
+    free(p->all);
+    free(p->path);
+    free(p);
 }
 
 int ledger_exec(sqlite3 *db, const char *sql)

@@ -45,14 +45,24 @@ const char *ledger_path(const char *configured);
  * SQLite result code is returned and `err` (of `err_len` bytes) says why. */
 int ledger_open(sqlite3 **out, const char *path, char *err, size_t err_len);
 
-/* For a plugin's cw_plugin_init(): opens the ledger named by the `ledger`
- * setting of the plugin's [plugin NAME] section (else as ledger_path()).
- * `plugin` names the plugin in the error line written to stderr (the worker's
- * log) on failure. Returns 0 with *out set, or -1. */
-int ledger_open_for_plugin(cw_registry *reg, const char *plugin, sqlite3 **out);
+/* The ledger connections of a plugin whose handlers run on several threads
+ * at once: one connection per handler thread (a SQLite connection holds one
+ * transaction at a time), opened on the thread's first task. */
+typedef struct ledger_pool ledger_pool;
 
-/* A cw_teardown_fn closing the connection given as user data. */
-void ledger_teardown(void *db);
+/* For a plugin's cw_plugin_init(): the ledger named by the `ledger` setting
+ * of the plugin's [plugin NAME] section (else as ledger_path()), opened once
+ * here to create it and check it. `plugin` names the plugin in the error
+ * line written to stderr (the worker's log) on failure. Returns 0 with *out
+ * set, or -1. */
+int ledger_open_for_plugin(cw_registry *reg, const char *plugin, ledger_pool **out);
+
+/* This thread's connection (opened on its first call), or NULL with the
+ * reason in `err`. Thread-safe. */
+sqlite3 *ledger_db(ledger_pool *pool, char *err, size_t err_len);
+
+/* A cw_teardown_fn closing every connection of the pool given as user data. */
+void ledger_teardown(void *pool);
 
 /* Runs SQL text without results (a literal, never built from input). */
 int ledger_exec(sqlite3 *db, const char *sql);

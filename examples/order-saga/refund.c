@@ -54,7 +54,10 @@ static bool gateway_times_out(const char *payment_id)
 
 static cw_outcome refund(cw_task *task, void *user_data)
 {
-    sqlite3 *db = user_data;
+    char err[512];
+    sqlite3 *db = ledger_db(user_data, err, sizeof err);
+    if (db == NULL)
+        return cw_task_retry(task, "ledger: %s", err);
     struct json_object *body = cw_task_payload(task);
     const char *order_id = ledger_field_string(body, "order_id");
     const char *payment_id = ledger_field_string(body, "payment_id");
@@ -149,16 +152,19 @@ out_rollback:
 
 int cw_plugin_init(cw_registry *reg)
 {
-    sqlite3 *db;
+    ledger_pool *db;
+    cw_handler_opts opts = CW_HANDLER_OPTS_INIT;
 
     if (ledger_open_for_plugin(reg, "refund", &db) < 0)
         return -1;
     snprintf(gateway_timeouts, sizeof gateway_timeouts, "%s",
              cw_registry_setting(reg, "gateway_timeouts", ""));
-    if (cw_register_handler(reg, "payment.refund", refund, db) < 0 ||
+    /* Each handler thread has a ledger connection of its own. */
+    opts.concurrent = 1;
+    if (cw_register_handler_opts(reg, "payment.refund", refund, db, &opts) < 0 ||
         cw_register_teardown(reg, ledger_teardown, db) < 0) {
         fprintf(stderr, "refund: %s\n", cw_error_last());
-        sqlite3_close(db);
+        ledger_teardown(db);
         return -1;
     }
     return 0;

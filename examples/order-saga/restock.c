@@ -26,7 +26,10 @@ static const char restock_sql[] = "UPDATE stock SET on_hand = on_hand + ?2 WHERE
 
 static cw_outcome restock(cw_task *task, void *user_data)
 {
-    sqlite3 *db = user_data;
+    char err[512];
+    sqlite3 *db = ledger_db(user_data, err, sizeof err);
+    if (db == NULL)
+        return cw_task_retry(task, "ledger: %s", err);
     struct json_object *body = cw_task_payload(task);
     const char *order_id = ledger_field_string(body, "order_id");
     const char *sku = ledger_field_string(body, "sku");
@@ -85,14 +88,17 @@ out_rollback:
 
 int cw_plugin_init(cw_registry *reg)
 {
-    sqlite3 *db;
+    ledger_pool *db;
+    cw_handler_opts opts = CW_HANDLER_OPTS_INIT;
 
     if (ledger_open_for_plugin(reg, "restock", &db) < 0)
         return -1;
-    if (cw_register_handler(reg, "inventory.restock", restock, db) < 0 ||
+    /* Each handler thread has a ledger connection of its own. */
+    opts.concurrent = 1;
+    if (cw_register_handler_opts(reg, "inventory.restock", restock, db, &opts) < 0 ||
         cw_register_teardown(reg, ledger_teardown, db) < 0) {
         fprintf(stderr, "restock: %s\n", cw_error_last());
-        sqlite3_close(db);
+        ledger_teardown(db);
         return -1;
     }
     return 0;

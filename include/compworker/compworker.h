@@ -9,11 +9,12 @@
  *         return cw_register_handler(reg, "payment.refund", refund, NULL);
  *     }
  *
- * and its handlers are called once per task, in the worker process, on the
- * worker's only thread. A handler returns CW_OK when the compensation is
- * applied, or records why it is not with cw_task_retry() (a transient failure:
- * the task is tried again later) or cw_task_fail() (a permanent one: the task
- * goes to the dead-letter queue for an operator).
+ * and its handlers are called once per task, in the worker process, on one of
+ * the worker's handler threads ([pool] concurrency of them, 1 by default). A
+ * handler returns CW_OK when the compensation is applied, or records why it
+ * is not with cw_task_retry() (a transient failure: the task is tried again
+ * later) or cw_task_fail() (a permanent one: the task goes to the dead-letter
+ * queue for an operator).
  *
  * compworker calls a handler at most once per message ID for a successful
  * outcome: a task whose ID is already done is acknowledged without calling it.
@@ -21,8 +22,24 @@
  * its effect and compworker's record of it (make the effect idempotent on
  * cw_task_message_id() where the downstream system allows).
  *
- * Everything here may be called only from the thread that runs the handler
- * or cw_plugin_init(); none of it is safe across fork().
+ * Threads. A handler registered with cw_register_handler() is never called
+ * on two threads at once, nor while another such handler of the same plugin
+ * runs: a plugin written for one thread stays correct whatever [pool]
+ * concurrency says. A handler registered with cw_register_handler_opts() and
+ * `concurrent` set may run on several handler threads at once (up to
+ * [pool] concurrency, and [handler TYPE] concurrency for its type): it must
+ * then be thread-safe with respect to itself and the plugin's other
+ * handlers (its user_data is shared). A handler may run on a different thread
+ * from one call to the next, and never on the thread that called
+ * cw_plugin_init().
+ *
+ * What may be called from where:
+ *   - cw_register_*() and cw_registry_setting(): only during cw_plugin_init();
+ *   - cw_task_*(): from the handler the task was passed to, on its thread,
+ *     until it returns (a task belongs to one call); thread-safe in that sense;
+ *   - cw_error_last(): any thread (each has its own);
+ *   - alert hooks run on the alert thread (see cw_alert_fn).
+ * None of it is safe across fork().
  */
 #ifndef COMPWORKER_COMPWORKER_H
 #define COMPWORKER_COMPWORKER_H
@@ -136,6 +153,37 @@ CW_EXTERN int cw_plugin_init(cw_registry *reg);
  *          names the type and, for EXISTS, the plugin that has it. */
 CW_EXTERN int cw_register_handler(cw_registry *reg, const char *type, cw_handler_fn fn,
                                   void *user_data);
+
+/** How a handler is registered, for cw_register_handler_opts(). Start from
+ *  CW_HANDLER_OPTS_INIT (or cw_handler_opts_init()): fields may be added at
+ *  the end in later versions, and every version from 1 is accepted. */
+typedef struct cw_handler_opts {
+    unsigned version; /**< CW_HANDLER_OPTS_VERSION */
+    int concurrent;   /**< non-zero: the handler is thread-safe and may run on
+                           several handler threads at once (see the top of this
+                           header); 0 (the default): one call at a time, as
+                           with cw_register_handler() */
+} cw_handler_opts;
+
+#define CW_HANDLER_OPTS_VERSION 1
+#define CW_HANDLER_OPTS_INIT                                                                       \
+    {                                                                                              \
+        CW_HANDLER_OPTS_VERSION, 0                                                                 \
+    }
+
+/** Fills `opts` with the defaults of CW_HANDLER_OPTS_INIT as of `version`
+ *  (pass CW_HANDLER_OPTS_VERSION), for callers that cannot use the macro.
+ *  @return 0; CW_STATUS_INVALID_ARG for a NULL `opts`, version 0, or a
+ *          version newer than this library. Thread- and fork-safe. */
+CW_EXTERN int cw_handler_opts_init(cw_handler_opts *opts, unsigned version);
+
+/** As cw_register_handler(), with options: `opts` (borrowed for the call;
+ *  NULL means CW_HANDLER_OPTS_INIT) says whether the handler may run on
+ *  several threads at once. Call from cw_plugin_init().
+ *  @return as cw_register_handler(); CW_STATUS_INVALID_ARG also for options
+ *          of version 0 or newer than this library. */
+CW_EXTERN int cw_register_handler_opts(cw_registry *reg, const char *type, cw_handler_fn fn,
+                                       void *user_data, const cw_handler_opts *opts);
 
 /** Sets the retry policy of the handler of `type`, which must be registered
  *  already (by any plugin). Call from cw_plugin_init(). `opts` is borrowed

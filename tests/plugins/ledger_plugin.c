@@ -4,6 +4,11 @@
  *     [plugin ledger]
  *     path = /tmp/.../ledger.db          (required: init fails without it)
  *     alerts = /tmp/.../cb-alerts.jsonl  (optional: see below)
+ *     concurrent = true                  (optional: registers the handler with
+ *                                         cw_register_handler_opts() as one that
+ *                                         may run on several threads at once;
+ *                                         by default it is registered the old
+ *                                         way, one call at a time)
  *     synchronous = normal               (optional: the ledger's own SQLite
  *                                         `synchronous`, full by default;
  *                                         normal still survives a SIGKILL of
@@ -61,7 +66,8 @@ typedef struct ledger {
     sqlite3 *db;
     sqlite3_stmt *insert;
     sqlite3_stmt *call;
-    char *alerts; /* the alert hook's file, or NULL */
+    pthread_mutex_t db_lock; /* the statements, when handlers run on several threads */
+    char *alerts;            /* the alert hook's file, or NULL */
     pthread_mutex_t alerts_lock;
 } ledger;
 
@@ -106,6 +112,7 @@ static int64_t int_member(json_object *obj, const char *key)
 /* Records the call in table `calls`; false when it could not. */
 static bool record_call(ledger *l, cw_task *task)
 {
+    pthread_mutex_lock(&l->db_lock);
     sqlite3_stmt *st = l->call;
     sqlite3_reset(st);
     sqlite3_bind_text(st, 1, cw_task_message_id(task), -1, SQLITE_TRANSIENT);
@@ -116,6 +123,7 @@ static bool record_call(ledger *l, cw_task *task)
     int rc = sqlite3_step(st);
     sqlite3_reset(st);
     sqlite3_clear_bindings(st);
+    pthread_mutex_unlock(&l->db_lock);
     return rc == SQLITE_DONE;
 }
 
@@ -127,7 +135,7 @@ static cw_outcome apply(cw_task *task, void *user_data)
     json_object *v;
 
     if (!record_call(l, task))
-        return cw_task_retry(task, "ledger call insert failed: %s", sqlite3_errmsg(l->db));
+        return cw_task_retry(task, "ledger call insert failed");
     int64_t pause = int_member(payload, "pause_ms");
     if (pause > 0)
         sleep_ms(pause > 60000 ? 60000 : pause);
@@ -154,6 +162,7 @@ static cw_outcome apply(cw_task *task, void *user_data)
     if (ms > 0)
         sleep_ms(ms > 60000 ? 60000 : ms);
 
+    pthread_mutex_lock(&l->db_lock);
     sqlite3_stmt *st = l->insert;
     sqlite3_reset(st);
     sqlite3_bind_text(st, 1, cw_task_message_id(task), -1, SQLITE_TRANSIENT);
@@ -164,8 +173,9 @@ static cw_outcome apply(cw_task *task, void *user_data)
     int rc = sqlite3_step(st);
     sqlite3_reset(st);
     sqlite3_clear_bindings(st);
+    pthread_mutex_unlock(&l->db_lock);
     if (rc != SQLITE_DONE)
-        return cw_task_retry(task, "ledger insert failed: %s", sqlite3_errmsg(l->db));
+        return cw_task_retry(task, "ledger insert failed (%d)", rc);
     return CW_OK;
 }
 
@@ -193,6 +203,7 @@ static void ledger_close(ledger *l)
     sqlite3_finalize(l->call);
     sqlite3_close(l->db);
     pthread_mutex_destroy(&l->alerts_lock);
+    pthread_mutex_destroy(&l->db_lock);
     free(l->alerts);
     free(l);
 }
@@ -213,6 +224,7 @@ int cw_plugin_init(cw_registry *reg)
     if (!l)
         return -1;
     pthread_mutex_init(&l->alerts_lock, NULL);
+    pthread_mutex_init(&l->db_lock, NULL);
     const char *alerts = cw_registry_setting(reg, "alerts", NULL);
     if (alerts && alerts[0] && !(l->alerts = strdup(alerts))) {
         ledger_close(l);
@@ -262,7 +274,9 @@ int cw_plugin_init(cw_registry *reg)
         return -1;
     }
     int rc;
-    if ((rc = cw_register_handler(reg, "it.apply", apply, l)) < 0 ||
+    cw_handler_opts ho = CW_HANDLER_OPTS_INIT;
+    ho.concurrent = strcmp(cw_registry_setting(reg, "concurrent", "false"), "true") == 0;
+    if ((rc = cw_register_handler_opts(reg, "it.apply", apply, l, &ho)) < 0 ||
         (l->alerts && (rc = cw_register_alert_hook(reg, on_alert, l)) < 0) ||
         (rc = cw_register_teardown(reg, teardown, l)) < 0) {
         ledger_close(l);

@@ -126,7 +126,8 @@ static int setup(void **state)
         fail_msg("symlink %s: %s", link, strerror(errno));
     static const char good[] = "[broker]\nurl = " GOOD_URL "\n"
                                "[pool]\nname = good\nplugins = ledger_plugin.so\n"
-                               "[store]\npath = store.db\n";
+                               "[store]\npath = store.db\n"
+                               "[plugin ledger]\npath = ledger.db\n";
     write_file("good.ini", good, sizeof good - 1);
     write_file("body.json", "{\"ok\":true}", 11);
     char *big = malloc(2u << 20);

@@ -606,9 +606,10 @@ static void test_error_handler_sections(void **state)
                  "pool.ini:2: [handler refund] max_delay: '30h' is more than");
     EXPECT_ERROR("[handler refund]\njitter = some\n",
                  "pool.ini:2: [handler refund] jitter: 'some' is not one of none, full, equal");
-    EXPECT_ERROR("[handler refund]\nmax_deliveries = 3\n",
-                 "pool.ini:2: unknown key 'max_deliveries' in [handler refund] (expected "
-                 "max_attempts, interval, backoff_rate, max_delay, jitter)");
+    EXPECT_ERROR(
+        "[handler refund]\nmax_deliveries = 3\n",
+        "pool.ini:2: unknown key 'max_deliveries' in [handler refund] (expected "
+        "max_attempts, interval, backoff_rate, max_delay, jitter, concurrency, rate_limit)");
     EXPECT_ERROR("[handler refund]\njitter = full\nJitter = none\n",
                  "pool.ini:3: [handler refund] jitter: set twice (first on line 2)");
     /* Two sections of one type: an error, even when the second is empty. */

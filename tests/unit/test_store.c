@@ -271,19 +271,25 @@ static void same_owner_reclaims(const fixture *f)
     cw_store *s = open_as(f, "w1", NULL, NULL);
     cw_claim c;
     assert_int_equal(claim1(s, "m1", T0, &c), CW_CLAIM_NEW);
+    assert_false(c.mine); /* a new record */
     assert_int_equal(claim1(s, "m1", T0 + 1, &c), CW_CLAIM_NEW);
     assert_int_equal(c.deliveries, 2);
+    assert_true(c.mine); /* it was in progress under this owner's lease */
     assert_int_equal(claim1(s, "m1", T0 + 2, &c), CW_CLAIM_NEW);
     assert_int_equal(c.deliveries, 3);
     assert_int_equal(c.attempts, 0);
     assert_int_equal(get(s, "m1").lease_until_ms, T0 + 2 + LEASE_MS);
+    /* Past its lease it is no longer held: not "mine". */
+    assert_int_equal(claim1(s, "m1", T0 + 3 + LEASE_MS, &c), CW_CLAIM_NEW);
+    assert_false(c.mine);
 
     /* A settle resets the deliveries since the last settle, not the total. */
-    settle1(s, "m1", CW_STATE_RETRYING, "retry", "timeout", "upstream slow", T0 + 3);
-    assert_int_equal(claim1(s, "m1", T0 + 4, &c), CW_CLAIM_NEW);
+    settle1(s, "m1", CW_STATE_RETRYING, "retry", "timeout", "upstream slow", T0 + 4 + LEASE_MS);
+    assert_int_equal(claim1(s, "m1", T0 + 5 + LEASE_MS, &c), CW_CLAIM_NEW);
+    assert_false(c.mine);
     assert_int_equal(c.deliveries, 1);
     assert_int_equal(c.attempts, 1);
-    assert_int_equal(get(s, "m1").deliveries, 4);
+    assert_int_equal(get(s, "m1").deliveries, 5);
     cw_store_free(s);
 }
 BOTH(same_owner_reclaims)
