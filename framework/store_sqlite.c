@@ -233,6 +233,7 @@ static int sq_claim_in(cw_sq_store *q, const cw_claim_req *req, int64_t now_ms, 
     out->owner[0] = '\0';
     out->ticket = 0;
     out->fresh = false;
+    out->mine = false;
 
     /* First sight, the common case, costs one statement. */
     if (sq_bind_text(st, 1, req->message_id) != SQLITE_OK ||
