@@ -72,8 +72,8 @@ typedef enum cw_slot_state {
 typedef struct cw_metrics_slot {
     _Atomic int state; /* cw_slot_state */
     _Atomic int pid;
-    _Atomic int connected;     /* 1 while a broker session is open */
-    _Atomic int store_down;    /* 1 while the worker's store does not answer */
+    _Atomic int connected;      /* 1 while a broker session is open */
+    _Atomic int store_down;     /* 1 while the worker's store does not answer */
     _Atomic uint64_t sessions;  /* broker sessions opened */
     _Atomic uint64_t followups; /* follow-up messages published and confirmed */
     cw_metrics_row rows[CW_METRICS_TYPES];

@@ -56,22 +56,22 @@ typedef struct cw_claim {
 /* A follow-up message of a task (cw_task_send): stored with the task's done
  * record, published after it, removed once confirmed. */
 typedef struct cw_followup {
-    char message_id[37];   /* UUIDv5 of the task's message ID and the index */
-    char *exchange;        /* owned by whoever holds the followup */
+    char message_id[37]; /* UUIDv5 of the task's message ID and the index */
+    char *exchange;      /* owned by whoever holds the followup */
     char *routing_key;
     char *type;
-    char *saga_id;         /* NULL for none */
+    char *saga_id; /* NULL for none */
     void *body;
     size_t len;
 } cw_followup;
 
 typedef struct cw_settle_req {
     const char *message_id;
-    cw_task_state state;     /* DONE, DEAD or RETRYING */
-    const char *outcome;     /* "ok", "retry", "fail", "invalid", "poison", ... */
-    const char *error_class; /* NULL for ok */
-    const char *reason;      /* NULL for ok */
-    int64_t ticket;          /* cw_claim.ticket of this task's claim in this
+    cw_task_state state;          /* DONE, DEAD or RETRYING */
+    const char *outcome;          /* "ok", "retry", "fail", "invalid", "poison", ... */
+    const char *error_class;      /* NULL for ok */
+    const char *reason;           /* NULL for ok */
+    int64_t ticket;               /* cw_claim.ticket of this task's claim in this
                                 worker, or 0 to find the record by message_id */
     const cw_followup *followups; /* DONE only: stored in the same commit; may be NULL */
     size_t n_followups;

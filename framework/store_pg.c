@@ -537,8 +537,8 @@ static int pg_followups_done(cw_store *s, const char *const *message_ids, size_t
     PGresult *res = NULL;
     if (!values[0])
         rc = cw__error(CW_STATUS_NOMEM, "store %s: follow-ups: out of memory", q->label);
-    else if ((rc = run(q, CW_PG_FOLLOWUP_DONE, 1, values, PGRES_COMMAND_OK, "follow-ups",
-                       &res)) == 0)
+    else if ((rc = run(q, CW_PG_FOLLOWUP_DONE, 1, values, PGRES_COMMAND_OK, "follow-ups", &res)) ==
+             0)
         PQclear(res);
     cw__pg_buf_free(&b);
     return rc;

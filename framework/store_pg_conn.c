@@ -357,8 +357,8 @@ static int migrate(cw_pg_store *q, const char *quoted)
     if ((rc = cw__pg_command(q, "COMMIT", "creating the schema")))
         return rc;
     if (version > 0)
-        cw_log_info(NULL, "store %s: migrated schema %s from version %d to %d", q->label,
-                    q->schema, version, CW_PG_SCHEMA_VERSION);
+        cw_log_info(NULL, "store %s: migrated schema %s from version %d to %d", q->label, q->schema,
+                    version, CW_PG_SCHEMA_VERSION);
     else
         cw_log_info(NULL, "store %s: created schema %s at version %d", q->label, q->schema,
                     CW_PG_SCHEMA_VERSION);

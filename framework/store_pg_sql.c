@@ -310,10 +310,9 @@ const char *const cw__pg_sql[CW_PG_COUNT] = {
     /* $1 ticket, $2 owner, $3 now: a handler transaction takes its claim as
      * done (marked unsettled = -1 until compworker commits it: see
      * cw_tx_guard) */
-    [CW_PG_TX_TAKE] =
-        "UPDATE @S.cw_tasks SET state = 2, attempts = attempts + 1, settled_at = $3,"
-        " lease_until = NULL, unsettled = -1, last_seen = $3, error_class = NULL,"
-        " last_error = NULL WHERE id = $1 AND state = 1 AND owner = $2",
+    [CW_PG_TX_TAKE] = "UPDATE @S.cw_tasks SET state = 2, attempts = attempts + 1, settled_at = $3,"
+                      " lease_until = NULL, unsettled = -1, last_seen = $3, error_class = NULL,"
+                      " last_error = NULL WHERE id = $1 AND state = 1 AND owner = $2",
     /* $1 ticket, $2 owner, $3 now, $4 message IDs, $5 saga IDs, $6 types, $7
      * exchanges, $8 routing keys, $9 bodies: the end of a handler
      * transaction whose outcome is done, before its COMMIT: the mark taken

@@ -27,7 +27,7 @@ typedef struct pg_tx {
     cw_pg_store q; /* the session, as the store's code knows one */
     bool open;
     bool guard;
-    bool misused; /* the handler sent a BEGIN inside the transaction */
+    bool misused;       /* the handler sent a BEGIN inside the transaction */
     PGconn *configured; /* the session the settings below were made on */
     char error[512];
 } pg_tx;
@@ -133,7 +133,7 @@ static int pg_tx_commit(cw_store_tx *tx, const cw_followup *f, size_t n)
     if (state != CW_TX_OPEN) {
         pg_tx_rollback(tx);
         return cw__error(CW_STATUS_STORE, "store %s: handler transaction: %s", x->q.label,
-                         state == CW_TX_MISUSED ? "the handler tried to begin or end it"
+                         state == CW_TX_MISUSED  ? "the handler tried to begin or end it"
                          : state == CW_TX_FAILED ? "a statement in it failed"
                                                  : "the session to the server broke");
     }

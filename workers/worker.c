@@ -107,9 +107,9 @@ int cw_worker_new(cw_worker **out, const cw_config *cfg, cw_registry *reg)
     w->settles = calloc(w->n_slots, sizeof *w->settles);
     w->release = calloc(w->n_slots, sizeof *w->release);
     w->done_ids = calloc(w->n_slots * CW_TASK_SEND_MAX, sizeof *w->done_ids);
-    if (!w->done_ids || !w->slots || !w->fresh || !w->ready || !w->scratch || !w->limit || !w->rate_interval_ns ||
-        !w->rate_next || !w->rate_local || !w->rate_on || !w->policy || !w->claim_reqs ||
-        !w->claims || !w->claim_of || !w->settles || !w->release) {
+    if (!w->done_ids || !w->slots || !w->fresh || !w->ready || !w->scratch || !w->limit ||
+        !w->rate_interval_ns || !w->rate_next || !w->rate_local || !w->rate_on || !w->policy ||
+        !w->claim_reqs || !w->claims || !w->claim_of || !w->settles || !w->release) {
         rc = cw__error(CW_STATUS_NOMEM, "out of memory creating the worker");
         goto out_free;
     }
@@ -338,11 +338,11 @@ static int finish_effects(cw_task *t, int out)
     cw_tx_state st = tx ? cw_store_tx_state(tx) : CW_TX_NONE;
     cw_store_tx_guard(tx, false);
     const char *api = tx && strcmp(tx->backend, "sqlite") == 0 ? "cw_task_sqlite" : "cw_task_pg";
-    if (t->send_error[0] || st == CW_TX_MISUSED || (tx && out != CW_OK) ||
-        st == CW_TX_FAILED || st == CW_TX_ENDED) {
+    if (t->send_error[0] || st == CW_TX_MISUSED || (tx && out != CW_OK) || st == CW_TX_FAILED ||
+        st == CW_TX_ENDED) {
         char why[CW_REASON_MAX];
-        snprintf(why, sizeof why, "%s", st == CW_TX_FAILED || st == CW_TX_ENDED
-                                             ? cw_store_tx_error(tx) : "");
+        snprintf(why, sizeof why, "%s",
+                 st == CW_TX_FAILED || st == CW_TX_ENDED ? cw_store_tx_error(tx) : "");
         cw_store_tx_rollback(tx);
         cw__task_drop_sends(t);
         if (t->send_error[0]) {
@@ -361,8 +361,7 @@ static int finish_effects(cw_task *t, int out)
             return out;
         cw__task_set_failure(t, CW_RETRY, "transient",
                              "%s in the store transaction, so nothing of it was committed: %s",
-                             st == CW_TX_FAILED ? "a statement failed"
-                                                : "an error rolled it back",
+                             st == CW_TX_FAILED ? "a statement failed" : "an error rolled it back",
                              why[0] ? why : "no message from the database");
         return CW_RETRY;
     }
@@ -413,8 +412,9 @@ static void run_task(cw_task *t, cw_running *slot, void *ud)
         return;
     case CW_OUTCOME_UNKNOWN: {
         cw_log_task lt = log_task(t);
-        cw_log_warn(&lt, "the outcome of the handler's transaction is not known (%s): the task "
-                         "is left for redelivery, which finds out",
+        cw_log_warn(&lt,
+                    "the outcome of the handler's transaction is not known (%s): the task "
+                    "is left for redelivery, which finds out",
                     t->reason);
         t->action = ACT_HOLD;
         return;
@@ -877,8 +877,9 @@ static void followups_done(cw_worker *w, const char **ids, size_t n)
 {
     int rc = cw_store_followups_done(w->store, ids, n);
     if (rc)
-        cw_log_warn(NULL, "removing %zu published follow-ups from the store failed (they will "
-                          "be published again, under the same message IDs): %s",
+        cw_log_warn(NULL,
+                    "removing %zu published follow-ups from the store failed (they will "
+                    "be published again, under the same message IDs): %s",
                     n, cw_error_last());
 }
 
@@ -912,8 +913,9 @@ static int publish_followups(cw_worker *w, cw_task **set, size_t n)
         followups_done(w, w->done_ids, sent);
         return 0;
     }
-    cw_log_warn(NULL, "publishing %zu follow-up message(s) failed: %s; they stay in the store and "
-                      "are published again later",
+    cw_log_warn(NULL,
+                "publishing %zu follow-up message(s) failed: %s; they stay in the store and "
+                "are published again later",
                 sent, cw_error_last());
     return rc == CW_STATUS_NACKED || rc == CW_STATUS_UNROUTABLE ? 0 : rc;
 }
@@ -938,8 +940,8 @@ static int followups_scan(cw_worker *w)
     }
     size_t published = 0;
     for (size_t i = 0; i < n && rc == 0; i++) {
-        rc = cw__publish_task(&w->pub, f[i].exchange, f[i].routing_key, f[i].message_id,
-                              f[i].type, f[i].saga_id, f[i].body, f[i].len);
+        rc = cw__publish_task(&w->pub, f[i].exchange, f[i].routing_key, f[i].message_id, f[i].type,
+                              f[i].saga_id, f[i].body, f[i].len);
         if (rc == 0)
             rc = cw__publisher_wait(&w->pub, CW_CONFIRM_TIMEOUT_MS);
         if (rc == 0) {
@@ -956,7 +958,8 @@ static int followups_scan(cw_worker *w)
         }
     }
     if (published) {
-        cw_log_info(NULL, "published %zu follow-up message(s) left unpublished by a worker", published);
+        cw_log_info(NULL, "published %zu follow-up message(s) left unpublished by a worker",
+                    published);
         if (w->metrics)
             cw_metrics_followups(w->metrics, published);
     }

@@ -87,15 +87,15 @@ struct cw_worker {
     size_t n_fresh;
     cw_task **ready; /* outcome known, to settle (n_slots) */
     size_t n_ready;
-    int64_t ready_since;         /* CLOCK_MONOTONIC ms the oldest of them became ready */
-    cw_task **scratch;           /* n_slots, for handing tasks to and from the runner */
-    size_t batch_max;            /* deliveries claimed together */
-    cw_runner *runner;           /* the handler threads */
-    cw_running *run_slots;       /* the threads' crash-report slots: a thread's index */
-    cw_store_tx **tx;            /* per handler thread: its store transaction (made at
+    int64_t ready_since;   /* CLOCK_MONOTONIC ms the oldest of them became ready */
+    cw_task **scratch;     /* n_slots, for handing tasks to and from the runner */
+    size_t batch_max;      /* deliveries claimed together */
+    cw_runner *runner;     /* the handler threads */
+    cw_running *run_slots; /* the threads' crash-report slots: a thread's index */
+    cw_store_tx **tx;      /* per handler thread: its store transaction (made at
                                     first use), or NULL for a store without one */
     size_t n_tx;
-    const char **done_ids;       /* n_slots * CW_TASK_SEND_MAX: confirmed follow-ups */
+    const char **done_ids; /* n_slots * CW_TASK_SEND_MAX: confirmed follow-ups */
     int64_t next_followup_scan;
     unsigned *limit;             /* per handler index: [handler TYPE] concurrency, 0 = none */
     int64_t *rate_interval_ns;   /* per handler index: 1 s / rate_limit, 0 = none */

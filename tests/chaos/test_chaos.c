@@ -1007,8 +1007,8 @@ static void check_applied(chaos *c, bool dead_ok, const char *phase)
         if (done && t->n_followups == 0 && bad++ < EXAMPLES)
             print_error("%s: %s is done, but its follow-up never came\n", phase, id);
         if (!done && t->n_followups && bad++ < EXAMPLES)
-            print_error("%s: %s is not done (state %u), yet %u follow-ups of it came\n", phase,
-                        id, t->state, t->n_followups);
+            print_error("%s: %s is not done (state %u), yet %u follow-ups of it came\n", phase, id,
+                        t->state, t->n_followups);
         if (done && t->n_followups && t->followup_attempt != applying_attempt(t) &&
             bad++ < EXAMPLES)
             print_error("%s: %s: its follow-up comes from attempt %u, want %u\n", phase, id,
@@ -1365,8 +1365,7 @@ static void print_summary(const chaos *c)
            c->applied_distinct, c->applied_rows, c->dlq_distinct, c->dlq_entries, c->replayed,
            c->windows, c->dlq_windows, c->effect_rows, c->pg_schema[0] ? "pg" : "sqlite",
            c->effects_twice, c->followups_distinct, c->followups_received, c->calls, c->metric_ok,
-           s[2], s[3],
-           s[1] + s[4] + s[5] + s[6], (c->t_published - c->t_start) / 1000.0,
+           s[2], s[3], s[1] + s[4] + s[5] + s[6], (c->t_published - c->t_start) / 1000.0,
            (c->t_drained - c->t_published) / 1000.0, (c->t_replayed - c->t_drained) / 1000.0,
            (c->t_replayed - c->t_start) / 1000.0);
     fflush(stdout);

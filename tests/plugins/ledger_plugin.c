@@ -183,23 +183,24 @@ static cw_outcome effect_in_store(ledger *l, cw_task *task)
         if (!effects_table_ready) {
             /* In the transaction: SQLite holds the write lock, and on
              * PostgreSQL the advisory lock keeps threads from racing. */
-            const char *ddl = db ? "CREATE TABLE IF NOT EXISTS it_effects (message_id TEXT NOT NULL,"
-                                   " attempt INTEGER NOT NULL, pid INTEGER NOT NULL)"
-                                 : "SELECT pg_advisory_xact_lock(4242);"
-                                   "CREATE TABLE IF NOT EXISTS public.it_effects (message_id text"
-                                   " NOT NULL, attempt integer NOT NULL, pid integer NOT NULL)";
+            const char *ddl =
+                db ? "CREATE TABLE IF NOT EXISTS it_effects (message_id TEXT NOT NULL,"
+                     " attempt INTEGER NOT NULL, pid INTEGER NOT NULL)"
+                   : "SELECT pg_advisory_xact_lock(4242);"
+                     "CREATE TABLE IF NOT EXISTS public.it_effects (message_id text"
+                     " NOT NULL, attempt integer NOT NULL, pid integer NOT NULL)";
             if (!store_exec(db, pg, ddl, err, sizeof err))
                 return cw_task_retry(task, "creating it_effects: %s", err);
             effects_table_ready = true;
         }
         char sql[512];
         /* The message ID is a UUID the test made: no quote can be in it. */
-        snprintf(sql, sizeof sql, "INSERT INTO %sit_effects (message_id, attempt, pid) VALUES"
-                                  " ('%s', %u, %ld)",
+        snprintf(sql, sizeof sql,
+                 "INSERT INTO %sit_effects (message_id, attempt, pid) VALUES"
+                 " ('%s', %u, %ld)",
                  pg ? "public." : "", cw_task_message_id(task), cw_task_attempt(task),
                  (long)getpid());
-        if (strchr(cw_task_message_id(task), '\'') ||
-            !store_exec(db, pg, sql, err, sizeof err))
+        if (strchr(cw_task_message_id(task), '\'') || !store_exec(db, pg, sql, err, sizeof err))
             return cw_task_retry(task, "writing the effect: %s", err);
     }
     if (l->followup) {

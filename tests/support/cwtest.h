@@ -76,9 +76,9 @@ typedef struct cwtest_env {
 
     amqp_connection_state_t conn; /* channel 1 confirms publishes; 2 queries */
     bool query_open;
-    uint64_t next_seq;        /* sequence number of the next publish on channel 1 */
-    uint64_t acked;           /* every publish up to this one is confirmed */
-    cw_client *client;        /* from cwtest_client() */
+    uint64_t next_seq;         /* sequence number of the next publish on channel 1 */
+    uint64_t acked;            /* every publish up to this one is confirmed */
+    cw_client *client;         /* from cwtest_client() */
     char extra_queues[4][200]; /* declared by cwtest_queue_declare(), deleted at teardown */
     size_t n_extra_queues;
     struct cwtest_http *http; /* from cwtest_http_start(), stopped by teardown */

@@ -603,8 +603,8 @@ static void migrates_from_v1(const fixture *f)
     int64_t ticket;
     cw_store *s = setup(f, "m1", &ticket);
     if (is_pg(f)) {
-        snprintf(sql, sizeof sql,
-                 "SELECT value::int FROM %s.cw_meta WHERE key = 'schema_version'", f->schema);
+        snprintf(sql, sizeof sql, "SELECT value::int FROM %s.cw_meta WHERE key = 'schema_version'",
+                 f->schema);
         assert_int_equal(admin_count(f, sql), 2);
     } else {
         assert_int_equal(admin_count(f, "PRAGMA user_version"), 2);
