@@ -100,6 +100,14 @@ void cw__publisher_free(cw_publisher *p);
 int cw__publisher_send(cw_publisher *p, const char *exchange, amqp_bytes_t routing_key,
                        bool mandatory, const amqp_basic_properties_t *props, amqp_bytes_t body);
 
+/* Publishes (mandatory, persistent) a message of the message contract: its
+ * message ID, type, saga ID as correlation_id (NULL or "": none), content
+ * type application/json, timestamp and app_id "compworker". The caller has
+ * checked the fields. */
+int cw__publish_task(cw_publisher *p, const char *exchange, const char *routing_key,
+                     const char *message_id, const char *type, const char *saga_id,
+                     const void *body, size_t len);
+
 /* cw__publisher_send() (mandatory) of a copy of a delivered message (a
  * dead-letter, a retry): the properties of a message travel in one frame,
  * and the failure headers a copy gains may no longer fit with what its

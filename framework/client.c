@@ -132,24 +132,8 @@ int cw_client_publish(cw_client *c, const cw_publish_opts *opts, char *id_out, s
         return cw__error(CW_STATUS_INVALID_ARG,
                          "cw_client_publish: saga_id must be printable ASCII up to 255 bytes");
 
-    amqp_basic_properties_t p;
-    memset(&p, 0, sizeof p);
-    p._flags = AMQP_BASIC_CONTENT_TYPE_FLAG | AMQP_BASIC_DELIVERY_MODE_FLAG |
-               AMQP_BASIC_MESSAGE_ID_FLAG | AMQP_BASIC_TYPE_FLAG | AMQP_BASIC_TIMESTAMP_FLAG |
-               AMQP_BASIC_APP_ID_FLAG;
-    p.content_type = amqp_cstring_bytes("application/json");
-    p.delivery_mode = AMQP_DELIVERY_PERSISTENT;
-    p.message_id = amqp_cstring_bytes(id);
-    p.type = amqp_cstring_bytes(o->type);
-    p.timestamp = (uint64_t)(cw__now_ms() / 1000);
-    p.app_id = amqp_cstring_bytes("compworker");
-    if (o->saga_id && o->saga_id[0]) {
-        p._flags |= AMQP_BASIC_CORRELATION_ID_FLAG;
-        p.correlation_id = amqp_cstring_bytes(o->saga_id);
-    }
     const char *rk = o->routing_key ? o->routing_key : o->type;
-    amqp_bytes_t body = {.len = blen, .bytes = (void *)o->body};
-    rc = cw__publisher_send(&c->pub, c->exchange, amqp_cstring_bytes(rk), true, &p, body);
+    rc = cw__publish_task(&c->pub, c->exchange, rk, id, o->type, o->saga_id, o->body, blen);
     if (rc)
         return rc;
     rc = cw__publisher_wait(&c->pub, o->confirm_timeout_ms ? (int)o->confirm_timeout_ms

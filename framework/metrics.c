@@ -96,6 +96,7 @@ void cw_metrics_slot_release(cw_metrics *m, int slot)
     for (int t = 0; t < CW_METRICS_TYPES; t++)
         row_fold(&m->retired[t], &s->rows[t]);
     atomic_fetch_add_explicit(&m->retired_sessions, atomic_exchange(&s->sessions, 0), relaxed);
+    atomic_fetch_add_explicit(&m->retired_followups, atomic_exchange(&s->followups, 0), relaxed);
     atomic_fetch_add_explicit(&m->fold_seq, 1, memory_order_acq_rel);
     atomic_store(&s->connected, 0);
     atomic_store(&s->store_down, 0);
@@ -205,6 +206,11 @@ void cw_metrics_connected(cw_metrics_worker *mw, bool up)
     atomic_store(&mw->slot->connected, up ? 1 : 0);
 }
 
+void cw_metrics_followups(cw_metrics_worker *mw, size_t n)
+{
+    atomic_fetch_add_explicit(&mw->slot->followups, n, relaxed);
+}
+
 void cw_metrics_store_reachable(cw_metrics_worker *mw, bool up)
 {
     atomic_store(&mw->slot->store_down, up ? 0 : 1);
@@ -237,6 +243,7 @@ void cw_metrics_snapshot_take(const cw_metrics *m, cw_metrics_snapshot *out)
         }
         memset(out->rows, 0, sizeof out->rows);
         out->sessions = atomic_load_explicit(&mm->retired_sessions, relaxed);
+        out->followups = atomic_load_explicit(&mm->retired_followups, relaxed);
         out->workers_connected = 0;
         for (int t = 0; t < CW_METRICS_TYPES; t++)
             row_add(&out->rows[t], &mm->retired[t]);
@@ -247,6 +254,7 @@ void cw_metrics_snapshot_take(const cw_metrics *m, cw_metrics_snapshot *out)
             for (int t = 0; t < CW_METRICS_TYPES; t++)
                 row_add(&out->rows[t], &s->rows[t]);
             out->sessions += atomic_load_explicit(&s->sessions, relaxed);
+            out->followups += atomic_load_explicit(&s->followups, relaxed);
             if (atomic_load(&s->connected))
                 out->workers_connected++;
         }
@@ -450,6 +458,9 @@ int cw_metrics_render(const cw_metrics_snapshot *s, const cw_metrics_info *info,
     gauge(f, "compworker_broker_sessions_total", "counter",
           "Broker sessions opened by the workers (the first ones and every reconnection).", info,
           NULL, (long long)s->sessions);
+    gauge(f, "compworker_followups_published_total", "counter",
+          "Follow-up messages of done tasks (cw_task_send) published and confirmed.", info, NULL,
+          (long long)s->followups);
     if (info->queue_ready >= 0)
         gauge(f, "compworker_queue_messages", "gauge",
               "Messages ready in the pool queue (not yet delivered).", info, info->queue,

@@ -72,9 +72,10 @@ typedef enum cw_slot_state {
 typedef struct cw_metrics_slot {
     _Atomic int state; /* cw_slot_state */
     _Atomic int pid;
-    _Atomic int connected;     /* 1 while a broker session is open */
-    _Atomic int store_down;    /* 1 while the worker's store does not answer */
-    _Atomic uint64_t sessions; /* broker sessions opened */
+    _Atomic int connected;      /* 1 while a broker session is open */
+    _Atomic int store_down;     /* 1 while the worker's store does not answer */
+    _Atomic uint64_t sessions;  /* broker sessions opened */
+    _Atomic uint64_t followups; /* follow-up messages published and confirmed */
     cw_metrics_row rows[CW_METRICS_TYPES];
 } cw_metrics_slot;
 
@@ -103,6 +104,7 @@ typedef struct cw_metrics {
     cw_metrics_type types[CW_METRICS_TYPES];
     cw_metrics_row retired[CW_METRICS_TYPES];
     _Atomic uint64_t retired_sessions;
+    _Atomic uint64_t retired_followups;
     cw_metrics_slot slots[CW_METRICS_SLOTS];
 } cw_metrics;
 
@@ -170,6 +172,9 @@ _Atomic int64_t *cw_metrics_rate_state(const cw_metrics_worker *mw, const cw_reg
 /* Marks the worker's broker session open or closed. */
 void cw_metrics_connected(cw_metrics_worker *mw, bool up);
 
+/* Counts follow-up messages (cw_task_send) published and confirmed. */
+void cw_metrics_followups(cw_metrics_worker *mw, size_t n);
+
 /* Marks whether the worker's store answers. */
 void cw_metrics_store_reachable(cw_metrics_worker *mw, bool up);
 
@@ -199,7 +204,7 @@ typedef struct cw_metrics_sum {
 typedef struct cw_metrics_snapshot {
     cw_metrics_sum rows[CW_METRICS_TYPES];
     char types[CW_METRICS_TYPES][CW_METRICS_TYPE_MAX]; /* "" for unused rows */
-    uint64_t sessions, restarts, crash_loops;
+    uint64_t sessions, followups, restarts, crash_loops;
     unsigned workers_alive, workers_desired, workers_connected;
     int64_t supervisor_beat_ms;
 } cw_metrics_snapshot;

@@ -61,6 +61,29 @@ int cw__publisher_send(cw_publisher *p, const char *exchange, amqp_bytes_t routi
     return 0;
 }
 
+int cw__publish_task(cw_publisher *p, const char *exchange, const char *routing_key,
+                     const char *message_id, const char *type, const char *saga_id,
+                     const void *body, size_t len)
+{
+    amqp_basic_properties_t props;
+    memset(&props, 0, sizeof props);
+    props._flags = AMQP_BASIC_CONTENT_TYPE_FLAG | AMQP_BASIC_DELIVERY_MODE_FLAG |
+                   AMQP_BASIC_MESSAGE_ID_FLAG | AMQP_BASIC_TYPE_FLAG | AMQP_BASIC_TIMESTAMP_FLAG |
+                   AMQP_BASIC_APP_ID_FLAG;
+    props.content_type = amqp_cstring_bytes("application/json");
+    props.delivery_mode = AMQP_DELIVERY_PERSISTENT;
+    props.message_id = amqp_cstring_bytes(message_id);
+    props.type = amqp_cstring_bytes(type);
+    props.timestamp = (uint64_t)(cw__now_ms() / 1000);
+    props.app_id = amqp_cstring_bytes("compworker");
+    if (saga_id && saga_id[0]) {
+        props._flags |= AMQP_BASIC_CORRELATION_ID_FLAG;
+        props.correlation_id = amqp_cstring_bytes(saga_id);
+    }
+    amqp_bytes_t b = {.len = len, .bytes = (void *)body};
+    return cw__publisher_send(p, exchange, amqp_cstring_bytes(routing_key), true, &props, b);
+}
+
 /* The room for a message's properties in one content header frame: the
  * frame less its own 8 bytes and the header's 12 (class, weight, body size),
  * as rabbitmq-c encodes it. */

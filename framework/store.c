@@ -3,6 +3,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "framework/config.h"
@@ -169,6 +170,100 @@ int cw_store_release(cw_store *s, const int64_t *tickets, size_t n)
     if (!s || (n && !tickets))
         return cw__error(CW_STATUS_INVALID_ARG, "store: release: NULL argument");
     return n ? s->ops->release(s, tickets, n) : 0;
+}
+
+/* ---- follow-ups and handler transactions ---------------------------------- */
+
+int cw_store_followups_due(cw_store *s, int64_t older_than_ms, int64_t now_ms, int64_t lease_ms,
+                           cw_followup *out, size_t cap, size_t *n)
+{
+    size_t ignored;
+    if (!n)
+        n = &ignored;
+    *n = 0;
+    if (!s || (cap && !out))
+        return cw__error(CW_STATUS_INVALID_ARG, "store: follow-ups: NULL argument");
+    /* The memory backend keeps no follow-ups: nothing is ever due. */
+    return cap && s->ops->followups_due
+               ? s->ops->followups_due(s, older_than_ms, now_ms, lease_ms, out, cap, n)
+               : 0;
+}
+
+int cw_store_followups_done(cw_store *s, const char *const *message_ids, size_t n)
+{
+    if (!s || (n && !message_ids))
+        return cw__error(CW_STATUS_INVALID_ARG, "store: follow-ups: NULL argument");
+    return n && s->ops->followups_done ? s->ops->followups_done(s, message_ids, n) : 0;
+}
+
+void cw_followup_clear(cw_followup *f)
+{
+    if (!f)
+        return;
+    free(f->exchange);
+    free(f->routing_key);
+    free(f->type);
+    free(f->saga_id);
+    free(f->body);
+    memset(f, 0, sizeof *f);
+}
+
+int cw_store_tx_new(cw_store_tx **out, const cw_store_opts *opts)
+{
+    if (!out || !opts || !opts->backend)
+        return cw__error(CW_STATUS_INVALID_ARG, "store: transaction: NULL argument");
+    *out = NULL;
+    if (strcmp(opts->backend, "sqlite") == 0)
+        return cw__store_sqlite_tx_new(out, opts);
+    if (strcmp(opts->backend, "postgresql") == 0)
+        return cw__store_pg_tx_new(out, opts);
+    return cw__error(CW_STATUS_INVALID_ARG,
+                     "store: the %s backend has no database a handler can write to (sqlite or "
+                     "postgresql have)",
+                     opts->backend);
+}
+
+void cw_store_tx_free(cw_store_tx *tx)
+{
+    if (tx)
+        tx->ops->free(tx);
+}
+
+int cw_store_tx_begin(cw_store_tx *tx, int64_t ticket, int64_t now_ms)
+{
+    if (!tx || ticket <= 0)
+        return cw__error(CW_STATUS_INVALID_ARG, "store: transaction: no claim to take");
+    tx->ticket = ticket;
+    tx->now_ms = now_ms;
+    return tx->ops->begin(tx, ticket, now_ms);
+}
+
+int cw_store_tx_commit(cw_store_tx *tx, const cw_followup *f, size_t n)
+{
+    return tx->ops->commit(tx, f, n);
+}
+
+void cw_store_tx_rollback(cw_store_tx *tx)
+{
+    if (tx)
+        tx->ops->rollback(tx);
+}
+
+cw_tx_state cw_store_tx_state(cw_store_tx *tx)
+{
+    return tx ? tx->ops->state(tx) : CW_TX_NONE;
+}
+
+const char *cw_store_tx_error(cw_store_tx *tx)
+{
+    const char *e = tx && tx->ops->error ? tx->ops->error(tx) : NULL;
+    return e ? e : "";
+}
+
+void cw_store_tx_guard(cw_store_tx *tx, bool on)
+{
+    if (tx && tx->ops->guard)
+        tx->ops->guard(tx, on);
 }
 
 int cw_store_begin(cw_store *s, bool durable)

@@ -53,14 +53,28 @@ typedef struct cw_claim {
                             hold in flight, or one it lost with a session) */
 } cw_claim;
 
+/* A follow-up message of a task (cw_task_send): stored with the task's done
+ * record, published after it, removed once confirmed. */
+typedef struct cw_followup {
+    char message_id[37]; /* UUIDv5 of the task's message ID and the index */
+    char *exchange;      /* owned by whoever holds the followup */
+    char *routing_key;
+    char *type;
+    char *saga_id; /* NULL for none */
+    void *body;
+    size_t len;
+} cw_followup;
+
 typedef struct cw_settle_req {
     const char *message_id;
-    cw_task_state state;     /* DONE, DEAD or RETRYING */
-    const char *outcome;     /* "ok", "retry", "fail", "invalid", "poison", ... */
-    const char *error_class; /* NULL for ok */
-    const char *reason;      /* NULL for ok */
-    int64_t ticket;          /* cw_claim.ticket of this task's claim in this
+    cw_task_state state;          /* DONE, DEAD or RETRYING */
+    const char *outcome;          /* "ok", "retry", "fail", "invalid", "poison", ... */
+    const char *error_class;      /* NULL for ok */
+    const char *reason;           /* NULL for ok */
+    int64_t ticket;               /* cw_claim.ticket of this task's claim in this
                                 worker, or 0 to find the record by message_id */
+    const cw_followup *followups; /* DONE only: stored in the same commit; may be NULL */
+    size_t n_followups;
 } cw_settle_req;
 
 typedef struct cw_task_record {
@@ -135,6 +149,9 @@ typedef struct cw_store_ops {
                    int (*cb)(const cw_attempt_record *a, void *ud), void *ud);
     int (*sweep)(cw_store *s, int64_t done_before_ms, unsigned limit, unsigned *removed);
     int (*reopen)(cw_store *s, const cw_reopen_req *req, int64_t now_ms, cw_task_state *was);
+    int (*followups_due)(cw_store *s, int64_t older_than_ms, int64_t now_ms, int64_t lease_ms,
+                         cw_followup *out, size_t cap, size_t *n);
+    int (*followups_done)(cw_store *s, const char *const *message_ids, size_t n);
     bool (*reachable)(cw_store *s);
     void (*free)(cw_store *s);
 } cw_store_ops;
@@ -191,6 +208,89 @@ int cw_store_claim_batch(cw_store *s, const cw_claim_req *reqs, size_t n, int64_
                          cw_claim *out);
 int cw_store_settle_batch(cw_store *s, const cw_settle_req *reqs, size_t n, int64_t now_ms);
 int cw_store_release(cw_store *s, const int64_t *tickets, size_t n);
+
+/* ---- follow-up messages -------------------------------------------------- */
+
+/* Up to `cap` follow-ups stored before `older_than_ms` and not taken by
+ * another worker now (a worker died between its commit and its publish),
+ * taken for `lease_ms` by this store's owner; into out[] (free each with
+ * cw_followup_clear()). *n gets their count. */
+int cw_store_followups_due(cw_store *s, int64_t older_than_ms, int64_t now_ms, int64_t lease_ms,
+                           cw_followup *out, size_t cap, size_t *n);
+
+/* Removes follow-ups once the broker confirmed them, by message ID. */
+int cw_store_followups_done(cw_store *s, const char *const *message_ids, size_t n);
+
+/* Frees what a follow-up owns. Accepts NULL and empty ones. */
+void cw_followup_clear(cw_followup *f);
+
+/* ---- handler transactions (cw_task_pg, cw_task_sqlite) -----------------------
+ *
+ * One per handler thread: a connection of its own to the store's database,
+ * in which a task's transaction begins by taking its claim as done (so that
+ * whatever the handler's writes commit with, the done record commits with
+ * them), holds the handler's writes, and ends when the handler returns:
+ * committed with the task's follow-ups when the outcome is done, rolled back
+ * otherwise. A kill rolls it back with the connection. */
+typedef struct cw_store_tx cw_store_tx;
+
+typedef enum cw_tx_state {
+    CW_TX_NONE = 0, /* no transaction */
+    CW_TX_OPEN,     /* begun, the handler holds it */
+    CW_TX_FAILED,   /* a statement of the handler's failed: only a rollback is left
+                       (PostgreSQL) */
+    CW_TX_ENDED,    /* rolled back by an error: nothing of it commits */
+    CW_TX_MISUSED   /* the handler tried to begin, commit or end it itself:
+                       refused or undone, nothing of it commits */
+} cw_tx_state;
+
+typedef struct cw_store_tx_ops {
+    int (*begin)(cw_store_tx *tx, int64_t ticket, int64_t now_ms);
+    int (*commit)(cw_store_tx *tx, const cw_followup *f, size_t n);
+    void (*rollback)(cw_store_tx *tx);
+    cw_tx_state (*state)(cw_store_tx *tx);
+    void (*guard)(cw_store_tx *tx, bool on);
+    const char *(*error)(cw_store_tx *tx);
+    void (*free)(cw_store_tx *tx);
+} cw_store_tx_ops;
+
+struct cw_store_tx {
+    const cw_store_tx_ops *ops;
+    const char *backend; /* "sqlite" or "postgresql" */
+    void *handle;        /* sqlite3 * or PGconn *: what the handler gets */
+    char *owner;
+    int64_t ticket, now_ms; /* of the open transaction */
+};
+
+/* A handler thread's connection to the store of `opts` (its owner, path or
+ * URL). CW_STATUS_INVALID_ARG for the memory backend (it has no database a
+ * handler could share), else as cw_store_open(). Free with cw_store_tx_free(). */
+int cw_store_tx_new(cw_store_tx **out, const cw_store_opts *opts);
+void cw_store_tx_free(cw_store_tx *tx);
+
+/* Begins a task's transaction: takes its claim `ticket` as done at now_ms.
+ * CW_STATUS_EXISTS when the claim is no longer this owner's (taken over
+ * after its lease), the backend's status otherwise. */
+int cw_store_tx_begin(cw_store_tx *tx, int64_t ticket, int64_t now_ms);
+
+/* Stores the follow-ups and commits durably: 0. CW_STATUS_STORE (with the
+ * reason) when nothing of it was committed (it failed, was ended, or the
+ * claim's done record was no longer there): it is rolled back.
+ * CW_STATUS_STORE_UNAVAILABLE when the commit's outcome is not known (the
+ * connection broke during COMMIT): then the task must be left unsettled, for
+ * its redelivery to find out. */
+int cw_store_tx_commit(cw_store_tx *tx, const cw_followup *f, size_t n);
+void cw_store_tx_rollback(cw_store_tx *tx);
+
+/* Where the transaction stands (after the handler ran). */
+cw_tx_state cw_store_tx_state(cw_store_tx *tx);
+
+/* The database's last error message on the handle (for a reason), or "". */
+const char *cw_store_tx_error(cw_store_tx *tx);
+
+/* While `on`, statements that end or open a transaction are refused on the
+ * handle where the backend can refuse them (SQLite's authorizer). */
+void cw_store_tx_guard(cw_store_tx *tx, bool on);
 
 /* Copies the text `src` (`n` bytes, or up to its NUL when n is SIZE_MAX;
  * NULL is "") into dst (NUL-terminated), cut at a UTF-8 character boundary
@@ -258,5 +358,7 @@ int cw__store_sqlite_open(cw_store **out, const cw_store_opts *opts);
 int cw__store_sqlite_probe(const cw_store_opts *opts, char *out, size_t cap);
 int cw__store_pg_open(cw_store **out, const cw_store_opts *opts);
 int cw__store_pg_probe(const cw_store_opts *opts, char *out, size_t cap);
+int cw__store_sqlite_tx_new(cw_store_tx **out, const cw_store_opts *opts);
+int cw__store_pg_tx_new(cw_store_tx **out, const cw_store_opts *opts);
 
 #endif

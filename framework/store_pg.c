@@ -80,7 +80,7 @@ void cw__pg_buf_free(cw_pg_buf *b)
 
 /* The length of the valid UTF-8 sequence at s (1-4), or 0 when s does not
  * start one (RFC 3629: no overlong forms, no surrogates, up to U+10FFFF). */
-static size_t utf8_len(const unsigned char *s)
+static size_t utf8_len(const unsigned char *s, size_t avail)
 {
     unsigned char c = s[0];
     if (c < 0x80)
@@ -89,6 +89,8 @@ static size_t utf8_len(const unsigned char *s)
                : c >= 0xE0 && c <= 0xEF ? 3
                : c >= 0xF0 && c <= 0xF4 ? 4
                                         : 0;
+    if (n > avail)
+        return 0;
     for (size_t i = 1; i < n; i++) {
         if ((s[i] & 0xC0) != 0x80)
             return 0;
@@ -99,7 +101,7 @@ static size_t utf8_len(const unsigned char *s)
     return n;
 }
 
-void cw__pg_array_text(cw_pg_buf *b, const char *s)
+void cw__pg_array_textn(cw_pg_buf *b, const char *s, size_t len)
 {
     if (b->len > 1)
         buf_put(b, ',');
@@ -109,8 +111,9 @@ void cw__pg_array_text(cw_pg_buf *b, const char *s)
         return;
     }
     buf_put(b, '"');
-    for (const unsigned char *p = (const unsigned char *)s; *p;) {
-        size_t n = utf8_len(p);
+    const unsigned char *p = (const unsigned char *)s, *end = p + len;
+    while (p < end) {
+        size_t n = *p ? utf8_len(p, (size_t)(end - p)) : 0;
         if (n == 0) {
             buf_put(b, '?');
             p++;
@@ -123,6 +126,23 @@ void cw__pg_array_text(cw_pg_buf *b, const char *s)
         p += n;
     }
     buf_put(b, '"');
+}
+
+void cw__pg_array_text(cw_pg_buf *b, const char *s)
+{
+    cw__pg_array_textn(b, s, s ? strlen(s) : 0);
+}
+
+void cw__pg_followup_arrays(cw_pg_buf b[6], const cw_followup *f, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        cw__pg_array_text(&b[0], f[i].message_id);
+        cw__pg_array_text(&b[1], f[i].saga_id);
+        cw__pg_array_text(&b[2], f[i].type);
+        cw__pg_array_text(&b[3], f[i].exchange);
+        cw__pg_array_text(&b[4], f[i].routing_key);
+        cw__pg_array_textn(&b[5], f[i].body, f[i].len);
+    }
 }
 
 void cw__pg_array_int(cw_pg_buf *b, long long v)
@@ -144,7 +164,7 @@ const char *cw__pg_text(char *out, size_t cap, const char *s)
 {
     size_t o = 0;
     for (const unsigned char *p = (const unsigned char *)s; *p;) {
-        size_t n = utf8_len(p);
+        size_t n = utf8_len(p, 4);
         if (o + (n ? n : 1) >= cap)
             break;
         if (n == 0) {
@@ -385,8 +405,9 @@ static int pg_claim(cw_store *s, const cw_claim_req *req, int64_t now_ms, cw_cla
 
 static int settle_rows(cw_pg_store *q, const cw_settle_req *reqs, size_t n, int64_t now_ms)
 {
-    cw_pg_buf b[6] = {{0}};
-    for (int k = 0; k < 6; k++)
+    /* the outcomes' six arrays, then the follow-ups' seven */
+    cw_pg_buf b[13] = {{0}};
+    for (int k = 0; k < 13; k++)
         cw__pg_buf_reset(&b[k]);
     for (size_t i = 0; i < n; i++) {
         const cw_settle_req *r = &reqs[i];
@@ -396,11 +417,16 @@ static int settle_rows(cw_pg_store *q, const cw_settle_req *reqs, size_t n, int6
         cw__pg_array_text(&b[3], r->outcome);
         cw__pg_array_text(&b[4], r->error_class);
         cw__pg_array_text(&b[5], r->reason);
+        if (r->state != CW_STATE_DONE || !r->n_followups)
+            continue;
+        for (size_t k = 0; k < r->n_followups; k++)
+            cw__pg_array_int(&b[6], r->ticket > 0 ? r->ticket : 0);
+        cw__pg_followup_arrays(&b[7], r->followups, r->n_followups);
     }
-    const char *values[8];
+    const char *values[15];
     int rc = 0;
-    for (int k = 0; k < 6; k++) {
-        if (!(values[k] = cw__pg_array_end(&b[k])))
+    for (int k = 0; k < 13; k++) {
+        if (!(values[k < 6 ? k : k + 2] = cw__pg_array_end(&b[k])))
             rc = cw__error(CW_STATUS_NOMEM, "store %s: settle: out of memory", q->label);
     }
     char now[24];
@@ -408,7 +434,7 @@ static int settle_rows(cw_pg_store *q, const cw_settle_req *reqs, size_t n, int6
     values[6] = q->base.owner;
     values[7] = now;
     PGresult *res = NULL;
-    if (rc == 0 && (rc = run(q, CW_PG_SETTLE, 8, values, PGRES_TUPLES_OK, "settle", &res)) == 0) {
+    if (rc == 0 && (rc = run(q, CW_PG_SETTLE, 15, values, PGRES_TUPLES_OK, "settle", &res)) == 0) {
         int64_t done = col_i64(res, 0, 0);
         PQclear(res);
         if (done < (int64_t)n) {
@@ -418,7 +444,7 @@ static int settle_rows(cw_pg_store *q, const cw_settle_req *reqs, size_t n, int6
                            q->label, missing);
         }
     }
-    for (int k = 0; k < 6; k++)
+    for (int k = 0; k < 13; k++)
         cw__pg_buf_free(&b[k]);
     return rc;
 }
@@ -450,6 +476,69 @@ static int pg_release(cw_store *s, const int64_t *tickets, size_t n)
     if (!values[0])
         rc = cw__error(CW_STATUS_NOMEM, "store %s: release: out of memory", q->label);
     else if ((rc = run(q, CW_PG_RELEASE, 2, values, PGRES_COMMAND_OK, "release", &res)) == 0)
+        PQclear(res);
+    cw__pg_buf_free(&b);
+    return rc;
+}
+
+/* ---- follow-up messages ------------------------------------------------------------ */
+
+static char *pg_col_dup(const PGresult *res, int row, int col)
+{
+    return PQgetisnull(res, row, col) ? NULL : strdup(PQgetvalue(res, row, col));
+}
+
+static int pg_followups_due(cw_store *s, int64_t older_than_ms, int64_t now_ms, int64_t lease_ms,
+                            cw_followup *out, size_t cap, size_t *n)
+{
+    cw_pg_store *q = pg_of(s);
+    char before[24], now[24], until[24], limit[24];
+    snprintf(before, sizeof before, "%" PRId64, older_than_ms);
+    snprintf(now, sizeof now, "%" PRId64, now_ms);
+    snprintf(until, sizeof until, "%" PRId64, now_ms + lease_ms);
+    snprintf(limit, sizeof limit, "%zu", cap);
+    const char *values[5] = {before, now, q->base.owner, until, limit};
+    PGresult *res;
+    int rc = run(q, CW_PG_FOLLOWUP_DUE, 5, values, PGRES_TUPLES_OK, "follow-ups", &res);
+    if (rc)
+        return rc;
+    int rows = PQntuples(res);
+    for (int i = 0; i < rows && *n < cap; i++) {
+        cw_followup *f = &out[*n];
+        memset(f, 0, sizeof *f);
+        col_text(f->message_id, sizeof f->message_id, res, i, 1);
+        f->saga_id = pg_col_dup(res, i, 2);
+        f->type = pg_col_dup(res, i, 3);
+        f->exchange = pg_col_dup(res, i, 4);
+        f->routing_key = pg_col_dup(res, i, 5);
+        f->len = (size_t)PQgetlength(res, i, 6);
+        f->body = malloc(f->len ? f->len : 1);
+        if (!f->type || !f->exchange || !f->routing_key || !f->body) {
+            cw_followup_clear(f);
+            rc = cw__error(CW_STATUS_NOMEM, "store %s: follow-ups: out of memory", q->label);
+            break;
+        }
+        memcpy(f->body, PQgetvalue(res, i, 6), f->len);
+        (*n)++;
+    }
+    PQclear(res);
+    return rc;
+}
+
+static int pg_followups_done(cw_store *s, const char *const *message_ids, size_t n)
+{
+    cw_pg_store *q = pg_of(s);
+    cw_pg_buf b = {0};
+    cw__pg_buf_reset(&b);
+    for (size_t i = 0; i < n; i++)
+        cw__pg_array_text(&b, message_ids[i]);
+    const char *values[1] = {cw__pg_array_end(&b)};
+    int rc;
+    PGresult *res = NULL;
+    if (!values[0])
+        rc = cw__error(CW_STATUS_NOMEM, "store %s: follow-ups: out of memory", q->label);
+    else if ((rc = run(q, CW_PG_FOLLOWUP_DONE, 1, values, PGRES_COMMAND_OK, "follow-ups", &res)) ==
+             0)
         PQclear(res);
     cw__pg_buf_free(&b);
     return rc;
@@ -732,6 +821,8 @@ static const cw_store_ops cw_pg_ops = {
     .history = pg_history,
     .sweep = pg_sweep,
     .reopen = pg_reopen,
+    .followups_due = pg_followups_due,
+    .followups_done = pg_followups_done,
     .reachable = pg_reachable,
     .free = pg_free,
 };

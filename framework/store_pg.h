@@ -43,6 +43,8 @@ typedef struct cw_pg_store {
     char *sql[CW_PG_COUNT]; /* statement texts with the schema quoted in */
     bool in_batch;          /* inside cw_store_begin() .. commit/rollback */
     bool lost;              /* the connection broke: reconnect before the next use */
+    bool tx_only;           /* a handler thread's connection (store_pg_tx.c): it
+                               neither migrates nor registers as a worker */
     char owner_pid[16];
 
     /* the heartbeat thread (opts.heartbeat) */
@@ -92,6 +94,9 @@ int cw__pg_command(cw_pg_store *q, const char *sql, const char *op);
 int cw__pg_beat_start(cw_pg_store *q);
 void cw__pg_beat_stop(cw_pg_store *q);
 
+/* Copies a server message into out as one line, without the password. */
+void cw__pg_scrub(const cw_pg_store *q, const char *msg, char *out, size_t cap);
+
 /* Closes the connection and frees the store's own memory. */
 void cw__pg_close(cw_pg_store *q);
 
@@ -101,6 +106,10 @@ void cw__pg_close(cw_pg_store *q);
 void cw__pg_buf_reset(cw_pg_buf *b);
 void cw__pg_buf_free(cw_pg_buf *b);
 void cw__pg_array_text(cw_pg_buf *b, const char *s); /* appends one element */
+void cw__pg_array_textn(cw_pg_buf *b, const char *s, size_t len);
+/* Appends the follow-ups' message IDs, saga IDs, types, exchanges, routing
+ * keys and bodies to b[0..5], one element each. */
+void cw__pg_followup_arrays(cw_pg_buf b[6], const cw_followup *f, size_t n);
 void cw__pg_array_int(cw_pg_buf *b, long long v);
 const char *cw__pg_array_end(cw_pg_buf *b); /* closes it; NULL if out of memory */
 

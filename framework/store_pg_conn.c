@@ -47,6 +47,11 @@ static void scrub(const char *password, const char *msg, char *out, size_t cap)
     out[o] = '\0';
 }
 
+void cw__pg_scrub(const cw_pg_store *q, const char *msg, char *out, size_t cap)
+{
+    scrub(q->password, msg, out, cap);
+}
+
 /* The password a connection string holds, found without libpq (for its
  * own parse errors, which may quote the string): the user information of a
  * URI after ':', or the value of password= in key=value form. */
@@ -335,13 +340,14 @@ static int migrate(cw_pg_store *q, const char *quoted)
              quoted);
     if ((rc = cw__pg_command(q, sql, "creating the schema")))
         goto out_rollback;
-    /* Version 1 is the first: there is nothing older to migrate from. */
-    char *schema = with_schema(cw__pg_schema, quoted);
-    rc = schema ? cw__pg_command(q, schema, "creating the schema")
-                : cw__error(CW_STATUS_NOMEM, "store: out of memory");
-    free(schema);
-    if (rc)
-        goto out_rollback;
+    for (int step_v = version > 0 ? version : 0; step_v < CW_PG_SCHEMA_VERSION; step_v++) {
+        char *step = with_schema(cw__pg_schema_steps[step_v], quoted);
+        rc = step ? cw__pg_command(q, step, "creating the schema")
+                  : cw__error(CW_STATUS_NOMEM, "store: out of memory");
+        free(step);
+        if (rc)
+            goto out_rollback;
+    }
     snprintf(sql, sizeof sql,
              "INSERT INTO %s.cw_meta (key, value) VALUES ('schema_version', '%d')"
              " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
@@ -350,8 +356,12 @@ static int migrate(cw_pg_store *q, const char *quoted)
         goto out_rollback;
     if ((rc = cw__pg_command(q, "COMMIT", "creating the schema")))
         return rc;
-    cw_log_info(NULL, "store %s: created schema %s at version %d", q->label, q->schema,
-                CW_PG_SCHEMA_VERSION);
+    if (version > 0)
+        cw_log_info(NULL, "store %s: migrated schema %s from version %d to %d", q->label, q->schema,
+                    version, CW_PG_SCHEMA_VERSION);
+    else
+        cw_log_info(NULL, "store %s: created schema %s at version %d", q->label, q->schema,
+                    CW_PG_SCHEMA_VERSION);
     return 0;
 
 out_rollback:
@@ -381,7 +391,7 @@ int cw__pg_connect(cw_pg_store *q, bool migrate_schema)
     }
     q->lost = false;
     q->in_batch = false;
-    int rc = open_session(q, "store", &q->conn);
+    int rc = open_session(q, q->tx_only ? "handler" : "store", &q->conn);
     if (rc)
         goto out_close;
     if (PQserverVersion(q->conn) < CW_PG_MIN_SERVER) {
@@ -408,12 +418,14 @@ int cw__pg_connect(cw_pg_store *q, bool migrate_schema)
             }
         }
     }
-    rc = migrate_schema ? migrate(q, quoted) : 0;
+    rc = migrate_schema && !q->tx_only ? migrate(q, quoted) : 0;
     free(quoted);
     if (rc == 0)
         rc = prepare_all(q);
     if (rc)
         goto out_close;
+    if (q->tx_only)
+        return 0;
     const char *reg[1] = {q->base.owner};
     PGresult *res = cw__pg_exec(q, CW_PG_REGISTER, 1, reg);
     if (!res || PQresultStatus(res) != PGRES_COMMAND_OK) {

@@ -20,7 +20,7 @@ _Static_assert(CW_STATE_IN_PROGRESS == 1 && CW_STATE_DONE == 2 && CW_STATE_DEAD 
                    CW_STATE_RETRYING == 4 && CW_STATE_REPLAYED == 5,
                "SQL state literals");
 
-const char cw__pg_schema[] =
+static const char schema_v1[] =
     "CREATE TABLE @S.cw_tasks ("
     " id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,"
     " message_id text NOT NULL UNIQUE,"
@@ -71,6 +71,44 @@ const char cw__pg_schema[] =
     "  WHERE w.owner = o AND w.heartbeat_at > now() - stale_ms * interval '1 millisecond')"
     " $$;";
 
+/* Version 2: follow-up messages (cw_task_send) and handler transactions
+ * (cw_task_pg). */
+static const char schema_v2[] =
+    /* A done task's follow-ups, from the commit of its outcome until the
+     * broker confirmed them; owner and lease_until while a worker publishes
+     * them after the one that stored them died. */
+    "CREATE TABLE @S.cw_followups ("
+    " id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,"
+    " message_id text NOT NULL UNIQUE,"
+    " task_id bigint NOT NULL,"
+    " saga_id text,"
+    " type text NOT NULL,"
+    " exchange text NOT NULL,"
+    " routing_key text NOT NULL,"
+    " body text NOT NULL,"
+    " created_at bigint NOT NULL,"
+    " owner text,"
+    " lease_until bigint"
+    ");"
+    /* A handler transaction takes its claim as done with unsettled = -1,
+     * and compworker's commit sets it back to 0 after saying so in the
+     * transaction's settings: a COMMIT the handler sends itself finds the
+     * mark without the setting and fails, so that nothing of it commits. */
+    "CREATE FUNCTION @S.cw_tx_guard() RETURNS trigger LANGUAGE plpgsql AS $$"
+    " BEGIN"
+    "  IF current_setting('compworker.tx_commit', true) IS DISTINCT FROM 'on' THEN"
+    "   RAISE EXCEPTION 'compworker: the store transaction of task % is committed by compworker"
+    " when its handler returns, not by the handler', NEW.message_id"
+    "    USING ERRCODE = '25000';"
+    "  END IF;"
+    "  RETURN NULL;"
+    " END $$;"
+    "CREATE CONSTRAINT TRIGGER cw_tx_guard AFTER UPDATE ON @S.cw_tasks"
+    " DEFERRABLE INITIALLY DEFERRED FOR EACH ROW WHEN (NEW.unsettled = -1)"
+    " EXECUTE FUNCTION @S.cw_tx_guard();";
+
+const char *const cw__pg_schema_steps[CW_PG_SCHEMA_VERSION] = {schema_v1, schema_v2};
+
 const char *const cw__pg_sql[CW_PG_COUNT] = {
     /* $1 message IDs, $2 saga IDs, $3 types (text[], distinct IDs), $4 owner,
      * $5 lease_until, $6 now, $7 heartbeat staleness (ms), $8 light commit.
@@ -87,26 +125,34 @@ const char *const cw__pg_sql[CW_PG_COUNT] = {
         "  SELECT u.mid, u.saga, u.typ, u.ord"
         "  FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS u(mid, saga, typ, ord),"
         "   cfg),"
+        /* The existing records, locked, as they are now; one locked by
+         * another transaction (a handler's, cw_task_pg) is skipped rather
+         * than waited for: it comes out busy, which it is. */
+        " cand AS MATERIALIZED ("
+        "  SELECT t.id, t.message_id, t.state, t.owner, t.lease_until"
+        "  FROM @S.cw_tasks t JOIN req r ON t.message_id = r.mid"
+        "  ORDER BY t.id FOR NO KEY UPDATE OF t SKIP LOCKED),"
         " ins AS ("
         "  INSERT INTO @S.cw_tasks (message_id, state, owner, lease_until, attempts, deliveries,"
         "   unsettled, saga_id, type, first_seen, last_seen)"
-        "  SELECT mid, 1, $4, $5, 0, 1, 1, saga, typ, $6, $6 FROM req ORDER BY mid"
+        "  SELECT mid, 1, $4, $5, 0, 1, 1, saga, typ, $6, $6 FROM req r"
+        "  WHERE NOT EXISTS (SELECT 1 FROM @S.cw_tasks x WHERE x.message_id = r.mid) ORDER BY mid"
         "  ON CONFLICT (message_id) DO NOTHING RETURNING id, message_id),"
         " took AS ("
         "  UPDATE @S.cw_tasks t SET state = 1, owner = $4, lease_until = $5,"
         "   deliveries = t.deliveries + 1, unsettled = t.unsettled + 1, last_seen = $6,"
         "   saga_id = coalesce(t.saga_id, r.saga), type = coalesce(t.type, r.typ)"
-        "  FROM req r, @S.cw_tasks o"
-        "  WHERE t.message_id = r.mid AND o.id = t.id AND t.state IN (1, 4, 5)"
-        "   AND NOT (t.state = 1 AND t.owner IS DISTINCT FROM $4 AND t.lease_until > $6"
-        "            AND @S.cw_owner_alive(t.owner, $7))"
-        /* o is the row as the statement began: whether it was ours already */
+        "  FROM req r, cand c"
+        "  WHERE c.message_id = r.mid AND t.id = c.id AND c.state IN (1, 4, 5)"
+        "   AND NOT (c.state = 1 AND c.owner IS DISTINCT FROM $4 AND c.lease_until > $6"
+        "            AND @S.cw_owner_alive(c.owner, $7))"
+        /* c is the record before this claim: whether it was ours already */
         "  RETURNING t.id, t.message_id, t.attempts, t.unsettled,"
-        "   (o.state = 1 AND o.owner = $4 AND o.lease_until > $6) AS mine),"
+        "   (c.state = 1 AND c.owner = $4 AND c.lease_until > $6) AS mine),"
         " bumped AS ("
         "  UPDATE @S.cw_tasks t SET deliveries = t.deliveries + 1, unsettled = t.unsettled + 1,"
         "   last_seen = $6, saga_id = coalesce(t.saga_id, r.saga), type = coalesce(t.type, r.typ)"
-        "  FROM req r WHERE t.message_id = r.mid AND t.state IN (2, 3)"
+        "  FROM req r, cand c WHERE c.message_id = r.mid AND t.id = c.id AND c.state IN (2, 3)"
         "  RETURNING t.id, t.message_id, t.state, t.attempts, t.unsettled)"
         " SELECT r.ord,"
         "  CASE WHEN i.id IS NOT NULL OR k.id IS NOT NULL THEN 0"
@@ -125,19 +171,25 @@ const char *const cw__pg_sql[CW_PG_COUNT] = {
         " ORDER BY r.ord",
     /* $1 message IDs, $2 their owners as seen (text[]), $3 owner, $4
      * lease_until, $5 now, $6 light: takes over claims whose owner this host
-     * knows to be dead (cw_owner_alive_fn), if still held by that owner. */
+     * knows to be dead (cw_owner_alive_fn), if still held by that owner and
+     * not locked by a transaction that still runs. */
     [CW_PG_TAKE] =
         "WITH cfg AS MATERIALIZED ("
-        "  SELECT CASE WHEN $6 THEN set_config('synchronous_commit', 'off', true) END AS x)"
+        "  SELECT CASE WHEN $6 THEN set_config('synchronous_commit', 'off', true) END AS x),"
+        " lk AS MATERIALIZED ("
+        "  SELECT t.id FROM @S.cw_tasks t"
+        "   JOIN unnest($1::text[], $2::text[]) AS u(mid, was) ON t.message_id = u.mid"
+        "  WHERE t.state = 1 AND t.owner = u.was FOR NO KEY UPDATE OF t SKIP LOCKED)"
         " UPDATE @S.cw_tasks t SET state = 1, owner = $3, lease_until = $4,"
         "  deliveries = t.deliveries + 1, unsettled = t.unsettled + 1, last_seen = $5"
-        " FROM unnest($1::text[], $2::text[]) AS u(mid, was), cfg"
-        " WHERE t.message_id = u.mid AND t.state = 1 AND t.owner = u.was"
+        " FROM lk, cfg WHERE t.id = lk.id"
         " RETURNING t.message_id, t.id, t.attempts, t.unsettled",
     /* $1 tickets (bigint[], 0 = find by message ID), $2 message IDs, $3
      * states (int[]), $4 outcomes, $5 error classes, $6 reasons, $7 owner,
-     * $8 now. The attempt that applies a task is the record itself (state
-     * done, settled_at, owner); the others get a history row. */
+     * $8 now; the follow-ups of done ones: $9 their tasks' tickets, $10
+     * message IDs, $11 saga IDs, $12 types, $13 exchanges, $14 routing keys,
+     * $15 bodies. The attempt that applies a task is the record itself
+     * (state done, settled_at, owner); the others get a history row. */
     [CW_PG_SETTLE] =
         "WITH req AS MATERIALIZED ("
         "  SELECT coalesce(nullif(u.id, 0),"
@@ -153,7 +205,15 @@ const char *const cw__pg_sql[CW_PG_COUNT] = {
         "  RETURNING t.id, t.attempts, r.state, r.outcome, r.eclass, r.reason),"
         " hist AS ("
         "  INSERT INTO @S.cw_attempts (task_id, n, at, worker, outcome, error_class, reason)"
-        "  SELECT id, attempts, $8, $7, outcome, eclass, reason FROM upd WHERE state <> 2)"
+        "  SELECT id, attempts, $8, $7, outcome, eclass, reason FROM upd WHERE state <> 2),"
+        /* the follow-ups of the done ones */
+        " fu AS ("
+        "  INSERT INTO @S.cw_followups (message_id, task_id, saga_id, type, exchange,"
+        "   routing_key, body, created_at)"
+        "  SELECT u.mid, u.tid, u.saga, u.typ, u.ex, u.rk, u.body, $8"
+        "  FROM unnest($9::bigint[], $10::text[], $11::text[], $12::text[], $13::text[],"
+        "              $14::text[], $15::text[]) AS u(tid, mid, saga, typ, ex, rk, body)"
+        "  ON CONFLICT (message_id) DO NOTHING)"
         " SELECT count(*) FROM upd",
     /* $1 tickets (bigint[]), $2 owner */
     [CW_PG_RELEASE] = "UPDATE @S.cw_tasks t SET lease_until = 0 FROM unnest($1::bigint[]) AS u(id)"
@@ -233,4 +293,43 @@ const char *const cw__pg_sql[CW_PG_COUNT] = {
         " ON CONFLICT (owner) DO UPDATE SET backend_pid = excluded.backend_pid,"
         "  backend_start = excluded.backend_start, heartbeat_at = excluded.heartbeat_at",
     [CW_PG_UNREGISTER] = "DELETE FROM @S.cw_workers WHERE owner = $1",
+    /* $1 stored before, $2 now, $3 owner, $4 lease_until, $5 limit: takes
+     * follow-ups that nobody publishes now (their worker died after the
+     * commit), oldest first, for this owner until lease_until */
+    [CW_PG_FOLLOWUP_DUE] =
+        "UPDATE @S.cw_followups f SET owner = $3, lease_until = $4"
+        " FROM (SELECT id FROM @S.cw_followups WHERE created_at < $1"
+        "       AND (lease_until IS NULL OR lease_until < $2)"
+        "       ORDER BY id LIMIT $5 FOR UPDATE SKIP LOCKED) d"
+        " WHERE f.id = d.id"
+        " RETURNING f.id, f.message_id, f.saga_id, f.type, f.exchange, f.routing_key, f.body",
+    /* $1 message IDs (text[]): confirmed by the broker */
+    [CW_PG_FOLLOWUP_DONE] =
+        "WITH cfg AS MATERIALIZED (SELECT set_config('synchronous_commit', 'off', true) AS x)"
+        " DELETE FROM @S.cw_followups f USING cfg WHERE f.message_id = ANY($1::text[])",
+    /* $1 ticket, $2 owner, $3 now: a handler transaction takes its claim as
+     * done (marked unsettled = -1 until compworker commits it: see
+     * cw_tx_guard) */
+    [CW_PG_TX_TAKE] = "UPDATE @S.cw_tasks SET state = 2, attempts = attempts + 1, settled_at = $3,"
+                      " lease_until = NULL, unsettled = -1, last_seen = $3, error_class = NULL,"
+                      " last_error = NULL WHERE id = $1 AND state = 1 AND owner = $2",
+    /* $1 ticket, $2 owner, $3 now, $4 message IDs, $5 saga IDs, $6 types, $7
+     * exchanges, $8 routing keys, $9 bodies: the end of a handler
+     * transaction whose outcome is done, before its COMMIT: the mark taken
+     * off, the commit allowed, the follow-ups stored. 1 when the claim's
+     * done record was still there (the handler did not end the transaction
+     * and begin another). */
+    [CW_PG_TX_COMMIT] =
+        "WITH fin AS ("
+        "  UPDATE @S.cw_tasks SET unsettled = 0"
+        "  WHERE id = $1 AND state = 2 AND unsettled = -1 AND owner = $2 RETURNING id),"
+        " ok AS (SELECT set_config('compworker.tx_commit', 'on', true) AS v FROM fin),"
+        " fu AS ("
+        "  INSERT INTO @S.cw_followups (message_id, task_id, saga_id, type, exchange,"
+        "   routing_key, body, created_at)"
+        "  SELECT u.mid, f.id, u.saga, u.typ, u.ex, u.rk, u.body, $3"
+        "  FROM fin f, unnest($4::text[], $5::text[], $6::text[], $7::text[], $8::text[],"
+        "                     $9::text[]) AS u(mid, saga, typ, ex, rk, body)"
+        "  ON CONFLICT (message_id) DO NOTHING)"
+        " SELECT (SELECT count(*) FROM fin), (SELECT count(*) FROM ok)",
 };

@@ -7,7 +7,7 @@
 
 /* The schema's version: cw_meta's schema_version. A database at a higher
  * one is refused; a lower one is migrated at open. */
-#define CW_PG_SCHEMA_VERSION 1
+#define CW_PG_SCHEMA_VERSION 2
 
 /* Prepared statements, by index into cw__pg_sql[]. */
 enum {
@@ -29,14 +29,19 @@ enum {
     CW_PG_SWEEP_DELETE,
     CW_PG_REGISTER,
     CW_PG_UNREGISTER,
+    CW_PG_FOLLOWUP_DUE,
+    CW_PG_FOLLOWUP_DONE,
+    CW_PG_TX_TAKE,
+    CW_PG_TX_COMMIT,
     CW_PG_COUNT
 };
 
 /* Statement texts ("@S" for the schema). */
 extern const char *const cw__pg_sql[CW_PG_COUNT];
 
-/* The tables of schema version CW_PG_SCHEMA_VERSION, for a new database;
- * run under the migration lock once the schema and "@S".cw_meta exist. */
-extern const char cw__pg_schema[];
+/* What each schema version adds to the one before: cw__pg_schema_steps[v]
+ * takes a schema at version v to v + 1 (index 0: a new database). Run under
+ * the migration lock once the schema and "@S".cw_meta exist. */
+extern const char *const cw__pg_schema_steps[CW_PG_SCHEMA_VERSION];
 
 #endif

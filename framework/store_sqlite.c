@@ -284,9 +284,14 @@ static int sq_settle_in(cw_sq_store *q, const cw_settle_req *req, int64_t now_ms
                          req->message_id);
     /* The attempt that applied a task is the record itself (state done,
      * settled_at, owner): history() shows it without a row of its own, which
-     * keeps the per-message path to one statement. */
-    if (req->state == CW_STATE_DONE)
-        return 0;
+     * keeps the per-message path to one statement. Its follow-ups are
+     * stored in the same commit. */
+    if (req->state == CW_STATE_DONE) {
+        for (size_t i = 0; i < req->n_followups && rc == 0; i++)
+            rc = cw__sq_followup_insert(q->db, q->st[CW_SQ_FOLLOWUP_INSERT], &req->followups[i],
+                                        req->ticket, now_ms, q->path);
+        return rc;
+    }
 
     st = q->st[by_id ? CW_SQ_SETTLE_HISTORY_ID : CW_SQ_SETTLE_HISTORY];
     if ((by_id ? sqlite3_bind_int64(st, 1, req->ticket) : sq_bind_text(st, 1, req->message_id)) !=
@@ -373,6 +378,104 @@ static int sq_note(cw_store *s, const char *message_id, const cw_attempt_record 
         if (rc == 0 && i == CW_SQ_NOTE_UPDATE && sqlite3_changes(q->db) == 0)
             rc = cw__error(CW_STATUS_NOT_FOUND, "%s: note: no record of message %s", q->path,
                            message_id);
+    }
+    return sq_leave(q, own, rc);
+}
+
+/* ---- follow-up messages ---------------------------------------------------- */
+
+int cw__sq_followup_insert(sqlite3 *db, sqlite3_stmt *st, const cw_followup *f, int64_t task_id,
+                           int64_t now_ms, const char *where)
+{
+    int rc = 0;
+    if (sqlite3_bind_text(st, 1, f->message_id, -1, SQLITE_STATIC) != SQLITE_OK ||
+        sqlite3_bind_int64(st, 2, task_id) != SQLITE_OK ||
+        sqlite3_bind_text(st, 3, f->saga_id, -1, SQLITE_STATIC) != SQLITE_OK ||
+        sqlite3_bind_text(st, 4, f->type, -1, SQLITE_STATIC) != SQLITE_OK ||
+        sqlite3_bind_text(st, 5, f->exchange, -1, SQLITE_STATIC) != SQLITE_OK ||
+        sqlite3_bind_text(st, 6, f->routing_key, -1, SQLITE_STATIC) != SQLITE_OK ||
+        sqlite3_bind_blob(st, 7, f->body, (int)f->len, SQLITE_STATIC) != SQLITE_OK ||
+        sqlite3_bind_int64(st, 8, now_ms) != SQLITE_OK || sqlite3_step(st) != SQLITE_DONE)
+        rc = cw__error(CW_STATUS_STORE, "%s: storing a follow-up: %s", where, sqlite3_errmsg(db));
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+    return rc;
+}
+
+static char *sq_col_dup(sqlite3_stmt *st, int col)
+{
+    const char *v = (const char *)sqlite3_column_text(st, col);
+    return v ? strdup(v) : NULL;
+}
+
+static int sq_followups_due(cw_store *s, int64_t older_than_ms, int64_t now_ms, int64_t lease_ms,
+                            cw_followup *out, size_t cap, size_t *n)
+{
+    cw_sq_store *q = sq_of(s);
+    *n = 0;
+    if (!sqlite3_get_autocommit(q->db))
+        return cw__error(CW_STATUS_INVALID_ARG, "%s: follow-ups: called inside a batch", q->path);
+    int rc = sq_begin_as(q, false);
+    if (rc)
+        return rc;
+    sqlite3_stmt *st = q->st[CW_SQ_FOLLOWUP_DUE];
+    int64_t ids[64];
+    if (cap > 64)
+        cap = 64;
+    if (sqlite3_bind_int64(st, 1, older_than_ms) != SQLITE_OK ||
+        sqlite3_bind_int64(st, 2, now_ms) != SQLITE_OK ||
+        sqlite3_bind_int64(st, 3, (sqlite3_int64)cap) != SQLITE_OK)
+        rc = sq_fail_reset(q, st, "follow-ups");
+    int step;
+    while (rc == 0 && (step = sqlite3_step(st)) == SQLITE_ROW) {
+        cw_followup *f = &out[*n];
+        memset(f, 0, sizeof *f);
+        ids[*n] = sqlite3_column_int64(st, 0);
+        sq_copy_col(f->message_id, sizeof f->message_id, st, 1);
+        f->saga_id = sq_col_dup(st, 2);
+        f->type = sq_col_dup(st, 3);
+        f->exchange = sq_col_dup(st, 4);
+        f->routing_key = sq_col_dup(st, 5);
+        f->len = (size_t)sqlite3_column_bytes(st, 6);
+        f->body = malloc(f->len ? f->len : 1);
+        if (!f->type || !f->exchange || !f->routing_key || !f->body) {
+            cw_followup_clear(f);
+            rc = cw__error(CW_STATUS_NOMEM, "%s: follow-ups: out of memory", q->path);
+            break;
+        }
+        memcpy(f->body, sqlite3_column_blob(st, 6), f->len);
+        (*n)++;
+    }
+    sqlite3_reset(st);
+    st = q->st[CW_SQ_FOLLOWUP_TAKE];
+    for (size_t i = 0; rc == 0 && i < *n; i++) {
+        if (sqlite3_bind_int64(st, 1, ids[i]) != SQLITE_OK ||
+            sq_bind_text(st, 2, q->base.owner) != SQLITE_OK ||
+            sqlite3_bind_int64(st, 3, now_ms + lease_ms) != SQLITE_OK)
+            rc = sq_fail_reset(q, st, "follow-ups");
+        else
+            rc = sq_run(q, st, "follow-ups");
+    }
+    rc = sq_leave(q, true, rc);
+    if (rc) {
+        for (size_t i = 0; i < *n; i++)
+            cw_followup_clear(&out[i]);
+        *n = 0;
+    }
+    return rc;
+}
+
+static int sq_followups_done(cw_store *s, const char *const *message_ids, size_t n)
+{
+    cw_sq_store *q = sq_of(s);
+    bool own;
+    int rc = sq_enter(q, &own);
+    sqlite3_stmt *st = q->st[CW_SQ_FOLLOWUP_DELETE];
+    for (size_t i = 0; rc == 0 && i < n; i++) {
+        if (sq_bind_text(st, 1, message_ids[i]) != SQLITE_OK)
+            rc = sq_fail_reset(q, st, "follow-ups");
+        else
+            rc = sq_run(q, st, "follow-ups");
     }
     return sq_leave(q, own, rc);
 }
@@ -657,5 +760,7 @@ const cw_store_ops cw__sq_ops = {
     .history = sq_history,
     .sweep = sq_sweep,
     .reopen = sq_reopen,
+    .followups_due = sq_followups_due,
+    .followups_done = sq_followups_done,
     .free = cw__sq_free,
 };

@@ -13,7 +13,7 @@
 #include "framework/store.h"
 #include "framework/store_sqlite_sql.h"
 
-#define CW_SQ_SCHEMA_VERSION 1
+#define CW_SQ_SCHEMA_VERSION 2
 #define CW_SQ_BUSY_TIMEOUT_MS 10000
 #define CW_SQ_CACHE_KIB 8192
 #define CW_SQ_MEMORY ":memory:"
@@ -42,5 +42,11 @@ int cw__sq_fail(const cw_sq_store *q, const char *op);
 /* Frees the store: its statements, its connection (rolling back an open
  * batch), its memory. */
 void cw__sq_free(cw_store *s);
+
+/* Stores one follow-up of task row `task_id` with statement `st`
+ * (CW_SQ_FOLLOWUP_INSERT's text, prepared on `db`); `where` names the file
+ * in the error. */
+int cw__sq_followup_insert(sqlite3 *db, sqlite3_stmt *st, const cw_followup *f, int64_t task_id,
+                           int64_t now_ms, const char *where);
 
 #endif

@@ -44,7 +44,22 @@ const char cw__sq_schema[] =
     " error_class TEXT,"
     " reason TEXT"
     ");"
-    "CREATE INDEX IF NOT EXISTS attempts_task ON attempts(task_id);";
+    "CREATE INDEX IF NOT EXISTS attempts_task ON attempts(task_id);"
+    /* Version 2: the follow-up messages of done tasks (cw_task_send), from
+     * the commit of their outcome until the broker confirmed them. */
+    "CREATE TABLE IF NOT EXISTS followups ("
+    " id INTEGER PRIMARY KEY,"
+    " message_id TEXT NOT NULL UNIQUE,"
+    " task_id INTEGER NOT NULL,"
+    " saga_id TEXT,"
+    " type TEXT NOT NULL,"
+    " exchange TEXT NOT NULL,"
+    " routing_key TEXT NOT NULL,"
+    " body BLOB NOT NULL,"
+    " created_at INTEGER NOT NULL," /* ms */
+    " owner TEXT,"                  /* taken by a worker to publish it ... */
+    " lease_until INTEGER"          /* ... until then (ms) */
+    ");";
 
 const char *const cw__sq_sql[CW_SQ_COUNT] = {
     [CW_SQ_BEGIN] = "BEGIN IMMEDIATE",
@@ -133,7 +148,27 @@ const char *const cw__sq_sql[CW_SQ_COUNT] = {
         "INSERT INTO attempts (task_id, n, at, worker, outcome, error_class, reason)"
         " SELECT id, attempts, coalesce(settled_at, last_seen), owner, 'ok', NULL, NULL"
         " FROM tasks WHERE id = ?1 AND state = 2",
+    /* ?1 message ID, ?2 task row, ?3 saga, ?4 type, ?5 exchange, ?6 routing
+     * key, ?7 body, ?8 now: a follow-up stored with its task's outcome (a
+     * second settle of the same outcome stores nothing twice) */
+    [CW_SQ_FOLLOWUP_INSERT] =
+        "INSERT OR IGNORE INTO followups (message_id, task_id, saga_id, type, exchange, routing_key,"
+        " body, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    /* ?1 stored before, ?2 now, ?3 limit: follow-ups nobody publishes now */
+    [CW_SQ_FOLLOWUP_DUE] =
+        "SELECT id, message_id, saga_id, type, exchange, routing_key, body FROM followups"
+        " WHERE created_at < ?1 AND (lease_until IS NULL OR lease_until < ?2) ORDER BY id LIMIT ?3",
+    /* ?1 row, ?2 owner, ?3 lease_until */
+    [CW_SQ_FOLLOWUP_TAKE] = "UPDATE followups SET owner = ?2, lease_until = ?3 WHERE id = ?1",
+    [CW_SQ_FOLLOWUP_DELETE] = "DELETE FROM followups WHERE message_id = ?1",
     /* ?1 row id, ?2 owner: the lease of a claim handed back unsettled ends
      * now; the owner stays, for the history. */
     [CW_SQ_RELEASE] = "UPDATE tasks SET lease_until = 0 WHERE id = ?1 AND state = 1 AND owner = ?2",
+    /* ?1 row id, ?2 owner, ?3 now: a handler transaction (store_sqlite_tx.c)
+     * takes its claim as done first, as settling a done task would; the
+     * write commits or rolls back with the handler's. */
+    [CW_SQ_TX_TAKE] =
+        "UPDATE tasks SET state = 2, attempts = attempts + 1, settled_at = ?3, lease_until = NULL,"
+        " unsettled = 0, last_seen = ?3, error_class = NULL, last_error = NULL"
+        " WHERE id = ?1 AND state = 1 AND owner = ?2",
 };

@@ -3,8 +3,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <uuid/uuid.h>
 
+#include "framework/clock.h"
 #include "framework/error.h"
+#include "framework/json_text.h"
 #include "framework/task.h"
 
 void cw__task_describe_handler(const cw_task *t, char *out, size_t cap)
@@ -29,7 +32,17 @@ void cw__task_reset(cw_task *t)
         free(n);
         n = next;
     }
+    cw__task_drop_sends(t);
+    free(t->sends);
     memset(t, 0, sizeof *t);
+}
+
+void cw__task_drop_sends(cw_task *t)
+{
+    for (size_t i = 0; i < t->n_sends; i++)
+        cw_followup_clear(&t->sends[i]);
+    t->n_sends = 0;
+    t->send_bytes = 0;
 }
 
 void cw__task_set_failure(cw_task *t, cw_outcome o, const char *error_class, const char *fmt, ...)
@@ -153,4 +166,122 @@ cw_outcome cw_task_retry_after(cw_task *task, int64_t delay_ms, const char *fmt,
         task->retry_after_ms = delay_ms;
     }
     return o;
+}
+
+/* ---- effects exactly once ------------------------------------------------------ */
+
+/* The namespace of follow-up message IDs (UUIDv5, RFC 4122 section 4.3). */
+static const uuid_t followup_ns = {0xc6, 0x54, 0x2d, 0x8d, 0xd0, 0xa4, 0x4b, 0xa7,
+                                   0xac, 0x95, 0x6d, 0x18, 0x55, 0x62, 0x03, 0x36};
+
+void cw__followup_id(const char *message_id, size_t index, char out[37])
+{
+    char name[CW_MESSAGE_ID_MAX + 32];
+    int len = snprintf(name, sizeof name, "%s:%zu", message_id, index);
+    uuid_t u;
+    uuid_generate_sha1(u, followup_ns, name, (size_t)len);
+    uuid_unparse_lower(u, out);
+}
+
+/* The handle of the task's store transaction, begun now if it is not yet;
+ * NULL (with the reason in cw_error_last()) when the store's backend is not
+ * `backend` or the transaction cannot begin. */
+static void *task_tx(cw_task *t, const char *backend)
+{
+    if (!t) {
+        cw__error(CW_STATUS_INVALID_ARG, "cw_task_%s: NULL task", backend);
+        return NULL;
+    }
+    if (!t->tx || !t->tx_opts || strcmp(t->tx_opts->backend, backend) != 0) {
+        cw__error(CW_STATUS_INVALID_ARG, "cw_task_%s: the store's backend is %s, not %s",
+                  strcmp(backend, "postgresql") == 0 ? "pg" : backend,
+                  t->tx_opts ? t->tx_opts->backend : "memory", backend);
+        return NULL;
+    }
+    if (t->tx_open)
+        return (*t->tx)->handle;
+    if (!*t->tx && cw_store_tx_new(t->tx, t->tx_opts) != 0)
+        return NULL;
+    if (cw_store_tx_begin(*t->tx, t->ticket, cw__now_ms()) != 0)
+        return NULL;
+    t->tx_open = true;
+    cw_store_tx_guard(*t->tx, true);
+    return (*t->tx)->handle;
+}
+
+struct pg_conn *cw_task_pg(cw_task *task)
+{
+    return task_tx(task, "postgresql");
+}
+
+struct sqlite3 *cw_task_sqlite(cw_task *task)
+{
+    return task_tx(task, "sqlite");
+}
+
+/* Refuses a send: the task fails with the reason, whatever its handler
+ * returns, so that a follow-up is never lost without a word. */
+static int refuse_send(cw_task *t, int status, const char *fmt, const char *arg)
+{
+    char why[200];
+    snprintf(why, sizeof why, fmt, arg);
+    if (!t->send_error[0])
+        snprintf(t->send_error, sizeof t->send_error, "cw_task_send refused follow-up %zu: %s",
+                 t->n_sends + 1, why);
+    return cw__error(status, "cw_task_send: %s", why);
+}
+
+static bool short_string(const char *s, bool empty_ok)
+{
+    size_t n = strnlen(s, 256);
+    return n <= 255 && (empty_ok || n > 0);
+}
+
+int cw_task_send(cw_task *task, const char *exchange, const char *routing_key, const char *type,
+                 const void *body, size_t len)
+{
+    if (!task)
+        return cw__error(CW_STATUS_INVALID_ARG, "cw_task_send: NULL task");
+    if (!exchange || !short_string(exchange, true))
+        return refuse_send(task, CW_STATUS_INVALID_ARG, "%s",
+                           "exchange must be given, at most 255 bytes (\"\" for the default one)");
+    if (!routing_key || !short_string(routing_key, true))
+        return refuse_send(task, CW_STATUS_INVALID_ARG, "%s",
+                           "routing_key must be given, at most 255 bytes");
+    if (!type || !cw__type_valid(type, strlen(type)))
+        return refuse_send(task, CW_STATUS_INVALID_ARG, "%s",
+                           "type must be 1-255 characters of [A-Za-z0-9._:-]");
+    if (!body)
+        return refuse_send(task, CW_STATUS_INVALID_ARG, "%s", "body is required");
+    if (len == 0)
+        len = strlen(body);
+    if (task->n_sends >= CW_TASK_SEND_MAX)
+        return refuse_send(task, CW_STATUS_TOO_LARGE, "%s",
+                           "more than CW_TASK_SEND_MAX (16) follow-ups for one task");
+    if (len > CW_TASK_SEND_BYTES_MAX - task->send_bytes)
+        return refuse_send(task, CW_STATUS_TOO_LARGE, "%s",
+                           "the task's follow-ups would pass CW_TASK_SEND_BYTES_MAX (1 MiB)");
+    char why[160];
+    if (cw__json_object_check(body, len, why, sizeof why))
+        return refuse_send(task, CW_STATUS_INVALID_ARG, "body is not a JSON object: %s", why);
+    if (!task->sends && !(task->sends = calloc(CW_TASK_SEND_MAX, sizeof *task->sends)))
+        return refuse_send(task, CW_STATUS_NOMEM, "%s", "out of memory");
+    cw_followup *f = &task->sends[task->n_sends];
+    memset(f, 0, sizeof *f);
+    f->exchange = strdup(exchange);
+    f->routing_key = strdup(routing_key);
+    f->type = strdup(type);
+    f->saga_id = task->saga_id[0] ? strdup(task->saga_id) : NULL;
+    f->body = malloc(len ? len : 1);
+    if (!f->exchange || !f->routing_key || !f->type || !f->body ||
+        (task->saga_id[0] && !f->saga_id)) {
+        cw_followup_clear(f);
+        return refuse_send(task, CW_STATUS_NOMEM, "%s", "out of memory");
+    }
+    memcpy(f->body, body, len);
+    f->len = len;
+    cw__followup_id(task->message_id, task->n_sends, f->message_id);
+    task->n_sends++;
+    task->send_bytes += len;
+    return 0;
 }

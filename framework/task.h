@@ -11,6 +11,7 @@
 #include "compworker/compworker.h"
 #include "framework/limits.h"
 #include "framework/registry.h"
+#include "framework/store.h"
 
 typedef struct cw_strnode {
     struct cw_strnode *next;
@@ -44,10 +45,28 @@ struct cw_task {
     bool published;        /* its replacement (DLQ copy, retry) was confirmed */
     bool ran;              /* its handler was called */
     char crash_signal[32]; /* for a poison task: how its workers died */
+
+    /* effects exactly once (cw_task_pg, cw_task_sqlite, cw_task_send) */
+    cw_store_tx **tx;             /* the handler thread's transaction, made at its
+                                     first use; NULL: the store has none */
+    const cw_store_opts *tx_opts; /* how to open it */
+    bool tx_open;                 /* begun for this task */
+    bool recorded;                /* its done record committed with its transaction */
+    cw_followup *sends;           /* cw_task_send()'s (CW_TASK_SEND_MAX), owned */
+    size_t n_sends, send_bytes;
+    char send_error[256]; /* a refused send ("" for none): the task fails with it */
 };
 
 /* Frees what the task owns and makes it empty for reuse. */
 void cw__task_reset(cw_task *t);
+
+/* Drops the follow-ups the task queued (an outcome other than done). */
+void cw__task_drop_sends(cw_task *t);
+
+/* The message ID of follow-up `index` of the task with `message_id`: the
+ * UUIDv5 of "message_id:index" in compworker's namespace, into out (37
+ * bytes). */
+void cw__followup_id(const char *message_id, size_t index, char out[37]);
 
 /* "plugin version" of the task's handler ("type" for one the program
  * registered, "" without a handler), into out. */

@@ -9,6 +9,10 @@
 # serves /metrics), publishes the compensations of 50
 # failed orders (with duplicates and three tasks that must fail) and checks
 # that each was applied exactly once and the failures were dead-lettered.
+# The ledger the compensations are applied to lives in the store's own
+# SQLite file, and the plugins write it through cw_task_sqlite(), in the
+# transaction of each task's done record: the demo SIGKILLs one worker while
+# the compensations are being applied, and still finds none applied twice.
 # Exits with the report's status: 0 when everything matched. ORDERS=N
 # publishes N orders instead of 50.
 #
@@ -18,7 +22,9 @@
 # its own directory and pool file (var/demo/host-a, var/demo/host-b) -- that
 # share one PostgreSQL store (a throwaway server on 127.0.0.1:5433, in
 # var/demo-pg, unless CW_STORE_URL names one), as a pool spread over several
-# hosts must.
+# hosts must. There the ledger is a SQLite file of its own beside the store
+# (the plugins commit to it themselves), and no worker is killed: exactly once
+# holds there while workers live, at least once through a kill.
 set -euo pipefail
 
 fleet=0
@@ -87,6 +93,9 @@ fi
 
 store_lines="backend = sqlite
 path = $demo/orders.db"
+# The ledger: in the store's file (ledger = store), or one of its own.
+ledger=$demo/orders.db
+ledger_setting=store
 if [ $fleet = 1 ]; then
     if [ -n "${CW_STORE_URL:-}" ]; then
         say "using the PostgreSQL store of CW_STORE_URL"
@@ -101,7 +110,10 @@ if [ $fleet = 1 ]; then
     store_lines="backend = postgresql
 url = $store_url
 schema = demo_orders"
+    ledger=$demo/ledger.db
+    ledger_setting=$ledger
 fi
+ledger_rel=${ledger#"$root"/}
 
 say "preparing var/demo"
 rm -rf "$demo"
@@ -142,17 +154,23 @@ jitter = equal
 [log]
 level = info
 
+; "store": the ledger's tables are in the store's file, written in the
+; transaction of each task's done record (cw_task_sqlite).
 [plugin refund]
-ledger = $demo/ledger.db
+ledger = $ledger_setting
+; Each call to the payment gateway takes this long.
+latency_ms = 25
 ; The payment gateway times out on the first refund of these payments: a
 ; transient failure, retried with backoff ([retry]) until it succeeds.
 gateway_timeouts = pay-0004 pay-0011
 
 [plugin restock]
-ledger = $demo/ledger.db
+ledger = $ledger_setting
+latency_ms = 25
 
 [plugin cancel-shipment]
-ledger = $demo/ledger.db
+ledger = $ledger_setting
+latency_ms = 25
 INI
 }
 if [ $fleet = 1 ]; then
@@ -201,12 +219,33 @@ for i in "${!hosts[@]}"; do
 done
 
 say "publishing the compensations of $orders failed orders"
-"$saga/order-saga-publish" --url "$url" --exchange cw.tasks --ledger "$demo/ledger.db" \
-    --orders "$orders"
+"$saga/order-saga-publish" --url "$url" --exchange cw.tasks --ledger "$ledger" \
+    --orders "$orders" &
+publisher=$!
+
+# One worker SIGKILLed while the compensations are being applied (single
+# host: the ledger is in the store's file, so this is what it must survive):
+# once about a third of them are in the ledger.
+killed=""
+if [ $fleet = 0 ]; then
+    victim=$(grep -o 'worker 1 started (pid [0-9]*' "$demo/worker.log" | tail -1 | grep -o '[0-9]*$')
+    at=0
+    for _ in $(seq 1 600); do
+        at=$(sqlite3 "$ledger" "SELECT count(*) FROM effects" 2>/dev/null || echo 0)
+        [ "$at" -ge "$orders" ] && break
+        sleep 0.05
+    done
+    if [ -n "$victim" ] && kill -KILL "$victim" 2>/dev/null; then
+        killed="worker pid $victim SIGKILLed with $at of about $((orders * 3)) compensations applied"
+        say "$killed (the supervisor starts another; the broker redelivers what it held)"
+    fi
+fi
+wait "$publisher"
+unique=$(sed -n 's/.*"unique": *\([0-9]*\).*/\1/p' "$ledger.expected.json" | head -1)
 
 say "waiting for the pool, then reporting"
 status=0
-"$saga/order-saga-report" --url "$url" --ledger "$demo/ledger.db" --dlq cw.dlq.orders \
+"$saga/order-saga-report" --url "$url" --ledger "$ledger" --dlq cw.dlq.orders \
     --queue cw.orders --wait 60 || status=$?
 
 say "transient failures retried (from the worker logs)"
@@ -234,15 +273,14 @@ for id in $(cw dlq list -c "$pool_ini" --grep "unknown payment" --json |
 done
 # The shipment was recorded as delivered by mistake: correct the ledger, then
 # replay the cancel as it was.
-sqlite3 "$demo/ledger.db" "UPDATE shipments SET status = 'booked' WHERE status = 'delivered'"
+sqlite3 "$ledger" "UPDATE shipments SET status = 'booked' WHERE status = 'delivered'"
 cw dlq replay -c "$pool_ini" --type shipment.cancel || status=1
-unique=$(sed -n 's/.*"unique": *\([0-9]*\).*/\1/p' "$demo/ledger.db.expected.json" | head -1)
 for _ in $(seq 1 60); do
-    applied=$(sqlite3 "$demo/ledger.db" "SELECT count(*) FROM effects")
+    applied=$(sqlite3 "$ledger" "SELECT count(*) FROM effects")
     [ "$applied" = "$unique" ] && break
     sleep 0.5
 done
-twice=$(sqlite3 "$demo/ledger.db" \
+twice=$(sqlite3 "$ledger" \
     "SELECT count(*) FROM (SELECT message_id FROM effects GROUP BY message_id HAVING count(*) > 1)")
 left=$(cw dlq list -c "$pool_ini" --json | grep -c message_id || true)
 echo "after the replay: $applied of $unique unique compensations applied, $twice applied twice," \
@@ -250,6 +288,9 @@ echo "after the replay: $applied of $unique unique compensations applied, $twice
 if [ "$applied" != "$unique" ] || [ "$twice" != 0 ] || [ "$left" != 0 ]; then
     echo "demo: the replay did not bring every task through exactly once" >&2
     status=1
+elif [ -n "$killed" ]; then
+    echo "0 applied twice, even under kill ($killed): each compensation was written in the" \
+         "transaction of its done record"
 fi
 
 say "stopping the pool (SIGTERM: in-flight tasks settle, then exit 0)"
@@ -283,13 +324,13 @@ cat <<EOF
 
 Logs and state are in var/demo:
   worker log     $(printf '%s ' "${hosts[@]/%//worker.log}" | sed "s#$root/##g")
-  ledger         var/demo/ledger.db   (sqlite3 var/demo/ledger.db 'SELECT * FROM effects')
-  expectations   var/demo/ledger.db.expected.json
+  ledger         $ledger_rel   (sqlite3 $ledger_rel 'SELECT * FROM effects')
+  expectations   $ledger_rel.expected.json
 EOF
 if [ $fleet = 1 ]; then
     echo "  store          the PostgreSQL server's schema demo_orders"
 else
-    echo "  store          var/demo/orders.db"
+    echo "  store          var/demo/orders.db (the ledger's tables are in it too)"
 fi
 [ -z "$broker_dir" ] || echo "  broker log     var/demo-broker/log"
 exit "$status"

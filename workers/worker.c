@@ -71,6 +71,7 @@ static void free_arrays(cw_worker *w)
     free(w->claim_of);
     free(w->settles);
     free(w->release);
+    free(w->done_ids);
 }
 
 int cw_worker_new(cw_worker **out, const cw_config *cfg, cw_registry *reg)
@@ -105,9 +106,10 @@ int cw_worker_new(cw_worker **out, const cw_config *cfg, cw_registry *reg)
     w->claim_of = calloc(w->batch_max, sizeof *w->claim_of);
     w->settles = calloc(w->n_slots, sizeof *w->settles);
     w->release = calloc(w->n_slots, sizeof *w->release);
-    if (!w->slots || !w->fresh || !w->ready || !w->scratch || !w->limit || !w->rate_interval_ns ||
-        !w->rate_next || !w->rate_local || !w->rate_on || !w->policy || !w->claim_reqs ||
-        !w->claims || !w->claim_of || !w->settles || !w->release) {
+    w->done_ids = calloc(w->n_slots * CW_TASK_SEND_MAX, sizeof *w->done_ids);
+    if (!w->done_ids || !w->slots || !w->fresh || !w->ready || !w->scratch || !w->limit ||
+        !w->rate_interval_ns || !w->rate_next || !w->rate_local || !w->rate_on || !w->policy ||
+        !w->claim_reqs || !w->claims || !w->claim_of || !w->settles || !w->release) {
         rc = cw__error(CW_STATUS_NOMEM, "out of memory creating the worker");
         goto out_free;
     }
@@ -178,10 +180,25 @@ int cw_worker_new(cw_worker **out, const cw_config *cfg, cw_registry *reg)
         w->rate_on[i] = w->rate_interval_ns[i] > 0;
     if ((rc = cw_runner_new(&w->runner, &ro)))
         goto out_alerter;
+    size_t n_threads;
+    w->run_slots = cw_runner_slots(w->runner, &n_threads);
+    /* Handler transactions (cw_task_pg, cw_task_sqlite): a store of a
+     * database that handler threads can share. */
+    if (cfg->store_backend == CW_STORE_POSTGRESQL ||
+        (cfg->store_backend == CW_STORE_SQLITE && strcmp(cfg->store_path, ":memory:") != 0)) {
+        w->n_tx = n_threads;
+        if (!(w->tx = calloc(n_threads, sizeof *w->tx))) {
+            rc = cw__error(CW_STATUS_NOMEM, "out of memory creating the worker");
+            goto out_runner;
+        }
+    }
     w->next_sweep = cw__mono_ms() + CW_SWEEP_EVERY_MS;
+    w->next_followup_scan = cw__mono_ms() + CW_FOLLOWUP_SCAN_MS;
     *out = w;
     return 0;
 
+out_runner:
+    cw_runner_free(w->runner);
 out_alerter:
     cw_alerter_free(w->alerter);
 out_store:
@@ -202,6 +219,9 @@ void cw_worker_free(cw_worker *w)
     if (w->runner)
         cw__crash_reporter_forget(cw_runner_slots(w->runner, &n));
     cw_runner_free(w->runner);
+    for (size_t i = 0; i < w->n_tx; i++)
+        cw_store_tx_free(w->tx[i]);
+    free(w->tx);
     cw__worker_session_close(w, true);
     cw_alerter_free(w->alerter);
     cw_store_free(w->store);
@@ -301,16 +321,82 @@ static const cw_retry_policy *policy_of(const cw_worker *w, const cw_task *t)
     return &w->policy[t->handler - w->reg->handlers];
 }
 
+/* What run_task() makes of a handler that returned done when its outcome
+ * cannot be known now: the commit of its transaction went unanswered. */
+#define CW_OUTCOME_UNKNOWN (-1000)
+
+/* Ends the task's effects once its handler returned `out`: the follow-ups it
+ * sent go with a done outcome only, and its store transaction, if it began
+ * one, commits with them (the task is then recorded) or rolls back. A
+ * refused send or a misused transaction fails the task; a transaction that
+ * a statement or an error ended makes it a retry. Returns the outcome as it
+ * now stands (CW_OUTCOME_UNKNOWN: leave the task unsettled). */
+static int finish_effects(cw_task *t, int out)
+{
+    cw_store_tx *tx = t->tx_open ? *t->tx : NULL;
+    t->tx_open = false;
+    cw_tx_state st = tx ? cw_store_tx_state(tx) : CW_TX_NONE;
+    cw_store_tx_guard(tx, false);
+    const char *api = tx && strcmp(tx->backend, "sqlite") == 0 ? "cw_task_sqlite" : "cw_task_pg";
+    if (t->send_error[0] || st == CW_TX_MISUSED || (tx && out != CW_OK) || st == CW_TX_FAILED ||
+        st == CW_TX_ENDED) {
+        char why[CW_REASON_MAX];
+        snprintf(why, sizeof why, "%s",
+                 st == CW_TX_FAILED || st == CW_TX_ENDED ? cw_store_tx_error(tx) : "");
+        cw_store_tx_rollback(tx);
+        cw__task_drop_sends(t);
+        if (t->send_error[0]) {
+            cw__task_set_failure(t, CW_FAIL, "permanent", "%s", t->send_error);
+            return CW_FAIL;
+        }
+        if (st == CW_TX_MISUSED) {
+            cw__task_set_failure(t, CW_FAIL, "permanent",
+                                 "the handler began, committed or rolled back the transaction "
+                                 "of %s() itself: compworker ends it when the handler returns. "
+                                 "Nothing of it was committed",
+                                 api);
+            return CW_FAIL;
+        }
+        if (out != CW_OK)
+            return out;
+        cw__task_set_failure(t, CW_RETRY, "transient",
+                             "%s in the store transaction, so nothing of it was committed: %s",
+                             st == CW_TX_FAILED ? "a statement failed" : "an error rolled it back",
+                             why[0] ? why : "no message from the database");
+        return CW_RETRY;
+    }
+    if (out != CW_OK) {
+        cw__task_drop_sends(t);
+        return out;
+    }
+    if (!tx)
+        return CW_OK; /* its follow-ups are stored with its done record */
+    int rc = cw_store_tx_commit(tx, t->sends, t->n_sends);
+    if (rc == 0) {
+        t->recorded = true;
+        return CW_OK;
+    }
+    cw__task_set_failure(t, CW_RETRY, "transient", "%s", cw_error_last());
+    cw__task_drop_sends(t);
+    return rc == CW_STATUS_STORE_UNAVAILABLE ? CW_OUTCOME_UNKNOWN : CW_RETRY;
+}
+
 /* Runs one task's handler, on a handler thread (the runner's callback), and
  * turns what it returned into what settling does. Touches the task, the
- * read-only policies and the shared counters only. */
+ * read-only policies, the thread's own store transaction and the shared
+ * counters only. */
 static void run_task(cw_task *t, cw_running *slot, void *ud)
 {
     cw_worker *w = ud;
     int64_t t0 = w->metrics ? cw__mono_ns() : 0;
+    if (w->tx) {
+        t->tx = &w->tx[slot - w->run_slots];
+        t->tx_opts = &w->store_opts;
+    }
     t->ran = true;
     int out = (int)t->handler->fn(t, t->handler->user_data);
     atomic_store(&slot->started_ms, 0);
+    out = finish_effects(t, out);
     if (w->metrics)
         cw_metrics_observe(mrow(w, t), (uint64_t)(cw__mono_ns() - t0));
     unsigned made = t->attempt + 1; /* attempts made, this one included */
@@ -324,6 +410,15 @@ static void run_task(cw_task *t, cw_running *slot, void *ud)
         if (w->metrics)
             cw_metrics_add(mrow(w, t), CW_M_SUCCEEDED);
         return;
+    case CW_OUTCOME_UNKNOWN: {
+        cw_log_task lt = log_task(t);
+        cw_log_warn(&lt,
+                    "the outcome of the handler's transaction is not known (%s): the task "
+                    "is left for redelivery, which finds out",
+                    t->reason);
+        t->action = ACT_HOLD;
+        return;
+    }
     case CW_FAIL:
         t->outcome = CW_FAIL;
         snprintf(t->error_class, sizeof t->error_class, "permanent");
@@ -699,14 +794,17 @@ static int record_set(cw_worker *w, cw_task **set, size_t n, int64_t now)
                              .ticket = t->ticket,
                              .error_class = t->error_class,
                              .reason = t->reason};
-        /* Only claimed tasks are recorded (invalid ones have no ticket). */
-        if (!t->ticket)
+        /* Only claimed tasks are recorded (invalid ones have no ticket);
+         * one whose handler transaction committed is recorded already. */
+        if (!t->ticket || t->recorded)
             continue;
         if (t->action == ACT_ACK) {
             req.state = CW_STATE_DONE;
             req.outcome = "ok";
             req.error_class = NULL;
             req.reason = NULL;
+            req.followups = t->sends;
+            req.n_followups = t->n_sends;
         } else if (t->action == ACT_DLQ && t->published) {
             req.state = CW_STATE_DEAD;
             req.outcome = t->error_class;
@@ -767,12 +865,107 @@ static int ack_set(cw_worker *w, cw_task **set, size_t n)
         if (t->action != ACT_HOLD && t->env.delivery_tag > multi)
             st = amqp_basic_ack(w->cconn, CW_CONSUME_CH, t->env.delivery_tag, 0);
     }
-    for (size_t i = 0; i < n; i++)
-        slot_free(w, set[i]);
     if (st != AMQP_STATUS_OK)
         return cw__error(CW_STATUS_CONNECTION, "acknowledging deliveries: %s",
                          amqp_error_string2(st));
     return 0;
+}
+
+/* Removes confirmed follow-ups from the store (a light commit: one not
+ * removed is only published again, under its message ID). */
+static void followups_done(cw_worker *w, const char **ids, size_t n)
+{
+    int rc = cw_store_followups_done(w->store, ids, n);
+    if (rc)
+        cw_log_warn(NULL,
+                    "removing %zu published follow-ups from the store failed (they will "
+                    "be published again, under the same message IDs): %s",
+                    n, cw_error_last());
+}
+
+/* Publishes the follow-ups of the set's done tasks, now recorded with their
+ * outcomes, waits for the confirms and removes them from the store. Those
+ * not confirmed stay stored, for followups_scan(). 0, or the status of a
+ * lost session. */
+static int publish_followups(cw_worker *w, cw_task **set, size_t n)
+{
+    size_t sent = 0;
+    int rc = 0;
+    for (size_t i = 0; i < n && rc == 0; i++) {
+        const cw_task *t = set[i];
+        if (t->action != ACT_ACK)
+            continue;
+        for (size_t k = 0; k < t->n_sends && rc == 0; k++) {
+            const cw_followup *f = &t->sends[k];
+            rc = cw__publish_task(&w->pub, f->exchange, f->routing_key, f->message_id, f->type,
+                                  f->saga_id, f->body, f->len);
+            if (rc == 0)
+                w->done_ids[sent++] = f->message_id;
+        }
+    }
+    if (!sent && rc == 0)
+        return 0;
+    if (rc == 0)
+        rc = cw__publisher_wait(&w->pub, CW_CONFIRM_TIMEOUT_MS);
+    if (rc == 0) {
+        if (w->metrics)
+            cw_metrics_followups(w->metrics, sent);
+        followups_done(w, w->done_ids, sent);
+        return 0;
+    }
+    cw_log_warn(NULL,
+                "publishing %zu follow-up message(s) failed: %s; they stay in the store and "
+                "are published again later",
+                sent, cw_error_last());
+    return rc == CW_STATUS_NACKED || rc == CW_STATUS_UNROUTABLE ? 0 : rc;
+}
+
+/* Publishes follow-ups stored long ago and not yet removed: their worker
+ * died, or lost its session, between the commit and the confirm. One at a
+ * time, so that one that cannot be routed does not hold back the others. */
+static int followups_scan(cw_worker *w)
+{
+    int64_t mono = cw__mono_ms();
+    if (mono < w->next_followup_scan)
+        return 0;
+    w->next_followup_scan = mono + CW_FOLLOWUP_SCAN_MS;
+    cw_followup f[CW_FOLLOWUP_SCAN_MAX];
+    size_t n = 0;
+    int64_t now = cw__now_ms();
+    int rc = cw_store_followups_due(w->store, now - CW_FOLLOWUP_ORPHAN_MS, now,
+                                    CW_FOLLOWUP_LEASE_MS, f, CW_FOLLOWUP_SCAN_MAX, &n);
+    if (rc) {
+        cw_log_warn(NULL, "looking for follow-ups left unpublished failed: %s", cw_error_last());
+        return 0;
+    }
+    size_t published = 0;
+    for (size_t i = 0; i < n && rc == 0; i++) {
+        rc = cw__publish_task(&w->pub, f[i].exchange, f[i].routing_key, f[i].message_id, f[i].type,
+                              f[i].saga_id, f[i].body, f[i].len);
+        if (rc == 0)
+            rc = cw__publisher_wait(&w->pub, CW_CONFIRM_TIMEOUT_MS);
+        if (rc == 0) {
+            const char *id = f[i].message_id;
+            followups_done(w, &id, 1);
+            published++;
+        } else if (rc == CW_STATUS_NACKED || rc == CW_STATUS_UNROUTABLE) {
+            cw_log_warn(NULL,
+                        "follow-up %s (type %s) to exchange '%s', routing key '%s' was not "
+                        "published: %s; it stays in the store and is tried again in %d s",
+                        f[i].message_id, f[i].type, f[i].exchange, f[i].routing_key,
+                        cw_error_last(), CW_FOLLOWUP_LEASE_MS / 1000);
+            rc = 0;
+        }
+    }
+    if (published) {
+        cw_log_info(NULL, "published %zu follow-up message(s) left unpublished by a worker",
+                    published);
+        if (w->metrics)
+            cw_metrics_followups(w->metrics, published);
+    }
+    for (size_t i = 0; i < n; i++)
+        cw_followup_clear(&f[i]);
+    return rc;
 }
 
 /* Settles what is ready: publishes and confirms what replaces the tasks that
@@ -803,6 +996,10 @@ static int settle_ready(cw_worker *w)
             note_unsettled(w, set[i]);
     }
     rc = ack_set(w, set, n);
+    if (rc == 0)
+        rc = publish_followups(w, set, n);
+    for (size_t i = 0; i < n; i++)
+        slot_free(w, set[i]);
     return rc ? rc : pub_rc;
 }
 
@@ -1007,7 +1204,7 @@ static int step(cw_worker *w)
         if (!w->n_ready)
             sweep(w);
     }
-    return 0;
+    return followups_scan(w);
 }
 
 /* Opens the store that did not answer at cw_worker_new(), trying again

@@ -34,6 +34,13 @@
 #define CW_STORE_BACKOFF_MAX_MS 5000 /* between tries of a store that does not answer */
 #define CW_KEEPALIVE_MS 5000         /* heartbeat frames sent while the worker waits */
 #define CW_BATCH_BYTES (16u << 20)   /* bodies one batch holds at least, see collect() */
+/* Follow-ups (cw_task_send) whose worker died between their commit and their
+ * confirm: looked for this often, once they are this old, each taken for
+ * the lease while one worker publishes it. */
+#define CW_FOLLOWUP_SCAN_MS 5000
+#define CW_FOLLOWUP_ORPHAN_MS 10000
+#define CW_FOLLOWUP_LEASE_MS 60000
+#define CW_FOLLOWUP_SCAN_MAX 64
 
 /* Where a delivery is in the worker (cw_task.stage). */
 enum {
@@ -80,10 +87,16 @@ struct cw_worker {
     size_t n_fresh;
     cw_task **ready; /* outcome known, to settle (n_slots) */
     size_t n_ready;
-    int64_t ready_since;         /* CLOCK_MONOTONIC ms the oldest of them became ready */
-    cw_task **scratch;           /* n_slots, for handing tasks to and from the runner */
-    size_t batch_max;            /* deliveries claimed together */
-    cw_runner *runner;           /* the handler threads */
+    int64_t ready_since;   /* CLOCK_MONOTONIC ms the oldest of them became ready */
+    cw_task **scratch;     /* n_slots, for handing tasks to and from the runner */
+    size_t batch_max;      /* deliveries claimed together */
+    cw_runner *runner;     /* the handler threads */
+    cw_running *run_slots; /* the threads' crash-report slots: a thread's index */
+    cw_store_tx **tx;      /* per handler thread: its store transaction (made at
+                                    first use), or NULL for a store without one */
+    size_t n_tx;
+    const char **done_ids; /* n_slots * CW_TASK_SEND_MAX: confirmed follow-ups */
+    int64_t next_followup_scan;
     unsigned *limit;             /* per handler index: [handler TYPE] concurrency, 0 = none */
     int64_t *rate_interval_ns;   /* per handler index: 1 s / rate_limit, 0 = none */
     bool *rate_on;               /* per handler index: rate_interval_ns > 0 */

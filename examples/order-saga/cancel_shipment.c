@@ -77,9 +77,8 @@ out_finalize:
 static cw_outcome cancel_shipment(cw_task *task, void *user_data)
 {
     char err[512];
-    sqlite3 *db = ledger_db(user_data, err, sizeof err);
-    if (db == NULL)
-        return cw_task_retry(task, "ledger: %s", err);
+    ledger_tx tx;
+    sqlite3 *db;
     struct json_object *body = cw_task_payload(task);
     const char *order_id = ledger_field_string(body, "order_id");
     const char *shipment_id = ledger_field_string(body, "shipment_id");
@@ -94,9 +93,11 @@ static cw_outcome cancel_shipment(cw_task *task, void *user_data)
     if (shipment_id == NULL)
         return cw_task_fail(task, "shipment.cancel: \"shipment_id\" must be a non-empty string");
 
-    rc = ledger_begin(db);
+    ledger_gateway_call(user_data);
+    rc = ledger_start(user_data, task, &tx, err, sizeof err);
     if (rc != SQLITE_OK)
-        return ledger_failure(task, db, rc, "begin");
+        return cw_task_retry(task, "ledger: %s", err);
+    db = tx.db;
 
     outcome = read_shipment(task, db, shipment_id, order_id, &state);
     if (outcome != CW_OK)
@@ -127,13 +128,13 @@ static cw_outcome cancel_shipment(cw_task *task, void *user_data)
         outcome = ledger_failure(task, db, rc, "insert");
         goto out_rollback;
     }
-    rc = ledger_commit(db);
+    rc = ledger_finish(&tx);
     if (rc != SQLITE_OK)
         return ledger_failure(task, db, rc, "commit");
     return CW_OK;
 
 out_rollback:
-    ledger_rollback(db);
+    ledger_abandon(&tx);
     return outcome;
 }
 

@@ -1,10 +1,12 @@
 /* order-saga example — the shared ledger (see ledger.h). */
 #include "ledger.h"
 
+#include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <json-c/json.h>
 
@@ -88,6 +90,8 @@ out_close:
 }
 
 struct ledger_pool {
+    bool in_store; /* ledger = store: through cw_task_sqlite() */
+    long latency_ms;
     char *path;
     pthread_key_t key;    /* this thread's connection */
     pthread_mutex_t lock; /* all[] */
@@ -102,6 +106,26 @@ int ledger_open_for_plugin(cw_registry *reg, const char *plugin, ledger_pool **o
     sqlite3 *db;
 
     *out = NULL;
+    const char *latency = cw_registry_setting(reg, "latency_ms", "0");
+    char *end;
+    long latency_ms = strtol(latency, &end, 10);
+    if (*latency == '\0' || *end != '\0' || latency_ms < 0 || latency_ms > 60000) {
+        fprintf(stderr, "%s: latency_ms must be a number of milliseconds up to 60000, not '%s'\n",
+                plugin, latency);
+        return -1;
+    }
+    if (strcmp(path, LEDGER_IN_STORE) == 0) {
+        ledger_pool *p = calloc(1, sizeof *p);
+        if (p == NULL) {
+            fprintf(stderr, "%s: ledger: out of memory\n", plugin);
+            return -1;
+        }
+        p->in_store = true;
+        p->latency_ms = latency_ms;
+        pthread_mutex_init(&p->lock, NULL);
+        *out = p;
+        return 0;
+    }
     if (ledger_open(&db, path, err, sizeof err) != SQLITE_OK) {
         fprintf(stderr, "%s: ledger: %s\n", plugin, err);
         return -1;
@@ -116,11 +140,22 @@ int ledger_open_for_plugin(cw_registry *reg, const char *plugin, ledger_pool **o
         return -1;
     }
     pthread_mutex_init(&p->lock, NULL);
+    p->latency_ms = latency_ms;
     *out = p;
     return 0;
 }
 
-sqlite3 *ledger_db(ledger_pool *p, char *err, size_t err_len)
+void ledger_gateway_call(const ledger_pool *p)
+{
+    struct timespec ts = {.tv_sec = p->latency_ms / 1000,
+                          .tv_nsec = (p->latency_ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+        ;
+}
+
+/* This thread's own connection (opened on its first call), or NULL with the
+ * reason in `err`. */
+static sqlite3 *ledger_db(ledger_pool *p, char *err, size_t err_len)
 {
     sqlite3 *db = pthread_getspecific(p->key);
     if (db != NULL)
@@ -146,12 +181,59 @@ sqlite3 *ledger_db(ledger_pool *p, char *err, size_t err_len)
     return db;
 }
 
+/* Whether this handler thread made the ledger's tables in the store's file. */
+static __thread bool store_schema_ready;
+
+int ledger_start(ledger_pool *p, cw_task *task, ledger_tx *tx, char *err, size_t err_len)
+{
+    int rc;
+
+    tx->in_store = p->in_store;
+    if (p->in_store) {
+        tx->db = cw_task_sqlite(task);
+        if (tx->db == NULL) {
+            snprintf(err, err_len, "ledger = store needs the sqlite store's transaction: %s",
+                     cw_error_last());
+            return SQLITE_ERROR;
+        }
+        /* Inside the transaction, under the file's write lock. */
+        if (!store_schema_ready) {
+            rc = sqlite3_exec(tx->db, ledger_schema, NULL, NULL, NULL);
+            if (rc != SQLITE_OK) {
+                snprintf(err, err_len, "creating the ledger's tables: %s", sqlite3_errmsg(tx->db));
+                return rc;
+            }
+            store_schema_ready = true;
+        }
+        return SQLITE_OK;
+    }
+    tx->db = ledger_db(p, err, err_len);
+    if (tx->db == NULL)
+        return SQLITE_CANTOPEN;
+    rc = ledger_begin(tx->db);
+    if (rc != SQLITE_OK)
+        snprintf(err, err_len, "begin: %s", sqlite3_errmsg(tx->db));
+    return rc;
+}
+
+int ledger_finish(ledger_tx *tx)
+{
+    return tx->in_store ? SQLITE_OK : ledger_commit(tx->db);
+}
+
+void ledger_abandon(ledger_tx *tx)
+{
+    if (!tx->in_store)
+        ledger_rollback(tx->db);
+}
+
 void ledger_teardown(void *pool)
 {
     ledger_pool *p = pool;
     for (size_t i = 0; i < p->n; i++)
         sqlite3_close(p->all[i]);
-    pthread_key_delete(p->key);
+    if (!p->in_store)
+        pthread_key_delete(p->key);
     pthread_mutex_destroy(&p->lock);
     free(p->all);
     free(p->path);

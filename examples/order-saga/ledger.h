@@ -15,6 +15,14 @@
  * twice would show as two rows. That compworker never lets it happen is what
  * the demo report checks. (A real system that accepts an idempotency key
  * should be given cw_task_message_id().)
+ *
+ * Where the ledger is the store's own SQLite file (`ledger = store`), each
+ * compensation is written through cw_task_sqlite(), in the transaction that
+ * records the task done: it commits exactly when the done record does, so a
+ * worker killed at any moment never leaves it applied twice. Elsewhere (a
+ * ledger of its own, or a PostgreSQL store) the plugins use a connection of
+ * their own per handler thread, and a kill between their commit and the
+ * store's may apply a compensation again.
  */
 #ifndef ORDER_SAGA_LEDGER_H
 #define ORDER_SAGA_LEDGER_H
@@ -50,16 +58,43 @@ int ledger_open(sqlite3 **out, const char *path, char *err, size_t err_len);
  * transaction at a time), opened on the thread's first task. */
 typedef struct ledger_pool ledger_pool;
 
+/* The ledger setting that means "in the store's own SQLite file". */
+#define LEDGER_IN_STORE "store"
+
 /* For a plugin's cw_plugin_init(): the ledger named by the `ledger` setting
  * of the plugin's [plugin NAME] section (else as ledger_path()), opened once
- * here to create it and check it. `plugin` names the plugin in the error
+ * here to create it and check it; or, for `ledger = store`, the store's
+ * file, reached through each task's cw_task_sqlite(). `plugin` names the plugin in the error
  * line written to stderr (the worker's log) on failure. Returns 0 with *out
  * set, or -1. */
 int ledger_open_for_plugin(cw_registry *reg, const char *plugin, ledger_pool **out);
 
-/* This thread's connection (opened on its first call), or NULL with the
+/* Waits the `latency_ms` setting of the plugin's section (0 by default):
+ * the demo's stand-in for the call to the downstream service (a payment
+ * gateway) that a real compensation makes before it records its effect. */
+void ledger_gateway_call(const ledger_pool *pool);
+
+/* One task's ledger work: its connection, and who commits it. */
+typedef struct ledger_tx {
+    sqlite3 *db;
+    bool in_store; /* compworker commits it with the task's done record */
+} ledger_tx;
+
+/* Begins the task's ledger work: in the store's transaction (cw_task_sqlite)
+ * for `ledger = store`, else BEGIN IMMEDIATE on this thread's connection
+ * (opened on its first call). SQLITE_OK, or an SQLite result code with the
  * reason in `err`. Thread-safe. */
-sqlite3 *ledger_db(ledger_pool *pool, char *err, size_t err_len);
+int ledger_start(ledger_pool *pool, cw_task *task, ledger_tx *tx, char *err, size_t err_len);
+
+/* Ends it when the compensation is applied: COMMIT on the plugin's own
+ * connection (on failure rolled back); nothing in the store's transaction,
+ * which compworker commits once the handler returns CW_OK. */
+int ledger_finish(ledger_tx *tx);
+
+/* Ends it without applying anything: ROLLBACK on the plugin's own
+ * connection; nothing in the store's transaction, which compworker rolls
+ * back for any outcome but CW_OK. */
+void ledger_abandon(ledger_tx *tx);
 
 /* A cw_teardown_fn closing every connection of the pool given as user data. */
 void ledger_teardown(void *pool);
@@ -68,7 +103,9 @@ void ledger_teardown(void *pool);
 int ledger_exec(sqlite3 *db, const char *sql);
 
 /* BEGIN IMMEDIATE: takes the write lock up front, so a transaction never has
- * to upgrade a read lock (which SQLite cannot wait for). */
+ * to upgrade a read lock (which SQLite cannot wait for). For the plugin's
+ * own connection and the demo's tools only: in the store's transaction
+ * compworker refuses it. */
 int ledger_begin(sqlite3 *db);
 
 /* COMMIT; on failure the transaction is rolled back. */

@@ -55,9 +55,8 @@ static bool gateway_times_out(const char *payment_id)
 static cw_outcome refund(cw_task *task, void *user_data)
 {
     char err[512];
-    sqlite3 *db = ledger_db(user_data, err, sizeof err);
-    if (db == NULL)
-        return cw_task_retry(task, "ledger: %s", err);
+    ledger_tx tx;
+    sqlite3 *db;
     struct json_object *body = cw_task_payload(task);
     const char *order_id = ledger_field_string(body, "order_id");
     const char *payment_id = ledger_field_string(body, "payment_id");
@@ -80,9 +79,11 @@ static cw_outcome refund(cw_task *task, void *user_data)
     if (cw_task_attempt(task) == 0 && gateway_times_out(payment_id))
         return cw_task_retry(task, "payment gateway timed out refunding %s", payment_id);
 
-    rc = ledger_begin(db);
+    ledger_gateway_call(user_data);
+    rc = ledger_start(user_data, task, &tx, err, sizeof err);
     if (rc != SQLITE_OK)
-        return ledger_failure(task, db, rc, "begin");
+        return cw_task_retry(task, "ledger: %s", err);
+    db = tx.db;
 
     rc = sqlite3_prepare_v2(db, select_payment_sql, -1, &st, NULL);
     if (rc != SQLITE_OK) {
@@ -138,7 +139,7 @@ static cw_outcome refund(cw_task *task, void *user_data)
         outcome = ledger_failure(task, db, rc, "insert");
         goto out_rollback;
     }
-    rc = ledger_commit(db);
+    rc = ledger_finish(&tx);
     if (rc != SQLITE_OK)
         return ledger_failure(task, db, rc, "commit");
     return CW_OK;
@@ -146,7 +147,7 @@ static cw_outcome refund(cw_task *task, void *user_data)
 out_finalize:
     sqlite3_finalize(st);
 out_rollback:
-    ledger_rollback(db);
+    ledger_abandon(&tx);
     return outcome;
 }
 

@@ -27,9 +27,8 @@ static const char restock_sql[] = "UPDATE stock SET on_hand = on_hand + ?2 WHERE
 static cw_outcome restock(cw_task *task, void *user_data)
 {
     char err[512];
-    sqlite3 *db = ledger_db(user_data, err, sizeof err);
-    if (db == NULL)
-        return cw_task_retry(task, "ledger: %s", err);
+    ledger_tx tx;
+    sqlite3 *db;
     struct json_object *body = cw_task_payload(task);
     const char *order_id = ledger_field_string(body, "order_id");
     const char *sku = ledger_field_string(body, "sku");
@@ -48,9 +47,11 @@ static cw_outcome restock(cw_task *task, void *user_data)
                             "inventory.restock: \"qty\" must be an integer between 1 and %" PRId64,
                             RESTOCK_MAX_QTY);
 
-    rc = ledger_begin(db);
+    ledger_gateway_call(user_data);
+    rc = ledger_start(user_data, task, &tx, err, sizeof err);
     if (rc != SQLITE_OK)
-        return ledger_failure(task, db, rc, "begin");
+        return cw_task_retry(task, "ledger: %s", err);
+    db = tx.db;
 
     rc = sqlite3_prepare_v2(db, restock_sql, -1, &st, NULL);
     if (rc != SQLITE_OK) {
@@ -76,13 +77,13 @@ static cw_outcome restock(cw_task *task, void *user_data)
         outcome = ledger_failure(task, db, rc, "insert");
         goto out_rollback;
     }
-    rc = ledger_commit(db);
+    rc = ledger_finish(&tx);
     if (rc != SQLITE_OK)
         return ledger_failure(task, db, rc, "commit");
     return CW_OK;
 
 out_rollback:
-    ledger_rollback(db);
+    ledger_abandon(&tx);
     return outcome;
 }
 

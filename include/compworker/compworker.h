@@ -56,6 +56,8 @@ extern "C" {
 #endif
 
 struct json_object;
+struct pg_conn; /* libpq's PGconn: include <libpq-fe.h> to use it */
+struct sqlite3; /* SQLite's connection: include <sqlite3.h> to use it */
 
 /** The set of handlers a worker dispatches to. Owned by compworker; a plugin
  *  only borrows it during cw_plugin_init(). */
@@ -255,6 +257,64 @@ CW_EXTERN cw_outcome cw_task_retry(cw_task *task, const char *fmt, ...) CW_PRINT
  *  100 ms; a negative one means the policy's. It still counts an attempt. */
 CW_EXTERN cw_outcome cw_task_retry_after(cw_task *task, int64_t delay_ms, const char *fmt, ...)
     CW_PRINTF(3, 4);
+
+/* ---- effects exactly once ---------------------------------------------------
+ *
+ * A handler whose effect is a write to a database can make it part of the
+ * transaction that records the task's outcome in the idempotency store: then
+ * the write commits exactly when the task's `done` record does, and a kill,
+ * a crash, a timeout or any outcome but CW_OK rolls it back. Its tables live
+ * in the store's database (the SQLite file, or the PostgreSQL database of
+ * [store] url). A redelivered task whose write committed is a duplicate; one
+ * whose write was rolled back runs again: the write happens once.
+ *
+ * The transaction begins at the handler's first call of cw_task_pg() or
+ * cw_task_sqlite() and ends when the handler returns; each handler thread
+ * has its own connection and transaction, so this works at any [pool]
+ * concurrency. Do slow work (a call to a gateway) before it: with SQLite the
+ * transaction holds the store file's write lock until the handler returns.
+ * The handler must not BEGIN, COMMIT, ROLLBACK or RELEASE on the connection:
+ * the task is then failed with a reason that says so (SQLite refuses the
+ * statement; with PostgreSQL what the handler committed stays committed,
+ * with the task's done record, so it is not applied again).
+ */
+
+/** The PostgreSQL connection of this task's store transaction (the store's
+ *  backend is postgresql), or NULL: another backend, or the store cannot
+ *  begin it now (the claim was lost, the server is away: cw_error_last()
+ *  says which; return cw_task_retry()). Borrowed: valid until the handler
+ *  returns, on the handler's thread only. */
+CW_EXTERN struct pg_conn *cw_task_pg(cw_task *task);
+
+/** As cw_task_pg(), for a store whose backend is sqlite: a connection to the
+ *  store's file inside this task's transaction, or NULL. */
+CW_EXTERN struct sqlite3 *cw_task_sqlite(cw_task *task);
+
+/** The most follow-up messages one task may send, and their bytes in all. */
+#define CW_TASK_SEND_MAX 16
+#define CW_TASK_SEND_BYTES_MAX (1024 * 1024)
+
+/** Queues a follow-up message (an event such as PaymentRefunded for the
+ *  saga's orchestrator) that is published only if this task's outcome is
+ *  done: it is stored in the same commit as the outcome, published with
+ *  publisher confirms after it, and removed once confirmed; should the worker
+ *  die in between, a worker of the pool publishes it later. Its message ID is
+ *  derived from the task's and the send's index (UUIDv5), so a task run
+ *  again never sends a second distinct message; it carries the task's saga
+ *  ID (correlation_id), `type`, content type application/json, and is
+ *  persistent and mandatory.
+ *
+ *  @param exchange     the exchange to publish to ("" for the default one); copied
+ *  @param routing_key  its routing key (1-255 bytes); copied
+ *  @param type         the message's type property (a task type's characters); copied
+ *  @param body         a JSON object, `len` bytes (0: strlen); copied
+ *  @return 0; CW_STATUS_INVALID_ARG for a bad argument (named in
+ *          cw_error_last()); CW_STATUS_TOO_LARGE past CW_TASK_SEND_MAX
+ *          messages or CW_TASK_SEND_BYTES_MAX bytes for the task. A task with
+ *          a refused send is failed, whatever the handler returns, so that
+ *          no follow-up is lost silently. Call only from the handler. */
+CW_EXTERN int cw_task_send(cw_task *task, const char *exchange, const char *routing_key,
+                           const char *type, const void *body, size_t len);
 
 #ifdef __cplusplus
 }

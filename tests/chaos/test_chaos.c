@@ -38,6 +38,17 @@
  * ones exactly once), the DLQ is empty, every worker that died was one the
  * test killed, the pool stops cleanly, and no sanitizer spoke.
  *
+ * The ledger handler also writes each application as a row of table
+ * it_effects in the store's own database, through cw_task_sqlite() or
+ * cw_task_pg() (in the transaction of the task's done record), and sends one
+ * follow-up per application with cw_task_send() to a queue the test reads.
+ * Side by side with the file ledger's count of double applications, it
+ * asserts: no task with two effect rows in the store, each done task with
+ * one, each dead-lettered one with none; every done task's follow-up
+ * received (the same message ID however often it was published: the
+ * UUIDv5 of the task's), from its applying attempt, and none of a task that
+ * did not end done.
+ *
  * The file also holds regression tests for what the chaos run found (at
  * the end).
  *
@@ -73,6 +84,7 @@
 #include <sqlite3.h>
 
 #include "cwtest.h"
+#include "framework/task.h"
 
 #define DEFAULT_TASKS 20000
 #define DEFAULT_PUBLISH_S 25
@@ -119,6 +131,9 @@ typedef struct task {
     uint16_t attempts;   /* settled attempts, the store's */
     long settled_by;     /* pid of the store record's owner */
     app apps[MAX_APPS];
+    uint16_t n_effects;   /* rows in the store's it_effects */
+    uint16_t n_followups; /* follow-up deliveries received */
+    uint16_t followup_attempt;
 } task;
 
 typedef struct worker_seen {
@@ -174,6 +189,8 @@ typedef struct chaos {
     long applied_rows, applied_distinct, applied_before, windows, dlq_entries, dlq_distinct,
         dlq_windows;
     long replayed, calls, retried_calls, metric_ok;
+    char followups[200]; /* the follow-ups' queue */
+    long effect_rows, effects_twice, followups_received, followups_distinct;
     int64_t t_start, t_published, t_drained, t_replayed;
 } chaos;
 
@@ -688,6 +705,111 @@ static void ledger_read(chaos *c)
     sqlite3_close(db);
 }
 
+/* Reads the effect rows of the store's database (it_effects) per task. */
+static void effects_read(chaos *c)
+{
+    for (unsigned i = 0; i < c->n; i++)
+        c->t[i].n_effects = 0;
+    c->effect_rows = 0;
+    if (c->pg_schema[0]) {
+        /* public.it_effects is shared by every test of the server: this
+         * run's rows are those of its message IDs. */
+        PGresult *r = pg_query(c, "SELECT message_id, count(*) FROM public.it_effects"
+                                  " WHERE message_id LIKE 'cx-%%' GROUP BY message_id"
+                                  " /* %s */");
+        for (int k = 0; r && k < PQntuples(r); k++) {
+            long i = task_index(c, PQgetvalue(r, k, 0));
+            if (i < 0)
+                continue;
+            c->t[i].n_effects = (uint16_t)atoi(PQgetvalue(r, k, 1));
+            c->effect_rows += c->t[i].n_effects;
+        }
+        PQclear(r);
+        return;
+    }
+    sqlite3 *db = db_open(c->store);
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_prepare_v2(db, "SELECT message_id, count(*) FROM it_effects GROUP BY message_id",
+                           -1, &st, NULL) != SQLITE_OK) {
+        sqlite3_close(db); /* no effect yet: no table yet */
+        return;
+    }
+    int rc;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        const char *id = (const char *)sqlite3_column_text(st, 0);
+        long i = task_index(c, id);
+        if (i < 0)
+            fail_msg("the store's it_effects has a row of '%s', which the test never published",
+                     id);
+        c->t[i].n_effects = (uint16_t)sqlite3_column_int(st, 1);
+        c->effect_rows += c->t[i].n_effects;
+    }
+    if (rc != SQLITE_DONE)
+        fail_msg("%s: reading it_effects: %s", c->store, sqlite3_errmsg(db));
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+}
+
+/* Follow-ups still in the store (committed, not yet confirmed). */
+static long followups_pending(const chaos *c)
+{
+    if (c->pg_schema[0]) {
+        PGresult *r = pg_query(c, "SELECT count(*) FROM \"%s\".cw_followups");
+        long v = r ? atol(PQgetvalue(r, 0, 0)) : 0;
+        PQclear(r);
+        return v;
+    }
+    if (access(c->store, F_OK) != 0)
+        return 0;
+    sqlite3 *db = db_open(c->store);
+    sqlite3_stmt *st = db_prepare(db, "SELECT count(*) FROM followups");
+    long v = sqlite3_step(st) == SQLITE_ROW ? (long)sqlite3_column_int64(st, 0) : -1;
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    return v;
+}
+
+/* Takes the follow-ups received so far off their queue and counts them per
+ * task; each must carry the UUIDv5 of its task's message ID and its saga. */
+static void followups_take(chaos *c)
+{
+    size_t n;
+    cwtest_msg *m = cwtest_drain(c->env, c->followups, &n);
+    long bad = 0;
+    for (size_t k = 0; k < n; k++) {
+        const char *at = m[k].body ? strstr((const char *)m[k].body, "\"task\":\"") : NULL;
+        char id[64] = "", want[37], saga[32];
+        if (at)
+            snprintf(id, sizeof id, "%.*s", (int)strcspn(at + 8, "\""), at + 8);
+        long i = task_index(c, id);
+        if (i < 0) {
+            if (bad++ < EXAMPLES)
+                print_error("a follow-up names task '%s', which the test never published\n", id);
+            continue;
+        }
+        cw__followup_id(id, 0, want);
+        task_saga((unsigned)i, saga, sizeof saga);
+        if (!m[k].message_id || strcmp(m[k].message_id, want) != 0 || !m[k].correlation_id ||
+            strcmp(m[k].correlation_id, saga) != 0) {
+            if (bad++ < EXAMPLES)
+                print_error("follow-up of %s: message ID %s, saga %s; want %s and %s\n", id,
+                            m[k].message_id ? m[k].message_id : "(none)",
+                            m[k].correlation_id ? m[k].correlation_id : "(none)", want, saga);
+            continue;
+        }
+        const char *a = strstr((const char *)m[k].body, "\"attempt\":");
+        task *t = &c->t[i];
+        if (t->n_followups == 0)
+            c->followups_distinct++;
+        t->n_followups++;
+        t->followup_attempt = a ? (uint16_t)atoi(a + 10) : UINT16_MAX;
+        c->followups_received++;
+    }
+    cwtest_msgs_free(m, n);
+    if (bad)
+        fail_msg("%ld follow-ups not as they should be (above)", bad);
+}
+
 /* ---- waiting for the pool to finish ------------------------------------------ */
 
 static uint32_t delay_depth(chaos *c)
@@ -714,7 +836,8 @@ static void drain(chaos *c, bool dead_ok, const char *phase)
         store_states(c, s);
         long settled = s[2] + (dead_ok ? s[3] : 0);
         uint32_t ready = cwtest_queue_count(c->env, c->env->queue);
-        bool done = settled == (long)c->n && ready == 0 && (dead_ok || s[3] == 0);
+        bool done = settled == (long)c->n && ready == 0 && (dead_ok || s[3] == 0) &&
+                    followups_pending(c) == 0;
         /* Settled, the queue empty, and the delay levels empty twice in a
          * row: no copy is still on its way back. */
         if (done && delay_depth(c) == 0) {
@@ -866,7 +989,31 @@ static void check_applied(chaos *c, bool dead_ok, const char *phase)
     workers_refresh(&c->k); /* workers started since the killer stopped */
     store_read(c);
     ledger_read(c);
+    effects_read(c);
+    followups_take(c);
     long unexplained = 0, bad = 0, windows = 0, distinct = 0;
+    c->effects_twice = 0;
+    for (unsigned i = 0; i < c->n; i++) {
+        /* The effect through the store's transaction: once, with the done
+         * record, whatever the kills; its follow-up with it, never without. */
+        task *t = &c->t[i];
+        char id[64];
+        task_id(c, i, id, sizeof id);
+        bool done = t->state == 2;
+        c->effects_twice += t->n_effects > 1;
+        if (t->n_effects != (done ? 1 : 0) && bad++ < EXAMPLES)
+            print_error("%s: %s (store state %u): %u effect rows in the store, want %d\n", phase,
+                        id, t->state, t->n_effects, done ? 1 : 0);
+        if (done && t->n_followups == 0 && bad++ < EXAMPLES)
+            print_error("%s: %s is done, but its follow-up never came\n", phase, id);
+        if (!done && t->n_followups && bad++ < EXAMPLES)
+            print_error("%s: %s is not done (state %u), yet %u follow-ups of it came\n", phase, id,
+                        t->state, t->n_followups);
+        if (done && t->n_followups && t->followup_attempt != applying_attempt(t) &&
+            bad++ < EXAMPLES)
+            print_error("%s: %s: its follow-up comes from attempt %u, want %u\n", phase, id,
+                        t->followup_attempt, applying_attempt(t));
+    }
     for (unsigned i = 0; i < c->n; i++) {
         task *t = &c->t[i];
         char id[64];
@@ -1206,6 +1353,9 @@ static void print_summary(const chaos *c)
            "  replayed           %6ld from the DLQ, all applied after the fault was removed\n"
            "  windows            %6ld double applications, each a kill between the handler's\n"
            "                            effect and the store's record (+%ld second DLQ copies)\n"
+           "  store effects      %6ld rows in it_effects (cw_task_%s), %ld tasks with two\n"
+           "  follow-ups         %6ld tasks' follow-ups received, %ld deliveries (the rest\n"
+           "                            repeats of the same message ID)\n"
            "  handler calls      %6ld (/metrics: %ld succeeded)\n"
            "  store              %6ld done, %ld dead, %ld other\n"
            "  time               publish %.1f s, drain %.1f s, replay %.1f s, total %.1f s\n\n",
@@ -1213,8 +1363,9 @@ static void print_summary(const chaos *c)
            c->transient1, c->transient2, c->retried_calls, c->permanent, c->k.n_kills,
            c->k.n_workers, c->restarts, (long long)c->restart_ms, c->reconnects, c->applied_before,
            c->applied_distinct, c->applied_rows, c->dlq_distinct, c->dlq_entries, c->replayed,
-           c->windows, c->dlq_windows, c->calls, c->metric_ok, s[2], s[3],
-           s[1] + s[4] + s[5] + s[6], (c->t_published - c->t_start) / 1000.0,
+           c->windows, c->dlq_windows, c->effect_rows, c->pg_schema[0] ? "pg" : "sqlite",
+           c->effects_twice, c->followups_distinct, c->followups_received, c->calls, c->metric_ok,
+           s[2], s[3], s[1] + s[4] + s[5] + s[6], (c->t_published - c->t_start) / 1000.0,
            (c->t_drained - c->t_published) / 1000.0, (c->t_replayed - c->t_drained) / 1000.0,
            (c->t_replayed - c->t_start) / 1000.0);
     fflush(stdout);
@@ -1251,11 +1402,13 @@ static void test_chaos(void **state)
         .pool_lines = "shutdown_timeout = 20s\nmetrics_listen = 127.0.0.1:0\n",
         .extra = extra,
     };
+    snprintf(c->followups, sizeof c->followups, "cw.it-chaos-%ld.followups", (long)getpid());
     snprintf(extra, sizeof extra,
-             "synchronous = normal\n"
+             "synchronous = normal\nstore_effects = true\nfollowup = %s\n"
              "\n[broker]\nprefetch = 64\n"
              "\n[retry]\nmax_attempts = 4\ninterval = 100ms\nbackoff_rate = 2.0\n"
-             "max_delay = 1600ms\njitter = full\nmax_deliveries = 10\n");
+             "max_delay = 1600ms\njitter = full\nmax_deliveries = 10\n",
+             c->followups);
     /* CW_CHAOS_STORE=postgresql: the same run on the fleet store, in a
      * schema of its own on the test's PostgreSQL server. */
     const char *store_kind = getenv("CW_CHAOS_STORE");
@@ -1270,6 +1423,7 @@ static void test_chaos(void **state)
     printf("chaos: store %s\n", c->pg_schema[0] ? "postgresql" : "sqlite");
     cwtest_env *env = cwtest_begin(state, "chaos", &po);
     c->env = env;
+    cwtest_queue_declare(env, c->followups);
     snprintf(c->faults_file, sizeof c->faults_file, "%s/faults-removed", env->dir);
     snprintf(c->store, sizeof c->store, "%s/store.db", env->dir);
     c->t = calloc(c->n, sizeof *c->t);

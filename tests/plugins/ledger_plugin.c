@@ -14,6 +14,18 @@
  *                                         normal still survives a SIGKILL of
  *                                         the worker, which is all a chaos run
  *                                         needs, at a fraction of the fsyncs)
+ *     store_effects = true               (optional: each application also
+ *                                         writes a row to table it_effects of
+ *                                         the store's own database, through
+ *                                         cw_task_sqlite() or cw_task_pg(): in
+ *                                         the transaction of the task's done
+ *                                         record, so exactly once)
+ *     followup = ROUTING_KEY             (optional: each application sends one
+ *                                         follow-up with cw_task_send() to the
+ *                                         default exchange with this routing
+ *                                         key (a queue's name), type
+ *                                         "it.applied", body
+ *                                         {"task":MESSAGE_ID,"attempt":N})
  *
  * Type "it.apply". Every call first inserts one row (message_id, attempt,
  * mono_ms, wall_ms, pid) into table `calls` (mono_ms: CLOCK_MONOTONIC, comparable
@@ -34,6 +46,12 @@
  *                        cw_task_retry_after(task, M, ...) instead
  *   {"hang_ms":N}     -> sleeps N ms (at most 10 min), then goes on
  *   {"sleep_ms":N}    -> sleeps N ms (at most 60 s), then goes on
+ *   {"after_effect":"retry"|"fail"|"crash"|"sleep_ms:N"|"COMMIT"|"ROLLBACK"|"BEGIN"|"bad_sql"|"bad_send"}
+ *                     -> with store_effects: once the effect row is written
+ *                        (and the follow-up sent), asks for a retry, fails,
+ *                        crashes, sleeps, runs that statement on the store's
+ *                        connection itself, runs a statement that fails, or
+ *                        sends a follow-up that cw_task_send() refuses
  *   otherwise         -> applies
  * Applying inserts one row (message_id, saga_id, attempt, at, pid) into table
  * `applied`. message_id is deliberately not unique: a task applied twice
@@ -56,6 +74,7 @@
 #include <unistd.h>
 
 #include <json.h>
+#include <libpq-fe.h>
 #include <sqlite3.h>
 
 #include <compworker/compworker.h>
@@ -69,7 +88,12 @@ typedef struct ledger {
     pthread_mutex_t db_lock; /* the statements, when handlers run on several threads */
     char *alerts;            /* the alert hook's file, or NULL */
     pthread_mutex_t alerts_lock;
+    bool store_effects;
+    char *followup; /* routing key of the follow-ups, or NULL */
 } ledger;
+
+/* Whether this handler thread made table it_effects already. */
+static __thread bool effects_table_ready;
 
 static int64_t clock_ms(clockid_t clock)
 {
@@ -127,6 +151,86 @@ static bool record_call(ledger *l, cw_task *task)
     return rc == SQLITE_DONE;
 }
 
+/* Runs one statement on the store's SQLite connection or PostgreSQL
+ * session; false with the database's message in `err` when it failed. */
+static bool store_exec(sqlite3 *db, PGconn *pg, const char *sql, char *err, size_t cap)
+{
+    if (db) {
+        if (sqlite3_exec(db, sql, NULL, NULL, NULL) == SQLITE_OK)
+            return true;
+        snprintf(err, cap, "%s", sqlite3_errmsg(db));
+        return false;
+    }
+    PGresult *r = PQexec(pg, sql);
+    bool ok = PQresultStatus(r) == PGRES_COMMAND_OK || PQresultStatus(r) == PGRES_TUPLES_OK;
+    if (!ok)
+        snprintf(err, cap, "%s", PQerrorMessage(pg));
+    PQclear(r);
+    return ok;
+}
+
+/* The effect in the store's own database, in the transaction of the task's
+ * done record, and the follow-up; then what after_effect asks for. */
+static cw_outcome effect_in_store(ledger *l, cw_task *task)
+{
+    char err[512] = "";
+    sqlite3 *db = NULL;
+    PGconn *pg = NULL;
+    if (l->store_effects) {
+        db = cw_task_sqlite(task);
+        if (!db && !(pg = cw_task_pg(task)))
+            return cw_task_retry(task, "no store transaction: %s", cw_error_last());
+        if (!effects_table_ready) {
+            /* In the transaction: SQLite holds the write lock, and on
+             * PostgreSQL the advisory lock keeps threads from racing. */
+            const char *ddl =
+                db ? "CREATE TABLE IF NOT EXISTS it_effects (message_id TEXT NOT NULL,"
+                     " attempt INTEGER NOT NULL, pid INTEGER NOT NULL)"
+                   : "SELECT pg_advisory_xact_lock(4242);"
+                     "CREATE TABLE IF NOT EXISTS public.it_effects (message_id text"
+                     " NOT NULL, attempt integer NOT NULL, pid integer NOT NULL)";
+            if (!store_exec(db, pg, ddl, err, sizeof err))
+                return cw_task_retry(task, "creating it_effects: %s", err);
+            effects_table_ready = true;
+        }
+        char sql[512];
+        /* The message ID is a UUID the test made: no quote can be in it. */
+        snprintf(sql, sizeof sql,
+                 "INSERT INTO %sit_effects (message_id, attempt, pid) VALUES"
+                 " ('%s', %u, %ld)",
+                 pg ? "public." : "", cw_task_message_id(task), cw_task_attempt(task),
+                 (long)getpid());
+        if (strchr(cw_task_message_id(task), '\'') || !store_exec(db, pg, sql, err, sizeof err))
+            return cw_task_retry(task, "writing the effect: %s", err);
+    }
+    if (l->followup) {
+        char body[512];
+        snprintf(body, sizeof body, "{\"task\":\"%s\",\"attempt\":%u}", cw_task_message_id(task),
+                 cw_task_attempt(task));
+        if (cw_task_send(task, "", l->followup, "it.applied", body, 0) != 0)
+            return cw_task_retry(task, "follow-up refused: %s", cw_error_last());
+    }
+    const char *after = string_member(cw_task_payload(task), "after_effect");
+    if (!after)
+        return CW_OK;
+    if (strcmp(after, "retry") == 0)
+        return cw_task_retry(task, "asked to retry after the effect");
+    if (strcmp(after, "fail") == 0)
+        return cw_task_fail(task, "asked to fail after the effect");
+    if (strcmp(after, "crash") == 0)
+        raise(SIGSEGV);
+    if (strncmp(after, "sleep_ms:", 9) == 0)
+        sleep_ms(atoi(after + 9) > 60000 ? 60000 : atoi(after + 9));
+    if (strcmp(after, "COMMIT") == 0 || strcmp(after, "ROLLBACK") == 0 ||
+        strcmp(after, "BEGIN") == 0)
+        store_exec(db, pg, after, err, sizeof err);
+    if (strcmp(after, "bad_sql") == 0)
+        store_exec(db, pg, "INSERT INTO no_such_table VALUES (1)", err, sizeof err);
+    if (strcmp(after, "bad_send") == 0)
+        cw_task_send(task, "", l->followup ? l->followup : "q", "it.applied", "not json", 0);
+    return CW_OK;
+}
+
 static cw_outcome apply(cw_task *task, void *user_data)
 {
     ledger *l = user_data;
@@ -176,6 +280,8 @@ static cw_outcome apply(cw_task *task, void *user_data)
     pthread_mutex_unlock(&l->db_lock);
     if (rc != SQLITE_DONE)
         return cw_task_retry(task, "ledger insert failed (%d)", rc);
+    if (l->store_effects || l->followup)
+        return effect_in_store(l, task);
     return CW_OK;
 }
 
@@ -205,6 +311,7 @@ static void ledger_close(ledger *l)
     pthread_mutex_destroy(&l->alerts_lock);
     pthread_mutex_destroy(&l->db_lock);
     free(l->alerts);
+    free(l->followup);
     free(l);
 }
 
@@ -239,6 +346,12 @@ int cw_plugin_init(cw_registry *reg)
         return -1;
     }
     bool sync_normal = strcmp(sync, "normal") == 0;
+    l->store_effects = strcmp(cw_registry_setting(reg, "store_effects", "false"), "true") == 0;
+    const char *followup = cw_registry_setting(reg, "followup", NULL);
+    if (followup && followup[0] && !(l->followup = strdup(followup))) {
+        ledger_close(l);
+        return -1;
+    }
     static const char schema[] = "PRAGMA journal_mode=WAL;"
                                  "CREATE TABLE IF NOT EXISTS applied ("
                                  "  row INTEGER PRIMARY KEY,"

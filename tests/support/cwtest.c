@@ -352,8 +352,10 @@ int cwtest_teardown(void **state)
         }
     } else if (env->conn) {
         /* Leave nothing behind on the broker. */
-        const char *queues[] = {env->queue, env->dlq};
-        for (size_t i = 0; i < 2; i++) {
+        const char *queues[2 + 4] = {env->queue, env->dlq};
+        for (size_t i = 0; i < env->n_extra_queues; i++)
+            queues[2 + i] = env->extra_queues[i];
+        for (size_t i = 0; i < 2 + env->n_extra_queues; i++) {
             if (!env->query_open)
                 break;
             amqp_queue_delete(env->conn, CH_QUERY, amqp_cstring_bytes(queues[i]), 0, 0);
@@ -956,6 +958,22 @@ static amqp_queue_declare_ok_t queue_peek(cwtest_env *env, const char *queue)
     copy.queue = amqp_empty_bytes;
     amqp_maybe_release_buffers(env->conn);
     return copy;
+}
+
+void cwtest_queue_declare(cwtest_env *env, const char *queue)
+{
+    if (env->n_extra_queues >= 4)
+        fail_msg("cwtest_queue_declare: at most 4 queues per test");
+    query_channel(env);
+    amqp_queue_declare(env->conn, CH_QUERY, amqp_cstring_bytes(queue), 0, 1, 0, 0,
+                       amqp_empty_table);
+    amqp_rpc_reply_t r = amqp_get_rpc_reply(env->conn);
+    if (r.reply_type != AMQP_RESPONSE_NORMAL) {
+        query_channel_reset(env, r);
+        amqp_check(r, "queue.declare");
+    }
+    amqp_maybe_release_buffers(env->conn);
+    snprintf(env->extra_queues[env->n_extra_queues++], sizeof env->extra_queues[0], "%s", queue);
 }
 
 uint32_t cwtest_queue_count(cwtest_env *env, const char *queue)

@@ -76,9 +76,11 @@ typedef struct cwtest_env {
 
     amqp_connection_state_t conn; /* channel 1 confirms publishes; 2 queries */
     bool query_open;
-    uint64_t next_seq;        /* sequence number of the next publish on channel 1 */
-    uint64_t acked;           /* every publish up to this one is confirmed */
-    cw_client *client;        /* from cwtest_client() */
+    uint64_t next_seq;         /* sequence number of the next publish on channel 1 */
+    uint64_t acked;            /* every publish up to this one is confirmed */
+    cw_client *client;         /* from cwtest_client() */
+    char extra_queues[4][200]; /* declared by cwtest_queue_declare(), deleted at teardown */
+    size_t n_extra_queues;
     struct cwtest_http *http; /* from cwtest_http_start(), stopped by teardown */
 } cwtest_env;
 
@@ -214,6 +216,11 @@ void cwtest_send_task(cwtest_env *env, const char *message_id, const char *saga_
 
 /* A cw_client on the test broker and cw.tasks, owned by the env. */
 cw_client *cwtest_client(cwtest_env *env);
+
+/* Declares a durable classic queue `queue` (bound to nothing: the default
+ * exchange routes to it by its name), deleted by cwtest_teardown() when the
+ * test passed. At most 4 per test. */
+void cwtest_queue_declare(cwtest_env *env, const char *queue);
 
 /* A queue's ready messages and consumers (passive queue.declare). */
 uint32_t cwtest_queue_count(cwtest_env *env, const char *queue);

@@ -808,7 +808,7 @@ static void reopen_keeps_data(const fixture *f)
     sqlite3_finalize(st);
     assert_int_equal(sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &st, NULL), SQLITE_OK);
     assert_int_equal(sqlite3_step(st), SQLITE_ROW);
-    assert_int_equal(sqlite3_column_int(st, 0), 1);
+    assert_int_equal(sqlite3_column_int(st, 0), 2);
     sqlite3_finalize(st);
     sqlite3_close(db);
 }
@@ -838,7 +838,7 @@ static void newer_schema_refused(void **state)
     cw_store_free(open_as(&f, "w1", NULL, NULL));
     sqlite3 *db;
     assert_int_equal(sqlite3_open(f.path, &db), SQLITE_OK);
-    assert_int_equal(sqlite3_exec(db, "PRAGMA user_version = 2", NULL, NULL, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db, "PRAGMA user_version = 99", NULL, NULL, NULL), SQLITE_OK);
     sqlite3_close(db);
 
     cw_store_opts o = {.backend = "sqlite", .path = f.path, .owner = "w1", .lease_ms = LEASE_MS};
