@@ -235,16 +235,22 @@ static amqp_table_entry_t str_entry(const char *key, const char *value)
     return e;
 }
 
+int cw__exchange_declare(amqp_connection_state_t conn, amqp_channel_t ch, const char *exchange)
+{
+    char what[512];
+    amqp_exchange_declare(conn, ch, amqp_cstring_bytes(exchange), amqp_cstring_bytes("topic"), 0, 1,
+                          0, 0, amqp_empty_table);
+    snprintf(what, sizeof what, "declaring exchange '%s' (topic, durable)", exchange);
+    return cw__broker_reply(amqp_get_rpc_reply(conn), what);
+}
+
 int cw__topology_declare(amqp_connection_state_t conn, amqp_channel_t ch, const cw_config *cfg,
                          const cw_registry *reg)
 {
     char what[512];
     int rc;
 
-    amqp_exchange_declare(conn, ch, amqp_cstring_bytes(cfg->exchange), amqp_cstring_bytes("topic"),
-                          0, 1, 0, 0, amqp_empty_table);
-    snprintf(what, sizeof what, "declaring exchange '%s' (topic, durable)", cfg->exchange);
-    if ((rc = cw__broker_reply(amqp_get_rpc_reply(conn), what)))
+    if ((rc = cw__exchange_declare(conn, ch, cfg->exchange)))
         return rc;
 
     amqp_exchange_declare(conn, ch, amqp_cstring_bytes(CW_DLX_NAME), amqp_cstring_bytes("direct"),

@@ -35,6 +35,12 @@ struct cw_client;
 int cw__client_new_tls(struct cw_client **out, const char *url, const cw_tls_config *tls,
                        const char *exchange);
 
+/* Reads the caller's cw_publish_opts of any version into *cur (fields its
+ * version lacks take their defaults). CW_STATUS_INVALID_ARG for version 0
+ * or a version newer than this library. */
+struct cw_publish_opts;
+int cw__publish_opts_read(struct cw_publish_opts *cur, const struct cw_publish_opts *opts);
+
 /* Closes and destroys a connection (NULL-safe). */
 void cw__broker_close(amqp_connection_state_t conn);
 
@@ -58,6 +64,9 @@ int cw__broker_accept_large_frames(amqp_connection_state_t conn);
 /* 0 for a normal RPC reply, else a status with a readable message naming
  * `what` (the broker's reply code and text, or the library's error). */
 int cw__broker_reply(amqp_rpc_reply_t r, const char *what);
+
+/* Declares the tasks exchange `exchange` (topic, durable), as a pool does. */
+int cw__exchange_declare(amqp_connection_state_t conn, amqp_channel_t ch, const char *exchange);
 
 /* Declares the tasks exchange, the pool queue bound by every registered type,
  * the dead-letter exchange and the pool's DLQ, on channel `ch`. Idempotent;
@@ -90,6 +99,11 @@ typedef struct cw_publisher {
     size_t pending_cap;
     unsigned nacked, returned;
     char last_return[256];
+    /* Called by cw__publisher_wait() for each message the broker returned
+     * (mandatory, unroutable) with its properties and the reason ("312
+     * NO_ROUTE (routing key 'x')"), both borrowed for the call; NULL: none. */
+    void (*on_return)(void *ctx, const amqp_basic_properties_t *props, const char *why);
+    void *return_ctx;
 } cw_publisher;
 
 /* Puts channel `ch` of `conn` in confirm mode. */
@@ -102,11 +116,21 @@ int cw__publisher_send(cw_publisher *p, const char *exchange, amqp_bytes_t routi
 
 /* Publishes (mandatory, persistent) a message of the message contract: its
  * message ID, type, saga ID as correlation_id (NULL or "": none), content
- * type application/json, timestamp and app_id "compworker". The caller has
- * checked the fields. */
+ * type application/json, timestamp and app_id "compworker", and `headers`
+ * (NULL or empty: none; borrowed). The caller has checked the fields
+ * (cw__task_fields_check()). */
 int cw__publish_task(cw_publisher *p, const char *exchange, const char *routing_key,
                      const char *message_id, const char *type, const char *saga_id,
-                     const void *body, size_t len);
+                     const void *body, size_t len, const amqp_table_t *headers);
+
+/* Checks the fields of a task as a worker would take them, before it is
+ * published: `type` [A-Za-z0-9._:-]{1,255}; `message_id` NULL (then a new
+ * UUID is written to id_out) or 1 to CW_MESSAGE_ID_MAX printable ASCII
+ * characters (copied to id_out, of CW_MESSAGE_ID_MAX + 1 bytes); `saga_id`
+ * NULL, "" or printable ASCII up to 255 bytes; `body` a JSON object text of
+ * `len` bytes. CW_STATUS_INVALID_ARG with "what: reason" in why. */
+int cw__task_fields_check(const char *type, const char *message_id, const char *saga_id,
+                          const char *body, size_t len, char *id_out, char *why, size_t why_len);
 
 /* cw__publisher_send() (mandatory) of a copy of a delivered message (a
  * dead-letter, a retry): the properties of a message travel in one frame,

@@ -66,18 +66,6 @@ void cw_client_free(cw_client *c)
     free(c);
 }
 
-static bool printable(const char *s, size_t max)
-{
-    size_t n = strlen(s);
-    if (n == 0 || n > max)
-        return false;
-    for (size_t i = 0; i < n; i++) {
-        if ((unsigned char)s[i] < 0x21 || (unsigned char)s[i] > 0x7e)
-            return false;
-    }
-    return true;
-}
-
 /* The size of each version of cw_publish_opts, oldest first. When a version
  * adds fields, the entry of the one before becomes offsetof() its first new
  * field (what a caller of that version has), and the new version's entry is
@@ -93,47 +81,33 @@ int cw_publish_opts_init(cw_publish_opts *opts, unsigned version)
                          "cw_publish_opts");
 }
 
+int cw__publish_opts_read(cw_publish_opts *cur, const cw_publish_opts *opts)
+{
+    static const cw_publish_opts init = CW_PUBLISH_OPTS_INIT;
+    *cur = init;
+    return cw__opts_read(cur, opts, cw_publish_opts_sizes, CW_PUBLISH_OPTS_VERSION,
+                         "cw_publish_opts");
+}
+
 int cw_client_publish(cw_client *c, const cw_publish_opts *opts, char *id_out, size_t out_len)
 {
     cw_publish_opts cur = CW_PUBLISH_OPTS_INIT;
     const cw_publish_opts *o = &cur;
     if (!c || !opts)
         return cw__error(CW_STATUS_INVALID_ARG, "cw_client_publish: NULL client or options");
-    int rc = cw__opts_read(&cur, opts, cw_publish_opts_sizes, CW_PUBLISH_OPTS_VERSION,
-                           "cw_publish_opts");
+    int rc = cw__publish_opts_read(&cur, opts);
     if (rc)
         return rc;
-    if (!o->type || !cw__type_valid(o->type, strlen(o->type)))
-        return cw__error(CW_STATUS_INVALID_ARG,
-                         "cw_client_publish: type must be 1-255 characters of [A-Za-z0-9._:-]");
     if (!o->body)
         return cw__error(CW_STATUS_INVALID_ARG, "cw_client_publish: body is required");
     size_t blen = o->body_len ? o->body_len : strlen(o->body);
-    /* What a worker would dead-letter as invalid is refused here. */
-    char why[256];
-    if (cw__json_object_check(o->body, blen, why, sizeof why))
-        return cw__error(CW_STATUS_INVALID_ARG, "cw_client_publish: body is not a JSON object: %s",
-                         why);
-
-    char id[CW_MESSAGE_ID_MAX + 1];
-    if (o->message_id) {
-        if (!printable(o->message_id, CW_MESSAGE_ID_MAX))
-            return cw__error(CW_STATUS_INVALID_ARG,
-                             "cw_client_publish: message_id must be 1-%d printable ASCII "
-                             "characters",
-                             CW_MESSAGE_ID_MAX);
-        snprintf(id, sizeof id, "%s", o->message_id);
-    } else {
-        uuid_t u;
-        uuid_generate_random(u);
-        uuid_unparse_lower(u, id);
-    }
-    if (o->saga_id && o->saga_id[0] && !printable(o->saga_id, 255))
-        return cw__error(CW_STATUS_INVALID_ARG,
-                         "cw_client_publish: saga_id must be printable ASCII up to 255 bytes");
+    char id[CW_MESSAGE_ID_MAX + 1], why[320];
+    if (cw__task_fields_check(o->type, o->message_id, o->saga_id, o->body, blen, id, why,
+                              sizeof why))
+        return cw__error(CW_STATUS_INVALID_ARG, "cw_client_publish: %s", why);
 
     const char *rk = o->routing_key ? o->routing_key : o->type;
-    rc = cw__publish_task(&c->pub, c->exchange, rk, id, o->type, o->saga_id, o->body, blen);
+    rc = cw__publish_task(&c->pub, c->exchange, rk, id, o->type, o->saga_id, o->body, blen, NULL);
     if (rc)
         return rc;
     rc = cw__publisher_wait(&c->pub, o->confirm_timeout_ms ? (int)o->confirm_timeout_ms

@@ -29,7 +29,8 @@
 #define CW_MAX_SECTION 49 /* inih silently truncates longer section names */
 #define CW_WHY_MAX 768    /* "what is wrong" part of a message */
 
-static const char *const cw_sections[] = {"broker", "pool", "store", "retry", "alert", "log"};
+static const char *const cw_sections[] = {"broker", "pool",  "store", "retry",
+                                          "alert",  "relay", "log"};
 
 /* ---- small helpers ----------------------------------------------------- */
 
@@ -278,7 +279,7 @@ static int cw_config_check_section(cw_config_ctx *ctx)
                                   ctx->file, ctx->lineno, (int)len, p + 1);
         return cw_config_fail(ctx, CW_STATUS_CONFIG,
                               "%s:%u: unknown section [%.*s] (expected broker, pool, store, "
-                              "retry, alert, log, handler TYPE or plugin NAME)",
+                              "retry, alert, relay, log, handler TYPE or plugin NAME)",
                               ctx->file, ctx->lineno, (int)len, p + 1);
     }
     if (sec.handler)
@@ -462,8 +463,19 @@ static int cw_config_finish(cw_config_ctx *ctx)
     cw_config *cfg = ctx->cfg;
     char *rel;
 
+    if (cfg->relay) {
+        if (cfg->relay_url == NULL)
+            return cw_config_fail(ctx, CW_STATUS_CONFIG,
+                                  "%s: [relay] url is required (the publisher's database, a libpq "
+                                  "URI such as postgresql://orders@db1:5432/orders, or "
+                                  "CW_RELAY_URL)",
+                                  ctx->file);
+        if (cfg->name == NULL)
+            return 0;
+    }
     if (cfg->name == NULL)
-        return cw_config_fail(ctx, CW_STATUS_CONFIG, "%s: [pool] name is required", ctx->file);
+        return cw_config_fail(ctx, CW_STATUS_CONFIG, "%s: [pool] name is required%s", ctx->file,
+                              cfg->relay_url ? " (a relay's file is for 'compworker relay')" : "");
     cw_config_derive(cfg);
     if (cfg->batch > cfg->prefetch)
         return cw_config_fail(ctx, CW_STATUS_CONFIG,
@@ -663,7 +675,19 @@ out_close:
     return rc;
 }
 
+static int cw_config_load_kind(cw_config **out, const char *path, bool relay);
+
 int cw_config_load(cw_config **out, const char *path)
+{
+    return cw_config_load_kind(out, path, false);
+}
+
+int cw_config_load_relay(cw_config **out, const char *path)
+{
+    return cw_config_load_kind(out, path, true);
+}
+
+static int cw_config_load_kind(cw_config **out, const char *path, bool relay)
 {
     cw_config *cfg;
     int rc;
@@ -677,6 +701,7 @@ int cw_config_load(cw_config **out, const char *path)
         rc = cw_config_nomem(path);
         goto out_free_cfg;
     }
+    cfg->relay = relay;
     rc = path != NULL ? cw_config_read_file(cfg, path) : cw_config_env_only(cfg);
     if (rc != 0)
         goto out_free_cfg;

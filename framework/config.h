@@ -95,6 +95,7 @@ typedef struct cw_plugin_setting {
 
 typedef struct cw_config {
     char *path; /* the file it was read from ("" when built from defaults) */
+    bool relay; /* loaded by cw_config_load_relay() */
 
     /* [broker] */
     char *url;            /* default amqp://guest:guest@127.0.0.1:5672/ ; env CW_AMQP_URL */
@@ -143,6 +144,15 @@ typedef struct cw_config {
     /* [alert] */
     cw_alert_config alert;
 
+    /* [relay]: compworker relay, the outbox relay (cw_config_load_relay()) */
+    char *relay_url;            /* the publisher's PostgreSQL database: a libpq URI or key=value
+                                   string (may hold a password); env CW_RELAY_URL */
+    char *relay_table;          /* the outbox table, [schema.]name; default cw_outbox */
+    unsigned relay_batch;       /* rows claimed and published together; default 100 */
+    int64_t relay_poll_ms;      /* poll this often when no notification comes; default 1s */
+    int64_t relay_retention_ms; /* sent rows kept this long; default 7d */
+    char *relay_metrics_listen; /* "host:port" of the relay's /metrics and /healthz, NULL = off */
+
     /* [log] */
     cw_log_level log_level;   /* default info */
     cw_log_format log_format; /* default logfmt */
@@ -173,6 +183,12 @@ typedef struct cw_config {
  * file is an error. `path` NULL builds the defaults (name must then be set by
  * the caller). Free with cw_config_free(). */
 int cw_config_load(cw_config **out, const char *path);
+
+/* cw_config_load() for `compworker relay`: the file of an outbox relay,
+ * with [relay], [broker], [alert] and [log] sections. [pool] name is not
+ * required (without it the pool's derived names stay NULL); [relay] url is
+ * (or CW_RELAY_URL). */
+int cw_config_load_relay(cw_config **out, const char *path);
 
 /* Sets one key of a fixed section from a command-line flag (or any
  * `origin`), with the checks of the file; `label` (e.g. "--workers") names it

@@ -176,6 +176,13 @@ void cw_config_describe(const cw_config *cfg, void (*fn)(const cw_config_entry *
         const cw_key *k = &cw__config_keys[i];
         cw_config_entry e = {.section = k->section, .key = k->name};
 
+        /* A pool's file shows what its pool uses; a relay's, what the relay does. */
+        bool relay_key = strcmp(k->section, "relay") == 0;
+        bool shared = strcmp(k->section, "broker") == 0 || strcmp(k->section, "alert") == 0 ||
+                      strcmp(k->section, "log") == 0;
+        if (cfg->relay ? !(relay_key || shared) : relay_key)
+            continue;
+
         cw__config_key_format(k, cfg, cw__config_field(k, cfg), value, sizeof value, note,
                               sizeof note);
         e.value = value;

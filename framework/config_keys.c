@@ -17,6 +17,7 @@
 #include "framework/argv.h"
 #include "framework/config_keys.h"
 #include "framework/listen.h"
+#include "framework/outbox.h"
 #include "framework/parse.h"
 #include "framework/url.h"
 
@@ -514,6 +515,17 @@ static int cw_set_pg_schema(const cw_key *k, cw_config_ctx *ctx, void *dst, cons
     return cw_set_string(dst, value);
 }
 
+/* [relay] table: framework/outbox.h says what a table name may be. */
+static int cw_set_outbox_table(const cw_key *k, cw_config_ctx *ctx, void *dst, const char *value,
+                               char *why, size_t why_len)
+{
+    (void)k;
+    (void)ctx;
+    if (!cw__outbox_table_valid(value, why, why_len))
+        return CW_STATUS_CONFIG;
+    return cw_set_string(dst, value);
+}
+
 /* [retry] backoff_rate: a decimal number written by a person, digits with
  * at most one '.', so that strtod() never sees a sign, an exponent, hex,
  * "inf" or "nan". */
@@ -772,6 +784,21 @@ const cw_key cw__config_keys[] = {
      "CW_ALERT_WEBHOOK_RETRIES", .def.i = 3, .min = 0, .max = 10},
     {"alert", "rate_limit", CW_T_DURATION, CW_AT(alert.rate_limit_ms), "CW_ALERT_RATE_LIMIT",
      .def.i = 60 * 1000, .min = 0, .max = INT64_MAX, .hint = "30s, 1m, 1h; 0 = no limit"},
+
+    /* [relay]: compworker relay */
+    {"relay", "url", CW_T_PG_URL, CW_AT(relay_url), "CW_RELAY_URL", .unset = ""},
+    {"relay", "table", CW_T_STRING, CW_AT(relay_table), "CW_RELAY_TABLE", .def.s = "cw_outbox",
+     .set = cw_set_outbox_table},
+    {"relay", "batch", CW_T_UINT, CW_AT(relay_batch), "CW_RELAY_BATCH", .def.i = 100, .min = 1,
+     .max = 10000},
+    {"relay", "poll_interval", CW_T_DURATION, CW_AT(relay_poll_ms), "CW_RELAY_POLL_INTERVAL",
+     .def.i = 1000, .min = 10, .max = INT64_C(3600) * 1000, .hint = "250ms, 1s, 10s",
+     .range = "is not between 10ms and 1h"},
+    {"relay", "retention", CW_T_DURATION, CW_AT(relay_retention_ms), "CW_RELAY_RETENTION",
+     .def.i = INT64_C(7) * 24 * 3600 * 1000, .min = 1, .max = INT64_MAX,
+     .hint = "250ms, 5s, 2m, 1h, 7d", .range = "must be more than 0"},
+    {"relay", "metrics_listen", CW_T_STRING, CW_AT(relay_metrics_listen), "CW_RELAY_METRICS_LISTEN",
+     .unset = "off", .set = cw_set_metrics_listen},
 
     /* [log] */
     {"log", "level", CW_T_CHOICE, CW_AT(log_level), "CW_LOG_LEVEL", .def.i = CW_LOG_INFO,

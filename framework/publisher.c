@@ -6,10 +6,15 @@
 
 #include <amqp.h>
 #include <amqp_framing.h>
+#include <uuid/uuid.h>
+
+#include "compworker/client.h" /* CW_MESSAGE_ID_MAX */
 
 #include "framework/broker.h"
 #include "framework/clock.h"
 #include "framework/error.h"
+#include "framework/json_text.h"
+#include "framework/registry.h"
 
 /* The most of cw-dropped-headers (names and sizes of the headers dropped). */
 #define CW_DROPPED_MAX 1024
@@ -63,7 +68,7 @@ int cw__publisher_send(cw_publisher *p, const char *exchange, amqp_bytes_t routi
 
 int cw__publish_task(cw_publisher *p, const char *exchange, const char *routing_key,
                      const char *message_id, const char *type, const char *saga_id,
-                     const void *body, size_t len)
+                     const void *body, size_t len, const amqp_table_t *headers)
 {
     amqp_basic_properties_t props;
     memset(&props, 0, sizeof props);
@@ -80,8 +85,60 @@ int cw__publish_task(cw_publisher *p, const char *exchange, const char *routing_
         props._flags |= AMQP_BASIC_CORRELATION_ID_FLAG;
         props.correlation_id = amqp_cstring_bytes(saga_id);
     }
+    if (headers && headers->num_entries > 0) {
+        props._flags |= AMQP_BASIC_HEADERS_FLAG;
+        props.headers = *headers;
+    }
     amqp_bytes_t b = {.len = len, .bytes = (void *)body};
     return cw__publisher_send(p, exchange, amqp_cstring_bytes(routing_key), true, &props, b);
+}
+
+static bool printable(const char *s, size_t max)
+{
+    size_t n = strlen(s);
+    if (n == 0 || n > max)
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        if ((unsigned char)s[i] < 0x21 || (unsigned char)s[i] > 0x7e)
+            return false;
+    }
+    return true;
+}
+
+int cw__task_fields_check(const char *type, const char *message_id, const char *saga_id,
+                          const char *body, size_t len, char *id_out, char *why, size_t why_len)
+{
+    if (!type || !cw__type_valid(type, strlen(type))) {
+        snprintf(why, why_len, "type must be 1-255 characters of [A-Za-z0-9._:-]");
+        return CW_STATUS_INVALID_ARG;
+    }
+    if (!body) {
+        snprintf(why, why_len, "body is required");
+        return CW_STATUS_INVALID_ARG;
+    }
+    /* What a worker would dead-letter as invalid is refused here. */
+    char reason[256];
+    if (cw__json_object_check(body, len, reason, sizeof reason)) {
+        snprintf(why, why_len, "body is not a JSON object: %s", reason);
+        return CW_STATUS_INVALID_ARG;
+    }
+    if (message_id) {
+        if (!printable(message_id, CW_MESSAGE_ID_MAX)) {
+            snprintf(why, why_len, "message_id must be 1-%d printable ASCII characters",
+                     CW_MESSAGE_ID_MAX);
+            return CW_STATUS_INVALID_ARG;
+        }
+        snprintf(id_out, CW_MESSAGE_ID_MAX + 1, "%s", message_id);
+    } else {
+        uuid_t u;
+        uuid_generate_random(u);
+        uuid_unparse_lower(u, id_out);
+    }
+    if (saga_id && saga_id[0] && !printable(saga_id, 255)) {
+        snprintf(why, why_len, "saga_id must be printable ASCII up to 255 bytes");
+        return CW_STATUS_INVALID_ARG;
+    }
+    return 0;
 }
 
 /* The room for a message's properties in one content header frame: the
@@ -244,6 +301,8 @@ int cw__publisher_wait(cw_publisher *p, int timeout_ms)
             amqp_rpc_reply_t r = amqp_read_message(p->conn, p->ch, &msg, 0);
             if (r.reply_type != AMQP_RESPONSE_NORMAL)
                 return cw__broker_reply(r, "reading a returned message");
+            if (p->on_return)
+                p->on_return(p->return_ctx, &msg.properties, p->last_return);
             amqp_destroy_message(&msg);
             break;
         }

@@ -20,6 +20,7 @@ int cw_cmd_dlq(int argc, char **argv);
 int cw_cmd_status(int argc, char **argv);
 int cw_cmd_config(int argc, char **argv);
 int cw_cmd_version(int argc, char **argv);
+int cw_cmd_relay(int argc, char **argv);
 
 /* Prints "compworker: <msg>" on stderr and returns `code` (opt.c). */
 int cw_cli_fail(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -35,6 +36,10 @@ struct cw_config;
 extern const cw_opt_spec cw_cli_pool_specs[];
 int cw_cli_pool_load(const cw_opt_cmd *cmd, int argc, char **argv, struct cw_pool_opts *po,
                      struct cw_config **out);
+
+/* Prints every effective value of `cfg` as INI, each with its source
+ * (cmd_config.c): what `config check` and `relay check` show. */
+void cw_cli_print_config(const struct cw_config *cfg);
 
 /* 1 to 128 printable ASCII characters: what a message ID is. */
 bool cw_cli_is_message_id(const char *s);

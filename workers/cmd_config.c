@@ -122,6 +122,12 @@ static int describe_handlers(const cw_config *cfg)
                        WTERMSIG(st));
 }
 
+void cw_cli_print_config(const cw_config *cfg)
+{
+    printer pr = {.file = cfg->path, .any = false};
+    cw_config_describe(cfg, print_entry, &pr);
+}
+
 int cw_cmd_config(int argc, char **argv)
 {
     if (argc < 2)
@@ -152,8 +158,7 @@ int cw_cmd_config(int argc, char **argv)
     }
     printf("; %s: valid (sd_notify: %s)\n", cfg->path, cw_notify_available() ? "yes" : "no");
     printf("; store: %s\n", store);
-    printer pr = {.file = cfg->path, .any = false};
-    cw_config_describe(cfg, print_entry, &pr);
+    cw_cli_print_config(cfg);
     rc = describe_handlers(cfg);
     cw_config_free(cfg);
     return rc;

@@ -30,6 +30,9 @@ static const command commands[] = {
     {"dlq", cw_cmd_dlq,
      "inspect and replay the dead-letter queue ('compworker dlq help' lists "
      "its commands)"},
+    {"relay", cw_cmd_relay,
+     "the outbox relay: publish the tasks services commit to their outbox table "
+     "('relay init' creates it)"},
     {"status", cw_cmd_status, "what became of a task: state, attempts, history"},
     {"version", cw_cmd_version, "print the version"},
     {"help", cmd_help, "print this help"},

@@ -23,6 +23,7 @@
 #include "framework/log.h"
 #include "framework/owner.h"
 #include "workers/cli.h"
+#include "workers/http.h"
 #include "workers/pool.h"
 
 #define DEPTH_EVERY_MS 5000
@@ -30,7 +31,6 @@
  * long, on a pool whose store is this host's own: a warning. */
 #define FOREIGN_WARN_MS 30000
 #define BEAT_STALE_MS 5000 /* a supervisor silent this long is not running */
-#define CONTENT_TYPE_METRICS "text/plain; version=0.0.4; charset=utf-8"
 
 static volatile sig_atomic_t cw_stop;
 
@@ -52,44 +52,11 @@ typedef struct monitor {
 
 /* ---- HTTP ----------------------------------------------------------------- */
 
-static enum MHD_Result respond(struct MHD_Connection *c, unsigned code, const char *type,
-                               char *body, size_t len, bool owned)
-{
-    struct MHD_Response *r = MHD_create_response_from_buffer(len, body,
-                                                             owned ? MHD_RESPMEM_MUST_FREE
-                                                                   : MHD_RESPMEM_PERSISTENT);
-    if (!r) {
-        if (owned)
-            free(body);
-        return MHD_NO;
-    }
-    MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, type);
-    MHD_add_response_header(r, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
-    enum MHD_Result ret = MHD_queue_response(c, code, r);
-    MHD_destroy_response(r);
-    return ret;
-}
-
-static enum MHD_Result respond_text(struct MHD_Connection *c, unsigned code, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static enum MHD_Result respond_text(struct MHD_Connection *c, unsigned code, const char *fmt, ...)
-{
-    char *body = NULL;
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vasprintf(&body, fmt, ap);
-    va_end(ap);
-    if (n < 0)
-        return MHD_NO;
-    return respond(c, code, "text/plain; charset=utf-8", body, (size_t)n, true);
-}
-
 static enum MHD_Result serve_metrics(monitor *mon, struct MHD_Connection *c)
 {
     cw_metrics_snapshot *s = malloc(sizeof *s);
     if (!s)
-        return respond_text(c, MHD_HTTP_INTERNAL_SERVER_ERROR, "out of memory\n");
+        return cw_http_respond_text(c, MHD_HTTP_INTERNAL_SERVER_ERROR, "out of memory\n");
     cw_metrics_snapshot_take(mon->m, s);
     cw_metrics_info info = {
         .pool = mon->cfg->name,
@@ -105,8 +72,8 @@ static enum MHD_Result serve_metrics(monitor *mon, struct MHD_Connection *c)
     int rc = cw_metrics_render(s, &info, &body, &len);
     free(s);
     if (rc)
-        return respond_text(c, MHD_HTTP_INTERNAL_SERVER_ERROR, "%s\n", cw_error_last());
-    return respond(c, MHD_HTTP_OK, CONTENT_TYPE_METRICS, body, len, true);
+        return cw_http_respond_text(c, MHD_HTTP_INTERNAL_SERVER_ERROR, "%s\n", cw_error_last());
+    return cw_http_respond(c, MHD_HTTP_OK, CW_HTTP_METRICS_TYPE, body, len, true);
 }
 
 /* 200 when the supervisor runs and at least one worker has a broker
@@ -127,24 +94,28 @@ static enum MHD_Result serve_health(monitor *mon, struct MHD_Connection *c)
         }
     }
     if (getppid() != mon->supervisor)
-        return respond_text(c, MHD_HTTP_SERVICE_UNAVAILABLE,
-                            "unavailable: the supervisor is gone\n");
+        return cw_http_respond_text(c, MHD_HTTP_SERVICE_UNAVAILABLE,
+                                    "unavailable: the supervisor is gone\n");
     if (cw__mono_ms() - beat > BEAT_STALE_MS)
-        return respond_text(c, MHD_HTTP_SERVICE_UNAVAILABLE,
-                            "unavailable: the supervisor has not run its loop for %lld ms\n",
-                            (long long)(cw__mono_ms() - beat));
+        return cw_http_respond_text(
+            c, MHD_HTTP_SERVICE_UNAVAILABLE,
+            "unavailable: the supervisor has not run its loop for %lld ms\n",
+            (long long)(cw__mono_ms() - beat));
     if (desired == 0)
-        return respond_text(c, MHD_HTTP_SERVICE_UNAVAILABLE, "unavailable: the pool is stopping\n");
+        return cw_http_respond_text(c, MHD_HTTP_SERVICE_UNAVAILABLE,
+                                    "unavailable: the pool is stopping\n");
     if (connected == 0)
-        return respond_text(c, MHD_HTTP_SERVICE_UNAVAILABLE,
-                            "unavailable: no worker is connected to a broker (%u of %u running)\n",
-                            alive, desired);
+        return cw_http_respond_text(
+            c, MHD_HTTP_SERVICE_UNAVAILABLE,
+            "unavailable: no worker is connected to a broker (%u of %u running)\n", alive, desired);
     if (working == 0)
-        return respond_text(c, MHD_HTTP_SERVICE_UNAVAILABLE,
-                            "unavailable: store unreachable (%u of %u connected workers cannot "
-                            "reach it)\n",
-                            connected, connected);
-    return respond_text(c, MHD_HTTP_OK, "ok: %u of %u workers connected\n", connected, desired);
+        return cw_http_respond_text(
+            c, MHD_HTTP_SERVICE_UNAVAILABLE,
+            "unavailable: store unreachable (%u of %u connected workers cannot "
+            "reach it)\n",
+            connected, connected);
+    return cw_http_respond_text(c, MHD_HTTP_OK, "ok: %u of %u workers connected\n", connected,
+                                desired);
 }
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
@@ -157,69 +128,16 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     (void)con_cls;
     monitor *mon = cls;
     if (strcmp(method, "GET") != 0 && strcmp(method, "HEAD") != 0)
-        return respond_text(c, MHD_HTTP_METHOD_NOT_ALLOWED, "GET only\n");
+        return cw_http_respond_text(c, MHD_HTTP_METHOD_NOT_ALLOWED, "GET only\n");
     if (strcmp(url, "/metrics") == 0)
         return serve_metrics(mon, c);
     if (strcmp(url, "/healthz") == 0)
         return serve_health(mon, c);
     if (strcmp(url, "/") == 0)
-        return respond_text(c, MHD_HTTP_OK, "compworker pool %s: /metrics (Prometheus), /healthz\n",
-                            mon->cfg->name);
-    return respond_text(c, MHD_HTTP_NOT_FOUND, "not found: /metrics, /healthz\n");
-}
-
-/* Starts the server on [pool] metrics_listen; NULL (logged) on failure. */
-static struct MHD_Daemon *http_start(monitor *mon)
-{
-    char host[256];
-    unsigned port;
-    if (cw__listen_parse(mon->cfg->metrics_listen, host, sizeof host, &port)) {
-        cw_log_error(NULL, "[pool] metrics_listen '%s' is not HOST:PORT", mon->cfg->metrics_listen);
-        return NULL;
-    }
-    struct addrinfo hints, *ai = NULL;
-    memset(&hints, 0, sizeof hints);
-    hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = SOCK_STREAM;
-    hints.ai_flags = AI_PASSIVE;
-    int gai = getaddrinfo(host, NULL, &hints, &ai);
-    if (gai != 0 || !ai) {
-        cw_log_error(NULL, "[pool] metrics_listen '%s': cannot resolve '%s': %s",
-                     mon->cfg->metrics_listen, host, gai_strerror(gai));
-        return NULL;
-    }
-    struct sockaddr_storage sa;
-    memset(&sa, 0, sizeof sa);
-    memcpy(&sa, ai->ai_addr, ai->ai_addrlen);
-    bool v6 = ai->ai_family == AF_INET6;
-    freeaddrinfo(ai);
-    if (v6)
-        ((struct sockaddr_in6 *)&sa)->sin6_port = htons((uint16_t)port);
-    else
-        ((struct sockaddr_in *)&sa)->sin_port = htons((uint16_t)port);
-
-    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_AUTO | (v6 ? MHD_USE_IPv6 : 0);
-    struct MHD_Daemon *d = MHD_start_daemon(flags, (uint16_t)port, NULL, NULL, on_request, mon,
-                                            MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa,
-                                            MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)10,
-                                            MHD_OPTION_CONNECTION_LIMIT, (unsigned)64,
-                                            MHD_OPTION_END);
-    if (!d) {
-        cw_log_error(NULL, "[pool] metrics_listen %s: cannot listen (%s)", mon->cfg->metrics_listen,
-                     errno ? strerror(errno) : "address in use or not available");
-        return NULL;
-    }
-    /* The port actually bound (metrics_listen may say port 0). */
-    const union MHD_DaemonInfo *li = MHD_get_daemon_info(d, MHD_DAEMON_INFO_LISTEN_FD);
-    struct sockaddr_storage bound;
-    socklen_t blen = sizeof bound;
-    unsigned actual = port;
-    if (li && getsockname(li->listen_fd, (struct sockaddr *)&bound, &blen) == 0)
-        actual = ntohs(bound.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&bound)->sin6_port
-                                                   : ((struct sockaddr_in *)&bound)->sin_port);
-    cw_log_info(NULL, "serving metrics at http://%s%s%s:%u/metrics and health at /healthz",
-                v6 ? "[" : "", host, v6 ? "]" : "", actual);
-    return d;
+        return cw_http_respond_text(c, MHD_HTTP_OK,
+                                    "compworker pool %s: /metrics (Prometheus), /healthz\n",
+                                    mon->cfg->name);
+    return cw_http_respond_text(c, MHD_HTTP_NOT_FOUND, "not found: /metrics, /healthz\n");
 }
 
 /* ---- queue depths --------------------------------------------------------- */
@@ -384,7 +302,8 @@ int cw_pool_monitor_main(const cw_config *cfg, cw_metrics *m, pid_t supervisor)
             alerter = NULL;
         }
     }
-    if (cfg->metrics_listen && !(http = http_start(&mon))) {
+    if (cfg->metrics_listen &&
+        !(http = cw_http_start(cfg->metrics_listen, "[pool] metrics_listen", on_request, &mon))) {
         code = CW_EXIT_USAGE;
         goto out;
     }

@@ -898,7 +898,7 @@ static int publish_followups(cw_worker *w, cw_task **set, size_t n)
         for (size_t k = 0; k < t->n_sends && rc == 0; k++) {
             const cw_followup *f = &t->sends[k];
             rc = cw__publish_task(&w->pub, f->exchange, f->routing_key, f->message_id, f->type,
-                                  f->saga_id, f->body, f->len);
+                                  f->saga_id, f->body, f->len, NULL);
             if (rc == 0)
                 w->done_ids[sent++] = f->message_id;
         }
@@ -941,7 +941,7 @@ static int followups_scan(cw_worker *w)
     size_t published = 0;
     for (size_t i = 0; i < n && rc == 0; i++) {
         rc = cw__publish_task(&w->pub, f[i].exchange, f[i].routing_key, f[i].message_id, f[i].type,
-                              f[i].saga_id, f[i].body, f[i].len);
+                              f[i].saga_id, f[i].body, f[i].len, NULL);
         if (rc == 0)
             rc = cw__publisher_wait(&w->pub, CW_CONFIRM_TIMEOUT_MS);
         if (rc == 0) {

@@ -79,62 +79,6 @@ static void metrics_base(cwtest_env *env, char *out, size_t cap)
     free(log);
 }
 
-typedef struct buf {
-    char *data;
-    size_t len;
-} buf;
-
-static size_t on_body(char *p, size_t size, size_t n, void *ud)
-{
-    buf *b = ud;
-    char *grown = realloc(b->data, b->len + size * n + 1);
-    if (!grown)
-        return 0;
-    memcpy(grown + b->len, p, size * n);
-    b->len += size * n;
-    grown[b->len] = '\0';
-    b->data = grown;
-    return size * n;
-}
-
-/* GETs base + path with libcurl; the body (free() it) and *code. */
-static char *http_get(const char *base, const char *path, long *code)
-{
-    char url[512];
-    snprintf(url, sizeof url, "%s%s", base, path);
-    CURL *c = curl_easy_init();
-    if (!c)
-        fail_msg("curl_easy_init failed");
-    buf b = {calloc(1, 1), 0};
-    curl_easy_setopt(c, CURLOPT_URL, url);
-    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
-    curl_easy_setopt(c, CURLOPT_WRITEDATA, &b);
-    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, 5000L);
-    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
-    CURLcode rc = curl_easy_perform(c);
-    *code = 0;
-    if (rc == CURLE_OK)
-        curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, code);
-    curl_easy_cleanup(c);
-    if (rc != CURLE_OK) {
-        free(b.data);
-        fail_msg("GET %s: %s", url, curl_easy_strerror(rc));
-    }
-    return b.data;
-}
-
-/* The value of the sample whose name and labels are exactly `series`;
- * -1 when there is none. */
-static double sample(const char *body, const char *series)
-{
-    size_t n = strlen(series);
-    for (const char *p = body; p && *p; p = strchr(p, '\n'), p = p ? p + 1 : NULL) {
-        if (strncmp(p, series, n) == 0 && p[n] == ' ')
-            return strtod(p + n + 1, NULL);
-    }
-    return -1;
-}
-
 /* The sum of the samples of metric `name` whose labels contain `has`. */
 static double sample_sum(const char *body, const char *name, const char *has)
 {
@@ -170,8 +114,8 @@ static char *metrics_wait(cwtest_env *env, const char *base, const char *ser, do
     int64_t deadline = cwtest_now_ms() + timeout_ms;
     for (;;) {
         long code;
-        char *body = http_get(base, "/metrics", &code);
-        double got = sample(body, ser);
+        char *body = cwtest_http_get(base, "/metrics", &code);
+        double got = cwtest_metric(body, ser);
         if (code == 200 && got == want)
             return body;
         if (cwtest_now_ms() >= deadline) {
@@ -192,7 +136,7 @@ static void health_wait(const char *base, long want, int timeout_ms)
     int64_t t0 = cwtest_now_ms();
     for (;;) {
         long code;
-        char *body = http_get(base, "/healthz", &code);
+        char *body = cwtest_http_get(base, "/healthz", &code);
         if (code == want) {
             print_message("/healthz %ld after %lld ms: %s", code, (long long)(cwtest_now_ms() - t0),
                           body);
@@ -405,7 +349,7 @@ static void test_metrics_match(void **state)
     char base[128];
     metrics_base(env, base, sizeof base);
     long code;
-    char *body = http_get(base, "/healthz", &code);
+    char *body = cwtest_http_get(base, "/healthz", &code);
     assert_int_equal(code, 200);
     free(body);
 
@@ -429,21 +373,23 @@ static void test_metrics_match(void **state)
     body = metrics_wait(env, base, series(env, "compworker_tasks_succeeded_total", t), 34, WAIT_MS);
     /* received: 30 + 5 + 4 x 2 (a retry is a delivery) + 2 invalid + 6 duplicates */
     assert_int_equal(sample_sum(body, "compworker_tasks_received_total", NULL), 51);
-    assert_int_equal(sample(body, series(env, "compworker_tasks_retried_total", t)), 4);
-    assert_int_equal(sample(body, series(env, "compworker_tasks_dead_lettered_total",
-                                         ",type=\"it.apply\",error_class=\"permanent\"")),
+    assert_int_equal(cwtest_metric(body, series(env, "compworker_tasks_retried_total", t)), 4);
+    assert_int_equal(cwtest_metric(body, series(env, "compworker_tasks_dead_lettered_total",
+                                                ",type=\"it.apply\",error_class=\"permanent\"")),
                      5);
     assert_int_equal(sample_sum(body, "compworker_tasks_dead_lettered_total",
                                 "error_class=\"invalid\""),
                      2);
     /* Handler runs: 30 + 5 + 8. */
-    assert_int_equal(sample(body, series(env, "compworker_handler_duration_seconds_count", t)), 43);
-    assert_int_equal(sample(body, series(env, "compworker_handler_duration_seconds_bucket",
-                                         ",type=\"it.apply\",le=\"+Inf\"")),
+    assert_int_equal(cwtest_metric(body,
+                                   series(env, "compworker_handler_duration_seconds_count", t)),
                      43);
-    assert_int_equal(sample(body, series(env, "compworker_workers", NULL)), 2);
-    assert_int_equal(sample(body, series(env, "compworker_workers_connected", NULL)), 2);
-    assert_int_equal(sample(body, series(env, "compworker_worker_restarts_total", NULL)), 0);
+    assert_int_equal(cwtest_metric(body, series(env, "compworker_handler_duration_seconds_bucket",
+                                                ",type=\"it.apply\",le=\"+Inf\"")),
+                     43);
+    assert_int_equal(cwtest_metric(body, series(env, "compworker_workers", NULL)), 2);
+    assert_int_equal(cwtest_metric(body, series(env, "compworker_workers_connected", NULL)), 2);
+    assert_int_equal(cwtest_metric(body, series(env, "compworker_worker_restarts_total", NULL)), 0);
     assert_non_null(strstr(body, "# TYPE compworker_handler_duration_seconds histogram\n"));
     free(body);
     /* The depths come from the monitor's own passive declares. */
@@ -456,7 +402,7 @@ static void test_metrics_match(void **state)
     assert_int_equal(kill((pid_t)worker_pid(env, 2), SIGKILL), 0);
     body = metrics_wait(env, base, series(env, "compworker_worker_restarts_total", NULL), 1,
                         WAIT_MS);
-    assert_int_equal(sample(body, series(env, "compworker_tasks_succeeded_total", t)), 34);
+    assert_int_equal(cwtest_metric(body, series(env, "compworker_tasks_succeeded_total", t)), 34);
     assert_int_equal(sample_sum(body, "compworker_tasks_received_total", NULL), 51);
     free(body);
     free(metrics_wait(env, base, series(env, "compworker_workers_connected", NULL), 2, WAIT_MS));
@@ -547,11 +493,11 @@ static void test_crash_loop_alert(void **state)
     if (!found)
         fail_msg("no crash-loop alert in %s", alerts);
     long code;
-    char *body = http_get(base, "/metrics", &code);
-    assert_int_equal(sample(body, series(env, "compworker_crash_loops_total", NULL)), 1);
-    assert_true(sample(body, series(env, "compworker_worker_restarts_total", NULL)) >= 5);
-    assert_int_equal(sample(body, series(env, "compworker_tasks_dead_lettered_total",
-                                         ",type=\"it.apply\",error_class=\"poison\"")),
+    char *body = cwtest_http_get(base, "/metrics", &code);
+    assert_int_equal(cwtest_metric(body, series(env, "compworker_crash_loops_total", NULL)), 1);
+    assert_true(cwtest_metric(body, series(env, "compworker_worker_restarts_total", NULL)) >= 5);
+    assert_int_equal(cwtest_metric(body, series(env, "compworker_tasks_dead_lettered_total",
+                                                ",type=\"it.apply\",error_class=\"poison\"")),
                      2);
     free(body);
     print_message("crash loop: %u worker deaths, the pool kept serving\n", deaths);

@@ -524,6 +524,34 @@ int cwtest_worker_wait_exit(cwtest_env *env, int timeout_ms)
     return code;
 }
 
+unsigned cwtest_file_count(const char *path, const char *needle)
+{
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return 0;
+    char *text = NULL;
+    size_t cap = 0, len = 0;
+    char chunk[65536];
+    size_t got;
+    while ((got = fread(chunk, 1, sizeof chunk, f)) > 0) {
+        char *grown = realloc(text, cap = len + got + 1);
+        if (!grown)
+            break;
+        text = grown;
+        memcpy(text + len, chunk, got);
+        len += got;
+        text[len] = '\0';
+    }
+    fclose(f);
+    unsigned n = 0;
+    size_t step = strlen(needle);
+    for (const char *p = text; p && (p = strstr(p, needle)); p += step)
+        n++;
+    free(text);
+    (void)cap;
+    return n;
+}
+
 unsigned cwtest_log_count(const cwtest_env *env, const char *needle)
 {
     char *log = cwtest_log_read(env);
@@ -974,6 +1002,27 @@ void cwtest_queue_declare(cwtest_env *env, const char *queue)
     }
     amqp_maybe_release_buffers(env->conn);
     snprintf(env->extra_queues[env->n_extra_queues++], sizeof env->extra_queues[0], "%s", queue);
+}
+
+void cwtest_queue_bind(cwtest_env *env, const char *queue, const char *exchange,
+                       const char *binding_key)
+{
+    query_channel(env);
+    amqp_exchange_declare(env->conn, CH_QUERY, amqp_cstring_bytes(exchange),
+                          amqp_cstring_bytes("topic"), 0, 1, 0, 0, amqp_empty_table);
+    amqp_rpc_reply_t r = amqp_get_rpc_reply(env->conn);
+    if (r.reply_type != AMQP_RESPONSE_NORMAL) {
+        query_channel_reset(env, r);
+        amqp_check(r, "exchange.declare");
+    }
+    amqp_queue_bind(env->conn, CH_QUERY, amqp_cstring_bytes(queue), amqp_cstring_bytes(exchange),
+                    amqp_cstring_bytes(binding_key), amqp_empty_table);
+    r = amqp_get_rpc_reply(env->conn);
+    if (r.reply_type != AMQP_RESPONSE_NORMAL) {
+        query_channel_reset(env, r);
+        amqp_check(r, "queue.bind");
+    }
+    amqp_maybe_release_buffers(env->conn);
 }
 
 uint32_t cwtest_queue_count(cwtest_env *env, const char *queue)

@@ -222,6 +222,11 @@ cw_client *cwtest_client(cwtest_env *env);
  * test passed. At most 4 per test. */
 void cwtest_queue_declare(cwtest_env *env, const char *queue);
 
+/* Declares `exchange` (topic, durable, as a pool does) and binds `queue`
+ * to it with `binding_key`. */
+void cwtest_queue_bind(cwtest_env *env, const char *queue, const char *exchange,
+                       const char *binding_key);
+
 /* A queue's ready messages and consumers (passive queue.declare). */
 uint32_t cwtest_queue_count(cwtest_env *env, const char *queue);
 uint32_t cwtest_queue_consumers(cwtest_env *env, const char *queue);
@@ -356,5 +361,17 @@ size_t cwtest_http_wait(cwtest_http *h, size_t n, int timeout_ms);
 
 /* Stops the server and frees it (teardown does this for the env's). */
 void cwtest_http_stop(cwtest_http *h);
+
+/* GETs base + path ("http://127.0.0.1:9464", "/metrics") with libcurl:
+ * the body (free() it) and *code; fails the test when nothing answers. */
+char *cwtest_http_get(const char *base, const char *path, long *code);
+
+/* The value of the Prometheus sample whose name and labels are exactly
+ * `series` in a /metrics body; -1 when there is none. */
+double cwtest_metric(const char *body, const char *series);
+
+/* How many times the file at `path` holds `needle` (0 when there is no
+ * file). */
+unsigned cwtest_file_count(const char *path, const char *needle);
 
 #endif

@@ -13,6 +13,7 @@
 #include <string.h>
 #include <sys/socket.h>
 
+#include <curl/curl.h>
 #include <microhttpd.h>
 
 #include "cwtest.h"
@@ -236,4 +237,57 @@ void cwtest_http_stop(cwtest_http *h)
     free(h->at);
     pthread_mutex_destroy(&h->lock);
     free(h);
+}
+
+typedef struct get_buf {
+    char *data;
+    size_t len;
+} get_buf;
+
+static size_t on_get_body(char *p, size_t size, size_t n, void *ud)
+{
+    get_buf *b = ud;
+    char *grown = realloc(b->data, b->len + size * n + 1);
+    if (!grown)
+        return 0;
+    memcpy(grown + b->len, p, size * n);
+    b->len += size * n;
+    grown[b->len] = '\0';
+    b->data = grown;
+    return size * n;
+}
+
+char *cwtest_http_get(const char *base, const char *path, long *code)
+{
+    char url[512];
+    snprintf(url, sizeof url, "%s%s", base, path);
+    CURL *c = curl_easy_init();
+    if (!c)
+        fail_msg("curl_easy_init failed");
+    get_buf b = {calloc(1, 1), 0};
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_get_body);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, &b);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, 5000L);
+    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+    CURLcode rc = curl_easy_perform(c);
+    *code = 0;
+    if (rc == CURLE_OK)
+        curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, code);
+    curl_easy_cleanup(c);
+    if (rc != CURLE_OK) {
+        free(b.data);
+        fail_msg("GET %s: %s", url, curl_easy_strerror(rc));
+    }
+    return b.data;
+}
+
+double cwtest_metric(const char *body, const char *series)
+{
+    size_t n = strlen(series);
+    for (const char *p = body; p && *p; p = strchr(p, '\n'), p = p ? p + 1 : NULL) {
+        if (strncmp(p, series, n) == 0 && p[n] == ' ')
+            return strtod(p + n + 1, NULL);
+    }
+    return -1;
 }

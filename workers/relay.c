@@ -1,0 +1,1007 @@
+/* compworker relay: the outbox relay loop (workers/relay.h). */
+#include <errno.h>
+#include <json-c/json.h>
+#include <libpq-fe.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "compworker/client.h"
+#include "dlq/alert.h"
+#include "framework/broker.h"
+#include "framework/clock.h"
+#include "framework/error.h"
+#include "framework/json_text.h"
+#include "framework/log.h"
+#include "framework/outbox.h"
+#include "framework/owner.h"
+#include "framework/pg.h"
+#include "workers/cli.h"
+#include "workers/http.h"
+#include "workers/notify.h"
+#include "workers/relay.h"
+
+#define RELAY_CH 1
+#define STATS_EVERY_MS 2000
+#define SWEEP_EVERY_MS 60000
+#define SWEEP_CHUNK 1000
+#define SWEEP_BUDGET_MS 2000
+#define BACKOFF_MIN_MS 250
+#define BACKOFF_MAX_MS 10000
+#define WAIT_MAX_MS 5000 /* at least this often: broker heartbeats, the stop flag */
+#define HEADERS_MAX 64   /* headers of one row */
+#define HEADER_VALUE_MAX 65536
+#define ROUTING_KEY_MAX 255
+#define REASON_MAX 512
+
+static volatile sig_atomic_t relay_stop;
+
+static void on_stop(int sig)
+{
+    (void)sig;
+    relay_stop = 1;
+}
+
+/* One claimed row; its strings point into the claim's result. */
+typedef struct row {
+    const char *id, *message_id, *type, *saga_id, *body, *body_kind, *routing_key, *headers,
+        *headers_kind;
+    size_t body_len;
+    amqp_table_t table; /* headers, built for the publish */
+    json_object *headers_json;
+    bool published;
+    char reason[REASON_MAX]; /* "" while it can be published */
+} row;
+
+typedef struct relay {
+    const cw_config *cfg;
+    cw_outbox_sql sql;
+    char *pg_label, *pg_password;
+    char app[96];
+    PGconn *pg;
+    bool pg_listening;
+    amqp_connection_state_t amqp;
+    unsigned broker_next;
+    char broker[1024];
+    cw_publisher pub;
+    bool pub_open;
+    cw_alerter *alerter;
+    char self[128];
+
+    row *rows;
+    size_t n_rows, cap_rows;
+
+    int64_t pg_retry_at, broker_retry_at, pg_backoff, broker_backoff;
+    bool pg_down_logged, broker_down_logged;
+
+    /* read by the HTTP thread */
+    _Atomic int pg_up, broker_up, ready;
+    _Atomic int64_t pending, oldest_ms, failed_rows, loop_ms;
+    _Atomic uint64_t published, failures, publish_errors, removed, batches;
+} relay;
+
+/* ---- HTTP: /metrics, /healthz --------------------------------------------------- */
+
+static enum MHD_Result serve_metrics(relay *r, struct MHD_Connection *c)
+{
+    char *body = NULL;
+    int n = asprintf(
+        &body,
+        "# HELP compworker_outbox_pending_rows Rows of the outbox table not yet published.\n"
+        "# TYPE compworker_outbox_pending_rows gauge\n"
+        "compworker_outbox_pending_rows{table=\"%s\"} %lld\n"
+        "# HELP compworker_outbox_oldest_pending_seconds Age of the oldest pending row.\n"
+        "# TYPE compworker_outbox_oldest_pending_seconds gauge\n"
+        "compworker_outbox_oldest_pending_seconds{table=\"%s\"} %.3f\n"
+        "# HELP compworker_outbox_failed_rows Rows marked failed, waiting for an operator.\n"
+        "# TYPE compworker_outbox_failed_rows gauge\n"
+        "compworker_outbox_failed_rows{table=\"%s\"} %lld\n"
+        "# HELP compworker_outbox_published_total Rows published, confirmed and marked sent.\n"
+        "# TYPE compworker_outbox_published_total counter\n"
+        "compworker_outbox_published_total{table=\"%s\"} %llu\n"
+        "# HELP compworker_outbox_failures_total Rows marked failed (not publishable).\n"
+        "# TYPE compworker_outbox_failures_total counter\n"
+        "compworker_outbox_failures_total{table=\"%s\"} %llu\n"
+        "# HELP compworker_outbox_publish_errors_total Batches rolled back to be published "
+        "again (broker or database errors).\n"
+        "# TYPE compworker_outbox_publish_errors_total counter\n"
+        "compworker_outbox_publish_errors_total{table=\"%s\"} %llu\n"
+        "# HELP compworker_outbox_removed_total Sent rows removed after the retention.\n"
+        "# TYPE compworker_outbox_removed_total counter\n"
+        "compworker_outbox_removed_total{table=\"%s\"} %llu\n"
+        "# HELP compworker_outbox_batches_total Claims that published at least one row.\n"
+        "# TYPE compworker_outbox_batches_total counter\n"
+        "compworker_outbox_batches_total{table=\"%s\"} %llu\n"
+        "# HELP compworker_relay_up Whether the relay is connected (1) to each side.\n"
+        "# TYPE compworker_relay_up gauge\n"
+        "compworker_relay_up{side=\"postgresql\"} %d\n"
+        "compworker_relay_up{side=\"broker\"} %d\n",
+        r->cfg->relay_table, (long long)atomic_load(&r->pending), r->cfg->relay_table,
+        (double)atomic_load(&r->oldest_ms) / 1000.0, r->cfg->relay_table,
+        (long long)atomic_load(&r->failed_rows), r->cfg->relay_table,
+        (unsigned long long)atomic_load(&r->published), r->cfg->relay_table,
+        (unsigned long long)atomic_load(&r->failures), r->cfg->relay_table,
+        (unsigned long long)atomic_load(&r->publish_errors), r->cfg->relay_table,
+        (unsigned long long)atomic_load(&r->removed), r->cfg->relay_table,
+        (unsigned long long)atomic_load(&r->batches), atomic_load(&r->pg_up),
+        atomic_load(&r->broker_up));
+    if (n < 0)
+        return cw_http_respond_text(c, MHD_HTTP_INTERNAL_SERVER_ERROR, "out of memory\n");
+    return cw_http_respond(c, MHD_HTTP_OK, CW_HTTP_METRICS_TYPE, body, (size_t)n, true);
+}
+
+static enum MHD_Result serve_health(relay *r, struct MHD_Connection *c)
+{
+    int64_t idle = cw__mono_ms() - atomic_load(&r->loop_ms);
+    if (!atomic_load(&r->pg_up))
+        return cw_http_respond_text(c, MHD_HTTP_SERVICE_UNAVAILABLE,
+                                    "unavailable: the outbox database does not answer\n");
+    if (!atomic_load(&r->broker_up))
+        return cw_http_respond_text(c, MHD_HTTP_SERVICE_UNAVAILABLE,
+                                    "unavailable: no broker connection\n");
+    if (idle > 2 * WAIT_MAX_MS + CW_CONFIRM_TIMEOUT_MS)
+        return cw_http_respond_text(c, MHD_HTTP_SERVICE_UNAVAILABLE,
+                                    "unavailable: the relay has not run its loop for %lld ms\n",
+                                    (long long)idle);
+    return cw_http_respond_text(c, MHD_HTTP_OK, "ok: relaying %s (%lld pending)\n",
+                                r->cfg->relay_table, (long long)atomic_load(&r->pending));
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
+                                  const char *method, const char *version, const char *upload_data,
+                                  size_t *upload_data_size, void **con_cls)
+{
+    (void)version;
+    (void)upload_data;
+    (void)upload_data_size;
+    (void)con_cls;
+    relay *r = cls;
+    if (strcmp(method, "GET") != 0 && strcmp(method, "HEAD") != 0)
+        return cw_http_respond_text(c, MHD_HTTP_METHOD_NOT_ALLOWED, "GET only\n");
+    if (strcmp(url, "/metrics") == 0)
+        return serve_metrics(r, c);
+    if (strcmp(url, "/healthz") == 0)
+        return serve_health(r, c);
+    if (strcmp(url, "/") == 0)
+        return cw_http_respond_text(c, MHD_HTTP_OK,
+                                    "compworker relay of %s: /metrics (Prometheus), /healthz\n",
+                                    r->cfg->relay_table);
+    return cw_http_respond_text(c, MHD_HTTP_NOT_FOUND, "not found: /metrics, /healthz\n");
+}
+
+/* ---- PostgreSQL -------------------------------------------------------------- */
+
+/* One line of what the server said, without the password. */
+static void pg_why(relay *r, const PGresult *res, char *out, size_t cap)
+{
+    const char *msg = res ? PQresultErrorMessage(res) : NULL;
+    if ((!msg || !*msg) && r->pg)
+        msg = PQerrorMessage(r->pg);
+    cw__pg_scrub_password(r->pg_password, msg && *msg ? msg : "no answer from the server", out,
+                          cap);
+}
+
+static void pg_close(relay *r)
+{
+    if (r->pg)
+        PQfinish(r->pg);
+    r->pg = NULL;
+    r->pg_listening = false;
+    atomic_store(&r->pg_up, 0);
+}
+
+/* After a failed statement: drops the session when it is gone (the next
+ * round reconnects) and logs; returns CW_STATUS_STORE_UNAVAILABLE or
+ * CW_STATUS_STORE. Clears `res`. */
+static int pg_failed(relay *r, PGresult *res, const char *op)
+{
+    char why[1024];
+    pg_why(r, res, why, sizeof why);
+    bool lost = cw__pg_lost(r->pg, res);
+    PQclear(res);
+    if (lost) {
+        cw_log_warn(NULL, "relay %s: %s: the server is unreachable: %s", r->pg_label, op, why);
+        pg_close(r);
+        return CW_STATUS_STORE_UNAVAILABLE;
+    }
+    cw_log_error(NULL, "relay %s: %s: %s", r->pg_label, op, why);
+    return CW_STATUS_STORE;
+}
+
+static int pg_exec(relay *r, const char *sql, const char *op)
+{
+    PGresult *res = r->pg ? PQexec(r->pg, sql) : NULL;
+    ExecStatusType st = res ? PQresultStatus(res) : PGRES_FATAL_ERROR;
+    if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK) {
+        PQclear(res);
+        return 0;
+    }
+    return pg_failed(r, res, op);
+}
+
+/* Connects and LISTENs; checks the table is there. CW_STATUS_CONFIG when
+ * it never will work (refused, no table), STORE_UNAVAILABLE to wait out. */
+static int pg_connect(relay *r)
+{
+    PGconn *conn = NULL;
+    int rc = cw__pg_session_open(r->cfg->relay_url, r->pg_label, r->pg_password, r->app, "relay",
+                                 "[relay] url", &conn);
+    if (rc) {
+        PQfinish(conn);
+        return rc == CW_STATUS_STORE ? CW_STATUS_CONFIG : rc;
+    }
+    r->pg = conn;
+    PGresult *res = PQexec(conn, r->sql.sql[CW_OB_EXISTS]);
+    if (!res || PQresultStatus(res) != PGRES_TUPLES_OK)
+        return pg_failed(r, res, "looking for the outbox table");
+    bool exists = PQntuples(res) == 1 && strcmp(PQgetvalue(res, 0, 0), "t") == 0;
+    PQclear(res);
+    if (!exists) {
+        pg_close(r);
+        return cw__error(CW_STATUS_CONFIG,
+                         "relay %s: no table %s: create it with 'compworker relay init -c %s'",
+                         r->pg_label, r->cfg->relay_table, r->cfg->path);
+    }
+    if ((rc = pg_exec(r, r->sql.sql[CW_OB_LISTEN], "listening for new rows")))
+        return rc;
+    r->pg_listening = true;
+    atomic_store(&r->pg_up, 1);
+    return 0;
+}
+
+/* ---- the broker --------------------------------------------------------------- */
+
+static void broker_close(relay *r, bool graceful)
+{
+    if (r->pub_open)
+        cw__publisher_free(&r->pub);
+    r->pub_open = false;
+    if (r->amqp)
+        (graceful ? cw__broker_close : cw__broker_abort)(r->amqp);
+    r->amqp = NULL;
+    atomic_store(&r->broker_up, 0);
+}
+
+static void on_return(void *ctx, const amqp_basic_properties_t *props, const char *why)
+{
+    relay *r = ctx;
+    if (!(props->_flags & AMQP_BASIC_MESSAGE_ID_FLAG))
+        return;
+    for (size_t i = 0; i < r->n_rows; i++) {
+        row *w = &r->rows[i];
+        if (w->published && !w->reason[0] && strlen(w->message_id) == props->message_id.len &&
+            memcmp(w->message_id, props->message_id.bytes, props->message_id.len) == 0)
+            snprintf(w->reason, sizeof w->reason,
+                     "unroutable: the broker returned it from exchange '%s': %s "
+                     "(is a pool bound for it?)",
+                     r->cfg->exchange, why);
+    }
+}
+
+static int broker_connect(relay *r)
+{
+    char name[256];
+    snprintf(name, sizeof name, "compworker relay %s %s", r->cfg->relay_table, r->self);
+    int rc = cw__broker_connect_tls(&r->amqp, r->cfg->url, &r->cfg->tls, &r->broker_next,
+                                    (int)(r->cfg->heartbeat_ms / 1000), name, r->broker,
+                                    sizeof r->broker);
+    if (rc)
+        return rc;
+    if ((rc = cw__publisher_open(&r->pub, r->amqp, RELAY_CH))) {
+        broker_close(r, false);
+        return rc;
+    }
+    r->pub_open = true;
+    r->pub.on_return = on_return;
+    r->pub.return_ctx = r;
+    if ((rc = cw__exchange_declare(r->amqp, RELAY_CH, r->cfg->exchange))) {
+        broker_close(r, false);
+        return rc;
+    }
+    atomic_store(&r->broker_up, 1);
+    return 0;
+}
+
+/* Reads what the broker sent while the relay waited (heartbeats; rabbitmq-c
+ * sends ours when due while reading). False when the connection is gone. */
+static bool broker_idle(relay *r)
+{
+    for (;;) {
+        amqp_frame_t f;
+        struct timeval zero = {0, 0};
+        int st = amqp_simple_wait_frame_noblock(r->amqp, &f, &zero);
+        if (st == AMQP_STATUS_TIMEOUT)
+            return true;
+        if (st != AMQP_STATUS_OK) {
+            cw_log_warn(NULL, "relay: the broker connection to %s broke: %s", r->broker,
+                        amqp_error_string2(st));
+            return false;
+        }
+        if (f.frame_type == AMQP_FRAME_METHOD &&
+            (f.payload.method.id == AMQP_CONNECTION_CLOSE_METHOD ||
+             f.payload.method.id == AMQP_CHANNEL_CLOSE_METHOD)) {
+            cw_log_warn(NULL, "relay: the broker %s closed the connection", r->broker);
+            return false;
+        }
+        amqp_maybe_release_buffers(r->amqp);
+    }
+}
+
+/* ---- rows --------------------------------------------------------------------- */
+
+static void rows_release(relay *r)
+{
+    for (size_t i = 0; i < r->n_rows; i++) {
+        free(r->rows[i].table.entries);
+        json_object_put(r->rows[i].headers_json);
+    }
+    r->n_rows = 0;
+}
+
+/* headers: a JSON object of string, number, boolean or null values, none
+ * named cw-* (compworker's own), into an AMQP table borrowing from the
+ * parsed JSON. */
+static void row_headers(row *w)
+{
+    if (!w->headers)
+        return;
+    if (strcmp(w->headers_kind, "object") != 0) {
+        snprintf(w->reason, sizeof w->reason, "headers is a JSON %s, not an object",
+                 w->headers_kind);
+        return;
+    }
+    json_tokener *tok = json_tokener_new();
+    w->headers_json = tok ? json_tokener_parse_ex(tok, w->headers, (int)strlen(w->headers)) : NULL;
+    if (tok)
+        json_tokener_free(tok);
+    int n = w->headers_json ? json_object_object_length(w->headers_json) : -1;
+    if (n < 0) {
+        snprintf(w->reason, sizeof w->reason, "headers could not be read");
+        return;
+    }
+    if (n > HEADERS_MAX) {
+        snprintf(w->reason, sizeof w->reason, "headers has %d keys, more than %d", n, HEADERS_MAX);
+        return;
+    }
+    w->table.entries = calloc((size_t)(n ? n : 1), sizeof *w->table.entries);
+    if (!w->table.entries) {
+        snprintf(w->reason, sizeof w->reason, "out of memory reading headers");
+        return;
+    }
+    int i = 0;
+    json_object_object_foreach(w->headers_json, key, val)
+    {
+        size_t klen = strlen(key);
+        if (klen == 0 || klen > 128 || strncmp(key, "cw-", 3) == 0) {
+            snprintf(w->reason, sizeof w->reason,
+                     "headers: '%.64s' is not a header name a task may carry (1 to 128 bytes, not "
+                     "cw-*, which is compworker's)",
+                     key);
+            return;
+        }
+        amqp_table_entry_t *e = &w->table.entries[i++];
+        e->key = amqp_cstring_bytes(key);
+        switch (json_object_get_type(val)) {
+        case json_type_string:
+            if (json_object_get_string_len(val) > HEADER_VALUE_MAX) {
+                snprintf(w->reason, sizeof w->reason, "headers: '%.64s' is longer than %d bytes",
+                         key, HEADER_VALUE_MAX);
+                return;
+            }
+            e->value.kind = AMQP_FIELD_KIND_UTF8;
+            e->value.value.bytes.bytes = (void *)json_object_get_string(val);
+            e->value.value.bytes.len = (size_t)json_object_get_string_len(val);
+            break;
+        case json_type_int:
+            e->value.kind = AMQP_FIELD_KIND_I64;
+            e->value.value.i64 = json_object_get_int64(val);
+            break;
+        case json_type_double:
+            e->value.kind = AMQP_FIELD_KIND_F64;
+            e->value.value.f64 = json_object_get_double(val);
+            break;
+        case json_type_boolean:
+            e->value.kind = AMQP_FIELD_KIND_BOOLEAN;
+            e->value.value.boolean = json_object_get_boolean(val);
+            break;
+        case json_type_null: e->value.kind = AMQP_FIELD_KIND_VOID; break;
+        default:
+            snprintf(w->reason, sizeof w->reason,
+                     "headers: '%.64s' is an object or array (values are strings, numbers, "
+                     "booleans or null)",
+                     key);
+            return;
+        }
+    }
+    w->table.num_entries = i;
+}
+
+/* Says in w->reason why the row cannot be published, or leaves it "". */
+static void row_check(relay *r, row *w)
+{
+    char why[320], id[CW_MESSAGE_ID_MAX + 1];
+    if (!w->message_id || !w->message_id[0]) {
+        snprintf(w->reason, sizeof w->reason, "no message ID (message_id is NULL or empty)");
+        return;
+    }
+    if (strcmp(w->body_kind, "object") != 0) {
+        snprintf(w->reason, sizeof w->reason, "body is a JSON %s, not an object", w->body_kind);
+        return;
+    }
+    if (w->body_len > r->cfg->max_body_size) {
+        snprintf(w->reason, sizeof w->reason, "body is %zu bytes, more than max_body_size (%llu)",
+                 w->body_len, (unsigned long long)r->cfg->max_body_size);
+        return;
+    }
+    if (cw__task_fields_check(w->type, w->message_id, w->saga_id, w->body, w->body_len, id, why,
+                              sizeof why)) {
+        snprintf(w->reason, sizeof w->reason, "%s", why);
+        return;
+    }
+    if (w->routing_key && (!w->routing_key[0] || strlen(w->routing_key) > ROUTING_KEY_MAX)) {
+        snprintf(w->reason, sizeof w->reason, "routing_key must be 1 to %d bytes (NULL: the type)",
+                 ROUTING_KEY_MAX);
+        return;
+    }
+    row_headers(w);
+}
+
+static void alert_failed(relay *r, const row *w)
+{
+    cw_log_error(NULL,
+                 "relay: outbox row %s (message %s, type %s, saga %s) cannot be published: %s",
+                 w->id, w->message_id ? w->message_id : "-", w->type, w->saga_id ? w->saga_id : "-",
+                 w->reason);
+    if (!r->alerter)
+        return;
+    cw_alert_event ev = {
+        .message_id = w->message_id,
+        .saga_id = w->saga_id,
+        .type = w->type,
+        .error_class = strncmp(w->reason, "unroutable", 10) == 0 ? "unroutable" : "invalid",
+        .reason = w->reason,
+        .queue = r->cfg->relay_table,
+        .worker = r->self,
+        .handler = "compworker relay",
+    };
+    cw_alerter_post(r->alerter, &ev);
+}
+
+/* A PostgreSQL array literal of the rows' ids (sent ones when `sent`, else
+ * the failed ones), and of their reasons for the failed. */
+static int arrays(relay *r, bool sent, char **ids, char **reasons, size_t *n)
+{
+    size_t cap = 16, rcap = 16, used = 0, rused = 0;
+    *ids = malloc(cap);
+    *reasons = malloc(rcap);
+    *n = 0;
+    if (!*ids || !*reasons)
+        return CW_STATUS_NOMEM;
+    (*ids)[used++] = '{';
+    (*reasons)[rused++] = '{';
+    for (size_t i = 0; i < r->n_rows; i++) {
+        const row *w = &r->rows[i];
+        bool is_sent = w->published && !w->reason[0];
+        if (sent != is_sent || (!sent && !w->reason[0]))
+            continue;
+        size_t need = strlen(w->id) + 2;
+        size_t rneed = 2 * strlen(w->reason) + 4;
+        while (used + need + 2 > cap)
+            cap *= 2;
+        while (rused + rneed + 2 > rcap)
+            rcap *= 2;
+        char *ni = realloc(*ids, cap), *nr = realloc(*reasons, rcap);
+        if (ni)
+            *ids = ni;
+        if (nr)
+            *reasons = nr;
+        if (!ni || !nr)
+            return CW_STATUS_NOMEM;
+        used += (size_t)sprintf(*ids + used, "%s%s", *n ? "," : "", w->id);
+        if (*n)
+            (*reasons)[rused++] = ',';
+        (*reasons)[rused++] = '"';
+        for (const char *p = w->reason; *p; p++) {
+            if (*p == '"' || *p == '\\')
+                (*reasons)[rused++] = '\\';
+            (*reasons)[rused++] = *p;
+        }
+        (*reasons)[rused++] = '"';
+        (*n)++;
+    }
+    (*ids)[used++] = '}';
+    (*ids)[used] = '\0';
+    (*reasons)[rused++] = '}';
+    (*reasons)[rused] = '\0';
+    return 0;
+}
+
+static int mark(relay *r, bool sent)
+{
+    char *ids = NULL, *reasons = NULL;
+    size_t n = 0;
+    int rc = arrays(r, sent, &ids, &reasons, &n);
+    if (rc == 0 && n > 0) {
+        const char *values[2] = {ids, reasons};
+        PGresult *res = PQexecParams(r->pg, r->sql.sql[sent ? CW_OB_SENT : CW_OB_FAILED],
+                                     sent ? 1 : 2, NULL, values, NULL, NULL, 0);
+        if (res && PQresultStatus(res) == PGRES_COMMAND_OK)
+            PQclear(res);
+        else
+            rc = pg_failed(r, res, sent ? "marking rows sent" : "marking rows failed");
+    } else if (rc) {
+        cw_log_error(NULL, "relay: out of memory marking rows");
+    }
+    free(ids);
+    free(reasons);
+    return rc;
+}
+
+/* ---- one round ---------------------------------------------------------------- */
+
+static void rollback(relay *r)
+{
+    if (r->pg)
+        pg_exec(r, "ROLLBACK", "rolling back");
+}
+
+/* Claims, publishes and marks one batch. Returns the rows claimed (0: none
+ * pending that this relay may take), or -1 after an error that rolled the
+ * batch back (the rows stay pending). */
+static long round_once(relay *r)
+{
+    if (pg_exec(r, "BEGIN", "beginning a batch"))
+        return -1;
+    char limit[16];
+    snprintf(limit, sizeof limit, "%u", r->cfg->relay_batch);
+    const char *values[1] = {limit};
+    PGresult *res = PQexecParams(r->pg, r->sql.sql[CW_OB_CLAIM], 1, NULL, values, NULL, NULL, 0);
+    if (!res || PQresultStatus(res) != PGRES_TUPLES_OK) {
+        pg_failed(r, res, "claiming rows");
+        rollback(r);
+        return -1;
+    }
+    size_t n = (size_t)PQntuples(res);
+    if (n == 0) {
+        PQclear(res);
+        pg_exec(r, "COMMIT", "ending an empty claim");
+        return 0;
+    }
+    if (n > r->cap_rows) {
+        row *nr = realloc(r->rows, n * sizeof *nr);
+        if (!nr) {
+            PQclear(res);
+            rollback(r);
+            cw_log_error(NULL, "relay: out of memory holding a batch of %zu rows", n);
+            return -1;
+        }
+        r->rows = nr;
+        r->cap_rows = n;
+    }
+    r->n_rows = n;
+    memset(r->rows, 0, n * sizeof *r->rows);
+    size_t publishes = 0;
+    int rc = 0;
+    for (size_t i = 0; i < n; i++) {
+        row *w = &r->rows[i];
+        int ri = (int)i;
+#define COL(k) (PQgetisnull(res, ri, k) ? NULL : PQgetvalue(res, ri, k))
+        w->id = COL(0);
+        w->message_id = COL(1);
+        w->type = COL(2);
+        w->saga_id = COL(3);
+        w->body = COL(4);
+        w->body_len = (size_t)PQgetlength(res, ri, 4);
+        w->body_kind = COL(5);
+        w->routing_key = COL(6);
+        w->headers = COL(7);
+        w->headers_kind = COL(8);
+#undef COL
+        row_check(r, w);
+        if (w->reason[0])
+            continue;
+        rc = cw__publish_task(&r->pub, r->cfg->exchange, w->routing_key ? w->routing_key : w->type,
+                              w->message_id, w->type, w->saga_id, w->body, w->body_len,
+                              w->table.num_entries ? &w->table : NULL);
+        if (rc)
+            break;
+        w->published = true;
+        publishes++;
+    }
+    if (rc == 0 && publishes > 0)
+        rc = cw__publisher_wait(&r->pub, CW_CONFIRM_TIMEOUT_MS);
+    if (rc == CW_STATUS_UNROUTABLE)
+        rc = 0; /* the returned rows have their reason (on_return) */
+    if (rc) {
+        /* Nothing is marked: what the broker may have taken is published
+         * again, with the same message IDs. */
+        cw_log_warn(NULL,
+                    "relay: publishing a batch of %zu rows to %s failed, to be tried again: %s", n,
+                    r->broker, cw_error_last());
+        atomic_fetch_add(&r->publish_errors, 1);
+        if (rc != CW_STATUS_NACKED)
+            broker_close(r, false);
+        rows_release(r);
+        PQclear(res);
+        rollback(r);
+        return -1;
+    }
+    size_t failed = 0, sent = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (r->rows[i].reason[0])
+            failed++;
+        else if (r->rows[i].published)
+            sent++;
+    }
+    int mrc = 0;
+    if (sent)
+        mrc = mark(r, true);
+    if (mrc == 0 && failed)
+        mrc = mark(r, false);
+    if (mrc == 0)
+        mrc = pg_exec(r, "COMMIT", "committing a batch");
+    if (mrc) {
+        /* Published and confirmed, not marked: published again later, with
+         * the same message IDs, which the pool skips. */
+        cw_log_warn(NULL,
+                    "relay: %zu rows were published but could not be marked sent; they will be "
+                    "published again (same message IDs)",
+                    sent);
+        atomic_fetch_add(&r->publish_errors, 1);
+        rollback(r);
+        rows_release(r);
+        PQclear(res);
+        return -1;
+    }
+    atomic_fetch_add(&r->published, sent);
+    atomic_fetch_add(&r->batches, 1);
+    if (failed) {
+        atomic_fetch_add(&r->failures, failed);
+        for (size_t i = 0; i < n; i++) {
+            if (r->rows[i].reason[0])
+                alert_failed(r, &r->rows[i]);
+        }
+    }
+    cw_log_debug(NULL, "relay: published %zu rows, %zu failed", sent, failed);
+    rows_release(r);
+    PQclear(res);
+    return (long)n;
+}
+
+/* ---- housekeeping ------------------------------------------------------------- */
+
+static void stats(relay *r)
+{
+    PGresult *res = PQexec(r->pg, r->sql.sql[CW_OB_STATS]);
+    if (!res || PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1) {
+        pg_failed(r, res, "counting pending rows");
+        return;
+    }
+    atomic_store(&r->pending, atoll(PQgetvalue(res, 0, 0)));
+    atomic_store(&r->oldest_ms,
+                 PQgetisnull(res, 0, 1) ? 0 : (int64_t)(atof(PQgetvalue(res, 0, 1)) * 1000));
+    atomic_store(&r->failed_rows, atoll(PQgetvalue(res, 0, 2)));
+    PQclear(res);
+}
+
+/* Removes sent rows older than the retention, SWEEP_CHUNK at a time (each
+ * DELETE its own short transaction, rows another session holds skipped),
+ * for at most SWEEP_BUDGET_MS. */
+static void sweep(relay *r)
+{
+    char ms[32], chunk[16];
+    snprintf(ms, sizeof ms, "%lld", (long long)r->cfg->relay_retention_ms);
+    snprintf(chunk, sizeof chunk, "%d", SWEEP_CHUNK);
+    const char *values[2] = {ms, chunk};
+    int64_t until = cw__mono_ms() + SWEEP_BUDGET_MS;
+    while (r->pg && !relay_stop && cw__mono_ms() < until) {
+        PGresult *res = PQexecParams(r->pg, r->sql.sql[CW_OB_SWEEP], 2, NULL, values, NULL, NULL,
+                                     0);
+        if (!res || PQresultStatus(res) != PGRES_COMMAND_OK) {
+            pg_failed(r, res, "removing sent rows past the retention");
+            return;
+        }
+        long gone = atol(PQcmdTuples(res));
+        PQclear(res);
+        atomic_fetch_add(&r->removed, (uint64_t)gone);
+        if (gone < SWEEP_CHUNK)
+            return;
+    }
+}
+
+/* Waits up to `ms` for a notification on the table's channel (or anything
+ * from the broker). True when rows may be waiting. */
+static bool wait_for_rows(relay *r, int64_t ms)
+{
+    struct pollfd fds[2];
+    int n = 0;
+    int pg_fd = r->pg ? PQsocket(r->pg) : -1;
+    if (pg_fd >= 0)
+        fds[n++] = (struct pollfd){.fd = pg_fd, .events = POLLIN};
+    int amqp_fd = r->amqp ? amqp_get_sockfd(r->amqp) : -1;
+    if (amqp_fd >= 0)
+        fds[n++] = (struct pollfd){.fd = amqp_fd, .events = POLLIN};
+    if (ms > WAIT_MAX_MS)
+        ms = WAIT_MAX_MS;
+    int got = n ? poll(fds, (nfds_t)n, (int)ms) : 0;
+    if (!n) {
+        struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+        nanosleep(&ts, NULL);
+    }
+    bool woke = false;
+    if (got > 0 && pg_fd >= 0 && (fds[0].revents & (POLLIN | POLLERR | POLLHUP))) {
+        if (!PQconsumeInput(r->pg)) {
+            char why[512];
+            pg_why(r, NULL, why, sizeof why);
+            cw_log_warn(NULL, "relay %s: the session broke: %s", r->pg_label, why);
+            pg_close(r);
+            return true;
+        }
+        PGnotify *nt;
+        while ((nt = PQnotifies(r->pg))) {
+            woke = true;
+            PQfreemem(nt);
+        }
+    }
+    if (r->amqp && !broker_idle(r))
+        broker_close(r, false);
+    return woke;
+}
+
+static int64_t backoff_next(int64_t *b)
+{
+    *b = *b ? (*b * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : *b * 2) : BACKOFF_MIN_MS;
+    return *b;
+}
+
+/* Keeps both sides connected; false when one is not (yet). A setting that
+ * can never work is returned in *fatal. */
+static bool ensure_connected(relay *r, int *fatal)
+{
+    int64_t now = cw__mono_ms();
+    if (!r->pg && now >= r->pg_retry_at) {
+        int rc = pg_connect(r);
+        if (rc == CW_STATUS_CONFIG) {
+            *fatal = rc;
+            return false;
+        }
+        if (rc) {
+            if (!r->pg_down_logged)
+                cw_log_warn(NULL, "relay: %s; trying again", cw_error_last());
+            r->pg_down_logged = true;
+            r->pg_retry_at = now + backoff_next(&r->pg_backoff);
+        } else {
+            cw_log_info(NULL, "relay: listening on %s at %s", r->cfg->relay_table, r->pg_label);
+            r->pg_down_logged = false;
+            r->pg_backoff = 0;
+        }
+    }
+    if (!r->amqp && now >= r->broker_retry_at) {
+        int rc = broker_connect(r);
+        if (rc) {
+            if (!r->broker_down_logged)
+                cw_log_warn(NULL, "relay: %s; trying again", cw_error_last());
+            r->broker_down_logged = true;
+            r->broker_retry_at = now + backoff_next(&r->broker_backoff);
+        } else {
+            cw_log_info(NULL, "relay: publishing to exchange '%s' on %s", r->cfg->exchange,
+                        r->broker);
+            r->broker_down_logged = false;
+            r->broker_backoff = 0;
+        }
+    }
+    return r->pg && r->amqp;
+}
+
+static void relay_free(relay *r)
+{
+    rows_release(r);
+    free(r->rows);
+    broker_close(r, true);
+    pg_close(r);
+    cw_alerter_free(r->alerter);
+    cw__outbox_sql_free(&r->sql);
+    free(r->pg_label);
+    free(r->pg_password);
+}
+
+static int relay_setup(relay *r, const cw_config *cfg)
+{
+    memset(r, 0, sizeof *r);
+    r->cfg = cfg;
+    cw__owner_self(r->self, sizeof r->self);
+    snprintf(r->app, sizeof r->app, "compworker relay %ld", (long)getpid());
+    int rc = cw__outbox_sql_build(&r->sql, cfg->relay_table);
+    if (rc == 0)
+        rc = cw__pg_url_parse(cfg->relay_url, "[relay] url", &r->pg_label, &r->pg_password);
+    return rc;
+}
+
+int cw_relay_main(const cw_config *cfg)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_stop;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    cw__log_set_level(cfg->log_level);
+    cw__log_set_format(cfg->log_format);
+
+    relay r;
+    int code = CW_EXIT_OK;
+    struct MHD_Daemon *http = NULL;
+    if (relay_setup(&r, cfg)) {
+        cw_cli_fail(CW_EXIT_USAGE, "%s", cw_error_last());
+        relay_free(&r);
+        return CW_EXIT_USAGE;
+    }
+    cw__log_set_worker(r.self);
+    cw__log_set_role("relay");
+    atomic_store(&r.loop_ms, cw__mono_ms());
+    /* The alerter first: it initialises libcurl before any other thread. */
+    if (cfg->alert.command_argv || cfg->alert.webhook_url) {
+        if (cw_alerter_new(&r.alerter, &cfg->alert) || cw_alerter_start(r.alerter)) {
+            cw_log_warn(NULL, "relay: alerts are off: %s", cw_error_last());
+            cw_alerter_free(r.alerter);
+            r.alerter = NULL;
+        }
+    }
+    if (cfg->relay_metrics_listen &&
+        !(http = cw_http_start(cfg->relay_metrics_listen, "[relay] metrics_listen", on_request,
+                               &r))) {
+        relay_free(&r);
+        return CW_EXIT_USAGE;
+    }
+
+    int64_t next_stats = 0, next_sweep = 0, next_poll = 0;
+    bool more = true; /* rows may be waiting: claim before waiting */
+    while (!relay_stop) {
+        atomic_store(&r.loop_ms, cw__mono_ms());
+        int fatal = 0;
+        if (!ensure_connected(&r, &fatal)) {
+            if (fatal) {
+                cw_log_error(NULL, "relay: %s", cw_error_last());
+                code = CW_EXIT_USAGE;
+                break;
+            }
+            int64_t at = r.pg ? r.broker_retry_at : r.pg_retry_at;
+            if (r.pg && r.amqp == NULL && r.broker_retry_at < at)
+                at = r.broker_retry_at;
+            int64_t left = at - cw__mono_ms();
+            wait_for_rows(&r, left < 10 ? 10 : left);
+            more = true; /* notifications may have been missed */
+            continue;
+        }
+        if (!atomic_load(&r.ready)) {
+            atomic_store(&r.ready, 1);
+            cw_notify_ready("relaying");
+        }
+        int64_t now = cw__mono_ms();
+        if (more || now >= next_poll) {
+            long n = round_once(&r);
+            next_poll = cw__mono_ms() + cfg->relay_poll_ms;
+            if (n < 0) {
+                /* Not in a tight loop: wait a while before the same rows again. */
+                struct timespec ts = {0, BACKOFF_MIN_MS * 1000000L};
+                nanosleep(&ts, NULL);
+                more = true;
+                continue;
+            }
+            more = n >= (long)cfg->relay_batch;
+            if (more)
+                continue;
+        }
+        now = cw__mono_ms();
+        if (r.pg && now >= next_stats) {
+            stats(&r);
+            next_stats = now + STATS_EVERY_MS;
+        }
+        if (r.pg && now >= next_sweep) {
+            sweep(&r);
+            /* Every minute, or sooner for a short retention. */
+            int64_t every = cfg->relay_retention_ms / 2;
+            every = every < 1000 ? 1000 : every > SWEEP_EVERY_MS ? SWEEP_EVERY_MS : every;
+            next_sweep = cw__mono_ms() + every;
+        }
+        if (!r.pg || !r.amqp)
+            continue;
+        more = wait_for_rows(&r, next_poll - cw__mono_ms());
+    }
+    cw_notify_stopping();
+    if (http)
+        MHD_stop_daemon(http);
+    relay_free(&r);
+    return code;
+}
+
+static void quiet(void *arg, const char *message)
+{
+    (void)arg;
+    (void)message;
+}
+
+int cw_relay_check(const cw_config *cfg)
+{
+    relay r;
+    if (relay_setup(&r, cfg)) {
+        relay_free(&r);
+        return cw_cli_fail(CW_EXIT_USAGE, "%s", cw_error_last());
+    }
+    int rc = cw__pg_session_open(cfg->relay_url, r.pg_label, r.pg_password, r.app, "relay",
+                                 "[relay] url", &r.pg);
+    if (rc) {
+        relay_free(&r);
+        return cw_cli_fail(rc == CW_STATUS_STORE_UNAVAILABLE ? CW_EXIT_FAILURE : CW_EXIT_USAGE,
+                           "relay check: %s", cw_error_last());
+    }
+    PGresult *res = PQexec(r.pg, r.sql.sql[CW_OB_EXISTS]);
+    bool ok = res && PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1;
+    bool exists = ok && strcmp(PQgetvalue(res, 0, 0), "t") == 0;
+    char why[1024] = "";
+    if (!ok)
+        pg_why(&r, res, why, sizeof why);
+    PQclear(res);
+    int server = PQserverVersion(r.pg);
+    int code = CW_EXIT_OK;
+    if (!ok) {
+        code = cw_cli_fail(CW_EXIT_FAILURE, "relay check: %s: %s", r.pg_label, why);
+    } else {
+        printf("; %s: valid\n", cfg->path);
+        printf("; outbox: %s (PostgreSQL %d.%d): table %s %s\n", r.pg_label, server / 10000,
+               server % 10000, cfg->relay_table,
+               exists ? "is there" : "not created yet (compworker relay init -c FILE)");
+        cw_cli_print_config(cfg);
+        if (!exists)
+            code = CW_EXIT_FAILURE;
+    }
+    relay_free(&r);
+    return code;
+}
+
+int cw_relay_init(const cw_config *cfg)
+{
+    relay r;
+    if (relay_setup(&r, cfg)) {
+        relay_free(&r);
+        return cw_cli_fail(CW_EXIT_USAGE, "%s", cw_error_last());
+    }
+    int rc = cw__pg_session_open(cfg->relay_url, r.pg_label, r.pg_password, r.app, "relay",
+                                 "[relay] url", &r.pg);
+    if (rc) {
+        relay_free(&r);
+        return cw_cli_fail(rc == CW_STATUS_STORE_UNAVAILABLE ? CW_EXIT_FAILURE : CW_EXIT_USAGE,
+                           "relay init: %s", cw_error_last());
+    }
+    PQsetNoticeProcessor(r.pg, quiet, NULL); /* "already exists, skipping" */
+    PGresult *res = PQexec(r.pg, r.sql.sql[CW_OB_EXISTS]);
+    bool existed = res && PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1 &&
+                   strcmp(PQgetvalue(res, 0, 0), "t") == 0;
+    PQclear(res);
+    char why[1024] = "";
+    const char *steps[] = {"BEGIN", r.sql.sql[CW_OB_LOCK], r.sql.sql[CW_OB_CREATE], "COMMIT"};
+    for (size_t i = 0; i < sizeof steps / sizeof *steps; i++) {
+        res = PQexec(r.pg, steps[i]);
+        ExecStatusType st = res ? PQresultStatus(res) : PGRES_FATAL_ERROR;
+        if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
+            pg_why(&r, res, why, sizeof why);
+            PQclear(res);
+            break;
+        }
+        PQclear(res);
+    }
+    int code = CW_EXIT_OK;
+    if (why[0])
+        code = cw_cli_fail(CW_EXIT_FAILURE, "relay init: creating %s at %s: %s", cfg->relay_table,
+                           r.pg_label, why);
+    else
+        printf("%s %s at %s (trigger %s_notify, channel %s)\n", existed ? "checked" : "created",
+               cfg->relay_table, r.pg_label, r.sql.channel, r.sql.channel);
+    relay_free(&r);
+    return code;
+}
