@@ -24,6 +24,12 @@
 # on) beside the SQLite store and the bare consumer, on a quorum queue, and
 # measures the store's sweep of a large expired history while it works.
 #
+# The section "relay" runs compworker relay on an outbox table of that
+# PostgreSQL: the time from a publisher's COMMIT (one task enqueued with
+# cw_outbox_enqueue()) to the task's delivery, one at a time, beside a
+# task published straight to the broker (cw_client_publish()) in the same
+# run. Target: p50 under 10 ms.
+#
 # Starts a throwaway RabbitMQ node on port ${BENCH_PORT:-5690}; prints tables
 # and writes BUILD_DIR/bench.json. The 10-million-record store is built once
 # (a minute or two) and kept as BUILD_DIR/bench-store-<N>.db.
@@ -35,7 +41,8 @@ RUNS=${RUNS:-3}
 PREFETCH=${PREFETCH:-1000}
 QUEUE_TYPES=${QUEUE_TYPES:-classic quorum}
 WORKERS=${WORKERS:-1 2}
-SECTIONS=${SECTIONS:-throughput latency retry rss store pg threads}
+SECTIONS=${SECTIONS:-throughput latency retry rss store pg threads relay}
+RELAY_N=${RELAY_N:-500}
 CONCURRENCY=${CONCURRENCY:-1 8 32 64}
 SLEEP_MS=${SLEEP_MS:-50}
 PYTHON=${PYTHON:-/usr/bin/python3} # Debian's, where python3-celery installs
@@ -463,12 +470,38 @@ threads() {
     [ $have_celery = 1 ] || echo "(Celery not installed: apt-get install python3-celery python3-gevent)"
 }
 
+relay() {
+    pg_start
+    local dir=$work/relay table=bench_outbox_$$
+    mkdir -p "$dir"
+    printf '[relay]\nurl = %s\ntable = %s\n[broker]\nurl = %s\nexchange = cw.bench.relay\n[log]\nlevel = warn\n' \
+        "$pg_url" "$table" "$url" >"$dir/relay.ini"
+    "$exe" relay init -c "$dir/relay.ini" >/dev/null || die "relay init failed"
+    "$exe" relay -c "$dir/relay.ini" >"$dir/relay.log" 2>&1 &
+    local rpid=$!
+    local p50 p99 d50 d99
+    read -r p50 p99 d50 d99 < <("$build/bench/relay_bench" "$pg_url" "$table" "$url" \
+        cw.bench.relay "cw.bench.relay.$$" "$RELAY_N" 5) || die "relay_bench failed"
+    kill -TERM "$rpid"
+    wait "$rpid" || true
+    pg_sql "DROP TABLE $table" >/dev/null
+    echo "== the outbox relay: from a publisher's COMMIT to the task's delivery, $RELAY_N tasks" \
+         "one at a time (PostgreSQL $(pg_sql 'SHOW server_version'), LISTEN/NOTIFY), beside a" \
+         "task published straight to the broker"
+    printf '%-22s %9s %9s\n' path p50_ms p99_ms
+    printf '%-22s %9s %9s\n' "outbox + relay" "$p50" "$p99"
+    printf '%-22s %9s %9s\n' "cw_client_publish" "$d50" "$d99"
+    printf 'target: outbox p50 under 10 ms: %s\n' \
+        "$(echo "$p50 < 10" | bc -l | sed 's/1/met/; s/0/NOT met/')"
+    json+=("{\"section\":\"relay\",\"tasks\":$RELAY_N,\"p50_ms\":$p50,\"p99_ms\":$p99,\"direct_p50_ms\":$d50,\"direct_p99_ms\":$d99}")
+}
+
 echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo)," \
      "$(uname -r); RabbitMQ $(dpkg-query -W -f='${Version}' rabbitmq-server 2>/dev/null || echo '?')"
 for s in $SECTIONS; do
     case $s in
-    throughput | latency | retry | rss | store | pg | threads) $s ;;
-    *) die "unknown section '$s' (throughput latency retry rss store pg threads)" ;;
+    throughput | latency | retry | rss | store | pg | threads | relay) $s ;;
+    *) die "unknown section '$s' (throughput latency retry rss store pg threads relay)" ;;
     esac
 done
 ( IFS=,; echo "{\"n\":$N,\"prefetch\":$PREFETCH,\"results\":[${json[*]}]}" ) >"$build/bench.json"

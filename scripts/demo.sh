@@ -25,14 +25,25 @@
 # hosts must. There the ledger is a SQLite file of its own beside the store
 # (the plugins commit to it themselves), and no worker is killed: exactly once
 # holds there while workers live, at least once through a kill.
+#
+#   scripts/demo.sh --outbox      (with or without --fleet)
+#
+# publishes through the transactional outbox instead: the publisher plays the
+# order service, and enqueues each compensation in the outbox table of its
+# PostgreSQL database (the throwaway server above) in the transaction that
+# marks its order, with cw_outbox_enqueue(); `compworker relay` publishes
+# what committed.
 set -euo pipefail
 
 fleet=0
-case "${1:-}" in
-"") ;;
---fleet) fleet=1 ;;
-*) echo "usage: scripts/demo.sh [--fleet]" >&2; exit 2 ;;
-esac
+outbox=0
+for arg in "$@"; do
+    case "$arg" in
+    --fleet) fleet=1 ;;
+    --outbox) outbox=1 ;;
+    *) echo "usage: scripts/demo.sh [--fleet] [--outbox]" >&2; exit 2 ;;
+    esac
+done
 
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -51,11 +62,12 @@ cmake -S . -B build -DCW_BUILD_EXAMPLES=ON >/dev/null
 cmake --build build -j2
 
 pool_pids=()
+relay_pid=""
 broker_dir=""
 pg_dir=""
 # shellcheck disable=SC2317  # called by the EXIT trap
 cleanup() {
-    for pid in "${pool_pids[@]}"; do
+    for pid in $relay_pid "${pool_pids[@]}"; do
         if kill -0 "$pid" 2>/dev/null; then
             kill -TERM "$pid" 2>/dev/null || true
             wait "$pid" 2>/dev/null || true
@@ -96,16 +108,23 @@ path = $demo/orders.db"
 # The ledger: in the store's file (ledger = store), or one of its own.
 ledger=$demo/orders.db
 ledger_setting=store
+# A throwaway PostgreSQL server, once: the fleet's store, the outbox's database.
+pg_url=""
+start_pg() {
+    [ -n "$pg_url" ] && return 0
+    say "starting a throwaway PostgreSQL server on 127.0.0.1:5433 (var/demo-pg)"
+    pg_dir=$root/var/demo-pg
+    rm -rf "$pg_dir"
+    tests/harness/postgres.sh start "$pg_dir" 5433
+    pg_url=$(tests/harness/postgres.sh url "$pg_dir")
+}
 if [ $fleet = 1 ]; then
     if [ -n "${CW_STORE_URL:-}" ]; then
         say "using the PostgreSQL store of CW_STORE_URL"
         store_url=$CW_STORE_URL
     else
-        say "starting a throwaway PostgreSQL server on 127.0.0.1:5433 (var/demo-pg)"
-        pg_dir=$root/var/demo-pg
-        rm -rf "$pg_dir"
-        tests/harness/postgres.sh start "$pg_dir" 5433
-        store_url=$(tests/harness/postgres.sh url "$pg_dir")
+        start_pg
+        store_url=$pg_url
     fi
     store_lines="backend = postgresql
 url = $store_url
@@ -218,9 +237,32 @@ for i in "${!hosts[@]}"; do
     fi
 done
 
-say "publishing the compensations of $orders failed orders"
+publish_via=()
+if [ $outbox = 1 ]; then
+    start_pg
+    cat >"$demo/relay.ini" <<INI
+; Written by scripts/demo.sh: the outbox relay of the order service's database.
+[relay]
+url = $pg_url
+table = cw_outbox
+[broker]
+url = amqp://guest:guest@127.0.0.1:5672/
+exchange = cw.tasks
+[log]
+level = info
+INI
+    say "creating the order service's outbox table and starting the relay (log: var/demo/relay.log)"
+    "$build/compworker" relay init -c "$demo/relay.ini"
+    "$build/compworker" relay -c "$demo/relay.ini" >"$demo/relay.log" 2>&1 &
+    relay_pid=$!
+    publish_via=(--outbox "$pg_url")
+    say "enqueueing the compensations of $orders failed orders in the outbox, each in the" \
+        "transaction that marks its order compensating"
+else
+    say "publishing the compensations of $orders failed orders"
+fi
 "$saga/order-saga-publish" --url "$url" --exchange cw.tasks --ledger "$ledger" \
-    --orders "$orders" &
+    --orders "$orders" "${publish_via[@]}" &
 publisher=$!
 
 # One worker SIGKILLed while the compensations are being applied (single
@@ -291,6 +333,16 @@ if [ "$applied" != "$unique" ] || [ "$twice" != 0 ] || [ "$left" != 0 ]; then
 elif [ -n "$killed" ]; then
     echo "0 applied twice, even under kill ($killed): each compensation was written in the" \
          "transaction of its done record"
+fi
+
+if [ -n "$relay_pid" ]; then
+    say "the outbox relay (from var/demo/relay.log and the table)"
+    sent=$(psql -X -q -A -t -d "$pg_url" -c "SELECT count(*) FROM cw_outbox WHERE sent_at IS NOT NULL")
+    pending=$(psql -X -q -A -t -d "$pg_url" -c "SELECT count(*) FROM cw_outbox WHERE sent_at IS NULL")
+    echo "  $sent rows published and marked sent, $pending pending or failed"
+    [ "$pending" = 0 ] || status=1
+    kill -TERM "$relay_pid" && wait "$relay_pid" || { echo "demo: the relay exited with an error" >&2; status=1; }
+    relay_pid=""
 fi
 
 say "stopping the pool (SIGTERM: in-flight tasks settle, then exit 0)"

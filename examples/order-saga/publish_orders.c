@@ -1,7 +1,7 @@
 /* order-saga example — the demo publisher.
  *
  *   order-saga-publish [--url URL] [--exchange NAME] [--ledger PATH]
- *                      [--orders N] [--seed S]
+ *                      [--orders N] [--seed S] [--outbox PG_URL]
  *
  * Plays the saga orchestrator after a batch of orders failed half-way: every
  * order had its payment taken, its stock reserved and its shipment booked, so
@@ -14,6 +14,14 @@
  * shipment is already delivered: those three must end in the dead-letter
  * queue. What must happen is written next to the ledger, in
  * LEDGER.expected.json, for order-saga-report.
+ *
+ * With --outbox, it plays the order service that owns the saga instead:
+ * for each task, in one transaction of the service's PostgreSQL database,
+ * it marks the order "compensating" (its business change, in table
+ * order_saga_orders) and enqueues the task in the outbox table with
+ * cw_outbox_enqueue(); `compworker relay` publishes what committed. A
+ * crash between the two can then neither lose a compensation nor send one
+ * for an order that was never marked.
  *
  * Everything is derived from --seed, so a run can be repeated exactly (the
  * message IDs are fresh UUIDs each time).
@@ -31,6 +39,8 @@
 
 #include <compworker/client.h>
 #include <compworker/compworker.h>
+#include <compworker/outbox.h>
+#include <libpq-fe.h>
 
 #include "ledger.h"
 
@@ -51,6 +61,7 @@ typedef struct options {
     const char *ledger;
     unsigned orders;
     uint64_t seed;
+    const char *outbox; /* the service's database (libpq URI), or NULL */
 } options;
 
 /* What the catalogue holds before the saga reserved anything. */
@@ -135,7 +146,7 @@ static void usage(FILE *to)
 {
     fprintf(to,
             "usage: order-saga-publish [--url URL] [--exchange NAME] [--ledger PATH]\n"
-            "                          [--orders N] [--seed S]\n"
+            "                          [--orders N] [--seed S] [--outbox PG_URL]\n"
             "\n"
             "Resets the order-saga ledger to N orders whose saga failed and publishes\n"
             "their compensations (refund, restock, cancel shipment), with duplicates\n"
@@ -145,7 +156,10 @@ static void usage(FILE *to)
             "  --exchange NAME  tasks exchange (default %s)\n"
             "  --ledger PATH    ledger file (default $%s, else %s)\n"
             "  --orders N       failed orders, 3..%d (default %d)\n"
-            "  --seed S         random seed (default 1)\n",
+            "  --seed S         random seed (default 1)\n"
+            "  --outbox PG_URL  enqueue each task in the outbox table cw_outbox of this\n"
+            "                   database, in the transaction that marks its order (for\n"
+            "                   compworker relay to publish), instead of publishing it\n",
             DEFAULT_URL, DEFAULT_EXCHANGE, LEDGER_ENV, LEDGER_DEFAULT_PATH, MAX_ORDERS,
             DEFAULT_ORDERS);
 }
@@ -197,6 +211,8 @@ static int parse_options(int argc, char **argv, options *o)
             o->exchange = val;
         } else if (strcmp(arg, "--ledger") == 0) {
             o->ledger = val;
+        } else if (strcmp(arg, "--outbox") == 0) {
+            o->outbox = val;
         } else if (strcmp(arg, "--orders") == 0) {
             if (!parse_u64(val, MAX_ORDERS, &n) || n < 3) {
                 fprintf(stderr, "order-saga-publish: --orders: '%s' is not between 3 and %d\n", val,
@@ -455,8 +471,70 @@ static int reset_ledger(const char *path, const saga_batch *b)
     return rc == SQLITE_OK ? 0 : -1;
 }
 
+/* One statement on the service's database; false (reported) on an error. */
+static bool service_exec(PGconn *db, const char *sql, int n, const char *const *values)
+{
+    PGresult *r = PQexecParams(db, sql, n, NULL, values, NULL, NULL, 0);
+    bool ok = PQresultStatus(r) == PGRES_COMMAND_OK;
+    if (!ok)
+        fprintf(stderr, "order-saga-publish: the service's database: %s", PQresultErrorMessage(r));
+    PQclear(r);
+    return ok;
+}
+
+/* --outbox: each task in the transaction of its order's business change. */
+static int enqueue_all(const options *opt, saga_batch *b)
+{
+    PGconn *db = PQconnectdb(opt->outbox);
+    if (PQstatus(db) != CONNECTION_OK) {
+        fprintf(stderr, "order-saga-publish: --outbox: %s", PQerrorMessage(db));
+        PQfinish(db);
+        return -1;
+    }
+    int rc = service_exec(db,
+                          "CREATE TABLE IF NOT EXISTS order_saga_orders (saga_id text PRIMARY KEY,"
+                          " state text NOT NULL, tasks int NOT NULL DEFAULT 0)",
+                          0, NULL)
+                 ? 0
+                 : -1;
+    for (size_t i = 0; rc == 0 && i < b->n_slots; i++) {
+        const slot *s = &b->slots[i];
+        task *t = &b->tasks[s->task];
+        cw_publish_opts po = CW_PUBLISH_OPTS_INIT;
+        char id[CW_MESSAGE_ID_MAX + 1];
+        const char *saga[1] = {t->order->saga_id};
+
+        po.type = kind_types[t->kind];
+        po.saga_id = t->order->saga_id;
+        po.message_id = s->duplicate ? t->message_id : NULL;
+        po.body = t->body;
+        rc = -1;
+        if (!service_exec(db, "BEGIN", 0, NULL))
+            break;
+        bool ok = service_exec(db,
+                               "INSERT INTO order_saga_orders (saga_id, state, tasks) VALUES ($1, "
+                               "'compensating', 1) ON CONFLICT (saga_id) DO UPDATE SET state = "
+                               "'compensating', tasks = order_saga_orders.tasks + 1",
+                               1, saga);
+        if (ok && cw_outbox_enqueue(db, NULL, &po, id, sizeof id) != 0) {
+            fprintf(stderr, "order-saga-publish: %s\n", cw_error_last());
+            ok = false;
+        }
+        if (ok && service_exec(db, "COMMIT", 0, NULL))
+            rc = 0;
+        if (rc)
+            PQclear(PQexec(db, "ROLLBACK"));
+        else if (!s->duplicate)
+            memcpy(t->message_id, id, sizeof id);
+    }
+    PQfinish(db);
+    return rc;
+}
+
 static int publish_all(const options *opt, saga_batch *b)
 {
+    if (opt->outbox)
+        return enqueue_all(opt, b);
     cw_client *client;
     int rc = cw_client_new(&client, opt->url, opt->exchange);
 
