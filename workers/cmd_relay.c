@@ -277,6 +277,11 @@ int cw_cmd_relay(int argc, char **argv)
                            argv[first]);
     if (!a.config)
         return cw_cli_fail(CW_EXIT_USAGE, "relay: -c RELAY.INI is required");
+    cw_log_level level;
+    if (a.log_level && cw__log_level_parse(a.log_level, &level) != 0)
+        return cw_cli_fail(CW_EXIT_USAGE,
+                           "relay: --log-level: '%s' is not one of debug, info, warn, error",
+                           a.log_level);
     cw_config *cfg = NULL;
     if (cw_config_load_relay(&cfg, a.config))
         return cw_cli_fail(CW_EXIT_USAGE, "%s", cw_error_last());
