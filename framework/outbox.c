@@ -82,17 +82,25 @@ int cw__outbox_sql_build(cw_outbox_sql *q, const char *table)
      * is taken with it: the rows another relay holds (locked, so skipped
      * here) keep the ones after them waiting, and a saga is published in id
      * order whichever relays share the table. */
-    bad |= asprintf(&q->sql[CW_OB_CLAIM],
-                    "WITH c AS MATERIALIZED (SELECT id FROM %s WHERE " PENDING
-                    " ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)"
-                    " SELECT o.id, o.message_id, o.type, o.saga_id, o.body::text,"
-                    " jsonb_typeof(o.body), o.routing_key, o.headers::text, jsonb_typeof(o.headers)"
-                    " FROM %s o JOIN c ON o.id = c.id"
-                    " WHERE o.saga_id IS NULL OR NOT EXISTS (SELECT 1 FROM %s p"
-                    " WHERE p.saga_id = o.saga_id AND p.id < o.id AND p." PENDING
-                    " AND p.id NOT IN (SELECT id FROM c))"
-                    " ORDER BY o.id",
-                    t, t, t) < 0;
+    bad |=
+        asprintf(&q->sql[CW_OB_CLAIM],
+                 "WITH c AS MATERIALIZED (SELECT id FROM %s WHERE " PENDING
+                 " ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)"
+                 /* Text past its limit is cut one byte past it (still too
+                     * long, so still refused), a body or headers past theirs
+                     * not sent at all: a row's size never reaches the relay. */
+                 " SELECT o.id, left(o.message_id, 129), left(o.type, 256), left(o.saga_id, 256),"
+                 " CASE WHEN octet_length(o.body::text) <= $2 THEN o.body::text END,"
+                 " jsonb_typeof(o.body), left(o.routing_key, 256),"
+                 " CASE WHEN octet_length(o.headers::text) <= " CW_OUTBOX_HEADERS_MAX_S
+                 " THEN o.headers::text END, jsonb_typeof(o.headers),"
+                 " octet_length(o.body::text), octet_length(o.headers::text)"
+                 " FROM %s o JOIN c ON o.id = c.id"
+                 " WHERE o.saga_id IS NULL OR NOT EXISTS (SELECT 1 FROM %s p"
+                 " WHERE p.saga_id = o.saga_id AND p.id < o.id AND p." PENDING
+                 " AND p.id NOT IN (SELECT id FROM c))"
+                 " ORDER BY o.id",
+                 t, t, t) < 0;
     bad |= asprintf(&q->sql[CW_OB_SENT],
                     "UPDATE %s SET sent_at = now() WHERE id = ANY($1::bigint[])", t) < 0;
     bad |= asprintf(&q->sql[CW_OB_FAILED],

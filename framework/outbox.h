@@ -16,6 +16,10 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+/* The most bytes of a row's headers (as JSON text). */
+#define CW_OUTBOX_HEADERS_MAX 262144
+#define CW_OUTBOX_HEADERS_MAX_S "262144"
+
 /* Whether `table` is "name" or "schema.name" of [a-z_][a-z0-9_]*, the name
  * at most 48 bytes (the names made from it stay within PostgreSQL's 63);
  * why says what is wrong otherwise. */
@@ -28,9 +32,11 @@ typedef enum cw_outbox_stmt {
     CW_OB_LOCK,       /* the advisory lock that serialises CW_OB_CREATE across hosts */
     CW_OB_EXISTS,     /* one row, one column: whether the table exists ('t'/'f') */
     CW_OB_LISTEN,     /* LISTEN on the table's channel */
-    CW_OB_CLAIM,      /* $1 batch: the pending rows this relay may publish now, locked, in id
-                         order: id, message_id, type, saga_id, body, jsonb_typeof(body),
-                         routing_key, headers, jsonb_typeof(headers) */
+    CW_OB_CLAIM,      /* $1 batch, $2 the largest body (bytes): the pending rows this relay
+                         may publish now, locked, in id order: id, message_id, type,
+                         saga_id, body (NULL past $2), jsonb_typeof(body), routing_key,
+                         headers (NULL past CW_OUTBOX_HEADERS_MAX), jsonb_typeof(headers),
+                         the body's and the headers' bytes */
     CW_OB_SENT,       /* $1 ids (bigint[]) */
     CW_OB_FAILED,     /* $1 ids (bigint[]), $2 reasons (text[]) */
     CW_OB_SWEEP,      /* $1 retention (ms), $2 rows: removes up to $2 rows sent before */

@@ -25,6 +25,7 @@
 #include "workers/http.h"
 #include "workers/notify.h"
 #include "workers/relay.h"
+#include "workers/relay_private.h"
 
 #define RELAY_CH 1
 #define STATS_EVERY_MS 2000
@@ -45,133 +46,6 @@ static void on_stop(int sig)
 {
     (void)sig;
     relay_stop = 1;
-}
-
-/* One claimed row; its strings point into the claim's result. */
-typedef struct row {
-    const char *id, *message_id, *type, *saga_id, *body, *body_kind, *routing_key, *headers,
-        *headers_kind;
-    size_t body_len;
-    amqp_table_t table; /* headers, built for the publish */
-    json_object *headers_json;
-    bool published;
-    char reason[REASON_MAX]; /* "" while it can be published */
-} row;
-
-typedef struct relay {
-    const cw_config *cfg;
-    cw_outbox_sql sql;
-    char *pg_label, *pg_password;
-    char app[96];
-    PGconn *pg;
-    bool pg_listening;
-    amqp_connection_state_t amqp;
-    unsigned broker_next;
-    char broker[1024];
-    cw_publisher pub;
-    bool pub_open;
-    cw_alerter *alerter;
-    char self[128];
-
-    row *rows;
-    size_t n_rows, cap_rows;
-
-    int64_t pg_retry_at, broker_retry_at, pg_backoff, broker_backoff;
-    bool pg_down_logged, broker_down_logged;
-
-    /* read by the HTTP thread */
-    _Atomic int pg_up, broker_up, ready;
-    _Atomic int64_t pending, oldest_ms, failed_rows, loop_ms;
-    _Atomic uint64_t published, failures, publish_errors, removed, batches;
-} relay;
-
-/* ---- HTTP: /metrics, /healthz --------------------------------------------------- */
-
-static enum MHD_Result serve_metrics(relay *r, struct MHD_Connection *c)
-{
-    char *body = NULL;
-    int n = asprintf(
-        &body,
-        "# HELP compworker_outbox_pending_rows Rows of the outbox table not yet published.\n"
-        "# TYPE compworker_outbox_pending_rows gauge\n"
-        "compworker_outbox_pending_rows{table=\"%s\"} %lld\n"
-        "# HELP compworker_outbox_oldest_pending_seconds Age of the oldest pending row.\n"
-        "# TYPE compworker_outbox_oldest_pending_seconds gauge\n"
-        "compworker_outbox_oldest_pending_seconds{table=\"%s\"} %.3f\n"
-        "# HELP compworker_outbox_failed_rows Rows marked failed, waiting for an operator.\n"
-        "# TYPE compworker_outbox_failed_rows gauge\n"
-        "compworker_outbox_failed_rows{table=\"%s\"} %lld\n"
-        "# HELP compworker_outbox_published_total Rows published, confirmed and marked sent.\n"
-        "# TYPE compworker_outbox_published_total counter\n"
-        "compworker_outbox_published_total{table=\"%s\"} %llu\n"
-        "# HELP compworker_outbox_failures_total Rows marked failed (not publishable).\n"
-        "# TYPE compworker_outbox_failures_total counter\n"
-        "compworker_outbox_failures_total{table=\"%s\"} %llu\n"
-        "# HELP compworker_outbox_publish_errors_total Batches rolled back to be published "
-        "again (broker or database errors).\n"
-        "# TYPE compworker_outbox_publish_errors_total counter\n"
-        "compworker_outbox_publish_errors_total{table=\"%s\"} %llu\n"
-        "# HELP compworker_outbox_removed_total Sent rows removed after the retention.\n"
-        "# TYPE compworker_outbox_removed_total counter\n"
-        "compworker_outbox_removed_total{table=\"%s\"} %llu\n"
-        "# HELP compworker_outbox_batches_total Claims that published at least one row.\n"
-        "# TYPE compworker_outbox_batches_total counter\n"
-        "compworker_outbox_batches_total{table=\"%s\"} %llu\n"
-        "# HELP compworker_relay_up Whether the relay is connected (1) to each side.\n"
-        "# TYPE compworker_relay_up gauge\n"
-        "compworker_relay_up{side=\"postgresql\"} %d\n"
-        "compworker_relay_up{side=\"broker\"} %d\n",
-        r->cfg->relay_table, (long long)atomic_load(&r->pending), r->cfg->relay_table,
-        (double)atomic_load(&r->oldest_ms) / 1000.0, r->cfg->relay_table,
-        (long long)atomic_load(&r->failed_rows), r->cfg->relay_table,
-        (unsigned long long)atomic_load(&r->published), r->cfg->relay_table,
-        (unsigned long long)atomic_load(&r->failures), r->cfg->relay_table,
-        (unsigned long long)atomic_load(&r->publish_errors), r->cfg->relay_table,
-        (unsigned long long)atomic_load(&r->removed), r->cfg->relay_table,
-        (unsigned long long)atomic_load(&r->batches), atomic_load(&r->pg_up),
-        atomic_load(&r->broker_up));
-    if (n < 0)
-        return cw_http_respond_text(c, MHD_HTTP_INTERNAL_SERVER_ERROR, "out of memory\n");
-    return cw_http_respond(c, MHD_HTTP_OK, CW_HTTP_METRICS_TYPE, body, (size_t)n, true);
-}
-
-static enum MHD_Result serve_health(relay *r, struct MHD_Connection *c)
-{
-    int64_t idle = cw__mono_ms() - atomic_load(&r->loop_ms);
-    if (!atomic_load(&r->pg_up))
-        return cw_http_respond_text(c, MHD_HTTP_SERVICE_UNAVAILABLE,
-                                    "unavailable: the outbox database does not answer\n");
-    if (!atomic_load(&r->broker_up))
-        return cw_http_respond_text(c, MHD_HTTP_SERVICE_UNAVAILABLE,
-                                    "unavailable: no broker connection\n");
-    if (idle > 2 * WAIT_MAX_MS + CW_CONFIRM_TIMEOUT_MS)
-        return cw_http_respond_text(c, MHD_HTTP_SERVICE_UNAVAILABLE,
-                                    "unavailable: the relay has not run its loop for %lld ms\n",
-                                    (long long)idle);
-    return cw_http_respond_text(c, MHD_HTTP_OK, "ok: relaying %s (%lld pending)\n",
-                                r->cfg->relay_table, (long long)atomic_load(&r->pending));
-}
-
-static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
-                                  const char *method, const char *version, const char *upload_data,
-                                  size_t *upload_data_size, void **con_cls)
-{
-    (void)version;
-    (void)upload_data;
-    (void)upload_data_size;
-    (void)con_cls;
-    relay *r = cls;
-    if (strcmp(method, "GET") != 0 && strcmp(method, "HEAD") != 0)
-        return cw_http_respond_text(c, MHD_HTTP_METHOD_NOT_ALLOWED, "GET only\n");
-    if (strcmp(url, "/metrics") == 0)
-        return serve_metrics(r, c);
-    if (strcmp(url, "/healthz") == 0)
-        return serve_health(r, c);
-    if (strcmp(url, "/") == 0)
-        return cw_http_respond_text(c, MHD_HTTP_OK,
-                                    "compworker relay of %s: /metrics (Prometheus), /healthz\n",
-                                    r->cfg->relay_table);
-    return cw_http_respond_text(c, MHD_HTTP_NOT_FOUND, "not found: /metrics, /healthz\n");
 }
 
 /* ---- PostgreSQL -------------------------------------------------------------- */
@@ -332,125 +206,6 @@ static bool broker_idle(relay *r)
     }
 }
 
-/* ---- rows --------------------------------------------------------------------- */
-
-static void rows_release(relay *r)
-{
-    for (size_t i = 0; i < r->n_rows; i++) {
-        free(r->rows[i].table.entries);
-        json_object_put(r->rows[i].headers_json);
-    }
-    r->n_rows = 0;
-}
-
-/* headers: a JSON object of string, number, boolean or null values, none
- * named cw-* (compworker's own), into an AMQP table borrowing from the
- * parsed JSON. */
-static void row_headers(row *w)
-{
-    if (!w->headers)
-        return;
-    if (strcmp(w->headers_kind, "object") != 0) {
-        snprintf(w->reason, sizeof w->reason, "headers is a JSON %s, not an object",
-                 w->headers_kind);
-        return;
-    }
-    json_tokener *tok = json_tokener_new();
-    w->headers_json = tok ? json_tokener_parse_ex(tok, w->headers, (int)strlen(w->headers)) : NULL;
-    if (tok)
-        json_tokener_free(tok);
-    int n = w->headers_json ? json_object_object_length(w->headers_json) : -1;
-    if (n < 0) {
-        snprintf(w->reason, sizeof w->reason, "headers could not be read");
-        return;
-    }
-    if (n > HEADERS_MAX) {
-        snprintf(w->reason, sizeof w->reason, "headers has %d keys, more than %d", n, HEADERS_MAX);
-        return;
-    }
-    w->table.entries = calloc((size_t)(n ? n : 1), sizeof *w->table.entries);
-    if (!w->table.entries) {
-        snprintf(w->reason, sizeof w->reason, "out of memory reading headers");
-        return;
-    }
-    int i = 0;
-    json_object_object_foreach(w->headers_json, key, val)
-    {
-        size_t klen = strlen(key);
-        if (klen == 0 || klen > 128 || strncmp(key, "cw-", 3) == 0) {
-            snprintf(w->reason, sizeof w->reason,
-                     "headers: '%.64s' is not a header name a task may carry (1 to 128 bytes, not "
-                     "cw-*, which is compworker's)",
-                     key);
-            return;
-        }
-        amqp_table_entry_t *e = &w->table.entries[i++];
-        e->key = amqp_cstring_bytes(key);
-        switch (json_object_get_type(val)) {
-        case json_type_string:
-            if (json_object_get_string_len(val) > HEADER_VALUE_MAX) {
-                snprintf(w->reason, sizeof w->reason, "headers: '%.64s' is longer than %d bytes",
-                         key, HEADER_VALUE_MAX);
-                return;
-            }
-            e->value.kind = AMQP_FIELD_KIND_UTF8;
-            e->value.value.bytes.bytes = (void *)json_object_get_string(val);
-            e->value.value.bytes.len = (size_t)json_object_get_string_len(val);
-            break;
-        case json_type_int:
-            e->value.kind = AMQP_FIELD_KIND_I64;
-            e->value.value.i64 = json_object_get_int64(val);
-            break;
-        case json_type_double:
-            e->value.kind = AMQP_FIELD_KIND_F64;
-            e->value.value.f64 = json_object_get_double(val);
-            break;
-        case json_type_boolean:
-            e->value.kind = AMQP_FIELD_KIND_BOOLEAN;
-            e->value.value.boolean = json_object_get_boolean(val);
-            break;
-        case json_type_null: e->value.kind = AMQP_FIELD_KIND_VOID; break;
-        default:
-            snprintf(w->reason, sizeof w->reason,
-                     "headers: '%.64s' is an object or array (values are strings, numbers, "
-                     "booleans or null)",
-                     key);
-            return;
-        }
-    }
-    w->table.num_entries = i;
-}
-
-/* Says in w->reason why the row cannot be published, or leaves it "". */
-static void row_check(relay *r, row *w)
-{
-    char why[320], id[CW_MESSAGE_ID_MAX + 1];
-    if (!w->message_id || !w->message_id[0]) {
-        snprintf(w->reason, sizeof w->reason, "no message ID (message_id is NULL or empty)");
-        return;
-    }
-    if (strcmp(w->body_kind, "object") != 0) {
-        snprintf(w->reason, sizeof w->reason, "body is a JSON %s, not an object", w->body_kind);
-        return;
-    }
-    if (w->body_len > r->cfg->max_body_size) {
-        snprintf(w->reason, sizeof w->reason, "body is %zu bytes, more than max_body_size (%llu)",
-                 w->body_len, (unsigned long long)r->cfg->max_body_size);
-        return;
-    }
-    if (cw__task_fields_check(w->type, w->message_id, w->saga_id, w->body, w->body_len, id, why,
-                              sizeof why)) {
-        snprintf(w->reason, sizeof w->reason, "%s", why);
-        return;
-    }
-    if (w->routing_key && (!w->routing_key[0] || strlen(w->routing_key) > ROUTING_KEY_MAX)) {
-        snprintf(w->reason, sizeof w->reason, "routing_key must be 1 to %d bytes (NULL: the type)",
-                 ROUTING_KEY_MAX);
-        return;
-    }
-    row_headers(w);
-}
-
 static void alert_failed(relay *r, const row *w)
 {
     cw_log_error(NULL,
@@ -557,10 +312,11 @@ static long round_once(relay *r)
 {
     if (pg_exec(r, "BEGIN", "beginning a batch"))
         return -1;
-    char limit[16];
+    char limit[16], body_max[32];
     snprintf(limit, sizeof limit, "%u", r->cfg->relay_batch);
-    const char *values[1] = {limit};
-    PGresult *res = PQexecParams(r->pg, r->sql.sql[CW_OB_CLAIM], 1, NULL, values, NULL, NULL, 0);
+    snprintf(body_max, sizeof body_max, "%llu", (unsigned long long)r->cfg->max_body_size);
+    const char *values[2] = {limit, body_max};
+    PGresult *res = PQexecParams(r->pg, r->sql.sql[CW_OB_CLAIM], 2, NULL, values, NULL, NULL, 0);
     if (!res || PQresultStatus(res) != PGRES_TUPLES_OK) {
         pg_failed(r, res, "claiming rows");
         rollback(r);
@@ -601,8 +357,10 @@ static long round_once(relay *r)
         w->routing_key = COL(6);
         w->headers = COL(7);
         w->headers_kind = COL(8);
+        w->body_bytes = atoll(PQgetvalue(res, ri, 9));
+        w->headers_bytes = PQgetisnull(res, ri, 10) ? 0 : atoll(PQgetvalue(res, ri, 10));
 #undef COL
-        row_check(r, w);
+        cw__relay_row_check(r, w);
         if (w->reason[0])
             continue;
         rc = cw__publish_task(&r->pub, r->cfg->exchange, w->routing_key ? w->routing_key : w->type,
@@ -626,7 +384,7 @@ static long round_once(relay *r)
         atomic_fetch_add(&r->publish_errors, 1);
         if (rc != CW_STATUS_NACKED)
             broker_close(r, false);
-        rows_release(r);
+        cw__relay_rows_release(r);
         PQclear(res);
         rollback(r);
         return -1;
@@ -654,7 +412,7 @@ static long round_once(relay *r)
                     sent);
         atomic_fetch_add(&r->publish_errors, 1);
         rollback(r);
-        rows_release(r);
+        cw__relay_rows_release(r);
         PQclear(res);
         return -1;
     }
@@ -668,7 +426,7 @@ static long round_once(relay *r)
         }
     }
     cw_log_debug(NULL, "relay: published %zu rows, %zu failed", sent, failed);
-    rows_release(r);
+    cw__relay_rows_release(r);
     PQclear(res);
     return (long)n;
 }
@@ -800,7 +558,7 @@ static bool ensure_connected(relay *r, int *fatal)
 
 static void relay_free(relay *r)
 {
-    rows_release(r);
+    cw__relay_rows_release(r);
     free(r->rows);
     broker_close(r, true);
     pg_close(r);
@@ -853,13 +611,13 @@ int cw_relay_main(const cw_config *cfg)
         }
     }
     if (cfg->relay_metrics_listen &&
-        !(http = cw_http_start(cfg->relay_metrics_listen, "[relay] metrics_listen", on_request,
+        !(http = cw_http_start(cfg->relay_metrics_listen, "[relay] metrics_listen", cw__relay_http,
                                &r))) {
         relay_free(&r);
         return CW_EXIT_USAGE;
     }
 
-    int64_t next_stats = 0, next_sweep = 0, next_poll = 0;
+    int64_t next_stats = 0, next_sweep = 0, next_poll = 0, round_backoff = 0;
     bool more = true; /* rows may be waiting: claim before waiting */
     while (!relay_stop) {
         atomic_store(&r.loop_ms, cw__mono_ms());
@@ -887,12 +645,15 @@ int cw_relay_main(const cw_config *cfg)
             long n = round_once(&r);
             next_poll = cw__mono_ms() + cfg->relay_poll_ms;
             if (n < 0) {
-                /* Not in a tight loop: wait a while before the same rows again. */
-                struct timespec ts = {0, BACKOFF_MIN_MS * 1000000L};
+                /* Not in a tight loop: wait a while before the same rows
+                 * again, longer while it keeps failing. */
+                int64_t ms = backoff_next(&round_backoff);
+                struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
                 nanosleep(&ts, NULL);
                 more = true;
                 continue;
             }
+            round_backoff = 0;
             more = n >= (long)cfg->relay_batch;
             if (more)
                 continue;
