@@ -10,10 +10,11 @@
  *   - cw_outbox_enqueue() refuses what a worker would refuse, and a table
  *     that is not there;
  *   - rows that cannot be published (no message ID, a body that is not an
- *     object, a bad type, bad headers, an unroutable routing key) are
- *     marked failed with the reason, alerted once each through the webhook,
- *     listed by relay failed, hold up no row behind them (their saga's
- *     included), and are published after relay retry;
+ *     object, a bad type, bad headers, an unroutable routing key, a body
+ *     past max_body_size) are marked failed with the reason, alerted once
+ *     each through the webhook, listed by relay failed, hold up no row
+ *     behind them (their saga's included), and are published after relay
+ *     retry;
  *   - two relays on one table share it and keep every saga in id order;
  *   - faults: rows committed in small transactions (some rolled back)
  *     while the relay is SIGKILLed three times, the broker restarted and
@@ -383,24 +384,26 @@ static void test_bad_rows(void **state)
              "('bad-headers', 'it.a', 's4', '{}', NULL, '{\"x\":{\"nested\":1}}'),"
              "('ok-4', 'it.a', 's4', '{}', NULL, NULL),"
              "('unroutable', 'it.a', 's5', '{}', 'nowhere.key', NULL),"
-             "('ok-5', 'it.a', 's5', '{}', NULL, NULL)",
+             "('ok-5', 'it.a', 's5', '{}', NULL, NULL),"
+             "('too-big', 'it.a', 's6', jsonb_build_object('x', repeat('x', 1100000)), NULL, NULL),"
+             "('ok-6', 'it.a', 's6', '{}', NULL, NULL)",
              e->table);
     db_exec(e->db, sql);
     relay_start(e, 0);
     size_t n;
-    cwtest_msg *m = take(e, 5, &n);
-    assert_int_equal(n, 5);
-    for (int i = 1; i <= 5; i++) {
+    cwtest_msg *m = take(e, 6, &n);
+    assert_int_equal(n, 6);
+    for (int i = 1; i <= 6; i++) {
         char id[16];
         snprintf(id, sizeof id, "ok-%d", i);
         assert_non_null(by_id(m, n, id));
     }
     cwtest_msgs_free(m, n);
-    assert_int_equal(cwtest_http_wait(e->hook, 5, WAIT_MS), 5);
+    assert_int_equal(cwtest_http_wait(e->hook, 6, WAIT_MS), 6);
     cwtest_sleep_ms(2000); /* several polls: none is tried again */
-    assert_int_equal(cwtest_http_count(e->hook), 5);
+    assert_int_equal(cwtest_http_count(e->hook), 6);
     bool unroutable = false, invalid = false;
-    for (size_t i = 0; i < 5; i++) {
+    for (size_t i = 0; i < 6; i++) {
         char *doc = cwtest_http_body(e->hook, i);
         if (strstr(doc, "\"error_class\":\"unroutable\"") && strstr(doc, "nowhere.key"))
             unroutable = true;
@@ -414,7 +417,7 @@ static void test_bad_rows(void **state)
     assert_int_equal(db_long(e->db,
                              "SELECT count(*) FROM %s WHERE failed_at IS NOT NULL AND error <> ''",
                              e->table),
-                     5);
+                     6);
     assert_int_equal(db_long(e->db,
                              "SELECT count(*) FROM %s WHERE message_id = 'bad-body' AND error LIKE "
                              "'%%not an object%%'",
@@ -425,10 +428,15 @@ static void test_bad_rows(void **state)
                              "'no message ID%%'",
                              e->table),
                      1);
-    assert_int_equal(cwtest_file_count(e->log, "cannot be published"), 5);
+    assert_int_equal(cwtest_file_count(e->log, "cannot be published"), 6);
+    assert_int_equal(db_long(e->db,
+                             "SELECT count(*) FROM %s WHERE message_id = 'too-big' AND error LIKE "
+                             "'%%more than max_body_size%%'",
+                             e->table),
+                     1);
     char out[16384];
     assert_int_equal(run_cli(e, out, sizeof out, "relay", "failed", "-c", e->ini, NULL), 0);
-    assert_non_null(strstr(out, "5 failed rows"));
+    assert_non_null(strstr(out, "6 failed rows"));
     assert_non_null(strstr(out, "bad-type"));
 
     /* The operator fixes one and retries it: published with its own ID. */
