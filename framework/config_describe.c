@@ -176,12 +176,21 @@ void cw_config_describe(const cw_config *cfg, void (*fn)(const cw_config_entry *
         const cw_key *k = &cw__config_keys[i];
         cw_config_entry e = {.section = k->section, .key = k->name};
 
-        /* A pool's file shows what its pool uses; a relay's, what the relay does. */
+        /* A pool's file shows what its pool uses; a relay's, what the relay
+         * does (of the broker: not what only consumers use; of the pool:
+         * the largest body it publishes). */
         bool relay_key = strcmp(k->section, "relay") == 0;
         bool shared = strcmp(k->section, "broker") == 0 || strcmp(k->section, "alert") == 0 ||
                       strcmp(k->section, "log") == 0;
-        if (cfg->relay ? !(relay_key || shared) : relay_key)
+        if (cfg->relay) {
+            bool consumer = strcmp(k->section, "broker") == 0 &&
+                            (strcmp(k->name, "prefetch") == 0 || strcmp(k->name, "batch") == 0);
+            bool body = strcmp(k->section, "pool") == 0 && strcmp(k->name, "max_body_size") == 0;
+            if (!((relay_key || shared) && !consumer) && !body)
+                continue;
+        } else if (relay_key) {
             continue;
+        }
 
         cw__config_key_format(k, cfg, cw__config_field(k, cfg), value, sizeof value, note,
                               sizeof note);
