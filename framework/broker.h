@@ -98,7 +98,7 @@ typedef struct cw_publisher {
     uint8_t *pending;  /* pending[seq - base]: 1 while unconfirmed */
     size_t pending_cap;
     unsigned nacked, returned;
-    char last_return[256];
+    char last_return[512]; /* the reply and the routing key (up to 255 bytes) */
     /* Called by cw__publisher_wait() for each message the broker returned
      * (mandatory, unroutable) with its properties and the reason ("312
      * NO_ROUTE (routing key 'x')"), both borrowed for the call; NULL: none. */
@@ -143,8 +143,8 @@ int cw__publisher_send_copy(cw_publisher *p, const char *exchange, amqp_bytes_t 
                             const amqp_basic_properties_t *props, amqp_bytes_t body);
 
 /* Waits until every publish sent so far is confirmed or `timeout_ms` has
- * passed. 0 when all were acked and none was returned; CW_STATUS_NACKED or
- * CW_STATUS_UNROUTABLE when at least one was nacked or returned (the counts
+ * passed. 0 when all were acked and none was returned; CW_STATUS_NACKED when
+ * at least one was nacked, else CW_STATUS_UNROUTABLE when one was returned (the counts
  * are in p->nacked / p->returned, reset by the next wait); CW_STATUS_TIMEOUT;
  * CW_STATUS_CONNECTION / CW_STATUS_BROKER_REFUSED when the connection or
  * channel closed. */

@@ -16,9 +16,10 @@
 #include <stdbool.h>
 #include <stddef.h>
 
-/* The most bytes of a row's headers (as JSON text). */
-#define CW_OUTBOX_HEADERS_MAX 262144
-#define CW_OUTBOX_HEADERS_MAX_S "262144"
+/* The most bytes of a row's headers (as JSON text): with at most 64 of
+ * them, their AMQP encoding fits one frame with the other properties. */
+#define CW_OUTBOX_HEADERS_MAX 65536
+#define CW_OUTBOX_HEADERS_MAX_S "65536"
 
 /* Whether `table` is "name" or "schema.name" of [a-z_][a-z0-9_]*, the name
  * at most 48 bytes (the names made from it stay within PostgreSQL's 63);

@@ -8,6 +8,138 @@
 
 #define CW_PG_CONNECT_TIMEOUT "5"
 
+/* ---- array parameters ------------------------------------------------------ */
+
+static bool buf_grow(cw_pg_buf *b, size_t more)
+{
+    if (b->failed)
+        return false;
+    if (b->len + more + 1 <= b->cap)
+        return true;
+    size_t cap = b->cap ? b->cap : 256;
+    while (cap < b->len + more + 1)
+        cap *= 2;
+    char *p = realloc(b->p, cap);
+    if (!p) {
+        b->failed = true;
+        return false;
+    }
+    b->p = p;
+    b->cap = cap;
+    return true;
+}
+
+static void buf_put(cw_pg_buf *b, char c)
+{
+    if (buf_grow(b, 1))
+        b->p[b->len++] = c;
+}
+
+void cw__pg_buf_reset(cw_pg_buf *b)
+{
+    b->len = 0;
+    b->failed = false;
+    buf_put(b, '{');
+}
+
+void cw__pg_buf_free(cw_pg_buf *b)
+{
+    free(b->p);
+    memset(b, 0, sizeof *b);
+}
+
+/* The length of the valid UTF-8 sequence at s (1-4), or 0 when s does not
+ * start one (RFC 3629: no overlong forms, no surrogates, up to U+10FFFF). */
+static size_t utf8_len(const unsigned char *s, size_t avail)
+{
+    unsigned char c = s[0];
+    if (c < 0x80)
+        return 1;
+    size_t n = c >= 0xC2 && c <= 0xDF   ? 2
+               : c >= 0xE0 && c <= 0xEF ? 3
+               : c >= 0xF0 && c <= 0xF4 ? 4
+                                        : 0;
+    if (n > avail)
+        return 0;
+    for (size_t i = 1; i < n; i++) {
+        if ((s[i] & 0xC0) != 0x80)
+            return 0;
+    }
+    if ((c == 0xE0 && s[1] < 0xA0) || (c == 0xED && s[1] > 0x9F) || (c == 0xF0 && s[1] < 0x90) ||
+        (c == 0xF4 && s[1] > 0x8F))
+        return 0;
+    return n;
+}
+
+void cw__pg_array_textn(cw_pg_buf *b, const char *s, size_t len)
+{
+    if (b->len > 1)
+        buf_put(b, ',');
+    if (!s) {
+        for (const char *n = "NULL"; *n; n++)
+            buf_put(b, *n);
+        return;
+    }
+    buf_put(b, '"');
+    const unsigned char *p = (const unsigned char *)s, *end = p + len;
+    while (p < end) {
+        size_t n = *p ? utf8_len(p, (size_t)(end - p)) : 0;
+        if (n == 0) {
+            buf_put(b, '?');
+            p++;
+            continue;
+        }
+        if (*p == '"' || *p == '\\')
+            buf_put(b, '\\');
+        for (size_t i = 0; i < n; i++)
+            buf_put(b, (char)p[i]);
+        p += n;
+    }
+    buf_put(b, '"');
+}
+
+void cw__pg_array_text(cw_pg_buf *b, const char *s)
+{
+    cw__pg_array_textn(b, s, s ? strlen(s) : 0);
+}
+
+void cw__pg_array_int(cw_pg_buf *b, long long v)
+{
+    char num[24];
+    int n = snprintf(num, sizeof num, "%s%lld", b->len > 1 ? "," : "", v);
+    for (int i = 0; i < n; i++)
+        buf_put(b, num[i]);
+}
+
+const char *cw__pg_array_end(cw_pg_buf *b)
+{
+    buf_put(b, '}');
+    buf_put(b, '\0');
+    return b->failed ? NULL : b->p;
+}
+
+const char *cw__pg_text(char *out, size_t cap, const char *s)
+{
+    size_t o = 0;
+    for (const unsigned char *p = (const unsigned char *)s; *p;) {
+        size_t n = utf8_len(p, 4);
+        if (o + (n ? n : 1) >= cap)
+            break;
+        if (n == 0) {
+            out[o++] = '?';
+            p++;
+            continue;
+        }
+        memcpy(out + o, p, n);
+        o += n;
+        p += n;
+    }
+    out[o] = '\0';
+    return out;
+}
+
+/* ---- sessions --------------------------------------------------------------- */
+
 /* Copies `msg` into out as one line: each occurrence of the password
  * replaced with "****", each line break (with the blanks after it) made one
  * space, trailing blanks dropped (libpq ends its messages with '\n' and

@@ -36,4 +36,25 @@ int cw__pg_session_open(const char *url, const char *label, const char *password
  * exception, the server shutting down, too many connections. */
 bool cw__pg_lost(PGconn *conn, const PGresult *res);
 
+/* A growable text buffer, for array parameters. */
+typedef struct cw_pg_buf {
+    char *p;
+    size_t len, cap;
+    bool failed; /* out of memory: the text is incomplete */
+} cw_pg_buf;
+
+/* Array parameters in PostgreSQL's text form: {"a","b",NULL} and {1,2}.
+ * Strings are made valid UTF-8 (an invalid byte becomes '?'), so that a
+ * reason cut from arbitrary text never makes the server refuse a batch. */
+void cw__pg_buf_reset(cw_pg_buf *b);
+void cw__pg_buf_free(cw_pg_buf *b);
+void cw__pg_array_text(cw_pg_buf *b, const char *s); /* appends one element */
+void cw__pg_array_textn(cw_pg_buf *b, const char *s, size_t len);
+void cw__pg_array_int(cw_pg_buf *b, long long v);
+const char *cw__pg_array_end(cw_pg_buf *b); /* closes it; NULL if out of memory */
+
+/* A copy of `s` made valid UTF-8, in `out` (`cap` bytes, cut at a character
+ * boundary): for single text parameters. Returns out. */
+const char *cw__pg_text(char *out, size_t cap, const char *s);
+
 #endif

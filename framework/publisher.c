@@ -331,11 +331,13 @@ int cw__publisher_wait(cw_publisher *p, int timeout_ms)
     if (p->pending_cap)
         memset(p->pending, 0, p->pending_cap);
     int rc = 0;
-    if (p->returned)
+    /* A nack wins: a message the broker did not take must not pass for
+     * one that was merely returned. */
+    if (p->nacked)
+        rc = cw__error(CW_STATUS_NACKED, "%u publish(es) nacked by the broker", p->nacked);
+    else if (p->returned)
         rc = cw__error(CW_STATUS_UNROUTABLE, "%u publish(es) returned unroutable: %s", p->returned,
                        p->last_return);
-    else if (p->nacked)
-        rc = cw__error(CW_STATUS_NACKED, "%u publish(es) nacked by the broker", p->nacked);
     p->returned = 0;
     p->nacked = 0;
     return rc;

@@ -18,6 +18,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "framework/pg.h"
 #include "framework/store.h"
 #include "framework/store_pg_sql.h"
 
@@ -25,13 +26,6 @@
  * before its claims are taken over (a lost host). */
 #define CW_PG_HEARTBEAT_MS 2000
 #define CW_PG_STALE_MS 10000
-
-/* A growable text buffer, for array parameters. */
-typedef struct cw_pg_buf {
-    char *p;
-    size_t len, cap;
-    bool failed; /* out of memory: the text is incomplete */
-} cw_pg_buf;
 
 typedef struct cw_pg_store {
     cw_store base;          /* first: what cw_store_open hands out */
@@ -100,21 +94,8 @@ void cw__pg_scrub(const cw_pg_store *q, const char *msg, char *out, size_t cap);
 /* Closes the connection and frees the store's own memory. */
 void cw__pg_close(cw_pg_store *q);
 
-/* Array parameters in PostgreSQL's text form: {"a","b",NULL} and {1,2}.
- * Strings are made valid UTF-8 (an invalid byte becomes '?'), so that a
- * reason cut from arbitrary text never makes the server refuse a batch. */
-void cw__pg_buf_reset(cw_pg_buf *b);
-void cw__pg_buf_free(cw_pg_buf *b);
-void cw__pg_array_text(cw_pg_buf *b, const char *s); /* appends one element */
-void cw__pg_array_textn(cw_pg_buf *b, const char *s, size_t len);
 /* Appends the follow-ups' message IDs, saga IDs, types, exchanges, routing
- * keys and bodies to b[0..5], one element each. */
+ * keys and bodies to b[0..5], one element each (framework/pg.h's arrays). */
 void cw__pg_followup_arrays(cw_pg_buf b[6], const cw_followup *f, size_t n);
-void cw__pg_array_int(cw_pg_buf *b, long long v);
-const char *cw__pg_array_end(cw_pg_buf *b); /* closes it; NULL if out of memory */
-
-/* A copy of `s` made valid UTF-8, in `out` (`cap` bytes, cut at a character
- * boundary): for single text parameters. Returns out. */
-const char *cw__pg_text(char *out, size_t cap, const char *s);
 
 #endif

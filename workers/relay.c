@@ -111,8 +111,11 @@ static int pg_connect(relay *r)
     }
     r->pg = conn;
     PGresult *res = PQexec(conn, r->sql.sql[CW_OB_EXISTS]);
-    if (!res || PQresultStatus(res) != PGRES_TUPLES_OK)
-        return pg_failed(r, res, "looking for the outbox table");
+    if (!res || PQresultStatus(res) != PGRES_TUPLES_OK) {
+        rc = pg_failed(r, res, "looking for the outbox table");
+        pg_close(r);
+        return rc == CW_STATUS_STORE ? CW_STATUS_STORE_UNAVAILABLE : rc;
+    }
     bool exists = PQntuples(res) == 1 && strcmp(PQgetvalue(res, 0, 0), "t") == 0;
     PQclear(res);
     if (!exists) {
@@ -121,8 +124,10 @@ static int pg_connect(relay *r)
                          "relay %s: no table %s: create it with 'compworker relay init -c %s'",
                          r->pg_label, r->cfg->relay_table, r->cfg->path);
     }
-    if ((rc = pg_exec(r, r->sql.sql[CW_OB_LISTEN], "listening for new rows")))
-        return rc;
+    if ((rc = pg_exec(r, r->sql.sql[CW_OB_LISTEN], "listening for new rows"))) {
+        pg_close(r);
+        return rc == CW_STATUS_STORE ? CW_STATUS_STORE_UNAVAILABLE : rc;
+    }
     r->pg_listening = true;
     atomic_store(&r->pg_up, 1);
     return 0;
@@ -144,17 +149,34 @@ static void broker_close(relay *r, bool graceful)
 static void on_return(void *ctx, const amqp_basic_properties_t *props, const char *why)
 {
     relay *r = ctx;
-    if (!(props->_flags & AMQP_BASIC_MESSAGE_ID_FLAG))
-        return;
-    for (size_t i = 0; i < r->n_rows; i++) {
+    /* The broker returns a message with its routing key in the reason:
+     * the first row of this wave with that message ID and routing key that
+     * has no reason yet is the one (returns come in publish order); failing
+     * that, the first with that message ID. A return that matches no row
+     * fails the wave: nothing of it may pass for delivered. */
+    row *by_id = NULL;
+    for (size_t i = 0; (props->_flags & AMQP_BASIC_MESSAGE_ID_FLAG) && i < r->n_rows; i++) {
         row *w = &r->rows[i];
-        if (w->published && !w->reason[0] && strlen(w->message_id) == props->message_id.len &&
-            memcmp(w->message_id, props->message_id.bytes, props->message_id.len) == 0)
-            snprintf(w->reason, sizeof w->reason,
-                     "unroutable: the broker returned it from exchange '%s': %s "
-                     "(is a pool bound for it?)",
-                     r->cfg->exchange, why);
+        if (!w->published || w->wave != r->wave || w->reason[0] ||
+            strlen(w->message_id) != props->message_id.len ||
+            memcmp(w->message_id, props->message_id.bytes, props->message_id.len) != 0)
+            continue;
+        char key[300];
+        snprintf(key, sizeof key, "(routing key '%s')", w->routing_key ? w->routing_key : w->type);
+        if (strstr(why, key)) {
+            by_id = w;
+            break;
+        }
+        if (!by_id)
+            by_id = w;
     }
+    if (!by_id) {
+        r->unmatched_returns++;
+        return;
+    }
+    snprintf(by_id->reason, sizeof by_id->reason,
+             "unroutable: the broker returned it from exchange '%s': %s (is a pool bound for it?)",
+             r->cfg->exchange, why);
 }
 
 static int broker_connect(relay *r)
@@ -227,73 +249,38 @@ static void alert_failed(relay *r, const row *w)
     cw_alerter_post(r->alerter, &ev);
 }
 
-/* A PostgreSQL array literal of the rows' ids (sent ones when `sent`, else
- * the failed ones), and of their reasons for the failed. */
-static int arrays(relay *r, bool sent, char **ids, char **reasons, size_t *n)
-{
-    size_t cap = 16, rcap = 16, used = 0, rused = 0;
-    *ids = malloc(cap);
-    *reasons = malloc(rcap);
-    *n = 0;
-    if (!*ids || !*reasons)
-        return CW_STATUS_NOMEM;
-    (*ids)[used++] = '{';
-    (*reasons)[rused++] = '{';
-    for (size_t i = 0; i < r->n_rows; i++) {
-        const row *w = &r->rows[i];
-        bool is_sent = w->published && !w->reason[0];
-        if (sent != is_sent || (!sent && !w->reason[0]))
-            continue;
-        size_t need = strlen(w->id) + 2;
-        size_t rneed = 2 * strlen(w->reason) + 4;
-        while (used + need + 2 > cap)
-            cap *= 2;
-        while (rused + rneed + 2 > rcap)
-            rcap *= 2;
-        char *ni = realloc(*ids, cap), *nr = realloc(*reasons, rcap);
-        if (ni)
-            *ids = ni;
-        if (nr)
-            *reasons = nr;
-        if (!ni || !nr)
-            return CW_STATUS_NOMEM;
-        used += (size_t)sprintf(*ids + used, "%s%s", *n ? "," : "", w->id);
-        if (*n)
-            (*reasons)[rused++] = ',';
-        (*reasons)[rused++] = '"';
-        for (const char *p = w->reason; *p; p++) {
-            if (*p == '"' || *p == '\\')
-                (*reasons)[rused++] = '\\';
-            (*reasons)[rused++] = *p;
-        }
-        (*reasons)[rused++] = '"';
-        (*n)++;
-    }
-    (*ids)[used++] = '}';
-    (*ids)[used] = '\0';
-    (*reasons)[rused++] = '}';
-    (*reasons)[rused] = '\0';
-    return 0;
-}
-
+/* Marks the rows sent (published, confirmed, not returned) or failed (with
+ * their reasons, made valid UTF-8 by the array helpers), in the batch's
+ * transaction. */
 static int mark(relay *r, bool sent)
 {
-    char *ids = NULL, *reasons = NULL;
+    cw_pg_buf ids = {0}, reasons = {0};
+    cw__pg_buf_reset(&ids);
+    cw__pg_buf_reset(&reasons);
     size_t n = 0;
-    int rc = arrays(r, sent, &ids, &reasons, &n);
-    if (rc == 0 && n > 0) {
-        const char *values[2] = {ids, reasons};
+    for (size_t i = 0; i < r->n_rows; i++) {
+        const row *w = &r->rows[i];
+        if (sent ? !(w->published && !w->reason[0]) : !w->reason[0])
+            continue;
+        cw__pg_array_int(&ids, atoll(w->id));
+        cw__pg_array_text(&reasons, w->reason);
+        n++;
+    }
+    const char *values[2] = {cw__pg_array_end(&ids), cw__pg_array_end(&reasons)};
+    int rc = 0;
+    if (!values[0] || !values[1]) {
+        cw_log_error(NULL, "relay: out of memory marking rows");
+        rc = CW_STATUS_NOMEM;
+    } else if (n > 0) {
         PGresult *res = PQexecParams(r->pg, r->sql.sql[sent ? CW_OB_SENT : CW_OB_FAILED],
                                      sent ? 1 : 2, NULL, values, NULL, NULL, 0);
         if (res && PQresultStatus(res) == PGRES_COMMAND_OK)
             PQclear(res);
         else
             rc = pg_failed(r, res, sent ? "marking rows sent" : "marking rows failed");
-    } else if (rc) {
-        cw_log_error(NULL, "relay: out of memory marking rows");
     }
-    free(ids);
-    free(reasons);
+    cw__pg_buf_free(&ids);
+    cw__pg_buf_free(&reasons);
     return rc;
 }
 
@@ -305,9 +292,86 @@ static void rollback(relay *r)
         pg_exec(r, "ROLLBACK", "rolling back");
 }
 
+/* The rows' indexes by saga, then id (rows without a saga first). */
+static const row *sort_rows;
+static int by_saga(const void *pa, const void *pb)
+{
+    const row *x = &sort_rows[*(const size_t *)pa], *y = &sort_rows[*(const size_t *)pb];
+    int c = strcmp(x->saga_id ? x->saga_id : "", y->saga_id ? y->saga_id : "");
+    if (c)
+        return c;
+    long long i = atoll(x->id), j = atoll(y->id);
+    return (i > j) - (i < j);
+}
+
+/* Gives each row its wave: its place among the rows of its saga in this
+ * batch (rows without a saga: 0). A saga's row of wave k+1 is published
+ * only once its row of wave k is confirmed, so that a nack or an outage
+ * never lets a saga's later task reach the queue before an earlier one.
+ * Returns the last wave, or -1 when out of memory. */
+static int assign_waves(relay *r)
+{
+    size_t n = r->n_rows;
+    size_t *ix = malloc(n * sizeof *ix);
+    if (!ix)
+        return -1;
+    for (size_t i = 0; i < n; i++)
+        ix[i] = i;
+    sort_rows = r->rows;
+    qsort(ix, n, sizeof *ix, by_saga);
+    int last = 0;
+    for (size_t k = 0; k < n; k++) {
+        row *w = &r->rows[ix[k]];
+        const row *prev = k ? &r->rows[ix[k - 1]] : NULL;
+        w->wave = w->saga_id && prev && prev->saga_id && strcmp(prev->saga_id, w->saga_id) == 0
+                      ? prev->wave + 1
+                      : 0;
+        if (w->wave > last)
+            last = w->wave;
+    }
+    free(ix);
+    return last;
+}
+
+/* Publishes the rows of wave `wave` and waits for their confirms. 0, or
+ * the error after which this wave's rows are left unconfirmed (not
+ * published as far as the batch goes). */
+static int publish_wave(relay *r, int wave)
+{
+    r->wave = wave;
+    r->unmatched_returns = 0;
+    size_t publishes = 0;
+    int rc = 0;
+    for (size_t i = 0; i < r->n_rows && rc == 0; i++) {
+        row *w = &r->rows[i];
+        if (w->wave != wave || w->reason[0])
+            continue;
+        rc = cw__publish_task(&r->pub, r->cfg->exchange, w->routing_key ? w->routing_key : w->type,
+                              w->message_id, w->type, w->saga_id, w->body, w->body_len,
+                              w->table.num_entries ? &w->table : NULL);
+        if (rc == 0) {
+            w->published = true;
+            publishes++;
+        }
+    }
+    if (rc == 0 && publishes > 0)
+        rc = cw__publisher_wait(&r->pub, CW_CONFIRM_TIMEOUT_MS);
+    if (rc == CW_STATUS_UNROUTABLE)
+        rc = r->unmatched_returns
+                 ? cw__error(CW_STATUS_UNROUTABLE, "the broker returned a message of no row")
+                 : 0; /* the returned rows have their reason (on_return) */
+    if (rc) {
+        for (size_t i = 0; i < r->n_rows; i++) {
+            if (r->rows[i].wave == wave && !r->rows[i].reason[0])
+                r->rows[i].published = false;
+        }
+    }
+    return rc;
+}
+
 /* Claims, publishes and marks one batch. Returns the rows claimed (0: none
- * pending that this relay may take), or -1 after an error that rolled the
- * batch back (the rows stay pending). */
+ * pending that this relay may take), or -1 after an error (what was
+ * confirmed before it is marked; the rest stays pending). */
 static long round_once(relay *r)
 {
     if (pg_exec(r, "BEGIN", "beginning a batch"))
@@ -341,8 +405,6 @@ static long round_once(relay *r)
     }
     r->n_rows = n;
     memset(r->rows, 0, n * sizeof *r->rows);
-    size_t publishes = 0;
-    int rc = 0;
     for (size_t i = 0; i < n; i++) {
         row *w = &r->rows[i];
         int ri = (int)i;
@@ -361,33 +423,19 @@ static long round_once(relay *r)
         w->headers_bytes = PQgetisnull(res, ri, 10) ? 0 : atoll(PQgetvalue(res, ri, 10));
 #undef COL
         cw__relay_row_check(r, w);
-        if (w->reason[0])
-            continue;
-        rc = cw__publish_task(&r->pub, r->cfg->exchange, w->routing_key ? w->routing_key : w->type,
-                              w->message_id, w->type, w->saga_id, w->body, w->body_len,
-                              w->table.num_entries ? &w->table : NULL);
-        if (rc)
-            break;
-        w->published = true;
-        publishes++;
     }
-    if (rc == 0 && publishes > 0)
-        rc = cw__publisher_wait(&r->pub, CW_CONFIRM_TIMEOUT_MS);
-    if (rc == CW_STATUS_UNROUTABLE)
-        rc = 0; /* the returned rows have their reason (on_return) */
+    int last = assign_waves(r);
+    int rc = last < 0 ? CW_STATUS_NOMEM : 0;
+    for (int wave = 0; rc == 0 && wave <= last; wave++)
+        rc = publish_wave(r, wave);
     if (rc) {
-        /* Nothing is marked: what the broker may have taken is published
-         * again, with the same message IDs. */
         cw_log_warn(NULL,
-                    "relay: publishing a batch of %zu rows to %s failed, to be tried again: %s", n,
-                    r->broker, cw_error_last());
+                    "relay: publishing a batch of %zu rows to %s failed; what was not confirmed "
+                    "is published again (same message IDs): %s",
+                    n, r->broker, rc == CW_STATUS_NOMEM ? "out of memory" : cw_error_last());
         atomic_fetch_add(&r->publish_errors, 1);
-        if (rc != CW_STATUS_NACKED)
+        if (rc != CW_STATUS_NACKED && rc != CW_STATUS_NOMEM)
             broker_close(r, false);
-        cw__relay_rows_release(r);
-        PQclear(res);
-        rollback(r);
-        return -1;
     }
     size_t failed = 0, sent = 0;
     for (size_t i = 0; i < n; i++) {
@@ -417,7 +465,8 @@ static long round_once(relay *r)
         return -1;
     }
     atomic_fetch_add(&r->published, sent);
-    atomic_fetch_add(&r->batches, 1);
+    if (sent)
+        atomic_fetch_add(&r->batches, 1);
     if (failed) {
         atomic_fetch_add(&r->failures, failed);
         for (size_t i = 0; i < n; i++) {
@@ -428,7 +477,7 @@ static long round_once(relay *r)
     cw_log_debug(NULL, "relay: published %zu rows, %zu failed", sent, failed);
     cw__relay_rows_release(r);
     PQclear(res);
-    return (long)n;
+    return rc ? -1 : (long)n;
 }
 
 /* ---- housekeeping ------------------------------------------------------------- */
@@ -484,8 +533,17 @@ static bool wait_for_rows(relay *r, int64_t ms)
     int amqp_fd = r->amqp ? amqp_get_sockfd(r->amqp) : -1;
     if (amqp_fd >= 0)
         fds[n++] = (struct pollfd){.fd = amqp_fd, .events = POLLIN};
-    if (ms > WAIT_MAX_MS)
-        ms = WAIT_MAX_MS;
+    /* Notifications libpq read during the last statements are waiting in
+     * its queue, not on the socket. */
+    bool queued = false;
+    PGnotify *early;
+    while (r->pg && (early = PQnotifies(r->pg))) {
+        queued = true;
+        PQfreemem(early);
+    }
+    if (queued)
+        return true;
+    ms = ms < 0 ? 0 : ms > WAIT_MAX_MS ? WAIT_MAX_MS : ms;
     int got = n ? poll(fds, (nfds_t)n, (int)ms) : 0;
     if (!n) {
         struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
@@ -519,7 +577,7 @@ static int64_t backoff_next(int64_t *b)
 
 /* Keeps both sides connected; false when one is not (yet). A setting that
  * can never work is returned in *fatal. */
-static bool ensure_connected(relay *r, int *fatal)
+static bool ensure_connected(relay *r, int *fatal, bool *fresh)
 {
     int64_t now = cw__mono_ms();
     if (!r->pg && now >= r->pg_retry_at) {
@@ -535,6 +593,7 @@ static bool ensure_connected(relay *r, int *fatal)
             r->pg_retry_at = now + backoff_next(&r->pg_backoff);
         } else {
             cw_log_info(NULL, "relay: listening on %s at %s", r->cfg->relay_table, r->pg_label);
+            *fresh = true; /* what was committed meanwhile notified nobody */
             r->pg_down_logged = false;
             r->pg_backoff = 0;
         }
@@ -622,7 +681,8 @@ int cw_relay_main(const cw_config *cfg)
     while (!relay_stop) {
         atomic_store(&r.loop_ms, cw__mono_ms());
         int fatal = 0;
-        if (!ensure_connected(&r, &fatal)) {
+        bool fresh = false;
+        if (!ensure_connected(&r, &fatal, &fresh)) {
             if (fatal) {
                 cw_log_error(NULL, "relay: %s", cw_error_last());
                 code = CW_EXIT_USAGE;
@@ -636,32 +696,17 @@ int cw_relay_main(const cw_config *cfg)
             more = true; /* notifications may have been missed */
             continue;
         }
+        if (fresh)
+            more = true;
         if (!atomic_load(&r.ready)) {
             atomic_store(&r.ready, 1);
             cw_notify_ready("relaying");
         }
         int64_t now = cw__mono_ms();
-        if (more || now >= next_poll) {
-            long n = round_once(&r);
-            next_poll = cw__mono_ms() + cfg->relay_poll_ms;
-            if (n < 0) {
-                /* Not in a tight loop: wait a while before the same rows
-                 * again, longer while it keeps failing. */
-                int64_t ms = backoff_next(&round_backoff);
-                struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-                nanosleep(&ts, NULL);
-                more = true;
-                continue;
-            }
-            round_backoff = 0;
-            more = n >= (long)cfg->relay_batch;
-            if (more)
-                continue;
-        }
-        now = cw__mono_ms();
+        /* Housekeeping on its own clock, however busy the table is. */
         if (r.pg && now >= next_stats) {
             stats(&r);
-            next_stats = now + STATS_EVERY_MS;
+            next_stats = cw__mono_ms() + STATS_EVERY_MS;
         }
         if (r.pg && now >= next_sweep) {
             sweep(&r);
@@ -672,6 +717,24 @@ int cw_relay_main(const cw_config *cfg)
         }
         if (!r.pg || !r.amqp)
             continue;
+        if (more || cw__mono_ms() >= next_poll) {
+            long n = round_once(&r);
+            next_poll = cw__mono_ms() + cfg->relay_poll_ms;
+            if (n < 0) {
+                /* Not in a tight loop: wait a while before the same rows
+                 * again, longer while it keeps failing; the broker's
+                 * heartbeats are read meanwhile. */
+                int64_t until = cw__mono_ms() + backoff_next(&round_backoff);
+                while (!relay_stop && r.pg && cw__mono_ms() < until)
+                    wait_for_rows(&r, until - cw__mono_ms());
+                more = true;
+                continue;
+            }
+            round_backoff = 0;
+            more = n >= (long)cfg->relay_batch;
+            if (more)
+                continue;
+        }
         more = wait_for_rows(&r, next_poll - cw__mono_ms());
     }
     cw_notify_stopping();

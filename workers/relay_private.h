@@ -17,6 +17,7 @@
 #include "framework/broker.h"
 #include "framework/config.h"
 #include "framework/outbox.h"
+#include "framework/pg.h"
 
 #define RELAY_CH 1
 #define STATS_EVERY_MS 2000
@@ -39,7 +40,8 @@ typedef struct row {
     long long body_bytes, headers_bytes; /* as stored, when body/headers are NULL for size */
     amqp_table_t table;                  /* headers, built for the publish */
     json_object *headers_json;
-    bool published;
+    bool published;          /* sent and confirmed (or returned: then reason says so) */
+    int wave;                /* its place among its saga's rows in the batch */
     char reason[REASON_MAX]; /* "" while it can be published */
 } row;
 
@@ -60,6 +62,8 @@ typedef struct relay {
 
     row *rows;
     size_t n_rows, cap_rows;
+    int wave;                   /* the wave being published */
+    unsigned unmatched_returns; /* returns of this wave that matched no row */
 
     int64_t pg_retry_at, broker_retry_at, pg_backoff, broker_backoff;
     bool pg_down_logged, broker_down_logged;

@@ -16,6 +16,8 @@
  *     behind them (their saga's included), and are published after relay
  *     retry;
  *   - two relays on one table share it and keep every saga in id order;
+ *   - a queue that nacks what does not fit: nacked rows are published again
+ *     after what was confirmed and before what follows, each once there;
  *   - faults: rows committed in small transactions (some rolled back)
  *     while the relay is SIGKILLed three times, the broker restarted and
  *     PostgreSQL restarted: every committed row published, no rolled-back
@@ -506,6 +508,64 @@ static void test_two_relays_keep_saga_order(void **state)
     finish(e);
 }
 
+/* A saga's rows through a queue that nacks what does not fit: what was
+ * nacked is published again, after what was confirmed and before what
+ * follows, each row once in that queue. */
+#define NACK_ROWS 12
+
+static void test_nacks_keep_order(void **state)
+{
+    relay_env *e = begin(state, "nack", NULL, false);
+    init_table(e);
+    char small[256];
+    snprintf(small, sizeof small, "%s.small", e->env->queue);
+    cwtest_queue_declare_bounded(e->env, small, 4);
+    cwtest_queue_bind(e->env, small, e->exchange, "it.#");
+    cw_publish_opts o = CW_PUBLISH_OPTS_INIT;
+    o.type = "it.step";
+    o.saga_id = "saga-nack";
+    db_exec(e->db, "BEGIN");
+    for (int k = 0; k < NACK_ROWS; k++) {
+        char id[32], body[32];
+        snprintf(id, sizeof id, "nack-step-%02d", k);
+        snprintf(body, sizeof body, "{\"step\":%d}", k);
+        o.message_id = id;
+        o.body = body;
+        assert_int_equal(cw_outbox_enqueue(e->db, e->table, &o, NULL, 0), 0);
+    }
+    db_exec(e->db, "COMMIT");
+    relay_start(e, 0);
+    int next = 0;
+    int64_t deadline = cwtest_now_ms() + WAIT_MS;
+    while (next < NACK_ROWS && cwtest_now_ms() < deadline) {
+        size_t n;
+        cwtest_msg *m = cwtest_drain(e->env, small, &n);
+        for (size_t i = 0; i < n; i++) {
+            int k;
+            assert_int_equal(sscanf(m[i].message_id, "nack-step-%d", &k), 1);
+            if (k != next)
+                fail_msg("step %d arrived when step %d was next", k, next);
+            next++;
+        }
+        cwtest_msgs_free(m, n);
+        cwtest_sleep_ms(100);
+    }
+    assert_int_equal(next, NACK_ROWS);
+    cwtest_sleep_ms(1000);
+    assert_int_equal(cwtest_queue_count(e->env, small), 0); /* none twice */
+    assert_int_equal(db_long(e->db, "SELECT count(*) FROM %s WHERE sent_at IS NULL", e->table), 0);
+    char base[64];
+    snprintf(base, sizeof base, "http://127.0.0.1:%u", e->metrics_port);
+    long code;
+    char *body = cwtest_http_get(base, "/metrics", &code);
+    char series[256];
+    snprintf(series, sizeof series, "compworker_outbox_publish_errors_total{table=\"%s\"}",
+             e->table);
+    assert_true(cwtest_metric(body, series) >= 1); /* it was nacked */
+    free(body);
+    finish(e);
+}
+
 /* ---- faults --------------------------------------------------------------------- */
 
 #define TXS 300
@@ -684,6 +744,7 @@ int main(void)
         cmocka_unit_test_teardown(test_enqueue_refuses, cwtest_teardown),
         cmocka_unit_test_teardown(test_bad_rows, cwtest_teardown),
         cmocka_unit_test_teardown(test_two_relays_keep_saga_order, cwtest_teardown),
+        cmocka_unit_test_teardown(test_nacks_keep_order, cwtest_teardown),
         cmocka_unit_test_teardown(test_faults, cwtest_teardown),
         cmocka_unit_test_teardown(test_retention, cwtest_teardown),
     };

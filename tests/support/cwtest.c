@@ -988,13 +988,12 @@ static amqp_queue_declare_ok_t queue_peek(cwtest_env *env, const char *queue)
     return copy;
 }
 
-void cwtest_queue_declare(cwtest_env *env, const char *queue)
+static void queue_declare_with(cwtest_env *env, const char *queue, amqp_table_t args)
 {
     if (env->n_extra_queues >= 4)
         fail_msg("cwtest_queue_declare: at most 4 queues per test");
     query_channel(env);
-    amqp_queue_declare(env->conn, CH_QUERY, amqp_cstring_bytes(queue), 0, 1, 0, 0,
-                       amqp_empty_table);
+    amqp_queue_declare(env->conn, CH_QUERY, amqp_cstring_bytes(queue), 0, 1, 0, 0, args);
     amqp_rpc_reply_t r = amqp_get_rpc_reply(env->conn);
     if (r.reply_type != AMQP_RESPONSE_NORMAL) {
         query_channel_reset(env, r);
@@ -1002,6 +1001,24 @@ void cwtest_queue_declare(cwtest_env *env, const char *queue)
     }
     amqp_maybe_release_buffers(env->conn);
     snprintf(env->extra_queues[env->n_extra_queues++], sizeof env->extra_queues[0], "%s", queue);
+}
+
+void cwtest_queue_declare(cwtest_env *env, const char *queue)
+{
+    queue_declare_with(env, queue, amqp_empty_table);
+}
+
+void cwtest_queue_declare_bounded(cwtest_env *env, const char *queue, int max_length)
+{
+    amqp_table_entry_t e[2];
+    e[0].key = amqp_cstring_bytes("x-max-length");
+    e[0].value.kind = AMQP_FIELD_KIND_I32;
+    e[0].value.value.i32 = max_length;
+    e[1].key = amqp_cstring_bytes("x-overflow");
+    e[1].value.kind = AMQP_FIELD_KIND_UTF8;
+    e[1].value.value.bytes = amqp_cstring_bytes("reject-publish");
+    amqp_table_t args = {.num_entries = 2, .entries = e};
+    queue_declare_with(env, queue, args);
 }
 
 void cwtest_queue_bind(cwtest_env *env, const char *queue, const char *exchange,

@@ -222,6 +222,11 @@ cw_client *cwtest_client(cwtest_env *env);
  * test passed. At most 4 per test. */
 void cwtest_queue_declare(cwtest_env *env, const char *queue);
 
+/* cwtest_queue_declare() of a queue that holds at most `max_length`
+ * messages and refuses more (x-overflow reject-publish: the publisher gets
+ * a nack), to see what a publisher does with nacks. */
+void cwtest_queue_declare_bounded(cwtest_env *env, const char *queue, int max_length);
+
 /* Declares `exchange` (topic, durable, as a pool does) and binds `queue`
  * to it with `binding_key`. */
 void cwtest_queue_bind(cwtest_env *env, const char *queue, const char *exchange,
