@@ -174,13 +174,18 @@ cw_outcome cw_task_retry_after(cw_task *task, int64_t delay_ms, const char *fmt,
 static const uuid_t followup_ns = {0xc6, 0x54, 0x2d, 0x8d, 0xd0, 0xa4, 0x4b, 0xa7,
                                    0xac, 0x95, 0x6d, 0x18, 0x55, 0x62, 0x03, 0x36};
 
+void cw__uuid5(const char *name, size_t len, char out[37])
+{
+    uuid_t u;
+    uuid_generate_sha1(u, followup_ns, name, len);
+    uuid_unparse_lower(u, out);
+}
+
 void cw__followup_id(const char *message_id, size_t index, char out[37])
 {
     char name[CW_MESSAGE_ID_MAX + 32];
     int len = snprintf(name, sizeof name, "%s:%zu", message_id, index);
-    uuid_t u;
-    uuid_generate_sha1(u, followup_ns, name, (size_t)len);
-    uuid_unparse_lower(u, out);
+    cw__uuid5(name, (size_t)len, out);
 }
 
 /* The handle of the task's store transaction, begun now if it is not yet;

@@ -68,6 +68,10 @@ void cw__task_drop_sends(cw_task *t);
  * bytes). */
 void cw__followup_id(const char *message_id, size_t index, char out[37]);
 
+/* The UUIDv5 of `name` (`len` bytes) in compworker's namespace, into out
+ * (37 bytes): the derived message IDs (follow-ups, plan steps). */
+void cw__uuid5(const char *name, size_t len, char out[37]);
+
 /* "plugin version" of the task's handler ("type" for one the program
  * registered, "" without a handler), into out. */
 void cw__task_describe_handler(const cw_task *t, char *out, size_t cap);

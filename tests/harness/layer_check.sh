@@ -2,12 +2,13 @@
 # Checks that includes run one way, down the layers:
 #
 #   workers/  (the executable, the pool, the worker process and its loop)
-#     -> dlq/, retry/  (dead-lettering, alerts, replay; backoff, delay topology)
+#     -> dlq/, retry/, saga/  (dead-lettering, alerts, replay; backoff, delay
+#                              topology; saga compensation plans)
 #       -> framework/  (the primitives)
 #         -> include/compworker/  (the public headers)
 #
-# Nothing in framework/ may include retry/, dlq/ or workers/; nothing in
-# retry/ or dlq/ may include workers/; the public headers include only each
+# Nothing in framework/ may include retry/, dlq/, saga/ or workers/; nothing
+# in retry/, dlq/ or saga/ may include workers/; the public headers include only each
 # other. Exits 0 when the tree keeps to it, 1 naming each include that
 # climbs.
 #
@@ -32,10 +33,11 @@ check() {
 }
 
 out=$( {
-    check framework 'retry|dlq|workers'
+    check framework 'retry|dlq|saga|workers'
     check retry 'workers'
     check dlq 'workers'
-    check include/compworker 'framework|retry|dlq|workers'
+    check saga 'workers'
+    check include/compworker 'framework|retry|dlq|saga|workers'
 } )
 if [ -n "$out" ]; then
     printf '%s\n' "$out" >&2
