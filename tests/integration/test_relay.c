@@ -56,7 +56,6 @@ typedef struct relay_env {
     PGconn *db;
     pid_t relay[MAX_RELAYS];
     cwtest_http *hook;
-    unsigned metrics_port;
 } relay_env;
 
 static void quiet(void *arg, const char *message)
@@ -126,18 +125,15 @@ static relay_env *begin(void **state, const char *test, const char *relay_lines,
                  "[alert]\nwebhook = http://127.0.0.1:%u/hook\nrate_limit = 0\n",
                  cwtest_http_port(e->hook));
     }
-    /* A port of its own for /metrics: the test's pid spread over a range. */
-    e->metrics_port = 20000 + (unsigned)(getpid() % 20000);
     snprintf(e->ini, sizeof e->ini, "%s/relay.ini", e->env->dir);
     snprintf(e->log, sizeof e->log, "%s/relay.log", e->env->dir);
     FILE *f = fopen(e->ini, "w");
     assert_non_null(f);
     fprintf(f,
             "[relay]\nurl = %s\ntable = %s\npoll_interval = 500ms\nmetrics_listen = "
-            "127.0.0.1:%u\n%s\n[broker]\nurl = %s\nexchange = %s\nheartbeat = 5s\n\n%s\n"
+            "127.0.0.1:0\n%s\n[broker]\nurl = %s\nexchange = %s\nheartbeat = 5s\n\n%s\n"
             "[log]\nlevel = info\n",
-            url, e->table, e->metrics_port, relay_lines ? relay_lines : "", e->env->url,
-            e->exchange, alert);
+            url, e->table, relay_lines ? relay_lines : "", e->env->url, e->exchange, alert);
     fclose(f);
     return e;
 }
@@ -219,6 +215,32 @@ static void finish(relay_env *e)
     PQfinish(e->db);
     cwtest_pass(e->env);
     free(e);
+}
+
+/* The base URL of the first relay's /metrics: the port it picked (port 0),
+ * from its log line "serving metrics at http://127.0.0.1:PORT/metrics". */
+static void metrics_base(relay_env *e, char *out, size_t cap)
+{
+    int64_t deadline = cwtest_now_ms() + WAIT_MS;
+    for (;;) {
+        FILE *f = fopen(e->log, "r");
+        char line[4096];
+        unsigned port = 0;
+        while (f && fgets(line, sizeof line, f)) {
+            const char *at = strstr(line, "serving metrics at http://127.0.0.1:");
+            if (at)
+                port = (unsigned)atoi(at + strlen("serving metrics at http://127.0.0.1:"));
+        }
+        if (f)
+            fclose(f);
+        if (port) {
+            snprintf(out, cap, "http://127.0.0.1:%u", port);
+            return;
+        }
+        if (cwtest_now_ms() > deadline)
+            fail_msg("the relay did not say where it serves /metrics; see %s", e->log);
+        cwtest_sleep_ms(50);
+    }
 }
 
 static void init_table(relay_env *e)
@@ -325,7 +347,7 @@ static void test_publishes_committed_rows(void **state)
     assert_int_equal(db_long(e->db, "SELECT count(*) FROM %s", e->table), 7);
 
     char base[64];
-    snprintf(base, sizeof base, "http://127.0.0.1:%u", e->metrics_port);
+    metrics_base(e, base, sizeof base);
     long code;
     char *body = cwtest_http_get(base, "/metrics", &code);
     assert_int_equal(code, 200);
@@ -555,7 +577,7 @@ static void test_nacks_keep_order(void **state)
     assert_int_equal(cwtest_queue_count(e->env, small), 0); /* none twice */
     assert_int_equal(db_long(e->db, "SELECT count(*) FROM %s WHERE sent_at IS NULL", e->table), 0);
     char base[64];
-    snprintf(base, sizeof base, "http://127.0.0.1:%u", e->metrics_port);
+    metrics_base(e, base, sizeof base);
     long code;
     char *body = cwtest_http_get(base, "/metrics", &code);
     char series[256];
