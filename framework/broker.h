@@ -123,6 +123,13 @@ int cw__publish_task(cw_publisher *p, const char *exchange, const char *routing_
                      const char *message_id, const char *type, const char *saga_id,
                      const void *body, size_t len, const amqp_table_t *headers);
 
+/* The headers of a follow-up (cw_followup.headers: a JSON object of
+ * string values) as an AMQP table whose strings point into *hold (free it
+ * with json_object_put() after publishing). NULL json: an empty table.
+ * CW_STATUS_INVALID_ARG when it is not such an object. */
+struct json_object;
+int cw__headers_table(const char *json, amqp_table_t *out, struct json_object **hold);
+
 /* Checks the fields of a task as a worker would take them, before it is
  * published: `type` [A-Za-z0-9._:-]{1,255}; `message_id` NULL (then a new
  * UUID is written to id_out) or 1 to CW_MESSAGE_ID_MAX printable ASCII

@@ -6,6 +6,7 @@
 
 #include <amqp.h>
 #include <amqp_framing.h>
+#include <json-c/json.h>
 #include <uuid/uuid.h>
 
 #include "compworker/client.h" /* CW_MESSAGE_ID_MAX */
@@ -138,6 +139,39 @@ int cw__task_fields_check(const char *type, const char *message_id, const char *
         snprintf(why, why_len, "saga_id must be printable ASCII up to 255 bytes");
         return CW_STATUS_INVALID_ARG;
     }
+    return 0;
+}
+
+int cw__headers_table(const char *json, amqp_table_t *out, json_object **hold)
+{
+    memset(out, 0, sizeof *out);
+    *hold = NULL;
+    if (!json)
+        return 0;
+    json_object *o = json_tokener_parse(json);
+    if (!json_object_is_type(o, json_type_object)) {
+        json_object_put(o);
+        return cw__error(CW_STATUS_INVALID_ARG, "a follow-up's headers are not a JSON object");
+    }
+    int n = json_object_object_length(o);
+    out->entries = calloc((size_t)(n ? n : 1), sizeof *out->entries);
+    if (!out->entries) {
+        json_object_put(o);
+        return cw__error(CW_STATUS_NOMEM, "out of memory reading a follow-up's headers");
+    }
+    int i = 0;
+    json_object_object_foreach(o, key, val)
+    {
+        if (!json_object_is_type(val, json_type_string))
+            continue;
+        out->entries[i].key = amqp_cstring_bytes(key);
+        out->entries[i].value.kind = AMQP_FIELD_KIND_UTF8;
+        out->entries[i].value.value.bytes.bytes = (void *)json_object_get_string(val);
+        out->entries[i].value.value.bytes.len = (size_t)json_object_get_string_len(val);
+        i++;
+    }
+    out->num_entries = i;
+    *hold = o;
     return 0;
 }
 

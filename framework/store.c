@@ -205,6 +205,7 @@ void cw_followup_clear(cw_followup *f)
     free(f->type);
     free(f->saga_id);
     free(f->body);
+    free(f->headers);
     memset(f, 0, sizeof *f);
 }
 

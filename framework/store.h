@@ -63,6 +63,7 @@ typedef struct cw_followup {
     char *saga_id; /* NULL for none */
     void *body;
     size_t len;
+    char *headers; /* NULL, or the message's headers: a JSON object of string values */
 } cw_followup;
 
 typedef struct cw_settle_req {

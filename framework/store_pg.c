@@ -40,7 +40,7 @@ static cw_pg_store *pg_of(cw_store *s)
 
 /* ---- parameters ------------------------------------------------------------ */
 
-void cw__pg_followup_arrays(cw_pg_buf b[6], const cw_followup *f, size_t n)
+void cw__pg_followup_arrays(cw_pg_buf b[CW_PG_FOLLOWUP_ARRAYS], const cw_followup *f, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
         cw__pg_array_text(&b[0], f[i].message_id);
@@ -49,6 +49,7 @@ void cw__pg_followup_arrays(cw_pg_buf b[6], const cw_followup *f, size_t n)
         cw__pg_array_text(&b[3], f[i].exchange);
         cw__pg_array_text(&b[4], f[i].routing_key);
         cw__pg_array_textn(&b[5], f[i].body, f[i].len);
+        cw__pg_array_text(&b[6], f[i].headers);
     }
 }
 
@@ -277,9 +278,9 @@ static int pg_claim(cw_store *s, const cw_claim_req *req, int64_t now_ms, cw_cla
 
 static int settle_rows(cw_pg_store *q, const cw_settle_req *reqs, size_t n, int64_t now_ms)
 {
-    /* the outcomes' six arrays, then the follow-ups' seven */
-    cw_pg_buf b[13] = {{0}};
-    for (int k = 0; k < 13; k++)
+    /* the outcomes' six arrays, then the follow-ups' eight */
+    cw_pg_buf b[14] = {{0}};
+    for (int k = 0; k < 14; k++)
         cw__pg_buf_reset(&b[k]);
     for (size_t i = 0; i < n; i++) {
         const cw_settle_req *r = &reqs[i];
@@ -295,9 +296,9 @@ static int settle_rows(cw_pg_store *q, const cw_settle_req *reqs, size_t n, int6
             cw__pg_array_int(&b[6], r->ticket > 0 ? r->ticket : 0);
         cw__pg_followup_arrays(&b[7], r->followups, r->n_followups);
     }
-    const char *values[15];
+    const char *values[16];
     int rc = 0;
-    for (int k = 0; k < 13; k++) {
+    for (int k = 0; k < 14; k++) {
         if (!(values[k < 6 ? k : k + 2] = cw__pg_array_end(&b[k])))
             rc = cw__error(CW_STATUS_NOMEM, "store %s: settle: out of memory", q->label);
     }
@@ -306,7 +307,7 @@ static int settle_rows(cw_pg_store *q, const cw_settle_req *reqs, size_t n, int6
     values[6] = q->base.owner;
     values[7] = now;
     PGresult *res = NULL;
-    if (rc == 0 && (rc = run(q, CW_PG_SETTLE, 15, values, PGRES_TUPLES_OK, "settle", &res)) == 0) {
+    if (rc == 0 && (rc = run(q, CW_PG_SETTLE, 16, values, PGRES_TUPLES_OK, "settle", &res)) == 0) {
         int64_t done = col_i64(res, 0, 0);
         PQclear(res);
         if (done < (int64_t)n) {
@@ -316,7 +317,7 @@ static int settle_rows(cw_pg_store *q, const cw_settle_req *reqs, size_t n, int6
                            q->label, missing);
         }
     }
-    for (int k = 0; k < 13; k++)
+    for (int k = 0; k < 14; k++)
         cw__pg_buf_free(&b[k]);
     return rc;
 }
@@ -391,6 +392,7 @@ static int pg_followups_due(cw_store *s, int64_t older_than_ms, int64_t now_ms, 
             break;
         }
         memcpy(f->body, PQgetvalue(res, i, 6), f->len);
+        f->headers = pg_col_dup(res, i, 7);
         (*n)++;
     }
     PQclear(res);

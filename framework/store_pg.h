@@ -95,7 +95,8 @@ void cw__pg_scrub(const cw_pg_store *q, const char *msg, char *out, size_t cap);
 void cw__pg_close(cw_pg_store *q);
 
 /* Appends the follow-ups' message IDs, saga IDs, types, exchanges, routing
- * keys and bodies to b[0..5], one element each (framework/pg.h's arrays). */
-void cw__pg_followup_arrays(cw_pg_buf b[6], const cw_followup *f, size_t n);
+ * keys, bodies and headers to b[0..6], one element each (framework/pg.h's arrays). */
+#define CW_PG_FOLLOWUP_ARRAYS 7 /* and headers */
+void cw__pg_followup_arrays(cw_pg_buf b[CW_PG_FOLLOWUP_ARRAYS], const cw_followup *f, size_t n);
 
 #endif

@@ -107,7 +107,47 @@ static const char schema_v2[] =
     " DEFERRABLE INITIALLY DEFERRED FOR EACH ROW WHEN (NEW.unsettled = -1)"
     " EXECUTE FUNCTION @S.cw_tx_guard();";
 
-const char *const cw__pg_schema_steps[CW_PG_SCHEMA_VERSION] = {schema_v1, schema_v2};
+/* Version 3: follow-ups carry headers (a saga plan's steps travel with
+ * theirs), and saga compensation plans: a saga's state, its steps in order
+ * and its history. Times in ms since the epoch. */
+static const char schema_v3[] =
+    "ALTER TABLE @S.cw_followups ADD COLUMN headers text;"
+    "CREATE TABLE @S.cw_sagas ("
+    " saga_id text PRIMARY KEY,"
+    " plan_id text NOT NULL,"
+    " state text NOT NULL," /* running, done */
+    " stages integer NOT NULL,"
+    " stage integer NOT NULL," /* the stage running, from 0 */
+    " steps integer NOT NULL,"
+    " deadline_at bigint,"
+    " alerted_at bigint," /* the deadline's alert went out */
+    " created_at bigint NOT NULL,"
+    " updated_at bigint NOT NULL,"
+    " done_at bigint,"
+    " plan text NOT NULL" /* the routing slip: the plan's steps and deadline */
+    ");"
+    "CREATE INDEX cw_sagas_running ON @S.cw_sagas (deadline_at) WHERE state = 'running';"
+    "CREATE TABLE @S.cw_saga_steps ("
+    " saga_id text NOT NULL,"
+    " stage integer NOT NULL,"
+    " idx integer NOT NULL,"
+    " message_id text NOT NULL UNIQUE,"
+    " type text NOT NULL,"
+    " state text NOT NULL," /* waiting, sent, done */
+    " sent_at bigint,"
+    " done_at bigint,"
+    " PRIMARY KEY (saga_id, stage, idx)"
+    ");"
+    "CREATE TABLE @S.cw_saga_history ("
+    " id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,"
+    " saga_id text NOT NULL,"
+    " at bigint NOT NULL,"
+    " event text NOT NULL,"
+    " detail text"
+    ");"
+    "CREATE INDEX cw_saga_history_saga ON @S.cw_saga_history (saga_id, id);";
+
+const char *const cw__pg_schema_steps[CW_PG_SCHEMA_VERSION] = {schema_v1, schema_v2, schema_v3};
 
 const char *const cw__pg_sql[CW_PG_COUNT] = {
     /* $1 message IDs, $2 saga IDs, $3 types (text[], distinct IDs), $4 owner,
@@ -188,7 +228,7 @@ const char *const cw__pg_sql[CW_PG_COUNT] = {
      * states (int[]), $4 outcomes, $5 error classes, $6 reasons, $7 owner,
      * $8 now; the follow-ups of done ones: $9 their tasks' tickets, $10
      * message IDs, $11 saga IDs, $12 types, $13 exchanges, $14 routing keys,
-     * $15 bodies. The attempt that applies a task is the record itself
+     * $15 bodies, $16 headers. The attempt that applies a task is the record itself
      * (state done, settled_at, owner); the others get a history row. */
     [CW_PG_SETTLE] =
         "WITH req AS MATERIALIZED ("
@@ -209,10 +249,11 @@ const char *const cw__pg_sql[CW_PG_COUNT] = {
         /* the follow-ups of the done ones */
         " fu AS ("
         "  INSERT INTO @S.cw_followups (message_id, task_id, saga_id, type, exchange,"
-        "   routing_key, body, created_at)"
-        "  SELECT u.mid, u.tid, u.saga, u.typ, u.ex, u.rk, u.body, $8"
+        "   routing_key, body, headers, created_at)"
+        "  SELECT u.mid, u.tid, u.saga, u.typ, u.ex, u.rk, u.body, u.hdr, $8"
         "  FROM unnest($9::bigint[], $10::text[], $11::text[], $12::text[], $13::text[],"
-        "              $14::text[], $15::text[]) AS u(tid, mid, saga, typ, ex, rk, body)"
+        "              $14::text[], $15::text[], $16::text[])"
+        "   AS u(tid, mid, saga, typ, ex, rk, body, hdr)"
         "  ON CONFLICT (message_id) DO NOTHING)"
         " SELECT count(*) FROM upd",
     /* $1 tickets (bigint[]), $2 owner */
@@ -302,7 +343,8 @@ const char *const cw__pg_sql[CW_PG_COUNT] = {
         "       AND (lease_until IS NULL OR lease_until < $2)"
         "       ORDER BY id LIMIT $5 FOR UPDATE SKIP LOCKED) d"
         " WHERE f.id = d.id"
-        " RETURNING f.id, f.message_id, f.saga_id, f.type, f.exchange, f.routing_key, f.body",
+        " RETURNING f.id, f.message_id, f.saga_id, f.type, f.exchange, f.routing_key, f.body,"
+        " f.headers",
     /* $1 message IDs (text[]): confirmed by the broker */
     [CW_PG_FOLLOWUP_DONE] =
         "WITH cfg AS MATERIALIZED (SELECT set_config('synchronous_commit', 'off', true) AS x)"
@@ -314,7 +356,7 @@ const char *const cw__pg_sql[CW_PG_COUNT] = {
                       " lease_until = NULL, unsettled = -1, last_seen = $3, error_class = NULL,"
                       " last_error = NULL WHERE id = $1 AND state = 1 AND owner = $2",
     /* $1 ticket, $2 owner, $3 now, $4 message IDs, $5 saga IDs, $6 types, $7
-     * exchanges, $8 routing keys, $9 bodies: the end of a handler
+     * exchanges, $8 routing keys, $9 bodies, $10 headers: the end of a handler
      * transaction whose outcome is done, before its COMMIT: the mark taken
      * off, the commit allowed, the follow-ups stored. 1 when the claim's
      * done record was still there (the handler did not end the transaction
@@ -326,10 +368,10 @@ const char *const cw__pg_sql[CW_PG_COUNT] = {
         " ok AS (SELECT set_config('compworker.tx_commit', 'on', true) AS v FROM fin),"
         " fu AS ("
         "  INSERT INTO @S.cw_followups (message_id, task_id, saga_id, type, exchange,"
-        "   routing_key, body, created_at)"
-        "  SELECT u.mid, f.id, u.saga, u.typ, u.ex, u.rk, u.body, $3"
+        "   routing_key, body, headers, created_at)"
+        "  SELECT u.mid, f.id, u.saga, u.typ, u.ex, u.rk, u.body, u.hdr, $3"
         "  FROM fin f, unnest($4::text[], $5::text[], $6::text[], $7::text[], $8::text[],"
-        "                     $9::text[]) AS u(mid, saga, typ, ex, rk, body)"
+        "                     $9::text[], $10::text[]) AS u(mid, saga, typ, ex, rk, body, hdr)"
         "  ON CONFLICT (message_id) DO NOTHING)"
         " SELECT (SELECT count(*) FROM fin), (SELECT count(*) FROM ok)",
 };

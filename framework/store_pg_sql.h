@@ -7,7 +7,7 @@
 
 /* The schema's version: cw_meta's schema_version. A database at a higher
  * one is refused; a lower one is migrated at open. */
-#define CW_PG_SCHEMA_VERSION 2
+#define CW_PG_SCHEMA_VERSION 3
 
 /* Prepared statements, by index into cw__pg_sql[]. */
 enum {

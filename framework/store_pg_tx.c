@@ -137,22 +137,23 @@ static int pg_tx_commit(cw_store_tx *tx, const cw_followup *f, size_t n)
                          : state == CW_TX_FAILED ? "a statement in it failed"
                                                  : "the session to the server broke");
     }
-    cw_pg_buf b[6] = {{0}};
-    for (int k = 0; k < 6; k++)
+    cw_pg_buf b[CW_PG_FOLLOWUP_ARRAYS] = {{0}};
+    for (int k = 0; k < CW_PG_FOLLOWUP_ARRAYS; k++)
         cw__pg_buf_reset(&b[k]);
     cw__pg_followup_arrays(b, f, n);
     char id[24], now[24];
     snprintf(id, sizeof id, "%" PRId64, tx->ticket);
     snprintf(now, sizeof now, "%" PRId64, tx->now_ms);
-    const char *values[9] = {id, tx->owner, now};
+    const char *values[3 + CW_PG_FOLLOWUP_ARRAYS] = {id, tx->owner, now};
     int rc = 0;
-    for (int k = 0; k < 6; k++) {
+    for (int k = 0; k < CW_PG_FOLLOWUP_ARRAYS; k++) {
         if (!(values[3 + k] = cw__pg_array_end(&b[k])))
             rc = cw__error(CW_STATUS_NOMEM, "store %s: handler transaction: out of memory",
                            x->q.label);
     }
-    PGresult *res = rc ? NULL : cw__pg_exec(&x->q, CW_PG_TX_COMMIT, 9, values);
-    for (int k = 0; k < 6; k++)
+    PGresult *res = rc ? NULL
+                       : cw__pg_exec(&x->q, CW_PG_TX_COMMIT, 3 + CW_PG_FOLLOWUP_ARRAYS, values);
+    for (int k = 0; k < CW_PG_FOLLOWUP_ARRAYS; k++)
         cw__pg_buf_free(&b[k]);
     if (rc == 0 && (!res || PQresultStatus(res) != PGRES_TUPLES_OK)) {
         rc = cw__pg_fail(&x->q, res, "handler transaction: storing the outcome");

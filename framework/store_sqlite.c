@@ -395,7 +395,9 @@ int cw__sq_followup_insert(sqlite3 *db, sqlite3_stmt *st, const cw_followup *f, 
         sqlite3_bind_text(st, 5, f->exchange, -1, SQLITE_STATIC) != SQLITE_OK ||
         sqlite3_bind_text(st, 6, f->routing_key, -1, SQLITE_STATIC) != SQLITE_OK ||
         sqlite3_bind_blob(st, 7, f->body, (int)f->len, SQLITE_STATIC) != SQLITE_OK ||
-        sqlite3_bind_int64(st, 8, now_ms) != SQLITE_OK || sqlite3_step(st) != SQLITE_DONE)
+        sqlite3_bind_int64(st, 8, now_ms) != SQLITE_OK ||
+        sqlite3_bind_text(st, 9, f->headers, -1, SQLITE_STATIC) != SQLITE_OK ||
+        sqlite3_step(st) != SQLITE_DONE)
         rc = cw__error(CW_STATUS_STORE, "%s: storing a follow-up: %s", where, sqlite3_errmsg(db));
     sqlite3_reset(st);
     sqlite3_clear_bindings(st);
@@ -444,6 +446,7 @@ static int sq_followups_due(cw_store *s, int64_t older_than_ms, int64_t now_ms, 
             break;
         }
         memcpy(f->body, sqlite3_column_blob(st, 6), f->len);
+        f->headers = sq_col_dup(st, 7);
         (*n)++;
     }
     sqlite3_reset(st);

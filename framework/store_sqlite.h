@@ -13,7 +13,7 @@
 #include "framework/store.h"
 #include "framework/store_sqlite_sql.h"
 
-#define CW_SQ_SCHEMA_VERSION 2
+#define CW_SQ_SCHEMA_VERSION 3
 #define CW_SQ_BUSY_TIMEOUT_MS 10000
 #define CW_SQ_CACHE_KIB 8192
 #define CW_SQ_MEMORY ":memory:"

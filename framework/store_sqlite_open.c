@@ -138,7 +138,10 @@ static int sq_migrate(const cw_sq_store *q)
         goto out_rollback;
     }
     if (version < CW_SQ_SCHEMA_VERSION) {
-        rc = sq_exec(q, cw__sq_schema, "schema");
+        /* A file of version 2 has the follow-ups table without headers. */
+        rc = version == 2 ? sq_exec(q, cw__sq_migrate_v2, "schema") : 0;
+        if (rc == 0)
+            rc = sq_exec(q, cw__sq_schema, "schema");
         if (rc == 0)
             rc = sq_exec(q, "PRAGMA user_version = " CW_SQ_STRINGIFY(CW_SQ_SCHEMA_VERSION),
                          "schema");

@@ -58,8 +58,49 @@ const char cw__sq_schema[] =
     " body BLOB NOT NULL,"
     " created_at INTEGER NOT NULL," /* ms */
     " owner TEXT,"                  /* taken by a worker to publish it ... */
-    " lease_until INTEGER"          /* ... until then (ms) */
-    ");";
+    " lease_until INTEGER,"         /* ... until then (ms) */
+    " headers TEXT"                 /* version 3: a JSON object of string values */
+    ");"
+    /* Version 3: saga compensation plans (the same tables as PostgreSQL's,
+     * store_pg_sql.c says what they hold). */
+    "CREATE TABLE IF NOT EXISTS cw_sagas ("
+    " saga_id TEXT PRIMARY KEY,"
+    " plan_id TEXT NOT NULL,"
+    " state TEXT NOT NULL,"
+    " stages INTEGER NOT NULL,"
+    " stage INTEGER NOT NULL,"
+    " steps INTEGER NOT NULL,"
+    " deadline_at INTEGER,"
+    " alerted_at INTEGER,"
+    " created_at INTEGER NOT NULL,"
+    " updated_at INTEGER NOT NULL,"
+    " done_at INTEGER,"
+    " plan TEXT NOT NULL"
+    ");"
+    "CREATE INDEX IF NOT EXISTS cw_sagas_running ON cw_sagas (deadline_at) WHERE state = 'running';"
+    "CREATE TABLE IF NOT EXISTS cw_saga_steps ("
+    " saga_id TEXT NOT NULL,"
+    " stage INTEGER NOT NULL,"
+    " idx INTEGER NOT NULL,"
+    " message_id TEXT NOT NULL UNIQUE,"
+    " type TEXT NOT NULL,"
+    " state TEXT NOT NULL,"
+    " sent_at INTEGER,"
+    " done_at INTEGER,"
+    " PRIMARY KEY (saga_id, stage, idx)"
+    ");"
+    "CREATE TABLE IF NOT EXISTS cw_saga_history ("
+    " id INTEGER PRIMARY KEY,"
+    " saga_id TEXT NOT NULL,"
+    " at INTEGER NOT NULL,"
+    " event TEXT NOT NULL,"
+    " detail TEXT"
+    ");"
+    "CREATE INDEX IF NOT EXISTS cw_saga_history_saga ON cw_saga_history (saga_id, id);";
+
+/* From version 2: the follow-ups' headers (the rest is the schema's own
+ * CREATE ... IF NOT EXISTS). */
+const char cw__sq_migrate_v2[] = "ALTER TABLE followups ADD COLUMN headers TEXT;";
 
 const char *const cw__sq_sql[CW_SQ_COUNT] = {
     [CW_SQ_BEGIN] = "BEGIN IMMEDIATE",
@@ -149,14 +190,14 @@ const char *const cw__sq_sql[CW_SQ_COUNT] = {
         " SELECT id, attempts, coalesce(settled_at, last_seen), owner, 'ok', NULL, NULL"
         " FROM tasks WHERE id = ?1 AND state = 2",
     /* ?1 message ID, ?2 task row, ?3 saga, ?4 type, ?5 exchange, ?6 routing
-     * key, ?7 body, ?8 now: a follow-up stored with its task's outcome (a
+     * key, ?7 body, ?8 now, ?9 headers: a follow-up stored with its task's outcome (a
      * second settle of the same outcome stores nothing twice) */
     [CW_SQ_FOLLOWUP_INSERT] =
         "INSERT OR IGNORE INTO followups (message_id, task_id, saga_id, type, exchange, routing_key,"
-        " body, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        " body, created_at, headers) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     /* ?1 stored before, ?2 now, ?3 limit: follow-ups nobody publishes now */
     [CW_SQ_FOLLOWUP_DUE] =
-        "SELECT id, message_id, saga_id, type, exchange, routing_key, body FROM followups"
+        "SELECT id, message_id, saga_id, type, exchange, routing_key, body, headers FROM followups"
         " WHERE created_at < ?1 AND (lease_until IS NULL OR lease_until < ?2) ORDER BY id LIMIT ?3",
     /* ?1 row, ?2 owner, ?3 lease_until */
     [CW_SQ_FOLLOWUP_TAKE] = "UPDATE followups SET owner = ?2, lease_until = ?3 WHERE id = ?1",

@@ -42,6 +42,8 @@ enum {
 /* The schema of version CW_SQ_SCHEMA_VERSION (store_sqlite.c), for a new
  * database: tables `tasks` and `attempts`. */
 extern const char cw__sq_schema[];
+/* What a file of version 2 needs before the schema above (store_sqlite_open.c). */
+extern const char cw__sq_migrate_v2[];
 
 /* The text of each statement of the enum above. */
 extern const char *const cw__sq_sql[CW_SQ_COUNT];

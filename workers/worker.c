@@ -887,6 +887,20 @@ static void followups_done(cw_worker *w, const char **ids, size_t n)
  * outcomes, waits for the confirms and removes them from the store. Those
  * not confirmed stay stored, for followups_scan(). 0, or the status of a
  * lost session. */
+/* Publishes one follow-up with its headers (unconfirmed). */
+static int publish_followup(cw_worker *w, const cw_followup *f)
+{
+    amqp_table_t headers;
+    json_object *hold;
+    int rc = cw__headers_table(f->headers, &headers, &hold);
+    if (rc == 0)
+        rc = cw__publish_task(&w->pub, f->exchange, f->routing_key, f->message_id, f->type,
+                              f->saga_id, f->body, f->len, &headers);
+    free(headers.entries);
+    json_object_put(hold);
+    return rc;
+}
+
 static int publish_followups(cw_worker *w, cw_task **set, size_t n)
 {
     size_t sent = 0;
@@ -897,8 +911,7 @@ static int publish_followups(cw_worker *w, cw_task **set, size_t n)
             continue;
         for (size_t k = 0; k < t->n_sends && rc == 0; k++) {
             const cw_followup *f = &t->sends[k];
-            rc = cw__publish_task(&w->pub, f->exchange, f->routing_key, f->message_id, f->type,
-                                  f->saga_id, f->body, f->len, NULL);
+            rc = publish_followup(w, f);
             if (rc == 0)
                 w->done_ids[sent++] = f->message_id;
         }
@@ -940,8 +953,7 @@ static int followups_scan(cw_worker *w)
     }
     size_t published = 0;
     for (size_t i = 0; i < n && rc == 0; i++) {
-        rc = cw__publish_task(&w->pub, f[i].exchange, f[i].routing_key, f[i].message_id, f[i].type,
-                              f[i].saga_id, f[i].body, f[i].len, NULL);
+        rc = publish_followup(w, &f[i]);
         if (rc == 0)
             rc = cw__publisher_wait(&w->pub, CW_CONFIRM_TIMEOUT_MS);
         if (rc == 0) {

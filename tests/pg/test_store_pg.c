@@ -230,7 +230,7 @@ static void newer_schema_refused(void **state)
     assert_int_equal(cw_store_open(&s, &o), CW_STATUS_STORE);
     assert_null(s);
     assert_non_null(strstr(cw_error_last(), "version 7"));
-    assert_non_null(strstr(cw_error_last(), "(2)"));
+    assert_non_null(strstr(cw_error_last(), "(3)"));
     char out[512];
     assert_int_equal(cw_store_probe(&o, out, sizeof out), 0);
     assert_non_null(strstr(out, "version 7, newer"));
@@ -261,7 +261,7 @@ static void schema_of_users_choice(void **state)
     sql(q, v, sizeof v);
     assert_string_equal(v, "5");
     assert_int_equal(cw_store_probe(&o, out, sizeof out), 0);
-    assert_non_null(strstr(out, "at version 2"));
+    assert_non_null(strstr(out, "at version 3"));
     assert_non_null(strstr(out, "postgresql://cw@127.0.0.1"));
     assert_null(strstr(out, PASSWORD));
     snprintf(q, sizeof q, "DROP SCHEMA \"%s\" CASCADE", schema);
@@ -310,7 +310,7 @@ static void hosts_starting_at_once(void **state)
     }
     snprintf(q, sizeof q, "SELECT value FROM %s.cw_meta WHERE key = 'schema_version'", schema);
     sql(q, v, sizeof v);
-    assert_string_equal(v, "2");
+    assert_string_equal(v, "3");
 }
 
 /* ---- credentials and reachability ---------------------------------------------- */

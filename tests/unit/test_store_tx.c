@@ -585,19 +585,25 @@ static void settle_stores_followups(const fixture *f)
 }
 BOTH(settle_stores_followups)
 
+/* The tables of schema version 3 (saga plans), dropped to make an older
+ * store of a new one. */
+#define V3_TABLES "cw_sagas, %1$s.cw_saga_steps, %1$s.cw_saga_history"
+
 /* A store of the schema before follow-ups is migrated at open. */
 static void migrates_from_v1(const fixture *f)
 {
     cw_store_free(open_as(f, "w1"));
-    char sql[512];
+    char sql[768];
     if (is_pg(f)) {
         snprintf(sql, sizeof sql,
                  "DROP TABLE %1$s.cw_followups; DROP TRIGGER cw_tx_guard ON %1$s.cw_tasks;"
-                 " DROP FUNCTION %1$s.cw_tx_guard();"
+                 " DROP FUNCTION %1$s.cw_tx_guard(); DROP TABLE %1$s." V3_TABLES ";"
                  " UPDATE %1$s.cw_meta SET value = '1' WHERE key = 'schema_version'",
                  f->schema);
     } else {
-        snprintf(sql, sizeof sql, "DROP TABLE followups; PRAGMA user_version = 1");
+        snprintf(sql, sizeof sql,
+                 "DROP TABLE followups; DROP TABLE cw_sagas; DROP TABLE cw_saga_steps;"
+                 " DROP TABLE cw_saga_history; PRAGMA user_version = 1");
     }
     admin_sql(f, sql);
     int64_t ticket;
@@ -605,9 +611,9 @@ static void migrates_from_v1(const fixture *f)
     if (is_pg(f)) {
         snprintf(sql, sizeof sql, "SELECT value::int FROM %s.cw_meta WHERE key = 'schema_version'",
                  f->schema);
-        assert_int_equal(admin_count(f, sql), 2);
+        assert_int_equal(admin_count(f, sql), 3);
     } else {
-        assert_int_equal(admin_count(f, "PRAGMA user_version"), 2);
+        assert_int_equal(admin_count(f, "PRAGMA user_version"), 3);
     }
     cw_store_tx *tx = tx_as(f, "w1");
     assert_int_equal(cw_store_tx_begin(tx, ticket, T0 + 1), 0);
@@ -622,6 +628,53 @@ static void migrates_from_v1(const fixture *f)
     cw_store_free(s);
 }
 BOTH(migrates_from_v1)
+
+/* A store of version 2 gains the follow-ups' headers and the saga tables,
+ * its follow-ups kept; a follow-up's headers come back as stored. */
+static void migrates_from_v2(const fixture *f)
+{
+    cw_store_free(open_as(f, "w1"));
+    char sql[768];
+    if (is_pg(f)) {
+        snprintf(sql, sizeof sql,
+                 "ALTER TABLE %1$s.cw_followups DROP COLUMN headers; DROP TABLE %1$s." V3_TABLES
+                 "; UPDATE %1$s.cw_meta SET value = '2' WHERE key = 'schema_version'",
+                 f->schema);
+    } else {
+        snprintf(sql, sizeof sql,
+                 "ALTER TABLE followups DROP COLUMN headers; DROP TABLE cw_sagas;"
+                 " DROP TABLE cw_saga_steps; DROP TABLE cw_saga_history; PRAGMA user_version = 2");
+    }
+    admin_sql(f, sql);
+    int64_t ticket;
+    cw_store *s = setup(f, "m2", &ticket);
+    if (is_pg(f)) {
+        snprintf(sql, sizeof sql, "SELECT count(*) FROM %s.cw_sagas", f->schema);
+        assert_int_equal(admin_count(f, sql), 0);
+    } else {
+        assert_int_equal(admin_count(f, "PRAGMA user_version"), 3);
+        assert_int_equal(admin_count(f, "SELECT count(*) FROM cw_sagas"), 0);
+    }
+    cw_store_tx *tx = tx_as(f, "w1");
+    assert_int_equal(cw_store_tx_begin(tx, ticket, T0 + 1), 0);
+    cw_followup fu[2] = {followup("f-h", "events", "{}"), followup("f-n", "events", "{}")};
+    fu[0].headers = "{\"cw-saga-plan\":\"plan-1\",\"cw-saga-step\":\"2.1\"}";
+    assert_int_equal(cw_store_tx_commit(tx, fu, 2), 0);
+    cw_followup out[2];
+    size_t n;
+    assert_int_equal(cw_store_followups_due(s, T0 + 10, T0 + 10, 1000, out, 2, &n), 0);
+    assert_int_equal(n, 2);
+    for (size_t i = 0; i < n; i++) {
+        if (strcmp(out[i].message_id, "f-h") == 0)
+            assert_string_equal(out[i].headers, fu[0].headers);
+        else
+            assert_null(out[i].headers);
+        cw_followup_clear(&out[i]);
+    }
+    cw_store_tx_free(tx);
+    cw_store_free(s);
+}
+BOTH(migrates_from_v2)
 
 static void memory_has_none(void **state)
 {
@@ -670,6 +723,8 @@ int main(void)
         cmocka_unit_test(settle_stores_followups_pg),
         cmocka_unit_test(migrates_from_v1_file),
         cmocka_unit_test(migrates_from_v1_pg),
+        cmocka_unit_test(migrates_from_v2_file),
+        cmocka_unit_test(migrates_from_v2_pg),
         cmocka_unit_test(memory_has_none),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
