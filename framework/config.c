@@ -493,6 +493,16 @@ static int cw_config_finish(cw_config_ctx *ctx)
                               "set both for a client certificate, or neither",
                               ctx->file, where);
     }
+    if (cfg->saga_plans && cfg->store_backend == CW_STORE_MEMORY) {
+        size_t set = cw_config_key_index("pool", "saga_plans");
+        char where[64] = "";
+        if (cfg->origin[set] == CW_ORIGIN_FILE)
+            snprintf(where, sizeof where, ":%u", cfg->line[set]);
+        return cw_config_fail(ctx, CW_STATUS_CONFIG,
+                              "%s%s: [pool] saga_plans: needs a store with transactions ([store] "
+                              "backend sqlite or postgresql, not memory)",
+                              ctx->file, where);
+    }
     if (cfg->store_backend == CW_STORE_POSTGRESQL && cfg->store_url == NULL) {
         size_t set = cw_config_key_index("store", "backend");
         char where[64] = "";

@@ -118,6 +118,8 @@ typedef struct cw_config {
     unsigned concurrency; /* handler threads per worker; default 1, 1..CW_POOL_MAX_CONCURRENCY */
     int64_t shutdown_timeout_ms; /* default 30s: in-flight tasks settle within it */
     char *metrics_listen;        /* "host:port" of /metrics and /healthz, NULL = off */
+    bool saga_plans;             /* this pool runs saga compensation plans (cw.saga.plan) */
+    char **saga_step_types;      /* NULL-terminated: step types other pools handle */
 
     /* [store] */
     cw_store_backend store_backend; /* default sqlite */

@@ -19,6 +19,7 @@
 #include "framework/listen.h"
 #include "framework/outbox.h"
 #include "framework/parse.h"
+#include "framework/registry.h"
 #include "framework/url.h"
 
 #define CW_AMQP_NAME_MAX 255 /* exchange and queue names are AMQP short strings */
@@ -623,6 +624,29 @@ static int cw_set_max_delay(const cw_key *k, cw_config_ctx *ctx, void *dst, cons
     return cw_check_duration(k, value, dst, why, why_len);
 }
 
+/* [pool] saga_step_types: task types, separated by blanks. */
+static int cw_set_types(const cw_key *k, cw_config_ctx *ctx, void *dst, const char *value,
+                        char *why, size_t why_len)
+{
+    (void)k;
+    (void)ctx;
+    char **words = NULL;
+    int rc = cw__argv_split(&words, value, why, why_len);
+    if (rc != 0)
+        return CW_STATUS_CONFIG;
+    for (char **w = words; *w; w++) {
+        if (!cw__type_valid(*w, strlen(*w))) {
+            snprintf(why, why_len, "'%.64s' is not a task type (1 to 255 of A-Z a-z 0-9 . _ : -)",
+                     *w);
+            cw__argv_free(words);
+            return CW_STATUS_CONFIG;
+        }
+    }
+    cw__argv_free(*(char ***)dst);
+    *(char ***)dst = words;
+    return 0;
+}
+
 /* [alert] command: a program given by its absolute path (it is run with
  * execve(), without a shell or a PATH search), and its arguments. */
 static int cw_set_command(const cw_key *k, cw_config_ctx *ctx, void *dst, const char *value,
@@ -729,6 +753,9 @@ const cw_key cw__config_keys[] = {
      .hint = "250ms, 5s, 2m, 1h, 7d", .range = "must be more than 0"},
     {"pool", "metrics_listen", CW_T_STRING, CW_AT(metrics_listen), "CW_POOL_METRICS_LISTEN",
      .unset = "off", .set = cw_set_metrics_listen},
+    {"pool", "saga_plans", CW_T_BOOL, CW_AT(saga_plans), "CW_POOL_SAGA_PLANS", .def.i = false},
+    {"pool", "saga_step_types", CW_T_WORDS, CW_AT(saga_step_types), "CW_POOL_SAGA_STEP_TYPES",
+     .def.words = cw_no_words, .set = cw_set_types},
 
     /* [store] */
     {"store", "backend", CW_T_CHOICE, CW_AT(store_backend), "CW_STORE_BACKEND",

@@ -476,6 +476,27 @@ int cw_metrics_render(const cw_metrics_snapshot *s, const cw_metrics_info *info,
     if (info->dlq_ready >= 0)
         gauge(f, "compworker_dlq_messages", "gauge", "Messages in the pool's dead-letter queue.",
               info, info->dlq, info->dlq_ready);
+    if (info->sagas_started >= 0) {
+        gauge(f, "compworker_sagas_started_total", "counter",
+              "Saga compensation plans accepted (the store's sagas).", info, NULL,
+              info->sagas_started);
+        gauge(f, "compworker_sagas_done_total", "counter", "Sagas whose every step is done.", info,
+              NULL, info->sagas_done);
+        gauge(f, "compworker_sagas_running", "gauge", "Sagas not done yet.", info, NULL,
+              info->sagas_running);
+        gauge(f, "compworker_sagas_stuck", "gauge",
+              "Sagas halted by a dead-lettered step (replay it to resume).", info, NULL,
+              info->sagas_stuck);
+        gauge(f, "compworker_sagas_overdue", "gauge", "Sagas past their deadline, not done.", info,
+              NULL, info->sagas_overdue);
+        header(f, "compworker_saga_duration_seconds", "summary",
+               "Time from a plan's arrival to its last step done, of the done sagas.");
+        fprintf(f, "compworker_saga_duration_seconds_sum{");
+        put_label(f, "pool", info->pool);
+        fprintf(f, "} %.3f\ncompworker_saga_duration_seconds_count{", info->sagas_done_ms / 1000.0);
+        put_label(f, "pool", info->pool);
+        fprintf(f, "} %lld\n", (long long)info->sagas_done);
+    }
 
     if (fclose(f) != 0 || !buf) {
         free(buf);

@@ -187,6 +187,9 @@ typedef struct cw_metrics_info {
     int64_t queue_consumers;         /* -1: unknown */
     int64_t dlq_ready;               /* -1: unknown */
     int64_t queue_foreign_consumers; /* consumers not the pool's workers; -1: unknown */
+    /* saga plans ([pool] saga_plans), from the store; sagas_started -1: not shown */
+    int64_t sagas_started, sagas_done, sagas_running, sagas_stuck, sagas_overdue;
+    int64_t sagas_done_ms; /* the done ones' time to complete, in all */
 } cw_metrics_info;
 
 /* A row read out of shared memory. */

@@ -245,6 +245,13 @@ static bool short_string(const char *s, bool empty_ok)
 int cw_task_send(cw_task *task, const char *exchange, const char *routing_key, const char *type,
                  const void *body, size_t len)
 {
+    return cw__task_send_as(task, exchange, routing_key, type, body, len, NULL, NULL);
+}
+
+int cw__task_send_as(cw_task *task, const char *exchange, const char *routing_key,
+                     const char *type, const void *body, size_t len, const char *message_id,
+                     const char *headers)
+{
     if (!task)
         return cw__error(CW_STATUS_INVALID_ARG, "cw_task_send: NULL task");
     if (!exchange || !short_string(exchange, true))
@@ -278,14 +285,18 @@ int cw_task_send(cw_task *task, const char *exchange, const char *routing_key, c
     f->type = strdup(type);
     f->saga_id = task->saga_id[0] ? strdup(task->saga_id) : NULL;
     f->body = malloc(len ? len : 1);
+    f->headers = headers ? strdup(headers) : NULL;
     if (!f->exchange || !f->routing_key || !f->type || !f->body ||
-        (task->saga_id[0] && !f->saga_id)) {
+        (task->saga_id[0] && !f->saga_id) || (headers && !f->headers)) {
         cw_followup_clear(f);
         return refuse_send(task, CW_STATUS_NOMEM, "%s", "out of memory");
     }
     memcpy(f->body, body, len);
     f->len = len;
-    cw__followup_id(task->message_id, task->n_sends, f->message_id);
+    if (message_id)
+        snprintf(f->message_id, sizeof f->message_id, "%s", message_id);
+    else
+        cw__followup_id(task->message_id, task->n_sends, f->message_id);
     task->n_sends++;
     task->send_bytes += len;
     return 0;

@@ -21,6 +21,7 @@ int cw_cmd_status(int argc, char **argv);
 int cw_cmd_config(int argc, char **argv);
 int cw_cmd_version(int argc, char **argv);
 int cw_cmd_relay(int argc, char **argv);
+int cw_cmd_saga(int argc, char **argv);
 
 /* Prints "compworker: <msg>" on stderr and returns `code` (opt.c). */
 int cw_cli_fail(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

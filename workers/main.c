@@ -33,6 +33,7 @@ static const command commands[] = {
     {"relay", cw_cmd_relay,
      "the outbox relay: publish the tasks services commit to their outbox table "
      "('relay init' creates it)"},
+    {"saga", cw_cmd_saga, "where a saga's compensation plan is: saga show SAGA_ID, saga list"},
     {"status", cw_cmd_status, "what became of a task: state, attempts, history"},
     {"version", cw_cmd_version, "print the version"},
     {"help", cmd_help, "print this help"},

@@ -22,11 +22,13 @@
 #include "framework/error.h"
 #include "framework/log.h"
 #include "framework/owner.h"
+#include "saga/saga_db.h"
 #include "workers/cli.h"
 #include "workers/http.h"
 #include "workers/pool.h"
 
 #define DEPTH_EVERY_MS 5000
+#define SAGA_EVERY_MS 1000 /* deadlines looked at, saga counts read */
 /* Consumers of the pool queue that are not this pool's workers, for this
  * long, on a pool whose store is this host's own: a warning. */
 #define FOREIGN_WARN_MS 30000
@@ -48,6 +50,11 @@ typedef struct monitor {
     _Atomic int64_t foreign;  /* consumers of the queue not ours; -1: unknown */
     int64_t foreign_since_ms; /* when they appeared, 0 while there are none */
     bool foreign_warned;
+    /* saga plans: the store's counts (sagas_started -1 until read) */
+    _Atomic int64_t sagas_started, sagas_done, sagas_running, sagas_stuck, sagas_overdue,
+        sagas_done_ms;
+    cw_saga_db sagas;
+    bool sagas_open, sagas_failing;
 } monitor;
 
 /* ---- HTTP ----------------------------------------------------------------- */
@@ -66,6 +73,12 @@ static enum MHD_Result serve_metrics(monitor *mon, struct MHD_Connection *c)
         .queue_consumers = atomic_load(&mon->queue_consumers),
         .dlq_ready = atomic_load(&mon->dlq_ready),
         .queue_foreign_consumers = atomic_load(&mon->foreign),
+        .sagas_started = atomic_load(&mon->sagas_started),
+        .sagas_done = atomic_load(&mon->sagas_done),
+        .sagas_running = atomic_load(&mon->sagas_running),
+        .sagas_stuck = atomic_load(&mon->sagas_stuck),
+        .sagas_overdue = atomic_load(&mon->sagas_overdue),
+        .sagas_done_ms = atomic_load(&mon->sagas_done_ms),
     };
     char *body;
     size_t len;
@@ -262,6 +275,72 @@ static void post_crash_loop(monitor *mon, cw_alerter *alerter)
     cw_alerter_post(alerter, &ev);
 }
 
+/* ---- saga deadlines ------------------------------------------------------- */
+
+/* Alerts once for each saga past its deadline (the store marks it alerted
+ * in the same statement, so that the monitors of several hosts on one
+ * PostgreSQL store alert once in all), and reads the sagas' counts for
+ * /metrics. */
+static void saga_poll(monitor *mon, cw_alerter *alerter)
+{
+    if (!mon->sagas_open) {
+        if (cw_saga_db_open(&mon->sagas, mon->cfg, false)) {
+            if (!mon->sagas_failing)
+                cw_log_warn(NULL, "saga deadlines are not watched: %s", cw_error_last());
+            mon->sagas_failing = true;
+            return;
+        }
+        mon->sagas_open = true;
+    }
+    int64_t now = cw__now_ms();
+    char at[24];
+    snprintf(at, sizeof at, "%lld", (long long)now);
+    const char *v[1] = {at};
+    cw_saga_rows r = {0};
+    if (cw_saga_db_run(&mon->sagas, CW_SD_OVERDUE, 1, v, &r) == 0) {
+        for (size_t i = 0; i < r.n; i++) {
+            const char *saga = cw_saga_rows_get(&r, i, 0);
+            long long stage = atoll(cw_saga_rows_get(&r, i, 2)) + 1;
+            long long stages = atoll(cw_saga_rows_get(&r, i, 3));
+            long long took = (now - atoll(cw_saga_rows_get(&r, i, 5))) / 1000;
+            char reason[512], host[256] = "", who[300];
+            snprintf(reason, sizeof reason,
+                     "saga %s is not done by its deadline (%lld s after its plan came): on stage "
+                     "%lld of %lld of plan %s; see compworker saga show %s",
+                     saga, took, stage, stages, cw_saga_rows_get(&r, i, 1), saga);
+            gethostname(host, sizeof host - 1);
+            snprintf(who, sizeof who, "%s:%ld (monitor)", host, (long)getpid());
+            cw_log_warn(NULL, "%s", reason);
+            cw_alert_event ev = {.saga_id = saga,
+                                 .message_id = cw_saga_rows_get(&r, i, 1),
+                                 .type = "cw.saga.plan",
+                                 .error_class = "saga-deadline",
+                                 .reason = reason,
+                                 .queue = mon->cfg->queue,
+                                 .worker = who};
+            if (alerter)
+                cw_alerter_post(alerter, &ev);
+        }
+        cw_saga_rows_free(&r);
+    } else {
+        cw_log_warn(NULL, "looking for overdue sagas failed: %s", cw_error_last());
+        cw_saga_db_close(&mon->sagas);
+        mon->sagas_open = false;
+        return;
+    }
+    if (cw_saga_db_run(&mon->sagas, CW_SD_STATS, 1, v, &r) == 0 && r.n == 1) {
+        const char *c;
+        atomic_store(&mon->sagas_done, (c = cw_saga_rows_get(&r, 0, 1)) ? atoll(c) : 0);
+        atomic_store(&mon->sagas_running, (c = cw_saga_rows_get(&r, 0, 2)) ? atoll(c) : 0);
+        atomic_store(&mon->sagas_stuck, (c = cw_saga_rows_get(&r, 0, 3)) ? atoll(c) : 0);
+        atomic_store(&mon->sagas_overdue, (c = cw_saga_rows_get(&r, 0, 4)) ? atoll(c) : 0);
+        atomic_store(&mon->sagas_done_ms, (c = cw_saga_rows_get(&r, 0, 5)) ? atoll(c) : 0);
+        atomic_store(&mon->sagas_started, (c = cw_saga_rows_get(&r, 0, 0)) ? atoll(c) : 0);
+    }
+    cw_saga_rows_free(&r);
+    mon->sagas_failing = false;
+}
+
 /* ---- main ----------------------------------------------------------------- */
 
 int cw_pool_monitor_main(const cw_config *cfg, cw_metrics *m, pid_t supervisor)
@@ -288,6 +367,7 @@ int cw_pool_monitor_main(const cw_config *cfg, cw_metrics *m, pid_t supervisor)
     atomic_store(&mon.queue_consumers, -1);
     atomic_store(&mon.dlq_ready, -1);
     atomic_store(&mon.foreign, -1);
+    atomic_store(&mon.sagas_started, -1);
 
     int code = CW_EXIT_OK;
     cw_alerter *alerter = NULL;
@@ -310,6 +390,7 @@ int cw_pool_monitor_main(const cw_config *cfg, cw_metrics *m, pid_t supervisor)
     uint64_t alert_seen = atomic_load(&m->alert_seq);
     /* The first poll waits for the workers to declare the queues. */
     int64_t next_depth = cw__mono_ms() + 2000;
+    int64_t next_saga = cw__mono_ms() + 2000;
     while (!cw_stop && getppid() == supervisor) {
         int64_t t = cw__mono_ms();
         uint64_t seq = atomic_load(&m->alert_seq);
@@ -317,6 +398,10 @@ int cw_pool_monitor_main(const cw_config *cfg, cw_metrics *m, pid_t supervisor)
             alert_seen = seq;
             if (alerter)
                 post_crash_loop(&mon, alerter);
+        }
+        if (cfg->saga_plans && t >= next_saga) {
+            saga_poll(&mon, alerter);
+            next_saga = cw__mono_ms() + SAGA_EVERY_MS;
         }
         if ((http || cfg->store_backend == CW_STORE_SQLITE) && t >= next_depth) {
             depth_poll(&mon, &dc);
@@ -330,6 +415,8 @@ int cw_pool_monitor_main(const cw_config *cfg, cw_metrics *m, pid_t supervisor)
 out:
     if (http)
         MHD_stop_daemon(http);
+    if (mon.sagas_open)
+        cw_saga_db_close(&mon.sagas);
     if (dc.conn)
         cw__broker_close(dc.conn);
     cw_alerter_free(alerter);

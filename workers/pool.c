@@ -482,7 +482,7 @@ static bool monitor_same(const cw_config *a, const cw_config *b)
                 a->alert.timeout_ms == b->alert.timeout_ms &&
                 a->alert.webhook_retries == b->alert.webhook_retries &&
                 a->alert.rate_limit_ms == b->alert.rate_limit_ms && a->log_level == b->log_level &&
-                a->log_format == b->log_format;
+                a->log_format == b->log_format && a->saga_plans == b->saga_plans;
     char **x = a->alert.command_argv, **y = b->alert.command_argv;
     for (; same && x && y && *x && *y; x++, y++)
         same = strcmp(*x, *y) == 0;
@@ -638,9 +638,9 @@ static void on_signal(pool *p, int sig)
 int cw_pool_monitor_needed(const cw_config *cfg)
 {
     /* A pool with a SQLite store watches its queue for consumers of other
-     * hosts (see the monitor). */
+     * hosts (see the monitor); one that runs saga plans, their deadlines. */
     return cfg->metrics_listen || cfg->alert.command_argv || cfg->alert.webhook_url ||
-           cfg->store_backend == CW_STORE_SQLITE;
+           cfg->store_backend == CW_STORE_SQLITE || cfg->saga_plans;
 }
 
 int cw_pool_run(cw_config *cfg, const cw_pool_opts *opts)

@@ -11,6 +11,7 @@
 #include "framework/owner.h"
 #include "framework/registry.h"
 #include "workers/cli.h"
+#include "saga/saga.h"
 #include "workers/pool.h"
 #include "workers/worker.h"
 
@@ -77,6 +78,16 @@ int cw_pool_worker_main(const cw_config *cfg, cw_metrics *m, int slot)
     cw_registry_use_settings(reg, cfg->plugin_settings, cfg->n_plugin_settings);
     for (size_t i = 0; i < cfg->n_plugins; i++) {
         if (cw_plugin_load(reg, cfg->plugins[i]))
+            goto out_err;
+    }
+    /* Plans: after the plugins, whose types a plan's steps are checked
+     * against. */
+    static cw_saga_config saga;
+    if (cfg->saga_plans) {
+        saga = (cw_saga_config){.reg = reg,
+                                .step_types = (const char *const *)cfg->saga_step_types,
+                                .exchange = cfg->exchange};
+        if (cw_saga_register(reg, &saga))
             goto out_err;
     }
     code = CW_EXIT_FAILURE;

@@ -40,6 +40,7 @@
 #include "framework/task.h"
 #include "retry/delay.h"
 #include "retry/policy.h"
+#include "saga/saga.h"
 #include "workers/worker.h"
 #include "workers/worker_private.h"
 
@@ -396,6 +397,10 @@ static void run_task(cw_task *t, cw_running *slot, void *ud)
     t->ran = true;
     int out = (int)t->handler->fn(t, t->handler->user_data);
     atomic_store(&slot->started_ms, 0);
+    /* A step of a saga's plan: its part of the saga rides on its outcome's
+     * commit (the next stage's steps among its follow-ups). */
+    if (out == CW_OK && cw_saga_is_step(t))
+        out = (int)cw_saga_step_done(t, w->cfg->exchange);
     out = finish_effects(t, out);
     if (w->metrics)
         cw_metrics_observe(mrow(w, t), (uint64_t)(cw__mono_ns() - t0));
@@ -421,7 +426,10 @@ static void run_task(cw_task *t, cw_running *slot, void *ud)
     }
     case CW_FAIL:
         t->outcome = CW_FAIL;
-        snprintf(t->error_class, sizeof t->error_class, "permanent");
+        /* "invalid": a built-in handler's verdict on the message (a saga
+         * plan that does not hold); any other failure is permanent. */
+        if (strcmp(t->error_class, "invalid") != 0)
+            snprintf(t->error_class, sizeof t->error_class, "permanent");
         if (!t->reason[0])
             snprintf(t->reason, sizeof t->reason, "handler failed without a reason");
         t->action = ACT_DLQ;
