@@ -190,6 +190,7 @@ static int parse_options(int argc, char **argv, options *o)
     o->ledger = ledger_path(NULL);
     o->orders = DEFAULT_ORDERS;
     o->seed = 1;
+    o->outbox = NULL;
 
     for (int i = 1; i < argc;) {
         const char *arg = argv[i++];
