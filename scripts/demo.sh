@@ -156,6 +156,8 @@ workers = 2
 concurrency = 4
 shutdown_timeout = 30s
 metrics_listen = 127.0.0.1:0
+; This pool also takes saga compensation plans (cw.saga.plan).
+saga_plans = true
 
 [store]
 $store_lines
@@ -333,6 +335,45 @@ if [ "$applied" != "$unique" ] || [ "$twice" != 0 ] || [ "$left" != 0 ]; then
 elif [ -n "$killed" ]; then
     echo "0 applied twice, even under kill ($killed): each compensation was written in the" \
          "transaction of its done record"
+fi
+
+say "one more order's compensations as a saga plan: cancel the shipment, then restock, then refund"
+# A fresh order in the ledger: its payment taken, its stock reserved, its
+# shipment booked. The refund names its payment with a stray "-x".
+sqlite3 "$ledger" "INSERT OR REPLACE INTO payments VALUES ('pay-plan-1', 'ord-plan-1', 4200, 0);
+                   INSERT OR REPLACE INTO shipments VALUES ('shp-plan-1', 'ord-plan-1', 'booked');
+                   INSERT OR IGNORE INTO stock VALUES ('SKU-PLAN', 0);"
+plan='{"steps":[{"type":"shipment.cancel","body":{"order_id":"ord-plan-1","shipment_id":"shp-plan-1"}},
+ {"type":"inventory.restock","body":{"order_id":"ord-plan-1","sku":"SKU-PLAN","qty":3}},
+ {"type":"payment.refund","body":{"order_id":"ord-plan-1","payment_id":"pay-plan-1-x","amount_cents":4200}}],
+ "deadline":"5m"}'
+cw publish -c "$pool_ini" --type cw.saga.plan --saga-id saga-ord-plan-1 \
+    --message-id "plan-ord-plan-1-$(date +%s)" --data "$plan" >/dev/null || status=1
+saga_state() {
+    cw saga show -c "$pool_ini" --json saga-ord-plan-1 2>/dev/null |
+        sed -n 's/^{"saga_id":"[^"]*","plan_id":"[^"]*","state":"\([a-z]*\)".*/\1/p'
+}
+for _ in $(seq 1 100); do
+    [ "$(saga_state)" = stuck ] && break
+    sleep 0.2
+done
+cw saga show -c "$pool_ini" saga-ord-plan-1 || status=1
+say "fixing the refund's payment ID and replaying it (compworker dlq replay --edit): the plan goes on"
+for id in $(cw dlq list -c "$pool_ini" --grep "pay-plan-1-x" --json |
+            sed -n 's/^{"message_id":"\([^"]*\)".*/\1/p'); do
+    EDITOR='sed -i -e s/-x"/"/' cw dlq replay -c "$pool_ini" --edit "$id" >/dev/null || status=1
+done
+for _ in $(seq 1 100); do
+    [ "$(saga_state)" = done ] && break
+    sleep 0.2
+done
+cw saga show -c "$pool_ini" saga-ord-plan-1 | head -1
+order=$(sqlite3 "$ledger" "SELECT group_concat(kind, ' -> ') FROM (SELECT kind FROM effects
+                           WHERE order_id = 'ord-plan-1' ORDER BY id)")
+echo "ord-plan-1's compensations, in the order they were applied: $order"
+if [ "$(saga_state)" != done ] || [ "$order" != "cancel -> restock -> refund" ]; then
+    echo "demo: the saga plan did not finish in order" >&2
+    status=1
 fi
 
 if [ -n "$relay_pid" ]; then

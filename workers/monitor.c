@@ -303,17 +303,42 @@ static void saga_poll(monitor *mon, cw_alerter *alerter)
             long long stage = atoll(cw_saga_rows_get(&r, i, 2)) + 1;
             long long stages = atoll(cw_saga_rows_get(&r, i, 3));
             long long took = (now - atoll(cw_saga_rows_get(&r, i, 5))) / 1000;
-            char reason[512], host[256] = "", who[300];
+            /* The steps it is on, and why they are not done. */
+            char on[512] = "", type[256] = "cw.saga.plan";
+            const char *key[1] = {saga};
+            cw_saga_rows st = {0};
+            if (cw_saga_db_run(&mon->sagas, CW_SD_SHOW_STEPS, 1, key, &st) == 0) {
+                size_t o = 0;
+                for (size_t j = 0; j < st.n && o < sizeof on; j++) {
+                    if (atoll(cw_saga_rows_get(&st, j, 0)) + 1 != stage ||
+                        strcmp(cw_saga_rows_get(&st, j, 3), "done") == 0)
+                        continue;
+                    const char *task = cw_saga_rows_get(&st, j, 7);
+                    const char *err = cw_saga_rows_get(&st, j, 10);
+                    bool dead = task && atoi(task) == 3;
+                    if (!o)
+                        snprintf(type, sizeof type, "%s", cw_saga_rows_get(&st, j, 2));
+                    o += (size_t)snprintf(on + o, sizeof on - o, "%s%s %s%s%s", o ? "; " : "",
+                                          cw_saga_rows_get(&st, j, 2),
+                                          dead   ? "dead-lettered"
+                                          : task ? "not done"
+                                                 : "waiting",
+                                          err ? ": " : "", err ? err : "");
+                }
+            }
+            cw_saga_rows_free(&st);
+            char reason[1024], host[256] = "", who[300];
             snprintf(reason, sizeof reason,
                      "saga %s is not done by its deadline (%lld s after its plan came): on stage "
-                     "%lld of %lld of plan %s; see compworker saga show %s",
-                     saga, took, stage, stages, cw_saga_rows_get(&r, i, 1), saga);
+                     "%lld of %lld (%s) of plan %s; see compworker saga show %s",
+                     saga, took, stage, stages, on[0] ? on : "its steps not sent",
+                     cw_saga_rows_get(&r, i, 1), saga);
             gethostname(host, sizeof host - 1);
             snprintf(who, sizeof who, "%s:%ld (monitor)", host, (long)getpid());
             cw_log_warn(NULL, "%s", reason);
             cw_alert_event ev = {.saga_id = saga,
                                  .message_id = cw_saga_rows_get(&r, i, 1),
-                                 .type = "cw.saga.plan",
+                                 .type = type,
                                  .error_class = "saga-deadline",
                                  .reason = reason,
                                  .queue = mon->cfg->queue,

@@ -238,9 +238,40 @@ static void plans_in_order_pg(void **state)
 
 /* ---- stuck and resumed ------------------------------------------------------------ */
 
+/* The pool's /metrics base URL, from the monitor's log line. */
+static void metrics_base(cwtest_env *env, char *out, size_t cap)
+{
+    cwtest_log_wait(env, "serving metrics at http://", 1, WAIT_MS);
+    char *log = cwtest_log_read(env);
+    const char *p = strstr(log, "serving metrics at ") + strlen("serving metrics at ");
+    size_t n = strlen("http://") + strcspn(p + strlen("http://"), "/\"");
+    snprintf(out, cap, "%.*s", (int)n, p);
+    free(log);
+}
+
+/* Waits until the pool's sample `series` is `want`. */
+static void wait_metric(cwtest_env *env, const char *base, const char *series, double want)
+{
+    char name[256];
+    snprintf(name, sizeof name, "%s{pool=\"%s\"}", series, env->name);
+    int64_t deadline = cwtest_now_ms() + WAIT_MS;
+    double got = -1;
+    while (cwtest_now_ms() < deadline) {
+        long code;
+        char *body = cwtest_http_get(base, "/metrics", &code);
+        got = cwtest_metric(body, name);
+        free(body);
+        if (got == want)
+            return;
+        cwtest_sleep_ms(200);
+    }
+    fail_msg("%s is %g, not %g", name, got, want);
+}
+
 static void stuck_and_resumed(void **state, bool pg)
 {
-    cwtest_env *env = begin(state, pg ? "stuck_pg" : "stuck", pg, NULL, NULL);
+    cwtest_env *env = begin(state, pg ? "stuck_pg" : "stuck", pg, "metrics_listen = 127.0.0.1:0\n",
+                            NULL);
     char fixed[400], body[1024];
     snprintf(fixed, sizeof fixed, "%s/fixed", env->dir);
     snprintf(body, sizeof body,
@@ -265,6 +296,10 @@ static void stuck_and_resumed(void **state, bool pg)
     assert_int_equal(ledger_int(env, "SELECT count(*) FROM calls WHERE message_id = ?1", third), 0);
     assert_int_equal(cli(env, out, sizeof out, "saga", "list", "-c", env->ini, "--stuck", NULL), 0);
     assert_non_null(strstr(out, saga));
+    char base[128];
+    metrics_base(env, base, sizeof base);
+    wait_metric(env, base, "compworker_sagas_stuck", 1);
+    wait_metric(env, base, "compworker_sagas_started_total", 1);
 
     /* The operator fixes the cause and replays the step. */
     FILE *f = fopen(fixed, "w");
@@ -276,6 +311,8 @@ static void stuck_and_resumed(void **state, bool pg)
     wait_state(env, saga, "done", WAIT_MS);
     assert_int_equal(ledger_int(env, "SELECT count(*) FROM applied WHERE message_id = ?1", third),
                      1);
+    wait_metric(env, base, "compworker_sagas_done_total", 1);
+    wait_metric(env, base, "compworker_sagas_stuck", 0);
     assert_int_equal(cli(env, out, sizeof out, "saga", "show", "-c", env->ini, saga, NULL), 0);
     if (!strstr(out, "replayed by") || !strstr(out, "all 3 steps done"))
         fail_msg("saga show's history lacks the replay or the end:\n%s", out);
@@ -321,8 +358,12 @@ static void deadline_alert_once(void **state)
         seen = 0;
         for (size_t i = 0; i < cwtest_http_count(hook); i++) {
             char *doc = cwtest_http_body(hook, i);
-            if (strstr(doc, "\"error_class\":\"saga-deadline\"") && strstr(doc, saga))
+            if (strstr(doc, "\"error_class\":\"saga-deadline\"") && strstr(doc, saga)) {
                 seen++;
+                if (!strstr(doc, "stage 1 of 2 (it.apply dead-lettered: gateway says no)"))
+                    fail_msg("the deadline's alert does not say the step it is on and why: %s",
+                             doc);
+            }
             free(doc);
         }
         if (seen)
