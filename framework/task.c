@@ -248,9 +248,8 @@ int cw_task_send(cw_task *task, const char *exchange, const char *routing_key, c
     return cw__task_send_as(task, exchange, routing_key, type, body, len, NULL, NULL);
 }
 
-int cw__task_send_as(cw_task *task, const char *exchange, const char *routing_key,
-                     const char *type, const void *body, size_t len, const char *message_id,
-                     const char *headers)
+int cw__task_send_as(cw_task *task, const char *exchange, const char *routing_key, const char *type,
+                     const void *body, size_t len, const char *message_id, const char *headers)
 {
     if (!task)
         return cw__error(CW_STATUS_INVALID_ARG, "cw_task_send: NULL task");

@@ -63,9 +63,8 @@ void cw__task_reset(cw_task *t);
 /* cw_task_send() with the follow-up's message ID given (a UUID, 36
  * characters; NULL: derived as cw_task_send() does) and its headers (NULL,
  * or a JSON object of string values, copied): a saga plan's steps. */
-int cw__task_send_as(cw_task *task, const char *exchange, const char *routing_key,
-                     const char *type, const void *body, size_t len, const char *message_id,
-                     const char *headers);
+int cw__task_send_as(cw_task *task, const char *exchange, const char *routing_key, const char *type,
+                     const void *body, size_t len, const char *message_id, const char *headers);
 
 /* Drops the follow-ups the task queued (an outcome other than done). */
 void cw__task_drop_sends(cw_task *t);
