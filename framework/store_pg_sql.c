@@ -127,6 +127,7 @@ static const char schema_v3[] =
     " plan text NOT NULL" /* the routing slip: the plan's steps and deadline */
     ");"
     "CREATE INDEX cw_sagas_running ON @S.cw_sagas (deadline_at) WHERE state = 'running';"
+    "CREATE INDEX cw_sagas_done ON @S.cw_sagas (done_at) WHERE state = 'done';"
     "CREATE TABLE @S.cw_saga_steps ("
     " saga_id text NOT NULL,"
     " stage integer NOT NULL,"

@@ -78,6 +78,7 @@ const char cw__sq_schema[] =
     " plan TEXT NOT NULL"
     ");"
     "CREATE INDEX IF NOT EXISTS cw_sagas_running ON cw_sagas (deadline_at) WHERE state = 'running';"
+    "CREATE INDEX IF NOT EXISTS cw_sagas_done ON cw_sagas (done_at) WHERE state = 'done';"
     "CREATE TABLE IF NOT EXISTS cw_saga_steps ("
     " saga_id TEXT NOT NULL,"
     " stage INTEGER NOT NULL,"

@@ -66,6 +66,15 @@ static const char *const sql[CW_SD_COUNT] = {
                     " sum(CASE WHEN state = 'running' AND deadline_at < $1 THEN 1 ELSE 0 END),"
                     " sum(CASE WHEN state = 'done' THEN done_at - created_at ELSE 0 END)"
                     " FROM @S.cw_sagas",
+    [CW_SD_EXPIRE_STEPS] = "DELETE FROM @S.cw_saga_steps WHERE saga_id IN (SELECT saga_id FROM"
+                           " @S.cw_sagas WHERE state = 'done' AND done_at < $1"
+                           " ORDER BY done_at LIMIT $2)",
+    [CW_SD_EXPIRE_HISTORY] = "DELETE FROM @S.cw_saga_history WHERE saga_id IN (SELECT saga_id"
+                             " FROM @S.cw_sagas WHERE state = 'done' AND done_at < $1"
+                             " ORDER BY done_at LIMIT $2)",
+    [CW_SD_EXPIRE_SAGAS] = "DELETE FROM @S.cw_sagas WHERE saga_id IN (SELECT saga_id FROM"
+                           " @S.cw_sagas WHERE state = 'done' AND done_at < $1"
+                           " ORDER BY done_at LIMIT $2)",
 };
 
 const char *cw_saga_rows_get(const cw_saga_rows *r, size_t row, size_t col)

@@ -37,6 +37,11 @@ typedef enum cw_saga_stmt {
                            created_at), marking them alerted */
     CW_SD_STATS,        /* started, done, running, stuck, overdue ($1 now), count and sum
                            (ms) of the done ones' time to complete */
+    /* retention: $1 done before (ms), $2 sagas at most: the steps, the history, then the
+     * sagas themselves, of the sagas done before $1 */
+    CW_SD_EXPIRE_STEPS,
+    CW_SD_EXPIRE_HISTORY,
+    CW_SD_EXPIRE_SAGAS,
     CW_SD_COUNT
 } cw_saga_stmt;
 

@@ -28,7 +28,8 @@
 #include "workers/pool.h"
 
 #define DEPTH_EVERY_MS 5000
-#define SAGA_EVERY_MS 1000 /* deadlines looked at, saga counts read */
+#define SAGA_EVERY_MS 1000       /* deadlines looked at, done sagas past the retention removed */
+#define SAGA_STATS_EVERY_MS 5000 /* the sagas' counts read for /metrics */
 /* Consumers of the pool queue that are not this pool's workers, for this
  * long, on a pool whose store is this host's own: a warning. */
 #define FOREIGN_WARN_MS 30000
@@ -55,6 +56,7 @@ typedef struct monitor {
         sagas_done_ms;
     cw_saga_db sagas;
     bool sagas_open, sagas_failing;
+    int64_t sagas_stats_at; /* monotonic ms of the next count */
 } monitor;
 
 /* ---- HTTP ----------------------------------------------------------------- */
@@ -353,6 +355,24 @@ static void saga_poll(monitor *mon, cw_alerter *alerter)
         mon->sagas_open = false;
         return;
     }
+    /* Done sagas are kept as long as done tasks ([store] retention), then
+     * removed a chunk a second (a short statement each: the workers' step
+     * commits never wait long on it). */
+    char before[24], chunk[16] = "200";
+    snprintf(before, sizeof before, "%lld", (long long)(now - mon->cfg->retention_ms));
+    const char *ev[2] = {before, chunk};
+    for (int s = CW_SD_EXPIRE_STEPS; s <= CW_SD_EXPIRE_SAGAS; s++) {
+        if (cw_saga_db_run(&mon->sagas, (cw_saga_stmt)s, 2, ev, NULL)) {
+            cw_log_warn(NULL, "removing sagas past the retention failed: %s", cw_error_last());
+            break;
+        }
+    }
+    /* The counts (a pass over the sagas) less often than the deadlines. */
+    if (cw__mono_ms() < mon->sagas_stats_at) {
+        mon->sagas_failing = false;
+        return;
+    }
+    mon->sagas_stats_at = cw__mono_ms() + SAGA_STATS_EVERY_MS;
     if (cw_saga_db_run(&mon->sagas, CW_SD_STATS, 1, v, &r) == 0 && r.n == 1) {
         const char *c;
         atomic_store(&mon->sagas_done, (c = cw_saga_rows_get(&r, 0, 1)) ? atoll(c) : 0);

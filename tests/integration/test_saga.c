@@ -443,6 +443,30 @@ static void hostile_plans(void **state)
     cwtest_pass(env);
 }
 
+/* ---- retention ------------------------------------------------------------------ */
+
+static void retention_removes_done_sagas(void **state)
+{
+    cwtest_env *env = begin(state, "retention", false, NULL, "\n[store]\nretention = 2s\n");
+    cwtest_worker_start(env);
+    char plan[64], saga[64];
+    snprintf(plan, sizeof plan, "plan-kept-%ld", (long)getpid());
+    snprintf(saga, sizeof saga, "saga-kept-%ld", (long)getpid());
+    publish_plan(env, plan, saga, "{\"steps\":[{\"type\":\"it.apply\",\"body\":{}}]}");
+    cwtest_confirm_all(env);
+    wait_state(env, saga, "done", WAIT_MS);
+    /* gone after the retention: saga show knows it no more */
+    char out[4096];
+    int64_t deadline = cwtest_now_ms() + 20000;
+    int rc;
+    while ((rc = cli(env, out, sizeof out, "saga", "show", "-c", env->ini, saga, NULL)) == 0 &&
+           cwtest_now_ms() < deadline)
+        cwtest_sleep_ms(200);
+    assert_int_equal(rc, 1);
+    assert_int_equal(cwtest_worker_stop(env, SIGTERM, 30000), 0);
+    cwtest_pass(env);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -452,6 +476,7 @@ int main(void)
         cmocka_unit_test_teardown(stuck_and_resumed_pg, cwtest_teardown),
         cmocka_unit_test_teardown(deadline_alert_once, cwtest_teardown),
         cmocka_unit_test_teardown(hostile_plans, cwtest_teardown),
+        cmocka_unit_test_teardown(retention_removes_done_sagas, cwtest_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
