@@ -42,8 +42,27 @@ enum MHD_Result cw_http_respond_text(struct MHD_Connection *c, unsigned code, co
     return cw_http_respond(c, code, "text/plain; charset=utf-8", body, (size_t)n, true);
 }
 
-struct MHD_Daemon *cw_http_start(const char *listen, const char *key,
-                                 MHD_AccessHandlerCallback handler, void *cls)
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
+                                  const char *method, const char *version, const char *upload_data,
+                                  size_t *upload_data_size, void **con_cls)
+{
+    (void)version;
+    (void)upload_data;
+    (void)upload_data_size;
+    (void)con_cls;
+    const cw_http_site *site = cls;
+    if (strcmp(method, "GET") != 0 && strcmp(method, "HEAD") != 0)
+        return cw_http_respond_text(c, MHD_HTTP_METHOD_NOT_ALLOWED, "GET only\n");
+    if (strcmp(url, "/metrics") == 0)
+        return site->metrics(site->cls, c);
+    if (strcmp(url, "/healthz") == 0)
+        return site->health(site->cls, c);
+    if (strcmp(url, "/") == 0)
+        return cw_http_respond_text(c, MHD_HTTP_OK, "%s\n", site->index);
+    return cw_http_respond_text(c, MHD_HTTP_NOT_FOUND, "not found: /metrics, /healthz\n");
+}
+
+struct MHD_Daemon *cw_http_start(const char *listen, const char *key, const cw_http_site *site)
 {
     char host[256];
     unsigned port;
@@ -73,10 +92,10 @@ struct MHD_Daemon *cw_http_start(const char *listen, const char *key,
         ((struct sockaddr_in *)&sa)->sin_port = htons((uint16_t)port);
 
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_AUTO | (v6 ? MHD_USE_IPv6 : 0);
-    struct MHD_Daemon *d = MHD_start_daemon(flags, (uint16_t)port, NULL, NULL, handler, cls,
-                                            MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa,
-                                            MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)10,
-                                            MHD_OPTION_CONNECTION_LIMIT, (unsigned)64,
+    struct MHD_Daemon *d = MHD_start_daemon(flags, (uint16_t)port, NULL, NULL, on_request,
+                                            (void *)site, MHD_OPTION_SOCK_ADDR,
+                                            (struct sockaddr *)&sa, MHD_OPTION_CONNECTION_TIMEOUT,
+                                            (unsigned)10, MHD_OPTION_CONNECTION_LIMIT, (unsigned)64,
                                             MHD_OPTION_END);
     if (!d) {
         cw_log_error(NULL, "%s %s: cannot listen (%s)", key, listen,

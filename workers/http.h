@@ -18,12 +18,20 @@ enum MHD_Result cw_http_respond(struct MHD_Connection *c, unsigned code, const c
 enum MHD_Result cw_http_respond_text(struct MHD_Connection *c, unsigned code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
-/* Serves `handler` (called on the server's thread with `cls`) on `listen`
- * ("host:port", "[v6]:port"; port 0 picks one, and the log says which);
- * `key` ("[pool] metrics_listen") names the setting in errors. NULL, after
- * an error line in the log, when it cannot listen. Stop it with
- * MHD_stop_daemon(). */
-struct MHD_Daemon *cw_http_start(const char *listen, const char *key,
-                                 MHD_AccessHandlerCallback handler, void *cls);
+/* What a server serves: GET /metrics, GET /healthz (each answered by its
+ * function, called on the server's thread with `cls`), GET / (the text
+ * `index`, a line); any other method 405, any other path 404. */
+typedef struct cw_http_site {
+    enum MHD_Result (*metrics)(void *cls, struct MHD_Connection *c);
+    enum MHD_Result (*health)(void *cls, struct MHD_Connection *c);
+    char index[320];
+    void *cls;
+} cw_http_site;
+
+/* Serves `site` (borrowed while the server runs) on `listen` ("host:port",
+ * "[v6]:port"; port 0 picks one, and the log says which); `key` ("[pool]
+ * metrics_listen") names the setting in errors. NULL, after an error line
+ * in the log, when it cannot listen. Stop it with MHD_stop_daemon(). */
+struct MHD_Daemon *cw_http_start(const char *listen, const char *key, const cw_http_site *site);
 
 #endif

@@ -61,8 +61,9 @@ typedef struct monitor {
 
 /* ---- HTTP ----------------------------------------------------------------- */
 
-static enum MHD_Result serve_metrics(monitor *mon, struct MHD_Connection *c)
+static enum MHD_Result serve_metrics(void *cls, struct MHD_Connection *c)
 {
+    monitor *mon = cls;
     cw_metrics_snapshot *s = malloc(sizeof *s);
     if (!s)
         return cw_http_respond_text(c, MHD_HTTP_INTERNAL_SERVER_ERROR, "out of memory\n");
@@ -93,8 +94,9 @@ static enum MHD_Result serve_metrics(monitor *mon, struct MHD_Connection *c)
 
 /* 200 when the supervisor runs and at least one worker has a broker
  * session and reaches its store; 503 with the reason otherwise. */
-static enum MHD_Result serve_health(monitor *mon, struct MHD_Connection *c)
+static enum MHD_Result serve_health(void *cls, struct MHD_Connection *c)
 {
+    monitor *mon = cls;
     cw_metrics *m = mon->m;
     int64_t beat = atomic_load(&m->supervisor_beat_ms);
     unsigned desired = atomic_load(&m->workers_desired);
@@ -131,28 +133,6 @@ static enum MHD_Result serve_health(monitor *mon, struct MHD_Connection *c)
             connected, connected);
     return cw_http_respond_text(c, MHD_HTTP_OK, "ok: %u of %u workers connected\n", connected,
                                 desired);
-}
-
-static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
-                                  const char *method, const char *version, const char *upload_data,
-                                  size_t *upload_data_size, void **con_cls)
-{
-    (void)version;
-    (void)upload_data;
-    (void)upload_data_size;
-    (void)con_cls;
-    monitor *mon = cls;
-    if (strcmp(method, "GET") != 0 && strcmp(method, "HEAD") != 0)
-        return cw_http_respond_text(c, MHD_HTTP_METHOD_NOT_ALLOWED, "GET only\n");
-    if (strcmp(url, "/metrics") == 0)
-        return serve_metrics(mon, c);
-    if (strcmp(url, "/healthz") == 0)
-        return serve_health(mon, c);
-    if (strcmp(url, "/") == 0)
-        return cw_http_respond_text(c, MHD_HTTP_OK,
-                                    "compworker pool %s: /metrics (Prometheus), /healthz\n",
-                                    mon->cfg->name);
-    return cw_http_respond_text(c, MHD_HTTP_NOT_FOUND, "not found: /metrics, /healthz\n");
 }
 
 /* ---- queue depths --------------------------------------------------------- */
@@ -408,6 +388,9 @@ int cw_pool_monitor_main(const cw_config *cfg, cw_metrics *m, pid_t supervisor)
     cw__log_set_role("monitor");
 
     monitor mon = {.cfg = cfg, .m = m, .supervisor = supervisor};
+    cw_http_site site = {.metrics = serve_metrics, .health = serve_health, .cls = &mon};
+    snprintf(site.index, sizeof site.index, "compworker pool %s: /metrics (Prometheus), /healthz",
+             cfg->name);
     atomic_store(&mon.queue_ready, -1);
     atomic_store(&mon.queue_consumers, -1);
     atomic_store(&mon.dlq_ready, -1);
@@ -428,7 +411,7 @@ int cw_pool_monitor_main(const cw_config *cfg, cw_metrics *m, pid_t supervisor)
         }
     }
     if (cfg->metrics_listen &&
-        !(http = cw_http_start(cfg->metrics_listen, "[pool] metrics_listen", on_request, &mon))) {
+        !(http = cw_http_start(cfg->metrics_listen, "[pool] metrics_listen", &site))) {
         code = CW_EXIT_USAGE;
         goto out;
     }

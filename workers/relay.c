@@ -653,6 +653,7 @@ int cw_relay_main(const cw_config *cfg)
     relay r;
     int code = CW_EXIT_OK;
     struct MHD_Daemon *http = NULL;
+    cw_http_site site;
     if (relay_setup(&r, cfg)) {
         cw_cli_fail(CW_EXIT_USAGE, "%s", cw_error_last());
         relay_free(&r);
@@ -669,9 +670,9 @@ int cw_relay_main(const cw_config *cfg)
             r.alerter = NULL;
         }
     }
+    cw__relay_http_site(&r, &site);
     if (cfg->relay_metrics_listen &&
-        !(http = cw_http_start(cfg->relay_metrics_listen, "[relay] metrics_listen", cw__relay_http,
-                               &r))) {
+        !(http = cw_http_start(cfg->relay_metrics_listen, "[relay] metrics_listen", &site))) {
         relay_free(&r);
         return CW_EXIT_USAGE;
     }

@@ -10,8 +10,9 @@
 
 /* ---- HTTP: /metrics, /healthz --------------------------------------------------- */
 
-static enum MHD_Result serve_metrics(relay *r, struct MHD_Connection *c)
+static enum MHD_Result serve_metrics(void *cls, struct MHD_Connection *c)
 {
+    relay *r = cls;
     char *body = NULL;
     int n = asprintf(
         &body,
@@ -58,8 +59,9 @@ static enum MHD_Result serve_metrics(relay *r, struct MHD_Connection *c)
     return cw_http_respond(c, MHD_HTTP_OK, CW_HTTP_METRICS_TYPE, body, (size_t)n, true);
 }
 
-static enum MHD_Result serve_health(relay *r, struct MHD_Connection *c)
+static enum MHD_Result serve_health(void *cls, struct MHD_Connection *c)
 {
+    relay *r = cls;
     int64_t idle = cw__mono_ms() - atomic_load(&r->loop_ms);
     if (!atomic_load(&r->pg_up))
         return cw_http_respond_text(c, MHD_HTTP_SERVICE_UNAVAILABLE,
@@ -75,24 +77,11 @@ static enum MHD_Result serve_health(relay *r, struct MHD_Connection *c)
                                 r->cfg->relay_table, (long long)atomic_load(&r->pending));
 }
 
-enum MHD_Result cw__relay_http(void *cls, struct MHD_Connection *c, const char *url,
-                               const char *method, const char *version, const char *upload_data,
-                               size_t *upload_data_size, void **con_cls)
+void cw__relay_http_site(relay *r, cw_http_site *site)
 {
-    (void)version;
-    (void)upload_data;
-    (void)upload_data_size;
-    (void)con_cls;
-    relay *r = cls;
-    if (strcmp(method, "GET") != 0 && strcmp(method, "HEAD") != 0)
-        return cw_http_respond_text(c, MHD_HTTP_METHOD_NOT_ALLOWED, "GET only\n");
-    if (strcmp(url, "/metrics") == 0)
-        return serve_metrics(r, c);
-    if (strcmp(url, "/healthz") == 0)
-        return serve_health(r, c);
-    if (strcmp(url, "/") == 0)
-        return cw_http_respond_text(c, MHD_HTTP_OK,
-                                    "compworker relay of %s: /metrics (Prometheus), /healthz\n",
-                                    r->cfg->relay_table);
-    return cw_http_respond_text(c, MHD_HTTP_NOT_FOUND, "not found: /metrics, /healthz\n");
+    site->metrics = serve_metrics;
+    site->health = serve_health;
+    site->cls = r;
+    snprintf(site->index, sizeof site->index,
+             "compworker relay of %s: /metrics (Prometheus), /healthz", r->cfg->relay_table);
 }

@@ -18,6 +18,7 @@
 #include "framework/config.h"
 #include "framework/outbox.h"
 #include "framework/pg.h"
+#include "workers/http.h"
 
 #define RELAY_CH 1
 #define STATS_EVERY_MS 2000
@@ -81,9 +82,7 @@ void cw__relay_rows_release(relay *r);
  * its headers built. */
 void cw__relay_row_check(relay *r, row *w);
 
-/* The libmicrohttpd handler of /metrics and /healthz; `cls` the relay. */
-enum MHD_Result cw__relay_http(void *cls, struct MHD_Connection *c, const char *url,
-                               const char *method, const char *version, const char *upload_data,
-                               size_t *upload_data_size, void **con_cls);
+/* What the relay's /metrics, /healthz and / serve. */
+void cw__relay_http_site(relay *r, cw_http_site *site);
 
 #endif

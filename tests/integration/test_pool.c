@@ -64,21 +64,6 @@ static long worker_pid(const cwtest_env *env, unsigned index)
     return pid;
 }
 
-/* The base URL of the pool's metrics server, from the monitor's log. */
-static void metrics_base(cwtest_env *env, char *out, size_t cap)
-{
-    cwtest_log_wait(env, "serving metrics at http://", 1, WAIT_MS);
-    char *log = cwtest_log_read(env);
-    const char *needle = "serving metrics at ";
-    const char *last = NULL;
-    for (const char *p = log; (p = strstr(p, needle)); p++)
-        last = p + strlen(needle);
-    size_t n = strcspn(last, "/\"");
-    n += strcspn(last + n + 2, "/\"") + 2; /* past "http://" */
-    snprintf(out, cap, "%.*s", (int)n, last);
-    free(log);
-}
-
 /* The sum of the samples of metric `name` whose labels contain `has`. */
 static double sample_sum(const char *body, const char *name, const char *has)
 {
@@ -347,7 +332,7 @@ static void test_metrics_match(void **state)
     cwtest_env *env = cwtest_begin(state, "metrics", &po);
     pool_start(env, 2);
     char base[128];
-    metrics_base(env, base, sizeof base);
+    cwtest_metrics_base(env, base, sizeof base);
     long code;
     char *body = cwtest_http_get(base, "/healthz", &code);
     assert_int_equal(code, 200);
@@ -419,7 +404,7 @@ static void test_healthz_broker_stopped(void **state)
     cwtest_env *env = cwtest_begin(state, "healthz", &po);
     pool_start(env, 2);
     char base[128];
-    metrics_base(env, base, sizeof base);
+    cwtest_metrics_base(env, base, sizeof base);
     health_wait(base, 200, WAIT_MS);
 
     cwtest_harness(env, "stop-app");
@@ -458,7 +443,7 @@ static void test_crash_loop_alert(void **state)
     cwtest_env *env = cwtest_begin(state, "crashloop", &po);
     pool_start(env, 2);
     char base[128];
-    metrics_base(env, base, sizeof base);
+    cwtest_metrics_base(env, base, sizeof base);
     /* Two tasks that crash their worker: 3 deliveries each (one at a time:
      * prefetch 1), then poison. */
     send_tasks(env, "boom", 0, 2, "{\"crash\":true}");

@@ -138,40 +138,6 @@ static relay_env *begin(void **state, const char *test, const char *relay_lines,
     return e;
 }
 
-/* Runs `compworker ARGS...` to its end; its exit code, its output in out. */
-static int run_cli(relay_env *e, char *out, size_t cap, ...)
-{
-    const char *argv[16] = {e->env->exe};
-    size_t n = 1;
-    va_list ap;
-    va_start(ap, cap);
-    const char *a;
-    while ((a = va_arg(ap, const char *)) && n < 15)
-        argv[n++] = a;
-    va_end(ap);
-    argv[n] = NULL;
-    int fds[2];
-    assert_int_equal(pipe(fds), 0);
-    pid_t pid = fork();
-    if (pid == 0) {
-        dup2(fds[1], 1);
-        dup2(fds[1], 2);
-        close(fds[0]);
-        execv(argv[0], (char **)argv);
-        _exit(127);
-    }
-    close(fds[1]);
-    size_t used = 0;
-    ssize_t got;
-    while ((got = read(fds[0], out + used, cap - 1 - used)) > 0)
-        used += (size_t)got;
-    out[used] = '\0';
-    close(fds[0]);
-    int st;
-    waitpid(pid, &st, 0);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-}
-
 static void relay_start(relay_env *e, int i)
 {
     pid_t pid = fork();
@@ -246,10 +212,10 @@ static void metrics_base(relay_env *e, char *out, size_t cap)
 static void init_table(relay_env *e)
 {
     char out[4096];
-    int rc = run_cli(e, out, sizeof out, "relay", "init", "-c", e->ini, NULL);
+    int rc = cwtest_cli(e->env, out, sizeof out, true, "relay", "init", "-c", e->ini, NULL);
     if (rc != 0 || !strstr(out, "created"))
         fail_msg("relay init: %d: %s", rc, out);
-    rc = run_cli(e, out, sizeof out, "relay", "init", "-c", e->ini, NULL);
+    rc = cwtest_cli(e->env, out, sizeof out, true, "relay", "init", "-c", e->ini, NULL);
     if (rc != 0 || !strstr(out, "checked") || strstr(out, "NOTICE"))
         fail_msg("relay init again: %d: %s", rc, out);
 }
@@ -360,7 +326,9 @@ static void test_publishes_committed_rows(void **state)
     free(body);
 
     char out[8192];
-    assert_int_equal(run_cli(e, out, sizeof out, "relay", "check", "-c", e->ini, NULL), 0);
+    assert_int_equal(cwtest_cli(e->env, out, sizeof out, true, "relay", "check", "-c", e->ini,
+                                NULL),
+                     0);
     assert_non_null(strstr(out, "is there"));
     assert_null(strstr(out, "cw-test-secret")); /* the password is masked */
     finish(e);
@@ -459,7 +427,9 @@ static void test_bad_rows(void **state)
                              e->table),
                      1);
     char out[16384];
-    assert_int_equal(run_cli(e, out, sizeof out, "relay", "failed", "-c", e->ini, NULL), 0);
+    assert_int_equal(cwtest_cli(e->env, out, sizeof out, true, "relay", "failed", "-c", e->ini,
+                                NULL),
+                     0);
     assert_non_null(strstr(out, "6 failed rows"));
     assert_non_null(strstr(out, "bad-type"));
 
@@ -470,14 +440,20 @@ static void test_bad_rows(void **state)
     long id = db_long(e->db, "SELECT id FROM %s WHERE message_id = 'bad-body'", e->table);
     char ids[32];
     snprintf(ids, sizeof ids, "%ld", id);
-    assert_int_equal(run_cli(e, out, sizeof out, "relay", "retry", "-c", e->ini, ids, NULL), 0);
+    assert_int_equal(cwtest_cli(e->env, out, sizeof out, true, "relay", "retry", "-c", e->ini, ids,
+                                NULL),
+                     0);
     assert_non_null(strstr(out, "1 row of"));
     m = take(e, 1, &n);
     assert_int_equal(n, 1);
     assert_string_equal(m[0].message_id, "bad-body");
     cwtest_msgs_free(m, n);
-    assert_int_equal(run_cli(e, out, sizeof out, "relay", "retry", "-c", e->ini, "x1", NULL), 2);
-    assert_int_equal(run_cli(e, out, sizeof out, "relay", "retry", "-c", e->ini, NULL), 2);
+    assert_int_equal(cwtest_cli(e->env, out, sizeof out, true, "relay", "retry", "-c", e->ini, "x1",
+                                NULL),
+                     2);
+    assert_int_equal(cwtest_cli(e->env, out, sizeof out, true, "relay", "retry", "-c", e->ini,
+                                NULL),
+                     2);
     finish(e);
 }
 

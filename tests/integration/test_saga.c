@@ -72,46 +72,14 @@ static void publish_plan(cwtest_env *env, const char *plan_id, const char *saga,
     cwtest_send(env, &m);
 }
 
-/* Runs `compworker ARGS...`; its exit code, its stdout in out. */
-static int cli(cwtest_env *env, char *out, size_t cap, ...)
-{
-    const char *argv[16] = {env->exe};
-    size_t n = 1;
-    va_list ap;
-    va_start(ap, cap);
-    const char *a;
-    while ((a = va_arg(ap, const char *)) && n < 15)
-        argv[n++] = a;
-    va_end(ap);
-    argv[n] = NULL;
-    int fds[2];
-    assert_int_equal(pipe(fds), 0);
-    pid_t pid = fork();
-    if (pid == 0) {
-        dup2(fds[1], 1);
-        close(fds[0]);
-        execv(argv[0], (char **)argv);
-        _exit(127);
-    }
-    close(fds[1]);
-    size_t used = 0;
-    ssize_t got;
-    while ((got = read(fds[0], out + used, cap - 1 - used)) > 0)
-        used += (size_t)got;
-    out[used] = '\0';
-    close(fds[0]);
-    int st;
-    waitpid(pid, &st, 0);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-}
-
 /* Waits until `saga show --json` says the saga's `state`. */
 static void wait_state(cwtest_env *env, const char *saga, const char *state, int timeout_ms)
 {
     static char out[65536];
     int64_t deadline = cwtest_now_ms() + timeout_ms;
     for (;;) {
-        if (cli(env, out, sizeof out, "saga", "show", "-c", env->ini, "--json", saga, NULL) == 0) {
+        if (cwtest_cli(env, out, sizeof out, false, "saga", "show", "-c", env->ini, "--json", saga,
+                       NULL) == 0) {
             json_object *o = json_tokener_parse(out);
             const char *now = o ? cwtest_json_str(o, "state") : NULL;
             bool there = now && strcmp(now, state) == 0;
@@ -238,17 +206,6 @@ static void plans_in_order_pg(void **state)
 
 /* ---- stuck and resumed ------------------------------------------------------------ */
 
-/* The pool's /metrics base URL, from the monitor's log line. */
-static void metrics_base(cwtest_env *env, char *out, size_t cap)
-{
-    cwtest_log_wait(env, "serving metrics at http://", 1, WAIT_MS);
-    char *log = cwtest_log_read(env);
-    const char *p = strstr(log, "serving metrics at ") + strlen("serving metrics at ");
-    size_t n = strlen("http://") + strcspn(p + strlen("http://"), "/\"");
-    snprintf(out, cap, "%.*s", (int)n, p);
-    free(log);
-}
-
 /* Waits until the pool's sample `series` is `want`. */
 static void wait_metric(cwtest_env *env, const char *base, const char *series, double want)
 {
@@ -287,17 +244,21 @@ static void stuck_and_resumed(void **state, bool pg)
     cwtest_confirm_all(env);
     wait_state(env, saga, "stuck", WAIT_MS);
     char out[65536];
-    assert_int_equal(cli(env, out, sizeof out, "saga", "show", "-c", env->ini, saga, NULL), 0);
+    assert_int_equal(cwtest_cli(env, out, sizeof out, false, "saga", "show", "-c", env->ini, saga,
+                                NULL),
+                     0);
     if (!strstr(out, "stuck at step 2.1 of 3 stages: it.apply") || !strstr(out, "missing"))
         fail_msg("saga show does not say where and why it is stuck:\n%s", out);
     char third[37];
     cw_plan_step_id(plan, 2, 0, third);
     cwtest_sleep_ms(1000);
     assert_int_equal(ledger_int(env, "SELECT count(*) FROM calls WHERE message_id = ?1", third), 0);
-    assert_int_equal(cli(env, out, sizeof out, "saga", "list", "-c", env->ini, "--stuck", NULL), 0);
+    assert_int_equal(cwtest_cli(env, out, sizeof out, false, "saga", "list", "-c", env->ini,
+                                "--stuck", NULL),
+                     0);
     assert_non_null(strstr(out, saga));
     char base[128];
-    metrics_base(env, base, sizeof base);
+    cwtest_metrics_base(env, base, sizeof base);
     wait_metric(env, base, "compworker_sagas_stuck", 1);
     wait_metric(env, base, "compworker_sagas_started_total", 1);
 
@@ -307,13 +268,17 @@ static void stuck_and_resumed(void **state, bool pg)
     fclose(f);
     char second[37];
     cw_plan_step_id(plan, 1, 0, second);
-    assert_int_equal(cli(env, out, sizeof out, "dlq", "replay", "-c", env->ini, second, NULL), 0);
+    assert_int_equal(cwtest_cli(env, out, sizeof out, false, "dlq", "replay", "-c", env->ini,
+                                second, NULL),
+                     0);
     wait_state(env, saga, "done", WAIT_MS);
     assert_int_equal(ledger_int(env, "SELECT count(*) FROM applied WHERE message_id = ?1", third),
                      1);
     wait_metric(env, base, "compworker_sagas_done_total", 1);
     wait_metric(env, base, "compworker_sagas_stuck", 0);
-    assert_int_equal(cli(env, out, sizeof out, "saga", "show", "-c", env->ini, saga, NULL), 0);
+    assert_int_equal(cwtest_cli(env, out, sizeof out, false, "saga", "show", "-c", env->ini, saga,
+                                NULL),
+                     0);
     if (!strstr(out, "replayed by") || !strstr(out, "all 3 steps done"))
         fail_msg("saga show's history lacks the replay or the end:\n%s", out);
     assert_int_equal(cwtest_worker_stop(env, SIGTERM, 30000), 0);
@@ -381,7 +346,8 @@ static void deadline_alert_once(void **state)
     }
     assert_int_equal(seen, 1);
     char out[65536];
-    assert_int_equal(cli(env, out, sizeof out, "saga", "list", "-c", env->ini, "--overdue", NULL),
+    assert_int_equal(cwtest_cli(env, out, sizeof out, false, "saga", "list", "-c", env->ini,
+                                "--overdue", NULL),
                      0);
     assert_non_null(strstr(out, saga));
     assert_int_equal(cwtest_worker_stop(env, SIGTERM, 30000), 0);
@@ -459,7 +425,8 @@ static void retention_removes_done_sagas(void **state)
     char out[4096];
     int64_t deadline = cwtest_now_ms() + 20000;
     int rc;
-    while ((rc = cli(env, out, sizeof out, "saga", "show", "-c", env->ini, saga, NULL)) == 0 &&
+    while ((rc = cwtest_cli(env, out, sizeof out, false, "saga", "show", "-c", env->ini, saga,
+                            NULL)) == 0 &&
            cwtest_now_ms() < deadline)
         cwtest_sleep_ms(200);
     assert_int_equal(rc, 1);

@@ -524,6 +524,58 @@ int cwtest_worker_wait_exit(cwtest_env *env, int timeout_ms)
     return code;
 }
 
+int cwtest_cli(cwtest_env *env, char *out, size_t cap, bool with_stderr, ...)
+{
+    const char *argv[32] = {env->exe};
+    size_t n = 1;
+    va_list ap;
+    va_start(ap, with_stderr);
+    const char *a;
+    while ((a = va_arg(ap, const char *)) && n < 31)
+        argv[n++] = a;
+    va_end(ap);
+    argv[n] = NULL;
+    int fds[2];
+    if (pipe(fds) != 0)
+        fail_msg("pipe: %s", strerror(errno));
+    pid_t pid = fork();
+    if (pid == 0) {
+        dup2(fds[1], 1);
+        if (with_stderr)
+            dup2(fds[1], 2);
+        close(fds[0]);
+        execv(argv[0], (char **)argv);
+        _exit(127);
+    }
+    close(fds[1]);
+    size_t used = 0;
+    ssize_t got;
+    char sink[4096];
+    while ((got = read(fds[0], used + 1 < cap ? out + used : sink,
+                       used + 1 < cap ? cap - 1 - used : sizeof sink)) > 0) {
+        if (used + 1 < cap)
+            used += (size_t)got;
+    }
+    out[used] = '\0';
+    close(fds[0]);
+    int st;
+    waitpid(pid, &st, 0);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+void cwtest_metrics_base(cwtest_env *env, char *out, size_t cap)
+{
+    cwtest_log_wait(env, "serving metrics at http://", 1, CWTEST_TIMEOUT_MS);
+    char *log = cwtest_log_read(env);
+    const char *needle = "serving metrics at ";
+    const char *last = NULL;
+    for (const char *p = log; (p = strstr(p, needle)); p++)
+        last = p + strlen(needle);
+    size_t n = strlen("http://") + strcspn(last + strlen("http://"), "/\"");
+    snprintf(out, cap, "%.*s", (int)n, last);
+    free(log);
+}
+
 unsigned cwtest_file_count(const char *path, const char *needle)
 {
     FILE *f = fopen(path, "r");

@@ -375,6 +375,15 @@ char *cwtest_http_get(const char *base, const char *path, long *code);
  * `series` in a /metrics body; -1 when there is none. */
 double cwtest_metric(const char *body, const char *series);
 
+/* Runs `compworker ARGS...` (the env's executable; the arguments end with
+ * NULL) to its end: its exit code (128 + signal), its stdout (and stderr
+ * too with `with_stderr`) in out, cut to `cap`. */
+int cwtest_cli(cwtest_env *env, char *out, size_t cap, bool with_stderr, ...);
+
+/* The base URL of the pool's /metrics ("http://127.0.0.1:PORT"), from the
+ * monitor's last "serving metrics at" line (waited for). */
+void cwtest_metrics_base(cwtest_env *env, char *out, size_t cap);
+
 /* How many times the file at `path` holds `needle` (0 when there is no
  * file). */
 unsigned cwtest_file_count(const char *path, const char *needle);
