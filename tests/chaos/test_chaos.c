@@ -1228,54 +1228,16 @@ static char *slurp(const char *path)
 
 /* ---- the pool's metrics ------------------------------------------------------- */
 
-typedef struct buf {
-    char *data;
-    size_t len;
-} buf;
-
-static size_t on_body(char *p, size_t size, size_t n, void *ud)
-{
-    buf *b = ud;
-    char *grown = realloc(b->data, b->len + size * n + 1);
-    if (!grown)
-        return 0;
-    memcpy(grown + b->len, p, size * n);
-    b->len += size * n;
-    grown[b->len] = '\0';
-    b->data = grown;
-    return size * n;
-}
-
 /* The pool's /metrics (the address from the monitor's log); free() it. */
 static char *metrics_get(chaos *c)
 {
-    char *log = cwtest_log_read(c->env);
-    const char *needle = "serving metrics at ", *last = NULL;
-    for (const char *p = log; (p = strstr(p, needle)); p++)
-        last = p + strlen(needle);
-    if (!last) {
-        free(log);
-        fail_msg("the monitor did not log where it serves metrics; see %s", c->env->log);
-    }
-    char url[256];
-    snprintf(url, sizeof url, "%.*s", (int)strcspn(last, " \""), last);
-    free(log);
-    CURL *h = curl_easy_init();
-    if (!h)
-        fail_msg("curl_easy_init failed");
-    buf b = {calloc(1, 1), 0};
-    curl_easy_setopt(h, CURLOPT_URL, url);
-    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_body);
-    curl_easy_setopt(h, CURLOPT_WRITEDATA, &b);
-    curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, 10000L);
-    curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
-    CURLcode rc = curl_easy_perform(h);
-    long code = 0;
-    curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &code);
-    curl_easy_cleanup(h);
-    if (rc != CURLE_OK || code != 200)
-        fail_msg("GET %s: %s (HTTP %ld)", url, curl_easy_strerror(rc), code);
-    return b.data;
+    char base[256];
+    cwtest_metrics_base(c->env, base, sizeof base);
+    long code;
+    char *body = cwtest_http_get(base, "/metrics", &code);
+    if (code != 200)
+        fail_msg("GET %s/metrics: HTTP %ld", base, code);
+    return body;
 }
 
 /* The sum of the samples of metric `name` whose labels contain `has`. */

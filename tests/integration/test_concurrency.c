@@ -206,44 +206,16 @@ static void test_heartbeats_during_a_long_handler(void **state)
     cwtest_pass(env);
 }
 
-typedef struct body {
-    char *data;
-    size_t len;
-} body;
-
-static size_t on_body(char *p, size_t size, size_t n, void *ud)
-{
-    body *b = ud;
-    char *grown = realloc(b->data, b->len + size * n + 1);
-    if (!grown)
-        return 0;
-    memcpy(grown + b->len, p, size * n);
-    b->len += size * n;
-    grown[b->len] = '\0';
-    b->data = grown;
-    return size * n;
-}
-
+/* The pool's /metrics now; free() it. */
 static char *scrape(cwtest_env *env)
 {
-    cwtest_log_wait(env, "serving metrics at http://", 1, WAIT_MS);
-    char *log = cwtest_log_read(env);
-    const char *p = strstr(log, "serving metrics at ") + strlen("serving metrics at ");
-    char url[256];
-    size_t n = strcspn(p + 7, "/\"") + 7;
-    snprintf(url, sizeof url, "%.*s/metrics", (int)n, p);
-    free(log);
-    CURL *c = curl_easy_init();
-    body b = {calloc(1, 1), 0};
-    curl_easy_setopt(c, CURLOPT_URL, url);
-    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
-    curl_easy_setopt(c, CURLOPT_WRITEDATA, &b);
-    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, 5000L);
-    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
-    if (curl_easy_perform(c) != CURLE_OK)
-        fail_msg("GET %s failed", url);
-    curl_easy_cleanup(c);
-    return b.data;
+    char base[256];
+    cwtest_metrics_base(env, base, sizeof base);
+    long code;
+    char *body = cwtest_http_get(base, "/metrics", &code);
+    if (code != 200)
+        fail_msg("GET %s/metrics: HTTP %ld", base, code);
+    return body;
 }
 
 static void test_metrics_in_flight_and_waits(void **state)
