@@ -27,19 +27,6 @@
 #include "workers/relay.h"
 #include "workers/relay_private.h"
 
-#define RELAY_CH 1
-#define STATS_EVERY_MS 2000
-#define SWEEP_EVERY_MS 60000
-#define SWEEP_CHUNK 1000
-#define SWEEP_BUDGET_MS 2000
-#define BACKOFF_MIN_MS 250
-#define BACKOFF_MAX_MS 10000
-#define WAIT_MAX_MS 5000 /* at least this often: broker heartbeats, the stop flag */
-#define HEADERS_MAX 64   /* headers of one row */
-#define HEADER_VALUE_MAX 65536
-#define ROUTING_KEY_MAX 255
-#define REASON_MAX 512
-
 static volatile sig_atomic_t relay_stop;
 
 static void on_stop(int sig)
@@ -751,20 +738,30 @@ static void quiet(void *arg, const char *message)
     (void)message;
 }
 
+/* For `relay check` and `relay init`: the relay's state and a session to
+ * its database, or an exit code after one error line naming `cmd`. */
+static int open_for(relay *r, const cw_config *cfg, const char *cmd)
+{
+    if (relay_setup(r, cfg)) {
+        relay_free(r);
+        return cw_cli_fail(CW_EXIT_USAGE, "%s", cw_error_last());
+    }
+    int rc = cw__pg_session_open(cfg->relay_url, r->pg_label, r->pg_password, r->app, "relay",
+                                 "[relay] url", &r->pg);
+    if (rc) {
+        relay_free(r);
+        return cw_cli_fail(rc == CW_STATUS_STORE_UNAVAILABLE ? CW_EXIT_FAILURE : CW_EXIT_USAGE,
+                           "%s: %s", cmd, cw_error_last());
+    }
+    return CW_EXIT_OK;
+}
+
 int cw_relay_check(const cw_config *cfg)
 {
     relay r;
-    if (relay_setup(&r, cfg)) {
-        relay_free(&r);
-        return cw_cli_fail(CW_EXIT_USAGE, "%s", cw_error_last());
-    }
-    int rc = cw__pg_session_open(cfg->relay_url, r.pg_label, r.pg_password, r.app, "relay",
-                                 "[relay] url", &r.pg);
-    if (rc) {
-        relay_free(&r);
-        return cw_cli_fail(rc == CW_STATUS_STORE_UNAVAILABLE ? CW_EXIT_FAILURE : CW_EXIT_USAGE,
-                           "relay check: %s", cw_error_last());
-    }
+    int rc = open_for(&r, cfg, "relay check");
+    if (rc)
+        return rc;
     PGresult *res = PQexec(r.pg, r.sql.sql[CW_OB_EXISTS]);
     bool ok = res && PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1;
     bool exists = ok && strcmp(PQgetvalue(res, 0, 0), "t") == 0;
@@ -792,17 +789,9 @@ int cw_relay_check(const cw_config *cfg)
 int cw_relay_init(const cw_config *cfg)
 {
     relay r;
-    if (relay_setup(&r, cfg)) {
-        relay_free(&r);
-        return cw_cli_fail(CW_EXIT_USAGE, "%s", cw_error_last());
-    }
-    int rc = cw__pg_session_open(cfg->relay_url, r.pg_label, r.pg_password, r.app, "relay",
-                                 "[relay] url", &r.pg);
-    if (rc) {
-        relay_free(&r);
-        return cw_cli_fail(rc == CW_STATUS_STORE_UNAVAILABLE ? CW_EXIT_FAILURE : CW_EXIT_USAGE,
-                           "relay init: %s", cw_error_last());
-    }
+    int rc = open_for(&r, cfg, "relay init");
+    if (rc)
+        return rc;
     PQsetNoticeProcessor(r.pg, quiet, NULL); /* "already exists, skipping" */
     PGresult *res = PQexec(r.pg, r.sql.sql[CW_OB_EXISTS]);
     bool existed = res && PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1 &&
