@@ -97,10 +97,13 @@ static void admin_sql(const fixture *f, const char *sql)
     if (is_pg(f)) {
         PGconn *c = PQconnectdb(pg_url());
         PGresult *r = PQexec(c, sql);
-        if (PQresultStatus(r) != PGRES_COMMAND_OK && PQresultStatus(r) != PGRES_TUPLES_OK)
-            fail_msg("%s: %s", sql, PQresultErrorMessage(r));
+        bool ok = PQresultStatus(r) == PGRES_COMMAND_OK || PQresultStatus(r) == PGRES_TUPLES_OK;
+        char why[512];
+        snprintf(why, sizeof why, "%s", PQresultErrorMessage(r));
         PQclear(r);
         PQfinish(c);
+        if (!ok)
+            fail_msg("%s: %s", sql, why);
         return;
     }
     sqlite3 *db;
