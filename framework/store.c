@@ -104,6 +104,7 @@ void cw_store_opts_of(const cw_config *cfg, const char *owner, bool heartbeat, c
         .sync_full = cfg->store_sync_full,
         .heartbeat = heartbeat,
         .owner_alive = cw__owner_alive,
+        .deferred = heartbeat, /* a worker's store */
     };
 }
 
@@ -163,6 +164,40 @@ int cw_store_settle_batch(cw_store *s, const cw_settle_req *reqs, size_t n, int6
             return rc;
     }
     return n ? s->ops->settle_batch(s, reqs, n, now_ms) : 0;
+}
+
+bool cw_store_can_defer(cw_store *s)
+{
+    return s && s->ops->settle_deferred && s->ops->durable_fd(s) >= 0;
+}
+
+int cw_store_settle_batch_deferred(cw_store *s, const cw_settle_req *reqs, size_t n,
+                                   int64_t now_ms, uint64_t *mark)
+{
+    if (!s || !mark || (n && !reqs))
+        return cw__error(CW_STATUS_INVALID_ARG, "store: deferred settle: NULL argument");
+    if (!cw_store_can_defer(s))
+        return cw__error(CW_STATUS_INVALID_ARG, "store: deferred settle: not offered here");
+    for (size_t i = 0; i < n; i++) {
+        int rc = check_settle(&reqs[i]);
+        if (rc)
+            return rc;
+    }
+    return s->ops->settle_deferred(s, reqs, n, now_ms, mark);
+}
+
+int cw_store_durable(cw_store *s, uint64_t *mark)
+{
+    if (!s || !mark)
+        return cw__error(CW_STATUS_INVALID_ARG, "store: durable: NULL argument");
+    if (!cw_store_can_defer(s))
+        return cw__error(CW_STATUS_INVALID_ARG, "store: durable: no deferral here");
+    return s->ops->durable(s, mark);
+}
+
+int cw_store_durable_fd(cw_store *s)
+{
+    return s && s->ops->durable_fd ? s->ops->durable_fd(s) : -1;
 }
 
 int cw_store_release(cw_store *s, const int64_t *tickets, size_t n)

@@ -121,6 +121,9 @@ typedef struct cw_store_opts {
                              it the row is written once at open (a CLI) */
     cw_owner_alive_fn owner_alive; /* may be NULL: leases then only expire */
     void *owner_alive_data;
+    bool deferred; /* sqlite: offer cw_store_settle_batch_deferred() (a worker):
+                      a thread of the store's own makes commits durable, and
+                      another checkpoints the WAL, off the caller's thread */
 } cw_store_opts;
 
 typedef struct cw_store cw_store;
@@ -153,6 +156,11 @@ typedef struct cw_store_ops {
     int (*followups_due)(cw_store *s, int64_t older_than_ms, int64_t now_ms, int64_t lease_ms,
                          cw_followup *out, size_t cap, size_t *n);
     int (*followups_done)(cw_store *s, const char *const *message_ids, size_t n);
+    /* NULL where the backend cannot defer durability (see below). */
+    int (*settle_deferred)(cw_store *s, const cw_settle_req *reqs, size_t n, int64_t now_ms,
+                           uint64_t *mark);
+    int (*durable)(cw_store *s, uint64_t *mark);
+    int (*durable_fd)(cw_store *s);
     bool (*reachable)(cw_store *s);
     void (*free)(cw_store *s);
 } cw_store_ops;
@@ -209,6 +217,29 @@ int cw_store_claim_batch(cw_store *s, const cw_claim_req *reqs, size_t n, int64_
                          cw_claim *out);
 int cw_store_settle_batch(cw_store *s, const cw_settle_req *reqs, size_t n, int64_t now_ms);
 int cw_store_release(cw_store *s, const int64_t *tickets, size_t n);
+
+/* Deferred durability, the worker's pipeline: the outcomes' commit is made
+ * first (visible to every worker, surviving this process's death) and made
+ * durable (surviving a power cut) by a thread of the store's own, while the
+ * worker goes on with its next batch; the deliveries are acked only once it
+ * is durable. Offered by a SQLite store opened with `deferred` and
+ * `sync_full` (its WAL is fdatasync()ed apart from the commit, so that the
+ * write lock is not held across the fsync); false for the others, which
+ * the worker settles with cw_store_settle_batch().
+ *
+ * cw_store_settle_batch_deferred records as cw_store_settle_batch() does and
+ * puts in *mark the number that cw_store_durable() reaches once this commit
+ * is durable (marks grow with each call). cw_store_durable() puts in *mark
+ * the highest durable mark: 0, or CW_STATUS_STORE with the reason once the
+ * fdatasync failed (nothing committed since may be taken as durable again).
+ * cw_store_durable_fd() is a descriptor that polls readable when the durable
+ * mark has grown (cw_store_durable() reads it empty); -1 without deferral.
+ * All three belong to the thread that uses the store. */
+bool cw_store_can_defer(cw_store *s);
+int cw_store_settle_batch_deferred(cw_store *s, const cw_settle_req *reqs, size_t n,
+                                   int64_t now_ms, uint64_t *mark);
+int cw_store_durable(cw_store *s, uint64_t *mark);
+int cw_store_durable_fd(cw_store *s);
 
 /* ---- follow-up messages -------------------------------------------------- */
 

@@ -340,6 +340,23 @@ static int sq_settle_batch(cw_store *s, const cw_settle_req *reqs, size_t n, int
     return sq_leave(q, true, rc);
 }
 
+/* As sq_settle_batch, committed lightly: the store's sync thread makes it
+ * durable (store_sqlite_sync.c). */
+static int sq_settle_deferred(cw_store *s, const cw_settle_req *reqs, size_t n, int64_t now_ms,
+                              uint64_t *mark)
+{
+    cw_sq_store *q = sq_of(s);
+    if (!sqlite3_get_autocommit(q->db))
+        return cw__error(CW_STATUS_INVALID_ARG, "%s: settle batch: called inside a batch", q->path);
+    int rc = sq_begin_as(q, false);
+    for (size_t i = 0; rc == 0 && i < n; i++)
+        rc = sq_settle_in(q, &reqs[i], now_ms);
+    rc = sq_leave(q, true, rc);
+    if (rc == 0)
+        *mark = cw__sq_sync_request(q);
+    return rc;
+}
+
 static int sq_release(cw_store *s, const int64_t *tickets, size_t n)
 {
     cw_sq_store *q = sq_of(s);
@@ -741,6 +758,7 @@ out:
 void cw__sq_free(cw_store *s)
 {
     cw_sq_store *q = sq_of(s);
+    cw__sq_sync_stop(q);
     for (int i = 0; i < CW_SQ_COUNT; i++)
         sqlite3_finalize(q->st[i]);
     sqlite3_close(q->db); /* rolls back an open batch */
@@ -765,5 +783,8 @@ const cw_store_ops cw__sq_ops = {
     .reopen = sq_reopen,
     .followups_due = sq_followups_due,
     .followups_done = sq_followups_done,
+    .settle_deferred = sq_settle_deferred,
+    .durable = cw__sq_durable,
+    .durable_fd = cw__sq_durable_fd,
     .free = cw__sq_free,
 };

@@ -21,6 +21,12 @@
 #define CW_SQ_STR_(x) #x
 #define CW_SQ_STRINGIFY(x) CW_SQ_STR_(x)
 
+/* The WAL's size, in frames, past which the checkpoint thread of a store
+ * with deferred durability copies it back into the database. */
+#define CW_SQ_CHECKPOINT_FRAMES 4096
+
+typedef struct cw_sq_sync cw_sq_sync;
+
 typedef struct cw_sq_store {
     cw_store base; /* first: what cw_store_open hands out */
     sqlite3 *db;
@@ -30,6 +36,7 @@ typedef struct cw_sq_store {
     bool synced_full;      /* the connection's current synchronous setting */
     int64_t sweep_after;   /* the sweep's next pass starts after this row id */
     int64_t busy_since_us; /* when the current wait for the write lock began */
+    cw_sq_sync *sync;      /* deferred durability (store_sqlite_sync.c), or NULL */
 } cw_sq_store;
 
 /* The table of operations of the backend. */
@@ -42,6 +49,19 @@ int cw__sq_fail(const cw_sq_store *q, const char *op);
 /* Frees the store: its statements, its connection (rolling back an open
  * batch), its memory. */
 void cw__sq_free(cw_store *s);
+
+/* Deferred durability (framework/store_sqlite_sync.c): starts the threads
+ * that fdatasync the WAL and checkpoint it for the store's connection (which
+ * then checkpoints no more itself); stops them, making what was committed
+ * durable first. */
+int cw__sq_sync_start(cw_sq_store *q);
+void cw__sq_sync_stop(cw_sq_store *q);
+
+/* Asks for everything committed so far on q's connection to be made
+ * durable; returns the mark cw__sq_durable() reaches once it is. */
+uint64_t cw__sq_sync_request(cw_sq_store *q);
+int cw__sq_durable(cw_store *s, uint64_t *mark);
+int cw__sq_durable_fd(cw_store *s);
 
 /* Stores one follow-up of task row `task_id` with statement `st`
  * (CW_SQ_FOLLOWUP_INSERT's text, prepared on `db`); `where` names the file

@@ -218,6 +218,8 @@ int cw__store_sqlite_open(cw_store **out, const cw_store_opts *opts)
         rc = sq_migrate(q);
     if (rc == 0)
         rc = sq_prepare(q);
+    if (rc == 0 && opts->deferred && opts->sync_full && !memory)
+        rc = cw__sq_sync_start(q);
     if (rc)
         goto out_free;
     *out = &q->base;

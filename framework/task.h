@@ -42,6 +42,7 @@ struct cw_task {
     int stage;             /* where it is in the worker (worker.c) */
     int action;            /* what settling does with it (worker.c) */
     int64_t ticket;        /* the store's handle of its claim */
+    uint64_t durable_mark; /* its outcome's commit, for cw_store_durable() */
     bool published;        /* its replacement (DLQ copy, retry) was confirmed */
     bool ran;              /* its handler was called */
     char crash_signal[32]; /* for a poison task: how its workers died */

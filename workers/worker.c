@@ -19,6 +19,7 @@
  * (the broker redelivers it; the store makes the redelivery safe) or in its
  * next place. */
 #include <errno.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -61,6 +62,8 @@ static void free_arrays(cw_worker *w)
     free(w->fresh);
     free(w->ready);
     free(w->scratch);
+    free(w->syncing);
+    free(w->acking);
     free(w->limit);
     free(w->rate_interval_ns);
     free(w->rate_next);
@@ -96,6 +99,8 @@ int cw_worker_new(cw_worker **out, const cw_config *cfg, cw_registry *reg)
     w->fresh = calloc(w->batch_max, sizeof *w->fresh);
     w->ready = calloc(w->n_slots, sizeof *w->ready);
     w->scratch = calloc(w->n_slots, sizeof *w->scratch);
+    w->syncing = calloc(w->n_slots, sizeof *w->syncing);
+    w->acking = calloc(w->n_slots, sizeof *w->acking);
     w->limit = calloc(nh, sizeof *w->limit);
     w->rate_interval_ns = calloc(nh, sizeof *w->rate_interval_ns);
     w->rate_next = calloc(nh, sizeof *w->rate_next);
@@ -108,7 +113,8 @@ int cw_worker_new(cw_worker **out, const cw_config *cfg, cw_registry *reg)
     w->settles = calloc(w->n_slots, sizeof *w->settles);
     w->release = calloc(w->n_slots, sizeof *w->release);
     w->done_ids = calloc(w->n_slots * CW_TASK_SEND_MAX, sizeof *w->done_ids);
-    if (!w->done_ids || !w->slots || !w->fresh || !w->ready || !w->scratch || !w->limit ||
+    if (!w->done_ids || !w->slots || !w->fresh || !w->ready || !w->scratch || !w->syncing ||
+        !w->acking || !w->limit ||
         !w->rate_interval_ns || !w->rate_next || !w->rate_local || !w->rate_on || !w->policy ||
         !w->claim_reqs || !w->claims || !w->claim_of || !w->settles || !w->release) {
         rc = cw__error(CW_STATUS_NOMEM, "out of memory creating the worker");
@@ -570,7 +576,7 @@ static bool in_flight(const cw_worker *w, const cw_task *t)
 {
     for (size_t i = 0; i < w->n_slots; i++) {
         const cw_task *o = &w->slots[i];
-        if (o != t && (o->stage == STAGE_RUN || o->stage == STAGE_READY) &&
+        if (o != t && (o->stage == STAGE_RUN || o->stage == STAGE_READY || o->stage == STAGE_SYNCING) &&
             strcmp(o->message_id, t->message_id) == 0)
             return true;
     }
@@ -793,7 +799,10 @@ static int republish_set(cw_worker *w, cw_task **set, size_t n, int64_t now)
 /* Records the outcomes of the set in the store (one durable commit),
  * waiting for a store that does not answer. The same `now` on a try again
  * makes it idempotent where a commit went through unanswered. */
-static int record_set(cw_worker *w, cw_task **set, size_t n, int64_t now)
+/* Records the outcomes of the set in one commit: durable when it returns,
+ * or, with `mark`, committed and made durable by the store's own thread
+ * (cw_store_durable() reaches *mark then; 0 when nothing was recorded). */
+static int record_set(cw_worker *w, cw_task **set, size_t n, int64_t now, uint64_t *mark)
 {
     size_t r = 0;
     for (size_t i = 0; i < n; i++) {
@@ -825,6 +834,10 @@ static int record_set(cw_worker *w, cw_task **set, size_t n, int64_t now)
         w->settles[r++] = req;
     }
     int rc;
+    if (mark) {
+        *mark = 0;
+        return r ? cw_store_settle_batch_deferred(w->store, w->settles, r, now, mark) : 0;
+    }
     while ((rc = cw_store_settle_batch(w->store, w->settles, r, now)) ==
            CW_STATUS_STORE_UNAVAILABLE) {
         if ((rc = store_wait(w)))
@@ -1002,7 +1015,9 @@ static int settle_ready(cw_worker *w)
         set[i]->stage = STAGE_SETTLING;
     int64_t now = cw__now_ms();
     int pub_rc = republish_set(w, set, n, now);
-    int rc = record_set(w, set, n, now);
+    bool deferred = cw_store_can_defer(w->store);
+    uint64_t mark = 0;
+    int rc = record_set(w, set, n, now, deferred ? &mark : NULL);
     if (rc) {
         /* Without the record nothing may be acked: leave all for redelivery. */
         for (size_t i = 0; i < n; i++) {
@@ -1015,12 +1030,71 @@ static int settle_ready(cw_worker *w)
         if (set[i]->action == ACT_HOLD)
             note_unsettled(w, set[i]);
     }
+    if (deferred) {
+        /* Acked by finish_synced() once the commit is durable; meanwhile
+         * the next batch is received, claimed and run. */
+        for (size_t i = 0; i < n; i++) {
+            set[i]->stage = STAGE_SYNCING;
+            set[i]->durable_mark = mark;
+            w->syncing[w->n_syncing++] = set[i];
+        }
+        return pub_rc;
+    }
     rc = ack_set(w, set, n);
     if (rc == 0)
         rc = publish_followups(w, set, n);
     for (size_t i = 0; i < n; i++)
         slot_free(w, set[i]);
     return rc ? rc : pub_rc;
+}
+
+/* Acks what settle_ready() committed and the store has made durable since,
+ * publishes its follow-ups and frees its slots. With `wait_ms`, waits that
+ * long for the durability of all of it. 0, or the status of a lost session
+ * or of a store that could not make the commit durable (then nothing of it
+ * is acked: the broker redelivers it, and the store, which recorded it, has
+ * the copies skipped as duplicates). */
+static int finish_synced(cw_worker *w, int wait_ms)
+{
+    if (!w->n_syncing)
+        return 0;
+    uint64_t durable = 0, want = 0;
+    int rc = cw_store_durable(w->store, &durable);
+    for (size_t i = 0; wait_ms > 0 && i < w->n_syncing; i++) {
+        if (w->syncing[i]->durable_mark > want)
+            want = w->syncing[i]->durable_mark;
+    }
+    int64_t until = cw__mono_ms() + wait_ms;
+    while (rc == 0 && want > durable && cw__mono_ms() < until) {
+        struct pollfd pfd = {.fd = cw_store_durable_fd(w->store), .events = POLLIN};
+        poll(&pfd, 1, 100);
+        rc = cw_store_durable(w->store, &durable);
+    }
+    if (rc) {
+        for (size_t i = 0; i < w->n_syncing; i++)
+            slot_free(w, w->syncing[i]);
+        w->n_syncing = 0;
+        return rc;
+    }
+    size_t n = 0, keep = 0;
+    for (size_t i = 0; i < w->n_syncing; i++) {
+        cw_task *t = w->syncing[i];
+        if (t->durable_mark <= durable) {
+            t->stage = STAGE_SETTLING;
+            w->acking[n++] = t;
+        } else {
+            w->syncing[keep++] = t;
+        }
+    }
+    w->n_syncing = keep;
+    if (!n)
+        return 0;
+    rc = ack_set(w, w->acking, n);
+    if (rc == 0)
+        rc = publish_followups(w, w->acking, n);
+    for (size_t i = 0; i < n; i++)
+        slot_free(w, w->acking[i]);
+    return rc;
 }
 
 /* Moves a task whose outcome is known to the ready set. */
@@ -1141,6 +1215,16 @@ static void drain(cw_worker *w, bool graceful)
         if (rc && graceful)
             cw_log_warn(NULL, "settling the last deliveries failed: %s", cw_error_last());
     }
+    if (w->n_syncing) {
+        /* Recorded already: acked once durable if the session allows, else
+         * redelivered and skipped as duplicates. */
+        int rc = graceful ? finish_synced(w, CW_SYNC_WAIT_MS) : 0;
+        if (rc)
+            cw_log_warn(NULL, "acking the last deliveries failed: %s", cw_error_last());
+        for (size_t i = 0; i < w->n_syncing; i++)
+            slot_free(w, w->syncing[i]);
+        w->n_syncing = 0;
+    }
     release_pending(w);
 }
 
@@ -1208,11 +1292,13 @@ static void log_threads(const cw_worker *w)
  * work. 0, or the status that ends the session. */
 static int step(cw_worker *w)
 {
+    int rc;
+    if ((rc = finish_synced(w, 0)))
+        return rc;
     take_done(w);
     long got = cw__worker_collect(w, wait_budget(w));
     if (got < 0)
         return (int)got;
-    int rc;
     if (w->n_fresh && (rc = dispatch_fresh(w)))
         return rc;
     take_done(w);

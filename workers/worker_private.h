@@ -33,6 +33,7 @@
 #define CW_BACKOFF_MAX_MS 30000
 #define CW_STORE_BACKOFF_MAX_MS 5000 /* between tries of a store that does not answer */
 #define CW_KEEPALIVE_MS 5000         /* heartbeat frames sent while the worker waits */
+#define CW_SYNC_WAIT_MS 10000        /* for the last commit's durability at a stop */
 #define CW_BATCH_BYTES (16u << 20)   /* bodies one batch holds at least, see collect() */
 /* Follow-ups (cw_task_send) whose worker died between their commit and their
  * confirm: looked for this often, once they are this old, each taken for
@@ -48,7 +49,8 @@ enum {
     STAGE_FRESH,    /* received, not yet claimed */
     STAGE_RUN,      /* with the handler threads (queued or running) */
     STAGE_READY,    /* its outcome known: to settle */
-    STAGE_SETTLING  /* being settled now */
+    STAGE_SYNCING,  /* its outcome committed, to be acked once that is durable */
+    STAGE_SETTLING  /* being settled (acked) now */
 };
 
 /* What settling does with a delivery. */
@@ -88,6 +90,9 @@ struct cw_worker {
     cw_task **ready; /* outcome known, to settle (n_slots) */
     size_t n_ready;
     int64_t ready_since;   /* CLOCK_MONOTONIC ms the oldest of them became ready */
+    cw_task **syncing; /* outcome committed, awaiting its durability (n_slots) */
+    size_t n_syncing;
+    cw_task **acking;      /* n_slots: those of them durable now */
     cw_task **scratch;     /* n_slots, for handing tasks to and from the runner */
     size_t batch_max;      /* deliveries claimed together */
     cw_runner *runner;     /* the handler threads */

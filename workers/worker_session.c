@@ -165,9 +165,12 @@ long cw__worker_collect(cw_worker *w, int wait_ms)
         if (got || wait_ms <= 0 || polled)
             return got;
         /* Nothing yet: wait for the broker, or for a handler to finish. */
-        struct pollfd pfd[2] = {{.fd = amqp_get_sockfd(w->cconn), .events = POLLIN},
-                                {.fd = cw_runner_fd(w->runner), .events = POLLIN}};
-        int pr = poll(pfd, 2, wait_ms);
+        /* ... or for the store to make a committed batch durable. */
+        struct pollfd pfd[3] = {
+            {.fd = amqp_get_sockfd(w->cconn), .events = POLLIN},
+            {.fd = cw_runner_fd(w->runner), .events = POLLIN},
+            {.fd = w->n_syncing ? cw_store_durable_fd(w->store) : -1, .events = POLLIN}};
+        int pr = poll(pfd, 3, wait_ms);
         polled = true;
         if (pr <= 0 || !(pfd[0].revents & (POLLIN | POLLERR | POLLHUP)))
             return 0;

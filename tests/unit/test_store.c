@@ -10,11 +10,13 @@
 #include <cmocka.h>
 
 #include <ftw.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <libpq-fe.h>
@@ -444,6 +446,129 @@ static void waits_for_write_lock(const fixture *f)
     cw_store_free(a);
 }
 FILE_ONLY(waits_for_write_lock)
+
+/* Deferred durability (a worker's SQLite store): outcomes committed at once
+ * (another connection sees them), made durable by the store's thread (the
+ * mark reached, the descriptor readable), checkpointed by its other thread
+ * (the database file grows while the connection itself never checkpoints),
+ * and everything durable after a free. Only a SQLite file offers it. */
+static cw_store *open_deferred(const fixture *f, const char *owner, bool deferred)
+{
+    cw_store_opts o = {.backend = f->backend,
+                       .path = f->path,
+                       .url = pg_url(),
+                       .schema = f->schema,
+                       .owner = owner,
+                       .lease_ms = LEASE_MS,
+                       .sync_full = true,
+                       .deferred = deferred};
+    cw_store *s = NULL;
+    if (cw_store_open(&s, &o))
+        fail_msg("cw_store_open: %s", cw_error_last());
+    return s;
+}
+
+static uint64_t wait_durable(cw_store *s, uint64_t want)
+{
+    uint64_t mark = 0;
+    int64_t until = mono_ms() + 10000;
+    for (;;) {
+        assert_int_equal(cw_store_durable(s, &mark), 0);
+        if (mark >= want || mono_ms() > until)
+            return mark;
+        struct pollfd pfd = {.fd = cw_store_durable_fd(s), .events = POLLIN};
+        assert_true(poll(&pfd, 1, 1000) >= 0);
+    }
+}
+
+static off_t file_size(const char *path)
+{
+    struct stat sb;
+    return stat(path, &sb) == 0 ? sb.st_size : -1;
+}
+
+static void deferred_durability(const fixture *f)
+{
+    cw_store *s = open_deferred(f, "host:100", true);
+    cw_store *other = open_deferred(f, "host:200", false);
+    assert_true(cw_store_can_defer(s));
+    assert_false(cw_store_can_defer(other));
+    assert_int_equal(cw_store_durable_fd(other), -1);
+    uint64_t mark = 99;
+    assert_int_equal(cw_store_durable(other, &mark), CW_STATUS_INVALID_ARG);
+    assert_true(cw_store_durable_fd(s) >= 0);
+
+    cw_claim_req reqs[3] = {{.message_id = "d1", .type = "t"},
+                            {.message_id = "d2", .type = "t"},
+                            {.message_id = "d3", .type = "t"}};
+    cw_claim claims[3];
+    assert_int_equal(cw_store_claim_batch(s, reqs, 3, T0, claims), 0);
+    cw_settle_req done[3];
+    for (int i = 0; i < 3; i++)
+        done[i] = (cw_settle_req){.message_id = reqs[i].message_id,
+                                  .state = CW_STATE_DONE,
+                                  .outcome = "ok",
+                                  .ticket = claims[i].ticket};
+    uint64_t m1 = 0, m2 = 0;
+    assert_int_equal(cw_store_settle_batch_deferred(s, done, 2, T0 + 1, &m1), 0);
+    assert_true(m1 > 0);
+    /* Visible to every worker at once, durable or not yet. */
+    assert_int_equal(get(other, "d1").state, CW_STATE_DONE);
+    assert_int_equal(get(other, "d2").state, CW_STATE_DONE);
+    assert_int_equal(get(other, "d3").state, CW_STATE_IN_PROGRESS);
+    assert_true(wait_durable(s, m1) >= m1);
+    assert_int_equal(cw_store_settle_batch_deferred(s, done + 2, 1, T0 + 2, &m2), 0);
+    assert_true(m2 > m1);
+    assert_true(wait_durable(s, m2) >= m2);
+    /* The checks of cw_store_settle_batch() hold here too. */
+    cw_settle_req bad = {.message_id = "d1", .state = CW_STATE_IN_PROGRESS, .outcome = "ok"};
+    assert_int_equal(cw_store_settle_batch_deferred(s, &bad, 1, T0, &mark), CW_STATUS_INVALID_ARG);
+    assert_int_equal(cw_store_settle_batch_deferred(other, done, 1, T0, &mark),
+                     CW_STATUS_INVALID_ARG);
+
+    /* Past CW_SQ_CHECKPOINT_FRAMES (4096) frames of WAL, the store's
+     * checkpoint thread copies them into the database file. */
+    off_t before = file_size(f->path);
+    char id[32];
+    for (int i = 0; i < 2500; i++) {
+        snprintf(id, sizeof id, "ck-%d", i);
+        cw_claim_req r = {.message_id = id, .type = "t"};
+        cw_claim c;
+        assert_int_equal(cw_store_claim_batch(s, &r, 1, T0, &c), 0);
+        cw_settle_req d = {.message_id = id, .state = CW_STATE_DONE, .outcome = "ok",
+                           .ticket = c.ticket};
+        assert_int_equal(cw_store_settle_batch_deferred(s, &d, 1, T0, &mark), 0);
+    }
+    int64_t until = mono_ms() + 10000;
+    while (file_size(f->path) <= before && mono_ms() < until) {
+        struct timespec ts = {0, 20000000L};
+        nanosleep(&ts, NULL);
+    }
+    assert_true(file_size(f->path) > before);
+    cw_store_free(s); /* makes the last marks durable before it returns */
+    cw_store_free(other);
+    s = open_deferred(f, "host:100", true);
+    assert_int_equal(get(s, "ck-2499").state, CW_STATE_DONE);
+    assert_int_equal(get(s, "d3").state, CW_STATE_DONE);
+    cw_store_free(s);
+}
+FILE_ONLY(deferred_durability)
+
+static void no_deferral_elsewhere(const fixture *f)
+{
+    cw_store *s = open_deferred(f, "host:100", true);
+    assert_false(cw_store_can_defer(s));
+    assert_int_equal(cw_store_durable_fd(s), -1);
+    cw_store_free(s);
+}
+static void no_deferral_memory(void **state)
+{
+    (void)state;
+    fixture f;
+    next_path(&f, "memory");
+    no_deferral_elsewhere(&f);
+}
+PG_CASE(no_deferral_elsewhere)
 
 static void dead_owner_taken_over(const fixture *f)
 {
@@ -987,6 +1112,9 @@ int main(void)
         cmocka_unit_test(busy_until_lease_expires_file),
         cmocka_unit_test(busy_until_lease_expires_pg),
         cmocka_unit_test(waits_for_write_lock_file),
+        cmocka_unit_test(deferred_durability_file),
+        cmocka_unit_test(no_deferral_memory),
+        cmocka_unit_test(no_deferral_elsewhere_pg),
         cmocka_unit_test(dead_owner_taken_over_file),
         cmocka_unit_test(dead_owner_taken_over_pg),
         cmocka_unit_test(done_by_other_is_duplicate_file),
