@@ -23,7 +23,7 @@
 
 /* The WAL's size, in frames, past which the checkpoint thread of a store
  * with deferred durability copies it back into the database. */
-#define CW_SQ_CHECKPOINT_FRAMES 4096
+#define CW_SQ_CHECKPOINT_FRAMES 16384
 
 typedef struct cw_sq_sync cw_sq_sync;
 
@@ -62,6 +62,13 @@ void cw__sq_sync_stop(cw_sq_store *q);
 uint64_t cw__sq_sync_request(cw_sq_store *q);
 int cw__sq_durable(cw_store *s, uint64_t *mark);
 int cw__sq_durable_fd(cw_store *s);
+
+/* The VFS of a worker's store connection (framework/store_sqlite_vfs.c):
+ * SQLite's default one, with each commit's WAL frames written at once.
+ * cw__sq_vfs_ready() registers it (once, thread-safe) and says whether it
+ * is there to be named in sqlite3_open_v2(). */
+#define CW_SQ_VFS "cw-wal"
+bool cw__sq_vfs_ready(void);
 
 /* Stores one follow-up of task row `task_id` with statement `st`
  * (CW_SQ_FOLLOWUP_INSERT's text, prepared on `db`); `where` names the file

@@ -201,8 +201,11 @@ int cw__store_sqlite_open(cw_store **out, const cw_store_opts *opts)
         if (rc)
             goto out_free;
     }
+    /* A worker's connection writes each commit's WAL frames at once. */
+    bool deferred = opts->deferred && opts->sync_full && !memory;
     rc = sqlite3_open_v2(q->path, &q->db,
-                         SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
+                         SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
+                         deferred && cw__sq_vfs_ready() ? CW_SQ_VFS : NULL);
     if (rc != SQLITE_OK) {
         rc = cw__error(CW_STATUS_STORE, "%s: cannot open: %s", q->path,
                        q->db ? sqlite3_errmsg(q->db) : sqlite3_errstr(rc));
@@ -218,7 +221,7 @@ int cw__store_sqlite_open(cw_store **out, const cw_store_opts *opts)
         rc = sq_migrate(q);
     if (rc == 0)
         rc = sq_prepare(q);
-    if (rc == 0 && opts->deferred && opts->sync_full && !memory)
+    if (rc == 0 && deferred)
         rc = cw__sq_sync_start(q);
     if (rc)
         goto out_free;

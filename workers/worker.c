@@ -598,9 +598,16 @@ static int by_id(const void *a, const void *b)
 /* Validates every delivery of the batch and claims the valid ones in the
  * store (one round trip). A message ID that comes twice in one batch is
  * claimed once: its later copies are duplicates. */
+static unsigned long dbg_claims, dbg_settles, dbg_settled;
+unsigned long dbg_polls, dbg_poll_sync; int64_t dbg_poll_ns, dbg_poll_sync_ns;
 static int claim_fresh(cw_worker *w, size_t n, int64_t now)
 {
     int rc;
+    if (!dbg_claims) { dbg_polls = 0; dbg_poll_ns = 0; dbg_poll_sync = 0; dbg_poll_sync_ns = 0; }
+    dbg_claims++;
+    static bool said;
+    if (!said && w->stats.received >= 99000 && getenv("CW_DBG")) { said = true;
+        fprintf(stderr, "DBG at 99k: claims %lu settles %lu settled %lu polls %lu %.0f ms, with syncing %lu %.0f ms\n", dbg_claims, dbg_settles, dbg_settled, dbg_polls, dbg_poll_ns/1e6, dbg_poll_sync, dbg_poll_sync_ns/1e6); }
     /* A redelivery may follow a worker's death: note its report first, so
      * that the history (and a poison verdict) says how it died. */
     for (size_t i = 0; i < n; i++) {
@@ -1014,6 +1021,7 @@ static int settle_ready(cw_worker *w)
     for (size_t i = 0; i < n; i++)
         set[i]->stage = STAGE_SETTLING;
     int64_t now = cw__now_ms();
+    dbg_settles++; dbg_settled += n;
     int pub_rc = republish_set(w, set, n, now);
     bool deferred = cw_store_can_defer(w->store);
     uint64_t mark = 0;
@@ -1395,6 +1403,7 @@ int cw_worker_run(cw_worker *w, volatile sig_atomic_t *stop)
         pthread_join(w->watchdog, NULL);
         w->watchdog_running = false;
     }
+    if (getenv("CW_DBG")) fprintf(stderr, "DBG claims %lu settles %lu settled %lu polls %lu %.0f ms, with syncing %lu %.0f ms\n", dbg_claims, dbg_settles, dbg_settled, dbg_polls, dbg_poll_ns/1e6, dbg_poll_sync, dbg_poll_sync_ns/1e6);
     cw_log_info(NULL,
                 "stopped: %llu received, %llu applied, %llu duplicates skipped, "
                 "%llu retried, %llu dead-lettered (%llu invalid)",

@@ -170,7 +170,12 @@ long cw__worker_collect(cw_worker *w, int wait_ms)
             {.fd = amqp_get_sockfd(w->cconn), .events = POLLIN},
             {.fd = cw_runner_fd(w->runner), .events = POLLIN},
             {.fd = w->n_syncing ? cw_store_durable_fd(w->store) : -1, .events = POLLIN}};
+        extern unsigned long dbg_polls, dbg_poll_sync; extern int64_t dbg_poll_ns, dbg_poll_sync_ns;
+        int64_t t0 = cw__mono_ns();
         int pr = poll(pfd, 3, wait_ms);
+        int64_t dt = cw__mono_ns() - t0;
+        dbg_polls++; dbg_poll_ns += dt;
+        if (w->n_syncing) { dbg_poll_sync++; dbg_poll_sync_ns += dt; }
         polled = true;
         if (pr <= 0 || !(pfd[0].revents & (POLLIN | POLLERR | POLLHUP)))
             return 0;

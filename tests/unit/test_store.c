@@ -24,6 +24,7 @@
 
 #include "compworker/status.h"
 #include "framework/store.h"
+#include "framework/store_sqlite.h" /* CW_SQ_CHECKPOINT_FRAMES */
 
 #define LEASE_MS 30000
 #define T0 1700000000000LL /* an arbitrary "now", in ms */
@@ -526,11 +527,12 @@ static void deferred_durability(const fixture *f)
     assert_int_equal(cw_store_settle_batch_deferred(other, done, 1, T0, &mark),
                      CW_STATUS_INVALID_ARG);
 
-    /* Past CW_SQ_CHECKPOINT_FRAMES (4096) frames of WAL, the store's
-     * checkpoint thread copies them into the database file. */
+    /* Past CW_SQ_CHECKPOINT_FRAMES frames of WAL (each claim and settle
+     * writes two at least), the store's checkpoint thread copies them into
+     * the database file. */
     off_t before = file_size(f->path);
     char id[32];
-    for (int i = 0; i < 2500; i++) {
+    for (int i = 0; i < CW_SQ_CHECKPOINT_FRAMES / 3; i++) {
         snprintf(id, sizeof id, "ck-%d", i);
         cw_claim_req r = {.message_id = id, .type = "t"};
         cw_claim c;
@@ -548,7 +550,8 @@ static void deferred_durability(const fixture *f)
     cw_store_free(s); /* makes the last marks durable before it returns */
     cw_store_free(other);
     s = open_deferred(f, "host:100", true);
-    assert_int_equal(get(s, "ck-2499").state, CW_STATE_DONE);
+    snprintf(id, sizeof id, "ck-%d", CW_SQ_CHECKPOINT_FRAMES / 3 - 1);
+    assert_int_equal(get(s, id).state, CW_STATE_DONE);
     assert_int_equal(get(s, "d3").state, CW_STATE_DONE);
     cw_store_free(s);
 }
