@@ -89,6 +89,19 @@ int cw__topology_declare(amqp_connection_state_t conn, amqp_channel_t ch, const 
 amqp_rpc_reply_t cw__broker_consume(amqp_connection_state_t conn, amqp_envelope_t *env,
                                     const struct timeval *timeout, amqp_frame_t *other);
 
+/* cw__broker_consume() into memory that the envelope keeps between
+ * deliveries: env->message.pool (initialised once with init_amqp_pool())
+ * holds the delivery's names, properties and body, so that a worker's slot
+ * reads delivery after delivery without a malloc() once its pool has its
+ * page. Release the delivery with cw__envelope_recycle() (never with
+ * amqp_destroy_envelope()); free the pool with empty_amqp_pool() when the
+ * slot goes. Pools that grew past CW_ENVELOPE_POOL_PAGES pages are emptied
+ * at the recycle. */
+#define CW_ENVELOPE_POOL_PAGES 4
+amqp_rpc_reply_t cw__broker_consume_pooled(amqp_connection_state_t conn, amqp_envelope_t *env,
+                                           const struct timeval *timeout, amqp_frame_t *other);
+void cw__envelope_recycle(amqp_envelope_t *env);
+
 /* A channel in confirm mode. */
 typedef struct cw_publisher {
     amqp_connection_state_t conn;

@@ -10,6 +10,7 @@
  * malloc'd bytes, the properties into the message's own pool, each body
  * fragment into the body) and recycles the pool after every frame, so that
  * the pool never holds more than a frame or two. */
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
@@ -92,9 +93,21 @@ static int copy_properties(amqp_pool_t *pool, amqp_basic_properties_t *dst,
     return AMQP_STATUS_OK;
 }
 
+/* Gives back what a failed read left in msg: its pool recycled when it is
+ * the caller's (pooled), else emptied, and a malloc'd body freed. */
+static void drop_message(amqp_message_t *msg, bool pooled)
+{
+    if (pooled) {
+        recycle_amqp_pool(&msg->pool);
+        return;
+    }
+    amqp_bytes_free(msg->body);
+    empty_amqp_pool(&msg->pool);
+}
+
 /* The content (header and body frames) of the delivery just read. */
 static amqp_rpc_reply_t read_content(amqp_connection_state_t conn, amqp_channel_t ch,
-                                     amqp_message_t *msg)
+                                     amqp_message_t *msg, bool pooled)
 {
     amqp_frame_t f;
     int st;
@@ -111,36 +124,39 @@ static amqp_rpc_reply_t read_content(amqp_connection_state_t conn, amqp_channel_
     if (size > SIZE_MAX)
         return library_error(AMQP_STATUS_NO_MEMORY);
 
-    init_amqp_pool(&msg->pool, 4096);
+    if (!pooled)
+        init_amqp_pool(&msg->pool, 4096);
+    msg->body = amqp_empty_bytes;
     st = copy_properties(&msg->pool, &msg->properties, f.payload.properties.decoded);
     if (st != AMQP_STATUS_OK)
-        goto out_pool;
+        goto out;
     amqp_maybe_release_buffers(conn);
 
-    msg->body = amqp_empty_bytes;
     if (size) {
-        msg->body = amqp_bytes_malloc((size_t)size);
+        if (pooled)
+            amqp_pool_alloc_bytes(&msg->pool, (size_t)size, &msg->body);
+        else
+            msg->body = amqp_bytes_malloc((size_t)size);
         if (!msg->body.bytes) {
             st = AMQP_STATUS_NO_MEMORY;
-            goto out_pool;
+            goto out;
         }
     }
     size_t got = 0;
     while (got < msg->body.len) {
         if ((st = amqp_simple_wait_frame(conn, &f)) != AMQP_STATUS_OK)
-            goto out_body;
+            goto out;
         if (f.frame_type == AMQP_FRAME_HEARTBEAT)
             continue;
         if (f.frame_type != AMQP_FRAME_BODY || f.channel != ch) {
             amqp_rpc_reply_t r = unexpected(&f);
-            amqp_bytes_free(msg->body);
-            empty_amqp_pool(&msg->pool);
+            drop_message(msg, pooled);
             return r;
         }
         amqp_bytes_t frag = f.payload.body_fragment;
         if (frag.len > msg->body.len - got) {
             st = AMQP_STATUS_BAD_AMQP_DATA;
-            goto out_body;
+            goto out;
         }
         memcpy((char *)msg->body.bytes + got, frag.bytes, frag.len);
         got += frag.len;
@@ -152,19 +168,31 @@ static amqp_rpc_reply_t read_content(amqp_connection_state_t conn, amqp_channel_
     ok.reply_type = AMQP_RESPONSE_NORMAL;
     return ok;
 
-out_body:
-    amqp_bytes_free(msg->body);
-out_pool:
-    empty_amqp_pool(&msg->pool);
+out:
+    drop_message(msg, pooled);
     return library_error(st);
 }
 
-amqp_rpc_reply_t cw__broker_consume(amqp_connection_state_t conn, amqp_envelope_t *env,
-                                    const struct timeval *timeout, amqp_frame_t *other)
+/* A copy of `src` in the pool, or malloc'd. */
+static amqp_bytes_t dup_bytes(amqp_pool_t *pool, amqp_bytes_t src)
+{
+    amqp_bytes_t b = amqp_empty_bytes;
+    if (!pool)
+        return amqp_bytes_malloc_dup(src);
+    if (src.len && copy_bytes(pool, &b, src) != AMQP_STATUS_OK)
+        b.bytes = NULL;
+    return b;
+}
+
+static amqp_rpc_reply_t consume(amqp_connection_state_t conn, amqp_envelope_t *env,
+                                const struct timeval *timeout, amqp_frame_t *other, bool pooled)
 {
     amqp_frame_t f;
+    amqp_pool_t pool = env->message.pool;
 
     memset(env, 0, sizeof *env);
+    if (pooled)
+        env->message.pool = pool;
     /* Nothing decoded earlier is referenced any more: every envelope owns
      * copies of what it holds. */
     amqp_maybe_release_buffers(conn);
@@ -179,21 +207,54 @@ amqp_rpc_reply_t cw__broker_consume(amqp_connection_state_t conn, amqp_envelope_
     env->channel = f.channel;
     env->delivery_tag = d->delivery_tag;
     env->redelivered = d->redelivered;
-    env->consumer_tag = amqp_bytes_malloc_dup(d->consumer_tag);
-    env->exchange = amqp_bytes_malloc_dup(d->exchange);
-    env->routing_key = amqp_bytes_malloc_dup(d->routing_key);
+    amqp_pool_t *into = pooled ? &env->message.pool : NULL;
+    env->consumer_tag = dup_bytes(into, d->consumer_tag);
+    env->exchange = dup_bytes(into, d->exchange);
+    env->routing_key = dup_bytes(into, d->routing_key);
     amqp_rpc_reply_t r;
     if ((d->consumer_tag.len && !env->consumer_tag.bytes) ||
         (d->exchange.len && !env->exchange.bytes) ||
         (d->routing_key.len && !env->routing_key.bytes))
         r = library_error(AMQP_STATUS_NO_MEMORY);
     else
-        r = read_content(conn, env->channel, &env->message);
+        r = read_content(conn, env->channel, &env->message, pooled);
     if (r.reply_type != AMQP_RESPONSE_NORMAL) {
-        amqp_bytes_free(env->consumer_tag);
-        amqp_bytes_free(env->exchange);
-        amqp_bytes_free(env->routing_key);
+        if (pooled) {
+            recycle_amqp_pool(&env->message.pool);
+            pool = env->message.pool;
+        } else {
+            amqp_bytes_free(env->consumer_tag);
+            amqp_bytes_free(env->exchange);
+            amqp_bytes_free(env->routing_key);
+        }
         memset(env, 0, sizeof *env);
+        if (pooled)
+            env->message.pool = pool;
     }
     return r;
+}
+
+amqp_rpc_reply_t cw__broker_consume(amqp_connection_state_t conn, amqp_envelope_t *env,
+                                    const struct timeval *timeout, amqp_frame_t *other)
+{
+    return consume(conn, env, timeout, other, false);
+}
+
+amqp_rpc_reply_t cw__broker_consume_pooled(amqp_connection_state_t conn, amqp_envelope_t *env,
+                                           const struct timeval *timeout, amqp_frame_t *other)
+{
+    return consume(conn, env, timeout, other, true);
+}
+
+void cw__envelope_recycle(amqp_envelope_t *env)
+{
+    amqp_pool_t pool = env->message.pool;
+    /* A pool that grew past a few pages (a delivery with many headers) is
+     * emptied: what slots keep between deliveries stays small. */
+    if (pool.pages.num_blocks > CW_ENVELOPE_POOL_PAGES)
+        empty_amqp_pool(&pool);
+    else
+        recycle_amqp_pool(&pool);
+    memset(env, 0, sizeof *env);
+    env->message.pool = pool;
 }

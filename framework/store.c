@@ -171,8 +171,8 @@ bool cw_store_can_defer(cw_store *s)
     return s && s->ops->settle_deferred && s->ops->durable_fd(s) >= 0;
 }
 
-int cw_store_settle_batch_deferred(cw_store *s, const cw_settle_req *reqs, size_t n,
-                                   int64_t now_ms, uint64_t *mark)
+int cw_store_settle_batch_deferred(cw_store *s, const cw_settle_req *reqs, size_t n, int64_t now_ms,
+                                   uint64_t *mark)
 {
     if (!s || !mark || (n && !reqs))
         return cw__error(CW_STATUS_INVALID_ARG, "store: deferred settle: NULL argument");

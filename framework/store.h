@@ -236,8 +236,8 @@ int cw_store_release(cw_store *s, const int64_t *tickets, size_t n);
  * mark has grown (cw_store_durable() reads it empty); -1 without deferral.
  * All three belong to the thread that uses the store. */
 bool cw_store_can_defer(cw_store *s);
-int cw_store_settle_batch_deferred(cw_store *s, const cw_settle_req *reqs, size_t n,
-                                   int64_t now_ms, uint64_t *mark);
+int cw_store_settle_batch_deferred(cw_store *s, const cw_settle_req *reqs, size_t n, int64_t now_ms,
+                                   uint64_t *mark);
 int cw_store_durable(cw_store *s, uint64_t *mark);
 int cw_store_durable_fd(cw_store *s);
 

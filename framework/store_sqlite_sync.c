@@ -41,12 +41,12 @@ struct cw_sq_sync {
     pthread_t syncer, checkpointer;
     bool syncer_on, checkpointer_on;
     bool stop;
-    uint64_t committed;        /* marks handed out (under mu) */
-    _Atomic uint64_t durable;  /* the highest mark made durable */
-    _Atomic bool failed;       /* an fdatasync failed: nothing is durable any more */
-    char why[256];             /* its reason (set before `failed`) */
-    bool ckpt_due;             /* under mu */
-    int wal_fd;                /* the -wal file, for fdatasync only */
+    uint64_t committed;       /* marks handed out (under mu) */
+    _Atomic uint64_t durable; /* the highest mark made durable */
+    _Atomic bool failed;      /* an fdatasync failed: nothing is durable any more */
+    char why[256];            /* its reason (set before `failed`) */
+    bool ckpt_due;            /* under mu */
+    int wal_fd;               /* the -wal file, for fdatasync only */
     char *wal_path;
     char *db_path;
     int event_fd; /* readable when `durable` grew */
@@ -105,8 +105,9 @@ static void *checkpointer_main(void *arg)
     if (sqlite3_open_v2(y->db_path, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL) !=
             SQLITE_OK ||
         sqlite3_exec(db, "PRAGMA synchronous = NORMAL", NULL, NULL, NULL) != SQLITE_OK) {
-        cw_log_warn(NULL, "store %s: the checkpoint thread cannot open it (%s): the WAL grows "
-                          "until the worker stops",
+        cw_log_warn(NULL,
+                    "store %s: the checkpoint thread cannot open it (%s): the WAL grows "
+                    "until the worker stops",
                     y->db_path, db ? sqlite3_errmsg(db) : "out of memory");
         sqlite3_close(db);
         return NULL;

@@ -42,16 +42,16 @@
 #include "framework/log.h"
 #include "framework/store_sqlite.h"
 
-#define CW_WAL_BUF_MAX (4u << 20)      /* bytes buffered at most */
-#define CW_WAL_RESERVE (16 << 20)      /* reserved ahead of the buffer at a time */
+#define CW_WAL_BUF_MAX (4u << 20) /* bytes buffered at most */
+#define CW_WAL_RESERVE (16 << 20) /* reserved ahead of the buffer at a time */
 
 typedef struct wal_file wal_file;
 struct wal_file {
-    sqlite3_file base;   /* our methods */
-    sqlite3_file *real;  /* the default VFS's file, right after this struct */
-    bool wal;            /* a -wal file: buffered */
-    bool failed;         /* a write at the barrier failed: refuse everything */
-    pthread_mutex_t mu;  /* the buffer (a barrier may come from another connection) */
+    sqlite3_file base;  /* our methods */
+    sqlite3_file *real; /* the default VFS's file, right after this struct */
+    bool wal;           /* a -wal file: buffered */
+    bool failed;        /* a write at the barrier failed: refuse everything */
+    pthread_mutex_t mu; /* the buffer (a barrier may come from another connection) */
     unsigned char *buf;
     size_t len;
     sqlite3_int64 off;      /* file offset of buf[0] */

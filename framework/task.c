@@ -5,6 +5,7 @@
 #include <string.h>
 #include <uuid/uuid.h>
 
+#include "framework/broker.h"
 #include "framework/clock.h"
 #include "framework/error.h"
 #include "framework/json_text.h"
@@ -23,7 +24,10 @@ void cw__task_describe_handler(const cw_task *t, char *out, size_t cap)
 
 void cw__task_reset(cw_task *t)
 {
-    if (t->has_env)
+    bool pooled = t->pooled;
+    if (pooled)
+        cw__envelope_recycle(&t->env);
+    else if (t->has_env)
         amqp_destroy_envelope(&t->env);
     if (t->payload)
         json_object_put(t->payload);
@@ -34,7 +38,12 @@ void cw__task_reset(cw_task *t)
     }
     cw__task_drop_sends(t);
     free(t->sends);
+    amqp_pool_t pool = t->env.message.pool;
     memset(t, 0, sizeof *t);
+    if (pooled) {
+        t->env.message.pool = pool;
+        t->pooled = true;
+    }
 }
 
 void cw__task_drop_sends(cw_task *t)

@@ -21,6 +21,8 @@ typedef struct cw_strnode {
 struct cw_task {
     amqp_envelope_t env; /* owned when has_env; destroyed by cw__task_reset() */
     bool has_env;
+    bool pooled; /* env's memory is its message pool, kept across resets
+                    (a worker's slot: cw__broker_consume_pooled) */
     char message_id[CW_MESSAGE_ID_MAX + 1];
     char type[256];
     char saga_id[256];

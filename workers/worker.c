@@ -58,6 +58,10 @@ static void task_flight(size_t i, int delta, void *ud);
 
 static void free_arrays(cw_worker *w)
 {
+    for (size_t i = 0; w->slots && i < w->n_slots; i++) {
+        cw__task_reset(&w->slots[i]);
+        empty_amqp_pool(&w->slots[i].env.message.pool);
+    }
     free(w->slots);
     free(w->fresh);
     free(w->ready);
@@ -114,15 +118,19 @@ int cw_worker_new(cw_worker **out, const cw_config *cfg, cw_registry *reg)
     w->release = calloc(w->n_slots, sizeof *w->release);
     w->done_ids = calloc(w->n_slots * CW_TASK_SEND_MAX, sizeof *w->done_ids);
     if (!w->done_ids || !w->slots || !w->fresh || !w->ready || !w->scratch || !w->syncing ||
-        !w->acking || !w->limit ||
-        !w->rate_interval_ns || !w->rate_next || !w->rate_local || !w->rate_on || !w->policy ||
-        !w->claim_reqs || !w->claims || !w->claim_of || !w->settles || !w->release) {
+        !w->acking || !w->limit || !w->rate_interval_ns || !w->rate_next || !w->rate_local ||
+        !w->rate_on || !w->policy || !w->claim_reqs || !w->claims || !w->claim_of || !w->settles ||
+        !w->release) {
         rc = cw__error(CW_STATUS_NOMEM, "out of memory creating the worker");
         goto out_free;
     }
     if ((rc = cw__validator_init(&w->val, reg, cfg->max_body_size)))
         goto out_free;
     for (size_t i = 0; i < w->n_slots; i++) {
+        /* Each slot reads its deliveries into a pool of its own, kept from
+         * one delivery to the next (cw__broker_consume_pooled). */
+        init_amqp_pool(&w->slots[i].env.message.pool, CW_SLOT_POOL_PAGE);
+        w->slots[i].pooled = true;
         w->slots[i].next = w->free_slots;
         w->free_slots = &w->slots[i];
     }
@@ -576,7 +584,8 @@ static bool in_flight(const cw_worker *w, const cw_task *t)
 {
     for (size_t i = 0; i < w->n_slots; i++) {
         const cw_task *o = &w->slots[i];
-        if (o != t && (o->stage == STAGE_RUN || o->stage == STAGE_READY || o->stage == STAGE_SYNCING) &&
+        if (o != t &&
+            (o->stage == STAGE_RUN || o->stage == STAGE_READY || o->stage == STAGE_SYNCING) &&
             strcmp(o->message_id, t->message_id) == 0)
             return true;
     }
@@ -598,16 +607,9 @@ static int by_id(const void *a, const void *b)
 /* Validates every delivery of the batch and claims the valid ones in the
  * store (one round trip). A message ID that comes twice in one batch is
  * claimed once: its later copies are duplicates. */
-static unsigned long dbg_claims, dbg_settles, dbg_settled;
-unsigned long dbg_polls, dbg_poll_sync; int64_t dbg_poll_ns, dbg_poll_sync_ns;
 static int claim_fresh(cw_worker *w, size_t n, int64_t now)
 {
     int rc;
-    if (!dbg_claims) { dbg_polls = 0; dbg_poll_ns = 0; dbg_poll_sync = 0; dbg_poll_sync_ns = 0; }
-    dbg_claims++;
-    static bool said;
-    if (!said && w->stats.received >= 99000 && getenv("CW_DBG")) { said = true;
-        fprintf(stderr, "DBG at 99k: claims %lu settles %lu settled %lu polls %lu %.0f ms, with syncing %lu %.0f ms\n", dbg_claims, dbg_settles, dbg_settled, dbg_polls, dbg_poll_ns/1e6, dbg_poll_sync, dbg_poll_sync_ns/1e6); }
     /* A redelivery may follow a worker's death: note its report first, so
      * that the history (and a poison verdict) says how it died. */
     for (size_t i = 0; i < n; i++) {
@@ -1021,7 +1023,6 @@ static int settle_ready(cw_worker *w)
     for (size_t i = 0; i < n; i++)
         set[i]->stage = STAGE_SETTLING;
     int64_t now = cw__now_ms();
-    dbg_settles++; dbg_settled += n;
     int pub_rc = republish_set(w, set, n, now);
     bool deferred = cw_store_can_defer(w->store);
     uint64_t mark = 0;
@@ -1403,7 +1404,6 @@ int cw_worker_run(cw_worker *w, volatile sig_atomic_t *stop)
         pthread_join(w->watchdog, NULL);
         w->watchdog_running = false;
     }
-    if (getenv("CW_DBG")) fprintf(stderr, "DBG claims %lu settles %lu settled %lu polls %lu %.0f ms, with syncing %lu %.0f ms\n", dbg_claims, dbg_settles, dbg_settled, dbg_polls, dbg_poll_ns/1e6, dbg_poll_sync, dbg_poll_sync_ns/1e6);
     cw_log_info(NULL,
                 "stopped: %llu received, %llu applied, %llu duplicates skipped, "
                 "%llu retried, %llu dead-lettered (%llu invalid)",

@@ -34,6 +34,7 @@
 #define CW_STORE_BACKOFF_MAX_MS 5000 /* between tries of a store that does not answer */
 #define CW_KEEPALIVE_MS 5000         /* heartbeat frames sent while the worker waits */
 #define CW_SYNC_WAIT_MS 10000        /* for the last commit's durability at a stop */
+#define CW_SLOT_POOL_PAGE 4096       /* a slot's pool page: a typical task's properties and body */
 #define CW_BATCH_BYTES (16u << 20)   /* bodies one batch holds at least, see collect() */
 /* Follow-ups (cw_task_send) whose worker died between their commit and their
  * confirm: looked for this often, once they are this old, each taken for
@@ -89,8 +90,8 @@ struct cw_worker {
     size_t n_fresh;
     cw_task **ready; /* outcome known, to settle (n_slots) */
     size_t n_ready;
-    int64_t ready_since;   /* CLOCK_MONOTONIC ms the oldest of them became ready */
-    cw_task **syncing; /* outcome committed, awaiting its durability (n_slots) */
+    int64_t ready_since; /* CLOCK_MONOTONIC ms the oldest of them became ready */
+    cw_task **syncing;   /* outcome committed, awaiting its durability (n_slots) */
     size_t n_syncing;
     cw_task **acking;      /* n_slots: those of them durable now */
     cw_task **scratch;     /* n_slots, for handing tasks to and from the runner */

@@ -115,7 +115,7 @@ static int receive_one(cw_worker *w, cw_task *t, int timeout_ms)
     for (;;) {
         struct timeval tv = {.tv_sec = timeout_ms / 1000, .tv_usec = (timeout_ms % 1000) * 1000};
         amqp_frame_t other;
-        amqp_rpc_reply_t r = cw__broker_consume(w->cconn, &t->env, &tv, &other);
+        amqp_rpc_reply_t r = cw__broker_consume_pooled(w->cconn, &t->env, &tv, &other);
         if (r.reply_type == AMQP_RESPONSE_NORMAL) {
             t->has_env = true;
             return 1;
@@ -166,16 +166,11 @@ long cw__worker_collect(cw_worker *w, int wait_ms)
             return got;
         /* Nothing yet: wait for the broker, or for a handler to finish. */
         /* ... or for the store to make a committed batch durable. */
-        struct pollfd pfd[3] = {
-            {.fd = amqp_get_sockfd(w->cconn), .events = POLLIN},
-            {.fd = cw_runner_fd(w->runner), .events = POLLIN},
-            {.fd = w->n_syncing ? cw_store_durable_fd(w->store) : -1, .events = POLLIN}};
-        extern unsigned long dbg_polls, dbg_poll_sync; extern int64_t dbg_poll_ns, dbg_poll_sync_ns;
-        int64_t t0 = cw__mono_ns();
+        struct pollfd pfd[3] = {{.fd = amqp_get_sockfd(w->cconn), .events = POLLIN},
+                                {.fd = cw_runner_fd(w->runner), .events = POLLIN},
+                                {.fd = w->n_syncing ? cw_store_durable_fd(w->store) : -1,
+                                 .events = POLLIN}};
         int pr = poll(pfd, 3, wait_ms);
-        int64_t dt = cw__mono_ns() - t0;
-        dbg_polls++; dbg_poll_ns += dt;
-        if (w->n_syncing) { dbg_poll_sync++; dbg_poll_sync_ns += dt; }
         polled = true;
         if (pr <= 0 || !(pfd[0].revents & (POLLIN | POLLERR | POLLHUP)))
             return 0;

@@ -537,7 +537,9 @@ static void deferred_durability(const fixture *f)
         cw_claim_req r = {.message_id = id, .type = "t"};
         cw_claim c;
         assert_int_equal(cw_store_claim_batch(s, &r, 1, T0, &c), 0);
-        cw_settle_req d = {.message_id = id, .state = CW_STATE_DONE, .outcome = "ok",
+        cw_settle_req d = {.message_id = id,
+                           .state = CW_STATE_DONE,
+                           .outcome = "ok",
                            .ticket = c.ticket};
         assert_int_equal(cw_store_settle_batch_deferred(s, &d, 1, T0, &mark), 0);
     }
