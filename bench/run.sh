@@ -5,7 +5,7 @@
 #
 #   bench/run.sh BUILD_DIR
 #   N=100000 RUNS=3 PREFETCH=1000 QUEUE_TYPES="classic quorum" WORKERS="1 2" \
-#     SECTIONS="throughput latency retry rss store pg" STORE_RECORDS=10000000 bench/run.sh build
+#     SECTIONS="throughput latency retry rss store pg pgstore" STORE_RECORDS=10000000 bench/run.sh build
 #
 # The baseline, the denominator of every ratio, is bench/cwbench.c's bare
 # rabbitmq-c consumer: manual acks, the same prefetch, the same persistent
@@ -24,6 +24,15 @@
 # on) beside the SQLite store and the bare consumer, on a quorum queue, and
 # measures the store's sweep of a large expired history while it works.
 #
+# The section "pgstore" is the "store" section's comparison on the
+# PostgreSQL store: PG_STORE_RECORDS (default STORE_RECORDS) done records
+# written into a schema in bulk, then the rate against an empty schema.
+#
+# The run ends with the targets of the per-message cost (quorum >= 0.6 of the
+# bare consumer and 2 workers >= 1, classic >= 0.9, 10 M records >= 0.85 of
+# an empty store on either backend, p99 latency <= 20 ms), each read off the
+# medians of the sections this run had, and said met or NOT met.
+#
 # The section "relay" runs compworker relay on an outbox table of that
 # PostgreSQL: the time from a publisher's COMMIT (one task enqueued with
 # cw_outbox_enqueue()) to the task's delivery, one at a time, beside a
@@ -41,13 +50,14 @@ RUNS=${RUNS:-3}
 PREFETCH=${PREFETCH:-1000}
 QUEUE_TYPES=${QUEUE_TYPES:-classic quorum}
 WORKERS=${WORKERS:-1 2}
-SECTIONS=${SECTIONS:-throughput latency retry rss store pg threads relay}
+SECTIONS=${SECTIONS:-throughput latency retry rss store pg pgstore threads relay}
 RELAY_N=${RELAY_N:-500}
 CONCURRENCY=${CONCURRENCY:-1 8 32 64}
 SLEEP_MS=${SLEEP_MS:-50}
 PYTHON=${PYTHON:-/usr/bin/python3} # Debian's, where python3-celery installs
 PG_SWEEP_RECORDS=${PG_SWEEP_RECORDS:-200000}
 STORE_RECORDS=${STORE_RECORDS:-10000000}
+PG_STORE_RECORDS=${PG_STORE_RECORDS:-$STORE_RECORDS}
 port=${BENCH_PORT:-5690}
 url=amqp://guest:guest@127.0.0.1:$port/
 work=$(mktemp -d /tmp/cw-bench.XXXXXX)
@@ -55,6 +65,7 @@ bench=$build/bench/cwbench
 exe=$build/compworker
 pool=""
 json=()
+declare -A target=() # what the targets at the end are read from
 
 die() { echo "bench: $*" >&2; exit 1; }
 pg_port=${BENCH_PG_PORT:-5691}
@@ -237,6 +248,7 @@ throughput() {
             # shellcheck disable=SC2086
             med=$(printf '%s\n' ${ratios[$nw]} | median)
             printf '%-8s %-7s ratio min %.2f  median %.2f  max %.2f\n' "$qtype" "$nw" "$min" "$med" "$max"
+            target[$qtype-$nw]=$med
             json+=("{\"section\":\"throughput_summary\",\"queue_type\":\"$qtype\",\"workers\":$nw,\"min\":$min,\"median\":$med,\"max\":$max}")
         done
         unset ratios
@@ -266,6 +278,7 @@ latency() {
     p50=$(awk '$1 == "latency_us" {print $2 / 1000}' "$dir"/stats/*.txt | pct 50)
     p99=$(awk '$1 == "latency_us" {print $2 / 1000}' "$dir"/stats/*.txt | pct 99)
     printf 'samples %d   p50 %.2f ms   p99 %.2f ms\n' "$n" "$p50" "$p99"
+    target[latency]=$p99
     json+=("{\"section\":\"latency\",\"rate\":$rate,\"samples\":$n,\"p50_ms\":$p50,\"p99_ms\":$p99}")
 }
 
@@ -344,7 +357,7 @@ SQL
     fi
     echo "== the store under a large history: tasks/s with $STORE_RECORDS done records vs an empty store (1 worker, classic)"
     printf '%-4s %14s %14s %8s\n' run empty/s large/s ratio
-    local i e l r
+    local i e l r rs=""
     for i in $(seq "$RUNS"); do
         read -r e _ < <(compworker_rate classic 1 "empty$i")
         mkdir -p "$dir"
@@ -354,7 +367,62 @@ SQL
         r=$(echo "$l / $e" | bc -l)
         printf '%-4s %14.0f %14.0f %8.2f\n' "$i" "$e" "$l" "$r"
         json+=("{\"section\":\"store\",\"records\":$STORE_RECORDS,\"run\":$i,\"empty\":$e,\"large\":$l,\"ratio\":$r}")
+        rs+="$r "
     done
+    # shellcheck disable=SC2086
+    target[store]=$(printf '%s\n' $rs | median)
+}
+
+# ---- the PostgreSQL store under a large history ----------------------------
+pgstore() {
+    pg_start
+    local schema=bench_big_$$ i e l r rs="" n=$PG_STORE_RECORDS now
+    echo "== the PostgreSQL store under a large history: tasks/s with $n done records vs an" \
+         "empty schema (1 worker, classic)"
+    start_pool "$work/pgbig-init" classic 1 "pg:$schema"
+    stop_pool
+    now=$(($(date +%s) * 1000))
+    # The records in bulk (a few minutes for 10 million), as the SQLite store's.
+    pg_sql "INSERT INTO \"$schema\".cw_tasks (message_id, state, owner, attempts, deliveries,
+            unsettled, saga_id, type, first_seen, last_seen, settled_at)
+            SELECT md5(i::text), 2, 'bench', 1, 1, 0, 'saga-bench', 'bench.noop', $now, $now, $now
+            FROM generate_series(1, $n) i" >/dev/null
+    pg_sql "VACUUM ANALYZE \"$schema\".cw_tasks" >/dev/null
+    printf '%-4s %14s %14s %8s\n' run empty/s large/s ratio
+    for i in $(seq "$RUNS"); do
+        read -r e _ < <(compworker_rate classic 1 "pgempty$i" "pg:bench_empty_${i}_$$")
+        read -r l _ < <(compworker_rate classic 1 "pgbig$i" "pg:$schema")
+        r=$(echo "$l / $e" | bc -l)
+        printf '%-4s %14.0f %14.0f %8.2f\n' "$i" "$e" "$l" "$r"
+        json+=("{\"section\":\"pgstore\",\"records\":$n,\"run\":$i,\"empty\":$e,\"large\":$l,\"ratio\":$r}")
+        rs+="$r "
+    done
+    # shellcheck disable=SC2086
+    target[pgstore]=$(printf '%s\n' $rs | median)
+}
+
+# The issue's targets, from the medians of this run.
+targets() {
+    local any=0
+    check() { # LABEL VALUE OP LIMIT
+        [ -n "$2" ] || return 0
+        any=1
+        local ok
+        ok=$(echo "$2 $3 $4" | bc -l)
+        printf '%-52s %8.2f  %s %s  %s\n' "$1" "$2" "$3" "$4" "$([ "$ok" = 1 ] && echo met || echo 'NOT met')"
+        json+=("{\"section\":\"target\",\"what\":\"$1\",\"value\":$2,\"limit\":$4,\"met\":$([ "$ok" = 1 ] && echo true || echo false)}")
+    }
+    echo "== targets (medians of this run)"
+    check "quorum, 1 worker / bare consumer" "${target[quorum-1]:-}" ">=" 0.6
+    if [ -n "${target[quorum-1]:-}" ] && [ -n "${target[quorum-2]:-}" ]; then
+        check "quorum, 2 workers / 1 worker" "$(echo "${target[quorum-2]} / ${target[quorum-1]}" | bc -l)" ">=" 1
+    fi
+    check "classic, 1 worker / bare consumer" "${target[classic-1]:-}" ">=" 0.9
+    check "classic, 2 workers / bare consumer" "${target[classic-2]:-}" ">=" 0.9
+    check "$STORE_RECORDS records retained / empty (SQLite)" "${target[store]:-}" ">=" 0.85
+    check "$PG_STORE_RECORDS records retained / empty (PostgreSQL)" "${target[pgstore]:-}" ">=" 0.85
+    check "latency p99 at half capacity (ms)" "${target[latency]:-}" "<=" 20
+    [ $any = 1 ] || echo "(no section of this run has a target)"
 }
 
 # ---- the PostgreSQL store -------------------------------------------------
@@ -500,9 +568,10 @@ echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 104857
      "$(uname -r); RabbitMQ $(dpkg-query -W -f='${Version}' rabbitmq-server 2>/dev/null || echo '?')"
 for s in $SECTIONS; do
     case $s in
-    throughput | latency | retry | rss | store | pg | threads | relay) $s ;;
-    *) die "unknown section '$s' (throughput latency retry rss store pg threads relay)" ;;
+    throughput | latency | retry | rss | store | pg | pgstore | threads | relay) $s ;;
+    *) die "unknown section '$s' (throughput latency retry rss store pg pgstore threads relay)" ;;
     esac
 done
+targets
 ( IFS=,; echo "{\"n\":$N,\"prefetch\":$PREFETCH,\"results\":[${json[*]}]}" ) >"$build/bench.json"
 echo "JSON: $build/bench.json"
