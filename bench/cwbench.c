@@ -7,6 +7,9 @@
  *                                           PREFETCH/2, no work); prints messages/s
  *                                           and its CPU time per message (us)
  *   cwbench depth URL QUEUE                 prints the ready-message count
+ *   cwbench latency URL QUEUE N PREFETCH    the latency's baseline: receives N tasks that
+ *                                           `pace` publishes, one "latency_us" line each
+ *                                           (receipt minus the body's "sent_ns")
  *   cwbench pace URL QUEUE RATE SECONDS [RETRY_MS]
  *                                           publish RATE tasks a second for SECONDS,
  *                                           each body carrying its publish time
@@ -269,12 +272,55 @@ static int drain(const char *url, const char *queue, long n, int prefetch)
     return 0;
 }
 
+/* The baseline of the latency: the bare consumer's time from publish (the
+ * body's "sent_ns", as `pace` writes it) to receipt, for N messages; prints
+ * one "latency_us N" line per message. */
+static int latency(const char *url, const char *queue, long n, int prefetch)
+{
+    amqp_connection_state_t c = open_conn(url);
+    amqp_basic_qos(c, 1, 0, (uint16_t)prefetch, 0);
+    die_reply(amqp_get_rpc_reply(c), "basic.qos");
+    amqp_basic_consume(c, 1, amqp_cstring_bytes(queue), amqp_empty_bytes, 0, 0, 0,
+                       amqp_empty_table);
+    die_reply(amqp_get_rpc_reply(c), "basic.consume");
+    long got = 0, since_ack = 0;
+    /* Small multiple-acks: a slow pace must not wait for a window's worth. */
+    int ack_every = prefetch / 20 > 0 ? prefetch / 20 : 1;
+    while (got < n) {
+        amqp_envelope_t env;
+        amqp_maybe_release_buffers(c);
+        die_reply(amqp_consume_message(c, &env, NULL, 0), "consume");
+        int64_t now = realtime_ns();
+        char body[256];
+        size_t len = env.message.body.len < sizeof body - 1 ? env.message.body.len
+                                                            : sizeof body - 1;
+        memcpy(body, env.message.body.bytes, len);
+        body[len] = '\0';
+        long long sent = 0;
+        const char *p = strstr(body, "\"sent_ns\":");
+        if (p && sscanf(p + 10, "%lld", &sent) == 1)
+            printf("latency_us %lld\n", (long long)((now - sent) / 1000));
+        got++;
+        since_ack++;
+        if (since_ack >= ack_every || got == n) {
+            amqp_basic_ack(c, 1, env.delivery_tag, 1);
+            since_ack = 0;
+        }
+        amqp_destroy_envelope(&env);
+    }
+    amqp_connection_close(c, AMQP_REPLY_SUCCESS);
+    amqp_destroy_connection(c);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     if (argc >= 5 && strcmp(argv[1], "fill") == 0)
         return fill(argv[2], argv[3], atol(argv[4]), argc > 5 ? atol(argv[5]) : 200);
     if (argc == 6 && strcmp(argv[1], "drain") == 0)
         return drain(argv[2], argv[3], atol(argv[4]), atoi(argv[5]));
+    if (argc == 6 && strcmp(argv[1], "latency") == 0)
+        return latency(argv[2], argv[3], atol(argv[4]), atoi(argv[5]));
     if ((argc == 6 || argc == 7) && strcmp(argv[1], "pace") == 0)
         return pace(argv[2], argv[3], atof(argv[4]), atof(argv[5]), argc == 7 ? atol(argv[6]) : -1);
     if (argc == 4 && strcmp(argv[1], "depth") == 0) {
@@ -282,7 +328,9 @@ int main(int argc, char **argv)
         printf("%" PRIu32 "\n", depth(c, argv[3]));
         return 0;
     }
-    fprintf(stderr, "usage: cwbench fill URL QUEUE N [BODY_BYTES] | drain URL QUEUE N PREFETCH | "
-                    "depth URL QUEUE | pace URL QUEUE RATE SECONDS [RETRY_MS]\n");
+    fprintf(
+        stderr,
+        "usage: cwbench fill URL QUEUE N [BODY_BYTES] | drain URL QUEUE N PREFETCH | "
+        "depth URL QUEUE | pace URL QUEUE RATE SECONDS [RETRY_MS] | latency URL QUEUE N PREFETCH\n");
     return 2;
 }

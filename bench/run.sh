@@ -266,7 +266,18 @@ latency() {
         read -r cap _ < <(compworker_rate classic 1 cap)
     fi
     rate=$(echo "$cap / 2" | bc)
-    echo "== latency: publish to handler start at $rate tasks/s (half of $cap/s), ${secs} s, 1 worker, classic"
+    echo "== latency: publish to handler start at $rate tasks/s (half of $cap/s), ${secs} s, 1 worker, classic;"
+    echo "   beside it the bare consumer's, publish to receipt, at the same pace (the broker's share)"
+    # The baseline first: the bare consumer on the same queue at the same pace.
+    local bare=$work/latency-bare.txt bp50 bp99
+    "$bench" latency "$url" cw.bench-classic "$(echo "$rate * $secs" | bc | cut -d. -f1)" \
+        "$PREFETCH" >"$bare" &
+    local lpid=$!
+    sleep 0.5
+    "$bench" pace "$url" cw.bench-classic "$rate" "$secs" >/dev/null
+    wait "$lpid"
+    bp50=$(awk '$1 == "latency_us" {print $2 / 1000}' "$bare" | pct 50)
+    bp99=$(awk '$1 == "latency_us" {print $2 / 1000}' "$bare" | pct 99)
     start_pool "$dir" classic 1
     "$bench" pace "$url" cw.bench-classic "$rate" "$secs" >/dev/null
     wait_empty cw.bench-classic
@@ -277,9 +288,10 @@ latency() {
     [ "$n" -gt 0 ] || die "no latency samples; see $dir/worker.log"
     p50=$(awk '$1 == "latency_us" {print $2 / 1000}' "$dir"/stats/*.txt | pct 50)
     p99=$(awk '$1 == "latency_us" {print $2 / 1000}' "$dir"/stats/*.txt | pct 99)
-    printf 'samples %d   p50 %.2f ms   p99 %.2f ms\n' "$n" "$p50" "$p99"
+    printf 'compworker: samples %d   p50 %.2f ms   p99 %.2f ms\n' "$n" "$p50" "$p99"
+    printf 'bare consumer:            p50 %.2f ms   p99 %.2f ms\n' "$bp50" "$bp99"
     target[latency]=$p99
-    json+=("{\"section\":\"latency\",\"rate\":$rate,\"samples\":$n,\"p50_ms\":$p50,\"p99_ms\":$p99}")
+    json+=("{\"section\":\"latency\",\"rate\":$rate,\"samples\":$n,\"p50_ms\":$p50,\"p99_ms\":$p99,\"bare_p50_ms\":$bp50,\"bare_p99_ms\":$bp99}")
 }
 
 # ---- retry delay accuracy --------------------------------------------------

@@ -24,6 +24,7 @@
 /* The WAL's size, in frames, past which the checkpoint thread of a store
  * with deferred durability copies it back into the database. */
 #define CW_SQ_CHECKPOINT_FRAMES 16384
+#define CW_SQ_CHECKPOINT_NICE 10 /* the checkpoint thread's nice value */
 
 typedef struct cw_sq_sync cw_sq_sync;
 

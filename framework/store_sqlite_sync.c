@@ -27,6 +27,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -102,6 +103,12 @@ static void *checkpointer_main(void *arg)
 {
     cw_sq_sync *y = arg;
     sqlite3 *db = NULL;
+    /* Copying the WAL back can wait for the work that starts handlers and
+     * acks deliveries: this thread yields the CPU to them (Linux's nice
+     * applies to the thread). */
+    if (setpriority(PRIO_PROCESS, (id_t)gettid(), CW_SQ_CHECKPOINT_NICE) != 0)
+        cw_log_debug(NULL, "store %s: checkpoint thread keeps its priority: %s", y->db_path,
+                     strerror(errno));
     if (sqlite3_open_v2(y->db_path, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL) !=
             SQLITE_OK ||
         sqlite3_exec(db, "PRAGMA synchronous = NORMAL", NULL, NULL, NULL) != SQLITE_OK) {
