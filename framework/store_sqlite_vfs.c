@@ -32,6 +32,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
@@ -47,11 +48,11 @@
 
 typedef struct wal_file wal_file;
 struct wal_file {
-    sqlite3_file base;  /* our methods */
-    sqlite3_file *real; /* the default VFS's file, right after this struct */
-    bool wal;           /* a -wal file: buffered */
-    bool failed;        /* a write at the barrier failed: refuse everything */
-    pthread_mutex_t mu; /* the buffer (a barrier may come from another connection) */
+    sqlite3_file base;   /* our methods */
+    sqlite3_file *real;  /* the default VFS's file, right after this struct */
+    bool wal;            /* a -wal file: buffered */
+    _Atomic bool failed; /* a write at the barrier failed: refuse everything */
+    pthread_mutex_t mu;  /* the buffer (a barrier may come from another connection) */
     unsigned char *buf;
     size_t len;
     sqlite3_int64 off;      /* file offset of buf[0] */
