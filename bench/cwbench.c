@@ -234,7 +234,8 @@ static int fill(const char *url, const char *queue, long n, long body_bytes)
     return 0;
 }
 
-static int drain(const char *url, const char *queue, long n, int prefetch)
+/* A connection consuming QUEUE with manual acks and PREFETCH. */
+static amqp_connection_state_t open_consumer(const char *url, const char *queue, int prefetch)
 {
     amqp_connection_state_t c = open_conn(url);
     amqp_basic_qos(c, 1, 0, (uint16_t)prefetch, 0);
@@ -242,6 +243,12 @@ static int drain(const char *url, const char *queue, long n, int prefetch)
     amqp_basic_consume(c, 1, amqp_cstring_bytes(queue), amqp_empty_bytes, 0, 0, 0,
                        amqp_empty_table);
     die_reply(amqp_get_rpc_reply(c), "basic.consume");
+    return c;
+}
+
+static int drain(const char *url, const char *queue, long n, int prefetch)
+{
+    amqp_connection_state_t c = open_consumer(url, queue, prefetch);
     double t0 = 0;
     long got = 0, since_ack = 0;
     int ack_every = prefetch / 2 > 0 ? prefetch / 2 : 1;
@@ -277,12 +284,7 @@ static int drain(const char *url, const char *queue, long n, int prefetch)
  * one "latency_us N" line per message. */
 static int latency(const char *url, const char *queue, long n, int prefetch)
 {
-    amqp_connection_state_t c = open_conn(url);
-    amqp_basic_qos(c, 1, 0, (uint16_t)prefetch, 0);
-    die_reply(amqp_get_rpc_reply(c), "basic.qos");
-    amqp_basic_consume(c, 1, amqp_cstring_bytes(queue), amqp_empty_bytes, 0, 0, 0,
-                       amqp_empty_table);
-    die_reply(amqp_get_rpc_reply(c), "basic.consume");
+    amqp_connection_state_t c = open_consumer(url, queue, prefetch);
     long got = 0, since_ack = 0;
     /* Small multiple-acks: a slow pace must not wait for a window's worth. */
     int ack_every = prefetch / 20 > 0 ? prefetch / 20 : 1;

@@ -74,7 +74,9 @@ static void pg_sql(const char *sql)
     PQfinish(c);
 }
 
-static cw_store *open_as(const fixture *f, const char *owner, cw_owner_alive_fn alive, void *ud)
+/* The fixture's store for `owner`, as a worker opens it when `deferred`. */
+static cw_store *open_store_as(const fixture *f, const char *owner, cw_owner_alive_fn alive,
+                               void *ud, bool deferred)
 {
     cw_store_opts o = {
         .backend = f->backend,
@@ -86,6 +88,7 @@ static cw_store *open_as(const fixture *f, const char *owner, cw_owner_alive_fn 
         .sync_full = true,
         .owner_alive = alive,
         .owner_alive_data = ud,
+        .deferred = deferred,
     };
     cw_store *s = NULL;
     int rc = cw_store_open(&s, &o);
@@ -94,6 +97,11 @@ static cw_store *open_as(const fixture *f, const char *owner, cw_owner_alive_fn 
                  cw_error_last());
     assert_non_null(s);
     return s;
+}
+
+static cw_store *open_as(const fixture *f, const char *owner, cw_owner_alive_fn alive, void *ud)
+{
+    return open_store_as(f, owner, alive, ud, false);
 }
 
 static cw_claim_result claim(cw_store *s, const char *id, int64_t now, cw_claim *out)
@@ -455,18 +463,7 @@ FILE_ONLY(waits_for_write_lock)
  * and everything durable after a free. Only a SQLite file offers it. */
 static cw_store *open_deferred(const fixture *f, const char *owner, bool deferred)
 {
-    cw_store_opts o = {.backend = f->backend,
-                       .path = f->path,
-                       .url = pg_url(),
-                       .schema = f->schema,
-                       .owner = owner,
-                       .lease_ms = LEASE_MS,
-                       .sync_full = true,
-                       .deferred = deferred};
-    cw_store *s = NULL;
-    if (cw_store_open(&s, &o))
-        fail_msg("cw_store_open: %s", cw_error_last());
-    return s;
+    return open_store_as(f, owner, NULL, NULL, deferred);
 }
 
 static uint64_t wait_durable(cw_store *s, uint64_t want)
