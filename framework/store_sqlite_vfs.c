@@ -259,8 +259,33 @@ static int x_shm_map(sqlite3_file *file, int page, int size, int extend, void vo
     return REAL(file)->pMethods->xShmMap(REAL(file), page, size, extend, pp);
 }
 
+/* The wal-index lock a writer holds for its whole transaction (slot 0 of
+ * the shared-memory locks, SQLite's WAL_WRITE_LOCK). */
+#define CW_WAL_WRITE_LOCK 0
+
+/* Drops what is buffered, unwritten, in every -wal file of the process. */
+static void discard_all(void)
+{
+    pthread_mutex_lock(&wal_files_mu);
+    for (wal_file *f = wal_files; f; f = f->next) {
+        pthread_mutex_lock(&f->mu);
+        f->len = 0;
+        pthread_mutex_unlock(&f->mu);
+    }
+    pthread_mutex_unlock(&wal_files_mu);
+}
+
 static int x_shm_lock(sqlite3_file *file, int offset, int n, int flags)
 {
+    /* A writer gives up the write lock: after a commit its frames were
+     * written at the barrier; after a rollback what is still buffered are
+     * frames SQLite has undone (pages spilled during the transaction), which
+     * must not reach the file later, over frames the next writer put at the
+     * same offsets. No other connection can hold frames of its own now (it
+     * would need the lock), so every buffer is dropped, before the lock is. */
+    if (offset == CW_WAL_WRITE_LOCK && (flags & SQLITE_SHM_UNLOCK) &&
+        (flags & SQLITE_SHM_EXCLUSIVE))
+        discard_all();
     return REAL(file)->pMethods->xShmLock(REAL(file), offset, n, flags);
 }
 
