@@ -329,15 +329,22 @@ static int sq_claim_batch(cw_store *s, const cw_claim_req *reqs, size_t n, int64
     return sq_leave(q, true, rc);
 }
 
-static int sq_settle_batch(cw_store *s, const cw_settle_req *reqs, size_t n, int64_t now_ms)
+/* The outcomes of a batch in one transaction: durable at commit, or light
+ * (a worker's deferred durability). */
+static int sq_settle_all(cw_sq_store *q, const cw_settle_req *reqs, size_t n, int64_t now_ms,
+                         bool durable)
 {
-    cw_sq_store *q = sq_of(s);
     if (!sqlite3_get_autocommit(q->db))
         return cw__error(CW_STATUS_INVALID_ARG, "%s: settle batch: called inside a batch", q->path);
-    int rc = sq_begin_as(q, true);
+    int rc = sq_begin_as(q, durable);
     for (size_t i = 0; rc == 0 && i < n; i++)
         rc = sq_settle_in(q, &reqs[i], now_ms);
     return sq_leave(q, true, rc);
+}
+
+static int sq_settle_batch(cw_store *s, const cw_settle_req *reqs, size_t n, int64_t now_ms)
+{
+    return sq_settle_all(sq_of(s), reqs, n, now_ms, true);
 }
 
 /* As sq_settle_batch, committed lightly: the store's sync thread makes it
@@ -346,12 +353,7 @@ static int sq_settle_deferred(cw_store *s, const cw_settle_req *reqs, size_t n, 
                               uint64_t *mark)
 {
     cw_sq_store *q = sq_of(s);
-    if (!sqlite3_get_autocommit(q->db))
-        return cw__error(CW_STATUS_INVALID_ARG, "%s: settle batch: called inside a batch", q->path);
-    int rc = sq_begin_as(q, false);
-    for (size_t i = 0; rc == 0 && i < n; i++)
-        rc = sq_settle_in(q, &reqs[i], now_ms);
-    rc = sq_leave(q, true, rc);
+    int rc = sq_settle_all(q, reqs, n, now_ms, false);
     if (rc == 0)
         *mark = cw__sq_sync_request(q);
     return rc;
