@@ -523,6 +523,13 @@ static void deferred_durability(const fixture *f)
     assert_int_equal(cw_store_settle_batch_deferred(s, &bad, 1, T0, &mark), CW_STATUS_INVALID_ARG);
     assert_int_equal(cw_store_settle_batch_deferred(other, done, 1, T0, &mark),
                      CW_STATUS_INVALID_ARG);
+    /* Neither settle may run inside a caller's batch (its own transaction
+     * would be nested in the caller's): both refuse, the batch is intact. */
+    assert_int_equal(cw_store_begin(s, true), 0);
+    assert_int_equal(cw_store_settle_batch_deferred(s, done, 1, T0, &mark), CW_STATUS_INVALID_ARG);
+    assert_int_equal(cw_store_settle_batch(s, done, 1, T0), CW_STATUS_INVALID_ARG);
+    assert_int_equal(cw_store_rollback(s), 0);
+    assert_int_equal(get(other, "d3").state, CW_STATE_DONE);
 
     /* Past CW_SQ_CHECKPOINT_FRAMES frames of WAL (each claim and settle
      * writes two at least), the store's checkpoint thread copies them into
