@@ -524,11 +524,15 @@ static void deferred_durability(const fixture *f)
     assert_int_equal(cw_store_settle_batch_deferred(other, done, 1, T0, &mark),
                      CW_STATUS_INVALID_ARG);
     /* Neither settle may run inside a caller's batch (its own transaction
-     * would be nested in the caller's): both refuse, the batch is intact. */
+     * would be nested in the caller's): both refuse, and the batch stays
+     * open with its work, which its commit then makes visible. */
+    cw_claim in_batch;
     assert_int_equal(cw_store_begin(s, true), 0);
+    assert_int_equal(claim(s, "d4", T0 + 3, &in_batch), CW_CLAIM_NEW);
     assert_int_equal(cw_store_settle_batch_deferred(s, done, 1, T0, &mark), CW_STATUS_INVALID_ARG);
     assert_int_equal(cw_store_settle_batch(s, done, 1, T0), CW_STATUS_INVALID_ARG);
-    assert_int_equal(cw_store_rollback(s), 0);
+    assert_int_equal(cw_store_commit(s), 0);
+    assert_int_equal(get(other, "d4").state, CW_STATE_IN_PROGRESS);
     assert_int_equal(get(other, "d3").state, CW_STATE_DONE);
 
     /* Past CW_SQ_CHECKPOINT_FRAMES frames of WAL (each claim and settle
