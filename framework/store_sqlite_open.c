@@ -120,7 +120,7 @@ static int sq_configure(const cw_sq_store *q, bool memory, bool sync_full)
 /* Creates the schema on a new database; refuses one from a newer version. */
 static int sq_migrate(const cw_sq_store *q)
 {
-    int version;
+    int version = 0;
     int rc = sq_pragma_int(q, "PRAGMA user_version", &version);
     if (rc || version == CW_SQ_SCHEMA_VERSION)
         return rc;

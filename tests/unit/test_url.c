@@ -34,7 +34,7 @@ static void shown_eq(void (*show)(const char *, char *, size_t), const char *nam
     memset(out, 'x', sizeof out);
     show(url, out, sizeof out);
     if (strcmp(out, want) != 0)
-        fail_msg("%s('%s') = '%s', want '%s'", name, url, out, want);
+        fail_msg("%s('%s') = '%s', want '%s'", name, url ? url : "(null)", out, want);
 }
 
 static void mask_eq(const char *url, const char *want)
