@@ -112,7 +112,11 @@ ticks() { local t=0 p; for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/pr
 broker_pid() { pgrep -f "beam.smp.*$work/broker" | head -1; }
 hz=$(getconf CLK_TCK)
 us_per_msg() { echo "$1 * 1000000 / $hz / $2" | bc -l; } # TICKS MESSAGES
-workers_of() { pgrep -P "$pool" | tr '\n' ' '; }
+# The pids of a running pool's workers, from its log (DIR/worker.log): the
+# supervisor's other child, the monitor, is not one of them.
+workers_of() { # DIR
+    sed -n 's/.*msg="worker [0-9]* started (pid \([0-9]*\))".*/\1/p' "$1/worker.log" | tr '\n' ' '
+}
 
 # start_pool DIR QTYPE WORKERS [STORE]: starts `compworker run` on queue
 # cw.bench-QTYPE and waits until all its workers consume. STORE is a SQLite
@@ -184,7 +188,7 @@ compworker_rate() { # QTYPE WORKERS TAG [STORE_FILE]
     esac
     start_pool "$dir" "$qtype" "$nw" "${4:-}"
     local ws b0 b1 w0 w1
-    ws=$(workers_of)
+    ws=$(workers_of "$dir")
     # shellcheck disable=SC2086
     kill -STOP $ws
     "$bench" fill "$url" "cw.bench-$qtype" "$N" >/dev/null
@@ -323,12 +327,12 @@ rss() {
     local dir=$work/rss rounds=${RSS_ROUNDS:-5} per=$((N / 5)) i w kb first="" series=()
     echo "== worker memory: RSS after each round of $per tasks (1 worker, classic)"
     start_pool "$dir" classic 1
-    w=$(workers_of)
+    w=$(workers_of "$dir")
     for i in $(seq "$rounds"); do
         "$bench" fill "$url" cw.bench-classic "$per" >/dev/null
         wait_empty cw.bench-classic
         sleep 0.5
-        kb=$(awk '/^VmRSS/ {print $2}' "/proc/${w// /}/status")
+        kb=$(awk '/^VmRSS/ {print $2}' "/proc/${w%% *}/status")
         [ -n "$first" ] || first=$kb
         series+=("$kb")
         printf 'after %7d tasks: %6d KiB\n' $((i * per)) "$kb"
