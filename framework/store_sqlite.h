@@ -64,16 +64,12 @@ uint64_t cw__sq_sync_request(cw_sq_store *q);
 int cw__sq_durable(cw_store *s, uint64_t *mark);
 int cw__sq_durable_fd(cw_store *s);
 
-/* The VFS of a worker's store connection and of its checkpoint thread
- * (framework/store_sqlite_vfs.c): SQLite's default one, with each commit's
- * WAL frames written at once and the WAL's pages read from a mapping of it.
+/* The VFS of a worker's store connection (framework/store_sqlite_vfs.c):
+ * SQLite's default one, with each commit's WAL frames written at once.
  * cw__sq_vfs_ready() registers it (once, thread-safe) and says whether it
- * is there to be named in sqlite3_open_v2(). cw__sq_vfs_mapped_reads():
- * how many reads the process's connections through it were served from a
- * mapping (any thread; for tests and measurements). */
+ * is there to be named in sqlite3_open_v2(). */
 #define CW_SQ_VFS "cw-wal"
 bool cw__sq_vfs_ready(void);
-uint64_t cw__sq_vfs_mapped_reads(void);
 
 /* Stores one follow-up of task row `task_id` with statement `st`
  * (CW_SQ_FOLLOWUP_INSERT's text, prepared on `db`); `where` names the file

@@ -109,9 +109,8 @@ static void *checkpointer_main(void *arg)
     if (setpriority(PRIO_PROCESS, (id_t)gettid(), CW_SQ_CHECKPOINT_NICE) != 0)
         cw_log_debug(NULL, "store %s: checkpoint thread keeps its priority: %s", y->db_path,
                      strerror(errno));
-    /* cw-wal: it reads the frames it copies from a mapping of the WAL. */
-    if (sqlite3_open_v2(y->db_path, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX,
-                        cw__sq_vfs_ready() ? CW_SQ_VFS : NULL) != SQLITE_OK ||
+    if (sqlite3_open_v2(y->db_path, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL) !=
+            SQLITE_OK ||
         sqlite3_exec(db, "PRAGMA synchronous = NORMAL", NULL, NULL, NULL) != SQLITE_OK) {
         cw_log_warn(NULL,
                     "store %s: the checkpoint thread cannot open it (%s): the WAL grows "

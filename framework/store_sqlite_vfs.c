@@ -28,38 +28,14 @@
  * call with SQLITE_IOERR, so the store's next operation fails and the worker
  * exits (its supervisor starts another, which recovers the WAL).
  *
- * It also reads the -wal file's pages from a read-only shared mapping of it
- * instead of with a pread() each. SQLite in WAL mode drops a connection's
- * whole page cache whenever another connection has committed, so each of a
- * host's workers reads back, after every commit of the others, the pages its
- * next batch touches, most of them recent frames of the WAL; the checkpoint
- * thread reads every frame it copies. A mapped read is a copy out of the
- * kernel's page cache, with no system call. Only reads of a page or a
- * frame (512 bytes or more: never the 32-byte WAL header) that lie within
- * the file's size as last seen are served from the mapping; the rest go to
- * the default VFS
- * (a short read is its to report). SQLite reads only frames that exist: a
- * reader reads frames up to its snapshot's last, under a read lock that
- * keeps the WAL from being restarted or truncated under it, and recovery
- * reads within the size xFileSize gave it, under the exclusive lock. An I/O
- * error under a mapping is a SIGBUS, not an error code: the worker dies
- * (with no crash report, which only a handler thread writes, so no task is
- * blamed for it) and its supervisor starts another, where a failed pread()
- * would have ended the worker with SQLITE_IOERR; a page of the WAL is
- * almost always still in the kernel's cache, from its write.
- *
- * Only a worker's store connection and its checkpoint thread use it
- * (sqlite3_open_v2(..., "cw-wal")). */
+ * Only a worker's store connection uses it (sqlite3_open_v2(..., "cw-wal")). */
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
-#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <sqlite3.h>
@@ -69,8 +45,6 @@
 
 #define CW_WAL_BUF_MAX (4u << 20) /* bytes buffered at most */
 #define CW_WAL_RESERVE (16 << 20) /* reserved ahead of the buffer at a time */
-#define CW_WAL_MAP_MIN (4u << 20) /* the first mapping's length; doubled as the file grows */
-#define CW_WAL_MAP_READ 512       /* the smallest read served from the mapping (a page) */
 
 typedef struct wal_file wal_file;
 struct wal_file {
@@ -81,19 +55,14 @@ struct wal_file {
     pthread_mutex_t mu;  /* the buffer (a barrier may come from another connection) */
     unsigned char *buf;
     size_t len;
-    sqlite3_int64 off;        /* file offset of buf[0] */
-    sqlite3_int64 reserved;   /* fallocate()d up to here */
-    int fd;                   /* own descriptor for fallocate, -1 without */
-    int map_fd;               /* read-only descriptor for the mapping, -1 without */
-    const unsigned char *map; /* the file from offset 0, map_len bytes; NULL when none */
-    size_t map_len;
-    size_t map_valid; /* the file's size when last seen, at most map_len */
-    wal_file *next;   /* in wal_files */
+    sqlite3_int64 off;      /* file offset of buf[0] */
+    sqlite3_int64 reserved; /* fallocate()d up to here */
+    int fd;                 /* own descriptor for fallocate, -1 without */
+    wal_file *next;         /* in wal_files */
 };
 
 static pthread_mutex_t wal_files_mu = PTHREAD_MUTEX_INITIALIZER;
 static wal_file *wal_files;
-static _Atomic uint64_t mapped_reads; /* cw__sq_vfs_mapped_reads() */
 
 static sqlite3_vfs *real_vfs(sqlite3_vfs *v)
 {
@@ -177,60 +146,17 @@ static int x_close(sqlite3_file *file)
         free(f->buf);
         if (f->fd >= 0)
             close(f->fd);
-        if (f->map)
-            munmap((void *)f->map, f->map_len);
-        if (f->map_fd >= 0)
-            close(f->map_fd);
         pthread_mutex_destroy(&f->mu);
     }
     int rc2 = f->real->pMethods->xClose(f->real);
     return rc != SQLITE_OK ? rc : rc2;
 }
 
-/* True when [off, end) lies within the file as the mapping last saw it;
- * when it lies past, looks at the file's size again and maps more of it.
- * Only this connection's calls use the mapping (SQLite serialises them). */
-static bool mapped(wal_file *f, sqlite3_int64 off, sqlite3_int64 end)
-{
-    if (f->map_fd < 0 || off < 0)
-        return false;
-    if ((uint64_t)end <= f->map_valid)
-        return true;
-    struct stat sb;
-    if (fstat(f->map_fd, &sb) != 0 || sb.st_size < end)
-        return false;
-    size_t size = (size_t)sb.st_size;
-    if (size > f->map_len) {
-        size_t len = f->map_len ? f->map_len : CW_WAL_MAP_MIN;
-        while (len < size)
-            len *= 2;
-        /* Past the file's end the mapping is only address space: pages past
-         * it are never touched (reads stay below map_valid). */
-        void *m = mmap(NULL, len, PROT_READ, MAP_SHARED, f->map_fd, 0);
-        if (m == MAP_FAILED)
-            return false;
-        if (f->map)
-            munmap((void *)f->map, f->map_len);
-        f->map = m;
-        f->map_len = len;
-    }
-    f->map_valid = size;
-    return true;
-}
-
 static int x_read(sqlite3_file *file, void *p, int amt, sqlite3_int64 off)
 {
-    wal_file *f = (wal_file *)file;
     CHECK(file);
-    int rc = flush(f);
-    if (rc != SQLITE_OK)
-        return rc;
-    if (f->wal && amt >= CW_WAL_MAP_READ && mapped(f, off, off + amt)) {
-        memcpy(p, f->map + off, (size_t)amt);
-        atomic_fetch_add_explicit(&mapped_reads, 1, memory_order_relaxed);
-        return SQLITE_OK;
-    }
-    return f->real->pMethods->xRead(f->real, p, amt, off);
+    int rc = flush((wal_file *)file);
+    return rc != SQLITE_OK ? rc : REAL(file)->pMethods->xRead(REAL(file), p, amt, off);
 }
 
 /* Reserves the file's blocks up to `end` at least; false when it cannot. */
@@ -278,14 +204,9 @@ static int x_write(sqlite3_file *file, const void *p, int amt, sqlite3_int64 off
 
 static int x_truncate(sqlite3_file *file, sqlite3_int64 size)
 {
-    wal_file *f = (wal_file *)file;
     CHECK(file);
-    int rc = flush(f);
-    if (rc != SQLITE_OK)
-        return rc;
-    if ((uint64_t)size < f->map_valid)
-        f->map_valid = (size_t)size; /* what lies past it is gone */
-    return f->real->pMethods->xTruncate(f->real, size);
+    int rc = flush((wal_file *)file);
+    return rc != SQLITE_OK ? rc : REAL(file)->pMethods->xTruncate(REAL(file), size);
 }
 
 static int x_sync(sqlite3_file *file, int flags)
@@ -416,7 +337,6 @@ static int v_open(sqlite3_vfs *vfs, const char *name, sqlite3_file *file, int fl
     wal_file *f = (wal_file *)file;
     memset(f, 0, sizeof *f);
     f->fd = -1;
-    f->map_fd = -1;
     f->real = (sqlite3_file *)(f + 1);
     int rc = real_vfs(vfs)->xOpen(real_vfs(vfs), name, f->real, flags, out_flags);
     if (rc != SQLITE_OK || !f->real->pMethods) {
@@ -441,7 +361,6 @@ static int v_open(sqlite3_vfs *vfs, const char *name, sqlite3_file *file, int fl
             close(f->fd); /* no fallocate here: written through */
             f->fd = -1;
         }
-        f->map_fd = open(name, O_RDONLY | O_CLOEXEC); /* -1: read with the default VFS */
         pthread_mutex_lock(&wal_files_mu);
         f->next = wal_files;
         wal_files = f;
@@ -540,11 +459,6 @@ static void register_vfs(void)
     wal_vfs.mxPathname = real->mxPathname;
     wal_vfs.pAppData = real;
     register_rc = sqlite3_vfs_register(&wal_vfs, 0);
-}
-
-uint64_t cw__sq_vfs_mapped_reads(void)
-{
-    return atomic_load_explicit(&mapped_reads, memory_order_relaxed);
 }
 
 bool cw__sq_vfs_ready(void)

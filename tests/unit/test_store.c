@@ -640,53 +640,6 @@ static void wal_vfs_rollback(const fixture *f)
 }
 FILE_ONLY(wal_vfs_rollback)
 
-/* The cw-wal VFS reads the WAL's pages from a mapping: a reader with a tiny
- * cache reads back what another connection committed, past the first
- * mapping's length (so through a larger one), and whole; then the WAL is
- * truncated under the mapping by a TRUNCATE checkpoint and written again,
- * and the reader still reads every row right (it reads only frames that
- * exist, never the stale rest of its mapping). */
-static void wal_vfs_mapped_reads(const fixture *f)
-{
-    assert_true(cw__sq_vfs_ready());
-    char dir[sizeof f->path];
-    snprintf(dir, sizeof dir, "%s", f->path);
-    *strrchr(dir, '/') = '\0';
-    assert_int_equal(mkdir(dir, 0750), 0);
-    sqlite3 *x = vfs_conn(f->path), *y = vfs_conn(f->path);
-    assert_int_equal(sqlite3_exec(x, "PRAGMA wal_autocheckpoint = 0", NULL, NULL, NULL), SQLITE_OK);
-    /* About 2,000 pages of 4 KiB: 8 MiB of WAL, twice the first mapping. */
-    assert_int_equal(sqlite3_exec(x,
-                                  "CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT);"
-                                  "WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c "
-                                  "WHERE i < 2000) INSERT INTO t SELECT i, "
-                                  "printf('%.*c', 3000, char(65 + i % 26)) FROM c",
-                                  NULL, NULL, NULL),
-                     SQLITE_OK);
-    const char *whole = "SELECT count(*) FROM t WHERE v = printf('%.*c', 3000, char(65 + k % 26))";
-    uint64_t before = cw__sq_vfs_mapped_reads();
-    assert_int_equal(count_rows(y, whole), 2000);
-    assert_true(cw__sq_vfs_mapped_reads() - before >= 2000);
-
-    assert_int_equal(sqlite3_exec(x, "PRAGMA wal_checkpoint(TRUNCATE)", NULL, NULL, NULL),
-                     SQLITE_OK);
-    assert_int_equal(
-        sqlite3_exec(x,
-                     "UPDATE t SET v = printf('%.*c', 3000, char(65 + k % 26)) "
-                     "WHERE k % 7 = 0;"
-                     "WITH RECURSIVE c(i) AS (SELECT 2001 UNION ALL SELECT i + 1 FROM c "
-                     "WHERE i < 2100) INSERT INTO t SELECT i, "
-                     "printf('%.*c', 3000, char(65 + i % 26)) FROM c",
-                     NULL, NULL, NULL),
-        SQLITE_OK);
-    before = cw__sq_vfs_mapped_reads();
-    assert_int_equal(count_rows(y, whole), 2100);
-    assert_true(cw__sq_vfs_mapped_reads() - before >= 100);
-    sqlite3_close(x);
-    sqlite3_close(y);
-}
-FILE_ONLY(wal_vfs_mapped_reads)
-
 static void no_deferral_elsewhere(const fixture *f)
 {
     cw_store *s = open_deferred(f, "host:100", true);
@@ -1248,7 +1201,6 @@ int main(void)
         cmocka_unit_test(deferred_durability_file),
         cmocka_unit_test(no_deferral_memory),
         cmocka_unit_test(wal_vfs_rollback_file),
-        cmocka_unit_test(wal_vfs_mapped_reads_file),
         cmocka_unit_test(no_deferral_elsewhere_pg),
         cmocka_unit_test(dead_owner_taken_over_file),
         cmocka_unit_test(dead_owner_taken_over_pg),
