@@ -22,8 +22,12 @@
 #define CW_SQ_STRINGIFY(x) CW_SQ_STR_(x)
 
 /* The WAL's size, in frames, past which the checkpoint thread of a store
- * with deferred durability copies it back into the database. */
+ * with deferred durability copies it back into the database and has it
+ * start over (see checkpoint() in store_sqlite_sync.c). */
 #define CW_SQ_CHECKPOINT_FRAMES 16384
+/* How long the checkpoint's restart pass waits for the write lock, and then
+ * for readers of the WAL, before it gives up until the next checkpoint. */
+#define CW_SQ_RESTART_WAIT_MS 20
 #define CW_SQ_CHECKPOINT_NICE 10 /* the checkpoint thread's nice value */
 
 typedef struct cw_sq_sync cw_sq_sync;
