@@ -567,6 +567,61 @@ static void deferred_durability(const fixture *f)
 }
 FILE_ONLY(deferred_durability)
 
+/* Under a steady stream of commits the checkpoint thread still has the WAL
+ * start over: the -wal file stays near CW_SQ_CHECKPOINT_FRAMES frames.
+ * Passive checkpoints alone never copy the frames committed during their
+ * fsyncs, and SQLite starts the WAL over only once every frame is copied:
+ * there the file grew with every commit. (Small pages keep the frames, and
+ * the test's writes, small.) */
+static void wal_starts_over(const fixture *f)
+{
+    char dir[sizeof f->path];
+    snprintf(dir, sizeof dir, "%s", f->path);
+    *strrchr(dir, '/') = '\0';
+    assert_int_equal(mkdir(dir, 0750), 0);
+    sqlite3 *db = NULL;
+    assert_int_equal(sqlite3_open(f->path, &db), SQLITE_OK);
+    assert_int_equal(
+        sqlite3_exec(db, "PRAGMA page_size = 512; PRAGMA journal_mode = WAL;", NULL, NULL, NULL),
+        SQLITE_OK);
+    sqlite3_close(db);
+    cw_store *s = open_deferred(f, "host:100", true);
+    char wal[sizeof f->path + 8], id[32];
+    snprintf(wal, sizeof wal, "%s-wal", f->path);
+    const off_t frame = 512 + 24; /* a WAL frame: its header and the page */
+    off_t most = 0;
+    uint64_t mark = 0;
+    /* Each claim commits two frames at least (the row, the index entry) and
+     * each settle one: three times the threshold at least in all. Passive
+     * checkpoints alone had the file at 38,000-58,000 frames by the end. */
+    for (int i = 0; i < CW_SQ_CHECKPOINT_FRAMES; i++) {
+        snprintf(id, sizeof id, "wal-%d", i);
+        cw_claim_req r = {.message_id = id, .type = "t"};
+        cw_claim c;
+        assert_int_equal(cw_store_claim_batch(s, &r, 1, T0, &c), 0);
+        cw_settle_req d = {.message_id = id,
+                           .state = CW_STATE_DONE,
+                           .outcome = "ok",
+                           .ticket = c.ticket};
+        assert_int_equal(cw_store_settle_batch_deferred(s, &d, 1, T0, &mark), 0);
+        off_t n = file_size(wal);
+        if (n > most)
+            most = n;
+        struct timespec ts = {0, 20000L}; /* a worker's pace: commits with gaps */
+        nanosleep(&ts, NULL);
+    }
+    assert_true(wait_durable(s, mark) >= mark);
+    if (most >= 3 * CW_SQ_CHECKPOINT_FRAMES / 2 * frame)
+        fail_msg("the WAL grew to %lld frames (the threshold is %d)", (long long)(most / frame),
+                 CW_SQ_CHECKPOINT_FRAMES);
+    cw_store_free(s);
+    s = open_deferred(f, "host:100", true);
+    snprintf(id, sizeof id, "wal-%d", CW_SQ_CHECKPOINT_FRAMES - 1);
+    assert_int_equal(get(s, id).state, CW_STATE_DONE);
+    cw_store_free(s);
+}
+FILE_ONLY(wal_starts_over)
+
 /* The cw-wal VFS after a rollback: a transaction that spilled pages into
  * the WAL (a tiny cache) and was rolled back must leave nothing to be
  * written later over what the next writer committed at the same offsets;
@@ -1199,6 +1254,7 @@ int main(void)
         cmocka_unit_test(busy_until_lease_expires_pg),
         cmocka_unit_test(waits_for_write_lock_file),
         cmocka_unit_test(deferred_durability_file),
+        cmocka_unit_test(wal_starts_over_file),
         cmocka_unit_test(no_deferral_memory),
         cmocka_unit_test(wal_vfs_rollback_file),
         cmocka_unit_test(no_deferral_elsewhere_pg),
