@@ -581,9 +581,9 @@ static void wal_starts_over(const fixture *f)
     assert_int_equal(mkdir(dir, 0750), 0);
     sqlite3 *db = NULL;
     assert_int_equal(sqlite3_open(f->path, &db), SQLITE_OK);
-    assert_int_equal(
-        sqlite3_exec(db, "PRAGMA page_size = 512; PRAGMA journal_mode = WAL;", NULL, NULL, NULL),
-        SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db, "PRAGMA page_size = 512; PRAGMA journal_mode = WAL;", NULL,
+                                  NULL, NULL),
+                     SQLITE_OK);
     sqlite3_close(db);
     cw_store *s = open_deferred(f, "host:100", true);
     char wal[sizeof f->path + 8], id[32];
