@@ -485,6 +485,22 @@ static off_t file_size(const char *path)
     return stat(path, &sb) == 0 ? sb.st_size : -1;
 }
 
+/* Claims `id` and settles it done (two commits, the second deferred);
+ * returns the settle's durability mark. */
+static uint64_t claim_and_settle(cw_store *s, const char *id)
+{
+    cw_claim_req r = {.message_id = id, .type = "t"};
+    cw_claim c;
+    assert_int_equal(cw_store_claim_batch(s, &r, 1, T0, &c), 0);
+    cw_settle_req d = {.message_id = id,
+                       .state = CW_STATE_DONE,
+                       .outcome = "ok",
+                       .ticket = c.ticket};
+    uint64_t mark = 0;
+    assert_int_equal(cw_store_settle_batch_deferred(s, &d, 1, T0, &mark), 0);
+    return mark;
+}
+
 static void deferred_durability(const fixture *f)
 {
     cw_store *s = open_deferred(f, "host:100", true);
@@ -542,14 +558,7 @@ static void deferred_durability(const fixture *f)
     char id[32];
     for (int i = 0; i < CW_SQ_CHECKPOINT_FRAMES / 3; i++) {
         snprintf(id, sizeof id, "ck-%d", i);
-        cw_claim_req r = {.message_id = id, .type = "t"};
-        cw_claim c;
-        assert_int_equal(cw_store_claim_batch(s, &r, 1, T0, &c), 0);
-        cw_settle_req d = {.message_id = id,
-                           .state = CW_STATE_DONE,
-                           .outcome = "ok",
-                           .ticket = c.ticket};
-        assert_int_equal(cw_store_settle_batch_deferred(s, &d, 1, T0, &mark), 0);
+        mark = claim_and_settle(s, id);
     }
     int64_t until = mono_ms() + 10000;
     while (file_size(f->path) <= before && mono_ms() < until) {
@@ -596,14 +605,7 @@ static void wal_starts_over(const fixture *f)
      * checkpoints alone had the file at 38,000-58,000 frames by the end. */
     for (int i = 0; i < CW_SQ_CHECKPOINT_FRAMES; i++) {
         snprintf(id, sizeof id, "wal-%d", i);
-        cw_claim_req r = {.message_id = id, .type = "t"};
-        cw_claim c;
-        assert_int_equal(cw_store_claim_batch(s, &r, 1, T0, &c), 0);
-        cw_settle_req d = {.message_id = id,
-                           .state = CW_STATE_DONE,
-                           .outcome = "ok",
-                           .ticket = c.ticket};
-        assert_int_equal(cw_store_settle_batch_deferred(s, &d, 1, T0, &mark), 0);
+        mark = claim_and_settle(s, id);
         off_t n = file_size(wal);
         if (n > most)
             most = n;
