@@ -31,8 +31,13 @@ int cw__broker_reply(amqp_rpc_reply_t r, const char *what)
     case AMQP_RESPONSE_SERVER_EXCEPTION:
         if (r.reply.id == AMQP_CONNECTION_CLOSE_METHOD) {
             const amqp_connection_close_t *m = r.reply.decoded;
-            return cw__error(CW_STATUS_BROKER_REFUSED, "%s: the broker closed the connection: %.*s",
-                             what, (int)m->reply_text.len, (const char *)m->reply_text.bytes);
+            /* CONNECTION_FORCED: the broker shuts down, or an operator
+             * closed the connection. Not a refusal of what was asked: the
+             * connection is lost, and connecting again is what to do. */
+            return cw__error(m->reply_code == AMQP_CONNECTION_FORCED ? CW_STATUS_CONNECTION
+                                                                     : CW_STATUS_BROKER_REFUSED,
+                             "%s: the broker closed the connection: %.*s", what,
+                             (int)m->reply_text.len, (const char *)m->reply_text.bytes);
         }
         if (r.reply.id == AMQP_CHANNEL_CLOSE_METHOD) {
             const amqp_channel_close_t *m = r.reply.decoded;

@@ -62,7 +62,11 @@ void cw__broker_abort(amqp_connection_state_t conn);
 int cw__broker_accept_large_frames(amqp_connection_state_t conn);
 
 /* 0 for a normal RPC reply, else a status with a readable message naming
- * `what` (the broker's reply code and text, or the library's error). */
+ * `what` (the broker's reply code and text, or the library's error):
+ * CW_STATUS_CONNECTION for a lost connection, a connection the broker
+ * closed with CONNECTION_FORCED (its shutdown, an operator's close) among
+ * them; CW_STATUS_BROKER_REFUSED when the broker closed the channel or the
+ * connection for any other reason (a refusal of what was asked). */
 int cw__broker_reply(amqp_rpc_reply_t r, const char *what);
 
 /* Declares the tasks exchange `exchange` (topic, durable), as a pool does. */
