@@ -485,6 +485,16 @@ static off_t file_size(const char *path)
     return stat(path, &sb) == 0 ? sb.st_size : -1;
 }
 
+/* Creates the directory of the test's database, for a test that opens the
+ * file itself before (or instead of) the store, which would create it. */
+static void make_dir_of(const fixture *f)
+{
+    char dir[sizeof f->path];
+    snprintf(dir, sizeof dir, "%s", f->path);
+    *strrchr(dir, '/') = '\0';
+    assert_int_equal(mkdir(dir, 0750), 0);
+}
+
 /* Claims `id` and settles it done (two commits, the second deferred);
  * returns the settle's durability mark. */
 static uint64_t claim_and_settle(cw_store *s, const char *id)
@@ -584,10 +594,7 @@ FILE_ONLY(deferred_durability)
  * the test's writes, small.) */
 static void wal_starts_over(const fixture *f)
 {
-    char dir[sizeof f->path];
-    snprintf(dir, sizeof dir, "%s", f->path);
-    *strrchr(dir, '/') = '\0';
-    assert_int_equal(mkdir(dir, 0750), 0);
+    make_dir_of(f);
     sqlite3 *db = NULL;
     assert_int_equal(sqlite3_open(f->path, &db), SQLITE_OK);
     assert_int_equal(sqlite3_exec(db, "PRAGMA page_size = 512; PRAGMA journal_mode = WAL;", NULL,
@@ -658,10 +665,7 @@ static int64_t count_rows(sqlite3 *db, const char *sql)
 static void wal_vfs_rollback(const fixture *f)
 {
     assert_true(cw__sq_vfs_ready());
-    char dir[sizeof f->path];
-    snprintf(dir, sizeof dir, "%s", f->path);
-    *strrchr(dir, '/') = '\0';
-    assert_int_equal(mkdir(dir, 0750), 0);
+    make_dir_of(f);
     sqlite3 *x = vfs_conn(f->path), *y = vfs_conn(f->path);
     assert_int_equal(sqlite3_exec(x, "CREATE TABLE t (k INTEGER PRIMARY KEY, v BLOB)", NULL, NULL,
                                   NULL),
