@@ -28,6 +28,11 @@
 /* How long the checkpoint's restart pass waits for the write lock, and then
  * for readers of the WAL, before it gives up until the next checkpoint. */
 #define CW_SQ_RESTART_WAIT_MS 20
+/* Its passive passes, each followed by a sync of the database file that
+ * holds no lock: at most this many, while more than CW_SQ_RESTART_FRAMES
+ * frames are left for the restart pass, which holds the write lock. */
+#define CW_SQ_PASSIVE_PASSES 3
+#define CW_SQ_RESTART_FRAMES 1024
 #define CW_SQ_CHECKPOINT_NICE 10 /* the checkpoint thread's nice value */
 
 typedef struct cw_sq_sync cw_sq_sync;
