@@ -15,6 +15,10 @@
  *                                           each body carrying its publish time
  *                                           ("sent_ns", CLOCK_REALTIME) and, with
  *                                           RETRY_MS, "retry_ms" (see noop_plugin.c)
+ *
+ * Message IDs are what compworker's publishers make (time-ordered UUIDv7,
+ * framework/message_id.c); with CWBENCH_IDS=random in the environment they
+ * are random UUIDv4, as some other publishers make them.
  */
 #include <amqp.h>
 #include <amqp_tcp_socket.h>
@@ -25,6 +29,25 @@
 #include <sys/resource.h>
 #include <time.h>
 #include <uuid/uuid.h>
+
+#include "framework/message_id.h"
+
+/* A task's message ID: see the top of this file. */
+static void message_id(char id[CW_UUID_TEXT])
+{
+    static int random_ids = -1;
+    if (random_ids < 0) {
+        const char *v = getenv("CWBENCH_IDS");
+        random_ids = v && strcmp(v, "random") == 0;
+    }
+    if (!random_ids) {
+        cw__message_id_new(id);
+        return;
+    }
+    uuid_t u;
+    uuid_generate_random(u);
+    uuid_unparse_lower(u, id);
+}
 
 static double now_s(void)
 {
@@ -132,7 +155,7 @@ static int pace(const char *url, const char *queue, double rate, double seconds,
     p.delivery_mode = 2;
     p.type = amqp_cstring_bytes("bench.noop");
     p.correlation_id = amqp_cstring_bytes("saga-bench");
-    char id[40], body[256];
+    char id[CW_UUID_TEXT], body[256];
     p.message_id = amqp_cstring_bytes(id);
     long total = (long)(rate * seconds), sent = 0;
     uint64_t confirmed = 0;
@@ -143,9 +166,7 @@ static int pace(const char *url, const char *queue, double rate, double seconds,
         if (due > total)
             due = total;
         for (; sent < due; sent++) {
-            uuid_t u;
-            uuid_generate_random(u);
-            uuid_unparse_lower(u, id);
+            message_id(id);
             p.message_id.len = strlen(id);
             int len =
                 retry_ms >= 0
@@ -193,15 +214,13 @@ static int fill(const char *url, const char *queue, long n, long body_bytes)
     p.delivery_mode = 2;
     p.type = amqp_cstring_bytes("bench.noop");
     p.correlation_id = amqp_cstring_bytes("saga-bench");
-    char id[40];
+    char id[CW_UUID_TEXT];
     p.message_id = amqp_cstring_bytes(id);
     amqp_bytes_t b = {.len = (size_t)len, .bytes = body};
     long unconfirmed = 0;
     uint64_t seq = 0;
     for (long i = 0; i < n; i++) {
-        uuid_t u;
-        uuid_generate_random(u);
-        uuid_unparse_lower(u, id);
+        message_id(id);
         p.message_id.len = strlen(id);
         if (amqp_basic_publish(c, 1, amqp_empty_bytes, amqp_cstring_bytes(queue), 0, 0, &p, b)) {
             fprintf(stderr, "cwbench: publish failed\n");

@@ -33,6 +33,11 @@
 # an empty store on either backend, p99 latency <= 20 ms), each read off the
 # medians of the sections this run had, and said met or NOT met.
 #
+# Message IDs (of every task the benchmark publishes, and of the large
+# histories) are what compworker's publishers make: time-ordered UUIDv7.
+# IDS=random makes them random UUIDv4, as some other publishers do, to
+# measure what that costs a store (its own 10 M store file is kept apart).
+#
 # The section "relay" runs compworker relay on an outbox table of that
 # PostgreSQL: the time from a publisher's COMMIT (one task enqueued with
 # cw_outbox_enqueue()) to the task's delivery, one at a time, beside a
@@ -58,6 +63,12 @@ PYTHON=${PYTHON:-/usr/bin/python3} # Debian's, where python3-celery installs
 PG_SWEEP_RECORDS=${PG_SWEEP_RECORDS:-200000}
 STORE_RECORDS=${STORE_RECORDS:-10000000}
 PG_STORE_RECORDS=${PG_STORE_RECORDS:-$STORE_RECORDS}
+IDS=${IDS:-v7}
+case $IDS in
+v7) ;;
+random) export CWBENCH_IDS=random ;;
+*) echo "bench: IDS must be v7 or random, not '$IDS'" >&2; exit 2 ;;
+esac
 port=${BENCH_PORT:-5690}
 url=amqp://guest:guest@127.0.0.1:$port/
 work=$(mktemp -d /tmp/cw-bench.XXXXXX)
@@ -345,7 +356,7 @@ rss() {
 
 # ---- the store under a large history --------------------------------------
 store() {
-    local big=$build/bench-store-$STORE_RECORDS.db dir=$work/store
+    local big=$build/bench-store-$STORE_RECORDS-$IDS.db dir=$work/store ids
     if [ ! -s "$big" ]; then
         echo "== building a store with $STORE_RECORDS done records (once: $big)"
         # compworker creates the schema; the records are written in bulk.
@@ -354,6 +365,17 @@ store() {
         stop_pool
         local now
         now=$(($(date +%s) * 1000))
+        # UUIDv7 IDs as if published over the retention week before now, in
+        # arrival order; or random UUIDv4 ones.
+        if [ "$IDS" = v7 ]; then
+            ids="printf('%08x-%04x-7%03x-%04x-%012x', ($now - 604800000 + i * 604800000 / $STORE_RECORDS) >> 16,
+       ($now - 604800000 + i * 604800000 / $STORE_RECORDS) & 65535, random() & 4095,
+       32768 + (random() & 16383), random() & 281474976710655)"
+        else
+            ids="lower(printf('%s-%s-4%s-%x%s-%s', hex(randomblob(4)), hex(randomblob(2)),
+       substr(hex(randomblob(2)), 2), 8 + (random() & 3), substr(hex(randomblob(2)), 2),
+       hex(randomblob(6))))"
+        fi
         sqlite3 "$big.tmp" >/dev/null <<SQL
 PRAGMA cache_size = -2000000;
 PRAGMA synchronous = OFF;
@@ -361,7 +383,7 @@ BEGIN;
 WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < $STORE_RECORDS)
 INSERT INTO tasks (message_id, state, owner, attempts, deliveries, unsettled, saga_id, type,
                    first_seen, last_seen, settled_at)
-SELECT lower(hex(randomblob(16))), 2, 'bench', 1, 1, 0, 'saga-bench', 'bench.noop',
+SELECT $ids, 2, 'bench', 1, 1, 0, 'saga-bench', 'bench.noop',
        $now, $now, $now FROM c;
 COMMIT;
 PRAGMA wal_checkpoint(TRUNCATE);
@@ -395,17 +417,27 @@ SQL
 # ---- the PostgreSQL store under a large history ----------------------------
 pgstore() {
     pg_start
-    local schema=bench_big_$$ i e l r rs="" n=$PG_STORE_RECORDS now
+    local schema=bench_big_$$ i e l r rs="" n=$PG_STORE_RECORDS now ids
     echo "== the PostgreSQL store under a large history: tasks/s with $n done records vs an" \
          "empty schema (1 worker, classic)"
     start_pool "$work/pgbig-init" classic 1 "pg:$schema"
     stop_pool
     now=$(($(date +%s) * 1000))
-    # The records in bulk (a few minutes for 10 million), as the SQLite store's.
+    # The records in bulk (a few minutes for 10 million), their IDs as the
+    # SQLite store's.
+    if [ "$IDS" = v7 ]; then
+        ids="lpad(to_hex(t >> 16), 8, '0') || '-' || lpad(to_hex(t & 65535), 4, '0') || '-7' ||
+             lpad(to_hex((random() * 4095)::int), 3, '0') || '-' ||
+             to_hex(32768 + (random() * 16383)::int) || '-' ||
+             lpad(to_hex((random() * 281474976710655)::bigint), 12, '0')"
+    else
+        ids="gen_random_uuid()::text"
+    fi
     pg_sql "INSERT INTO \"$schema\".cw_tasks (message_id, state, owner, attempts, deliveries,
             unsettled, saga_id, type, first_seen, last_seen, settled_at)
-            SELECT md5(i::text), 2, 'bench', 1, 1, 0, 'saga-bench', 'bench.noop', $now, $now, $now
-            FROM generate_series(1, $n) i" >/dev/null
+            SELECT $ids, 2, 'bench', 1, 1, 0, 'saga-bench', 'bench.noop', $now, $now, $now
+            FROM generate_series(1, $n) i,
+                 LATERAL (SELECT $now - 604800000 + i::bigint * 604800000 / $n AS t) ts" >/dev/null
     pg_sql "VACUUM ANALYZE \"$schema\".cw_tasks" >/dev/null
     printf '%-4s %14s %14s %8s\n' run empty/s large/s ratio
     for i in $(seq "$RUNS"); do

@@ -7,7 +7,6 @@
 #include <amqp.h>
 #include <amqp_framing.h>
 #include <json-c/json.h>
-#include <uuid/uuid.h>
 
 #include "compworker/client.h" /* CW_MESSAGE_ID_MAX */
 
@@ -15,6 +14,7 @@
 #include "framework/clock.h"
 #include "framework/error.h"
 #include "framework/json_text.h"
+#include "framework/message_id.h"
 #include "framework/registry.h"
 
 /* The most of cw-dropped-headers (names and sizes of the headers dropped). */
@@ -131,9 +131,7 @@ int cw__task_fields_check(const char *type, const char *message_id, const char *
         }
         snprintf(id_out, CW_MESSAGE_ID_MAX + 1, "%s", message_id);
     } else {
-        uuid_t u;
-        uuid_generate_random(u);
-        uuid_unparse_lower(u, id_out);
+        cw__message_id_new(id_out);
     }
     if (saga_id && saga_id[0] && !printable(saga_id, 255)) {
         snprintf(why, why_len, "saga_id must be printable ASCII up to 255 bytes");

@@ -45,7 +45,7 @@ typedef struct cw_publish_opts {
     unsigned version;            /**< CW_PUBLISH_OPTS_VERSION */
     const char *type;            /**< task type and routing key; required */
     const char *saga_id;         /**< AMQP correlation_id; NULL for none */
-    const char *message_id;      /**< idempotency key; NULL for a fresh UUID */
+    const char *message_id;      /**< idempotency key; NULL for a fresh UUIDv7 */
     const char *body;            /**< JSON object text; required */
     size_t body_len;             /**< bytes of `body`; 0 means strlen(body) */
     const char *routing_key;     /**< NULL to route by `type` */
@@ -85,7 +85,10 @@ CW_EXTERN int cw_client_new(cw_client **out, const char *url, const char *exchan
  *  @param c              the client
  *  @param opts           what to publish (borrowed)
  *  @param message_id_out receives the message ID used (the given one or the
- *                        generated UUID), NUL-terminated; may be NULL
+ *                        generated one: a UUIDv7, RFC 9562, time-ordered
+ *                        and in a process each greater than the last, so
+ *                        that stores index new IDs at one edge),
+ *                        NUL-terminated; may be NULL
  *  @param out_len        size of `message_id_out` in bytes; at least
  *                        CW_MESSAGE_ID_MAX + 1 to hold any ID
  *  @return 0 once confirmed; CW_STATUS_INVALID_ARG (no type, a body that is

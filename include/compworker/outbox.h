@@ -52,7 +52,8 @@ struct pg_conn; /* libpq's PGconn: include <libpq-fe.h> to use it */
  *                        lower-case letters, digits and '_'; NULL for
  *                        CW_OUTBOX_TABLE
  *  @param opts           the task (borrowed): type, saga_id, message_id
- *                        (NULL: a new UUID), body, body_len, routing_key
+ *                        (NULL: a new UUIDv7, as cw_client_publish()
+ *                        makes), body, body_len, routing_key
  *                        (NULL: the type); confirm_timeout_ms is not used
  *  @param message_id_out receives the message ID (the given one or the
  *                        UUID), NUL-terminated; may be NULL
