@@ -38,6 +38,16 @@ bool cw__outbox_table_valid(const char *table, char *why, size_t why_len)
     return ok;
 }
 
+/* A new UUIDv7 (framework/message_id.h) in SQL, for rows inserted without
+ * a message ID: the milliseconds, then random hex of gen_random_uuid() (its
+ * 17th digit is the RFC's variant). Time-ordered, so that the workers' stores
+ * index these IDs at their right edge too. */
+#define UUID_V7                                                                                    \
+    "regexp_replace(lpad(to_hex(floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint),"     \
+    " 12, '0') || '7' || substr(replace(gen_random_uuid()::text, '-', ''), 1, 3) ||"               \
+    " substr(replace(gen_random_uuid()::text, '-', ''), 17, 16),"                                  \
+    " '^(.{8})(.{4})(.{4})(.{4})', '\\1-\\2-\\3-\\4-')"
+
 /* The pending rows, as the partial indexes say it. */
 #define PENDING "sent_at IS NULL AND failed_at IS NULL"
 
@@ -55,7 +65,7 @@ int cw__outbox_sql_build(cw_outbox_sql *q, const char *table)
     bad |= asprintf(&q->sql[CW_OB_CREATE],
                     "CREATE TABLE IF NOT EXISTS %s ("
                     " id bigserial PRIMARY KEY,"
-                    " message_id text DEFAULT gen_random_uuid()::text,"
+                    " message_id text DEFAULT " UUID_V7 ","
                     " type text NOT NULL,"
                     " saga_id text,"
                     " body jsonb NOT NULL,"
@@ -65,6 +75,8 @@ int cw__outbox_sql_build(cw_outbox_sql *q, const char *table)
                     " sent_at timestamptz,"
                     " failed_at timestamptz,"
                     " error text);"
+                    /* A table made by an earlier release gets the same default. */
+                    "ALTER TABLE %s ALTER COLUMN message_id SET DEFAULT " UUID_V7 ";"
                     "CREATE INDEX IF NOT EXISTS %s_pending ON %s (id) WHERE " PENDING ";"
                     "CREATE INDEX IF NOT EXISTS %s_saga ON %s (saga_id, id) WHERE " PENDING ";"
                     "CREATE INDEX IF NOT EXISTS %s_sent ON %s (sent_at) WHERE sent_at IS NOT NULL;"
@@ -73,7 +85,7 @@ int cw__outbox_sql_build(cw_outbox_sql *q, const char *table)
                     " $cw$BEGIN PERFORM pg_notify('%s', ''); RETURN NULL; END$cw$;"
                     "CREATE OR REPLACE TRIGGER %s_notify AFTER INSERT ON %s"
                     " FOR EACH STATEMENT EXECUTE FUNCTION %s%s_notify();",
-                    t, n, t, n, t, n, t, n, t, s, n, n, n, t, s, n) < 0;
+                    t, t, n, t, n, t, n, t, n, t, s, n, n, n, t, s, n) < 0;
     bad |= asprintf(&q->sql[CW_OB_LOCK],
                     "SELECT pg_advisory_xact_lock(hashtext('compworker outbox %s'))", t) < 0;
     bad |= asprintf(&q->sql[CW_OB_EXISTS], "SELECT to_regclass('%s') IS NOT NULL", t) < 0;

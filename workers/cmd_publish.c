@@ -78,7 +78,7 @@ static const cw_opt_spec publish_specs[] = {
      .offset = offsetof(publish_args, type), .flags = CW_OPT_REQUIRED},
     {CW_OPT_VALUE, "saga-id", 's', "ID", "the saga (correlation) ID",
      .offset = offsetof(publish_args, saga)},
-    {CW_OPT_VALUE, "message-id", 'm', "ID", "the message ID (by default a new UUID)",
+    {CW_OPT_VALUE, "message-id", 'm', "ID", "the message ID (by default a new UUIDv7)",
      .offset = offsetof(publish_args, id)},
     {CW_OPT_VALUE, "data", 'd', "JSON", "the body, a JSON object",
      .offset = offsetof(publish_args, data)},

@@ -33,10 +33,12 @@
 #include <fcntl.h>
 #include <libpq-fe.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "compworker/outbox.h"
@@ -227,6 +229,25 @@ static cwtest_msg *take(relay_env *e, size_t n, size_t *got)
     return cwtest_drain(e->env, e->queue, got);
 }
 
+/* A UUID's text with version 7 and the RFC 9562 variant, its first 48
+ * bits a millisecond time within a day of now. */
+static bool is_uuid_v7(const char *id)
+{
+    if (strlen(id) != 36 || id[8] != '-' || id[13] != '-' || id[18] != '-' || id[23] != '-' ||
+        id[14] != '7' || !strchr("89ab", id[19]))
+        return false;
+    for (int i = 0; i < 36; i++) {
+        if (id[i] != '-' && !strchr("0123456789abcdef", id[i]))
+            return false;
+    }
+    char hex[13];
+    memcpy(hex, id, 8);
+    memcpy(hex + 8, id + 9, 4);
+    hex[12] = '\0';
+    long long ms = strtoll(hex, NULL, 16), now = (long long)time(NULL) * 1000;
+    return ms > now - 86400000 && ms < now + 86400000;
+}
+
 static const cwtest_msg *by_id(const cwtest_msg *m, size_t n, const char *id)
 {
     for (size_t i = 0; i < n; i++) {
@@ -266,14 +287,25 @@ static void test_publishes_committed_rows(void **state)
              "'{\"x-tenant\":\"acme\",\"x-n\":7,\"x-ok\":true}')",
              e->table);
     db_exec(e->db, sql);
+    /* A plain INSERT without a message ID takes the table's default. */
+    snprintf(sql, sizeof sql, "INSERT INTO %s (type, body) VALUES ('it.restock', '{}')", e->table);
+    db_exec(e->db, sql);
 
     relay_start(e, 0);
     size_t n;
-    cwtest_msg *m = take(e, 2, &n);
-    assert_int_equal(n, 2);
-    const cwtest_msg *a = by_id(m, n, id1), *b = by_id(m, n, "plain-1");
+    cwtest_msg *m = take(e, 3, &n);
+    assert_int_equal(n, 3);
+    const cwtest_msg *a = by_id(m, n, id1), *b = by_id(m, n, "plain-1"), *d = NULL;
     assert_non_null(a);
     assert_non_null(b);
+    for (size_t i = 0; i < n; i++) {
+        if (&m[i] != a && &m[i] != b)
+            d = &m[i];
+    }
+    /* Both generated IDs are UUIDv7 (time-ordered; README, Message IDs). */
+    assert_true(is_uuid_v7(id1));
+    assert_non_null(d->message_id);
+    assert_true(is_uuid_v7(d->message_id));
     assert_string_equal(a->type, "it.refund");
     assert_string_equal(a->routing_key, "it.refund");
     assert_string_equal(a->correlation_id, "saga-basic");
@@ -310,7 +342,7 @@ static void test_publishes_committed_rows(void **state)
     cwtest_sleep_ms(1000);
     assert_int_equal(cwtest_queue_count(e->env, e->queue), 0); /* nothing rolled back came */
     assert_int_equal(db_long(e->db, "SELECT count(*) FROM %s WHERE sent_at IS NULL", e->table), 0);
-    assert_int_equal(db_long(e->db, "SELECT count(*) FROM %s", e->table), 7);
+    assert_int_equal(db_long(e->db, "SELECT count(*) FROM %s", e->table), 8);
 
     char base[64];
     metrics_base(e, base, sizeof base);
@@ -319,7 +351,7 @@ static void test_publishes_committed_rows(void **state)
     assert_int_equal(code, 200);
     char series[256];
     snprintf(series, sizeof series, "compworker_outbox_published_total{table=\"%s\"}", e->table);
-    assert_true(cwtest_metric(body, series) == 7);
+    assert_true(cwtest_metric(body, series) == 8);
     free(body);
     body = cwtest_http_get(base, "/healthz", &code);
     assert_int_equal(code, 200);
@@ -331,6 +363,35 @@ static void test_publishes_committed_rows(void **state)
                      0);
     assert_non_null(strstr(out, "is there"));
     assert_null(strstr(out, "cw-test-secret")); /* the password is masked */
+    finish(e);
+}
+
+/* `relay init` on a table an earlier release made (its message IDs
+ * defaulting to a random UUIDv4) gives it the UUIDv7 default. */
+static void test_init_sets_the_id_default(void **state)
+{
+    relay_env *e = begin(state, "iddefault", NULL, false);
+    char sql[1024];
+    snprintf(sql, sizeof sql,
+             "CREATE TABLE %s (id bigserial PRIMARY KEY, message_id text DEFAULT"
+             " gen_random_uuid()::text, type text NOT NULL, saga_id text, body jsonb NOT NULL,"
+             " routing_key text, headers jsonb, created_at timestamptz NOT NULL DEFAULT now(),"
+             " sent_at timestamptz, failed_at timestamptz, error text)",
+             e->table);
+    db_exec(e->db, sql);
+    snprintf(sql, sizeof sql, "INSERT INTO %s (type, body) VALUES ('it.a', '{}')", e->table);
+    db_exec(e->db, sql);
+    char out[4096];
+    int rc = cwtest_cli(e->env, out, sizeof out, true, "relay", "init", "-c", e->ini, NULL);
+    if (rc != 0 || !strstr(out, "checked"))
+        fail_msg("relay init: %d: %s", rc, out);
+    db_exec(e->db, sql);
+    assert_int_equal(db_long(e->db, "SELECT count(*) FROM %s WHERE substr(message_id, 15, 1) = '7'",
+                             e->table),
+                     1);
+    assert_int_equal(db_long(e->db, "SELECT count(*) FROM %s WHERE substr(message_id, 15, 1) = '4'",
+                             e->table),
+                     1);
     finish(e);
 }
 
@@ -739,6 +800,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_teardown(test_publishes_committed_rows, cwtest_teardown),
+        cmocka_unit_test_teardown(test_init_sets_the_id_default, cwtest_teardown),
         cmocka_unit_test_teardown(test_enqueue_refuses, cwtest_teardown),
         cmocka_unit_test_teardown(test_bad_rows, cwtest_teardown),
         cmocka_unit_test_teardown(test_two_relays_keep_saga_order, cwtest_teardown),
