@@ -152,7 +152,8 @@ int cw__headers_table(const char *json, amqp_table_t *out, struct json_object **
  * UUIDv7, framework/message_id.h, is written to id_out) or 1 to
  * CW_MESSAGE_ID_MAX printable ASCII characters (copied to id_out, of
  * CW_MESSAGE_ID_MAX + 1 bytes); `saga_id` NULL, "" or printable ASCII up to
- * 255 bytes; `body` a JSON object text of `len` bytes. CW_STATUS_INVALID_ARG with "what: reason" in why. */
+ * 255 bytes; `body` a JSON object text of `len` bytes. CW_STATUS_INVALID_ARG
+ * with "what: reason" in why. */
 int cw__task_fields_check(const char *type, const char *message_id, const char *saga_id,
                           const char *body, size_t len, char *id_out, char *why, size_t why_len);
 

@@ -1,26 +1,24 @@
 /* Time-ordered message IDs (framework/message_id.h). */
 #include "framework/message_id.h"
 
-#include <pthread.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <time.h>
 #include <uuid/uuid.h>
 
-static pthread_mutex_t last_mu = PTHREAD_MUTEX_INITIALIZER;
-static uint64_t last; /* milliseconds << 12 | the fraction: the last ID's 60 bits of time */
+/* The last ID's 60 bits of time: milliseconds << 12 | the fraction. */
+static _Atomic uint64_t last;
 
 void cw__message_id_new(char out[CW_UUID_TEXT])
 {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     uint64_t ms = (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-    uint64_t frac = (uint64_t)(ts.tv_nsec % 1000000) * 4096 / 1000000;
-    uint64_t t = ms << 12 | frac;
-    pthread_mutex_lock(&last_mu);
-    if (t <= last)
-        t = last + 1; /* the same tick, or a clock stepped back */
-    last = t;
-    pthread_mutex_unlock(&last_mu);
+    uint64_t now = ms << 12 | (uint64_t)(ts.tv_nsec % 1000000) * 4096 / 1000000;
+    uint64_t prev = atomic_load(&last), t;
+    do {
+        t = now > prev ? now : prev + 1; /* the same tick, or a clock stepped back */
+    } while (!atomic_compare_exchange_weak(&last, &prev, t));
     uuid_t u;
     uuid_generate_random(u);
     ms = t >> 12;

@@ -11,8 +11,9 @@
  * that grows with the history (README, Performance). Uniqueness rests on the
  * random bits, as with version 4: 62 bits per 244 ns tick.
  *
- * Thread-safe (the last value is kept under a mutex) and fork-safe (a child
- * goes on from its parent's last value; libuuid's random bits differ). */
+ * Thread-safe and fork-safe: the last value is one atomic word, taken
+ * without a lock (a child goes on from its parent's; libuuid's random bits
+ * differ). */
 #ifndef CW_FRAMEWORK_MESSAGE_ID_H
 #define CW_FRAMEWORK_MESSAGE_ID_H
 
