@@ -329,16 +329,60 @@ static int sq_claim_batch(cw_store *s, const cw_claim_req *reqs, size_t n, int64
     return sq_leave(q, true, rc);
 }
 
+/* How many requests from reqs[0] are done outcomes of claims with
+ * consecutive tickets (1 when reqs[0] starts no such run). */
+static size_t sq_done_run(const cw_settle_req *reqs, size_t n)
+{
+    if (reqs[0].state != CW_STATE_DONE || reqs[0].ticket <= 0)
+        return 1;
+    size_t k = 1;
+    while (k < n && reqs[k].state == CW_STATE_DONE && reqs[k].ticket == reqs[k - 1].ticket + 1)
+        k++;
+    return k;
+}
+
+/* Records a run of done outcomes (sq_done_run) with one statement, and
+ * their follow-ups: what sq_settle_in() does for each of them. Every row of
+ * the range is one of the run's claims, so each must change. */
+static int sq_settle_done_range(cw_sq_store *q, const cw_settle_req *reqs, size_t n, int64_t now_ms)
+{
+    sqlite3_stmt *st = q->st[CW_SQ_SETTLE_DONE_RANGE];
+    if (sqlite3_bind_int64(st, 1, reqs[0].ticket) != SQLITE_OK ||
+        sqlite3_bind_int64(st, 2, reqs[n - 1].ticket) != SQLITE_OK ||
+        sqlite3_bind_int64(st, 3, now_ms) != SQLITE_OK ||
+        sq_bind_text(st, 4, q->base.owner) != SQLITE_OK)
+        return sq_fail_reset(q, st, "settle");
+    int rc = sq_run(q, st, "settle");
+    if (rc)
+        return rc;
+    if ((size_t)sqlite3_changes(q->db) != n)
+        return cw__error(CW_STATUS_NOT_FOUND,
+                         "%s: settle: no record of %zu of the %zu messages from %s to %s", q->path,
+                         n - (size_t)sqlite3_changes(q->db), n, reqs[0].message_id,
+                         reqs[n - 1].message_id);
+    for (size_t i = 0; i < n && rc == 0; i++) {
+        for (size_t f = 0; f < reqs[i].n_followups && rc == 0; f++)
+            rc = cw__sq_followup_insert(q->db, q->st[CW_SQ_FOLLOWUP_INSERT], &reqs[i].followups[f],
+                                        reqs[i].ticket, now_ms, q->path);
+    }
+    return rc;
+}
+
 /* The outcomes of a batch in one transaction: durable at commit, or light
- * (a worker's deferred durability). */
+ * (a worker's deferred durability). Done outcomes of claims made in a row
+ * (the common case: a batch's new IDs) take one statement a run. */
 static int sq_settle_all(cw_sq_store *q, const cw_settle_req *reqs, size_t n, int64_t now_ms,
                          bool durable)
 {
     if (!sqlite3_get_autocommit(q->db))
         return cw__error(CW_STATUS_INVALID_ARG, "%s: settle batch: called inside a batch", q->path);
     int rc = sq_begin_as(q, durable);
-    for (size_t i = 0; rc == 0 && i < n; i++)
-        rc = sq_settle_in(q, &reqs[i], now_ms);
+    for (size_t i = 0; rc == 0 && i < n;) {
+        size_t k = sq_done_run(&reqs[i], n - i);
+        rc = k > 1 ? sq_settle_done_range(q, &reqs[i], k, now_ms)
+                   : sq_settle_in(q, &reqs[i], now_ms);
+        i += k;
+    }
     return sq_leave(q, true, rc);
 }
 

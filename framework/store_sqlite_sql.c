@@ -149,6 +149,13 @@ const char *const cw__sq_sql[CW_SQ_COUNT] = {
     [CW_SQ_SETTLE_HISTORY_ID] =
         "INSERT INTO attempts (task_id, n, at, worker, outcome, error_class, reason)"
         " SELECT id, attempts, ?2, ?3, ?4, ?5, ?6 FROM tasks WHERE id = ?1",
+    /* ?1 first row id, ?2 last, ?3 now, ?4 owner: the done outcomes of a run
+     * of claims with consecutive tickets (a batch claims new IDs in a row),
+     * as CW_SQ_SETTLE_UPDATE_ID would record each of them, in one statement. */
+    [CW_SQ_SETTLE_DONE_RANGE] =
+        "UPDATE OR IGNORE tasks SET state = 2, attempts = attempts + 1, owner = ?4,"
+        " settled_at = ?3, lease_until = NULL, unsettled = 0, last_seen = ?3, error_class = NULL,"
+        " last_error = NULL WHERE id BETWEEN ?1 AND ?2",
     /* ?1 id, ?2 at, ?3 worker, ?4 outcome, ?5 error_class, ?6 reason: an
      * attempt that did not settle (its worker died), the record's state kept */
     [CW_SQ_NOTE_UPDATE] =

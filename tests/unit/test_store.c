@@ -1235,6 +1235,112 @@ static void state_names(void **state)
     assert_string_equal(cw__state_name((cw_task_state)99), "unknown");
 }
 
+/* A worker's settle batch: done outcomes of claims with consecutive tickets
+ * (a batch's new IDs), broken by other outcomes, other orders and other
+ * claims. Each record ends as its own settle would leave it, and no other. */
+static void settle_batch_by_runs(const fixture *f)
+{
+    cw_store *s = open_as(f, "host:100", NULL, NULL);
+    cw_store *other = open_as(f, "host:200", NULL, NULL);
+    cw_claim_req reqs[10];
+    cw_claim claims[10];
+    char ids[10][8];
+    for (int i = 0; i < 10; i++) {
+        snprintf(ids[i], sizeof ids[i], "r%d", i);
+        reqs[i] = (cw_claim_req){.message_id = ids[i], .type = "t"};
+    }
+    assert_int_equal(cw_store_claim_batch(s, reqs, 8, T0, claims), 0);
+    /* r8 is another owner's claim, r9 one of this owner's by itself. */
+    assert_int_equal(cw_store_claim_batch(other, &reqs[8], 1, T0, &claims[8]), 0);
+    assert_int_equal(cw_store_claim_batch(s, &reqs[9], 1, T0, &claims[9]), 0);
+    for (int i = 0; i < 10; i++)
+        assert_int_equal(claims[i].result, CW_CLAIM_NEW);
+
+    /* Runs r0-r2 and r4-r5; r3 dead between them; r7 before r6 (found by
+     * its message ID); r9 past the other owner's r8. */
+    const int order[] = {0, 1, 2, 3, 4, 5, 7, 6, 9};
+    enum {
+        N = sizeof order / sizeof order[0]
+    };
+    cw_settle_req done[N];
+    for (int k = 0; k < N; k++) {
+        int i = order[k];
+        done[k] = (cw_settle_req){.message_id = ids[i],
+                                  .state = CW_STATE_DONE,
+                                  .outcome = "ok",
+                                  .ticket = i == 6 ? 0 : claims[i].ticket};
+    }
+    done[3] = (cw_settle_req){.message_id = ids[3],
+                              .state = CW_STATE_DEAD,
+                              .outcome = "permanent",
+                              .error_class = "permanent",
+                              .reason = "card closed",
+                              .ticket = claims[3].ticket};
+    assert_int_equal(cw_store_settle_batch(s, done, N, T0 + 5), 0);
+
+    for (int i = 0; i < 10; i++) {
+        cw_task_record r = get(s, ids[i]);
+        if (i == 8) {
+            assert_int_equal(r.state, CW_STATE_IN_PROGRESS);
+            assert_string_equal(r.owner, "host:200");
+            assert_int_equal(r.attempts, 0);
+            continue;
+        }
+        assert_int_equal(r.state, i == 3 ? CW_STATE_DEAD : CW_STATE_DONE);
+        assert_int_equal(r.attempts, 1);
+        assert_int_equal(r.lease_until_ms, 0);
+        assert_int_equal(r.last_seen_ms, T0 + 5);
+        assert_string_equal(r.last_error, i == 3 ? "card closed" : "");
+        history_log h = {0};
+        assert_int_equal(cw_store_history(s, ids[i], collect, &h), 0);
+        assert_int_equal(h.count, 1);
+        assert_int_equal(h.rows[0].n, 1);
+        assert_int_equal(h.rows[0].at_ms, T0 + 5);
+        assert_string_equal(h.rows[0].worker, "host:100");
+        assert_string_equal(h.rows[0].outcome, i == 3 ? "permanent" : "ok");
+    }
+    /* Settled again (a redelivery's copy, say), a run's records count the
+     * attempt again, as settles of them one by one would. */
+    assert_int_equal(cw_store_settle_batch(s, done, 2, T0 + 6), 0);
+    assert_int_equal(get(s, ids[0]).attempts, 2);
+    assert_int_equal(get(s, ids[1]).attempts, 2);
+    assert_int_equal(get(s, ids[2]).attempts, 1);
+    cw_store_free(other);
+    cw_store_free(s);
+}
+SHARED(settle_batch_by_runs)
+
+/* A run of done outcomes whose range lacks a record fails as one missing
+ * record does: NOT_FOUND, and nothing of the batch is committed. */
+static void settle_batch_missing_record(const fixture *f)
+{
+    cw_store *s = open_as(f, "host:100", NULL, NULL);
+    cw_claim_req reqs[3] = {{.message_id = "m0", .type = "t"},
+                            {.message_id = "m1", .type = "t"},
+                            {.message_id = "m2", .type = "t"}};
+    cw_claim claims[3];
+    assert_int_equal(cw_store_claim_batch(s, reqs, 3, T0, claims), 0);
+    sqlite3 *db = NULL;
+    assert_int_equal(sqlite3_open(f->path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db, "DELETE FROM tasks WHERE message_id = 'm1'", NULL, NULL,
+                                  NULL),
+                     SQLITE_OK);
+    sqlite3_close(db);
+    cw_settle_req done[3];
+    for (int i = 0; i < 3; i++)
+        done[i] = (cw_settle_req){.message_id = reqs[i].message_id,
+                                  .state = CW_STATE_DONE,
+                                  .outcome = "ok",
+                                  .ticket = claims[i].ticket};
+    assert_int_equal(cw_store_settle_batch(s, done, 3, T0 + 5), CW_STATUS_NOT_FOUND);
+    assert_non_null(strstr(cw_error_last(), "no record"));
+    assert_int_equal(get(s, "m0").state, CW_STATE_IN_PROGRESS);
+    assert_int_equal(get(s, "m2").state, CW_STATE_IN_PROGRESS);
+    assert_int_equal(get(s, "m2").attempts, 0);
+    cw_store_free(s);
+}
+FILE_ONLY(settle_batch_missing_record)
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1286,6 +1392,9 @@ int main(void)
         cmocka_unit_test(commit_without_begin_fails_file),
         cmocka_unit_test(commit_without_begin_fails_memory),
         cmocka_unit_test(commit_without_begin_fails_pg),
+        cmocka_unit_test(settle_batch_by_runs_file),
+        cmocka_unit_test(settle_batch_by_runs_pg),
+        cmocka_unit_test(settle_batch_missing_record_file),
         cmocka_unit_test(sweep_removes_old_done_file),
         cmocka_unit_test(sweep_removes_old_done_memory),
         cmocka_unit_test(sweep_removes_old_done_pg),
