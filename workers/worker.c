@@ -731,6 +731,8 @@ static int republish_set(cw_worker *w, cw_task **set, size_t n, int64_t now)
     char rk[512];
     for (size_t i = 0; i < n && rc == 0; i++) {
         cw_task *t = set[i];
+        if (t->action != ACT_DLQ && t->action != ACT_RETRY && t->action != ACT_DEFER)
+            continue; /* acked, or held: nothing to republish */
         char handler[300];
         cw__task_describe_handler(t, handler, sizeof handler);
         cw_deadletter_info info = {
