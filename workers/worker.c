@@ -721,6 +721,13 @@ static void alert(cw_worker *w, const cw_task *t, int64_t now)
     cw_alerter_post(w->alerter, &ev);
 }
 
+/* Whether the settle publishes a replacement for t: its DLQ copy, its next
+ * attempt, or its deferred twin. */
+static bool republishes(const cw_task *t)
+{
+    return t->action == ACT_DLQ || t->action == ACT_RETRY || t->action == ACT_DEFER;
+}
+
 /* Publishes what replaces each task that is not simply acked — its DLQ
  * copy, its next attempt, or its deferred twin — and waits for the
  * confirms. A task whose replacement is not confirmed is held (not acked). */
@@ -731,7 +738,7 @@ static int republish_set(cw_worker *w, cw_task **set, size_t n, int64_t now)
     char rk[512];
     for (size_t i = 0; i < n && rc == 0; i++) {
         cw_task *t = set[i];
-        if (t->action != ACT_DLQ && t->action != ACT_RETRY && t->action != ACT_DEFER)
+        if (!republishes(t))
             continue; /* acked, or held: nothing to republish */
         char handler[300];
         cw__task_describe_handler(t, handler, sizeof handler);
@@ -772,7 +779,7 @@ static int republish_set(cw_worker *w, cw_task **set, size_t n, int64_t now)
     size_t held = 0;
     for (size_t i = 0; i < n; i++) {
         cw_task *t = set[i];
-        if (t->action != ACT_DLQ && t->action != ACT_RETRY && t->action != ACT_DEFER)
+        if (!republishes(t))
             continue;
         if (rc) {
             t->action = ACT_HOLD;
