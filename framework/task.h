@@ -41,6 +41,7 @@ struct cw_task {
     /* pipeline bookkeeping */
     struct cw_task *next;  /* the list it is on (free slots, the handler threads' queues) */
     int64_t queued_ns;     /* CLOCK_MONOTONIC ns when handed to the handler threads */
+    int64_t started_ns;    /* CLOCK_MONOTONIC ns when a handler thread took it */
     int stage;             /* where it is in the worker (worker.c) */
     int action;            /* what settling does with it (worker.c) */
     int64_t ticket;        /* the store's handle of its claim */

@@ -89,7 +89,7 @@ static cw_task *pick_locked(cw_runner *r, int64_t *wait_ns)
     return NULL;
 }
 
-static void fill_slot(cw_running *s, const cw_task *t)
+static void fill_slot(cw_running *s, const cw_task *t, int64_t start_ns)
 {
     memcpy(s->message_id, t->message_id, sizeof s->message_id);
     memcpy(s->type, t->type, sizeof s->type);
@@ -97,7 +97,7 @@ static void fill_slot(cw_running *s, const cw_task *t)
         cw__task_describe_handler(t, s->handler, sizeof s->handler);
         s->handler_of = t->handler;
     }
-    atomic_store(&s->started_ms, cw__mono_ms());
+    atomic_store(&s->started_ms, start_ns / 1000000);
 }
 
 static void *thread_main(void *arg)
@@ -125,13 +125,16 @@ static void *thread_main(void *arg)
         }
         pthread_mutex_unlock(&r->mu);
 
+        /* One clock read serves the wait's metric, the crash report's
+         * start and the handler's duration (t->started_ns). */
         int64_t start = cw__mono_ns();
+        t->started_ns = start;
         if (r->o.waited)
             r->o.waited(t, start - t->queued_ns, r->o.ud);
         size_t i = hidx(r, t);
         if (r->o.flight)
             r->o.flight(i, 1, r->o.ud);
-        fill_slot(slot, t);
+        fill_slot(slot, t, start);
         r->o.run(t, slot, r->o.ud);
         atomic_store(&slot->started_ms, 0);
         if (r->o.flight)

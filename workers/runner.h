@@ -36,7 +36,8 @@ typedef int64_t (*cw_runner_rate_fn)(size_t i, int64_t now_ns, void *ud);
 
 /* Runs the task's handler and records its outcome in the task (on a
  * handler thread). `slot` is the thread's crash-report slot, already filled
- * with the task; the function clears started_ms once the handler returned. */
+ * with the task; the function clears started_ms once the handler returned.
+ * t->started_ns holds when the thread took the task (CLOCK_MONOTONIC ns). */
 typedef void (*cw_runner_run_fn)(cw_task *t, cw_running *slot, void *ud);
 
 /* Observes, per task, how long it waited for a thread (nanoseconds), on a

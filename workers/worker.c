@@ -403,7 +403,6 @@ static int finish_effects(cw_task *t, int out)
 static void run_task(cw_task *t, cw_running *slot, void *ud)
 {
     cw_worker *w = ud;
-    int64_t t0 = w->metrics ? cw__mono_ns() : 0;
     if (w->tx) {
         t->tx = &w->tx[slot - w->run_slots];
         t->tx_opts = &w->store_opts;
@@ -417,7 +416,7 @@ static void run_task(cw_task *t, cw_running *slot, void *ud)
         out = (int)cw_saga_step_done(t, w->cfg->exchange);
     out = finish_effects(t, out);
     if (w->metrics)
-        cw_metrics_observe(mrow(w, t), (uint64_t)(cw__mono_ns() - t0));
+        cw_metrics_observe(mrow(w, t), (uint64_t)(cw__mono_ns() - t->started_ns));
     unsigned made = t->attempt + 1; /* attempts made, this one included */
     switch (out) {
     case CW_OK:
