@@ -6,6 +6,8 @@
 #   bench/run.sh BUILD_DIR
 #   N=100000 RUNS=3 PREFETCH=1000 QUEUE_TYPES="classic quorum" WORKERS="1 2" \
 #     SECTIONS="throughput latency retry rss store pg pgstore" STORE_RECORDS=10000000 bench/run.sh build
+#   LATENCY_RATE=12000 SECTIONS=latency bench/run.sh build   (the latency at a pace given, tasks/s,
+#                                                             not at half the measured capacity)
 #
 # The baseline, the denominator of every ratio, is bench/cwbench.c's bare
 # rabbitmq-c consumer: manual acks, the same prefetch, the same persistent
@@ -274,7 +276,11 @@ throughput() {
 # ---- latency at half the capacity -----------------------------------------
 latency() {
     local cap rate dir=$work/latency secs=${LATENCY_SECONDS:-10}
-    if [ -n "$cap_rate" ]; then
+    if [ -n "${LATENCY_RATE:-}" ]; then
+        cap=$((LATENCY_RATE * 2)) # a pace given: compare builds at the same one
+        start_pool "$work/latency-topology" classic 1 # declares the queue
+        stop_pool
+    elif [ -n "$cap_rate" ]; then
         # shellcheck disable=SC2086
         cap=$(printf '%s\n' $cap_rate | median)
     else
