@@ -94,6 +94,8 @@ for tool in bc sqlite3; do command -v $tool >/dev/null || die "needs $tool (scri
 "$src/tests/harness/rabbitmq.sh" start "$work/broker" "$port"
 
 median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+# "MIN MEDIAN MAX" of the numbers on stdin
+spread() { sort -g | awk '{a[NR]=$1} END {print a[1], a[int((NR+1)/2)], a[NR]}'; }
 # percentile P of the numbers on stdin (nearest rank)
 pct() { sort -g | awk -v p="$1" '{a[NR]=$1} END {i=int(NR*p/100+0.999); if(i<1)i=1; print a[i]}'; }
 wait_empty() { # queue
@@ -259,11 +261,7 @@ throughput() {
         for nw in $WORKERS; do
             local min max med
             # shellcheck disable=SC2086
-            min=$(printf '%s\n' ${ratios[$nw]} | sort -g | head -1)
-            # shellcheck disable=SC2086
-            max=$(printf '%s\n' ${ratios[$nw]} | sort -g | tail -1)
-            # shellcheck disable=SC2086
-            med=$(printf '%s\n' ${ratios[$nw]} | median)
+            read -r min med max < <(printf '%s\n' ${ratios[$nw]} | spread)
             printf '%-8s %-7s ratio min %.2f  median %.2f  max %.2f\n' "$qtype" "$nw" "$min" "$med" "$max"
             target[$qtype-$nw]=$med
             json+=("{\"section\":\"throughput_summary\",\"queue_type\":\"$qtype\",\"workers\":$nw,\"min\":$min,\"median\":$med,\"max\":$max}")
@@ -316,10 +314,10 @@ latency() {
         p99s+=("$p99")
         json+=("{\"section\":\"latency\",\"run\":$r,\"rate\":$rate,\"samples\":$n,\"p50_ms\":$p50,\"p99_ms\":$p99,\"bare_p50_ms\":$bp50,\"bare_p99_ms\":$bp99}")
     done
-    target[latency]=$(printf '%s\n' "${p99s[@]}" | median)
-    printf 'compworker p99: min %.2f  median %.2f  max %.2f ms\n' \
-        "$(printf '%s\n' "${p99s[@]}" | sort -g | head -1)" "${target[latency]}" \
-        "$(printf '%s\n' "${p99s[@]}" | sort -g | tail -1)"
+    local min med max
+    read -r min med max < <(printf '%s\n' "${p99s[@]}" | spread)
+    printf 'compworker p99: min %.2f  median %.2f  max %.2f ms\n' "$min" "$med" "$max"
+    target[latency]=$med
 }
 
 # ---- retry delay accuracy --------------------------------------------------
